@@ -1,0 +1,63 @@
+"""Overture: event-driven durable process orchestration.
+
+The public API is exactly what ``__all__`` lists (pinned by ``tests/test_exports.py``).
+"""
+
+from __future__ import annotations
+
+from .app import App
+from .client import Client, Instance, LoggedEvent
+from .core.context import Context, DurableFuture
+from .errors import (
+    ConfigError,
+    EngineBusy,
+    EventError,
+    EventValidationError,
+    MalformedEvent,
+    NonDeterminismError,
+    NotFound,
+    OvertureError,
+    ProcessError,
+    StepFailed,
+    TerminalError,
+    UnknownEventType,
+    WaitTimeout,
+)
+from .events import Envelope, Event
+from .policies import Retry
+from .runtime.clock import SystemClock, VirtualClock
+from .runtime.engine import Engine
+from .runtime.executor import StepInfo, current_step
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "Client",
+    "ConfigError",
+    "Context",
+    "DurableFuture",
+    "Engine",
+    "EngineBusy",
+    "Envelope",
+    "Event",
+    "EventError",
+    "EventValidationError",
+    "Instance",
+    "LoggedEvent",
+    "MalformedEvent",
+    "NonDeterminismError",
+    "NotFound",
+    "OvertureError",
+    "ProcessError",
+    "Retry",
+    "StepFailed",
+    "StepInfo",
+    "SystemClock",
+    "TerminalError",
+    "UnknownEventType",
+    "VirtualClock",
+    "WaitTimeout",
+    "__version__",
+    "current_step",
+]

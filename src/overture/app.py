@@ -1,0 +1,208 @@
+"""The application registry: event types, processes and handlers. No globals."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .core.context import Context
+from .core.machine import ProcessSpec
+from .errors import ConfigError, UnknownEventType
+from .events import Envelope, Event
+from .policies import DEFAULT_RETRY, Retry
+
+F = TypeVar("F", bound=Callable[..., Any])
+ProcessFn = Callable[[Context, Any], Coroutine[Any, Any, Any]]
+KeySpec = Callable[[Any], Any] | str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessDef:
+    """A registered process definition (one version of it)."""
+
+    spec: ProcessSpec
+    trigger: str
+    key: KeySpec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def version(self) -> int:
+        return self.spec.version
+
+    def key_of(self, event: Event) -> str | None:
+        """The correlation key of the instance this trigger starts."""
+        if self.key is None:
+            return event.partitionkey
+        value = getattr(event, self.key) if isinstance(self.key, str) else self.key(event)
+        return None if value is None else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerDef:
+    """A registered ``@app.on`` handler."""
+
+    name: str
+    event_type: str
+    event_class: type[Event]
+    fn: Callable[[Any], Any]
+    retry: Retry
+
+
+class App:
+    """An Overture application: the registry an engine runs.
+
+    Example::
+
+        app = ov.App("shop")
+
+        @app.process(trigger=OrderPlaced, key="order_id")
+        async def fulfil(ctx: ov.Context, order: OrderPlaced) -> str: ...
+    """
+
+    def __init__(self, name: str) -> None:
+        if not name:
+            raise ConfigError("an App needs a name")
+        self.name = name
+        self._events: dict[str, type[Event]] = {}
+        self._processes: dict[str, dict[int, ProcessDef]] = {}
+        self._triggers: dict[str, list[ProcessDef]] = {}
+        self._handlers: dict[str, list[HandlerDef]] = {}
+        self._handler_names: dict[str, HandlerDef] = {}
+
+    # -- registration -------------------------------------------------------------------
+
+    def event(self, *classes: type[Event]) -> None:
+        """Register event contracts so that events of these types are validated on send
+        and decoded on receipt (triggers and handlers register theirs automatically)."""
+        for cls in classes:
+            self._register_event(cls)
+
+    def process(
+        self,
+        *,
+        trigger: type[Event] | str,
+        key: KeySpec = None,
+        name: str | None = None,
+        version: int = 1,
+    ) -> Callable[[ProcessFn], ProcessFn]:
+        """Register ``async def fn(ctx, event)`` as a process started by ``trigger`` events.
+
+        Args:
+            trigger: the event class (or type name) that starts an instance.
+            key: the instance's correlation key: a data attribute name or a callable on the
+                event; defaults to the event's ``partitionkey``.
+            name: the process name (default: the function's name).
+            version: the definition version. Running instances stay on the version they
+                started with; new instances use the newest registered version.
+        """
+        event_type, cls = self._resolve(trigger)
+
+        def register(fn: ProcessFn) -> ProcessFn:
+            if not inspect.iscoroutinefunction(fn):
+                raise ConfigError(f"process {fn.__qualname__} must be an async def")
+            pname = name or fn.__name__
+            versions = self._processes.setdefault(pname, {})
+            if version in versions:
+                raise ConfigError(f"process {pname!r} version {version} is already registered")
+            spec = ProcessSpec(pname, version, fn, cls, self.name)
+            definition = ProcessDef(spec, event_type, key)
+            versions[version] = definition
+            triggers = [d for d in self._triggers.get(event_type, []) if d.name != pname]
+            newest = versions[max(versions)]
+            self._triggers[event_type] = [*triggers, newest]
+            return fn
+
+        return register
+
+    def on(
+        self, event: type[Event] | str, *, retry: Retry | None = None, name: str | None = None
+    ) -> Callable[[F], F]:
+        """Register a handler: called at least once per event of that type, retried per
+        ``retry``, dead-lettered when retries are exhausted."""
+        event_type, cls = self._resolve(event)
+
+        def register(fn: F) -> F:
+            hname = name or f"{fn.__module__}.{fn.__qualname__}"
+            if hname in self._handler_names:
+                raise ConfigError(f"handler {hname!r} is already registered")
+            handler = HandlerDef(hname, event_type, cls, fn, retry or DEFAULT_RETRY)
+            self._handler_names[hname] = handler
+            self._handlers.setdefault(event_type, []).append(handler)
+            return fn
+
+        return register
+
+    # -- lookups used by the runtime and the client ---------------------------------------
+
+    def event_class(self, event_type: str) -> type[Event] | None:
+        return self._events.get(event_type)
+
+    def triggers(self, event_type: str) -> list[ProcessDef]:
+        return self._triggers.get(event_type, [])
+
+    def handlers(self, event_type: str) -> list[HandlerDef]:
+        return self._handlers.get(event_type, [])
+
+    def handler(self, name: str) -> HandlerDef | None:
+        return self._handler_names.get(name)
+
+    def definition(self, process: str, version: int) -> ProcessDef | None:
+        return self._processes.get(process, {}).get(version)
+
+    @property
+    def processes(self) -> list[ProcessDef]:
+        return [d for versions in self._processes.values() for d in versions.values()]
+
+    @property
+    def event_types(self) -> list[str]:
+        names = set(self._events) | set(self._triggers) | set(self._handlers)
+        return sorted(names)
+
+    def validate(self, envelope: Envelope, *, require_known: bool = False) -> None:
+        """Check an event against its registered contract.
+
+        Raises:
+            EventValidationError: the data violates the contract.
+            UnknownEventType: ``require_known`` and the app does not know the type.
+        """
+        cls = self._events.get(envelope.type)
+        if cls is None:
+            if require_known and envelope.type not in self.event_types:
+                raise UnknownEventType(
+                    f"unknown event type {envelope.type!r}; known: {', '.join(self.event_types)}"
+                )
+            return
+        cls.from_envelope(envelope)
+
+    def decode(self, envelope: Envelope) -> Event:
+        """The typed event for an envelope (a plain :class:`Event` for unknown types)."""
+        cls = self._events.get(envelope.type, Event)
+        return cls.from_envelope(envelope)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _resolve(self, event: type[Event] | str) -> tuple[str, type[Event]]:
+        if isinstance(event, str):
+            if not event:
+                raise ConfigError("an event type must be a non-empty string")
+            return event, self._events.get(event, Event)
+        if not (isinstance(event, type) and issubclass(event, Event)) or not event.event_type:
+            raise ConfigError(f"{event!r} is not an Event subclass declared with type=...")
+        self._register_event(event)
+        return event.event_type, event
+
+    def _register_event(self, cls: type[Event]) -> None:
+        if cls.event_type is None:
+            raise ConfigError(f"{cls.__name__} has no type=...")
+        existing = self._events.get(cls.event_type)
+        if existing is not None and existing is not cls:
+            raise ConfigError(
+                f"event type {cls.event_type!r} is defined twice: {existing.__name__} and "
+                f"{cls.__name__}"
+            )
+        self._events[cls.event_type] = cls

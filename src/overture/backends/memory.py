@@ -1,0 +1,213 @@
+"""In-memory log and store, for tests and single-process experiments.
+
+State lives in dicts guarded by one lock, so the memory backend behaves like the durable
+ones apart from durability itself: a batch is applied all at once, offsets included.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..errors import EngineBusy
+from ..ports import (
+    Batch,
+    DeadLetter,
+    InboxRow,
+    InstanceRow,
+    NewRecord,
+    Record,
+    WaitRow,
+    WorkRow,
+    partition_for,
+)
+
+_FINAL = frozenset({"completed", "failed", "cancelled"})
+
+
+class MemoryBroker:
+    """Both the log and the store of ``memory://``."""
+
+    def __init__(self, url: str, partitions: int) -> None:
+        self.url = url
+        self._partitions = partitions
+        self._lock = threading.RLock()
+        self._parts: list[list[Record]] = [[] for _ in range(partitions)]
+        self._event_ids: dict[str, Record] = {}
+        self._watchers: list[Callable[[], None]] = []
+        self._rr = 0
+        self._offsets: dict[str, dict[int, int]] = {}
+        self._instances: dict[str, InstanceRow] = {}
+        self._journals: dict[str, list[dict[str, Any]]] = {}
+        self._waits: set[WaitRow] = set()
+        self._work: dict[str, WorkRow] = {}
+        self._inbox: dict[str, InboxRow] = {}
+        self._dlq: dict[str, DeadLetter] = {}
+        self._engine_claimed = False
+        self.log = self
+        self.store = self
+
+    # -- Log ----------------------------------------------------------------------------
+
+    @property
+    def partitions(self) -> int:
+        return self._partitions
+
+    def append(self, records: Sequence[NewRecord]) -> list[tuple[int, int] | None]:
+        with self._lock:
+            out = self._append_locked(records)
+        self._wake()
+        return out
+
+    def _append_locked(self, records: Sequence[NewRecord]) -> list[tuple[int, int] | None]:
+        out: list[tuple[int, int] | None] = []
+        now = time.time()
+        for rec in records:
+            if rec.event_id is not None and rec.event_id in self._event_ids:
+                out.append(None)
+                continue
+            self._rr += 1
+            part = partition_for(rec.key, self._partitions, self._rr)
+            stored = Record(part, len(self._parts[part]), rec.key, rec.value, now)
+            self._parts[part].append(stored)
+            if rec.event_id is not None:
+                self._event_ids[rec.event_id] = stored
+            out.append((part, stored.offset))
+        return out
+
+    def read(self, partition: int, offset: int, limit: int) -> list[Record]:
+        with self._lock:
+            return self._parts[partition][offset : offset + limit]
+
+    def end_offset(self, partition: int) -> int:
+        with self._lock:
+            return len(self._parts[partition])
+
+    def find_event(self, event_id: str) -> Record | None:
+        with self._lock:
+            return self._event_ids.get(event_id)
+
+    def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
+        with self._lock:
+            self._watchers.append(wake)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if wake in self._watchers:
+                    self._watchers.remove(wake)
+
+        return unsubscribe
+
+    def _wake(self) -> None:
+        for wake in list(self._watchers):
+            wake()
+
+    # -- Store --------------------------------------------------------------------------
+
+    def commit(self, batch: Batch) -> None:
+        with self._lock:
+            if batch.appends:
+                self._append_locked(batch.appends)
+            self._offsets.setdefault(batch.group, {}).update(batch.offsets)
+            for iid, row in batch.instances.items():
+                self._instances[iid] = _copy_instance(row)
+            for iid, pos, entries in batch.journal:
+                journal = self._journals.setdefault(iid, [])
+                del journal[pos:]
+                journal.extend(entries)
+            for wait, present in batch.waits.items():
+                if present:
+                    self._waits.add(wait)
+                else:
+                    self._waits.discard(wait)
+            _apply(self._work, batch.work)
+            _apply(self._inbox, batch.inbox)
+            _apply(self._dlq, batch.dead_letters)
+        if batch.appends:
+            self._wake()
+
+    def offsets(self, group: str) -> dict[int, int]:
+        with self._lock:
+            return dict(self._offsets.get(group, {}))
+
+    def instance(self, instance_id: str) -> InstanceRow | None:
+        with self._lock:
+            row = self._instances.get(instance_id)
+            return None if row is None else _copy_instance(row)
+
+    def journal(self, instance_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._journals.get(instance_id, []))
+
+    def instances(
+        self, *, process: str | None = None, status: str | None = None, limit: int = 1000
+    ) -> list[InstanceRow]:
+        with self._lock:
+            rows = [
+                _copy_instance(r)
+                for r in self._instances.values()
+                if (process is None or r.process == process)
+                and (status is None or r.status == status)
+            ]
+        rows.sort(key=lambda r: (r.created, r.id))
+        return rows[:limit]
+
+    def active_instances(self) -> list[tuple[str, str | None]]:
+        with self._lock:
+            return [(r.id, r.key) for r in self._instances.values() if r.status not in _FINAL]
+
+    def waits(self) -> list[WaitRow]:
+        with self._lock:
+            return list(self._waits)
+
+    def work(self) -> list[WorkRow]:
+        with self._lock:
+            return [
+                WorkRow(**{f: getattr(w, f) for f in WorkRow.__slots__})
+                for w in self._work.values()
+            ]
+
+    def inbox(self, instance_id: str) -> list[InboxRow]:
+        with self._lock:
+            rows = [r for r in self._inbox.values() if r.instance_id == instance_id]
+        return sorted(rows, key=lambda r: (r.received, r.id))
+
+    def dead_letters(self) -> list[DeadLetter]:
+        with self._lock:
+            return sorted(self._dlq.values(), key=lambda d: (d.created, d.id))
+
+    def dead_letter(self, dead_letter_id: str) -> DeadLetter | None:
+        with self._lock:
+            return self._dlq.get(dead_letter_id)
+
+    # -- Broker -------------------------------------------------------------------------
+
+    def engine_lock(self) -> Callable[[], None]:
+        with self._lock:
+            if self._engine_claimed:
+                raise EngineBusy(f"an engine is already running on {self.url}")
+            self._engine_claimed = True
+
+        def release() -> None:
+            with self._lock:
+                self._engine_claimed = False
+
+        return release
+
+    def close(self) -> None:
+        """Nothing to release: the data lives as long as the process (or until
+        ``forget_memory_brokers``)."""
+
+
+def _apply(table: dict[str, Any], changes: dict[str, Any]) -> None:
+    for key, value in changes.items():
+        if value is None:
+            table.pop(key, None)
+        else:
+            table[key] = value
+
+
+def _copy_instance(row: InstanceRow) -> InstanceRow:
+    return InstanceRow(**{f: getattr(row, f) for f in InstanceRow.__slots__})

@@ -1,0 +1,468 @@
+"""The embedded backend: log and state in one SQLite file (WAL, fsync at every commit).
+
+Design facts (``shared/notes/sqlite-log.md``): one writer at a time per file, so every write
+is a short ``BEGIN IMMEDIATE`` transaction; the engine commits a whole batch of inputs (log
+offsets, journals, state, emitted events) in one transaction (group commit); other
+processes (``overture send``) append in their own short transactions and ring a doorbell,
+a datagram to an abstract UNIX socket named after the file, so the engine wakes within
+microseconds; ``PRAGMA data_version`` polled every 50 ms is the safety net for a lost ring.
+
+A log record's rowid is ``partition << 40 | offset``, so one B-tree serves both the append
+(``max(rowid)`` in the partition's range) and the ordered reads, with no separate index.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import orjson
+
+from ..errors import ConfigError, EngineBusy
+from ..ports import (
+    Batch,
+    DeadLetter,
+    InboxRow,
+    InstanceRow,
+    NewRecord,
+    Record,
+    WaitRow,
+    WorkRow,
+    partition_for,
+)
+
+_SHIFT = 40
+_MASK = (1 << _SHIFT) - 1
+_POLL_SECONDS = 0.05
+_FINAL = ("completed", "failed", "cancelled")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS log(
+  id INTEGER PRIMARY KEY, key TEXT, value BLOB NOT NULL, ts REAL NOT NULL,
+  event_id TEXT, etype TEXT);
+CREATE UNIQUE INDEX IF NOT EXISTS log_event_id ON log(event_id) WHERE event_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS offsets(
+  grp TEXT NOT NULL, part INTEGER NOT NULL, off INTEGER NOT NULL,
+  PRIMARY KEY(grp, part)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS instances(
+  id TEXT PRIMARY KEY, process TEXT NOT NULL, version INTEGER NOT NULL, key TEXT,
+  status TEXT NOT NULL, part INTEGER NOT NULL, created REAL NOT NULL, updated REAL NOT NULL,
+  trigger_id TEXT NOT NULL, result BLOB, error BLOB, journal_len INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS instances_by_status ON instances(status, created);
+CREATE INDEX IF NOT EXISTS instances_by_process ON instances(process, created);
+CREATE TABLE IF NOT EXISTS journal(
+  instance_id TEXT NOT NULL, pos INTEGER NOT NULL, entries BLOB NOT NULL,
+  PRIMARY KEY(instance_id, pos)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS waits(
+  id TEXT PRIMARY KEY, etype TEXT NOT NULL, key TEXT, instance_id TEXT NOT NULL,
+  seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS work(
+  id TEXT PRIMARY KEY, kind TEXT NOT NULL, due REAL NOT NULL, attempt INTEGER NOT NULL,
+  instance_id TEXT, seq INTEGER, name TEXT, payload BLOB);
+CREATE TABLE IF NOT EXISTS inbox(
+  id TEXT PRIMARY KEY, instance_id TEXT NOT NULL, etype TEXT NOT NULL, key TEXT,
+  value BLOB NOT NULL, received REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS inbox_by_instance ON inbox(instance_id, received);
+CREATE TABLE IF NOT EXISTS dlq(
+  id TEXT PRIMARY KEY, created REAL NOT NULL, reason TEXT NOT NULL, attempts INTEGER NOT NULL,
+  source TEXT NOT NULL, etype TEXT, key TEXT, value BLOB NOT NULL, part INTEGER, off INTEGER);
+"""
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")  # fsync at every commit: durable across power loss
+    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute("PRAGMA journal_size_limit=67108864")
+    return conn
+
+
+def _doorbell_address(path: str) -> bytes:
+    digest = hashlib.sha1(os.path.realpath(path).encode()).hexdigest()[:24]
+    return b"\0overture-" + digest.encode()
+
+
+class SqliteBroker:
+    """Log and store of ``sqlite:///path``; safe for several processes on one file."""
+
+    def __init__(self, url: str, path: str, partitions: int) -> None:
+        self.url = url
+        self.path = path
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise ConfigError(f"cannot create {path!r}: directory {directory!r} does not exist")
+        try:
+            self._conn = _connect(path)
+            self._write(lambda c: self._create(c, partitions))
+            row = self._conn.execute("SELECT v FROM meta WHERE k='partitions'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"{path!r} is not an Overture database: {exc}") from exc
+        self._partitions = int(row[0])
+        self._lock = threading.RLock()
+        self._doorbell = _doorbell_address(path)
+        self._bell = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._bell.setblocking(False)
+        self._watch_threads: list[threading.Thread] = []
+        self._local_watchers: list[Callable[[], None]] = []
+        self.log = self
+        self.store = self
+
+    @staticmethod
+    def _create(conn: sqlite3.Connection, partitions: int) -> None:
+        # Not executescript: it would COMMIT the surrounding transaction.
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute("INSERT OR IGNORE INTO meta VALUES('partitions', ?)", (str(partitions),))
+        conn.execute("INSERT OR IGNORE INTO meta VALUES('format', '1')")
+
+    def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``fn`` in one BEGIN IMMEDIATE transaction (the whole of it is retried on
+        SQLITE_BUSY by busy_timeout at BEGIN, never halfway)."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    # -- Log ----------------------------------------------------------------------------
+
+    @property
+    def partitions(self) -> int:
+        return self._partitions
+
+    def append(self, records: Sequence[NewRecord]) -> list[tuple[int, int] | None]:
+        with self._lock:
+            out: list[tuple[int, int] | None] = self._write(lambda c: self._append(c, records))
+        self.ring()
+        return out
+
+    def _append(
+        self, conn: sqlite3.Connection, records: Iterable[NewRecord]
+    ) -> list[tuple[int, int] | None]:
+        heads: dict[int, int] = {}
+        out: list[tuple[int, int] | None] = []
+        now = time.time()
+        for i, rec in enumerate(records):
+            part = partition_for(rec.key, self._partitions, int(now * 1000) + i)
+            off = heads.get(part)
+            if off is None:
+                top = conn.execute(
+                    "SELECT max(id) FROM log WHERE id >= ? AND id < ?",
+                    (part << _SHIFT, (part + 1) << _SHIFT),
+                ).fetchone()[0]
+                off = 0 if top is None else (top & _MASK) + 1
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO log(id, key, value, ts, event_id, etype) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                ((part << _SHIFT) | off, rec.key, rec.value, now, rec.event_id, rec.event_type),
+            )
+            if cur.rowcount == 1:
+                out.append((part, off))
+                heads[part] = off + 1
+            else:
+                out.append(None)
+                heads[part] = off
+        return out
+
+    def read(self, partition: int, offset: int, limit: int) -> list[Record]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, key, value, ts FROM log WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+                ((partition << _SHIFT) | offset, (partition + 1) << _SHIFT, limit),
+            ).fetchall()
+        return [Record(partition, rid & _MASK, key, value, ts) for rid, key, value, ts in rows]
+
+    def end_offset(self, partition: int) -> int:
+        with self._lock:
+            top = self._conn.execute(
+                "SELECT max(id) FROM log WHERE id >= ? AND id < ?",
+                (partition << _SHIFT, (partition + 1) << _SHIFT),
+            ).fetchone()[0]
+        return 0 if top is None else (top & _MASK) + 1
+
+    def find_event(self, event_id: str) -> Record | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT id, key, value, ts FROM log WHERE event_id = ?", (event_id,)
+            ).fetchone()
+        if row is None:
+            return None
+        return Record(row[0] >> _SHIFT, row[0] & _MASK, row[1], row[2], row[3])
+
+    def ring(self) -> None:
+        """Tell a running engine (in any process) that records were appended."""
+        for wake in list(self._local_watchers):
+            wake()
+        try:
+            self._bell.sendto(b"!", self._doorbell)
+        except OSError:
+            pass  # no engine listening: it will read the records when it starts
+
+    def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
+        stop = threading.Event()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.bind(self._doorbell)
+        except OSError:
+            sock.close()
+            sock = None  # type: ignore[assignment]  # another subscriber holds it: poll only
+        if sock is not None:
+            sock.settimeout(_POLL_SECONDS)
+        watcher = _connect(self.path)
+
+        def watch() -> None:
+            last = watcher.execute("PRAGMA data_version").fetchone()[0]
+            while not stop.is_set():
+                rang = False
+                if sock is not None:
+                    try:
+                        sock.recv(64)
+                        rang = True
+                    except TimeoutError:
+                        pass
+                    except OSError:
+                        return
+                else:
+                    stop.wait(_POLL_SECONDS)
+                version = watcher.execute("PRAGMA data_version").fetchone()[0]
+                if rang or version != last:
+                    last = version
+                    wake()
+
+        thread = threading.Thread(target=watch, name="overture-doorbell", daemon=True)
+        thread.start()
+        self._local_watchers.append(wake)
+
+        def unsubscribe() -> None:
+            stop.set()
+            if wake in self._local_watchers:
+                self._local_watchers.remove(wake)
+            thread.join(timeout=1.0)
+            if sock is not None:
+                sock.close()
+            watcher.close()
+
+        return unsubscribe
+
+    # -- Store --------------------------------------------------------------------------
+
+    def commit(self, batch: Batch) -> None:
+        with self._lock:
+            self._write(lambda c: self._commit(c, batch))
+        if batch.appends:
+            self.ring()
+
+    def _commit(self, c: sqlite3.Connection, b: Batch) -> None:
+        if b.appends:
+            self._append(c, b.appends)
+        if b.offsets:
+            c.executemany(
+                "INSERT INTO offsets VALUES (?, ?, ?) "
+                "ON CONFLICT(grp, part) DO UPDATE SET off = excluded.off",
+                [(b.group, part, off) for part, off in b.offsets.items()],
+            )
+        if b.instances:
+            c.executemany(
+                "INSERT OR REPLACE INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        r.id,
+                        r.process,
+                        r.version,
+                        r.key,
+                        r.status,
+                        r.partition,
+                        r.created,
+                        r.updated,
+                        r.trigger_id,
+                        _dump(r.result),
+                        _dump(r.error),
+                        r.journal_len,
+                    )
+                    for r in b.instances.values()
+                ],
+            )
+        if b.journal:
+            c.executemany(
+                "INSERT OR REPLACE INTO journal VALUES (?, ?, ?)",
+                [(iid, pos, orjson.dumps(entries)) for iid, pos, entries in b.journal],
+            )
+        adds = [w for w, present in b.waits.items() if present]
+        dels = [w for w, present in b.waits.items() if not present]
+        if dels:
+            c.executemany(
+                "DELETE FROM waits WHERE id = ?", [(f"{w.instance_id}:{w.seq}",) for w in dels]
+            )
+        if adds:
+            c.executemany(
+                "INSERT OR REPLACE INTO waits VALUES (?, ?, ?, ?, ?)",
+                [
+                    (f"{w.instance_id}:{w.seq}", w.event_type, w.key, w.instance_id, w.seq)
+                    for w in adds
+                ],
+            )
+        self._apply(
+            c,
+            "work",
+            b.work,
+            lambda w: (w.id, w.kind, w.due, w.attempt, w.instance_id, w.seq, w.name, w.payload),
+        )
+        self._apply(
+            c,
+            "inbox",
+            b.inbox,
+            lambda r: (r.id, r.instance_id, r.event_type, r.key, r.value, r.received),
+        )
+        self._apply(
+            c,
+            "dlq",
+            b.dead_letters,
+            lambda d: (
+                d.id,
+                d.created,
+                d.reason,
+                d.attempts,
+                d.source,
+                d.event_type,
+                d.key,
+                d.value,
+                d.partition,
+                d.offset,
+            ),
+        )
+
+    @staticmethod
+    def _apply(
+        c: sqlite3.Connection,
+        table: str,
+        changes: dict[str, Any],
+        row: Callable[[Any], tuple[Any, ...]],
+    ) -> None:
+        dels = [(k,) for k, v in changes.items() if v is None]
+        puts = [row(v) for v in changes.values() if v is not None]
+        if dels:
+            c.executemany(f"DELETE FROM {table} WHERE id = ?", dels)
+        if puts:
+            marks = ",".join("?" * len(puts[0]))
+            c.executemany(f"INSERT OR REPLACE INTO {table} VALUES ({marks})", puts)
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        with self._lock:
+            return self._conn.execute(sql, args).fetchall()
+
+    def offsets(self, group: str) -> dict[int, int]:
+        return dict(self._query("SELECT part, off FROM offsets WHERE grp = ?", (group,)))
+
+    def instance(self, instance_id: str) -> InstanceRow | None:
+        rows = self._query("SELECT * FROM instances WHERE id = ?", (instance_id,))
+        return _instance(rows[0]) if rows else None
+
+    def journal(self, instance_id: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for (blob,) in self._query(
+            "SELECT entries FROM journal WHERE instance_id = ? ORDER BY pos", (instance_id,)
+        ):
+            out.extend(orjson.loads(blob))
+        return out
+
+    def instances(
+        self, *, process: str | None = None, status: str | None = None, limit: int = 1000
+    ) -> list[InstanceRow]:
+        where, args = [], []
+        if process is not None:
+            where.append("process = ?")
+            args.append(process)
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        sql = "SELECT * FROM instances"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created, id LIMIT ?"
+        return [_instance(r) for r in self._query(sql, (*args, limit))]
+
+    def active_instances(self) -> list[tuple[str, str | None]]:
+        return [
+            (r[0], r[1])
+            for r in self._query(
+                "SELECT id, key FROM instances WHERE status NOT IN (?, ?, ?)", _FINAL
+            )
+        ]
+
+    def waits(self) -> list[WaitRow]:
+        return [WaitRow(*r) for r in self._query("SELECT etype, key, instance_id, seq FROM waits")]
+
+    def work(self) -> list[WorkRow]:
+        return [
+            WorkRow(*r)
+            for r in self._query(
+                "SELECT id, kind, due, attempt, instance_id, seq, name, payload FROM work"
+            )
+        ]
+
+    def inbox(self, instance_id: str) -> list[InboxRow]:
+        return [
+            InboxRow(*r)
+            for r in self._query(
+                "SELECT id, instance_id, etype, key, value, received FROM inbox "
+                "WHERE instance_id = ? ORDER BY received, id",
+                (instance_id,),
+            )
+        ]
+
+    def dead_letters(self) -> list[DeadLetter]:
+        return [DeadLetter(*r) for r in self._query("SELECT * FROM dlq ORDER BY created, id")]
+
+    def dead_letter(self, dead_letter_id: str) -> DeadLetter | None:
+        rows = self._query("SELECT * FROM dlq WHERE id = ?", (dead_letter_id,))
+        return DeadLetter(*rows[0]) if rows else None
+
+    # -- Broker -------------------------------------------------------------------------
+
+    def engine_lock(self) -> Callable[[], None]:
+        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise EngineBusy(
+                f"another engine is already running on {self.path}; one engine process "
+                "owns an embedded database (use the Kafka backend to scale out)"
+            ) from None
+
+        def release() -> None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+        return release
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+        self._bell.close()
+
+
+def _dump(value: Any) -> bytes | None:
+    return None if value is None else orjson.dumps(value)
+
+
+def _instance(row: tuple[Any, ...]) -> InstanceRow:
+    values = list(row)
+    values[9] = None if values[9] is None else orjson.loads(values[9])
+    values[10] = None if values[10] is None else orjson.loads(values[10])
+    return InstanceRow(*values)

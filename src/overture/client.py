@@ -1,0 +1,284 @@
+"""The Python client: send events, and inspect and operate instances, from any process."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .app import App
+from .backends import DEFAULT_URL, open_broker
+from .core import journal as jr
+from .errors import ConfigError, MalformedEvent, NotFound
+from .events import Envelope, Event, decode, encode
+from .ports import Broker, DeadLetter, NewRecord
+from .runtime.engine import CONTROL_CANCEL, CONTROL_DLQ_REPLAY
+
+FINAL = frozenset({"completed", "failed", "cancelled"})
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """A process instance as the client sees it."""
+
+    id: str
+    process: str
+    version: int
+    key: str | None
+    status: str
+    created: datetime
+    updated: datetime
+    trigger_id: str
+    result: Any
+    error: Any
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedEvent:
+    """An event read back from the log, with its position."""
+
+    partition: int
+    offset: int
+    envelope: Envelope | None
+    raw: bytes
+    error: str | None = None
+
+
+class Client:
+    """Send events and query instances. Synchronous; safe to use next to a running engine
+    in another process.
+
+    Args:
+        broker: a broker URL (``sqlite:///path.db``, ``memory://``) or an open broker.
+        app: optional; when given, events of types it defines are validated before sending.
+    """
+
+    def __init__(self, broker: str | Broker = DEFAULT_URL, *, app: App | None = None) -> None:
+        self._owns = isinstance(broker, str)
+        self.broker: Broker = open_broker(broker) if isinstance(broker, str) else broker
+        self.app = app
+
+    def close(self) -> None:
+        if self._owns and not self.broker.url.startswith("memory:"):
+            self.broker.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def send(
+        self,
+        event: Event | str,
+        data: dict[str, Any] | None = None,
+        *,
+        key: str | None = None,
+        **attributes: Any,
+    ) -> str:
+        """Publish one event; returns its id.
+
+        ``event`` is an :class:`Event` instance, or a type name with ``data``. ``key`` sets
+        the partition/correlation key; other keyword arguments set CloudEvents attributes
+        (``id``, ``source``, ``subject``, ``tenant``, …). Re-sending an event with an id
+        that is already in the log is a no-op.
+
+        Raises:
+            EventValidationError: the data violates the type's registered contract.
+        """
+        return self.send_many([self.envelope(event, data, key=key, **attributes)])[0]
+
+    def envelope(
+        self,
+        event: Event | str,
+        data: dict[str, Any] | None = None,
+        *,
+        key: str | None = None,
+        **attributes: Any,
+    ) -> Envelope:
+        """Build (and validate) the envelope :meth:`send` would publish."""
+        if isinstance(event, str):
+            cls = None if self.app is None else self.app.event_class(event)
+            envelope = Envelope(
+                type=event,
+                data=data or {},
+                partitionkey=None if cls is None else _key_of(cls, data),
+            )
+        else:
+            if data is not None:
+                raise TypeError("send(data=...) is only for send('type', data=...)")
+            envelope = event.envelope
+        if key is not None:
+            attributes["partitionkey"] = str(key)
+        if attributes:
+            envelope = Envelope(**{**_fields(envelope), **attributes})
+        if self.app is not None:
+            self.app.validate(envelope)
+        return envelope
+
+    def send_many(self, envelopes: Iterable[Envelope]) -> list[str]:
+        """Publish several events atomically (all or none); returns their ids."""
+        batch = list(envelopes)
+        records = [NewRecord(e.partitionkey, encode(e), e.id, e.type) for e in batch]
+        self.broker.log.append(records)
+        return [e.id for e in batch]
+
+    def send_raw(self, value: bytes, *, key: str | None = None) -> tuple[int, int]:
+        """Append raw bytes unvalidated, as any producer could (malformed input ends up in
+        the dead-letter queue). Returns (partition, offset)."""
+        position = self.broker.log.append([NewRecord(key, value)])[0]
+        assert position is not None
+        return position
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def instances(
+        self, *, process: str | None = None, status: str | None = None, limit: int = 1000
+    ) -> list[Instance]:
+        """Instances, oldest first, optionally filtered."""
+        rows = self.broker.store.instances(process=process, status=status, limit=limit)
+        return [_instance(r) for r in rows]
+
+    def instance(self, instance_id: str) -> Instance:
+        """One instance by id (a unique prefix of at least 6 characters also works)."""
+        row = self.broker.store.instance(instance_id)
+        if row is None and len(instance_id) >= 6:
+            matches = [
+                r for r in self.broker.store.instances(limit=10**9) if r.id.startswith(instance_id)
+            ]
+            if len(matches) == 1:
+                row = matches[0]
+        if row is None:
+            raise NotFound(f"no instance {instance_id!r}")
+        return _instance(row)
+
+    def journal(self, instance_id: str) -> list[dict[str, Any]]:
+        """The instance's journal entries (see ``overture.core.journal``)."""
+        return self.broker.store.journal(self.instance(instance_id).id)
+
+    def timeline(self, instance_id: str) -> list[tuple[datetime | None, str]]:
+        """The journal as (time, description) lines."""
+        out = []
+        for entry in self.journal(instance_id):
+            t = entry.get("t")
+            out.append((None if t is None else datetime.fromtimestamp(t, UTC), jr.describe(entry)))
+        return out
+
+    def events(
+        self, *, type: str | None = None, start: dict[int, int] | None = None, limit: int = 10_000
+    ) -> list[LoggedEvent]:
+        """Events in the log (per partition in offset order), optionally of one type."""
+        out: list[LoggedEvent] = []
+        for event in self._scan(start or {}):
+            if type is None or (event.envelope is not None and event.envelope.type == type):
+                out.append(event)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def follow(
+        self, *, type: str | None = None, from_end: bool = False, poll: float = 0.1
+    ) -> Iterator[LoggedEvent]:
+        """Yield events as they are appended (forever)."""
+        log = self.broker.log
+        positions = {p: (log.end_offset(p) if from_end else 0) for p in range(log.partitions)}
+        while True:
+            got = False
+            for event in self._scan(positions):
+                positions[event.partition] = event.offset + 1
+                got = True
+                if type is None or (event.envelope is not None and event.envelope.type == type):
+                    yield event
+            if not got:
+                time.sleep(poll)
+
+    def _scan(self, start: dict[int, int]) -> Iterator[LoggedEvent]:
+        log = self.broker.log
+        for part in range(log.partitions):
+            offset = start.get(part, 0)
+            while True:
+                records = log.read(part, offset, 1000)
+                if not records:
+                    break
+                for rec in records:
+                    try:
+                        yield LoggedEvent(part, rec.offset, decode(rec.value), rec.value)
+                    except MalformedEvent as error:
+                        yield LoggedEvent(part, rec.offset, None, rec.value, str(error))
+                offset = records[-1].offset + 1
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """Everything parked in the dead-letter queue, with reason and original bytes."""
+        return self.broker.store.dead_letters()
+
+    # -- operating ---------------------------------------------------------------------------
+
+    def cancel(self, instance_id: str) -> str:
+        """Ask the engine to cancel an instance (asynchronously). Returns the request's
+        event id."""
+        instance = self.instance(instance_id)
+        if instance.status in FINAL:
+            raise ConfigError(f"instance {instance.id} is already {instance.status}")
+        envelope = Envelope(
+            type=CONTROL_CANCEL, data={"instance_id": instance.id}, partitionkey=instance.key
+        )
+        return self.send_many([envelope])[0]
+
+    def replay_dead_letter(self, dead_letter_id: str) -> str:
+        """Ask the engine to retry a dead letter (a handler runs again; an undecodable or
+        invalid event is routed again)."""
+        letter = self.broker.store.dead_letter(dead_letter_id)
+        if letter is None:
+            raise NotFound(f"no dead letter {dead_letter_id!r}")
+        envelope = Envelope(
+            type=CONTROL_DLQ_REPLAY, data={"id": letter.id}, partitionkey=letter.key
+        )
+        return self.send_many([envelope])[0]
+
+    def wait(self, instance_id: str, *, timeout: float = 30.0, poll: float = 0.01) -> Instance:
+        """Block until the instance has finished (completed, failed or cancelled).
+
+        Raises:
+            TimeoutError: it did not finish in time.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                instance = self.instance(instance_id)
+            except NotFound:
+                instance = None
+            if instance is not None and instance.status in FINAL:
+                return instance
+            if time.monotonic() > deadline:
+                status = "not started" if instance is None else instance.status
+                raise TimeoutError(f"instance {instance_id} still {status} after {timeout}s")
+            time.sleep(poll)
+
+
+def _key_of(cls: type[Event], data: dict[str, Any] | None) -> str | None:
+    if cls.key_field is None or not data or data.get(cls.key_field) is None:
+        return None
+    return str(data[cls.key_field])
+
+
+def _fields(envelope: Envelope) -> dict[str, Any]:
+    return {name: getattr(envelope, name) for name in Envelope.__slots__}
+
+
+def _instance(row: Any) -> Instance:
+    return Instance(
+        row.id,
+        row.process,
+        row.version,
+        row.key,
+        row.status,
+        datetime.fromtimestamp(row.created, UTC),
+        datetime.fromtimestamp(row.updated, UTC),
+        row.trigger_id,
+        row.result,
+        row.error,
+    )

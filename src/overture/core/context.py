@@ -1,0 +1,153 @@
+"""The interface process code uses for every durable operation."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any, TypeVar, overload
+from uuid import UUID
+
+from ..events import Event
+from ..policies import Retry
+
+T = TypeVar("T")
+E = TypeVar("E", bound=Event)
+
+
+class DurableFuture(ABC, Awaitable[T]):
+    """The awaitable result of a durable operation.
+
+    The operation is scheduled when the ``ctx`` method is *called*, not when the future is
+    awaited, so several steps started before awaiting run in parallel.
+    """
+
+    @abstractmethod
+    def done(self) -> bool:
+        """Whether the operation has a result (or an error)."""
+
+
+class Context(ABC):
+    """The only source of time, randomness and side effects in process code.
+
+    Every method that touches the outside world is journaled; after a crash the process is
+    rebuilt by replaying its code against the journal, so process code must be
+    deterministic apart from what it gets through this object.
+    """
+
+    @property
+    @abstractmethod
+    def instance_id(self) -> str:
+        """This instance's id."""
+
+    @property
+    @abstractmethod
+    def key(self) -> str | None:
+        """This instance's correlation key."""
+
+    @property
+    @abstractmethod
+    def is_replaying(self) -> bool:
+        """True while the code is re-executed against the journal (for logging only)."""
+
+    @property
+    @abstractmethod
+    def idempotency_key(self) -> str:
+        """The idempotency key the *next* ``step`` call will carry.
+
+        Pass it to an external service as an argument of that step::
+
+            await ctx.step(charge, order, ctx.idempotency_key)
+
+        It is stable across retries and crash re-executions of that step, so the service
+        can deduplicate. Inside a running step it is also available as
+        ``overture.current_step().idempotency_key``.
+        """
+
+    @abstractmethod
+    def step(
+        self,
+        fn: Callable[..., Awaitable[T]] | Callable[..., T],
+        *args: Any,
+        retry: Retry | None = None,
+        timeout: timedelta | None = None,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> DurableFuture[T]:
+        """Run ``fn(*args, **kwargs)`` at least once, outside the engine's critical section.
+
+        Its result is journaled, so on replay ``fn`` is not called again. Failures are
+        retried per ``retry``; a final failure raises :class:`~overture.StepFailed`.
+        Sync functions run in a thread pool; async ones on the engine's loop.
+        """
+
+    @overload
+    def wait_for(
+        self, event: type[E], *, key: str | None = ..., timeout: timedelta | None = ...
+    ) -> DurableFuture[E]: ...
+
+    @overload
+    def wait_for(
+        self, event: str, *, key: str | None = ..., timeout: timedelta | None = ...
+    ) -> DurableFuture[Event]: ...
+
+    @abstractmethod
+    def wait_for(
+        self,
+        event: type[Event] | str,
+        *,
+        key: str | None = None,
+        timeout: timedelta | None = None,
+    ) -> DurableFuture[Any]:
+        """Wait for an event of that type whose correlation key equals ``key``.
+
+        ``key`` defaults to this instance's key. An event with that key that arrived while
+        the instance was running but not yet waiting is buffered and delivered here.
+
+        Raises:
+            WaitTimeout: ``timeout`` passed first (a durable timer).
+        """
+
+    @abstractmethod
+    def sleep(self, duration: timedelta) -> DurableFuture[None]:
+        """A durable timer: survives restarts; fires once ``duration`` has passed."""
+
+    @abstractmethod
+    def emit(
+        self, event: Event | str, data: dict[str, Any] | None = None, *, key: str | None = None
+    ) -> str:
+        """Publish an event exactly once, atomically with this step of the instance.
+
+        ``event`` is an :class:`~overture.Event` instance, or a type name with ``data``.
+        The key defaults to the event's own key field, then to the instance's key.
+        Returns the event id.
+        """
+
+    @abstractmethod
+    def compensate_with(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Register a compensation (saga). Compensations run LIFO on ``compensate()``, and
+        automatically if the process fails."""
+
+    @abstractmethod
+    async def compensate(self) -> None:
+        """Run the registered compensations, newest first, each as a durable step."""
+
+    @abstractmethod
+    def gather(self, *operations: Awaitable[Any]) -> DurableFuture[list[Any]]:
+        """Run durable operations or sub-coroutines in parallel; wait for all of them.
+
+        Returns their results in argument order; if any failed, raises the first failure
+        in argument order once all have finished.
+        """
+
+    @abstractmethod
+    def now(self) -> datetime:
+        """The (journaled) time of the input being processed, UTC."""
+
+    @abstractmethod
+    def uuid(self) -> UUID:
+        """A UUID that is the same on every replay."""
+
+    @abstractmethod
+    def random(self) -> float:
+        """A float in [0, 1) that is the same on every replay."""

@@ -1,0 +1,61 @@
+"""Journal entries: the durable history of one process instance.
+
+A journal is an ordered list of small JSON objects. Entries of kind ``start`` and ``res``
+are *inputs* (they drive the code on replay); ``cmd`` and ``end`` entries are *outputs* the
+code produced and are checked against the code on replay; ``retry`` entries are notes for
+humans (the retry schedule itself lives in the store's work rows).
+
+=========  ==================================================================================
+kind       fields
+=========  ==================================================================================
+start      ``t`` time, ``ev`` trigger CloudEvent (structured JSON), ``fmt`` journal format,
+           ``v`` process version
+cmd        ``s`` sequence number, ``op`` (step | wait | sleep | emit), ``n`` name, and per op:
+           ``key``/``due`` (wait), ``due`` (sleep), ``ev`` event id (emit)
+res        ``t`` time, ``s`` sequence number, then ``ok`` value or ``err`` {type, message}
+retry      ``t`` time, ``s`` sequence number, ``a`` failed attempt, ``err``, ``due`` next try
+end        ``t`` time, ``st`` completed | failed | cancelled, then ``ok`` result or ``err``
+=========  ==================================================================================
+
+``FORMAT`` is written into every ``start`` entry so later releases can read old journals.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+FORMAT = 1
+
+Entry = dict[str, Any]
+
+INPUT_KINDS = frozenset({"start", "res"})
+
+
+def describe(entry: Entry) -> str:
+    """One human-readable line for ``overture show``."""
+    kind = entry["k"]
+    if kind == "start":
+        return f"started by {entry['ev']['type']} ({entry['ev']['id']})"
+    if kind == "cmd":
+        op, name = entry["op"], entry["n"]
+        if op == "wait":
+            return f"#{entry['s']} wait for {name} key={entry.get('key')!r}"
+        if op == "sleep":
+            return f"#{entry['s']} sleep"
+        if op == "emit":
+            return f"#{entry['s']} emit {name} ({entry.get('ev')})"
+        return f"#{entry['s']} {op} {name}"
+    if kind == "res":
+        if "err" in entry:
+            return f"#{entry['s']} failed: {entry['err']['type']}: {entry['err']['message']}"
+        return f"#{entry['s']} -> {entry.get('ok')!r}"
+    if kind == "retry":
+        err = entry["err"]
+        return (
+            f"#{entry['s']} attempt {entry['a']} failed ({err['type']}: {err['message']}); retrying"
+        )
+    if kind == "end":
+        if "err" in entry:
+            return f"{entry['st']}: {entry['err']['type']}: {entry['err']['message']}"
+        return f"{entry['st']}: {entry.get('ok')!r}"
+    return repr(entry)

@@ -1,0 +1,683 @@
+"""The sans-IO state machine of one process instance.
+
+Inputs go in (``start``, ``resolve``, ``replay``), journal entries and commands come out
+(``take_entries``, the returned command lists). Nothing here does I/O or touches asyncio:
+the process coroutine is driven by hand with ``coro.send`` (design option A of
+``shared/notes/durable-execution.md``), by a tiny FIFO scheduler of our own, so the order in
+which code runs depends only on the order of inputs, which the journal records.
+
+Replay feeds the journal's input entries (``start``, ``res``) back in order; every
+command the code issues is matched against the next recorded ``cmd`` entry (operation and
+name). Any difference parks the instance as ``stuck`` with the expected vs. requested
+operation in the reason. Rejected alternative: a custom asyncio loop per instance
+(Temporal's design). It lets process code use ``asyncio.gather`` but costs a loop object per
+instance and the private ``_set_running_loop``; ``ctx.gather`` covers the need.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, NoReturn, TypeVar
+
+from ..errors import NonDeterminismError, StepFailed, WaitTimeout
+from ..events import Envelope, Event
+from ..policies import DEFAULT_RETRY, Retry
+from . import journal as jr
+from .context import Context
+from .context import DurableFuture as DurableFutureABC
+from .values import describe_error, from_json, return_annotation, to_json
+
+T = TypeVar("T")
+
+RUNNING, WAITING, COMPLETED, FAILED, CANCELLED, STUCK = (
+    "running",
+    "waiting",
+    "completed",
+    "failed",
+    "cancelled",
+    "stuck",
+)
+FINAL_STATUSES = frozenset({COMPLETED, FAILED, CANCELLED})
+_EMIT_NAMESPACE = uuid.UUID("6f0f5d1c-3c1a-4a8e-9d6a-0b7e1e6f2a10")
+
+
+def instance_id_for(process: str, trigger_event_id: str) -> str:
+    """The id of the instance a trigger event starts: derived, so a re-delivered trigger
+    finds its instance instead of starting a second one."""
+    return uuid.uuid5(_EMIT_NAMESPACE, f"{process}\x00{trigger_event_id}").hex
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSpec:
+    """What the core needs to know about a process definition."""
+
+    name: str
+    version: int
+    fn: Callable[[Context, Any], Coroutine[Any, Any, Any]]
+    event_class: type[Event]
+    app_name: str = "overture"
+
+
+# -- commands (outputs to the runtime) ----------------------------------------------------
+
+
+@dataclass(slots=True)
+class StepCall:
+    """A step the runtime must execute (again, after a crash)."""
+
+    instance_id: str
+    seq: int
+    name: str
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    retry: Retry
+    timeout: float | None
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.instance_id}:{self.seq}"
+
+
+@dataclass(slots=True)
+class ScheduleStep:
+    call: StepCall
+
+
+@dataclass(slots=True)
+class StartTimer:
+    seq: int
+    due: float
+
+
+@dataclass(slots=True)
+class StartWait:
+    seq: int
+    event_type: str
+    key: str | None
+    due: float | None
+
+
+@dataclass(slots=True)
+class EmitEvent:
+    seq: int
+    envelope: Envelope
+
+
+@dataclass(slots=True)
+class Finished:
+    status: str
+    result: Any = None
+    error: dict[str, str] | None = None
+
+
+Command = ScheduleStep | StartTimer | StartWait | EmitEvent | Finished
+
+
+# -- futures and tasks ----------------------------------------------------------------------
+
+
+class _Future(DurableFutureABC[T]):
+    __slots__ = ("_callbacks", "_done", "_error", "_result")
+
+    def __init__(self) -> None:
+        self._done = False
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._callbacks: list[Callable[[], None]] = []
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, value: Any) -> None:
+        self._done, self._result = True, value
+        self._fire()
+
+    def set_error(self, error: BaseException) -> None:
+        self._done, self._error = True, error
+        self._fire()
+
+    def add_callback(self, callback: Callable[[], None]) -> None:
+        if self._done:
+            callback()
+        else:
+            self._callbacks.append(callback)
+
+    def _fire(self) -> None:
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def __await__(self) -> Generator[Any, None, T]:
+        if not self._done:
+            yield self
+        if self._error is not None:
+            raise self._error
+        return self._result  # type: ignore[no-any-return]
+
+
+class _Task:
+    """A coroutine driven by the machine's scheduler."""
+
+    __slots__ = ("coro", "future", "machine")
+
+    def __init__(self, machine: Machine, coro: Coroutine[Any, Any, Any]) -> None:
+        self.machine = machine
+        self.coro = coro
+        self.future: _Future[Any] = _Future()
+
+    def wake(self) -> None:
+        self.machine._ready.append(self)
+
+    def step(self) -> None:
+        machine = self.machine
+        machine._current = self
+        try:
+            yielded = self.coro.send(None)
+        except StopIteration as stop:
+            machine._task_done(self)
+            self.future.set_result(stop.value)
+        except NonDeterminismError:
+            raise
+        except Exception as error:
+            machine._task_done(self)
+            self.future.set_error(error)
+        else:
+            if isinstance(yielded, _Future):
+                yielded.add_callback(self.wake)
+            else:
+                machine._diverge(
+                    f"process code awaited {yielded!r}; only ctx operations may be awaited "
+                    "in process code (run other async code inside a step)"
+                )
+
+
+@dataclass(slots=True)
+class _Pending:
+    op: str
+    name: str
+    future: _Future[Any]
+    decode: Callable[[Any], Any]
+    call: StepCall | None = None
+    wait: tuple[str, str | None] | None = None
+
+
+@dataclass(slots=True)
+class _Compensation:
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+# -- the machine ----------------------------------------------------------------------------
+
+
+class Machine:
+    """One process instance: its journal, its suspended coroutine, and its pending work."""
+
+    def __init__(self, spec: ProcessSpec, instance_id: str, key: str | None) -> None:
+        self.spec = spec
+        self.instance_id = instance_id
+        self.key = key
+        self.status = RUNNING
+        self.stuck_reason: str | None = None
+        self.result: Any = None
+        self.error: dict[str, str] | None = None
+        self.journal: list[jr.Entry] = []
+        self._new: list[jr.Entry] = []
+        self._commands: list[Command] = []
+        self._pending: dict[int, _Pending] = {}
+        self._compensations: list[_Compensation] = []
+        self._ready: deque[_Task] = deque()
+        self._tasks: set[_Task] = set()
+        self._next_seq = 1
+        self._now = 0.0
+        self._rng = random.Random(instance_id)
+        self._replay: list[jr.Entry] | None = None
+        self._cursor = 0
+        self._current: _Task | None = None
+        self._closing = False
+        self.ctx: Context = _MachineContext(self)
+
+    # -- inputs -------------------------------------------------------------------------
+
+    def start(self, envelope: Envelope, now: float) -> list[Command]:
+        """Begin a new instance for its trigger event."""
+        entry = {
+            "k": "start",
+            "t": now,
+            "ev": envelope.to_dict(),
+            "fmt": jr.FORMAT,
+            "v": self.spec.version,
+        }
+        self._append(entry)
+        return self._activate(entry)
+
+    def replay(self, journal: list[jr.Entry]) -> list[Command]:
+        """Rebuild in-memory state (coroutine, pending operations) from a journal.
+
+        Recorded commands are not re-issued: their effects (waits, timers, work rows) are
+        already stored. Returns only commands the code issued *past the end* of the
+        journal (possible after a code change that appends work). On divergence the
+        machine ends up ``stuck`` with the reason.
+        """
+        self.journal = list(journal)
+        self._replay = journal
+        self._cursor = 0
+        try:
+            while self._cursor < len(journal) and self.stuck_reason is None:
+                entry = journal[self._cursor]
+                kind = entry["k"]
+                self._cursor += 1
+                if kind in jr.INPUT_KINDS:
+                    self._activate(entry)
+                    self._commands.clear()  # effects of recorded commands are stored
+                elif kind == "retry":
+                    continue
+                elif kind == "end" and entry["st"] == CANCELLED:
+                    self._close_tasks()
+                    self._set_final(CANCELLED, None, None)
+                else:
+                    self._diverge(
+                        f"the journal recorded {jr.describe(entry)!r} but the code "
+                        "did not request it"
+                    )
+        except NonDeterminismError:
+            pass
+        finally:
+            self._replay = None
+        if self.stuck_reason is not None:
+            self._commands.clear()
+        return self._flush()
+
+    def resolve(
+        self, seq: int, now: float, *, ok: Any = None, err: dict[str, str] | None = None
+    ) -> list[Command]:
+        """Deliver the outcome of operation ``seq``; ignored if it is no longer pending."""
+        if seq not in self._pending or self.status in FINAL_STATUSES or self.stuck_reason:
+            return []
+        entry: jr.Entry = {"k": "res", "t": now, "s": seq}
+        if err is not None:
+            entry["err"] = err
+        else:
+            entry["ok"] = ok
+        self._append(entry)
+        return self._activate(entry)
+
+    def note_retry(
+        self, seq: int, attempt: int, error: dict[str, str], due: float, now: float
+    ) -> None:
+        """Journal a failed attempt that will be retried (for humans reading the timeline)."""
+        self._append({"k": "retry", "t": now, "s": seq, "a": attempt, "err": error, "due": due})
+
+    def cancel(self, now: float) -> list[Command]:
+        """Stop the instance for good; pending operations are abandoned."""
+        if self.status in FINAL_STATUSES:
+            return []
+        self._close_tasks()
+        self._append({"k": "end", "t": now, "st": CANCELLED})
+        self._set_final(CANCELLED, None, None)
+        return [Finished(CANCELLED)]
+
+    def close(self) -> None:
+        """Drop the coroutines (cache eviction); the journal keeps everything."""
+        self._close_tasks()
+
+    def take_entries(self) -> list[jr.Entry]:
+        """Journal entries appended since the last call."""
+        new, self._new = self._new, []
+        return new
+
+    # -- queries ------------------------------------------------------------------------
+
+    def pending_step(self, seq: int) -> StepCall | None:
+        pending = self._pending.get(seq)
+        return None if pending is None else pending.call
+
+    def pending_wait(self, seq: int) -> tuple[str, str | None] | None:
+        pending = self._pending.get(seq)
+        return None if pending is None else pending.wait
+
+    def pending_steps(self) -> list[StepCall]:
+        return [p.call for p in self._pending.values() if p.call is not None]
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    # -- driving the code ---------------------------------------------------------------
+
+    def _activate(self, entry: jr.Entry) -> list[Command]:
+        try:
+            self._apply_input(entry)
+        except NonDeterminismError:
+            return self._flush()
+        self._run()
+        return self._flush()
+
+    def _apply_input(self, entry: jr.Entry) -> None:
+        self._now = entry["t"]
+        if entry["k"] == "start":
+            event = self.spec.event_class.from_envelope(Envelope.from_dict(entry["ev"]))
+            main = self._spawn(self.spec.fn(self.ctx, event))
+            main.future.add_callback(lambda: self._main_done(main.future))
+        else:
+            pending = self._pending.pop(entry["s"], None)
+            if pending is None:
+                self._diverge(
+                    f"the journal resolves operation #{entry['s']}, which the code never requested"
+                )
+            if "err" in entry:
+                pending.future.set_error(self._error_for(pending, entry["err"]))
+            else:
+                try:
+                    value = pending.decode(entry.get("ok"))
+                except Exception as error:
+                    pending.future.set_error(error)
+                else:
+                    pending.future.set_result(value)
+
+    def _run(self) -> None:
+        try:
+            while self._ready and self.stuck_reason is None:
+                self._ready.popleft().step()
+        except NonDeterminismError:
+            pass  # stuck_reason is set; the journal is left as it was
+        if self.stuck_reason is None and not self.final:
+            self._update_status()
+
+    def _flush(self) -> list[Command]:
+        commands, self._commands = self._commands, []
+        return commands
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> _Task:
+        task = _Task(self, coro)
+        self._tasks.add(task)
+        self._ready.append(task)
+        return task
+
+    def _main_done(self, future: _Future[Any]) -> None:
+        error = future._error
+        if error is None:
+            try:
+                result = to_json(future._result)
+            except Exception as exc:
+                error = TypeError(f"the process returned a value that is not JSON: {exc}")
+            else:
+                self._finish(COMPLETED, result=result)
+                return
+        if self._compensations:
+            self._spawn(self._compensate_then_fail(error))
+        else:
+            self._finish(FAILED, error=describe_error(error))
+
+    async def _compensate_then_fail(self, error: BaseException) -> None:
+        described = describe_error(error)
+        try:
+            await self.ctx.compensate()
+        except Exception as comp_error:
+            described["compensation"] = str(comp_error)
+        self._finish(FAILED, error=described)
+
+    def _finish(self, status: str, result: Any = None, error: dict[str, str] | None = None) -> None:
+        entry: jr.Entry = {"k": "end", "t": self._now, "st": status}
+        if error is not None:
+            entry["err"] = error
+        else:
+            entry["ok"] = result
+        self._record(entry, lambda rec: rec["st"] == status)
+        self._close_tasks()
+        self._set_final(status, result, error)
+        self._commands.append(Finished(status, result, error))
+
+    def _set_final(self, status: str, result: Any, error: dict[str, str] | None) -> None:
+        self.status, self.result, self.error = status, result, error
+        self._pending.clear()
+
+    def _update_status(self) -> None:
+        busy = any(p.op == "step" for p in self._pending.values())
+        self.status = RUNNING if busy or self._ready else WAITING
+
+    def _task_done(self, task: _Task) -> None:
+        self._tasks.discard(task)
+        if self._current is task:
+            self._current = None
+
+    def _close_tasks(self) -> None:
+        self._closing = True
+        for task in self._tasks:
+            if task is not self._current:  # a running coroutine cannot be closed; it ends itself
+                try:
+                    task.coro.close()
+                except (Exception, NonDeterminismError):
+                    pass  # code that swallows GeneratorExit or acts in `finally`: nothing to keep
+        self._tasks.clear()
+        self._ready.clear()
+
+    # -- journal ------------------------------------------------------------------------
+
+    def _append(self, entry: jr.Entry) -> None:
+        self.journal.append(entry)
+        self._new.append(entry)
+
+    def _record(self, entry: jr.Entry, matches: Callable[[jr.Entry], bool]) -> bool:
+        """Record an output entry; on replay, check it against the journal instead.
+
+        Returns True if the entry is new (live), False if it was replayed.
+        """
+        if self._replay is not None and self._cursor < len(self._replay):
+            recorded = self._replay[self._cursor]
+            if recorded["k"] == entry["k"] and matches(recorded):
+                self._cursor += 1
+                return False
+            self._diverge(
+                f"the code requested {jr.describe(entry)!r} but the journal recorded "
+                f"{jr.describe(recorded)!r} at position {self._cursor}"
+            )
+        self._append(entry)
+        return True
+
+    def _diverge(self, reason: str) -> NoReturn:
+        if self.stuck_reason is None:
+            self.stuck_reason = f"non-determinism: {reason}"
+            self.status = STUCK
+        raise NonDeterminismError(self.stuck_reason)
+
+    # -- operations (called by the context) ---------------------------------------------
+
+    def _operation(
+        self, op: str, name: str, extra: dict[str, Any], decode: Callable[[Any], Any] = _identity
+    ) -> tuple[int, bool, _Pending]:
+        if self.final or self._closing:
+            raise RuntimeError("the instance has finished or is being evicted; no operations")
+        seq = self._next_seq
+        self._next_seq += 1
+        entry = {"k": "cmd", "s": seq, "op": op, "n": name, **extra}
+        live = self._record(entry, lambda rec: rec["op"] == op and rec["n"] == name)
+        pending = _Pending(op, name, _Future(), decode)
+        return seq, live, pending
+
+    def _error_for(self, pending: _Pending, err: dict[str, str]) -> BaseException:
+        if pending.op == "wait" and err["type"] == "WaitTimeout":
+            event_type, key = pending.wait or (pending.name, None)
+            return WaitTimeout(event_type, key)
+        attempts = int(err.get("attempts", 1))
+        return StepFailed(pending.name, err["type"], err["message"], attempts)
+
+
+class _MachineContext(Context):
+    __slots__ = ("_m",)
+
+    def __init__(self, machine: Machine) -> None:
+        self._m = machine
+
+    @property
+    def instance_id(self) -> str:
+        return self._m.instance_id
+
+    @property
+    def key(self) -> str | None:
+        return self._m.key
+
+    @property
+    def is_replaying(self) -> bool:
+        return self._m._replay is not None
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self._m.instance_id}:{self._m._next_seq}"
+
+    def step(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        retry: Retry | None = None,
+        timeout: timedelta | None = None,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> _Future[Any]:
+        m = self._m
+        step_name = name or getattr(fn, "__qualname__", None) or repr(fn)
+        annotation = return_annotation(fn)
+        seq, live, pending = m._operation(
+            "step", step_name, {}, lambda value: from_json(value, annotation)
+        )
+        pending.call = StepCall(
+            m.instance_id,
+            seq,
+            step_name,
+            fn,
+            args,
+            kwargs,
+            retry or DEFAULT_RETRY,
+            None if timeout is None else timeout.total_seconds(),
+        )
+        m._pending[seq] = pending
+        if live:
+            m._commands.append(ScheduleStep(pending.call))
+        return pending.future
+
+    def wait_for(
+        self, event: type[Event] | str, *, key: str | None = None, timeout: timedelta | None = None
+    ) -> _Future[Any]:
+        m = self._m
+        if isinstance(event, str):
+            event_type, cls = event, Event
+        else:
+            if event.event_type is None:
+                raise TypeError("wait_for needs an Event subclass declared with type=...")
+            event_type, cls = event.event_type, event
+        wait_key = m.key if key is None else str(key)
+        due = None if timeout is None else m._now + timeout.total_seconds()
+        extra: dict[str, Any] = {"key": wait_key}
+        if due is not None:
+            extra["due"] = due
+        seq, live, pending = m._operation(
+            "wait",
+            event_type,
+            extra,
+            lambda value: cls.from_envelope(Envelope.from_dict(value)),
+        )
+        pending.wait = (event_type, wait_key)
+        m._pending[seq] = pending
+        if live:
+            m._commands.append(StartWait(seq, event_type, wait_key, due))
+        return pending.future
+
+    def sleep(self, duration: timedelta) -> _Future[None]:
+        m = self._m
+        due = m._now + duration.total_seconds()
+        seq, live, pending = m._operation("sleep", "timer", {"due": due}, lambda _: None)
+        m._pending[seq] = pending
+        if live:
+            m._commands.append(StartTimer(seq, due))
+        return pending.future
+
+    def emit(
+        self, event: Event | str, data: dict[str, Any] | None = None, *, key: str | None = None
+    ) -> str:
+        m = self._m
+        if isinstance(event, str):
+            event = Event.of(event, data or {})
+        elif data is not None:
+            raise TypeError("emit(data=...) is only for emit('type', data=...)")
+        event_id = str(uuid.uuid5(_EMIT_NAMESPACE, f"{m.instance_id}:{m._next_seq}"))
+        seq, live, _ = m._operation("emit", event.type, {"ev": event_id})
+        if live:
+            base = event.envelope
+            envelope = Envelope(
+                type=base.type,
+                data=base.data,
+                id=event_id,
+                source=f"/{m.spec.app_name}/{m.spec.name}/{m.instance_id}",
+                subject=base.subject,
+                time=datetime.fromtimestamp(m._now, UTC),
+                dataschema=base.dataschema,
+                partitionkey=key if key is not None else (base.partitionkey or m.key),
+                traceparent=base.traceparent,
+                tenant=base.tenant,
+            )
+            m._commands.append(EmitEvent(seq, envelope))
+        return event_id
+
+    def compensate_with(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self._m._compensations.append(_Compensation(fn, args, kwargs))
+
+    async def compensate(self) -> None:
+        m = self._m
+        first_error: BaseException | None = None
+        while m._compensations:
+            comp = m._compensations.pop()
+            name = "compensate:" + (getattr(comp.fn, "__qualname__", None) or repr(comp.fn))
+            try:
+                await self.step(comp.fn, *comp.args, name=name, **comp.kwargs)
+            except StepFailed as error:
+                first_error = first_error or error
+        if first_error is not None:
+            raise first_error
+
+    def gather(self, *operations: Awaitable[Any]) -> _Future[list[Any]]:
+        m = self._m
+        futures: list[_Future[Any]] = []
+        for op in operations:
+            if isinstance(op, _Future):
+                futures.append(op)
+            elif isinstance(op, Coroutine):
+                futures.append(m._spawn(op).future)
+            else:
+                raise TypeError(f"ctx.gather takes ctx operations or coroutines, not {op!r}")
+        result: _Future[list[Any]] = _Future()
+        remaining = [len(futures)]
+
+        def one_done() -> None:
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                for f in futures:
+                    if f._error is not None:
+                        result.set_error(f._error)
+                        return
+                result.set_result([f._result for f in futures])
+
+        if not futures:
+            result.set_result([])
+        for f in futures:
+            f.add_callback(one_done)
+        return result
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self._m._now, UTC)
+
+    def uuid(self) -> uuid.UUID:
+        return uuid.UUID(int=self._m._rng.getrandbits(128), version=4)
+
+    def random(self) -> float:
+        return self._m._rng.random()

@@ -1,0 +1,54 @@
+"""JSON values in journals, with type fidelity taken from annotations.
+
+Everything a process sees from the outside (step results, event payloads) is round-tripped
+through JSON *also on the live path*, so a live run and a replay hand the code identical
+values. Where the producing function is annotated, the value is validated back into that
+type (a pydantic model stays a model), as Temporal's data converter does with type hints.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+from pydantic import TypeAdapter
+from pydantic_core import to_jsonable_python
+
+
+def to_json(value: Any) -> Any:
+    """A JSON-compatible form of ``value`` (models, dataclasses, datetimes, …)."""
+    return to_jsonable_python(value)
+
+
+@lru_cache(maxsize=1024)
+def _adapter(annotation: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(annotation)
+
+
+def from_json(value: Any, annotation: Any) -> Any:
+    """Validate a JSON value back into ``annotation`` (no-op when unannotated)."""
+    if annotation is None or annotation is Any or annotation is inspect.Parameter.empty:
+        return value
+    return _adapter(annotation).validate_python(value)
+
+
+@lru_cache(maxsize=4096)
+def return_annotation(fn: Callable[..., Any]) -> Any:
+    """The resolved return annotation of ``fn`` (``None`` when absent or unresolvable).
+
+    A coroutine function's annotation is its awaited result type, which is what we want.
+    """
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable forward references: fall back to raw JSON
+        return None
+    hint = hints.get("return")
+    return None if hint is type(None) else hint
+
+
+def describe_error(error: BaseException) -> dict[str, str]:
+    """The journaled form of an exception."""
+    return {"type": type(error).__name__, "message": str(error)}

@@ -1,0 +1,105 @@
+"""The one exception tree of Overture.
+
+::
+
+    OvertureError                   base of everything Overture raises
+    ├── ConfigError                 bad broker URL, unknown app path, invalid definitions
+    ├── EventError                  an event could not be accepted (nothing was written)
+    │   ├── MalformedEvent          bytes/JSON that are not a CloudEvent
+    │   ├── UnknownEventType        a type the app does not know, where one is required
+    │   └── EventValidationError    data that violates the event type's schema
+    ├── NotFound                    no instance / dead letter with that id
+    ├── EngineBusy                  another engine process already owns the database
+    ├── TerminalError               raised by step/handler code: fail now, never retry
+    └── ProcessError                raised *inside process code* by ctx operations
+        ├── WaitTimeout             ``ctx.wait_for`` timed out (catch it to compensate)
+        └── StepFailed              a step exhausted its retries or raised TerminalError
+
+    NonDeterminismError (BaseException)  replay diverged from the journal; the instance is
+                                         parked as ``stuck``. It derives from BaseException so
+                                         that ``except Exception`` in process code cannot
+                                         swallow it.
+
+Retryable vs terminal: any exception raised by a step or handler is retried according to
+its :class:`~overture.Retry` policy, except :class:`TerminalError` and the exception types
+listed in ``Retry.non_retryable``.
+"""
+
+from __future__ import annotations
+
+
+class OvertureError(Exception):
+    """Base class of every error Overture raises."""
+
+
+class ConfigError(OvertureError):
+    """Invalid configuration: broker URL, app path, process or event definitions."""
+
+
+class EventError(OvertureError):
+    """An event was rejected; nothing was written."""
+
+
+class MalformedEvent(EventError):
+    """Input that is not a valid CloudEvent (bad JSON, missing attributes)."""
+
+
+class UnknownEventType(EventError):
+    """An event type the app does not define, where a defined one is required."""
+
+
+class EventValidationError(EventError):
+    """Event data that does not match the schema of its type."""
+
+
+class NotFound(OvertureError):
+    """No instance, or dead letter, with the given id."""
+
+
+class EngineBusy(OvertureError):
+    """Another engine process already owns this embedded database."""
+
+
+class TerminalError(OvertureError):
+    """Raise from a step or handler to fail it at once, without retrying."""
+
+
+class ProcessError(OvertureError):
+    """Base of the errors that ctx operations raise inside process code."""
+
+
+class WaitTimeout(ProcessError):
+    """``ctx.wait_for`` reached its timeout before a matching event arrived."""
+
+    def __init__(self, event_type: str, key: str | None) -> None:
+        super().__init__(f"no {event_type!r} event with key {key!r} arrived in time")
+        self.event_type = event_type
+        self.key = key
+
+
+class StepFailed(ProcessError):
+    """A step failed for good: retries exhausted, or it raised a non-retryable error.
+
+    Attributes:
+        step: the step's name.
+        error_type: the class name of the last exception the step raised.
+        message: that exception's message.
+        attempts: how many attempts were made.
+    """
+
+    def __init__(self, step: str, error_type: str, message: str, attempts: int) -> None:
+        super().__init__(
+            f"step {step!r} failed after {attempts} attempt(s): {error_type}: {message}"
+        )
+        self.step = step
+        self.error_type = error_type
+        self.message = message
+        self.attempts = attempts
+
+
+class NonDeterminismError(BaseException):
+    """Replay asked for something other than what the journal recorded.
+
+    The instance is parked as ``stuck`` with this message as its reason; its journal is
+    left untouched so that fixed code can resume it.
+    """

@@ -1,0 +1,286 @@
+"""Events: the CloudEvents 1.0 envelope, typed event contracts, and the wire codec.
+
+Every event is a CloudEvent. Its *attributes* (id, source, type, subject, time, …, and the
+extensions ``partitionkey``, ``traceparent`` and ``tenant``) travel in an :class:`Envelope`;
+its *data* is a JSON object. An :class:`Event` subclass is the typed contract of one event
+type: its pydantic fields describe ``data``::
+
+    class OrderPlaced(ov.Event, type="order.placed", key="order_id"):
+        order_id: str
+        quantity: int
+
+``key`` names the data field whose value becomes the event's ``partitionkey`` (its
+correlation key) when none is given explicitly.
+
+On the embedded log an event is stored in the CloudEvents JSON *structured* format; see
+:func:`encode` and :func:`decode`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Self
+
+import orjson
+from pydantic import BaseModel, ConfigDict, PrivateAttr
+from pydantic import ValidationError as _PydanticValidationError
+
+from .errors import ConfigError, EventValidationError, MalformedEvent
+
+SPEC_VERSION = "1.0"
+DEFAULT_SOURCE = "overture"
+_RESERVED = frozenset(
+    {
+        "id",
+        "source",
+        "type",
+        "subject",
+        "time",
+        "data",
+        "datacontenttype",
+        "dataschema",
+        "partitionkey",
+        "traceparent",
+        "tenant",
+        "specversion",
+        "envelope",
+        "key",
+    }
+)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A CloudEvent: attributes plus JSON ``data``."""
+
+    type: str
+    data: Any = None
+    id: str = field(default_factory=_new_id)
+    source: str = DEFAULT_SOURCE
+    subject: str | None = None
+    time: datetime = field(default_factory=_now)
+    datacontenttype: str = "application/json"
+    dataschema: str | None = None
+    partitionkey: str | None = None
+    traceparent: str | None = None
+    tenant: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The CloudEvents JSON (structured mode) form, without unset optional attributes."""
+        out: dict[str, Any] = {
+            "specversion": SPEC_VERSION,
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+            "time": self.time.isoformat(),
+            "datacontenttype": self.datacontenttype,
+        }
+        for name in ("subject", "dataschema", "partitionkey", "traceparent", "tenant"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        out["data"] = self.data
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> Envelope:
+        """Parse the structured form; raises :class:`MalformedEvent` with the reason."""
+        if not isinstance(raw, dict):
+            raise MalformedEvent(f"a CloudEvent must be a JSON object, not {type(raw).__name__}")
+        missing = [name for name in ("id", "source", "type") if not raw.get(name)]
+        if missing:
+            raise MalformedEvent(f"CloudEvent lacks required attribute(s): {', '.join(missing)}")
+        if raw.get("specversion", SPEC_VERSION) != SPEC_VERSION:
+            raise MalformedEvent(f"unsupported CloudEvents specversion {raw['specversion']!r}")
+        for name in ("id", "source", "type"):
+            if not isinstance(raw[name], str):
+                raise MalformedEvent(f"CloudEvent attribute {name!r} must be a string")
+        try:
+            time = datetime.fromisoformat(raw["time"]) if raw.get("time") else _now()
+        except (TypeError, ValueError) as exc:
+            raise MalformedEvent(f"CloudEvent 'time' is not RFC 3339: {raw.get('time')!r}") from exc
+        key = raw.get("partitionkey")
+        return cls(
+            type=raw["type"],
+            data=raw.get("data"),
+            id=raw["id"],
+            source=raw["source"],
+            subject=raw.get("subject"),
+            time=time if time.tzinfo else time.replace(tzinfo=UTC),
+            datacontenttype=raw.get("datacontenttype") or "application/json",
+            dataschema=raw.get("dataschema"),
+            partitionkey=None if key is None else str(key),
+            traceparent=raw.get("traceparent"),
+            tenant=raw.get("tenant"),
+        )
+
+
+def encode(envelope: Envelope) -> bytes:
+    """Serialize an envelope to CloudEvents structured JSON bytes."""
+    try:
+        return orjson.dumps(envelope.to_dict())
+    except TypeError as exc:
+        raise EventValidationError(f"event {envelope.type!r} data is not JSON: {exc}") from exc
+
+
+def decode(raw: bytes) -> Envelope:
+    """Parse CloudEvents structured JSON bytes; raises :class:`MalformedEvent`."""
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedEvent(f"not JSON: {exc}") from exc
+    return Envelope.from_dict(parsed)
+
+
+class Event(BaseModel):
+    """Base of typed event contracts; also the generic event handed to untyped handlers.
+
+    Subclass with ``type=`` (the CloudEvents type) and optionally ``key=`` (the data field
+    that gives the correlation key). A plain ``Event`` carries arbitrary ``data``.
+
+    CloudEvents attributes are read-only properties: ``id``, ``source``, ``type``,
+    ``subject``, ``time``, ``data``, ``partitionkey`` (alias ``key``), ``traceparent``,
+    ``tenant``. Set them with :meth:`with_attributes`.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    event_type: ClassVar[str | None] = None
+    """The CloudEvents type of a typed subclass."""
+    key_field: ClassVar[str | None] = None
+    """The data field whose value is the default partition/correlation key."""
+
+    _envelope: Envelope | None = PrivateAttr(default=None)
+
+    def __init_subclass__(cls, type: str | None = None, key: str | None = None, **kwargs: Any):
+        # ``type=`` and ``key=`` are ours; pydantic sees them again (and ignores them) in
+        # __pydantic_init_subclass__, which runs once the fields are known.
+        super().__init_subclass__(**kwargs)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        event_type = kwargs.pop("type", None)
+        key = kwargs.pop("key", None)
+        super().__pydantic_init_subclass__(**kwargs)
+        clash = _RESERVED.intersection(cls.model_fields)
+        if clash:
+            raise ConfigError(
+                f"{cls.__name__}: field name(s) {sorted(clash)} are CloudEvents attributes"
+            )
+        if event_type is not None:
+            if not isinstance(event_type, str) or not event_type:
+                raise ConfigError(f"{cls.__name__}: type= must be a non-empty string")
+            cls.event_type = event_type
+            # Typed contracts ignore unknown fields so that older consumers tolerate newer
+            # producers (additive evolution) instead of rejecting their events.
+            cls.model_config["extra"] = "ignore"
+            cls.model_rebuild(force=True)
+        if key is not None:
+            if key not in cls.model_fields:
+                raise ConfigError(f"{cls.__name__}: key={key!r} is not one of its fields")
+            cls.key_field = key
+
+    # -- construction -------------------------------------------------------------------
+
+    @classmethod
+    def of(cls, type: str, data: dict[str, Any] | None = None, *, key: str | None = None) -> Event:
+        """A generic (untyped) event of ``type`` with ``data``."""
+        event = Event(**(data or {}))
+        event._envelope = Envelope(type=type, data=data or {}, partitionkey=key)
+        return event
+
+    @classmethod
+    def from_envelope(cls, envelope: Envelope) -> Self:
+        """Validate ``envelope.data`` against this contract.
+
+        Raises:
+            EventValidationError: the data does not match the schema.
+        """
+        data = envelope.data if envelope.data is not None else {}
+        if not isinstance(data, dict):
+            raise EventValidationError(f"event {envelope.type!r}: data must be a JSON object")
+        try:
+            event = cls.model_validate(data)
+        except _PydanticValidationError as exc:
+            raise EventValidationError(_describe(envelope.type, exc)) from exc
+        event._envelope = envelope
+        return event
+
+    def with_attributes(self, **attributes: Any) -> Self:
+        """A copy with the given CloudEvents attributes replaced (``key=`` sets partitionkey)."""
+        if "key" in attributes:
+            attributes["partitionkey"] = attributes.pop("key")
+        copy = self.model_copy()
+        copy._envelope = replace(self.envelope, **attributes)
+        return copy
+
+    # -- attributes ---------------------------------------------------------------------
+
+    @property
+    def envelope(self) -> Envelope:
+        """The full CloudEvent (created on first access for a freshly built event)."""
+        if self._envelope is None:
+            if self.event_type is None:
+                raise ConfigError("a plain Event needs a type: use Event.of(type, data)")
+            data = self.model_dump(mode="json")
+            key = None if self.key_field is None else str(data[self.key_field])
+            self._envelope = Envelope(type=self.event_type, data=data, partitionkey=key)
+        return self._envelope
+
+    @property
+    def id(self) -> str:
+        return self.envelope.id
+
+    @property
+    def source(self) -> str:
+        return self.envelope.source
+
+    @property
+    def type(self) -> str:
+        return self.envelope.type
+
+    @property
+    def subject(self) -> str | None:
+        return self.envelope.subject
+
+    @property
+    def time(self) -> datetime:
+        return self.envelope.time
+
+    @property
+    def data(self) -> Any:
+        return self.envelope.data
+
+    @property
+    def partitionkey(self) -> str | None:
+        return self.envelope.partitionkey
+
+    @property
+    def key(self) -> str | None:
+        """Alias of ``partitionkey``: the event's correlation key."""
+        return self.envelope.partitionkey
+
+    @property
+    def traceparent(self) -> str | None:
+        return self.envelope.traceparent
+
+    @property
+    def tenant(self) -> str | None:
+        return self.envelope.tenant
+
+
+def _describe(event_type: str, exc: _PydanticValidationError) -> str:
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '<data>'}: {err['msg']}" for err in exc.errors()
+    )
+    return f"event {event_type!r} violates its schema: {problems}"

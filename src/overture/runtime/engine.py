@@ -1,0 +1,850 @@
+"""The engine: owns the log's partitions and turns inputs into committed state.
+
+One iteration (``_iterate``) gathers a batch of inputs (log records, step and handler
+outcomes, due work), runs the affected instances to quiescence, and commits everything it
+changed (journals, instance rows, waits, work, emitted events, dead letters, and the log
+offsets it consumed) in **one** ``Store.commit``. A crash anywhere before that commit loses
+the whole iteration, which is then redone from the same offsets; nothing is half-applied.
+
+Steps and handlers run outside this critical section (``Executor``); an async step that
+finishes without suspending is folded into the same batch, saving a commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..app import App, HandlerDef, ProcessDef
+from ..core import machine as m
+from ..core.values import describe_error, to_json
+from ..errors import EventError, MalformedEvent
+from ..events import Envelope, Event, decode, encode
+from ..ports import (
+    Batch,
+    Broker,
+    DeadLetter,
+    InboxRow,
+    InstanceRow,
+    NewRecord,
+    Record,
+    WaitRow,
+    WorkRow,
+)
+from .clock import Clock, SystemClock
+from .executor import Executor, StepInfo
+
+log = logging.getLogger("overture.engine")
+
+CONTROL_CANCEL = "overture.cancel"
+CONTROL_DLQ_REPLAY = "overture.dlq.replay"
+
+
+@dataclass(slots=True)
+class _Live:
+    """A cached instance: its machine, its row, and its buffered events."""
+
+    machine: m.Machine
+    row: InstanceRow
+    inbox: list[InboxRow] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Outcome:
+    work_id: str
+    attempt: int
+    ok: bool
+    value: Any
+
+
+class _Pending:
+    """The batch being built, with add-then-delete cancelling out before the commit."""
+
+    def __init__(self, group: str) -> None:
+        self.batch = Batch(group)
+        self._new_work: set[str] = set()
+        self._new_waits: set[WaitRow] = set()
+        self._new_inbox: set[str] = set()
+
+    def put_work(self, row: WorkRow) -> None:
+        if row.id not in self.batch.work:
+            self._new_work.add(row.id)
+        self.batch.work[row.id] = row
+
+    def del_work(self, work_id: str) -> None:
+        if work_id in self._new_work:
+            self._new_work.discard(work_id)
+            self.batch.work.pop(work_id, None)
+        else:
+            self.batch.work[work_id] = None
+
+    def put_wait(self, wait: WaitRow) -> None:
+        self._new_waits.add(wait)
+        self.batch.waits[wait] = True
+
+    def del_wait(self, wait: WaitRow) -> None:
+        if wait in self._new_waits:
+            self._new_waits.discard(wait)
+            self.batch.waits.pop(wait, None)
+        else:
+            self.batch.waits[wait] = False
+
+    def put_inbox(self, row: InboxRow) -> None:
+        self._new_inbox.add(row.id)
+        self.batch.inbox[row.id] = row
+
+    def del_inbox(self, inbox_id: str) -> None:
+        if inbox_id in self._new_inbox:
+            self._new_inbox.discard(inbox_id)
+            self.batch.inbox.pop(inbox_id, None)
+        else:
+            self.batch.inbox[inbox_id] = None
+
+
+class Engine:
+    """Runs an :class:`~overture.App` against a broker.
+
+    Args:
+        app: the application.
+        broker: an open broker (``overture.backends.open_broker``).
+        clock: time source (``VirtualClock`` in tests).
+        cache_size: live instances kept in memory; 0 replays every instance on every
+            input (used by the test suite to prove replay is faithful).
+        batch_size: most log records taken per iteration (group commit size).
+        group: consumer group name (defaults to the app name).
+    """
+
+    def __init__(
+        self,
+        app: App,
+        broker: Broker,
+        *,
+        clock: Clock | None = None,
+        cache_size: int = 10_000,
+        batch_size: int = 500,
+        group: str | None = None,
+    ) -> None:
+        self.app = app
+        self.broker = broker
+        self.clock: Clock = clock or SystemClock()
+        self.cache_size = cache_size
+        self.batch_size = batch_size
+        self.group = group or f"engine:{app.name}"
+        self.executor = Executor()
+        self._log = broker.log
+        self._store = broker.store
+        self._cache: OrderedDict[str, _Live] = OrderedDict()
+        self._positions: dict[int, int] = {}
+        self._outcomes: deque[_Outcome] = deque()
+        self._work: dict[str, WorkRow] = {}
+        self._work_by_instance: dict[str, set[str]] = {}
+        self._heap: list[tuple[float, str]] = []
+        self._inflight: set[str] = set()
+        self._waits: dict[tuple[str, str | None], list[WaitRow]] = {}
+        self._waits_by_instance: dict[str, list[WaitRow]] = {}
+        self._active: dict[str | None, set[str]] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._started = False
+        self._grace = 5.0
+        self._release_lock: Any = None
+        self._unsubscribe: Any = None
+        self._pending: _Pending | None = None
+        self._dirty: dict[str, _Live] = {}
+        self._first_partition = 0
+        self._running = False
+        self._stopped = asyncio.Event()
+        self.stats = {"batches": 0, "records": 0, "started": 0, "finished": 0}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Claim the broker and load the state needed to resume (waits, work, keys)."""
+        self._release_lock = self.broker.engine_lock()
+        try:
+            committed = self._store.offsets(self.group)
+            self._positions = {p: committed.get(p, 0) for p in range(self._log.partitions)}
+            for wait in self._store.waits():
+                self._index_wait(wait)
+            for row in self._store.work():
+                self._index_work(row)
+            for iid, key in self._store.active_instances():
+                self._active.setdefault(key, set()).add(iid)
+        except BaseException:
+            self._release_lock()
+            raise
+        loop = asyncio.get_running_loop()
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(self._wake.set)
+
+        self._unsubscribe = self._log.subscribe(wake)
+        self._started = True
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Drain: finish the current iteration, give running steps ``grace`` seconds,
+        commit their outcomes, and release the broker. Unfinished steps keep their work
+        rows and run again after a restart."""
+        if not self._started:
+            return
+        self._stopping = True
+        self._grace = grace
+        self._wake.set()
+        if self._running:
+            await self._stopped.wait()
+        else:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        await self.executor.shutdown(self._grace)
+        if self._outcomes:
+            await self._iterate(read_log=False)
+        for live in self._cache.values():
+            live.machine.close()
+        self._cache.clear()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        self._release_lock()
+        self._started = False
+
+    async def run(self) -> None:
+        """Process inputs until :meth:`stop` is called."""
+        if not self._started:
+            await self.start()
+        self._running = True
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                if await self._iterate():
+                    continue
+                await self.clock.wait(self._wake, self._next_due())
+        finally:
+            self._stopping = True
+            await self._shutdown()
+            self._running = False
+            self._stopped.set()
+
+    async def run_until_idle(self, max_iterations: int = 100_000) -> None:
+        """Process until nothing is left to do *now*: no unread records, no running
+        steps, no due work. Timers in the future stay pending (advance the clock)."""
+        if not self._started:
+            await self.start()
+        for _ in range(max_iterations):
+            if await self._iterate():
+                continue
+            if self.executor.busy:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if self._has_unread():
+                continue
+            return
+        raise RuntimeError("engine did not become idle")
+
+    # -- one iteration ---------------------------------------------------------------------
+
+    async def _iterate(self, read_log: bool = True) -> bool:
+        now = self.clock.now()
+        pending = self._pending = _Pending(self.group)
+        did = False
+        if read_log and not self._stopping:
+            did = self._consume_log(now) or did
+        did = self._take_due(now) or did
+        # Outcomes include steps that finished eagerly while this batch was being built;
+        # the budget bounds a process that loops over trivial steps forever.
+        budget = self.batch_size * 4
+        while self._outcomes and budget > 0:
+            did = True
+            budget -= 1
+            self._apply_outcome(self._outcomes.popleft(), now)
+        if not did:
+            self._pending = None
+            return False
+        self._flush_instances(now)
+        batch = pending.batch
+        self._pending = None
+        if not batch.empty():
+            await self._commit(batch)
+        self.stats["batches"] += 1
+        self._evict()
+        return True
+
+    async def _commit(self, batch: Batch) -> None:
+        if self.broker.url.startswith("memory:"):
+            self._store.commit(batch)
+        else:
+            await asyncio.get_running_loop().run_in_executor(None, self._store.commit, batch)
+
+    def _consume_log(self, now: float) -> bool:
+        budget = self.batch_size
+        did = False
+        parts = list(self._positions)
+        # rotate the starting partition so a busy partition cannot starve the others
+        self._first_partition = (self._first_partition + 1) % len(parts)
+        for part in parts[self._first_partition :] + parts[: self._first_partition]:
+            if budget <= 0:
+                break
+            pos = self._positions[part]
+            records = self._log.read(part, pos, budget)
+            if not records:
+                continue
+            did = True
+            budget -= len(records)
+            for record in records:
+                self._route(record, now)
+            self._positions[part] = records[-1].offset + 1
+            assert self._pending is not None
+            self._pending.batch.offsets[part] = self._positions[part]
+            self.stats["records"] += len(records)
+        return did
+
+    def _has_unread(self) -> bool:
+        return any(self._log.end_offset(p) > pos for p, pos in self._positions.items())
+
+    # -- routing events ----------------------------------------------------------------------
+
+    def _route(self, record: Record, now: float) -> None:
+        try:
+            envelope = decode(record.value)
+        except MalformedEvent as error:
+            self._dead_letter(
+                f"{record.partition}:{record.offset}", "decode", str(error), None, record, now
+            )
+            return
+        if envelope.type.startswith("overture."):
+            self._control(envelope, record, now)
+            return
+        try:
+            event = self.app.decode(envelope)
+        except EventError as error:
+            self._dead_letter(
+                f"{record.partition}:{record.offset}", "validate", str(error), envelope, record, now
+            )
+            return
+        started = set()
+        for definition in self.app.triggers(envelope.type):
+            try:
+                key = definition.key_of(event)
+            except Exception as error:
+                self._dead_letter(
+                    f"{record.partition}:{record.offset}",
+                    "route",
+                    f"key of process {definition.name!r} failed: {error!r}",
+                    envelope,
+                    record,
+                    now,
+                )
+                return
+            started.add(self._start_instance(definition, key, envelope, record.partition, now))
+        for handler in self.app.handlers(envelope.type):
+            self._schedule_handler(handler, envelope, record.value, now)
+        self._correlate(envelope, record.value, now, started)
+
+    def _correlate(self, envelope: Envelope, raw: bytes, now: float, started: set[str]) -> None:
+        waiters = self._waits.get((envelope.type, envelope.partitionkey))
+        if waiters:
+            value = envelope.to_dict()
+            for wait in list(waiters):
+                self._clear_wait(wait)
+                live = self._live(wait.instance_id, now)
+                if live is not None:
+                    self._drive(live, live.machine.resolve(wait.seq, now, ok=value), now)
+            return
+        # Nobody waits yet: buffer it for running instances with this key (they may be
+        # about to wait for it), except the instance that emitted it.
+        assert self._pending is not None
+        for iid in self._active.get(envelope.partitionkey, ()):
+            if iid in started or envelope.source.endswith("/" + iid):
+                continue
+            row = InboxRow(
+                f"{iid}:{envelope.id}", iid, envelope.type, envelope.partitionkey, raw, now
+            )
+            self._pending.put_inbox(row)
+            cached = self._cache.get(iid)
+            if cached is not None:
+                cached.inbox.append(row)
+
+    def _control(self, envelope: Envelope, record: Record, now: float) -> None:
+        data = envelope.data if isinstance(envelope.data, dict) else {}
+        if envelope.type == CONTROL_CANCEL:
+            live = self._live(str(data.get("instance_id")), now)
+            if live is not None:
+                self._drive(live, live.machine.cancel(now), now)
+        elif envelope.type == CONTROL_DLQ_REPLAY:
+            self._replay_dead_letter(str(data.get("id")), now)
+        else:
+            self._dead_letter(
+                f"{record.partition}:{record.offset}",
+                "route",
+                f"unknown control event type {envelope.type!r}",
+                envelope,
+                record,
+                now,
+            )
+
+    # -- instances --------------------------------------------------------------------------
+
+    def _start_instance(
+        self,
+        definition: ProcessDef,
+        key: str | None,
+        envelope: Envelope,
+        partition: int,
+        now: float,
+    ) -> str:
+        iid = m.instance_id_for(definition.name, envelope.id)
+        assert self._pending is not None
+        if (
+            iid in self._cache
+            or iid in self._pending.batch.instances
+            or self._store.instance(iid) is not None
+        ):
+            return iid  # the same trigger event never starts two instances
+        machine = m.Machine(definition.spec, iid, key)
+        row = InstanceRow(
+            iid,
+            definition.name,
+            definition.version,
+            key,
+            m.RUNNING,
+            partition,
+            now,
+            now,
+            envelope.id,
+        )
+        live = _Live(machine, row)
+        self._cache[iid] = live
+        self._active.setdefault(key, set()).add(iid)
+        self.stats["started"] += 1
+        self._drive(live, machine.start(envelope, now), now)
+        return iid
+
+    def _live(self, iid: str, now: float) -> _Live | None:
+        """The cached instance, or its replay from the store; None if unknown or final."""
+        live = self._cache.get(iid)
+        if live is not None:
+            self._cache.move_to_end(iid)
+            return None if live.machine.final else live
+        row = self._store.instance(iid)
+        if row is None or row.status in m.FINAL_STATUSES:
+            return None
+        definition = self.app.definition(row.process, row.version)
+        if definition is None:
+            spec = m.ProcessSpec(row.process, row.version, _missing, Event, self.app.name)
+            machine = m.Machine(spec, iid, row.key)
+            machine.status = m.STUCK
+            machine.stuck_reason = (
+                f"process {row.process!r} version {row.version} is not registered in this app"
+            )
+            live = self._cache[iid] = _Live(machine, row)
+            self._dirty[iid] = live
+            return None
+        machine = m.Machine(definition.spec, iid, row.key)
+        commands = machine.replay(self._store.journal(iid))
+        inbox = self._store.inbox(iid)
+        assert self._pending is not None
+        inbox += [
+            r
+            for r in self._pending.batch.inbox.values()
+            if r is not None and r.instance_id == iid and r not in inbox
+        ]
+        live = _Live(machine, row, inbox)
+        self._cache[iid] = live
+        if machine.stuck_reason is not None:
+            self._dirty[iid] = live
+            return None
+        if commands:
+            self._drive(live, commands, now)
+        return live
+
+    def _drive(self, live: _Live, commands: Iterable[m.Command], now: float) -> None:
+        """Carry out the commands an instance issued."""
+        self._dirty[live.machine.instance_id] = live
+        pending = self._pending
+        assert pending is not None
+        machine = live.machine
+        iid = machine.instance_id
+        for command in commands:
+            if isinstance(command, m.ScheduleStep):
+                call = command.call
+                row = WorkRow(f"{iid}:{call.seq}", "step", now, 1, iid, call.seq, call.name)
+                pending.put_work(row)
+                self._index_work(row)
+                self._execute(row, now)
+            elif isinstance(command, m.StartTimer):
+                row = WorkRow(f"{iid}:{command.seq}", "timer", command.due, 1, iid, command.seq)
+                pending.put_work(row)
+                self._index_work(row)
+            elif isinstance(command, m.StartWait):
+                self._start_wait(live, command, now)
+            elif isinstance(command, m.EmitEvent):
+                env = command.envelope
+                pending.batch.appends.append(
+                    NewRecord(env.partitionkey, encode(env), env.id, env.type)
+                )
+            elif isinstance(command, m.Finished):
+                self._cleanup(live)
+
+    def _start_wait(self, live: _Live, command: m.StartWait, now: float) -> None:
+        pending = self._pending
+        assert pending is not None
+        iid = live.machine.instance_id
+        for buffered in live.inbox:
+            if buffered.event_type == command.event_type and buffered.key == command.key:
+                live.inbox.remove(buffered)
+                pending.del_inbox(buffered.id)
+                value = decode(buffered.value).to_dict()
+                self._drive(live, live.machine.resolve(command.seq, now, ok=value), now)
+                return
+        wait = WaitRow(command.event_type, command.key, iid, command.seq)
+        pending.put_wait(wait)
+        self._index_wait(wait)
+        if command.due is not None:
+            row = WorkRow(f"{iid}:{command.seq}", "timer", command.due, 1, iid, command.seq)
+            pending.put_work(row)
+            self._index_work(row)
+
+    def _cleanup(self, live: _Live) -> None:
+        """An instance finished: drop its waits, work and buffered events."""
+        pending = self._pending
+        assert pending is not None
+        iid = live.machine.instance_id
+        for wait in list(self._waits_by_instance.get(iid, ())):
+            self._clear_wait(wait)
+        for work_id in list(self._work_by_instance.get(iid, ())):
+            self._clear_work(work_id)
+        for buffered in live.inbox:
+            pending.del_inbox(buffered.id)
+        live.inbox.clear()
+        keyed = self._active.get(live.row.key)
+        if keyed is not None:
+            keyed.discard(iid)
+            if not keyed:
+                del self._active[live.row.key]
+        self.stats["finished"] += 1
+
+    def _flush_instances(self, now: float) -> None:
+        pending = self._pending
+        assert pending is not None
+        dirty, self._dirty = self._dirty, {}
+        for iid, live in dirty.items():
+            machine, row = live.machine, live.row
+            entries = machine.take_entries()
+            if entries:
+                pending.batch.journal.append((iid, row.journal_len, entries))
+                row.journal_len += len(entries)
+            row.status = machine.status
+            row.updated = now
+            row.result = machine.result
+            row.error = (
+                machine.error
+                if machine.stuck_reason is None
+                else {"type": "NonDeterminismError", "message": machine.stuck_reason}
+            )
+            pending.batch.instances[iid] = InstanceRow(
+                *(getattr(row, f) for f in InstanceRow.__slots__)
+            )
+            if machine.stuck_reason is not None:
+                self._active.get(row.key, set()).discard(iid)
+
+    def _evict(self) -> None:
+        while len(self._cache) > self.cache_size:
+            _, live = self._cache.popitem(last=False)
+            live.machine.close()
+
+    # -- work: steps, timers, handlers -----------------------------------------------------------
+
+    def _index_work(self, row: WorkRow) -> None:
+        self._work[row.id] = row
+        if row.instance_id is not None:
+            self._work_by_instance.setdefault(row.instance_id, set()).add(row.id)
+        heapq.heappush(self._heap, (row.due, row.id))
+
+    def _clear_work(self, work_id: str) -> None:
+        row = self._work.pop(work_id, None)
+        if row is None:
+            return
+        assert self._pending is not None
+        self._pending.del_work(work_id)
+        if row.instance_id is not None:
+            ids = self._work_by_instance.get(row.instance_id)
+            if ids is not None:
+                ids.discard(work_id)
+                if not ids:
+                    del self._work_by_instance[row.instance_id]
+
+    def _index_wait(self, wait: WaitRow) -> None:
+        self._waits.setdefault((wait.event_type, wait.key), []).append(wait)
+        self._waits_by_instance.setdefault(wait.instance_id, []).append(wait)
+
+    def _clear_wait(self, wait: WaitRow) -> None:
+        assert self._pending is not None
+        self._pending.del_wait(wait)
+        _discard(self._waits, (wait.event_type, wait.key), wait)
+        _discard(self._waits_by_instance, wait.instance_id, wait)
+        # a wait's timeout timer shares its id
+        timer = self._work.get(f"{wait.instance_id}:{wait.seq}")
+        if timer is not None and timer.kind == "timer":
+            self._clear_work(timer.id)
+
+    def _next_due(self) -> float | None:
+        while self._heap:
+            due, work_id = self._heap[0]
+            row = self._work.get(work_id)
+            if row is None or row.due != due or work_id in self._inflight:
+                heapq.heappop(self._heap)  # stale entry
+                continue
+            return due
+        return None
+
+    def _take_due(self, now: float) -> bool:
+        did = False
+        while self._heap and self._heap[0][0] <= now:
+            due, work_id = heapq.heappop(self._heap)
+            row = self._work.get(work_id)
+            if row is None or row.due != due or work_id in self._inflight:
+                continue
+            did = True
+            if row.kind == "timer":
+                self._fire_timer(row, now)
+            else:
+                self._execute(row, now)
+        return did
+
+    def _fire_timer(self, row: WorkRow, now: float) -> None:
+        self._clear_work(row.id)
+        assert row.instance_id is not None and row.seq is not None
+        live = self._live(row.instance_id, now)
+        if live is None:
+            return
+        machine = live.machine
+        wait = machine.pending_wait(row.seq)
+        if wait is not None:
+            for candidate in list(self._waits_by_instance.get(row.instance_id, ())):
+                if candidate.seq == row.seq:
+                    self._clear_wait(candidate)
+            error = {"type": "WaitTimeout", "message": f"no {wait[0]!r} with key {wait[1]!r}"}
+            self._drive(live, machine.resolve(row.seq, now, err=error), now)
+        else:
+            self._drive(live, machine.resolve(row.seq, now, ok=None), now)
+
+    def _execute(self, row: WorkRow, now: float) -> None:
+        """Start one attempt of a step or handler."""
+        if row.id in self._inflight or self._stopping:
+            return  # when stopping, the work row stays and the attempt runs after restart
+        attempt = row.attempt
+
+        def done(ok: bool, value: Any) -> None:
+            self._inflight.discard(row.id)
+            self._outcomes.append(_Outcome(row.id, attempt, ok, value))
+            self._wake.set()
+
+        if row.kind == "step":
+            assert row.instance_id is not None and row.seq is not None
+            live = self._live(row.instance_id, now)
+            call = None if live is None else live.machine.pending_step(row.seq)
+            if call is None:
+                self._clear_work(row.id)
+                return
+            info = StepInfo(call.idempotency_key, attempt, row.instance_id, call.name)
+            self._inflight.add(row.id)
+            self.executor.start(call.fn, call.args, call.kwargs, info, call.timeout, done)
+        else:
+            handler = self.app.handler(row.name or "")
+            if handler is None:
+                self._clear_work(row.id)
+                self._dead_letter(
+                    row.id,
+                    f"handler:{row.name}",
+                    f"handler {row.name!r} is not registered in this app",
+                    None,
+                    None,
+                    now,
+                    payload=row.payload,
+                    attempts=attempt - 1,
+                )
+                return
+            try:
+                event = self.app.decode(decode(row.payload or b""))
+            except EventError as error:
+                self._clear_work(row.id)
+                self._dead_letter(
+                    row.id,
+                    f"handler:{handler.name}",
+                    str(error),
+                    None,
+                    None,
+                    now,
+                    payload=row.payload,
+                    attempts=attempt - 1,
+                )
+                return
+            info = StepInfo(f"{handler.name}:{event.id}", attempt, None, handler.name)
+            self._inflight.add(row.id)
+            self.executor.start(handler.fn, (event,), {}, info, None, done)
+
+    def _schedule_handler(
+        self, handler: HandlerDef, envelope: Envelope, raw: bytes, now: float
+    ) -> None:
+        row = WorkRow(
+            f"h:{handler.name}:{envelope.id}", "handler", now, 1, None, None, handler.name, raw
+        )
+        if row.id in self._work:
+            return  # already scheduled for this event
+        assert self._pending is not None
+        self._pending.put_work(row)
+        self._index_work(row)
+        self._execute(row, now)
+
+    def _apply_outcome(self, outcome: _Outcome, now: float) -> None:
+        row = self._work.get(outcome.work_id)
+        if row is None or row.attempt != outcome.attempt:
+            return  # stale: the work was cancelled or already moved on
+        if row.kind == "handler":
+            self._handler_outcome(row, outcome, now)
+            return
+        assert row.instance_id is not None and row.seq is not None
+        live = self._live(row.instance_id, now)
+        call = None if live is None else live.machine.pending_step(row.seq)
+        if live is None or call is None:
+            self._clear_work(row.id)
+            return
+        if outcome.ok:
+            try:
+                value = to_json(outcome.value)
+            except Exception as exc:
+                outcome = _Outcome(
+                    row.id,
+                    row.attempt,
+                    False,
+                    TypeError(f"step result is not JSON-serializable: {exc}"),
+                )
+            else:
+                self._clear_work(row.id)
+                self._drive(live, live.machine.resolve(row.seq, now, ok=value), now)
+                return
+        error = outcome.value
+        described = describe_error(error)
+        if call.retry.retryable(error, row.attempt):
+            due = now + call.retry.delay(row.attempt)
+            live.machine.note_retry(row.seq, row.attempt, described, due, now)
+            self._dirty[row.instance_id] = live
+            self._reschedule(row, due)
+            return
+        self._clear_work(row.id)
+        described["attempts"] = str(row.attempt)
+        self._drive(live, live.machine.resolve(row.seq, now, err=described), now)
+
+    def _handler_outcome(self, row: WorkRow, outcome: _Outcome, now: float) -> None:
+        if outcome.ok:
+            self._clear_work(row.id)
+            return
+        handler = self.app.handler(row.name or "")
+        error = outcome.value
+        if handler is not None and handler.retry.retryable(error, row.attempt):
+            self._reschedule(row, now + handler.retry.delay(row.attempt))
+            return
+        self._clear_work(row.id)
+        described = describe_error(error)
+        self._dead_letter(
+            row.id,
+            f"handler:{row.name}",
+            f"{described['type']}: {described['message']}",
+            None,
+            None,
+            now,
+            payload=row.payload,
+            attempts=row.attempt,
+        )
+
+    def _reschedule(self, row: WorkRow, due: float) -> None:
+        retry_row = WorkRow(
+            row.id, row.kind, due, row.attempt + 1, row.instance_id, row.seq, row.name, row.payload
+        )
+        assert self._pending is not None
+        self._pending.put_work(retry_row)
+        self._index_work(retry_row)
+
+    # -- dead letters -------------------------------------------------------------------------
+
+    def _dead_letter(
+        self,
+        dl_id: str,
+        source: str,
+        reason: str,
+        envelope: Envelope | None,
+        record: Record | None,
+        now: float,
+        *,
+        payload: bytes | None = None,
+        attempts: int = 0,
+    ) -> None:
+        assert self._pending is not None
+        if envelope is None and payload is not None:
+            try:
+                envelope = decode(payload)
+            except MalformedEvent:
+                envelope = None
+        value = record.value if record is not None else (payload or b"")
+        letter = DeadLetter(
+            dl_id,
+            now,
+            reason,
+            attempts,
+            source,
+            envelope.type if envelope else None,
+            envelope.partitionkey if envelope else (record.key if record else None),
+            value,
+            record.partition if record else None,
+            record.offset if record else None,
+        )
+        self._pending.batch.dead_letters[dl_id] = letter
+        log.warning("dead-lettered %s (%s): %s", dl_id, source, reason)
+
+    def _replay_dead_letter(self, dl_id: str, now: float) -> None:
+        assert self._pending is not None
+        letter = self._pending.batch.dead_letters.get(dl_id) or self._store.dead_letter(dl_id)
+        if letter is None:
+            log.warning("dlq replay: no dead letter %s", dl_id)
+            return
+        self._pending.batch.dead_letters[dl_id] = None
+        if letter.source.startswith("handler:"):
+            handler = self.app.handler(letter.source.removeprefix("handler:"))
+            if handler is None:
+                self._dead_letter(
+                    dl_id,
+                    letter.source,
+                    "handler is not registered",
+                    None,
+                    None,
+                    now,
+                    payload=letter.value,
+                    attempts=letter.attempts,
+                )
+                return
+            row = WorkRow(dl_id, "handler", now, 1, None, None, handler.name, letter.value)
+            self._pending.put_work(row)
+            self._index_work(row)
+            self._execute(row, now)
+        else:
+            record = Record(
+                letter.partition or 0, letter.offset or 0, letter.key, letter.value, now
+            )
+            self._route(record, now)
+
+
+def _discard(index: dict[Any, list[WaitRow]], key: Any, wait: WaitRow) -> None:
+    waits = index.get(key)
+    if waits is not None and wait in waits:
+        waits.remove(wait)
+        if not waits:
+            del index[key]
+
+
+async def _missing(ctx: Any, event: Any) -> None:  # placeholder fn of an unregistered version
+    raise RuntimeError("unreachable: instances of unregistered versions are parked as stuck")

@@ -1,0 +1,164 @@
+"""Running steps and handlers outside the engine's critical section.
+
+Async functions run *eagerly*: their coroutine is started on the spot, and if it finishes
+without suspending (the common case for a trivial step) the result is available to the
+same engine batch, saving a commit. A coroutine that does suspend continues as an asyncio
+task. Sync functions run in a thread pool so they never block the engine's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import types
+from collections.abc import Callable, Coroutine, Generator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    """What a running step or handler can learn about itself (``overture.current_step()``)."""
+
+    idempotency_key: str
+    """Stable across retries and crash re-executions of this step."""
+    attempt: int
+    """1 for the first attempt."""
+    instance_id: str | None
+    """The process instance, or None for a handler."""
+    name: str
+
+
+_current: contextvars.ContextVar[StepInfo | None] = contextvars.ContextVar(
+    "overture_step", default=None
+)
+
+
+def current_step() -> StepInfo | None:
+    """Inside a running step or handler: its :class:`StepInfo`; elsewhere ``None``."""
+    return _current.get()
+
+
+Done = Callable[[bool, Any], None]
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, Any]:
+    """Continue a coroutine that was started by hand, as the body of an asyncio task."""
+    while True:
+        try:
+            sent = yield yielded
+        except BaseException as error:
+            try:
+                yielded = coro.throw(error)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
+class Executor:
+    """Starts calls and reports each outcome through ``done(ok, value_or_exception)``."""
+
+    def __init__(self, threads: int = 16) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="overture-step")
+        self._tasks: set[asyncio.Future[Any]] = set()
+
+    def start(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        info: StepInfo,
+        timeout: float | None,
+        done: Done,
+    ) -> None:
+        token = _current.set(info)
+        try:
+            if inspect.iscoroutinefunction(fn):
+                self._start_async(fn, args, kwargs, timeout, done)
+            else:
+                self._start_sync(fn, args, kwargs, timeout, done)
+        finally:
+            _current.reset(token)
+
+    def _start_async(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        done: Done,
+    ) -> None:
+        try:
+            coro = fn(*args, **kwargs)
+            yielded = coro.send(None)
+        except StopIteration as stop:
+            done(True, stop.value)
+            return
+        except Exception as error:
+            done(False, error)
+            return
+
+        async def rest() -> Any:
+            return await _resume(coro, yielded)
+
+        self._track(asyncio.ensure_future(_with_timeout(rest(), timeout)), done)
+
+    def _start_sync(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        done: Done,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()
+        future = loop.run_in_executor(self._pool, lambda: context.run(fn, *args, **kwargs))
+        self._track(asyncio.ensure_future(_with_timeout(future, timeout)), done)
+
+    def _track(self, future: asyncio.Future[Any], done: Done) -> None:
+        self._tasks.add(future)
+
+        def finished(f: asyncio.Future[Any]) -> None:
+            self._tasks.discard(f)
+            if f.cancelled():
+                return  # engine shutdown: the work row stays, so the step runs again later
+            error = f.exception()
+            if error is None:
+                done(True, f.result())
+            elif isinstance(error, Exception):
+                done(False, error)
+            else:
+                done(False, RuntimeError(f"step raised {type(error).__name__}: {error}"))
+
+        future.add_done_callback(finished)
+
+    @property
+    def busy(self) -> int:
+        """Calls still running."""
+        return len(self._tasks)
+
+    async def shutdown(self, grace: float) -> None:
+        """Give running calls ``grace`` seconds, then cancel the rest (they run again
+        after restart: at-least-once)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace)
+        for task in list(self._tasks):
+            task.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def _with_timeout(awaitable: Any, limit: float | None) -> Any:
+    if limit is None:
+        return await awaitable
+    try:
+        return await asyncio.wait_for(awaitable, limit)
+    except TimeoutError:
+        raise TimeoutError(f"timed out after {limit:g}s") from None
