@@ -13,7 +13,6 @@ finishes without suspending is folded into the same batch, saving a commit.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Iterable
@@ -22,6 +21,8 @@ from typing import Any
 
 from ..app import App, HandlerDef, ProcessDef
 from ..core import machine as m
+from ..core.correlation import WaitIndex
+from ..core.timers import WorkQueue
 from ..core.values import describe_error, to_json
 from ..errors import EventError, MalformedEvent
 from ..events import Envelope, Event, decode, encode
@@ -141,12 +142,9 @@ class Engine:
         self._cache: OrderedDict[str, _Live] = OrderedDict()
         self._positions: dict[int, int] = {}
         self._outcomes: deque[_Outcome] = deque()
-        self._work: dict[str, WorkRow] = {}
-        self._work_by_instance: dict[str, set[str]] = {}
-        self._heap: list[tuple[float, str]] = []
+        self._work = WorkQueue()
         self._inflight: set[str] = set()
-        self._waits: dict[tuple[str, str | None], list[WaitRow]] = {}
-        self._waits_by_instance: dict[str, list[WaitRow]] = {}
+        self._waits = WaitIndex()
         self._active: dict[str | None, set[str]] = {}
         self._wake = asyncio.Event()
         self._stopping = False
@@ -169,10 +167,8 @@ class Engine:
         try:
             committed = self._store.offsets(self.group)
             self._positions = {p: committed.get(p, 0) for p in range(self._log.partitions)}
-            for wait in self._store.waits():
-                self._index_wait(wait)
-            for row in self._store.work():
-                self._index_work(row)
+            self._waits = WaitIndex(self._store.waits())
+            self._work = WorkQueue(self._store.work())
             for iid, key in self._store.active_instances():
                 self._active.setdefault(key, set()).add(iid)
         except BaseException:
@@ -222,7 +218,7 @@ class Engine:
                 self._wake.clear()
                 if await self._iterate():
                     continue
-                await self.clock.wait(self._wake, self._next_due())
+                await self.clock.wait(self._wake, self._work.next_due(self._inflight))
         finally:
             self._stopping = True
             await self._shutdown()
@@ -346,10 +342,10 @@ class Engine:
         self._correlate(envelope, record.value, now, started)
 
     def _correlate(self, envelope: Envelope, raw: bytes, now: float, started: set[str]) -> None:
-        waiters = self._waits.get((envelope.type, envelope.partitionkey))
+        waiters = self._waits.match(envelope.type, envelope.partitionkey)
         if waiters:
             value = envelope.to_dict()
-            for wait in list(waiters):
+            for wait in waiters:
                 self._clear_wait(wait)
                 live = self._live(wait.instance_id, now)
                 if live is not None:
@@ -473,13 +469,11 @@ class Engine:
             if isinstance(command, m.ScheduleStep):
                 call = command.call
                 row = WorkRow(f"{iid}:{call.seq}", "step", now, 1, iid, call.seq, call.name)
-                pending.put_work(row)
-                self._index_work(row)
+                self._put_work(row)
                 self._execute(row, now)
             elif isinstance(command, m.StartTimer):
                 row = WorkRow(f"{iid}:{command.seq}", "timer", command.due, 1, iid, command.seq)
-                pending.put_work(row)
-                self._index_work(row)
+                self._put_work(row)
             elif isinstance(command, m.StartWait):
                 self._start_wait(live, command, now)
             elif isinstance(command, m.EmitEvent):
@@ -503,20 +497,19 @@ class Engine:
                 return
         wait = WaitRow(command.event_type, command.key, iid, command.seq)
         pending.put_wait(wait)
-        self._index_wait(wait)
+        self._waits.add(wait)
         if command.due is not None:
             row = WorkRow(f"{iid}:{command.seq}", "timer", command.due, 1, iid, command.seq)
-            pending.put_work(row)
-            self._index_work(row)
+            self._put_work(row)
 
     def _cleanup(self, live: _Live) -> None:
         """An instance finished: drop its waits, work and buffered events."""
         pending = self._pending
         assert pending is not None
         iid = live.machine.instance_id
-        for wait in list(self._waits_by_instance.get(iid, ())):
+        for wait in self._waits.of_instance(iid):
             self._clear_wait(wait)
-        for work_id in list(self._work_by_instance.get(iid, ())):
+        for work_id in self._work.of_instance(iid):
             self._clear_work(work_id)
         for buffered in live.inbox:
             pending.del_inbox(buffered.id)
@@ -559,56 +552,28 @@ class Engine:
 
     # -- work: steps, timers, handlers -----------------------------------------------------------
 
-    def _index_work(self, row: WorkRow) -> None:
-        self._work[row.id] = row
-        if row.instance_id is not None:
-            self._work_by_instance.setdefault(row.instance_id, set()).add(row.id)
-        heapq.heappush(self._heap, (row.due, row.id))
+    def _put_work(self, row: WorkRow) -> None:
+        assert self._pending is not None
+        self._pending.put_work(row)
+        self._work.put(row)
 
     def _clear_work(self, work_id: str) -> None:
-        row = self._work.pop(work_id, None)
-        if row is None:
-            return
-        assert self._pending is not None
-        self._pending.del_work(work_id)
-        if row.instance_id is not None:
-            ids = self._work_by_instance.get(row.instance_id)
-            if ids is not None:
-                ids.discard(work_id)
-                if not ids:
-                    del self._work_by_instance[row.instance_id]
-
-    def _index_wait(self, wait: WaitRow) -> None:
-        self._waits.setdefault((wait.event_type, wait.key), []).append(wait)
-        self._waits_by_instance.setdefault(wait.instance_id, []).append(wait)
+        if self._work.remove(work_id) is not None:
+            assert self._pending is not None
+            self._pending.del_work(work_id)
 
     def _clear_wait(self, wait: WaitRow) -> None:
         assert self._pending is not None
         self._pending.del_wait(wait)
-        _discard(self._waits, (wait.event_type, wait.key), wait)
-        _discard(self._waits_by_instance, wait.instance_id, wait)
+        self._waits.remove(wait)
         # a wait's timeout timer shares its id
         timer = self._work.get(f"{wait.instance_id}:{wait.seq}")
         if timer is not None and timer.kind == "timer":
             self._clear_work(timer.id)
 
-    def _next_due(self) -> float | None:
-        while self._heap:
-            due, work_id = self._heap[0]
-            row = self._work.get(work_id)
-            if row is None or row.due != due or work_id in self._inflight:
-                heapq.heappop(self._heap)  # stale entry
-                continue
-            return due
-        return None
-
     def _take_due(self, now: float) -> bool:
         did = False
-        while self._heap and self._heap[0][0] <= now:
-            due, work_id = heapq.heappop(self._heap)
-            row = self._work.get(work_id)
-            if row is None or row.due != due or work_id in self._inflight:
-                continue
+        for row in list(self._work.pop_due(now, self._inflight)):
             did = True
             if row.kind == "timer":
                 self._fire_timer(row, now)
@@ -625,7 +590,7 @@ class Engine:
         machine = live.machine
         wait = machine.pending_wait(row.seq)
         if wait is not None:
-            for candidate in list(self._waits_by_instance.get(row.instance_id, ())):
+            for candidate in self._waits.of_instance(row.instance_id):
                 if candidate.seq == row.seq:
                     self._clear_wait(candidate)
             error = {"type": "WaitTimeout", "message": f"no {wait[0]!r} with key {wait[1]!r}"}
@@ -697,8 +662,7 @@ class Engine:
         if row.id in self._work:
             return  # already scheduled for this event
         assert self._pending is not None
-        self._pending.put_work(row)
-        self._index_work(row)
+        self._put_work(row)
         self._execute(row, now)
 
     def _apply_outcome(self, outcome: _Outcome, now: float) -> None:
@@ -767,8 +731,7 @@ class Engine:
             row.id, row.kind, due, row.attempt + 1, row.instance_id, row.seq, row.name, row.payload
         )
         assert self._pending is not None
-        self._pending.put_work(retry_row)
-        self._index_work(retry_row)
+        self._put_work(retry_row)
 
     # -- dead letters -------------------------------------------------------------------------
 
@@ -828,22 +791,13 @@ class Engine:
                 )
                 return
             row = WorkRow(dl_id, "handler", now, 1, None, None, handler.name, letter.value)
-            self._pending.put_work(row)
-            self._index_work(row)
+            self._put_work(row)
             self._execute(row, now)
         else:
             record = Record(
                 letter.partition or 0, letter.offset or 0, letter.key, letter.value, now
             )
             self._route(record, now)
-
-
-def _discard(index: dict[Any, list[WaitRow]], key: Any, wait: WaitRow) -> None:
-    waits = index.get(key)
-    if waits is not None and wait in waits:
-        waits.remove(wait)
-        if not waits:
-            del index[key]
 
 
 async def _missing(ctx: Any, event: Any) -> None:  # placeholder fn of an unregistered version
