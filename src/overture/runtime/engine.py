@@ -346,8 +346,10 @@ class Engine:
         if waiters:
             value = envelope.to_dict()
             for wait in waiters:
+                live = self._live(wait.instance_id, now, stuck=True)
+                if live is not None and live.machine.stuck_reason is not None:
+                    continue  # parked: keep the wait for when the code is fixed
                 self._clear_wait(wait)
-                live = self._live(wait.instance_id, now)
                 if live is not None:
                     self._drive(live, live.machine.resolve(wait.seq, now, ok=value), now)
             return
@@ -368,7 +370,7 @@ class Engine:
     def _control(self, envelope: Envelope, record: Record, now: float) -> None:
         data = envelope.data if isinstance(envelope.data, dict) else {}
         if envelope.type == CONTROL_CANCEL:
-            live = self._live(str(data.get("instance_id")), now)
+            live = self._live(str(data.get("instance_id")), now, stuck=True)
             if live is not None:
                 self._drive(live, live.machine.cancel(now), now)
         elif envelope.type == CONTROL_DLQ_REPLAY:
@@ -420,12 +422,26 @@ class Engine:
         self._drive(live, machine.start(envelope, now), now)
         return iid
 
-    def _live(self, iid: str, now: float) -> _Live | None:
-        """The cached instance, or its replay from the store; None if unknown or final."""
+    def _live(self, iid: str, now: float, *, stuck: bool = False) -> _Live | None:
+        """The cached instance, or its replay from the store.
+
+        None if unknown or final; also None if stuck, unless ``stuck`` is true. A stuck
+        instance keeps its waits, timers and work rows, so that after the code is fixed
+        and the engine restarted, it resumes where it was parked.
+        """
         live = self._cache.get(iid)
-        if live is not None:
+        if live is None:
+            live = self._load(iid, now)
+        else:
             self._cache.move_to_end(iid)
-            return None if live.machine.final else live
+        if live is None or live.machine.final:
+            return None
+        if live.machine.stuck_reason is not None and not stuck:
+            return None
+        return live
+
+    def _load(self, iid: str, now: float) -> _Live | None:
+        """Rebuild an instance that is not in the cache by replaying its journal."""
         row = self._store.instance(iid)
         if row is None or row.status in m.FINAL_STATUSES:
             return None
@@ -439,7 +455,7 @@ class Engine:
             )
             live = self._cache[iid] = _Live(machine, row)
             self._dirty[iid] = live
-            return None
+            return live
         machine = m.Machine(definition.spec, iid, row.key)
         commands = machine.replay(self._store.journal(iid))
         inbox = self._store.inbox(iid)
@@ -453,7 +469,7 @@ class Engine:
         self._cache[iid] = live
         if machine.stuck_reason is not None:
             self._dirty[iid] = live
-            return None
+            return live
         if commands:
             self._drive(live, commands, now)
         return live
@@ -582,9 +598,11 @@ class Engine:
         return did
 
     def _fire_timer(self, row: WorkRow, now: float) -> None:
-        self._clear_work(row.id)
         assert row.instance_id is not None and row.seq is not None
-        live = self._live(row.instance_id, now)
+        live = self._live(row.instance_id, now, stuck=True)
+        if live is not None and live.machine.stuck_reason is not None:
+            return  # parked: the timer stays stored and fires after a fixed restart
+        self._clear_work(row.id)
         if live is None:
             return
         machine = live.machine
@@ -604,14 +622,17 @@ class Engine:
             return  # when stopping, the work row stays and the attempt runs after restart
         attempt = row.attempt
 
+        # The row stays "in flight" until its outcome is applied (not merely reported),
+        # so the due-work scan cannot start a second attempt meanwhile.
         def done(ok: bool, value: Any) -> None:
-            self._inflight.discard(row.id)
             self._outcomes.append(_Outcome(row.id, attempt, ok, value))
             self._wake.set()
 
         if row.kind == "step":
             assert row.instance_id is not None and row.seq is not None
-            live = self._live(row.instance_id, now)
+            live = self._live(row.instance_id, now, stuck=True)
+            if live is not None and live.machine.stuck_reason is not None:
+                return  # parked: the step runs again once the code is fixed
             call = None if live is None else live.machine.pending_step(row.seq)
             if call is None:
                 self._clear_work(row.id)
@@ -666,6 +687,7 @@ class Engine:
         self._execute(row, now)
 
     def _apply_outcome(self, outcome: _Outcome, now: float) -> None:
+        self._inflight.discard(outcome.work_id)
         row = self._work.get(outcome.work_id)
         if row is None or row.attempt != outcome.attempt:
             return  # stale: the work was cancelled or already moved on
@@ -673,7 +695,9 @@ class Engine:
             self._handler_outcome(row, outcome, now)
             return
         assert row.instance_id is not None and row.seq is not None
-        live = self._live(row.instance_id, now)
+        live = self._live(row.instance_id, now, stuck=True)
+        if live is not None and live.machine.stuck_reason is not None:
+            return  # parked: the outcome is dropped; the step runs again after a fix
         call = None if live is None else live.machine.pending_step(row.seq)
         if live is None or call is None:
             self._clear_work(row.id)

@@ -80,7 +80,7 @@ class Executor:
     ) -> None:
         token = _current.set(info)
         try:
-            if inspect.iscoroutinefunction(fn):
+            if _is_async(fn):
                 self._start_async(fn, args, kwargs, timeout, done)
             else:
                 self._start_sync(fn, args, kwargs, timeout, done)
@@ -153,6 +153,13 @@ class Executor:
         for task in list(self._tasks):
             task.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    """Coroutine functions, partials of them, and objects with an ``async __call__``."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)
+    )
 
 
 async def _with_timeout(awaitable: Any, limit: float | None) -> Any:
