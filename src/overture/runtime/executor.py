@@ -157,9 +157,7 @@ class Executor:
 
 def _is_async(fn: Callable[..., Any]) -> bool:
     """Coroutine functions, partials of them, and objects with an ``async __call__``."""
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)
-    )
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
 
 
 async def _with_timeout(awaitable: Any, limit: float | None) -> Any:

@@ -1,0 +1,207 @@
+"""One conformance suite for every backend's Log and Store."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from overture.backends import open_broker
+from overture.errors import ConfigError, EngineBusy
+from overture.ports import (
+    Batch,
+    Broker,
+    DeadLetter,
+    InboxRow,
+    InstanceRow,
+    NewRecord,
+    WaitRow,
+    WorkRow,
+)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Broker]:
+    if request.param == "memory":
+        b = open_broker(f"memory://conf-{tmp_path.name}", partitions=4)
+    else:
+        b = open_broker(f"sqlite:///{tmp_path / 'c.db'}", partitions=4)
+    yield b
+    b.close()
+
+
+def row(iid: str, status: str = "running", **kw: object) -> InstanceRow:
+    base: dict[str, object] = dict(
+        id=iid,
+        process="p",
+        version=1,
+        key=f"k-{iid}",
+        status=status,
+        partition=0,
+        created=1.0,
+        updated=2.0,
+        trigger_id=f"t-{iid}",
+    )
+    base.update(kw)
+    return InstanceRow(**base)  # type: ignore[arg-type]
+
+
+def test_append_assigns_dense_offsets_per_partition_by_key(broker: Broker) -> None:
+    log = broker.log
+    assert log.partitions == 4
+    positions = log.append([NewRecord("a", b"1"), NewRecord("a", b"2"), NewRecord("b", b"3")])
+    assert positions[0] is not None and positions[1] is not None
+    assert positions[0][0] == positions[1][0]  # same key, same partition
+    assert positions[1][1] == positions[0][1] + 1
+    part = positions[0][0]
+    assert [r.value for r in log.read(part, 0, 10) if r.key == "a"] == [b"1", b"2"]
+    assert log.end_offset(part) >= 2
+    assert log.read(part, log.end_offset(part), 10) == []
+
+
+def test_append_deduplicates_event_ids_and_finds_them(broker: Broker) -> None:
+    log = broker.log
+    first = log.append([NewRecord("k", b"x", event_id="e1")])
+    again = log.append([NewRecord("k", b"y", event_id="e1"), NewRecord("k", b"z", "e2")])
+    assert first[0] is not None
+    assert again[0] is None and again[1] is not None
+    found = log.find_event("e1")
+    assert found is not None and found.value == b"x"
+    assert log.find_event("nope") is None
+
+
+def test_read_respects_offset_and_limit(broker: Broker) -> None:
+    log = broker.log
+    log.append([NewRecord("k", str(i).encode()) for i in range(10)])
+    part = log.append([NewRecord("k", b"last")])[0]
+    assert part is not None
+    records = log.read(part[0], 3, 4)
+    assert [r.offset for r in records] == [3, 4, 5, 6]
+    assert [r.value for r in records] == [b"3", b"4", b"5", b"6"]
+
+
+def test_commit_applies_every_kind_of_change(broker: Broker) -> None:
+    store = broker.store
+    wait = WaitRow("pay", "o1", "i1", 2)
+    batch = Batch("g", offsets={0: 5, 1: 7})
+    batch.appends.append(NewRecord("o1", b"emitted", "em-1", "order.shipped"))
+    batch.instances["i1"] = row("i1", result={"a": 1})
+    batch.instances["i2"] = row("i2", status="completed")
+    batch.journal.append(("i1", 0, [{"k": "start"}, {"k": "cmd", "s": 1}]))
+    batch.waits[wait] = True
+    batch.work["i1:3"] = WorkRow("i1:3", "timer", 99.0, 1, "i1", 3)
+    batch.inbox["i1:e"] = InboxRow("i1:e", "i1", "pay", "o1", b"raw", 3.0)
+    batch.dead_letters["0:1"] = DeadLetter("0:1", 4.0, "bad", 0, "decode", None, None, b"?", 0, 1)
+    store.commit(batch)
+
+    assert store.offsets("g") == {0: 5, 1: 7}
+    assert store.offsets("other") == {}
+    assert broker.log.find_event("em-1") is not None
+    got = store.instance("i1")
+    assert got is not None and got.result == {"a": 1} and got.key == "k-i1"
+    assert store.journal("i1") == [{"k": "start"}, {"k": "cmd", "s": 1}]
+    assert store.waits() == [wait]
+    assert [w.id for w in store.work()] == ["i1:3"]
+    assert [r.value for r in store.inbox("i1")] == [b"raw"]
+    assert [d.id for d in store.dead_letters()] == ["0:1"]
+    assert store.active_instances() == [("i1", "k-i1")]
+    assert [r.id for r in store.instances(status="completed")] == ["i2"]
+    assert [r.id for r in store.instances(process="p", limit=1)] == ["i1"]
+
+    follow = Batch("g", offsets={0: 6})
+    follow.journal.append(("i1", 2, [{"k": "res", "s": 1}]))
+    follow.waits[wait] = False
+    follow.work["i1:3"] = None
+    follow.inbox["i1:e"] = None
+    follow.dead_letters["0:1"] = None
+    store.commit(follow)
+    assert store.offsets("g") == {0: 6, 1: 7}
+    assert store.journal("i1")[-1] == {"k": "res", "s": 1}
+    assert len(store.journal("i1")) == 3
+    assert store.waits() == [] and store.work() == [] and store.inbox("i1") == []
+    assert store.dead_letters() == []
+
+
+def test_a_failing_sqlite_commit_changes_nothing(tmp_path: Path) -> None:
+    """A commit that fails half-way (here: an unserializable result) rolls back whole.
+
+    (The memory store applies plain objects and has no failure mode to exercise.)
+    """
+    broker = open_broker(f"sqlite:///{tmp_path / 'f.db'}")
+    store = broker.store
+    batch = Batch("g", offsets={0: 9})
+    batch.appends.append(NewRecord("k", b"v", "should-not-exist"))
+    batch.instances["ok"] = row("ok")
+    batch.instances["bad"] = row("bad", result=object())
+    with pytest.raises(TypeError):
+        store.commit(batch)
+    assert store.offsets("g") == {}
+    assert store.instance("ok") is None
+    assert broker.log.find_event("should-not-exist") is None
+    broker.close()
+
+
+def test_subscribers_are_woken_by_appends(broker: Broker) -> None:
+    woke = threading.Event()
+    unsubscribe = broker.log.subscribe(woke.set)
+    try:
+        broker.log.append([NewRecord("k", b"v")])
+        assert woke.wait(2.0)
+    finally:
+        unsubscribe()
+
+
+def test_engine_lock_is_exclusive(broker: Broker) -> None:
+    release = broker.engine_lock()
+    with pytest.raises(EngineBusy):
+        broker.engine_lock()
+    release()
+    broker.engine_lock()()
+
+
+def test_sqlite_is_shared_across_processes(tmp_path: Path) -> None:
+    """Another process appends while we hold the engine lock; we see and are woken."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    broker = open_broker(url, partitions=2)
+    release = broker.engine_lock()
+    woke = threading.Event()
+    unsubscribe = broker.log.subscribe(woke.set)
+    script = (
+        "import sys\n"
+        "from overture.backends import open_broker\n"
+        "from overture.ports import NewRecord\n"
+        "from overture.errors import EngineBusy\n"
+        f"b = open_broker({url!r})\n"
+        "b.log.append([NewRecord('k', b'from-child', 'child-1')])\n"
+        "try:\n    b.engine_lock()\nexcept EngineBusy:\n    sys.exit(3)\n"
+    )
+    try:
+        result = subprocess.run([sys.executable, "-c", script], timeout=30)
+        assert result.returncode == 3  # the child could append but not claim the engine
+        assert woke.wait(2.0)
+        found = broker.log.find_event("child-1")
+        assert found is not None and found.value == b"from-child"
+    finally:
+        unsubscribe()
+        release()
+        broker.close()
+
+
+def test_sqlite_keeps_its_partition_count_and_rejects_garbage(tmp_path: Path) -> None:
+    path = tmp_path / "p.db"
+    open_broker(f"sqlite:///{path}", partitions=3).close()
+    reopened = open_broker(f"sqlite:///{path}", partitions=8)
+    assert reopened.log.partitions == 3
+    reopened.close()
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(ConfigError, match="not an Overture database"):
+        open_broker(f"sqlite:///{junk}")
+    with pytest.raises(ConfigError, match="does not exist"):
+        open_broker(f"sqlite:///{tmp_path}/missing/dir/x.db")
+    with pytest.raises(ConfigError, match="unknown broker URL"):
+        open_broker("postgres://x")
