@@ -7,8 +7,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import overture as ov
 from overture.core import machine as m
 from overture.events import Envelope
