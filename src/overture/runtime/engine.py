@@ -149,6 +149,7 @@ class Engine:
         self._wake = asyncio.Event()
         self._stopping = False
         self._started = False
+        self._broken = False
         self._grace = 5.0
         self._release_lock: Any = None
         self._unsubscribe: Any = None
@@ -198,7 +199,7 @@ class Engine:
 
     async def _shutdown(self) -> None:
         await self.executor.shutdown(self._grace)
-        if self._outcomes:
+        if self._outcomes and not self._broken:
             await self._iterate(read_log=False)
         for live in self._cache.values():
             live.machine.close()
@@ -245,6 +246,17 @@ class Engine:
     # -- one iteration ---------------------------------------------------------------------
 
     async def _iterate(self, read_log: bool = True) -> bool:
+        if self._broken:
+            raise RuntimeError("the engine failed earlier; restart it")
+        try:
+            return await self._iterate_once(read_log)
+        except BaseException:
+            # Memory is now ahead of (or apart from) the store: never commit again from
+            # this state. A restart rebuilds everything from the last good commit.
+            self._broken = True
+            raise
+
+    async def _iterate_once(self, read_log: bool) -> bool:
         now = self.clock.now()
         pending = self._pending = _Pending(self.group)
         did = False

@@ -1,0 +1,116 @@
+"""What every command shares: the ``--broker`` option, error reporting, opening a client.
+
+User errors never end in a traceback: :func:`handle_errors` turns every
+:class:`~overture.OvertureError` (and the few other errors a user can cause, such as a bad
+path) into one line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Annotated, NoReturn, ParamSpec, TypeVar
+
+import typer
+
+from ..app import App
+from ..backends import DEFAULT_URL
+from ..client import Client
+from ..errors import ConfigError, OvertureError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+EXIT_ERROR = 1
+"""The command failed (bad input, unknown instance, engine busy, ...)."""
+EXIT_USAGE = 2
+"""The command line itself is wrong (same code as click's usage errors)."""
+
+BrokerOption = Annotated[
+    str,
+    typer.Option(
+        "--broker",
+        "-b",
+        envvar="OVERTURE_BROKER",
+        help="Broker URL: sqlite:///relative.db, sqlite:////absolute.db or memory://.",
+        show_envvar=True,
+    ),
+]
+"""The ``--broker`` option every command takes."""
+
+DEFAULT_BROKER = DEFAULT_URL
+
+
+class CliError(ConfigError):
+    """An error of the command line, reported as one line with its own exit code.
+
+    Args:
+        message: the line to print.
+        exit_code: :data:`EXIT_USAGE` for a wrong command line, else :data:`EXIT_ERROR`.
+    """
+
+    def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def fail(message: str, exit_code: int = EXIT_ERROR) -> NoReturn:
+    """Print ``error: message`` on stderr and exit with ``exit_code``."""
+    # One physical line, so that log scrapers and `2>&1 | tail -1` see the whole story.
+    line = " ".join(str(message).split())
+    typer.echo(f"error: {line}", err=True)
+    raise typer.Exit(exit_code)
+
+
+def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Decorate a command so that user errors end as one line on stderr, not a traceback.
+
+    Programming errors (anything else) still raise: hiding them would hide bugs.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except CliError as error:
+            fail(str(error), error.exit_code)
+        except OvertureError as error:
+            fail(str(error))
+        except OSError as error:  # unreadable --file, full disk, ...
+            if error.filename is not None:
+                fail(f"{error.filename}: {error.strerror or error}")
+            fail(str(error))
+
+    return wrapper
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file a ``sqlite:///`` URL names, or ``None`` for other schemes."""
+    prefix = "sqlite:///"
+    return url[len(prefix) :] if url.startswith(prefix) else None
+
+
+def open_client(url: str, *, app: App | None = None, must_exist: bool = True) -> Client:
+    """A client on ``url``.
+
+    Args:
+        url: the broker URL.
+        app: validate sent events against this app's contracts.
+        must_exist: refuse to *create* an embedded database. Commands that only read or
+            operate existing state set it, so that a typo in ``--broker`` (or running from
+            the wrong directory) says so instead of showing an empty, brand-new database.
+    """
+    path = sqlite_path(url)
+    if must_exist and path and not os.path.exists(path):
+        raise CliError(
+            f"no Overture database at {path!r} (start one with `overture run`, or pass "
+            "--broker / set OVERTURE_BROKER)"
+        )
+    return Client(url, app=app)
+
+
+def stderr_line(message: str) -> None:
+    """Print an informational line on stderr (stdout stays machine-readable)."""
+    print(message, file=sys.stderr, flush=True)

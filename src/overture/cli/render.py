@@ -1,0 +1,358 @@
+"""Rich rendering of instances, journals, events and dead letters, plus their JSON forms.
+
+Only presentation lives here: the commands fetch, these functions draw. The JSON forms are
+what ``--json`` prints, one object per line, so scripts can use ``jq`` on them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from ..client import Instance, LoggedEvent
+from ..core import journal as jr
+from ..ports import DeadLetter
+
+STATUS_STYLES = {
+    "running": "cyan",
+    "waiting": "yellow",
+    "completed": "green",
+    "failed": "bold red",
+    "cancelled": "magenta",
+    "stuck": "bold red reverse",
+}
+
+_PIPE_WIDTH = 200
+"""Console width when stdout is not a terminal: wide enough that piped tables keep ids
+whole (rich would otherwise assume 80 columns and cut them)."""
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A console on stdout (or stderr); created per command so that test runners that swap
+    ``sys.stdout`` see the output."""
+    console = Console(stderr=stderr, highlight=False, soft_wrap=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = _PIPE_WIDTH
+    return console
+
+
+# -- small formatting helpers ------------------------------------------------------------------
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text (non-JSON values fall back to ``str``)."""
+    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def short(value: Any, width: int = 48) -> str:
+    """A one-line preview of a JSON value, cut to ``width`` characters."""
+    text = value if isinstance(value, str) else dumps(value)
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def fmt_time(value: datetime | float | None, *, precise: bool = False) -> str:
+    """Local wall-clock time; ``precise`` adds milliseconds and drops the date."""
+    if value is None:
+        return ""
+    dt = value if isinstance(value, datetime) else datetime.fromtimestamp(value, UTC)
+    local = dt.astimezone()
+    if precise:
+        return local.strftime("%H:%M:%S.%f")[:-3]
+    return local.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def status_text(status: str) -> Text:
+    return Text(status, style=STATUS_STYLES.get(status, ""))
+
+
+def outcome(instance: Instance) -> str:
+    """The result, or the error, of an instance in a few words."""
+    if instance.error:
+        error = instance.error
+        if isinstance(error, dict):
+            return short(f"{error.get('type', 'Error')}: {error.get('message', '')}")
+        return short(error)
+    if instance.result is None:
+        return ""
+    return short(instance.result)
+
+
+# -- instances -----------------------------------------------------------------------------------
+
+
+def instance_dict(instance: Instance) -> dict[str, Any]:
+    """The ``--json`` form of an instance."""
+    return {
+        "id": instance.id,
+        "process": instance.process,
+        "version": instance.version,
+        "key": instance.key,
+        "status": instance.status,
+        "created": instance.created.isoformat(),
+        "updated": instance.updated.isoformat(),
+        "trigger_id": instance.trigger_id,
+        "result": instance.result,
+        "error": instance.error,
+    }
+
+
+def instances_table(instances: Iterable[Instance]) -> Table:
+    table = Table(title="instances", title_justify="left")
+    table.add_column("id", no_wrap=True, min_width=32)
+    table.add_column("process")
+    table.add_column("version", justify="right")
+    table.add_column("key")
+    table.add_column("status")
+    table.add_column("created", no_wrap=True)
+    table.add_column("updated", no_wrap=True)
+    table.add_column("result / error", overflow="ellipsis")
+    for i in instances:
+        table.add_row(
+            i.id,
+            i.process,
+            str(i.version),
+            i.key or "",
+            status_text(i.status),
+            fmt_time(i.created),
+            fmt_time(i.updated),
+            outcome(i),
+        )
+    return table
+
+
+def instance_header(instance: Instance) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("instance", instance.id)
+    grid.add_row("process", f"{instance.process} v{instance.version}")
+    grid.add_row("key", instance.key or "-")
+    grid.add_row("status", status_text(instance.status))
+    grid.add_row("created", fmt_time(instance.created))
+    grid.add_row("updated", fmt_time(instance.updated))
+    grid.add_row("trigger", instance.trigger_id)
+    if instance.error:
+        grid.add_row("error", Text(dumps(instance.error), style="red"))
+    elif instance.status == "completed":
+        grid.add_row("result", dumps(instance.result))
+    return grid
+
+
+# -- journals --------------------------------------------------------------------------------------
+
+
+def describe_journal(entries: list[jr.Entry]) -> list[tuple[float | None, str]]:
+    """The journal as (time, line) pairs, naming the operation each result belongs to.
+
+    ``overture.core.journal.describe`` renders an entry on its own (``#3 -> True``); here the
+    whole journal is at hand, so a result line can say which step or wait it resolves.
+    Command entries carry no time of their own: they happened when the previous input was
+    processed, so they inherit its time.
+    """
+    ops: dict[int, tuple[str, str]] = {}
+    lines: list[tuple[float | None, str]] = []
+    now: float | None = None
+    for entry in entries:
+        now = entry.get("t", now)
+        try:
+            text = _describe(entry, ops)
+        except (KeyError, TypeError):  # an entry of a newer journal format: show it raw
+            text = jr.describe(entry) if entry.get("k") else repr(entry)
+        lines.append((now, text))
+    return lines
+
+
+def _describe(entry: jr.Entry, ops: dict[int, tuple[str, str]]) -> str:
+    kind = entry["k"]
+    if kind == "start":
+        ev = entry["ev"]
+        key = ev.get("partitionkey")
+        return f"started by {ev['type']} {short(ev.get('data'), 60)} (event {ev['id']}, key {key})"
+    if kind == "cmd":
+        seq, op, name = entry["s"], entry["op"], entry["n"]
+        ops[seq] = (op, name)
+        if op == "step":
+            return f"#{seq} step {name} scheduled"
+        if op == "wait":
+            until = f" until {fmt_time(entry['due'], precise=True)}" if entry.get("due") else ""
+            return f"#{seq} waiting for {name} with key {entry.get('key')!r}{until}"
+        if op == "sleep":
+            return f"#{seq} sleeping until {fmt_time(entry.get('due'), precise=True)}"
+        if op == "emit":
+            return f"#{seq} emitted {name} (event {entry.get('ev')})"
+        return jr.describe(entry)
+    if kind == "res":
+        seq = entry["s"]
+        op, name = ops.get(seq, ("operation", "?"))
+        if "err" in entry:
+            err = entry["err"]
+            if op == "wait" and err.get("type") == "WaitTimeout":
+                return f"#{seq} timed out waiting for {name}"
+            return f"#{seq} {op} {name} failed: {err['type']}: {err['message']}"
+        value = entry.get("ok")
+        if op == "wait" and isinstance(value, dict):
+            return (
+                f"#{seq} received {value.get('type')} {short(value.get('data'), 60)} "
+                f"(event {value.get('id')})"
+            )
+        if op == "sleep":
+            return f"#{seq} timer fired"
+        return f"#{seq} {op} {name} returned {short(value, 60)}"
+    if kind == "retry":
+        seq, err = entry["s"], entry["err"]
+        name = ops.get(seq, ("step", "?"))[1]
+        return (
+            f"#{seq} {name} attempt {entry['a']} failed ({err['type']}: {err['message']}); "
+            f"retry at {fmt_time(entry.get('due'), precise=True)}"
+        )
+    if kind == "end":
+        status = entry["st"]
+        if "err" in entry:
+            err = entry["err"]
+            return f"{status}: {err.get('type')}: {err.get('message')}"
+        if status == "completed":
+            return f"completed with result {dumps(entry.get('ok'))}"
+        return status
+    return jr.describe(entry)
+
+
+def timeline_table(entries: list[jr.Entry]) -> Table:
+    lines = describe_journal(entries)
+    start = next((t for t, _ in lines if t is not None), None)
+    table = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
+    table.add_column("time", no_wrap=True, style="dim")
+    table.add_column("+s", justify="right", no_wrap=True, style="dim")
+    table.add_column("what happened", overflow="fold")
+    for t, text in lines:
+        offset = "" if t is None or start is None else f"{t - start:.3f}"
+        style = _line_style(text)
+        table.add_row(fmt_time(t, precise=True), offset, Text(text, style=style))
+    return table
+
+
+def _line_style(text: str) -> str:
+    if text.startswith(("completed", "started")):
+        return "green" if text.startswith("completed") else "bold"
+    if text.startswith(("failed", "cancelled")) or " failed" in text or "timed out" in text:
+        return "red"
+    if "compensate:" in text:
+        return "magenta"
+    return ""
+
+
+# -- events -----------------------------------------------------------------------------------------
+
+
+def event_dict(event: LoggedEvent) -> dict[str, Any]:
+    """The ``--json`` form: the CloudEvent structured form plus its log position (or, for
+    an undecodable record, the error and the raw bytes as text)."""
+    position = {"partition": event.partition, "offset": event.offset}
+    if event.envelope is None:
+        return {
+            **position,
+            "error": event.error,
+            "raw": event.raw.decode("utf-8", errors="replace"),
+        }
+    return {**position, **event.envelope.to_dict()}
+
+
+def events_table(events: Iterable[LoggedEvent]) -> Table:
+    table = Table(title="events", title_justify="left")
+    table.add_column("part", justify="right")
+    table.add_column("offset", justify="right")
+    table.add_column("time", no_wrap=True)
+    table.add_column("type")
+    table.add_column("key")
+    table.add_column("id", no_wrap=True, min_width=36)
+    table.add_column("data", overflow="ellipsis", max_width=60)
+    for event in events:
+        table.add_row(*event_cells(event))
+    return table
+
+
+def event_cells(event: LoggedEvent) -> tuple[str, str, str, str | Text, str, str, str | Text]:
+    env = event.envelope
+    if env is None:
+        preview = event.raw.decode("utf-8", errors="replace")
+        return (
+            str(event.partition),
+            str(event.offset),
+            "",
+            Text("<undecodable>", style="bold red"),
+            "",
+            "",
+            Text(f"{event.error}: {short(preview, 40)}", style="red"),
+        )
+    return (
+        str(event.partition),
+        str(event.offset),
+        fmt_time(env.time),
+        env.type,
+        env.partitionkey or "",
+        env.id,
+        short(env.data, 60),
+    )
+
+
+def event_line(event: LoggedEvent) -> Text:
+    """One line per event, for ``--follow`` (a table cannot grow as events arrive)."""
+    part, offset, time, etype, key, eid, data = event_cells(event)
+    line = Text(f"{part}:{offset} ", style="dim")
+    line.append(f"{time} " if time else "")
+    line.append(etype if isinstance(etype, Text) else Text(etype, style="bold"))
+    line.append(f" key={key}" if key else "")
+    line.append(f" id={eid}" if eid else "")
+    line.append(" ")
+    line.append(data)
+    return line
+
+
+# -- dead letters ------------------------------------------------------------------------------------
+
+
+def dead_letter_dict(letter: DeadLetter) -> dict[str, Any]:
+    """The ``--json`` form of a dead letter (original bytes decoded as UTF-8 text)."""
+    return {
+        "id": letter.id,
+        "created": datetime.fromtimestamp(letter.created, UTC).isoformat(),
+        "source": letter.source,
+        "reason": letter.reason,
+        "attempts": letter.attempts,
+        "event_type": letter.event_type,
+        "key": letter.key,
+        "partition": letter.partition,
+        "offset": letter.offset,
+        "value": letter.value.decode("utf-8", errors="replace"),
+    }
+
+
+def dead_letters_table(letters: Iterable[DeadLetter]) -> Table:
+    table = Table(title="dead letters", title_justify="left", show_lines=True)
+    table.add_column("id", no_wrap=True)
+    table.add_column("created", no_wrap=True)
+    table.add_column("source")
+    table.add_column("reason", overflow="fold")
+    table.add_column("attempts", justify="right")
+    table.add_column("event type")
+    table.add_column("key")
+    table.add_column("original event", overflow="fold")
+    for letter in letters:
+        table.add_row(
+            letter.id,
+            fmt_time(letter.created),
+            letter.source,
+            Text(letter.reason, style="red"),
+            str(letter.attempts),
+            letter.event_type or "",
+            letter.key or "",
+            letter.value.decode("utf-8", errors="replace"),
+        )
+    return table

@@ -1,0 +1,82 @@
+"""``overture run``: one engine process, until SIGINT or SIGTERM, then a drained stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from ..app import App
+from ..backends import open_broker
+from ..runtime.engine import Engine
+from .common import stderr_line
+
+log = logging.getLogger("overture.cli")
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr at ``level`` (stdout is left to command output)."""
+    # force=True: a user's module may have called basicConfig at import time; the command
+    # line wins.
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, force=True)
+
+
+async def serve(
+    app: App,
+    url: str,
+    *,
+    cache_size: int,
+    batch_size: int,
+    partitions: int | None,
+) -> None:
+    """Run an engine for ``app`` on ``url`` until SIGINT/SIGTERM, then drain and return.
+
+    Raises:
+        EngineBusy: another engine already owns the embedded database.
+        ConfigError: the broker URL is bad.
+    """
+    broker = open_broker(url, partitions=partitions)
+    try:
+        engine = Engine(app, broker, cache_size=cache_size, batch_size=batch_size)
+        await engine.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGINT, signal.SIGTERM)
+        for sig in signals:
+            loop.add_signal_handler(sig, _on_signal, sig, stop)
+        count = broker.log.partitions
+        stderr_line(
+            f"overture: engine for app {app.name!r} on {url} "
+            f"({count} partition{'s' if count != 1 else ''}) running; Ctrl-C to stop"
+        )
+        runner = asyncio.create_task(engine.run(), name="overture-engine")
+        stopper = asyncio.create_task(stop.wait(), name="overture-signal")
+        try:
+            await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stopper
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+        if runner.done():
+            # The engine loop ended on its own: only a crash does that. Surface it.
+            runner.result()
+            return
+        log.info("stopping: draining the engine")
+        await engine.stop()
+        await runner
+        log.info("engine stopped")
+    finally:
+        broker.close()
+
+
+def _on_signal(sig: signal.Signals, stop: asyncio.Event) -> None:
+    if stop.is_set():
+        log.warning("%s again: already stopping, waiting for running steps", sig.name)
+        return
+    log.info("%s received", sig.name)
+    stop.set()
