@@ -17,7 +17,7 @@ import logging
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ..app import App, HandlerDef, ProcessDef
 from ..core import machine as m
@@ -41,6 +41,8 @@ from .clock import Clock, SystemClock
 from .executor import Executor, StepInfo
 
 log = logging.getLogger("overture.engine")
+K = TypeVar("K")
+V = TypeVar("V")
 
 CONTROL_CANCEL = "overture.cancel"
 CONTROL_DLQ_REPLAY = "overture.dlq.replay"
@@ -63,48 +65,38 @@ class _Outcome:
     value: Any
 
 
+class _Staged(Generic[K, V]):
+    """One table's changes within a batch. A row created and deleted again within the
+    same batch never reaches the store (the common case: a step that finishes in the
+    batch that scheduled it)."""
+
+    def __init__(self, changes: dict[K, V], tombstone: V) -> None:
+        self.changes = changes
+        self.tombstone = tombstone
+        self.created: set[K] = set()
+
+    def put(self, key: K, value: V, *, created: bool) -> None:
+        """Stage a row; ``created`` says the store cannot have it yet."""
+        if created and key not in self.changes:
+            self.created.add(key)
+        self.changes[key] = value
+
+    def delete(self, key: K) -> None:
+        if key in self.created:
+            self.created.discard(key)
+            del self.changes[key]
+        else:
+            self.changes[key] = self.tombstone
+
+
 class _Pending:
-    """The batch being built, with add-then-delete cancelling out before the commit."""
+    """The batch being built."""
 
     def __init__(self, group: str) -> None:
         self.batch = Batch(group)
-        self._new_work: set[str] = set()
-        self._new_waits: set[WaitRow] = set()
-        self._new_inbox: set[str] = set()
-
-    def put_work(self, row: WorkRow) -> None:
-        if row.id not in self.batch.work:
-            self._new_work.add(row.id)
-        self.batch.work[row.id] = row
-
-    def del_work(self, work_id: str) -> None:
-        if work_id in self._new_work:
-            self._new_work.discard(work_id)
-            self.batch.work.pop(work_id, None)
-        else:
-            self.batch.work[work_id] = None
-
-    def put_wait(self, wait: WaitRow) -> None:
-        self._new_waits.add(wait)
-        self.batch.waits[wait] = True
-
-    def del_wait(self, wait: WaitRow) -> None:
-        if wait in self._new_waits:
-            self._new_waits.discard(wait)
-            self.batch.waits.pop(wait, None)
-        else:
-            self.batch.waits[wait] = False
-
-    def put_inbox(self, row: InboxRow) -> None:
-        self._new_inbox.add(row.id)
-        self.batch.inbox[row.id] = row
-
-    def del_inbox(self, inbox_id: str) -> None:
-        if inbox_id in self._new_inbox:
-            self._new_inbox.discard(inbox_id)
-            self.batch.inbox.pop(inbox_id, None)
-        else:
-            self.batch.inbox[inbox_id] = None
+        self.work: _Staged[str, WorkRow | None] = _Staged(self.batch.work, None)
+        self.waits: _Staged[WaitRow, bool] = _Staged(self.batch.waits, False)
+        self.inbox: _Staged[str, InboxRow | None] = _Staged(self.batch.inbox, None)
 
 
 class Engine:
@@ -374,7 +366,7 @@ class Engine:
             row = InboxRow(
                 f"{iid}:{envelope.id}", iid, envelope.type, envelope.partitionkey, raw, now
             )
-            self._pending.put_inbox(row)
+            self._pending.inbox.put(row.id, row, created=True)
             cached = self._cache.get(iid)
             if cached is not None:
                 cached.inbox.append(row)
@@ -519,12 +511,12 @@ class Engine:
         for buffered in live.inbox:
             if buffered.event_type == command.event_type and buffered.key == command.key:
                 live.inbox.remove(buffered)
-                pending.del_inbox(buffered.id)
+                pending.inbox.delete(buffered.id)
                 value = decode(buffered.value).to_dict()
                 self._drive(live, live.machine.resolve(command.seq, now, ok=value), now)
                 return
         wait = WaitRow(command.event_type, command.key, iid, command.seq)
-        pending.put_wait(wait)
+        pending.waits.put(wait, True, created=True)
         self._waits.add(wait)
         if command.due is not None:
             row = WorkRow(f"{iid}:{command.seq}", "timer", command.due, 1, iid, command.seq)
@@ -540,7 +532,7 @@ class Engine:
         for work_id in self._work.of_instance(iid):
             self._clear_work(work_id)
         for buffered in live.inbox:
-            pending.del_inbox(buffered.id)
+            pending.inbox.delete(buffered.id)
         live.inbox.clear()
         keyed = self._active.get(live.row.key)
         if keyed is not None:
@@ -582,17 +574,18 @@ class Engine:
 
     def _put_work(self, row: WorkRow) -> None:
         assert self._pending is not None
-        self._pending.put_work(row)
+        # a step's retry replaces its stored row: only a row the queue lacks is new
+        self._pending.work.put(row.id, row, created=row.id not in self._work)
         self._work.put(row)
 
     def _clear_work(self, work_id: str) -> None:
         if self._work.remove(work_id) is not None:
             assert self._pending is not None
-            self._pending.del_work(work_id)
+            self._pending.work.delete(work_id)
 
     def _clear_wait(self, wait: WaitRow) -> None:
         assert self._pending is not None
-        self._pending.del_wait(wait)
+        self._pending.waits.delete(wait)
         self._waits.remove(wait)
         # a wait's timeout timer shares its id
         timer = self._work.get(f"{wait.instance_id}:{wait.seq}")
