@@ -241,7 +241,7 @@ class Machine:
         self._tasks: set[_Task] = set()
         self._next_seq = 1
         self._now = 0.0
-        self._rng = random.Random(instance_id)
+        self._rng_state: random.Random | None = None  # ~5 KB: created on first use
         self._replay: list[jr.Entry] | None = None
         self._cursor = 0
         self._current: _Task | None = None
@@ -349,6 +349,13 @@ class Machine:
 
     def pending_steps(self) -> list[StepCall]:
         return [p.call for p in self._pending.values() if p.call is not None]
+
+    @property
+    def rng(self) -> random.Random:
+        """The instance's deterministic random stream (seeded by its id)."""
+        if self._rng_state is None:
+            self._rng_state = random.Random(self.instance_id)
+        return self._rng_state
 
     @property
     def final(self) -> bool:
@@ -677,7 +684,7 @@ class _MachineContext(Context):
         return datetime.fromtimestamp(self._m._now, UTC)
 
     def uuid(self) -> uuid.UUID:
-        return uuid.UUID(int=self._m._rng.getrandbits(128), version=4)
+        return uuid.UUID(int=self._m.rng.getrandbits(128), version=4)
 
     def random(self) -> float:
-        return self._m._rng.random()
+        return self._m.rng.random()
