@@ -1,0 +1,251 @@
+"""Aggregating repeats (median per metric) and rendering: rich tables and JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sqlite3
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+import overture
+
+from . import stats
+
+TITLES = {"w1": "W1 order process", "w2": "W2 wait for event", "baseline": "raw sqlite3 (W1 rows)"}
+UNITS = {"w1": "inst/s", "w2": "events/s", "baseline": "inst/s"}
+
+
+@dataclass(slots=True)
+class Unit:
+    """One measurement configuration and the results of its repeats."""
+
+    workload: str
+    mode: str
+    backend: str
+    n: int
+    repeats: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.workload}-{self.mode}-{self.backend}"
+
+    @property
+    def ok(self) -> list[dict[str, Any]]:
+        return [r for r in self.repeats if "error" not in r]
+
+    def median(self, metric: str) -> float:
+        return stats.median([r[metric] for r in self.ok if isinstance(r.get(metric), int | float)])
+
+    def spread(self, metric: str) -> float:
+        """Half the min-max range relative to the median (0.05 = ±5%)."""
+        values = [float(r[metric]) for r in self.ok if isinstance(r.get(metric), int | float)]
+        mid = stats.median(values)
+        if len(values) < 2 or not mid:
+            return math.nan
+        return float((max(values) - min(values)) / 2 / mid)
+
+    def medians(self) -> dict[str, Any]:
+        keys = {k for r in self.ok for k, v in r.items() if isinstance(v, int | float)}
+        out: dict[str, Any] = {k: self.median(k) for k in sorted(keys)}
+        texts = {k: v for r in self.ok for k, v in r.items() if isinstance(v, str)}
+        out.update(texts)
+        return out
+
+    def errors(self) -> list[str]:
+        return [r["error"] for r in self.repeats if "error" in r]
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "implementation": sys.implementation.name,
+        "sqlite": sqlite3.sqlite_version,
+        "overture": overture.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    }
+
+
+def filesystem(path: str) -> str:
+    """The mount point and filesystem type holding ``path`` (Linux), for the notes."""
+    path = os.path.realpath(path)
+    best = ("", "?", "?")
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                device, mount, fstype, *_ = line.split()
+                if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(
+                    mount
+                ) >= len(best[1]):
+                    best = (device, mount, fstype)
+    except OSError:
+        return "unknown"
+    return f"{best[2]} on {best[0]} (mounted at {best[1]})"
+
+
+def _num(value: float, digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def _short(durability: str) -> str:
+    return durability.replace("journal_mode=", "").replace("synchronous=", "sync=")
+
+
+def _find(units: list[Unit], workload: str, mode: str, backend: str) -> Unit | None:
+    for unit in units:
+        if (unit.workload, unit.mode, unit.backend) == (workload, mode, backend):
+            return unit
+    return None
+
+
+def results_table(units: list[Unit], repeat: int) -> Table:
+    table = Table(
+        title=f"Overture benchmarks: median of {repeat} repeat(s); latencies in ms",
+        caption="1x1 = one at a time (send, wait for completion, repeat)",
+    )
+    for header in ("Workload", "Backend", "Durability", "N"):
+        table.add_column(header)
+    for header in ("Throughput", "Engine-only", "p50", "p99", "1x1 p50", "1x1 p99", "RSS MB"):
+        table.add_column(header, justify="right")
+    pairs = sorted(
+        {(u.workload, u.backend) for u in units},
+        key=lambda p: (list(TITLES).index(p[0]), p[1]),
+    )
+    for workload, backend in pairs:
+        load = _find(units, workload, "load", backend)
+        serial = _find(units, workload, "serial", backend)
+        drain = _find(units, workload, "drain", backend)
+        first = load or serial or drain
+        assert first is not None
+        med = first.medians()
+        rss = [u.median("peak_rss_mb") for u in (load, serial, drain) if u is not None]
+        throughput = "-"
+        if load is not None and load.ok:
+            spread = load.spread("throughput")
+            throughput = f"{_num(load.median('throughput'))} {UNITS[workload]}"
+            if not math.isnan(spread):
+                throughput += f" (±{spread:.0%})"
+        errors = [e for u in (load, serial, drain) if u is not None for e in u.errors()]
+        engine_only = "-"
+        if drain is not None and drain.ok:
+            engine_only = f"{_num(drain.median('drain_throughput'))} {UNITS[workload]}"
+        table.add_row(
+            TITLES[workload],
+            backend,
+            _short(str(med.get("durability", "-")))
+            if not errors
+            else f"[red]{len(errors)} failed[/]",
+            _num(first.n),
+            throughput,
+            engine_only,
+            _num(load.median("p50_ms"), 1) if load else "-",
+            _num(load.median("p99_ms"), 1) if load else "-",
+            _num(serial.median("serial_p50_ms"), 2) if serial else "-",
+            _num(serial.median("serial_p99_ms"), 2) if serial else "-",
+            _num(max(rss), 0) if rss else "-",
+        )
+    return table
+
+
+def details_table(units: list[Unit]) -> Table:
+    table = Table(title="Details (medians)")
+    table.add_column("Measurement")
+    table.add_column("Values")
+    for unit in units:
+        if not unit.ok:
+            table.add_row(unit.name, f"[red]failed:[/] {'; '.join(unit.errors())[:300]}")
+            continue
+        m = unit.medians()
+        parts: list[str] = []
+        if unit.workload == "baseline":
+            parts += [
+                f"{_num(m['rows_per_s'])} rows/s",
+                f"{_num(m['commits_per_s'])} commits/s",
+                f"{_num(m['batch'])} instances per state txn, {_num(m['chunk'])} log rows/txn",
+                f"raw 4 KiB write+fsync {_num(m['fsync_per_s'])}/s",
+                f"row bytes: log {_num(m['log_bytes_per_row'])}, "
+                f"journal {_num(m['journal_bytes_per_row'])}",
+            ]
+        elif unit.mode == "load":
+            parts += [
+                f"producer ({m.get('producer')}) {_num(m['producer_rate'])} ev/s",
+                f"send_many p99 {_num(m['send_call_p99_ms'], 1)} ms",
+                f"{_num(m['instance_rows_per_commit'])} instances/commit",
+                f"commit {_num(m['commit_ms_mean'], 1)} ms mean",
+                f"by `updated`: {_num(m['throughput_updated'])}/s, "
+                f"p50 {_num(m['p50_updated_ms'], 1)} / p99 {_num(m['p99_updated_ms'], 1)} ms",
+            ]
+            if "start_rate" in m:
+                parts += [
+                    f"starts {_num(m['start_rate'])} inst/s",
+                    f"RSS +{_num(m['rss_mb_per_1k_waiting'], 1)} MB per 1k waiting",
+                ]
+        elif unit.mode == "drain":
+            parts += [
+                f"{_num(m['drain_instances_per_commit'])} instances/commit",
+                f"commit {_num(m['drain_commit_ms_mean'], 1)} ms mean",
+            ]
+        else:
+            parts += [
+                f"{_num(m['iterations'])} iterations",
+                f"max {_num(m['serial_max_ms'], 2)} ms",
+            ]
+        table.add_row(unit.name, "; ".join(parts))
+    return table
+
+
+def ratio_line(units: list[Unit]) -> str | None:
+    w1 = _find(units, "w1", "load", "sqlite")
+    base = _find(units, "baseline", "load", "sqlite")
+    if w1 is None or base is None or not w1.ok or not base.ok:
+        return None
+    engine, raw = w1.median("throughput"), base.median("throughput")
+    return (
+        f"W1-sqlite reaches {engine / raw:.1%} of the raw SQLite baseline "
+        f"({_num(engine)} vs {_num(raw)} instances/s)."
+    )
+
+
+def print_report(console: Console, units: list[Unit], meta: dict[str, Any]) -> None:
+    m = meta["machine"]
+    console.print(
+        f"Machine: {m['cpu_count']} CPUs, {m['platform']}, Python {m['python']}, "
+        f"SQLite {m['sqlite']}, overture {m['overture']}; SQLite files on "
+        f"{meta['filesystem']}"
+    )
+    console.print(results_table(units, meta["config"]["repeat"]))
+    console.print(details_table(units))
+    line = ratio_line(units)
+    if line:
+        console.print(line)
+
+
+def write_json(path: str, units: list[Unit], meta: dict[str, Any]) -> None:
+    doc = {
+        **meta,
+        "results": [
+            {
+                "workload": u.workload,
+                "mode": u.mode,
+                "backend": u.backend,
+                "n": u.n,
+                "median": u.medians(),
+                "repeats": u.repeats,
+            }
+            for u in units
+        ],
+    }
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=2)
