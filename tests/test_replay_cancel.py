@@ -81,7 +81,7 @@ async def test_cancel_stops_a_waiting_instance(harness: Factory) -> None:
         h.client.send("go", {}, key="other")
         await h.idle()
         target = next(i for i in h.client.instances() if i.key == "k")
-        h.client.cancel(target.id[:8])
+        h.client.cancel(target.id[-8:])
         await h.idle()
         h.client.send("continue", {}, key="k")
         h.client.send("continue", {}, key="other")

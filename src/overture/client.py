@@ -144,11 +144,14 @@ class Client:
         return [_instance(r) for r in rows]
 
     def instance(self, instance_id: str) -> Instance:
-        """One instance by id (a unique prefix of at least 6 characters also works)."""
+        """One instance by id; a unique prefix or suffix of at least 6 characters also
+        works (ids start with the trigger's time, so a suffix is the handier short form)."""
         row = self.broker.store.instance(instance_id)
         if row is None and len(instance_id) >= 6:
             matches = [
-                r for r in self.broker.store.instances(limit=10**9) if r.id.startswith(instance_id)
+                r
+                for r in self.broker.store.instances(limit=10**9)
+                if r.id.startswith(instance_id) or r.id.endswith(instance_id)
             ]
             if len(matches) == 1:
                 row = matches[0]

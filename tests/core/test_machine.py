@@ -189,9 +189,14 @@ def test_gather_schedules_all_branches_at_once() -> None:
     assert isinstance(finished, m.Finished) and finished.result == ["r", None]
 
 
-def test_instance_ids_are_derived_from_the_trigger() -> None:
-    assert m.instance_id_for("p", "e1") == m.instance_id_for("p", "e1")
-    assert m.instance_id_for("p", "e1") != m.instance_id_for("q", "e1")
+def test_instance_ids_are_derived_from_the_trigger_and_sort_by_its_time() -> None:
+    early = Envelope(type="t", id="e1", time=TRIGGER.time)
+    again = Envelope(type="t", id="e1", time=TRIGGER.time, data={"other": "attributes"})
+    later = Envelope(type="t", id="e0", time=TRIGGER.time + timedelta(seconds=1))
+    assert m.instance_id_for("p", early) == m.instance_id_for("p", again)
+    assert m.instance_id_for("p", early) != m.instance_id_for("q", early)
+    assert m.instance_id_for("p", early) < m.instance_id_for("p", later)
+    assert len(m.instance_id_for("p", early)) == 32
 
 
 def test_golden_journal_of_format_1_still_replays() -> None:

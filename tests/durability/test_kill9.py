@@ -30,9 +30,23 @@ ROOT = Path(__file__).resolve().parents[2]
 def start_engine(url: str, effects: Path, log: Path, cache_size: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "OVERTURE_EFFECTS": str(effects), "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
-        [sys.executable, "-m", "overture.cli", "run", "tests.durability.app:app",
-         "--broker", url, "--cache-size", str(cache_size), "--log-level", "WARNING"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log.open("ab"),
+        [
+            sys.executable,
+            "-m",
+            "overture.cli",
+            "run",
+            "tests.durability.app:app",
+            "--broker",
+            url,
+            "--cache-size",
+            str(cache_size),
+            "--log-level",
+            "WARNING",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("ab"),
     )
 
 

@@ -39,9 +39,7 @@ def load_app(path: str) -> App:
                 f"module {module_name!r} has no attribute {attribute!r}", EXIT_USAGE
             ) from None
     if not isinstance(target, App):
-        raise CliError(
-            f"{path!r} is a {type(target).__name__}, not an overture.App", EXIT_USAGE
-        )
+        raise CliError(f"{path!r} is a {type(target).__name__}, not an overture.App", EXIT_USAGE)
     return target
 
 

@@ -34,16 +34,16 @@ _PIPE_WIDTH = 200
 whole (rich would otherwise assume 80 columns and cut them)."""
 
 
-def make_console(*, stderr: bool = False) -> Console:
+def make_console(*, stderr: bool = False, pipe_width: int = _PIPE_WIDTH) -> Console:
     """A console on stdout (or stderr); created per command so that test runners that swap
-    ``sys.stdout`` see the output."""
+    ``sys.stdout`` see the output. ``pipe_width`` applies when it is not a terminal."""
     console = Console(stderr=stderr, highlight=False, soft_wrap=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console.width = _PIPE_WIDTH
+        console.width = pipe_width
     return console
 
 
-# -- small formatting helpers ------------------------------------------------------------------
+# -- small formatting helpers --------------------------------------------------------------
 
 
 def dumps(value: Any) -> str:
@@ -69,6 +69,12 @@ def fmt_time(value: datetime | float | None, *, precise: bool = False) -> str:
     return local.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def cells(*values: str | Text) -> list[Text]:
+    """Table cells as :class:`Text`: a plain ``str`` cell would be parsed as rich markup, and
+    user data such as a key ``"[/x]"`` would then be mangled or even raise."""
+    return [v if isinstance(v, Text) else Text(v) for v in values]
+
+
 def status_text(status: str) -> Text:
     return Text(status, style=STATUS_STYLES.get(status, ""))
 
@@ -85,7 +91,7 @@ def outcome(instance: Instance) -> str:
     return short(instance.result)
 
 
-# -- instances -----------------------------------------------------------------------------------
+# -- instances -----------------------------------------------------------------------------
 
 
 def instance_dict(instance: Instance) -> dict[str, Any]:
@@ -116,14 +122,16 @@ def instances_table(instances: Iterable[Instance]) -> Table:
     table.add_column("result / error", overflow="ellipsis")
     for i in instances:
         table.add_row(
-            i.id,
-            i.process,
-            str(i.version),
-            i.key or "",
-            status_text(i.status),
-            fmt_time(i.created),
-            fmt_time(i.updated),
-            outcome(i),
+            *cells(
+                i.id,
+                i.process,
+                str(i.version),
+                i.key or "",
+                status_text(i.status),
+                fmt_time(i.created),
+                fmt_time(i.updated),
+                outcome(i),
+            )
         )
     return table
 
@@ -132,21 +140,25 @@ def instance_header(instance: Instance) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
-    grid.add_row("instance", instance.id)
-    grid.add_row("process", f"{instance.process} v{instance.version}")
-    grid.add_row("key", instance.key or "-")
-    grid.add_row("status", status_text(instance.status))
-    grid.add_row("created", fmt_time(instance.created))
-    grid.add_row("updated", fmt_time(instance.updated))
-    grid.add_row("trigger", instance.trigger_id)
+    rows: list[tuple[str, str | Text]] = [
+        ("instance", instance.id),
+        ("process", f"{instance.process} v{instance.version}"),
+        ("key", instance.key or "-"),
+        ("status", status_text(instance.status)),
+        ("created", fmt_time(instance.created)),
+        ("updated", fmt_time(instance.updated)),
+        ("trigger", instance.trigger_id),
+    ]
     if instance.error:
-        grid.add_row("error", Text(dumps(instance.error), style="red"))
+        rows.append(("error", Text(dumps(instance.error), style="red")))
     elif instance.status == "completed":
-        grid.add_row("result", dumps(instance.result))
+        rows.append(("result", dumps(instance.result)))
+    for name, value in rows:
+        grid.add_row(*cells(name, value))
     return grid
 
 
-# -- journals --------------------------------------------------------------------------------------
+# -- journals ------------------------------------------------------------------------------
 
 
 def describe_journal(entries: list[jr.Entry]) -> list[tuple[float | None, str]]:
@@ -205,7 +217,7 @@ def _describe(entry: jr.Entry, ops: dict[int, tuple[str, str]]) -> str:
             )
         if op == "sleep":
             return f"#{seq} timer fired"
-        return f"#{seq} {op} {name} returned {short(value, 60)}"
+        return f"#{seq} {op} {name} returned {short(dumps(value), 60)}"
     if kind == "retry":
         seq, err = entry["s"], entry["err"]
         name = ops.get(seq, ("step", "?"))[1]
@@ -214,7 +226,7 @@ def _describe(entry: jr.Entry, ops: dict[int, tuple[str, str]]) -> str:
             f"retry at {fmt_time(entry.get('due'), precise=True)}"
         )
     if kind == "end":
-        status = entry["st"]
+        status = str(entry["st"])
         if "err" in entry:
             err = entry["err"]
             return f"{status}: {err.get('type')}: {err.get('message')}"
@@ -234,7 +246,7 @@ def timeline_table(entries: list[jr.Entry]) -> Table:
     for t, text in lines:
         offset = "" if t is None or start is None else f"{t - start:.3f}"
         style = _line_style(text)
-        table.add_row(fmt_time(t, precise=True), offset, Text(text, style=style))
+        table.add_row(*cells(fmt_time(t, precise=True), offset, Text(text, style=style)))
     return table
 
 
@@ -248,7 +260,7 @@ def _line_style(text: str) -> str:
     return ""
 
 
-# -- events -----------------------------------------------------------------------------------------
+# -- events --------------------------------------------------------------------------------
 
 
 def event_dict(event: LoggedEvent) -> dict[str, Any]:
@@ -274,7 +286,7 @@ def events_table(events: Iterable[LoggedEvent]) -> Table:
     table.add_column("id", no_wrap=True, min_width=36)
     table.add_column("data", overflow="ellipsis", max_width=60)
     for event in events:
-        table.add_row(*event_cells(event))
+        table.add_row(*cells(*event_cells(event)))
     return table
 
 
@@ -315,7 +327,7 @@ def event_line(event: LoggedEvent) -> Text:
     return line
 
 
-# -- dead letters ------------------------------------------------------------------------------------
+# -- dead letters --------------------------------------------------------------------------
 
 
 def dead_letter_dict(letter: DeadLetter) -> dict[str, Any]:
@@ -346,13 +358,15 @@ def dead_letters_table(letters: Iterable[DeadLetter]) -> Table:
     table.add_column("original event", overflow="fold")
     for letter in letters:
         table.add_row(
-            letter.id,
-            fmt_time(letter.created),
-            letter.source,
-            Text(letter.reason, style="red"),
-            str(letter.attempts),
-            letter.event_type or "",
-            letter.key or "",
-            letter.value.decode("utf-8", errors="replace"),
+            *cells(
+                letter.id,
+                fmt_time(letter.created),
+                letter.source,
+                Text(letter.reason, style="red"),
+                str(letter.attempts),
+                letter.event_type or "",
+                letter.key or "",
+                letter.value.decode("utf-8", errors="replace"),
+            )
         )
     return table

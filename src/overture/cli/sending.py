@@ -64,7 +64,9 @@ def _parse_line(line: str, client: Client) -> Envelope:
         raise CliError(f"expected a JSON object, got {_json_kind(obj)}")
     unknown = sorted(set(obj) - _FIELDS)
     if unknown:
-        raise CliError(f"unknown field(s) {', '.join(map(repr, unknown))} (allowed: type, data, key, id)")
+        raise CliError(
+            f"unknown field(s) {', '.join(map(repr, unknown))} (allowed: type, data, key, id)"
+        )
     event_type = obj.get("type")
     if not isinstance(event_type, str) or not event_type:
         problem = "missing" if event_type is None else f"not a non-empty string: {event_type!r}"

@@ -9,8 +9,9 @@ import signal
 
 from ..app import App
 from ..backends import open_broker
+from ..errors import OvertureError
 from ..runtime.engine import Engine
-from .common import stderr_line
+from .common import CliError, stderr_line
 
 log = logging.getLogger("overture.cli")
 
@@ -31,12 +32,18 @@ async def serve(
     cache_size: int,
     batch_size: int,
     partitions: int | None,
+    grace: float = 5.0,
 ) -> None:
     """Run an engine for ``app`` on ``url`` until SIGINT/SIGTERM, then drain and return.
+
+    Args:
+        grace: seconds running steps get to finish once a stop is requested; steps still
+            running then are abandoned and run again after the next start.
 
     Raises:
         EngineBusy: another engine already owns the embedded database.
         ConfigError: the broker URL is bad.
+        CliError: the engine crashed (the traceback is logged).
     """
     broker = open_broker(url, partitions=partitions)
     try:
@@ -63,11 +70,17 @@ async def serve(
             for sig in signals:
                 loop.remove_signal_handler(sig)
         if runner.done():
-            # The engine loop ended on its own: only a crash does that. Surface it.
-            runner.result()
-            return
-        log.info("stopping: draining the engine")
-        await engine.stop()
+            # The engine loop ended on its own: only a crash does that. The traceback goes
+            # to the log; the command ends with one line.
+            error = runner.exception()
+            if error is None:
+                return
+            if isinstance(error, OvertureError):
+                raise error
+            log.critical("the engine crashed", exc_info=error)
+            raise CliError(f"the engine stopped on {type(error).__name__}: {error}")
+        log.info("stopping: draining the engine (running steps get %gs)", grace)
+        await engine.stop(grace=grace)
         await runner
         log.info("engine stopped")
     finally:

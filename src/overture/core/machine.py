@@ -46,10 +46,17 @@ FINAL_STATUSES = frozenset({COMPLETED, FAILED, CANCELLED})
 _EMIT_NAMESPACE = uuid.UUID("6f0f5d1c-3c1a-4a8e-9d6a-0b7e1e6f2a10")
 
 
-def instance_id_for(process: str, trigger_event_id: str) -> str:
-    """The id of the instance a trigger event starts: derived, so a re-delivered trigger
-    finds its instance instead of starting a second one."""
-    return uuid.uuid5(_EMIT_NAMESPACE, f"{process}\x00{trigger_event_id}").hex
+def instance_id_for(process: str, trigger: Envelope) -> str:
+    """The id of the instance a trigger event starts.
+
+    Derived from the trigger, so a re-delivered trigger finds its instance instead of
+    starting a second one. The first 11 hex digits are the trigger's time in milliseconds:
+    ids of instances started close together sort close together, so their rows share
+    B-tree pages (random ids made each SQLite commit write ~12x more pages).
+    """
+    digest = uuid.uuid5(_EMIT_NAMESPACE, f"{process}\x00{trigger.id}").hex
+    millis = int(trigger.time.timestamp() * 1000) & 0xFFFFFFFFFFF
+    return f"{millis:011x}{digest[:21]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,12 +253,14 @@ class Machine:
         self._cursor = 0
         self._current: _Task | None = None
         self._closing = False
+        self._trigger: Event | None = None
         self.ctx: Context = _MachineContext(self)
 
     # -- inputs -------------------------------------------------------------------------
 
-    def start(self, envelope: Envelope, now: float) -> list[Command]:
-        """Begin a new instance for its trigger event."""
+    def start(self, envelope: Envelope, now: float, event: Event | None = None) -> list[Command]:
+        """Begin a new instance for its trigger event (``event``: already decoded)."""
+        self._trigger = event
         entry = {
             "k": "start",
             "t": now,
@@ -374,7 +383,9 @@ class Machine:
     def _apply_input(self, entry: jr.Entry) -> None:
         self._now = entry["t"]
         if entry["k"] == "start":
-            event = self.spec.event_class.from_envelope(Envelope.from_dict(entry["ev"]))
+            event, self._trigger = self._trigger, None
+            if event is None:
+                event = self.spec.event_class.from_envelope(Envelope.from_dict(entry["ev"]))
             main = self._spawn(self.spec.fn(self.ctx, event))
             main.future.add_callback(lambda: self._main_done(main.future))
         else:

@@ -147,6 +147,7 @@ class Engine:
         self._unsubscribe: Any = None
         self._pending: _Pending | None = None
         self._dirty: dict[str, _Live] = {}
+        self._finished: list[str] = []
         self._first_partition = 0
         self._running = False
         self._stopped = asyncio.Event()
@@ -340,7 +341,9 @@ class Engine:
                     now,
                 )
                 return
-            started.add(self._start_instance(definition, key, envelope, record.partition, now))
+            started.add(
+                self._start_instance(definition, key, envelope, event, record.partition, now)
+            )
         for handler in self.app.handlers(envelope.type):
             self._schedule_handler(handler, envelope, record.value, now)
         self._correlate(envelope, record.value, now, started)
@@ -396,10 +399,11 @@ class Engine:
         definition: ProcessDef,
         key: str | None,
         envelope: Envelope,
+        event: Event,
         partition: int,
         now: float,
     ) -> str:
-        iid = m.instance_id_for(definition.name, envelope.id)
+        iid = m.instance_id_for(definition.name, envelope)
         assert self._pending is not None
         if (
             iid in self._cache
@@ -423,7 +427,7 @@ class Engine:
         self._cache[iid] = live
         self._active.setdefault(key, set()).add(iid)
         self.stats["started"] += 1
-        self._drive(live, machine.start(envelope, now), now)
+        self._drive(live, machine.start(envelope, now, event), now)
         return iid
 
     def _live(self, iid: str, now: float, *, stuck: bool = False) -> _Live | None:
@@ -539,6 +543,7 @@ class Engine:
             keyed.discard(iid)
             if not keyed:
                 del self._active[live.row.key]
+        self._finished.append(iid)
         self.stats["finished"] += 1
 
     def _flush_instances(self, now: float) -> None:
@@ -552,7 +557,7 @@ class Engine:
                 pending.batch.journal.append((iid, row.journal_len, entries))
                 row.journal_len += len(entries)
             row.status = machine.status
-            row.updated = now
+            row.updated = self.clock.now()  # after the steps this batch ran
             row.result = machine.result
             row.error = (
                 machine.error
@@ -566,6 +571,12 @@ class Engine:
                 self._active.get(row.key, set()).discard(iid)
 
     def _evict(self) -> None:
+        # finished instances are never needed again: keeping them only feeds the GC
+        finished, self._finished = self._finished, []
+        for iid in finished:
+            live = self._cache.pop(iid, None)
+            if live is not None:
+                live.machine.close()
         while len(self._cache) > self.cache_size:
             _, live = self._cache.popitem(last=False)
             live.machine.close()

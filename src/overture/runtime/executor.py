@@ -3,7 +3,8 @@
 Async functions run *eagerly*: their coroutine is started on the spot, and if it finishes
 without suspending (the common case for a trivial step) the result is available to the
 same engine batch, saving a commit. A coroutine that does suspend continues as an asyncio
-task. Sync functions run in a thread pool so they never block the engine's loop.
+task. Sync functions run in a pool of daemon threads so they never block the engine's loop
+(nor, if one hangs, the exit of a stopped engine).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import contextvars
 import inspect
 import types
 from collections.abc import Callable, Coroutine, Generator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+
+from .threads import DaemonThreadPool
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +68,7 @@ class Executor:
     """Starts calls and reports each outcome through ``done(ok, value_or_exception)``."""
 
     def __init__(self, threads: int = 16) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="overture-step")
+        self._pool = DaemonThreadPool(threads, "overture-step")
         self._tasks: set[asyncio.Future[Any]] = set()
 
     def start(

@@ -1,0 +1,363 @@
+"""The ``overture`` command line: a typer app whose commands are thin shells over
+:class:`overture.Client` and :class:`overture.Engine`.
+
+Output conventions: tables and timelines go to stdout (``--json`` prints one JSON object
+per line instead); progress and errors go to stderr; a user error is one ``error: ...``
+line and exit code 1 (2 for a wrong command line), never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from ..errors import NotFound
+from . import render
+from .common import (
+    DEFAULT_BROKER,
+    EXIT_USAGE,
+    BrokerOption,
+    CliError,
+    handle_errors,
+    open_client,
+)
+from .loading import load_app
+from .sending import parse_data, parse_lines, publish
+
+cli = typer.Typer(
+    name="overture",
+    help="Overture: event-driven durable processes. Run an engine, send events, inspect "
+    "and operate instances.",
+    no_args_is_help=True,
+    add_completion=False,
+    # A traceback only ever means a bug in Overture; print it plainly (no locals, which
+    # could hold event data).
+    pretty_exceptions_enable=False,
+)
+dlq = typer.Typer(help="Inspect and replay the dead-letter queue.", no_args_is_help=True)
+cli.add_typer(dlq, name="dlq")
+
+STATUSES = ("running", "waiting", "completed", "failed", "cancelled", "stuck")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+AppPath = Annotated[
+    str | None,
+    typer.Option(
+        "--app",
+        metavar="MODULE:APP",
+        help="Validate events of the types this app defines (and derive their keys).",
+    ),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"overture {__version__}")
+        raise typer.Exit()
+
+
+@cli.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Overture: event-driven durable processes."""
+
+
+# -- run -----------------------------------------------------------------------------------
+
+
+@cli.command()
+@handle_errors
+def run(
+    app_path: Annotated[str, typer.Argument(metavar="MODULE:APP", help="The app to run.")],
+    broker: BrokerOption = DEFAULT_BROKER,
+    cache_size: Annotated[
+        int, typer.Option(min=0, help="Live instances kept in memory (0: replay always).")
+    ] = 10_000,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Most log records per engine iteration (group commit).")
+    ] = 500,
+    partitions: Annotated[
+        int | None,
+        typer.Option(min=1, help="Partitions of a new log (an existing log keeps its count)."),
+    ] = None,
+    grace: Annotated[
+        float,
+        typer.Option(min=0, help="Seconds running steps get to finish when stopping."),
+    ] = 5.0,
+    log_level: Annotated[
+        str, typer.Option(help=f"Logging level on stderr: {', '.join(LOG_LEVELS)}.")
+    ] = "INFO",
+) -> None:
+    """Run an engine for MODULE:APP until Ctrl-C or SIGTERM, then drain and exit 0."""
+    from .serve import configure_logging, serve
+
+    if log_level.upper() not in LOG_LEVELS:
+        raise CliError(
+            f"invalid --log-level {log_level!r} (choose from {', '.join(LOG_LEVELS)})", EXIT_USAGE
+        )
+    app = load_app(app_path)
+    # After loading: a command line that fails leaves the process's logging untouched.
+    configure_logging(log_level)
+    try:
+        asyncio.run(
+            serve(
+                app,
+                broker,
+                cache_size=cache_size,
+                batch_size=batch_size,
+                partitions=partitions,
+                grace=grace,
+            )
+        )
+    except KeyboardInterrupt:  # only before the signal handlers are installed
+        raise typer.Exit(130) from None
+
+
+# -- send ----------------------------------------------------------------------------------
+
+
+@cli.command()
+@handle_errors
+def send(
+    event_type: Annotated[
+        str | None, typer.Argument(metavar="TYPE", help="The event type, e.g. order.placed.")
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option("--data", "-d", help="The event data: a JSON object.")
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option("--key", "-k", help="The partition / correlation key.")
+    ] = None,
+    file: Annotated[
+        str | None,
+        typer.Option(
+            "--file",
+            "-f",
+            help='Publish JSON lines {"type", "data", "key"} from a file ("-": stdin); '
+            "the whole file is validated first.",
+        ),
+    ] = None,
+    app_path: AppPath = None,
+    broker: BrokerOption = DEFAULT_BROKER,
+) -> None:
+    """Publish one event (prints its id), or a file of events (prints the count)."""
+    if file is not None and (event_type is not None or data is not None or key is not None):
+        raise CliError("--file cannot be combined with TYPE, --data or --key", EXIT_USAGE)
+    if file is None and event_type is None:
+        raise CliError("give an event TYPE (with --data) or --file", EXIT_USAGE)
+    app = None if app_path is None else load_app(app_path)
+    if file is None:
+        assert event_type is not None
+        payload = parse_data(data) if data is not None else {}
+        with open_client(broker, app=app, must_exist=False) as client:
+            typer.echo(client.send(event_type, payload, key=key))
+        return
+    lines = _read_lines(file)
+    with open_client(broker, app=app, must_exist=False) as client:
+        envelopes = parse_lines(lines, client)
+        count = publish(client, envelopes)
+    typer.echo(f"published {count} event{'s' if count != 1 else ''}")
+
+
+def _read_lines(file: str) -> list[str]:
+    try:
+        if file == "-":
+            return sys.stdin.read().splitlines()
+        with open(file, encoding="utf-8") as handle:
+            return handle.read().splitlines()
+    except UnicodeDecodeError as error:
+        raise CliError(f"{file}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+
+
+# -- events --------------------------------------------------------------------------------
+
+
+@cli.command()
+@handle_errors
+def events(
+    event_type: Annotated[
+        str | None, typer.Option("--type", "-t", help="Only events of this type.")
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new events (Ctrl-C stops).")
+    ] = False,
+    json: JsonFlag = False,
+    limit: Annotated[
+        int | None,
+        typer.Option(min=1, help="At most N events (default 1000; unlimited with --follow)."),
+    ] = None,
+    broker: BrokerOption = DEFAULT_BROKER,
+) -> None:
+    """List the events in the log, oldest first per partition; --follow tails it."""
+    with open_client(broker) as client:
+        if not follow:
+            found = client.events(type=event_type, limit=limit or 1000)
+            if json:
+                for event in found:
+                    typer.echo(render.dumps(render.event_dict(event)))
+            else:
+                render.make_console().print(render.events_table(found))
+            return
+        console = render.make_console()
+        shown = 0
+        try:
+            for event in client.follow(type=event_type):
+                if json:
+                    typer.echo(render.dumps(render.event_dict(event)))
+                    sys.stdout.flush()
+                else:
+                    console.print(render.event_line(event))
+                shown += 1
+                if limit is not None and shown >= limit:
+                    return
+        except KeyboardInterrupt:
+            return
+
+
+# -- instances -----------------------------------------------------------------------------
+
+
+@cli.command()
+@handle_errors
+def instances(
+    process: Annotated[str | None, typer.Option(help="Only instances of this process.")] = None,
+    status: Annotated[
+        str | None, typer.Option(help=f"Only instances in this status: {', '.join(STATUSES)}.")
+    ] = None,
+    json: JsonFlag = False,
+    limit: Annotated[int, typer.Option(min=1, help="At most N instances, oldest first.")] = 1000,
+    broker: BrokerOption = DEFAULT_BROKER,
+) -> None:
+    """List process instances."""
+    if status is not None and status not in STATUSES:
+        raise CliError(
+            f"invalid --status {status!r} (choose from {', '.join(STATUSES)})", EXIT_USAGE
+        )
+    with open_client(broker) as client:
+        found = client.instances(process=process, status=status, limit=limit)
+    if json:
+        for instance in found:
+            typer.echo(render.dumps(render.instance_dict(instance)))
+    else:
+        render.make_console().print(render.instances_table(found))
+
+
+@cli.command()
+@handle_errors
+def show(
+    instance_id: Annotated[
+        str, typer.Argument(metavar="ID", help="Instance id (or a unique prefix of 6+ chars).")
+    ],
+    json: JsonFlag = False,
+    broker: BrokerOption = DEFAULT_BROKER,
+) -> None:
+    """Show one instance and its journal as a timeline."""
+    with open_client(broker) as client:
+        instance = client.instance(instance_id)
+        journal = client.journal(instance.id)
+    if json:
+        typer.echo(render.dumps({"instance": render.instance_dict(instance), "journal": journal}))
+        return
+    console = render.make_console()
+    console.print(render.instance_header(instance))
+    console.print()
+    console.print(render.timeline_table(journal))
+
+
+@cli.command()
+@handle_errors
+def cancel(
+    instance_id: Annotated[str, typer.Argument(metavar="ID", help="Instance id (or prefix).")],
+    broker: BrokerOption = DEFAULT_BROKER,
+) -> None:
+    """Ask the engine to cancel an unfinished instance."""
+    with open_client(broker) as client:
+        instance = client.instance(instance_id)
+        request = client.cancel(instance.id)
+    typer.echo(
+        f"cancellation of instance {instance.id} ({instance.process}, key {instance.key}, "
+        f"{instance.status}) requested as event {request}; the engine applies it when it "
+        "reads the request"
+    )
+
+
+# -- dlq -----------------------------------------------------------------------------------
+
+
+@dlq.command("list")
+@handle_errors
+def dlq_list(json: JsonFlag = False, broker: BrokerOption = DEFAULT_BROKER) -> None:
+    """List dead letters: reason, source, attempts and the original event."""
+    with open_client(broker) as client:
+        letters = client.dead_letters()
+    if json:
+        for letter in letters:
+            typer.echo(render.dumps(render.dead_letter_dict(letter)))
+    elif not letters:
+        typer.echo("the dead-letter queue is empty")
+    else:
+        render.make_console().print(render.dead_letters_table(letters))
+
+
+@dlq.command("replay")
+@handle_errors
+def dlq_replay(
+    letter_id: Annotated[str | None, typer.Argument(metavar="ID", help="Dead letter id.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
+    broker: BrokerOption = DEFAULT_BROKER,
+) -> None:
+    """Ask the engine to retry a dead letter (or all of them)."""
+    if letter_id is not None and all_:
+        raise CliError("give a dead letter ID or --all, not both", EXIT_USAGE)
+    if letter_id is None and not all_:
+        raise CliError("give a dead letter ID, or --all", EXIT_USAGE)
+    with open_client(broker) as client:
+        if letter_id is not None:
+            request = client.replay_dead_letter(letter_id)
+            typer.echo(f"replay of dead letter {letter_id} requested as event {request}")
+            return
+        count = 0
+        for letter in client.dead_letters():
+            try:
+                client.replay_dead_letter(letter.id)
+            except NotFound:
+                continue  # replayed (and removed) by the engine meanwhile
+            count += 1
+    typer.echo(f"replay of {count} dead letter{'s' if count != 1 else ''} requested")
+
+
+# -- demo ----------------------------------------------------------------------------------
+
+
+@cli.command()
+@handle_errors
+def demo(
+    payment_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds an order waits for its payment.")
+    ] = 2.0,
+    broker: Annotated[
+        str | None,
+        typer.Option(
+            "--broker",
+            "-b",
+            help="Broker URL to keep the demo's data in (default: a temporary database; "
+            "OVERTURE_BROKER is ignored so the demo never writes into your database).",
+        ),
+    ] = None,
+) -> None:
+    """Run the order example end to end and show what happened."""
+    from .demo import run_demo
+
+    console = render.make_console(pipe_width=120)
+    ok = asyncio.run(run_demo(console, payment_timeout=payment_timeout, broker=broker))
+    if not ok:
+        raise typer.Exit(1)

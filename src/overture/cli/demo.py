@@ -1,0 +1,273 @@
+"""``overture demo``: the order example end to end, on a throwaway SQLite database.
+
+Four orders take the four paths of ``examples/orders.py``: one is paid and shipped, one is
+out of stock, one is never paid (its wait times out, the reservation is released by the
+saga compensation and the order is cancelled), and one is cancelled by an operator while
+it waits. A real engine runs in-process on the real clock, so the timeout really passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from types import ModuleType
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+import overture
+
+from ..backends import open_broker
+from ..client import FINAL, Client, Instance
+from ..runtime.clock import SystemClock
+from ..runtime.engine import Engine
+from . import render
+from .common import CliError
+
+_MODULE_NAME = "_overture_demo_orders"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One demo order: what is ordered, what happens to it, and how it should end."""
+
+    order_id: str
+    item: str
+    quantity: int
+    story: str
+    expect_status: str
+    expect_result: str | None
+
+
+SCENARIOS = (
+    Scenario("o-1001", "book", 1, "paid as soon as it waits for payment", "completed", "shipped"),
+    Scenario("o-1002", "unicorn", 1, "the item is out of stock", "completed", "out_of_stock"),
+    Scenario(
+        "o-1003",
+        "lamp",
+        2,
+        "never paid: the wait times out, the saga compensates",
+        "completed",
+        "cancelled",
+    ),
+    Scenario("o-1004", "book", 3, "cancelled by an operator while it waits", "cancelled", None),
+)
+
+
+def example_path() -> Path:
+    """Where ``examples/orders.py`` is: the repository root of the (editable) install."""
+    return Path(overture.__file__).resolve().parents[2] / "examples" / "orders.py"
+
+
+def load_example(path: Path) -> ModuleType:
+    """Import the example from its file.
+
+    Raises:
+        CliError: the file is missing (e.g. a wheel install, which ships no examples).
+    """
+    if not path.is_file():
+        raise CliError(
+            f"the demo needs the order example, and {str(path)!r} does not exist; run it from "
+            "a source checkout (pip install -e .), e.g. with scripts/demo"
+        )
+    spec = importlib.util.spec_from_file_location(_MODULE_NAME, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    # Registered before executing: pydantic resolves the models' postponed annotations
+    # through sys.modules[cls.__module__].
+    sys.modules[_MODULE_NAME] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Notes(logging.Handler):
+    """Collects the example's log lines (reservations, releases, notifications)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[tuple[float, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((record.created, record.getMessage()))
+
+
+@contextlib.contextmanager
+def _capture(logger: logging.Logger) -> Iterator[_Notes]:
+    notes = _Notes()
+    old_level, old_propagate = logger.level, logger.propagate
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # shown in the story instead of as stray log lines
+    logger.addHandler(notes)
+    try:
+        yield notes
+    finally:
+        logger.removeHandler(notes)
+        logger.setLevel(old_level)
+        logger.propagate = old_propagate
+
+
+async def _instance_for(client: Client, event_id: str, deadline: float) -> Instance:
+    """The instance a trigger event started (the engine starts it asynchronously)."""
+    while True:
+        for instance in client.instances():
+            if instance.trigger_id == event_id:
+                return instance
+        if time.monotonic() > deadline:
+            raise CliError(f"no instance was started for event {event_id} in time")
+        await asyncio.sleep(0.02)
+
+
+async def _until(
+    client: Client, instance_id: str, statuses: frozenset[str], deadline: float
+) -> Instance:
+    while True:
+        instance = client.instance(instance_id)
+        if instance.status in statuses:
+            return instance
+        if time.monotonic() > deadline:
+            raise CliError(f"instance {instance_id} is still {instance.status}; giving up")
+        await asyncio.sleep(0.02)
+
+
+async def run_demo(console: Console, *, payment_timeout: float, broker: str | None) -> bool:
+    """Run the scenarios and tell the story on ``console``; True if every order ended as
+    expected."""
+    module = load_example(example_path())
+    app = module.make_app(payment_timeout=timedelta(seconds=payment_timeout))
+    with contextlib.ExitStack() as stack:
+        if broker is None:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="overture-demo-"))
+            broker = f"sqlite:///{Path(tmp) / 'demo.db'}"
+        notes = stack.enter_context(_capture(logging.getLogger(module.__name__)))
+        console.print(
+            Panel.fit(
+                f"[bold]Overture demo[/]: the order saga of {example_path().name}\n"
+                f"broker {broker}, payment timeout {payment_timeout:g}s, real clock",
+                border_style="blue",
+            )
+        )
+        engine_broker = open_broker(broker)
+        stack.callback(engine_broker.close)
+        engine = Engine(app, engine_broker, clock=SystemClock())
+        await engine.start()
+        runner = asyncio.create_task(engine.run())
+        client = stack.enter_context(Client(broker, app=app))
+        try:
+            instances = await _drive(console, client, module, payment_timeout)
+        finally:
+            await engine.stop()
+            await runner
+        return _report(console, client, instances, notes)
+
+
+async def _drive(
+    console: Console, client: Client, module: ModuleType, payment_timeout: float
+) -> dict[str, Instance]:
+    deadline = time.monotonic() + payment_timeout + 10
+    console.rule("1. four customers place orders")
+    event_ids: dict[str, str] = {}
+    for sc in SCENARIOS:
+        event = module.OrderPlaced(order_id=sc.order_id, item=sc.item, quantity=sc.quantity)
+        event_ids[sc.order_id] = client.send(event)
+        console.print(
+            f"  sent [bold]order.placed[/] {sc.order_id}: {sc.quantity} x {sc.item:<8}"
+            f" [dim]({sc.story})[/]"
+        )
+    started = {
+        order_id: await _instance_for(client, event_id, deadline)
+        for order_id, event_id in event_ids.items()
+    }
+
+    console.rule("2. payments and operators")
+    paid = await _until(client, started["o-1001"].id, frozenset({"waiting"}), deadline)
+    client.send(module.PaymentReceived(order_id="o-1001", amount=12.5))
+    console.print(
+        f"  o-1001 is {paid.status} for its payment: sent [bold]payment.received[/] (12.5)"
+    )
+    waiting = await _until(client, started["o-1004"].id, frozenset({"waiting"}), deadline)
+    client.cancel(waiting.id)
+    console.print(f"  o-1004 is {waiting.status} for its payment: an operator cancels it")
+    console.print(f"  o-1003 gets no payment: its {payment_timeout:g}s timeout will fire")
+
+    finished: dict[str, Instance] = {}
+    with console.status("waiting for every order to finish…"):
+        for order_id, instance in started.items():
+            finished[order_id] = await _until(client, instance.id, FINAL, deadline)
+    return finished
+
+
+def _report(
+    console: Console, client: Client, instances: dict[str, Instance], notes: _Notes
+) -> bool:
+    console.rule("3. outcomes")
+    table = Table(show_lines=False)
+    for column in ("order", "item", "scenario", "status", "result", "as expected"):
+        table.add_column(column)
+    all_ok = True
+    for sc in SCENARIOS:
+        instance = instances[sc.order_id]
+        ok = instance.status == sc.expect_status and instance.result == sc.expect_result
+        all_ok = all_ok and ok
+        table.add_row(
+            *render.cells(
+                sc.order_id,
+                f"{sc.quantity} x {sc.item}",
+                sc.story,
+                render.status_text(instance.status),
+                render.outcome(instance) or "-",
+                Text("yes", style="green") if ok else Text("NO", style="bold red"),
+            )
+        )
+    console.print(table)
+
+    console.rule("4. timelines (the journals)")
+    for sc in SCENARIOS:
+        instance = instances[sc.order_id]
+        console.print(
+            Text.assemble(
+                (f"{sc.order_id} ", "bold"),
+                f"instance {instance.id} ",
+                render.status_text(instance.status),
+            )
+        )
+        console.print(render.timeline_table(client.journal(instance.id)))
+        console.print()
+
+    console.rule("5. events the processes emitted")
+    emitted = [e for e in client.events() if e.envelope and e.envelope.source.startswith("/")]
+    events = Table()
+    for column in ("type", "key", "data", "emitted by"):
+        events.add_column(column)
+    for event in emitted:
+        env = event.envelope
+        assert env is not None
+        events.add_row(
+            *render.cells(env.type, env.partitionkey or "", render.short(env.data), env.source)
+        )
+    console.print(events)
+
+    console.rule("6. what the steps and handlers did (log of the example)")
+    for _, line in notes.lines:
+        console.print(Text(f"  {line}"))
+    console.print(
+        "\n  note: an operator cancellation (o-1004) stops the instance at once; its "
+        "compensations do not run (they run on ctx.compensate() or when the process fails), "
+        "so its reservation is not released."
+    )
+    console.print()
+    if all_ok:
+        console.print("[bold green]demo finished: every order ended as expected[/]")
+    else:
+        console.print("[bold red]demo finished, but some orders did not end as expected[/]")
+    return all_ok

@@ -1,0 +1,43 @@
+"""``overture demo``: the order example end to end on the real clock."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from cli_helpers import Invoke, ok
+
+import overture as ov
+from overture.cli.common import CliError
+from overture.cli.demo import example_path, load_example
+
+
+def test_demo_runs_every_outcome(invoke: Invoke) -> None:
+    started = time.monotonic()
+    out = ok(invoke("demo", "--payment-timeout", "1", broker=False))
+    assert time.monotonic() - started < 15
+    for outcome in (
+        "shipped",
+        "out_of_stock",
+        "timed out waiting for payment.received",
+        "compensate:release",
+        "released reservation res-o-1003",
+        "notification: order o-1001 shipped",
+        "cancelled by an operator",
+        "every order ended as expected",
+    ):
+        assert outcome in out, outcome
+
+
+def test_demo_can_keep_its_database(invoke: Invoke, url: str) -> None:
+    ok(invoke("demo", "--payment-timeout", "0.5"))
+    with ov.Client(url) as client:
+        results = sorted(str(i.result) for i in client.instances())
+    assert results == ["None", "cancelled", "out_of_stock", "shipped"]
+
+
+def test_the_demo_finds_the_example_and_says_so_when_missing(tmp_path: Path) -> None:
+    assert example_path().is_file()
+    with pytest.raises(CliError, match="does not exist"):
+        load_example(tmp_path / "orders.py")
