@@ -18,7 +18,6 @@ app = ov.App("durable")
 def _record(kind: str, job: str) -> None:
     conn = sqlite3.connect(os.environ["OVERTURE_EFFECTS"], timeout=30, isolation_level=None)
     try:
-        conn.execute("CREATE TABLE IF NOT EXISTS effects(kind TEXT, job TEXT)")
         conn.execute("INSERT INTO effects VALUES (?, ?)", (kind, job))
     finally:
         conn.close()

@@ -29,25 +29,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def start_engine(url: str, effects: Path, log: Path, cache_size: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "OVERTURE_EFFECTS": str(effects), "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "overture.cli",
-            "run",
-            "tests.durability.app:app",
-            "--broker",
-            url,
-            "--cache-size",
-            str(cache_size),
-            "--log-level",
-            "WARNING",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("ab"),
-    )
+    with log.open("ab") as stderr:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [
+                *(sys.executable, "-m", "overture.cli", "run", "tests.durability.app:app"),
+                *("--broker", url, "--cache-size", str(cache_size), "--log-level", "WARNING"),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
 
 
 def completed(client: ov.Client) -> int:
@@ -60,7 +52,14 @@ def test_kill_9_at_random_moments_loses_nothing_and_duplicates_nothing(tmp_path:
     effects = tmp_path / "effects.db"
     log = tmp_path / "engine.log"
     rng = random.Random(1234)
-    client = ov.Client(url)
+    with sqlite3.connect(effects) as conn:  # WAL: effects are cheap to record, like a real service
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE effects(kind TEXT, job TEXT)")
+    with ov.Client(url) as client:
+        check(client, url, effects, log, rng)
+
+
+def check(client: ov.Client, url: str, effects: Path, log: Path, rng: random.Random) -> None:
     client.send_many(client.envelope(JobRequested(job=f"j{i}", n=i)) for i in range(JOBS // 2))
 
     kills_mid_run = 0
@@ -71,7 +70,13 @@ def test_kill_9_at_random_moments_loses_nothing_and_duplicates_nothing(tmp_path:
                 client.send_many(
                     client.envelope(JobRequested(job=f"j{i}", n=i)) for i in range(JOBS // 2, JOBS)
                 )
-            time.sleep(rng.uniform(0.3, 1.2))
+            # kill once progress is under way, at a random moment after that
+            target = (round_no + 1) * JOBS // 6
+            deadline = time.monotonic() + 60
+            while completed(client) < target and time.monotonic() < deadline:
+                assert engine.poll() is None, log.read_text()[-3000:]
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 0.3))
             done = completed(client)
             engine.send_signal(signal.SIGKILL)
             engine.wait(timeout=10)
@@ -114,4 +119,3 @@ def test_kill_9_at_random_moments_loses_nothing_and_duplicates_nothing(tmp_path:
     for i in range(JOBS):
         for kind in ("a", "b1", "b2", "c", "notified"):
             assert rows[(kind, f"j{i}")] >= 1, f"{kind} never ran for j{i}"
-    client.close()
