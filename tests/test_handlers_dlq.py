@@ -143,3 +143,20 @@ async def test_client_rejects_invalid_events_before_writing(harness: Factory) ->
         with pytest.raises(ov.EventValidationError, match="action"):
             h.client.send("user.activity", {"user_id": "u1"})
         assert h.client.events() == []
+
+
+async def test_untyped_events_may_carry_any_json_data(harness: Factory) -> None:
+    app = ov.App("any-json")
+    seen: list[object] = []
+
+    @app.on("list.event")
+    async def collect(event: ov.Event) -> None:
+        seen.append(event.data)
+
+    async with harness(app) as h:
+        h.client.send_many(
+            [Envelope(type="list.event", data=[1, 2]), Envelope(type="other", data="text")]
+        )
+        await h.idle()
+        assert seen == [[1, 2]]
+        assert h.client.dead_letters() == []

@@ -208,6 +208,10 @@ class Event(BaseModel):
         """
         data = envelope.data if envelope.data is not None else {}
         if not isinstance(data, dict):
+            if cls is Event:  # an untyped event may carry any JSON (CloudEvents allows it)
+                event = cls()
+                event._envelope = envelope
+                return event
             raise EventValidationError(f"event {envelope.type!r}: data must be a JSON object")
         try:
             event = cls.model_validate(data)

@@ -64,16 +64,38 @@ class Context(ABC):
         ``overture.current_step().idempotency_key``.
         """
 
+    @overload
+    def step(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        *args: Any,
+        retry: Retry | None = ...,
+        timeout: timedelta | None = ...,
+        name: str | None = ...,
+        **kwargs: Any,
+    ) -> DurableFuture[T]: ...
+
+    @overload
+    def step(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        retry: Retry | None = ...,
+        timeout: timedelta | None = ...,
+        name: str | None = ...,
+        **kwargs: Any,
+    ) -> DurableFuture[T]: ...
+
     @abstractmethod
     def step(
         self,
-        fn: Callable[..., Awaitable[T]] | Callable[..., T],
+        fn: Callable[..., Any],
         *args: Any,
         retry: Retry | None = None,
         timeout: timedelta | None = None,
         name: str | None = None,
         **kwargs: Any,
-    ) -> DurableFuture[T]:
+    ) -> DurableFuture[Any]:
         """Run ``fn(*args, **kwargs)`` at least once, outside the engine's critical section.
 
         Its result is journaled, so on replay ``fn`` is not called again. Failures are

@@ -57,5 +57,7 @@ def describe(entry: Entry) -> str:
     if kind == "end":
         if "err" in entry:
             return f"{entry['st']}: {entry['err']['type']}: {entry['err']['message']}"
-        return f"{entry['st']}: {entry.get('ok')!r}"
+        if "ok" not in entry:  # cancelled
+            return str(entry["st"])
+        return f"{entry['st']}: {entry['ok']!r}"
     return repr(entry)

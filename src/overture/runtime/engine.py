@@ -320,6 +320,8 @@ class Engine:
         if envelope.type.startswith("overture."):
             self._control(envelope, record, now)
             return
+        # Types with a registered contract are validated here (invalid → dead letter);
+        # other types become generic events, whose data may be any JSON.
         try:
             event = self.app.decode(envelope)
         except EventError as error:
