@@ -68,11 +68,16 @@ async def test_awaiting_a_foreign_awaitable_parks_the_instance(harness: Factory)
         assert "only ctx operations may be awaited" in instance.error["message"]
 
 
-async def test_cancel_stops_a_waiting_instance(harness: Factory) -> None:
+async def test_cancel_compensates_and_stops_a_waiting_instance(harness: Factory) -> None:
     app = ov.App("cancel")
+    undone: list[str] = []
+
+    async def release(key: str) -> None:
+        undone.append(key)
 
     @app.process(trigger="go")
     async def proc(ctx: ov.Context, event: ov.Event) -> str:
+        ctx.compensate_with(release, event.key)
         await ctx.wait_for("continue", timeout=timedelta(hours=1))
         return "done"
 
@@ -88,7 +93,10 @@ async def test_cancel_stops_a_waiting_instance(harness: Factory) -> None:
         await h.advance(7200)
         status = {i.key: i.status for i in h.client.instances()}
         assert status == {"k": "cancelled", "other": "completed"}
+        kinds = [e["k"] for e in h.client.journal(target.id)]
+        assert kinds[-4:] == ["cancel", "cmd", "res", "end"]  # compensation, then the end
         assert h.client.journal(target.id)[-1]["st"] == "cancelled"
+        assert undone == ["k"]
 
 
 async def test_restart_mid_flight_finishes_everything_exactly_once(harness: Factory) -> None:

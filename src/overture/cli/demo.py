@@ -261,9 +261,8 @@ def _report(
     for _, line in notes.lines:
         console.print(Text(f"  {line}"))
     console.print(
-        "\n  note: an operator cancellation (o-1004) stops the instance at once; its "
-        "compensations do not run (they run on ctx.compensate() or when the process fails), "
-        "so its reservation is not released."
+        "\n  note: an operator cancellation (o-1004) abandons what the instance was waiting "
+        "for and runs its registered compensations, so its reservation is released too."
     )
     console.print()
     if all_ok:

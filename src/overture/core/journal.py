@@ -1,9 +1,9 @@
 """Journal entries: the durable history of one process instance.
 
-A journal is an ordered list of small JSON objects. Entries of kind ``start`` and ``res``
-are *inputs* (they drive the code on replay); ``cmd`` and ``end`` entries are *outputs* the
-code produced and are checked against the code on replay; ``retry`` entries are notes for
-humans (the retry schedule itself lives in the store's work rows).
+A journal is an ordered list of small JSON objects. Entries of kind ``start``, ``res`` and
+``cancel`` are *inputs* (they drive the code on replay); ``cmd`` and ``end`` entries are
+*outputs* the code produced and are checked against the code on replay; ``retry``
+entries are notes for humans (the retry schedule itself lives in the store's work rows).
 
 =========  ==================================================================================
 kind       fields
@@ -13,6 +13,8 @@ start      ``t`` time, ``ev`` trigger CloudEvent (structured JSON), ``fmt`` jour
 cmd        ``s`` sequence number, ``op`` (step | wait | sleep | emit), ``n`` name, and per op:
            ``key``/``due`` (wait), ``due`` (sleep), ``ev`` event id (emit)
 res        ``t`` time, ``s`` sequence number, then ``ok`` value or ``err`` {type, message}
+cancel     ``t`` time (an operator's cancellation: pending operations are abandoned and
+           the registered compensations run)
 retry      ``t`` time, ``s`` sequence number, ``a`` failed attempt, ``err``, ``due`` next try
 end        ``t`` time, ``st`` completed | failed | cancelled, then ``ok`` result or ``err``
 =========  ==================================================================================
@@ -28,7 +30,7 @@ FORMAT = 1
 
 Entry = dict[str, Any]
 
-INPUT_KINDS = frozenset({"start", "res"})
+INPUT_KINDS = frozenset({"start", "res", "cancel"})
 
 
 def describe(entry: Entry) -> str:
@@ -49,6 +51,8 @@ def describe(entry: Entry) -> str:
         if "err" in entry:
             return f"#{entry['s']} failed: {entry['err']['type']}: {entry['err']['message']}"
         return f"#{entry['s']} -> {entry.get('ok')!r}"
+    if kind == "cancel":
+        return "cancel requested"
     if kind == "retry":
         err = entry["err"]
         return (
@@ -57,7 +61,7 @@ def describe(entry: Entry) -> str:
     if kind == "end":
         if "err" in entry:
             return f"{entry['st']}: {entry['err']['type']}: {entry['err']['message']}"
-        if "ok" not in entry:  # cancelled
+        if "ok" not in entry or entry["st"] == "cancelled":
             return str(entry["st"])
         return f"{entry['st']}: {entry['ok']!r}"
     return repr(entry)

@@ -329,13 +329,20 @@ class Machine:
         self._append({"k": "retry", "t": now, "s": seq, "a": attempt, "err": error, "due": due})
 
     def cancel(self, now: float) -> list[Command]:
-        """Stop the instance for good; pending operations are abandoned."""
+        """Cancel the instance: its pending operations are abandoned, its registered
+        compensations run (newest first, as durable steps), then it ends ``cancelled``.
+
+        A stuck instance ends at once: its code cannot be trusted to compensate.
+        """
         if self.status in FINAL_STATUSES:
             return []
-        self._close_tasks()
-        self._append({"k": "end", "t": now, "st": CANCELLED})
-        self._set_final(CANCELLED, None, None)
-        return [Finished(CANCELLED)]
+        if self.stuck_reason is not None:
+            self._append({"k": "end", "t": now, "st": CANCELLED})
+            self._set_final(CANCELLED, None, None)
+            return [Finished(CANCELLED)]
+        entry = {"k": "cancel", "t": now}
+        self._append(entry)
+        return self._activate(entry)
 
     def close(self) -> None:
         """Drop the coroutines (cache eviction); the journal keeps everything."""
@@ -382,7 +389,12 @@ class Machine:
 
     def _apply_input(self, entry: jr.Entry) -> None:
         self._now = entry["t"]
-        if entry["k"] == "start":
+        if entry["k"] == "cancel":
+            self._close_tasks()
+            self._closing = False
+            self._pending.clear()
+            self._spawn(self._compensate_then(CANCELLED, None))
+        elif entry["k"] == "start":
             event, self._trigger = self._trigger, None
             if event is None:
                 event = self.spec.event_class.from_envelope(Envelope.from_dict(entry["ev"]))
@@ -434,17 +446,19 @@ class Machine:
                 self._finish(COMPLETED, result=result)
                 return
         if self._compensations:
-            self._spawn(self._compensate_then_fail(error))
+            self._spawn(self._compensate_then(FAILED, error))
         else:
             self._finish(FAILED, error=describe_error(error))
 
-    async def _compensate_then_fail(self, error: BaseException) -> None:
-        described = describe_error(error)
+    async def _compensate_then(self, status: str, error: BaseException | None) -> None:
+        """Run the registered compensations, then end with ``status`` (failed/cancelled)."""
+        described = None if error is None else describe_error(error)
         try:
             await self.ctx.compensate()
         except Exception as comp_error:
+            described = described or {"type": "CompensationFailed", "message": ""}
             described["compensation"] = str(comp_error)
-        self._finish(FAILED, error=described)
+        self._finish(status, error=described)
 
     def _finish(self, status: str, result: Any = None, error: dict[str, str] | None = None) -> None:
         entry: jr.Entry = {"k": "end", "t": self._now, "st": status}
