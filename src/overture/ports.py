@@ -11,7 +11,7 @@ Every backend passes the same conformance suite (``tests/backends``).
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -177,6 +177,9 @@ class Store(Protocol):
         """Committed next-offsets per partition for a consumer group."""
 
     def instance(self, instance_id: str) -> InstanceRow | None: ...
+
+    def existing(self, instance_ids: Collection[str]) -> set[str]:
+        """Which of these instance ids are stored (one round trip)."""
 
     def journal(self, instance_id: str) -> list[dict[str, Any]]: ...
 

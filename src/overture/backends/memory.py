@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from ..errors import EngineBusy
@@ -136,6 +136,10 @@ class MemoryBroker:
         with self._lock:
             row = self._instances.get(instance_id)
             return None if row is None else _copy_instance(row)
+
+    def existing(self, instance_ids: Collection[str]) -> set[str]:
+        with self._lock:
+            return {i for i in instance_ids if i in self._instances}
 
     def journal(self, instance_id: str) -> list[dict[str, Any]]:
         with self._lock:

@@ -20,7 +20,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -371,6 +371,20 @@ class SqliteBroker:
     def instance(self, instance_id: str) -> InstanceRow | None:
         rows = self._query("SELECT * FROM instances WHERE id = ?", (instance_id,))
         return _instance(rows[0]) if rows else None
+
+    def existing(self, instance_ids: Collection[str]) -> set[str]:
+        ids = list(instance_ids)
+        found: set[str] = set()
+        for start in range(0, len(ids), 500):  # stay under SQLite's bound-parameter limit
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                r[0]
+                for r in self._query(
+                    f"SELECT id FROM instances WHERE id IN ({marks})", tuple(chunk)
+                )
+            )
+        return found
 
     def journal(self, instance_id: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

@@ -97,6 +97,8 @@ class _Pending:
         self.work: _Staged[str, WorkRow | None] = _Staged(self.batch.work, None)
         self.waits: _Staged[WaitRow, bool] = _Staged(self.batch.waits, False)
         self.inbox: _Staged[str, InboxRow | None] = _Staged(self.batch.inbox, None)
+        self.trigger_ids: dict[tuple[str, str], str] = {}  # (process, event id) -> instance
+        self.existing: set[str] = set()  # of those, instances already in the store
 
 
 class Engine:
@@ -296,8 +298,10 @@ class Engine:
                 continue
             did = True
             budget -= len(records)
-            for record in records:
-                self._route(record, now)
+            envelopes = [self._decode(record) for record in records]
+            self._prefetch(envelopes)
+            for record, envelope in zip(records, envelopes, strict=True):
+                self._route(record, now, envelope)
             self._positions[part] = records[-1].offset + 1
             assert self._pending is not None
             self._pending.batch.offsets[part] = self._positions[part]
@@ -309,12 +313,33 @@ class Engine:
 
     # -- routing events ----------------------------------------------------------------------
 
-    def _route(self, record: Record, now: float) -> None:
+    def _decode(self, record: Record) -> Envelope | MalformedEvent:
         try:
-            envelope = decode(record.value)
+            return decode(record.value)
         except MalformedEvent as error:
+            return error
+
+    def _prefetch(self, envelopes: list[Envelope | MalformedEvent]) -> None:
+        """Learn in one query which of these triggers already started their instance
+        (a re-delivered trigger), instead of one query per trigger."""
+        pending = self._pending
+        assert pending is not None
+        for envelope in envelopes:
+            if isinstance(envelope, Envelope):
+                for definition in self.app.triggers(envelope.type):
+                    iid = m.instance_id_for(definition.name, envelope)
+                    pending.trigger_ids[(definition.name, envelope.id)] = iid
+        candidates = [i for i in pending.trigger_ids.values() if i not in self._cache]
+        if candidates:
+            pending.existing |= self._store.existing(candidates)
+
+    def _route(
+        self, record: Record, now: float, decoded: Envelope | MalformedEvent | None = None
+    ) -> None:
+        envelope = self._decode(record) if decoded is None else decoded
+        if isinstance(envelope, MalformedEvent):
             self._dead_letter(
-                f"{record.partition}:{record.offset}", "decode", str(error), None, record, now
+                f"{record.partition}:{record.offset}", "decode", str(envelope), None, record, now
             )
             return
         if envelope.type.startswith("overture."):
@@ -405,13 +430,14 @@ class Engine:
         partition: int,
         now: float,
     ) -> str:
-        iid = m.instance_id_for(definition.name, envelope)
-        assert self._pending is not None
-        if (
-            iid in self._cache
-            or iid in self._pending.batch.instances
-            or self._store.instance(iid) is not None
-        ):
+        pending = self._pending
+        assert pending is not None
+        iid = pending.trigger_ids.get((definition.name, envelope.id))
+        if iid is None:  # not prefetched (a dead letter routed again)
+            iid = m.instance_id_for(definition.name, envelope)
+            if self._store.existing([iid]):
+                return iid
+        if iid in self._cache or iid in pending.batch.instances or iid in pending.existing:
             return iid  # the same trigger event never starts two instances
         machine = m.Machine(definition.spec, iid, key)
         row = InstanceRow(
