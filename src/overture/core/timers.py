@@ -31,12 +31,15 @@ class WorkQueue:
     def get(self, work_id: str) -> WorkRow | None:
         return self._rows.get(work_id)
 
-    def put(self, row: WorkRow) -> None:
-        """Add or replace a row."""
+    def put(self, row: WorkRow, *, schedule: bool = True) -> None:
+        """Add or replace a row. ``schedule=False`` keeps it out of the due-time order:
+        for work the caller starts right away (a rescheduled retry, or a restart, puts
+        it back in order)."""
         self._rows[row.id] = row
         if row.instance_id is not None:
             self._by_instance.setdefault(row.instance_id, set()).add(row.id)
-        heapq.heappush(self._heap, (row.due, row.id))
+        if schedule:
+            heapq.heappush(self._heap, (row.due, row.id))
 
     def remove(self, work_id: str) -> WorkRow | None:
         row = self._rows.pop(work_id, None)

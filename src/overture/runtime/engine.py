@@ -63,6 +63,8 @@ class _Outcome:
     attempt: int
     ok: bool
     value: Any
+    stored: bool = True
+    """False for a first attempt that succeeded eagerly and never got a work row."""
 
 
 class _Staged(Generic[K, V]):
@@ -519,10 +521,7 @@ class Engine:
         iid = machine.instance_id
         for command in commands:
             if isinstance(command, m.ScheduleStep):
-                call = command.call
-                row = WorkRow(f"{iid}:{call.seq}", "step", now, 1, iid, call.seq, call.name)
-                self._put_work(row)
-                self._execute(row, now)
+                self._start_step(command.call, now)
             elif isinstance(command, m.StartTimer):
                 row = WorkRow(f"{iid}:{command.seq}", "timer", command.due, 1, iid, command.seq)
                 self._put_work(row)
@@ -611,11 +610,15 @@ class Engine:
 
     # -- work: steps, timers, handlers -----------------------------------------------------------
 
-    def _put_work(self, row: WorkRow) -> None:
+    def _put_work(self, row: WorkRow, *, start_now: bool = False) -> None:
+        """Stage and index a work row; with ``start_now`` the caller executes it at once,
+        so it skips the due-time heap (it is stored all the same, for a restart)."""
         assert self._pending is not None
         # a step's retry replaces its stored row: only a row the queue lacks is new
         self._pending.work.put(row.id, row, created=row.id not in self._work)
-        self._work.put(row)
+        self._work.put(row, schedule=not start_now)
+        if start_now:
+            self._execute(row, row.due)
 
     def _clear_work(self, work_id: str) -> None:
         if self._work.remove(work_id) is not None:
@@ -718,6 +721,44 @@ class Engine:
             self._inflight.add(row.id)
             self.executor.start(handler.fn, (event,), {}, info, None, done)
 
+    def _start_step(self, call: m.StepCall, now: float) -> None:
+        """The first attempt of a new step.
+
+        An async step that returns without suspending (the common trivial step) is
+        applied in this batch without ever creating a work row: the row would be added
+        and removed in the same commit. Anything else gets its stored row at once.
+        """
+        work_id = f"{call.instance_id}:{call.seq}"
+        row = WorkRow(work_id, "step", now, 1, call.instance_id, call.seq, call.name)
+        if self._stopping:
+            self._put_work(row)  # runs after the restart
+            return
+        eager: list[tuple[bool, Any]] = []
+        starting = [True]
+
+        def done(ok: bool, value: Any) -> None:
+            if starting[0]:
+                eager.append((ok, value))
+            else:
+                self._outcomes.append(_Outcome(work_id, 1, ok, value))
+                self._wake.set()
+
+        info = StepInfo(call.idempotency_key, 1, call.instance_id, call.name)
+        self.executor.start(call.fn, call.args, call.kwargs, info, call.timeout, done)
+        starting[0] = False
+        if eager and eager[0][0]:
+            try:
+                value = to_json(eager[0][1])
+            except Exception as exc:
+                eager[0] = (False, TypeError(f"step result is not JSON-serializable: {exc}"))
+            else:
+                self._outcomes.append(_Outcome(work_id, 1, True, value, stored=False))
+                return
+        self._put_work(row, start_now=False)
+        self._inflight.add(work_id)
+        if eager:  # failed at once: retried (or failed for good) through its stored row
+            self._outcomes.append(_Outcome(work_id, 1, *eager[0]))
+
     def _schedule_handler(
         self, handler: HandlerDef, envelope: Envelope, raw: bytes, now: float
     ) -> None:
@@ -726,11 +767,15 @@ class Engine:
         )
         if row.id in self._work:
             return  # already scheduled for this event
-        assert self._pending is not None
-        self._put_work(row)
-        self._execute(row, now)
+        self._put_work(row, start_now=True)
 
     def _apply_outcome(self, outcome: _Outcome, now: float) -> None:
+        if not outcome.stored:
+            iid, _, seq = outcome.work_id.rpartition(":")
+            live = self._live(iid, now)
+            if live is not None and live.machine.pending_step(int(seq)) is not None:
+                self._drive(live, live.machine.resolve(int(seq), now, ok=outcome.value), now)
+            return
         self._inflight.discard(outcome.work_id)
         row = self._work.get(outcome.work_id)
         if row is None or row.attempt != outcome.attempt:
@@ -859,8 +904,7 @@ class Engine:
                 )
                 return
             row = WorkRow(dl_id, "handler", now, 1, None, None, handler.name, letter.value)
-            self._put_work(row)
-            self._execute(row, now)
+            self._put_work(row, start_now=True)
         else:
             record = Record(
                 letter.partition or 0, letter.offset or 0, letter.key, letter.value, now

@@ -157,9 +157,23 @@ class Executor:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+_ASYNC: dict[Any, bool] = {}
+
+
 def _is_async(fn: Callable[..., Any]) -> bool:
-    """Coroutine functions, partials of them, and objects with an ``async __call__``."""
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+    """Coroutine functions, partials of them, and objects with an ``async __call__``
+    (memoized: it is asked for every step)."""
+    try:
+        return _ASYNC[fn]
+    except (KeyError, TypeError):
+        pass
+    result = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+    try:
+        if len(_ASYNC) < 10_000:
+            _ASYNC[fn] = result
+    except TypeError:  # unhashable callable
+        pass
+    return result
 
 
 async def _with_timeout(awaitable: Any, limit: float | None) -> Any:
