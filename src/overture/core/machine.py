@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -231,7 +230,40 @@ def _identity(value: Any) -> Any:
 class Machine:
     """One process instance: its journal, its suspended coroutine, and its pending work."""
 
-    def __init__(self, spec: ProcessSpec, instance_id: str, key: str | None) -> None:
+    # Thousands are cached at once: slots keep each one small.
+    __slots__ = (
+        "_closing",
+        "_commands",
+        "_compensations",
+        "_current",
+        "_cursor",
+        "_keep_journal",
+        "_new",
+        "_next_seq",
+        "_now",
+        "_pending",
+        "_ready",
+        "_replay",
+        "_rng_state",
+        "_tasks",
+        "_trigger",
+        "ctx",
+        "error",
+        "instance_id",
+        "journal",
+        "key",
+        "result",
+        "spec",
+        "status",
+        "stuck_reason",
+    )
+
+    def __init__(
+        self, spec: ProcessSpec, instance_id: str, key: str | None, *, keep_journal: bool = True
+    ) -> None:
+        """``keep_journal=False`` (the engine's choice) keeps only entries not yet taken by
+        :meth:`take_entries`: the store has the rest, and a cached instance then costs
+        no more memory as its history grows."""
         self.spec = spec
         self.instance_id = instance_id
         self.key = key
@@ -240,12 +272,15 @@ class Machine:
         self.result: Any = None
         self.error: dict[str, str] | None = None
         self.journal: list[jr.Entry] = []
+        self._keep_journal = keep_journal
         self._new: list[jr.Entry] = []
         self._commands: list[Command] = []
         self._pending: dict[int, _Pending] = {}
         self._compensations: list[_Compensation] = []
-        self._ready: deque[_Task] = deque()
-        self._tasks: set[_Task] = set()
+        # plain lists: an instance rarely has more than a few tasks, and an empty deque
+        # or set costs several hundred bytes per cached instance
+        self._ready: list[_Task] = []
+        self._tasks: list[_Task] = []
         self._next_seq = 1
         self._now = 0.0
         self._rng_state: random.Random | None = None  # ~5 KB: created on first use
@@ -279,7 +314,7 @@ class Machine:
         journal (possible after a code change that appends work). On divergence the
         machine ends up ``stuck`` with the reason.
         """
-        self.journal = list(journal)
+        self.journal = list(journal) if self._keep_journal else []
         self._replay = journal
         self._cursor = 0
         try:
@@ -419,7 +454,7 @@ class Machine:
     def _run(self) -> None:
         try:
             while self._ready and self.stuck_reason is None:
-                self._ready.popleft().step()
+                self._ready.pop(0).step()
         except NonDeterminismError:
             pass  # stuck_reason is set; the journal is left as it was
         if self.stuck_reason is None and not self.final:
@@ -431,7 +466,7 @@ class Machine:
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> _Task:
         task = _Task(self, coro)
-        self._tasks.add(task)
+        self._tasks.append(task)
         self._ready.append(task)
         return task
 
@@ -480,7 +515,8 @@ class Machine:
         self.status = RUNNING if busy or self._ready else WAITING
 
     def _task_done(self, task: _Task) -> None:
-        self._tasks.discard(task)
+        if task in self._tasks:
+            self._tasks.remove(task)
         if self._current is task:
             self._current = None
 
@@ -498,7 +534,8 @@ class Machine:
     # -- journal ------------------------------------------------------------------------
 
     def _append(self, entry: jr.Entry) -> None:
-        self.journal.append(entry)
+        if self._keep_journal:
+            self.journal.append(entry)
         self._new.append(entry)
 
     def _record(self, entry: jr.Entry, matches: Callable[[jr.Entry], bool]) -> bool:

@@ -141,7 +141,8 @@ class Engine:
         self._work = WorkQueue()
         self._inflight: set[str] = set()
         self._waits = WaitIndex()
-        self._active: dict[str | None, set[str]] = {}
+        # running instances by key (lists: almost always one per key)
+        self._active: dict[str | None, list[str]] = {}
         self._wake = asyncio.Event()
         self._stopping = False
         self._started = False
@@ -168,7 +169,7 @@ class Engine:
             self._waits = WaitIndex(self._store.waits())
             self._work = WorkQueue(self._store.work())
             for iid, key in self._store.active_instances():
-                self._active.setdefault(key, set()).add(iid)
+                self._active.setdefault(key, []).append(iid)
         except BaseException:
             self._release_lock()
             raise
@@ -441,7 +442,7 @@ class Engine:
                 return iid
         if iid in self._cache or iid in pending.batch.instances or iid in pending.existing:
             return iid  # the same trigger event never starts two instances
-        machine = m.Machine(definition.spec, iid, key)
+        machine = m.Machine(definition.spec, iid, key, keep_journal=False)
         row = InstanceRow(
             iid,
             definition.name,
@@ -455,7 +456,7 @@ class Engine:
         )
         live = _Live(machine, row)
         self._cache[iid] = live
-        self._active.setdefault(key, set()).add(iid)
+        self._active.setdefault(key, []).append(iid)
         self.stats["started"] += 1
         self._drive(live, machine.start(envelope, now, event), now)
         return iid
@@ -494,7 +495,7 @@ class Engine:
             live = self._cache[iid] = _Live(machine, row)
             self._dirty[iid] = live
             return live
-        machine = m.Machine(definition.spec, iid, row.key)
+        machine = m.Machine(definition.spec, iid, row.key, keep_journal=False)
         commands = machine.replay(self._store.journal(iid))
         inbox = self._store.inbox(iid)
         assert self._pending is not None
@@ -565,11 +566,7 @@ class Engine:
         for buffered in live.inbox:
             pending.inbox.delete(buffered.id)
         live.inbox.clear()
-        keyed = self._active.get(live.row.key)
-        if keyed is not None:
-            keyed.discard(iid)
-            if not keyed:
-                del self._active[live.row.key]
+        self._deactivate(live.row.key, iid)
         self._finished.append(iid)
         self.stats["finished"] += 1
 
@@ -595,7 +592,14 @@ class Engine:
                 *(getattr(row, f) for f in InstanceRow.__slots__)
             )
             if machine.stuck_reason is not None:
-                self._active.get(row.key, set()).discard(iid)
+                self._deactivate(row.key, iid)
+
+    def _deactivate(self, key: str | None, iid: str) -> None:
+        keyed = self._active.get(key)
+        if keyed is not None and iid in keyed:
+            keyed.remove(iid)
+            if not keyed:
+                del self._active[key]
 
     def _evict(self) -> None:
         # finished instances are never needed again: keeping them only feeds the GC
