@@ -217,6 +217,10 @@ class Event(BaseModel):
             event = cls.model_validate(data)
         except _PydanticValidationError as exc:
             raise EventValidationError(_describe(envelope.type, exc)) from exc
+        except Exception as exc:  # a contract's own validator tripping over foreign input
+            raise EventValidationError(
+                f"event {envelope.type!r} violates its schema: {type(exc).__name__}: {exc}"
+            ) from exc
         event._envelope = envelope
         return event
 

@@ -123,8 +123,10 @@ class Context(ABC):
     ) -> DurableFuture[Any]:
         """Wait for an event of that type whose correlation key equals ``key``.
 
-        ``key`` defaults to this instance's key. An event with that key that arrived while
-        the instance was running but not yet waiting is buffered and delivered here.
+        ``key`` defaults to this instance's key. An event keyed with the *instance's own
+        key* that arrived while the instance was running but not yet waiting is buffered
+        and delivered here; an event for another key counts only from the moment the
+        wait is registered.
 
         Raises:
             WaitTimeout: ``timeout`` passed first (a durable timer).

@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
-from ..errors import NonDeterminismError, StepFailed, WaitTimeout
+import orjson
+
+from ..errors import EventError, EventValidationError, NonDeterminismError, StepFailed, WaitTimeout
 from ..events import Envelope, Event
 from ..policies import DEFAULT_RETRY, Retry
 from . import journal as jr
@@ -188,9 +190,9 @@ class _Task:
         except StopIteration as stop:
             machine._task_done(self)
             self.future.set_result(stop.value)
-        except NonDeterminismError:
+        except (NonDeterminismError, KeyboardInterrupt):
             raise
-        except Exception as error:
+        except BaseException as error:  # process code's failure, whatever it raised
             machine._task_done(self)
             self.future.set_error(error)
         else:
@@ -224,6 +226,13 @@ def _identity(value: Any) -> Any:
     return value
 
 
+def _snapshot(value: Any) -> Any:
+    """A deep copy of a JSON container (scalars are immutable and returned as they are)."""
+    if isinstance(value, dict | list):
+        return orjson.loads(orjson.dumps(value))
+    return value
+
+
 # -- the machine ----------------------------------------------------------------------------
 
 
@@ -234,6 +243,7 @@ class Machine:
     __slots__ = (
         "_closing",
         "_commands",
+        "_compensating",
         "_compensations",
         "_current",
         "_cursor",
@@ -288,6 +298,7 @@ class Machine:
         self._cursor = 0
         self._current: _Task | None = None
         self._closing = False
+        self._compensating = False
         self._trigger: Event | None = None
         self.ctx: Context = _MachineContext(self)
 
@@ -296,10 +307,12 @@ class Machine:
     def start(self, envelope: Envelope, now: float, event: Event | None = None) -> list[Command]:
         """Begin a new instance for its trigger event (``event``: already decoded)."""
         self._trigger = event
+        ev = envelope.to_dict()
+        ev["data"] = _snapshot(ev["data"])  # process code may mutate its event's data
         entry = {
             "k": "start",
             "t": now,
-            "ev": envelope.to_dict(),
+            "ev": ev,
             "fmt": jr.FORMAT,
             "v": self.spec.version,
         }
@@ -369,8 +382,8 @@ class Machine:
 
         A stuck instance ends at once: its code cannot be trusted to compensate.
         """
-        if self.status in FINAL_STATUSES:
-            return []
+        if self.status in FINAL_STATUSES or self._compensating:
+            return []  # already winding down: it ends once its compensations have run
         if self.stuck_reason is not None:
             self._append({"k": "end", "t": now, "st": CANCELLED})
             self._set_final(CANCELLED, None, None)
@@ -432,7 +445,11 @@ class Machine:
         elif entry["k"] == "start":
             event, self._trigger = self._trigger, None
             if event is None:
-                event = self.spec.event_class.from_envelope(Envelope.from_dict(entry["ev"]))
+                cls = self.spec.event_class
+                try:
+                    event = cls.from_envelope(Envelope.from_dict(_snapshot(entry["ev"])))
+                except EventError as error:
+                    self._diverge(f"the journaled trigger no longer fits {cls.__name__}: {error}")
             main = self._spawn(self.spec.fn(self.ctx, event))
             main.future.add_callback(lambda: self._main_done(main.future))
         else:
@@ -445,7 +462,9 @@ class Machine:
                 pending.future.set_error(self._error_for(pending, entry["err"]))
             else:
                 try:
-                    value = pending.decode(entry.get("ok"))
+                    # a private copy: code that mutates it must not change the journal
+                    # (or what another instance fed by the same event sees)
+                    value = pending.decode(_snapshot(entry.get("ok")))
                 except Exception as error:
                     pending.future.set_error(error)
                 else:
@@ -487,6 +506,7 @@ class Machine:
 
     async def _compensate_then(self, status: str, error: BaseException | None) -> None:
         """Run the registered compensations, then end with ``status`` (failed/cancelled)."""
+        self._compensating = True
         described = None if error is None else describe_error(error)
         try:
             await self.ctx.compensate()
@@ -679,13 +699,19 @@ class _MachineContext(Context):
             event = Event.of(event, data or {})
         elif data is not None:
             raise TypeError("emit(data=...) is only for emit('type', data=...)")
+        try:  # fail in the process code that emitted it, not later in the engine
+            payload = to_json(event.envelope.data)
+        except Exception as error:
+            raise EventValidationError(
+                f"emitted event {event.type!r}: data is not JSON-serializable: {error}"
+            ) from error
         event_id = str(uuid.uuid5(_EMIT_NAMESPACE, f"{m.instance_id}:{m._next_seq}"))
         seq, live, _ = m._operation("emit", event.type, {"ev": event_id})
         if live:
             base = event.envelope
             envelope = Envelope(
                 type=base.type,
-                data=base.data,
+                data=payload,
                 id=event_id,
                 source=f"/{m.spec.app_name}/{m.spec.name}/{m.instance_id}",
                 subject=base.subject,
@@ -705,12 +731,15 @@ class _MachineContext(Context):
         m = self._m
         first_error: BaseException | None = None
         while m._compensations:
-            comp = m._compensations.pop()
+            # popped only once done: a cancel arriving meanwhile re-runs it (at least once)
+            comp = m._compensations[-1]
             name = "compensate:" + (getattr(comp.fn, "__qualname__", None) or repr(comp.fn))
             try:
                 await self.step(comp.fn, *comp.args, name=name, **comp.kwargs)
             except StepFailed as error:
                 first_error = first_error or error
+            if m._compensations and m._compensations[-1] is comp:
+                m._compensations.pop()
         if first_error is not None:
             raise first_error
 

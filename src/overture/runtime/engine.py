@@ -271,6 +271,11 @@ class Engine:
         if not did:
             self._pending = None
             return False
+        # Eager first attempts left over by the budget have no stored row yet: give them
+        # one now, or a crash after this commit would leave their steps scheduled but never run.
+        for outcome in self._outcomes:
+            if not outcome.stored:
+                self._store_eager(outcome, now)
         self._flush_instances(now)
         batch = pending.batch
         self._pending = None
@@ -376,33 +381,46 @@ class Engine:
             )
         for handler in self.app.handlers(envelope.type):
             self._schedule_handler(handler, envelope, record.value, now)
-        self._correlate(envelope, record.value, now, started)
+        self._correlate(envelope, record, now, started)
 
-    def _correlate(self, envelope: Envelope, raw: bytes, now: float, started: set[str]) -> None:
-        waiters = self._waits.match(envelope.type, envelope.partitionkey)
-        if waiters:
-            value = envelope.to_dict()
-            for wait in waiters:
-                live = self._live(wait.instance_id, now, stuck=True)
-                if live is not None and live.machine.stuck_reason is not None:
-                    continue  # parked: keep the wait for when the code is fixed
-                self._clear_wait(wait)
-                if live is not None:
-                    self._drive(live, live.machine.resolve(wait.seq, now, ok=value), now)
-            return
-        # Nobody waits yet: buffer it for running instances with this key (they may be
-        # about to wait for it), except the instance that emitted it.
-        assert self._pending is not None
-        for iid in self._active.get(envelope.partitionkey, ()):
-            if iid in started or envelope.source.endswith("/" + iid):
+    def _correlate(self, envelope: Envelope, record: Record, now: float, started: set[str]) -> None:
+        """Feed every instance waiting on (type, key); buffer the event for the other
+        running instances with that key (they may be about to wait for it)."""
+        fed = set(started)
+        value: dict[str, Any] | None = None
+        for wait in self._waits.match(envelope.type, envelope.partitionkey):
+            iid = wait.instance_id
+            live = self._live(iid, now, stuck=True)
+            if live is not None and live.machine.stuck_reason is not None:
+                # parked: keep both the wait and the event for when the code is fixed
+                if iid not in fed:
+                    fed.add(iid)
+                    self._buffer(iid, envelope, record, now)
                 continue
-            row = InboxRow(
-                f"{iid}:{envelope.id}", iid, envelope.type, envelope.partitionkey, raw, now
-            )
-            self._pending.inbox.put(row.id, row, created=True)
-            cached = self._cache.get(iid)
-            if cached is not None:
-                cached.inbox.append(row)
+            self._clear_wait(wait)
+            if live is not None:
+                fed.add(iid)
+                value = value or envelope.to_dict()
+                self._drive(live, live.machine.resolve(wait.seq, now, ok=value), now)
+        for iid in list(self._active.get(envelope.partitionkey, ())):
+            if iid not in fed and not envelope.source.endswith("/" + iid):  # not its emitter
+                self._buffer(iid, envelope, record, now)
+
+    def _buffer(self, iid: str, envelope: Envelope, record: Record, now: float) -> None:
+        # The id carries the log position, so buffered events come back in log order.
+        row = InboxRow(
+            f"{iid}:{record.partition:05d}:{record.offset:012d}",
+            iid,
+            envelope.type,
+            envelope.partitionkey,
+            record.value,
+            now,
+        )
+        assert self._pending is not None
+        self._pending.inbox.put(row.id, row, created=True)
+        cached = self._cache.get(iid)
+        if cached is not None:
+            cached.inbox.append(row)
 
     def _control(self, envelope: Envelope, record: Record, now: float) -> None:
         data = envelope.data if isinstance(envelope.data, dict) else {}
@@ -511,7 +529,25 @@ class Engine:
             return live
         if commands:
             self._drive(live, commands, now)
+        # Events buffered while the instance was parked (stuck) feed the waits it kept.
+        for wait in self._waits.of_instance(iid):
+            value = self._take_buffered(live, wait.event_type, wait.key)
+            if value is not None:
+                self._clear_wait(wait)
+                self._drive(live, machine.resolve(wait.seq, now, ok=value), now)
         return live
+
+    def _take_buffered(
+        self, live: _Live, event_type: str, key: str | None
+    ) -> dict[str, Any] | None:
+        """Remove and return the oldest buffered event of that type and key, if any."""
+        for buffered in live.inbox:
+            if buffered.event_type == event_type and buffered.key == key:
+                live.inbox.remove(buffered)
+                assert self._pending is not None
+                self._pending.inbox.delete(buffered.id)
+                return decode(buffered.value).to_dict()
+        return None
 
     def _drive(self, live: _Live, commands: Iterable[m.Command], now: float) -> None:
         """Carry out the commands an instance issued."""
@@ -540,13 +576,10 @@ class Engine:
         pending = self._pending
         assert pending is not None
         iid = live.machine.instance_id
-        for buffered in live.inbox:
-            if buffered.event_type == command.event_type and buffered.key == command.key:
-                live.inbox.remove(buffered)
-                pending.inbox.delete(buffered.id)
-                value = decode(buffered.value).to_dict()
-                self._drive(live, live.machine.resolve(command.seq, now, ok=value), now)
-                return
+        value = self._take_buffered(live, command.event_type, command.key)
+        if value is not None:
+            self._drive(live, live.machine.resolve(command.seq, now, ok=value), now)
+            return
         wait = WaitRow(command.event_type, command.key, iid, command.seq)
         pending.waits.put(wait, True, created=True)
         self._waits.add(wait)
@@ -772,6 +805,16 @@ class Engine:
         if row.id in self._work:
             return  # already scheduled for this event
         self._put_work(row, start_now=True)
+
+    def _store_eager(self, outcome: _Outcome, now: float) -> None:
+        iid, _, seq = outcome.work_id.rpartition(":")
+        live = self._cache.get(iid)
+        call = None if live is None else live.machine.pending_step(int(seq))
+        if call is not None:
+            row = WorkRow(outcome.work_id, "step", now, 1, iid, int(seq), call.name)
+            self._put_work(row)
+            self._inflight.add(outcome.work_id)
+            outcome.stored = True
 
     def _apply_outcome(self, outcome: _Outcome, now: float) -> None:
         if not outcome.stored:

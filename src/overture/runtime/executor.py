@@ -70,6 +70,7 @@ class Executor:
     def __init__(self, threads: int = 16) -> None:
         self._pool = DaemonThreadPool(threads, "overture-step")
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._closing = False
 
     def start(
         self,
@@ -103,8 +104,10 @@ class Executor:
         except StopIteration as stop:
             done(True, stop.value)
             return
-        except Exception as error:
-            done(False, error)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as error:  # a step's failure, whatever a library raised
+            done(False, _as_exception(error))
             return
 
         async def rest() -> Any:
@@ -131,14 +134,16 @@ class Executor:
         def finished(f: asyncio.Future[Any]) -> None:
             self._tasks.discard(f)
             if f.cancelled():
-                return  # engine shutdown: the work row stays, so the step runs again later
+                if self._closing:
+                    return  # engine shutdown: the work row stays; the step runs after restart
+                # the step itself ended in CancelledError: a failed attempt like any other
+                done(False, RuntimeError("the step was cancelled (it raised CancelledError)"))
+                return
             error = f.exception()
             if error is None:
                 done(True, f.result())
-            elif isinstance(error, Exception):
-                done(False, error)
             else:
-                done(False, RuntimeError(f"step raised {type(error).__name__}: {error}"))
+                done(False, _as_exception(error))
 
         future.add_done_callback(finished)
 
@@ -152,9 +157,16 @@ class Executor:
         after restart: at-least-once)."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace)
+        self._closing = True
         for task in list(self._tasks):
             task.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _as_exception(error: BaseException) -> Exception:
+    if isinstance(error, Exception):
+        return error
+    return RuntimeError(f"{type(error).__name__}: {error}")
 
 
 _ASYNC: dict[Any, bool] = {}
