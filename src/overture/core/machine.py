@@ -717,7 +717,7 @@ class _MachineContext(Context):
                 subject=base.subject,
                 time=datetime.fromtimestamp(m._now, UTC),
                 dataschema=base.dataschema,
-                partitionkey=key if key is not None else (base.partitionkey or m.key),
+                partitionkey=str(key) if key is not None else (base.partitionkey or m.key),
                 traceparent=base.traceparent,
                 tenant=base.tenant,
             )

@@ -184,7 +184,8 @@ class Engine:
     async def stop(self, grace: float = 5.0) -> None:
         """Drain: finish the current iteration, give running steps ``grace`` seconds,
         commit their outcomes, and release the broker. Unfinished steps keep their work
-        rows and run again after a restart."""
+        rows and run again after a restart. An engine runs once: stopped, it stays so."""
+        self._stopping = True
         if not self._started:
             return
         self._stopping = True
@@ -209,6 +210,8 @@ class Engine:
 
     async def run(self) -> None:
         """Process inputs until :meth:`stop` is called."""
+        if self._stopping:
+            return  # stopped before it ran
         if not self._started:
             await self.start()
         self._running = True
@@ -362,10 +365,12 @@ class Engine:
                 f"{record.partition}:{record.offset}", "validate", str(error), envelope, record, now
             )
             return
-        started = set()
+        # Every key first (user code that may fail), so that an event is either routed
+        # whole or dead-lettered whole, never half-applied.
+        keys = []
         for definition in self.app.triggers(envelope.type):
             try:
-                key = definition.key_of(event)
+                keys.append((definition, definition.key_of(event)))
             except Exception as error:
                 self._dead_letter(
                     f"{record.partition}:{record.offset}",
@@ -376,9 +381,10 @@ class Engine:
                     now,
                 )
                 return
-            started.add(
-                self._start_instance(definition, key, envelope, event, record.partition, now)
-            )
+        started = {
+            self._start_instance(definition, key, envelope, event, record.partition, now)
+            for definition, key in keys
+        }
         for handler in self.app.handlers(envelope.type):
             self._schedule_handler(handler, envelope, record.value, now)
         self._correlate(envelope, record, now, started)
@@ -402,6 +408,8 @@ class Engine:
                 fed.add(iid)
                 value = value or envelope.to_dict()
                 self._drive(live, live.machine.resolve(wait.seq, now, ok=value), now)
+        if envelope.partitionkey is None:
+            return  # keyless events are never buffered: they would reach every keyless instance
         for iid in list(self._active.get(envelope.partitionkey, ())):
             if iid not in fed and not envelope.source.endswith("/" + iid):  # not its emitter
                 self._buffer(iid, envelope, record, now)

@@ -81,14 +81,14 @@ class Executor:
         timeout: float | None,
         done: Done,
     ) -> None:
-        token = _current.set(info)
-        try:
-            if _is_async(fn):
-                self._start_async(fn, args, kwargs, timeout, done)
-            else:
-                self._start_sync(fn, args, kwargs, timeout, done)
-        finally:
-            _current.reset(token)
+        # Each call runs in its own copy of the context, so whatever it sets (the step
+        # info, logging or tracing context) stays with it and never leaks into the engine.
+        context = contextvars.copy_context()
+        context.run(_current.set, info)
+        if _is_async(fn):
+            self._start_async(fn, args, kwargs, timeout, done, context)
+        else:
+            self._start_sync(fn, args, kwargs, timeout, done, context)
 
     def _start_async(
         self,
@@ -97,10 +97,11 @@ class Executor:
         kwargs: dict[str, Any],
         timeout: float | None,
         done: Done,
+        context: contextvars.Context,
     ) -> None:
         try:
-            coro = fn(*args, **kwargs)
-            yielded = coro.send(None)
+            coro = context.run(fn, *args, **kwargs)
+            yielded = context.run(coro.send, None)
         except StopIteration as stop:
             done(True, stop.value)
             return
@@ -113,7 +114,8 @@ class Executor:
         async def rest() -> Any:
             return await _resume(coro, yielded)
 
-        self._track(asyncio.ensure_future(_with_timeout(rest(), timeout)), done)
+        loop = asyncio.get_running_loop()
+        self._track(loop.create_task(_with_timeout(rest(), timeout), context=context), done)
 
     def _start_sync(
         self,
@@ -122,9 +124,9 @@ class Executor:
         kwargs: dict[str, Any],
         timeout: float | None,
         done: Done,
+        context: contextvars.Context,
     ) -> None:
         loop = asyncio.get_running_loop()
-        context = contextvars.copy_context()
         future = loop.run_in_executor(self._pool, lambda: context.run(fn, *args, **kwargs))
         self._track(asyncio.ensure_future(_with_timeout(future, timeout)), done)
 
