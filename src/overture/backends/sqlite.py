@@ -108,7 +108,12 @@ class SqliteBroker:
         except sqlite3.DatabaseError as exc:
             raise ConfigError(f"{path!r} is not an Overture database: {exc}") from exc
         self._partitions = int(row[0])
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the writer connection
+        # Reads use their own connection: in WAL mode they see the last committed state
+        # and never wait for a commit in progress (the engine builds its next batch
+        # while the previous one is being fsynced).
+        self._reader = _connect(path)
+        self._read_lock = threading.Lock()
         self._doorbell = _doorbell_address(path)
         self._bell = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._bell.setblocking(False)
@@ -180,24 +185,24 @@ class SqliteBroker:
         return out
 
     def read(self, partition: int, offset: int, limit: int) -> list[Record]:
-        with self._lock:
-            rows = self._conn.execute(
+        with self._read_lock:
+            rows = self._reader.execute(
                 "SELECT id, key, value, ts FROM log WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
                 ((partition << _SHIFT) | offset, (partition + 1) << _SHIFT, limit),
             ).fetchall()
         return [Record(partition, rid & _MASK, key, value, ts) for rid, key, value, ts in rows]
 
     def end_offset(self, partition: int) -> int:
-        with self._lock:
-            top = self._conn.execute(
+        with self._read_lock:
+            top = self._reader.execute(
                 "SELECT max(id) FROM log WHERE id >= ? AND id < ?",
                 (partition << _SHIFT, (partition + 1) << _SHIFT),
             ).fetchone()[0]
         return 0 if top is None else (top & _MASK) + 1
 
     def find_event(self, event_id: str) -> Record | None:
-        with self._lock:
-            row = self._conn.execute(
+        with self._read_lock:
+            row = self._reader.execute(
                 "SELECT id, key, value, ts FROM log WHERE event_id = ?", (event_id,)
             ).fetchone()
         if row is None:
@@ -362,8 +367,8 @@ class SqliteBroker:
             c.executemany(f"INSERT OR REPLACE INTO {table} VALUES ({marks})", puts)
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
-        with self._lock:
-            return self._conn.execute(sql, args).fetchall()
+        with self._read_lock:
+            return self._reader.execute(sql, args).fetchall()
 
     def offsets(self, group: str) -> dict[int, int]:
         return dict(self._query("SELECT part, off FROM offsets WHERE grp = ?", (group,)))
@@ -468,6 +473,8 @@ class SqliteBroker:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+        with self._read_lock:
+            self._reader.close()
         self._bell.close()
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -152,6 +152,8 @@ class Engine:
         self._unsubscribe: Any = None
         self._pending: _Pending | None = None
         self._dirty: dict[str, _Live] = {}
+        self._committing: asyncio.Future[None] | None = None
+        self._committing_batch: Batch | None = None
         self._finished: list[str] = []
         self._first_partition = 0
         self._running = False
@@ -200,6 +202,8 @@ class Engine:
         await self.executor.shutdown(self._grace)
         if self._outcomes and not self._broken:
             await self._iterate(read_log=False)
+        if not self._broken:
+            await self._settle()
         for live in self._cache.values():
             live.machine.close()
         self._cache.clear()
@@ -220,6 +224,8 @@ class Engine:
                 self._wake.clear()
                 if await self._iterate():
                     continue
+                await self._settle()
+                self._evict()
                 await self.clock.wait(self._wake, self._work.next_due(self._inflight))
         finally:
             self._stopping = True
@@ -235,11 +241,16 @@ class Engine:
         for _ in range(max_iterations):
             if await self._iterate():
                 continue
+            await self._settle()
+            self._evict()
+            if self._outcomes:  # reported while the last commit settled
+                continue
             if self.executor.busy:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if self._has_unread():
+            due = self._work.next_due(self._inflight)
+            if self._has_unread() or (due is not None and due <= self.clock.now()):
                 continue
             return
         raise RuntimeError("engine did not become idle")
@@ -282,17 +293,43 @@ class Engine:
         self._flush_instances(now)
         batch = pending.batch
         self._pending = None
+        await self._settle()  # the previous batch is durable from here on
+        self._evict(keep=batch.instances)
         if not batch.empty():
-            await self._commit(batch)
+            self._start_commit(batch)
         self.stats["batches"] += 1
-        self._evict()
         return True
 
-    async def _commit(self, batch: Batch) -> None:
+    def _start_commit(self, batch: Batch) -> None:
+        """Commit a batch. On a durable backend the commit (and its fsync) runs in a
+        thread while the engine builds the next batch; that one commits only after this
+        one has (``_settle``), so commits stay in order and the store is never ahead of
+        a crash-consistent prefix."""
         if self.broker.url.startswith("memory:"):
             self._store.commit(batch)
-        else:
-            await asyncio.get_running_loop().run_in_executor(None, self._store.commit, batch)
+            return
+        loop = asyncio.get_running_loop()
+        self._committing = loop.run_in_executor(None, self._store.commit, batch)
+        self._committing_batch = batch
+
+    async def _settle(self) -> None:
+        """Wait for the batch being committed, if any."""
+        committing = self._committing
+        if committing is None:
+            return
+        self._committing = None
+        try:
+            await committing
+        except BaseException:
+            self._broken = True
+            raise
+        finally:
+            self._committing_batch = None
+
+    def _uncommitted(self) -> list[Batch]:
+        """Batches whose changes readers of the store cannot see yet."""
+        pending = [] if self._pending is None else [self._pending.batch]
+        return pending + ([] if self._committing_batch is None else [self._committing_batch])
 
     def _consume_log(self, now: float) -> bool:
         budget = self.batch_size
@@ -524,12 +561,12 @@ class Engine:
         machine = m.Machine(definition.spec, iid, row.key, keep_journal=False)
         commands = machine.replay(self._store.journal(iid))
         inbox = self._store.inbox(iid)
-        assert self._pending is not None
-        inbox += [
-            r
-            for r in self._pending.batch.inbox.values()
-            if r is not None and r.instance_id == iid and r not in inbox
-        ]
+        for batch in reversed(self._uncommitted()):  # oldest first
+            for inbox_id, r in batch.inbox.items():
+                if r is None:
+                    inbox = [b for b in inbox if b.id != inbox_id]
+                elif r.instance_id == iid and r not in inbox:
+                    inbox.append(r)
         live = _Live(machine, row, inbox)
         self._cache[iid] = live
         if machine.stuck_reason is not None:
@@ -642,16 +679,26 @@ class Engine:
             if not keyed:
                 del self._active[key]
 
-    def _evict(self) -> None:
-        # finished instances are never needed again: keeping them only feeds the GC
+    def _evict(self, keep: Collection[str] = ()) -> None:
+        """Drop finished instances and shrink the cache to its size, sparing ``keep``:
+        instances whose latest state is not committed yet (a reload would miss it)."""
         finished, self._finished = self._finished, []
         for iid in finished:
+            if iid in keep:
+                self._finished.append(iid)
+                continue
             live = self._cache.pop(iid, None)
             if live is not None:
                 live.machine.close()
+        spared: list[tuple[str, _Live]] = []
         while len(self._cache) > self.cache_size:
-            _, live = self._cache.popitem(last=False)
-            live.machine.close()
+            iid, live = self._cache.popitem(last=False)
+            if iid in keep:
+                spared.append((iid, live))
+            else:
+                live.machine.close()
+        for iid, live in spared:
+            self._cache[iid] = live
 
     # -- work: steps, timers, handlers -----------------------------------------------------------
 
@@ -937,9 +984,15 @@ class Engine:
         self._pending.batch.dead_letters[dl_id] = letter
         log.warning("dead-lettered %s (%s): %s", dl_id, source, reason)
 
+    def _dead_letter_row(self, dl_id: str) -> DeadLetter | None:
+        for batch in self._uncommitted():  # newest first
+            if dl_id in batch.dead_letters:
+                return batch.dead_letters[dl_id]
+        return self._store.dead_letter(dl_id)
+
     def _replay_dead_letter(self, dl_id: str, now: float) -> None:
         assert self._pending is not None
-        letter = self._pending.batch.dead_letters.get(dl_id) or self._store.dead_letter(dl_id)
+        letter = self._dead_letter_row(dl_id)
         if letter is None:
             log.warning("dlq replay: no dead letter %s", dl_id)
             return
