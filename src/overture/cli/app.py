@@ -25,6 +25,7 @@ from .common import (
     handle_errors,
     open_client,
 )
+from .dev import dev
 from .loading import load_app
 from .sending import parse_data, parse_lines, publish
 
@@ -40,6 +41,7 @@ cli = typer.Typer(
 )
 dlq = typer.Typer(help="Inspect and replay the dead-letter queue.", no_args_is_help=True)
 cli.add_typer(dlq, name="dlq")
+cli.add_typer(dev, name="dev")
 
 STATUSES = ("running", "waiting", "completed", "failed", "cancelled", "stuck")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
