@@ -26,7 +26,7 @@ from . import profiling, report
 from .measure import Options
 from .runner import run_unit
 
-WORKLOADS = ("w1", "w2", "baseline")
+WORKLOADS = ("w1", "w2", "w3", "w4", "m1", "baseline")
 BACKENDS = ("memory", "sqlite")
 
 NOTES = [
@@ -41,6 +41,13 @@ NOTES = [
     "-> last completion commit), so no producer competes for the CPU or the GIL.",
     "1x1: the engine runs as an asyncio task in the measuring process; a client thread sends "
     "one event, blocks on a condition variable the commit wrapper signals, and repeats.",
+    "W3: an event is done at the commit after which its instance is final and none of its 3 "
+    "handler rows is stored; throughput N / (first send -> last such commit).",
+    "W4: lateness = completion commit - due (the instance's created stamp + its sleep); "
+    "every sleep is hold + uniform[1,5) s, the hold leaving a 2 s window, after all timers "
+    "are stored and before the first is due, in which getrusage gives the idle CPU.",
+    "M1: RSS (/proc/self/statm, after gc) once all N waits are committed, minus RSS before "
+    "the first send; memory:// keeps its log and store in this process, so they count.",
 ]
 
 
@@ -62,9 +69,11 @@ def _csv(value: str, allowed: tuple[str, ...]) -> list[str]:
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    p.add_argument("--workloads", default="w1,w2,baseline", help="w1,w2,baseline")
+    p.add_argument("--workloads", default=",".join(WORKLOADS), help=",".join(WORKLOADS))
     p.add_argument("--backends", default="memory,sqlite", help="memory,sqlite")
-    p.add_argument("-n", type=int, default=None, help="instances per load run (5000)")
+    p.add_argument("-n", type=int, default=None, help="instances per W1/W2/W3 run (5000)")
+    p.add_argument("--timer-n", type=int, default=None, help="W4 instances (10000)")
+    p.add_argument("--memory-n", type=int, default=None, help="M1 instances (100000)")
     p.add_argument("--iterations", type=int, default=None, help="1-at-a-time rounds (200)")
     p.add_argument("--repeat", type=int, default=None, help="repeats per measurement (3)")
     p.add_argument("--chunk", type=int, default=100, help="events per send_many call")
@@ -76,6 +85,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", default=None, help="write all results to this file")
     p.add_argument("--profile", default=None, help="write cProfile files of load runs here")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per measurement")
+    p.add_argument("--tracemalloc", action="store_true", help="M1: top allocation sites")
     p.add_argument("--quick", action="store_true", help="small N, 1 repeat (smoke test)")
     args = p.parse_args(argv)
     try:
@@ -85,10 +95,21 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(str(exc))
     quick = args.quick
     args.n = args.n or (300 if quick else 5000)
+    args.timer_n = args.timer_n or (1000 if quick else 10_000)
+    args.memory_n = args.memory_n or (10_000 if quick else 100_000)
     args.iterations = args.iterations or (30 if quick else 200)
     args.repeat = args.repeat or (1 if quick else 3)
     args.warmup = args.warmup if args.warmup is not None else (20 if quick else 50)
     return args
+
+
+MODES = {"w1": ("load", "drain", "serial"), "w2": ("load", "serial")}
+
+
+def instances(args: argparse.Namespace, workload: str) -> int:
+    """N of a workload: ``--timer-n`` for W4, ``--memory-n`` for M1, else ``-n``."""
+    n: int = {"w4": args.timer_n, "m1": args.memory_n}.get(workload, args.n)
+    return n
 
 
 def plan(args: argparse.Namespace) -> list[Plan]:
@@ -96,12 +117,11 @@ def plan(args: argparse.Namespace) -> list[Plan]:
     takes its batch size from the W1-sqlite runs."""
     out = []
     for r in range(1, args.repeat + 1):
-        for workload in ("w1", "w2"):
+        for workload in WORKLOADS[:-1]:
             if workload not in args.workloads:
                 continue
             for backend in args.backends:
-                modes = ("load", "drain", "serial") if workload == "w1" else ("load", "serial")
-                out += [Plan(workload, mode, backend, r) for mode in modes]
+                out += [Plan(workload, mode, backend, r) for mode in MODES.get(workload, ("load",))]
     if "baseline" in args.workloads:
         out += [Plan("baseline", "load", "sqlite", r) for r in range(1, args.repeat + 1)]
     return out
@@ -109,7 +129,7 @@ def plan(args: argparse.Namespace) -> list[Plan]:
 
 def _options(args: argparse.Namespace, step: Plan, units: list[report.Unit]) -> Options:
     profile = None
-    if args.profile and step.mode in ("load", "drain") and step.workload != "baseline":
+    if args.profile and step.mode in ("load", "drain") and step.workload in MODES.keys() | {"w3"}:
         os.makedirs(args.profile, exist_ok=True)
         name = f"{step.workload}-{step.mode}-{step.backend}-r{step.repeat}.prof"
         profile = os.path.abspath(os.path.join(args.profile, name))
@@ -121,7 +141,7 @@ def _options(args: argparse.Namespace, step: Plan, units: list[report.Unit]) -> 
         workload=step.workload,
         mode=step.mode,
         backend=step.backend,
-        n=args.n,
+        n=instances(args, step.workload),
         iterations=args.iterations,
         chunk=args.chunk,
         rate=args.rate,
@@ -130,6 +150,7 @@ def _options(args: argparse.Namespace, step: Plan, units: list[report.Unit]) -> 
         producer=args.producer,
         profile=profile,
         timeout=args.timeout,
+        tracemalloc=args.tracemalloc,
     )
 
 
@@ -153,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         task = progress.add_task("starting", total=len(steps))
         for step in steps:
             key = (step.workload, step.mode, step.backend)
-            unit = units.setdefault(key, report.Unit(*key, n=args.n))
+            unit = units.setdefault(key, report.Unit(*key, n=instances(args, step.workload)))
             progress.update(task, description=f"{unit.name} (repeat {step.repeat})")
             result = run_unit(_options(args, step, list(units.values())), workdir)
             unit.repeats.append(result)

@@ -74,7 +74,7 @@ def run_baseline(directory: str, n: int, chunk: int, batch: int) -> dict[str, An
         logs.append((envelope.partitionkey or "", value, envelope.id))
         entries = copy.deepcopy(journal)
         entries[0]["ev"] = envelope.to_dict()
-        iid = instance_id_for(row.process, envelope.id)
+        iid = instance_id_for(row.process, envelope)
         now = time.time()
         instance = (
             iid,

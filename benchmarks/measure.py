@@ -29,14 +29,14 @@ from overture.ports import Broker
 from . import stats
 from .probe import CommitProbe
 from .producer import LocalProducer, RemoteProducer, Sent, send
-from .workloads import APPS, order, payment
+from .workloads import APPS, order, payment, w4_app
 
 Result = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
 class Options:
-    workload: str  # "w1" | "w2" | "baseline"
+    workload: str  # "w1" | "w2" | "w3" | "w4" | "m1" | "baseline"
     mode: str  # "load" | "serial" | "drain"
     backend: str  # "memory" | "sqlite"
     n: int = 5000  # instances (load)
@@ -49,6 +49,23 @@ class Options:
     directory: str = "/tmp"
     profile: str | None = None  # write a cProfile .prof of the timed phase here
     timeout: float = 300.0
+    tracemalloc: bool = False  # M1: trace allocations while instances start (slow)
+
+
+IDLE_WINDOW = 2.0  # W4: seconds of CPU accounting while every instance sleeps
+
+
+def timer_hold(n: int) -> float:
+    """W4: seconds added to every instance's sleep, so that all ``n`` instances have
+    started and the idle window has passed before the first timer is due (starts run at
+    well over 4,000/s on both backends; the run checks that no timer fell due in it)."""
+    return IDLE_WINDOW + 1.0 + n / 4000
+
+
+def make_app(opts: Options) -> ov.App:
+    if opts.workload == "w4":
+        return w4_app(hold=timer_hold(opts.n))
+    return APPS[opts.workload]()
 
 
 class Bench:
@@ -58,8 +75,8 @@ class Bench:
         self.opts = opts
         self.url = url
         self.broker = broker
-        self.probe = CommitProbe(broker)
-        self.engine = ov.Engine(APPS[opts.workload](), broker, cache_size=10_000)
+        self.probe = CommitProbe(broker, track_work=opts.workload in ("w3", "w4"))
+        self.engine = ov.Engine(make_app(opts), broker, cache_size=10_000)
         self.task: asyncio.Task[None] | None = None
         self.started = 0.0  # when the engine was started
 

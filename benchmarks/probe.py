@@ -8,6 +8,11 @@ client thread is woken through a condition variable, and the timestamps are take
 committing thread, so how fast the waiter wakes up does not affect the measured latency.
 
 Cost: one pass over the batch's instance rows per commit (a few microseconds).
+
+With ``track_work=True`` (W3, W4) it also passes over the batch's work rows: handler rows
+(ids ``h:<handler>:<event id>``) that reach the store are outstanding until a later commit
+deletes them (a handler that finished inside the batch that scheduled it never reaches the
+store: it was done at that commit), and timer rows give each instance's stored due time.
 """
 
 from __future__ import annotations
@@ -32,14 +37,22 @@ class Done:
     updated: float  # the row's `updated` field (stamped by the engine before the commit)
     key: str | None
     status: str
+    created: float = 0.0  # the row's `created` field (the engine's clock when it started)
+    instance_id: str = ""
 
 
 class CommitProbe:
     """Records per-commit statistics and finished instances (by trigger event id)."""
 
-    def __init__(self, broker: Any, profiler: cProfile.Profile | None = None) -> None:
+    def __init__(
+        self, broker: Any, profiler: cProfile.Profile | None = None, *, track_work: bool = False
+    ) -> None:
         self._original: Callable[[Batch], None] = broker.commit
         self.profiler = profiler
+        self.track_work = track_work
+        self.handlers_pending: dict[str, set[str]] = {}  # event id -> stored handler rows
+        self.handlers_done: dict[str, float] = {}  # event id -> commit deleting its last row
+        self.timer_due: dict[str, float] = {}  # instance id -> due of its stored timer row
         self._cond = threading.Condition()
         self.done: dict[str, Done] = {}
         self.by_key: dict[str | None, str] = {}
@@ -60,12 +73,14 @@ class CommitProbe:
         elapsed = time.perf_counter() - start
         now = time.time()
         finished = [
-            (r.trigger_id, Done(now, r.updated, r.key, r.status))
+            (r.trigger_id, Done(now, r.updated, r.key, r.status, r.created, r.id))
             for r in batch.instances.values()
             if r.status in FINAL
         ]
         added = sum(1 for present in batch.waits.values() if present)
         with self._cond:
+            if self.track_work:  # first: a reader must not see completions without these
+                self._track(batch, now)
             self.commits += 1
             self.commit_seconds += elapsed
             self.instance_rows += len(batch.instances)
@@ -78,6 +93,22 @@ class CommitProbe:
                 self.by_key[done.key] = trigger_id
             if finished or added:
                 self._cond.notify_all()
+
+    def _track(self, batch: Batch, now: float) -> None:
+        for work_id, row in batch.work.items():
+            if work_id.startswith("h:"):
+                event_id = work_id.split(":", 2)[2]
+                if row is not None:
+                    self.handlers_pending.setdefault(event_id, set()).add(work_id)
+                    continue
+                rows = self.handlers_pending.get(event_id)
+                if rows is not None:
+                    rows.discard(work_id)
+                    if not rows:
+                        del self.handlers_pending[event_id]
+                        self.handlers_done[event_id] = now
+            elif row is not None and row.kind == "timer" and row.instance_id is not None:
+                self.timer_due[row.instance_id] = row.due
 
     def wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Block (in a client thread) until ``predicate`` holds; False on timeout."""

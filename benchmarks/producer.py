@@ -29,15 +29,25 @@ class Sent:
     call_seconds: list[float] = field(default_factory=list)  # duration of each send_many
 
     ended: float = 0.0  # when the last send_many returned
+    began: float = 0.0  # when the first send_many was called
 
     @property
     def first(self) -> float:
-        return min(self.times)
+        return min(self.times) if self.times else self.began
 
 
-def send(client: ov.Client, kind: str, keys: list[str], chunk: int, rate: float = 0.0) -> Sent:
-    """Send one event of ``kind`` ("order" or "payment") per key, ``chunk`` per call, as
-    fast as possible or, with ``rate`` > 0, paced to ``rate`` events per second."""
+def send(
+    client: ov.Client,
+    kind: str,
+    keys: list[str],
+    chunk: int,
+    rate: float = 0.0,
+    record: bool = True,
+) -> Sent:
+    """Send one event of ``kind`` (a key of ``workloads.EVENTS``) per key, ``chunk`` per
+    call, as fast as possible or, with ``rate`` > 0, paced to ``rate`` events per second.
+    ``record=False`` keeps no per-event ids, keys or times (M1: they would sit in the
+    measured process's memory)."""
     make = EVENTS[kind]
     out = Sent()
     began = time.time()
@@ -51,7 +61,10 @@ def send(client: ov.Client, kind: str, keys: list[str], chunk: int, rate: float 
         t0 = time.time()
         client.send_many(envelopes)
         out.ended = time.time()
+        out.began = out.began or t0
         out.call_seconds.append(out.ended - t0)
+        if not record:
+            continue
         out.ids.extend(e.id for e in envelopes)
         out.keys.extend(part)
         out.times.extend([t0] * len(part))
@@ -59,15 +72,16 @@ def send(client: ov.Client, kind: str, keys: list[str], chunk: int, rate: float 
 
 
 def _serve(url: str, workload: str, conn: Connection) -> None:
-    """Process entry point: answer ("send", kind, keys, chunk, rate) requests until "stop"."""
+    """Process entry point: answer ("send", kind, keys, chunk, rate, record) requests until
+    "stop"."""
     client = ov.Client(url, app=APPS[workload]())
     conn.send("ready")
     while True:
         request = conn.recv()
         if request[0] == "stop":
             break
-        _, kind, keys, chunk, rate = request
-        conn.send(send(client, kind, keys, chunk, rate))
+        _, kind, keys, chunk, rate, record = request
+        conn.send(send(client, kind, keys, chunk, rate, record))
     client.close()
 
 
@@ -83,9 +97,11 @@ class RemoteProducer:
         if self._conn.recv() != "ready":
             raise RuntimeError("producer process did not start")
 
-    def send(self, kind: str, keys: list[str], chunk: int, rate: float = 0.0) -> Sent:
+    def send(
+        self, kind: str, keys: list[str], chunk: int, rate: float = 0.0, record: bool = True
+    ) -> Sent:
         """Blocking: call from a thread (``asyncio.to_thread``), never on the loop."""
-        self._conn.send(("send", kind, keys, chunk, rate))
+        self._conn.send(("send", kind, keys, chunk, rate, record))
         result: Any = self._conn.recv()
         assert isinstance(result, Sent)
         return result
@@ -107,8 +123,10 @@ class LocalProducer:
     def __init__(self, url: str, workload: str) -> None:
         self._client = ov.Client(url, app=APPS[workload]())
 
-    def send(self, kind: str, keys: list[str], chunk: int, rate: float = 0.0) -> Sent:
-        return send(self._client, kind, keys, chunk, rate)
+    def send(
+        self, kind: str, keys: list[str], chunk: int, rate: float = 0.0, record: bool = True
+    ) -> Sent:
+        return send(self._client, kind, keys, chunk, rate, record)
 
     def close(self) -> None:
         self._client.close()

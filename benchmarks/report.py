@@ -7,6 +7,7 @@ import math
 import os
 import platform
 import sqlite3
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,8 +20,16 @@ import overture
 
 from . import stats
 
-TITLES = {"w1": "W1 order process", "w2": "W2 wait for event", "baseline": "raw sqlite3 (W1 rows)"}
-UNITS = {"w1": "inst/s", "w2": "events/s", "baseline": "inst/s"}
+TITLES = {
+    "w1": "W1 order process",
+    "w2": "W2 wait for event",
+    "w3": "W3 fan-out (3 handlers+1)",
+    "baseline": "raw sqlite3 (W1 rows)",
+    "w4": "W4 timers",
+    "m1": "M1 waiting instances",
+}
+UNITS = {"w1": "inst/s", "w2": "events/s", "w3": "events/s", "baseline": "inst/s"}
+RESOURCE_WORKLOADS = ("w4", "m1")  # their own table: lateness, CPU and memory
 
 
 @dataclass(slots=True)
@@ -72,8 +81,24 @@ def machine() -> dict[str, Any]:
         "implementation": sys.implementation.name,
         "sqlite": sqlite3.sqlite_version,
         "overture": overture.__version__,
+        "revision": revision(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
     }
+
+
+def revision() -> str:
+    """The git commit of the checkout measured, ``+dirty`` if ``src/`` has local changes."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "src"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return (head or "unknown") + ("+dirty" if dirty else "")
 
 
 def filesystem(path: str) -> str:
@@ -120,7 +145,7 @@ def results_table(units: list[Unit], repeat: int) -> Table:
     for header in ("Throughput", "Engine-only", "p50", "p99", "1x1 p50", "1x1 p99", "RSS MB"):
         table.add_column(header, justify="right")
     pairs = sorted(
-        {(u.workload, u.backend) for u in units},
+        {(u.workload, u.backend) for u in units if u.workload not in RESOURCE_WORKLOADS},
         key=lambda p: (list(TITLES).index(p[0]), p[1]),
     )
     for workload, backend in pairs:
@@ -159,6 +184,61 @@ def results_table(units: list[Unit], repeat: int) -> Table:
     return table
 
 
+def resources_table(units: list[Unit], repeat: int) -> Table | None:
+    """W4 (timer lateness, idle CPU) and M1 (memory of waiting instances)."""
+    chosen = [u for u in units if u.workload in RESOURCE_WORKLOADS]
+    if not chosen:
+        return None
+    table = Table(
+        title=f"Timers and memory: median of {repeat} repeat(s); lateness in ms",
+        caption="lateness = completion commit - due; idle CPU over 2 s with every timer "
+        "stored and none due, % of one core",
+    )
+    for header in ("Workload", "Backend", "N"):
+        table.add_column(header)
+    for header in (
+        "late p50",
+        "late p99",
+        "late max",
+        "idle CPU",
+        "starts/s",
+        "RSS MB",
+        "MB per 1k",
+        "peak RSS MB",
+    ):
+        table.add_column(header, justify="right")
+    for unit in sorted(chosen, key=lambda u: (list(TITLES).index(u.workload), u.backend)):
+        if not unit.ok:
+            table.add_row(
+                TITLES[unit.workload],
+                unit.backend,
+                _num(unit.n),
+                f"[red]{len(unit.errors())} failed[/]",
+            )
+            continue
+        m = unit.medians()
+        w4 = unit.workload == "w4"
+        cpu = "-"
+        if w4:
+            cpu = f"{_num(m['idle_cpu_pct'], 2)}%"
+            if min(r.get("idle_window_clean", 0) for r in unit.ok) < 1:
+                cpu += " [red](timer due in window)[/]"
+        table.add_row(
+            TITLES[unit.workload],
+            unit.backend,
+            _num(unit.n),
+            _num(m.get("late_p50_ms", math.nan), 1),
+            _num(m.get("late_p99_ms", math.nan), 1),
+            _num(m.get("late_max_ms", math.nan), 1),
+            cpu,
+            _num(m["start_rate"]),
+            _num(m["rss_sleeping_mb"] if w4 else m["rss_mb"], 0),
+            "-" if w4 else _num(m["rss_mb_per_1k_waiting"], 2),
+            _num(m["peak_rss_mb"], 0),
+        )
+    return table
+
+
 def details_table(units: list[Unit]) -> Table:
     table = Table(title="Details (medians)")
     table.add_column("Measurement")
@@ -178,6 +258,44 @@ def details_table(units: list[Unit]) -> Table:
                 f"row bytes: log {_num(m['log_bytes_per_row'])}, "
                 f"journal {_num(m['journal_bytes_per_row'])}",
             ]
+        elif unit.workload == "w3":
+            parts += [
+                f"producer ({m.get('producer')}) {_num(m['producer_rate'])} ev/s",
+                f"send_many p99 {_num(m['send_call_p99_ms'], 1)} ms",
+                f"max {_num(m['max_ms'], 1)} ms",
+                f"{_num(m['handler_runs_per_event'], 2)} handler runs/event",
+                f"{_num(m['handler_rows_stored_pct'], 1)}% of events left a handler row "
+                "stored past its first commit",
+                f"{_num(m['instance_rows_per_commit'])} instances/commit",
+                f"commit {_num(m['commit_ms_mean'], 1)} ms mean",
+            ]
+        elif unit.workload == "w4":
+            parts += [
+                f"hold {_num(m['hold_s'], 2)} s + sleep uniform[1,5)",
+                f"starts {_num(m['start_rate'])} inst/s",
+                f"timers fell due at {_num(m['timers_per_s'])}/s",
+                f"lateness by `updated` p50 {_num(m['late_updated_p50_ms'], 1)} / "
+                f"p99 {_num(m['late_updated_p99_ms'], 1)} ms",
+                f"from send+sleep p50 {_num(m['late_from_send_p50_ms'], 1)} / "
+                f"p99 {_num(m['late_from_send_p99_ms'], 1)} ms",
+                f"{_num(m['early'])} early",
+                f"due check max {_num(m['due_mismatch_max_ms'], 3)} ms",
+                f"idle window: {_num(m['idle_batches'])} engine iterations, "
+                f"first due {_num(m['idle_margin_s'], 1)} s after it",
+            ]
+        elif unit.workload == "m1":
+            parts += [
+                f"RSS {_num(m['rss_before_mb'])} -> {_num(m['rss_mb'])} MB",
+                f"{_num(m['cached_instances'])} instances cached",
+                f"{_num(m['commits'])} commits",
+            ]
+            if "db_mb" in m:
+                parts.append(f"database {_num(m['db_mb'], 1)} MB")
+            if "traced_kb_per_1k" in m:
+                parts.append(
+                    f"tracemalloc: {_num(m['traced_kb_per_1k'])} KiB per 1k traced "
+                    "(start rate slowed by tracing)"
+                )
         elif unit.mode == "load":
             parts += [
                 f"producer ({m.get('producer')}) {_num(m['producer_rate'])} ev/s",
@@ -222,11 +340,25 @@ def print_report(console: Console, units: list[Unit], meta: dict[str, Any]) -> N
     m = meta["machine"]
     console.print(
         f"Machine: {m['cpu_count']} CPUs, {m['platform']}, Python {m['python']}, "
-        f"SQLite {m['sqlite']}, overture {m['overture']}; SQLite files on "
+        f"SQLite {m['sqlite']}, overture {m['overture']} ({m['revision']}); SQLite files on "
         f"{meta['filesystem']}"
     )
-    console.print(results_table(units, meta["config"]["repeat"]))
+    if any(u.workload not in RESOURCE_WORKLOADS for u in units):
+        console.print(results_table(units, meta["config"]["repeat"]))
+    resources = resources_table(units, meta["config"]["repeat"])
+    if resources is not None:
+        console.print(resources)
     console.print(details_table(units))
+    for unit in units:
+        for i, result in enumerate(unit.ok, 1):
+            if "tracemalloc_top" in result:
+                console.print(
+                    f"{unit.name} repeat {i}: live allocations once all wait (tracemalloc), "
+                    f"{result['traced_kb_per_1k']:,.0f} KiB per 1k instances in all",
+                    markup=False,
+                )
+                for line in result["tracemalloc_files"] + [""] + result["tracemalloc_top"]:
+                    console.print("  " + line, markup=False)
     line = ratio_line(units)
     if line:
         console.print(line)

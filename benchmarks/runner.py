@@ -2,8 +2,8 @@
 engine leaves behind) belongs to that measurement alone.
 
 Parent side: :func:`run_unit`. Child side: ``python -m benchmarks.runner OPTIONS_JSON OUT``
-runs the measurement (``measure.measure`` or ``baseline.run_baseline``) and writes its
-result as JSON to ``OUT``.
+runs the measurement (``measure.measure``, ``scenarios.measure`` or
+``baseline.run_baseline``) and writes its result as JSON to ``OUT``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from . import stats
+from . import scenarios, stats
 from .baseline import run_baseline
 from .measure import Options, Result, measure
 
@@ -63,7 +63,8 @@ def _child(options_json: str, out: str) -> None:
         result = run_baseline(opts.directory, opts.n, opts.chunk, opts.batch)
         result["peak_rss_mb"] = stats.peak_rss_mb()
     else:
-        result = asyncio.run(measure(opts))
+        run = scenarios.measure if opts.workload in scenarios.WORKLOADS else measure
+        result = asyncio.run(run(opts))
         children = stats.peak_rss_mb(children=True)
         if children:
             result["producer_peak_rss_mb"] = children

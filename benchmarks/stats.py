@@ -33,5 +33,22 @@ def peak_rss_mb(children: bool = False) -> float:
     return kib / (1024 * 1024) if sys.platform == "darwin" else kib / 1024
 
 
+def rss_mb() -> float:
+    """Current resident set size of this process in MiB (Linux ``/proc``; elsewhere the
+    peak, which is all ``resource`` offers)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return peak_rss_mb()
+    return pages * resource.getpagesize() / (1024 * 1024)
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time used so far by this process (all its threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def ms(seconds: float) -> float:
     return seconds * 1000.0

@@ -27,3 +27,27 @@ def test_quick_w1_memory_reports_positive_throughput(tmp_path: Path) -> None:
     assert load["median"]["throughput"] > 0
     assert load["median"]["p99_ms"] >= load["median"]["p50_ms"] > 0
     assert doc["machine"]["cpu_count"] >= 1
+
+
+def test_quick_w3_w4_m1_memory_report_their_metrics(tmp_path: Path) -> None:
+    """W3, W4 and M1 with tiny N (about 10 s: W4's timers sleep up to 8 s)."""
+    out = tmp_path / "bench.json"
+    args = ["--quick", "--workloads", "w3,w4,m1", "--backends", "memory", "-n", "100"]
+    args += ["--timer-n", "100", "--memory-n", "500", "--json", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args, "--dir", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(out.read_text())
+    median = {r["workload"]: r["median"] for r in doc["results"]}
+    assert median["w3"]["throughput"] > 0
+    assert median["w3"]["handler_runs_per_event"] == 3
+    assert median["w4"]["late_p99_ms"] >= median["w4"]["late_p50_ms"] >= 0
+    assert median["w4"]["idle_window_clean"] == 1
+    assert median["w4"]["due_mismatch_max_ms"] < 1
+    assert median["m1"]["rss_mb"] > 0 and median["m1"]["start_rate"] > 0
+    assert median["m1"]["cached_instances"] == 500
