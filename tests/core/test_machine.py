@@ -216,3 +216,18 @@ def regenerate_golden() -> None:  # pragma: no cover - run by hand when adding a
     ).to_dict()
     machine.resolve(3, 103.0, ok=payment)
     (GOLDEN / "order_shipped_v1.json").write_text(json.dumps(machine.journal, indent=1))
+
+
+def test_an_evicted_machine_is_freed_without_the_cycle_collector() -> None:
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        machine = run_to_wait()
+        ref = weakref.ref(machine)
+        machine.close()
+        del machine
+        assert ref() is None  # reference counting alone freed it: no cycles left behind
+    finally:
+        gc.enable()

@@ -70,7 +70,9 @@ class MemoryBroker:
                 continue
             self._rr += 1
             part = partition_for(rec.key, self._partitions, self._rr)
-            stored = Record(part, len(self._parts[part]), rec.key, rec.value, now)
+            # a copy: orjson hands out ~4 KB buffers for short results, kept for good here
+            value = bytes(memoryview(rec.value))
+            stored = Record(part, len(self._parts[part]), rec.key, value, now)
             self._parts[part].append(stored)
             if rec.event_id is not None:
                 self._event_ids[rec.event_id] = stored
