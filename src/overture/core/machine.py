@@ -23,15 +23,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
-import orjson
-
 from ..errors import EventError, EventValidationError, NonDeterminismError, StepFailed, WaitTimeout
 from ..events import Envelope, Event
 from ..policies import DEFAULT_RETRY, Retry
 from . import journal as jr
 from .context import Context
 from .context import DurableFuture as DurableFutureABC
-from .values import describe_error, from_json, return_annotation, to_json
+from .values import describe_error, from_json, return_annotation, snapshot, to_json
 
 T = TypeVar("T")
 
@@ -230,13 +228,6 @@ def _identity(value: Any) -> Any:
     return value
 
 
-def _snapshot(value: Any) -> Any:
-    """A deep copy of a JSON container (scalars are immutable and returned as they are)."""
-    if isinstance(value, dict | list):
-        return orjson.loads(orjson.dumps(value))
-    return value
-
-
 # -- the machine ----------------------------------------------------------------------------
 
 
@@ -311,7 +302,7 @@ class Machine:
         """Begin a new instance for its trigger event (``event``: already decoded)."""
         self._trigger = event
         ev = envelope.to_dict()
-        ev["data"] = _snapshot(ev["data"])  # process code may mutate its event's data
+        ev["data"] = snapshot(ev["data"])  # process code may mutate its event's data
         entry = {
             "k": "start",
             "t": now,
@@ -459,7 +450,7 @@ class Machine:
             if event is None:
                 cls = self.spec.event_class
                 try:
-                    event = cls.from_envelope(Envelope.from_dict(_snapshot(entry["ev"])))
+                    event = cls.from_envelope(Envelope.from_dict(snapshot(entry["ev"])))
                 except EventError as error:
                     self._diverge(f"the journaled trigger no longer fits {cls.__name__}: {error}")
             # the context lives in the coroutine's frame, not on the machine: no cycle
@@ -477,7 +468,7 @@ class Machine:
                 try:
                     # a private copy: code that mutates it must not change the journal
                     # (or what another instance fed by the same event sees)
-                    value = pending.decode(_snapshot(entry.get("ok")))
+                    value = pending.decode(snapshot(entry.get("ok")))
                 except Exception as error:
                     pending.future.set_error(error)
                 else:

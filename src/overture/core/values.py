@@ -14,6 +14,7 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
+import orjson
 from pydantic import TypeAdapter
 from pydantic_core import to_jsonable_python
 
@@ -47,6 +48,17 @@ def return_annotation(fn: Callable[..., Any]) -> Any:
         return None
     hint = hints.get("return")
     return None if hint is type(None) else hint
+
+
+def snapshot(value: Any) -> Any:
+    """A deep copy of a JSON container (scalars are immutable and returned as they are).
+
+    Process code gets private copies, so that mutating what it received can change
+    neither a journal entry nor what another instance sees.
+    """
+    if isinstance(value, dict | list):
+        return orjson.loads(orjson.dumps(value))
+    return value
 
 
 def describe_error(error: BaseException) -> dict[str, str]:

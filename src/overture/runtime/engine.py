@@ -23,7 +23,7 @@ from ..app import App, HandlerDef, ProcessDef
 from ..core import machine as m
 from ..core.correlation import WaitIndex
 from ..core.timers import WorkQueue
-from ..core.values import describe_error, to_json
+from ..core.values import describe_error, snapshot, to_json
 from ..errors import EventError, MalformedEvent
 from ..events import Envelope, Event, decode, encode
 from ..ports import (
@@ -419,7 +419,7 @@ class Engine:
                 )
                 return
         started = {
-            self._start_instance(definition, key, envelope, event, record.partition, now)
+            self._start_instance(definition, key, envelope, record.partition, now)
             for definition, key in keys
         }
         for handler in self.app.handlers(envelope.type):
@@ -443,7 +443,7 @@ class Engine:
             self._clear_wait(wait)
             if live is not None:
                 fed.add(iid)
-                value = value or envelope.to_dict()
+                value = value or snapshot(envelope.to_dict())  # not the trigger's own dict
                 self._drive(live, live.machine.resolve(wait.seq, now, ok=value), now)
         if envelope.partitionkey is None:
             return  # keyless events are never buffered: they would reach every keyless instance
@@ -492,7 +492,6 @@ class Engine:
         definition: ProcessDef,
         key: str | None,
         envelope: Envelope,
-        event: Event,
         partition: int,
         now: float,
     ) -> str:
@@ -521,7 +520,9 @@ class Engine:
         self._cache[iid] = live
         self._active.setdefault(key, []).append(iid)
         self.stats["started"] += 1
-        self._drive(live, machine.start(envelope, now, event), now)
+        # No decoded event is passed: each instance decodes its own from its journal entry,
+        # so process code never shares (and mutates) the router's objects.
+        self._drive(live, machine.start(envelope, now), now)
         return iid
 
     def _live(self, iid: str, now: float, *, stuck: bool = False) -> _Live | None:
