@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
@@ -294,15 +294,17 @@ class Machine:
         self._current: _Task | None = None
         self._closing = False
         self._compensating = False
-        self._trigger: Event | None = None
+        self._trigger: Envelope | None = None
 
     # -- inputs -------------------------------------------------------------------------
 
-    def start(self, envelope: Envelope, now: float, event: Event | None = None) -> list[Command]:
-        """Begin a new instance for its trigger event (``event``: already decoded)."""
-        self._trigger = event
+    def start(self, envelope: Envelope, now: float) -> list[Command]:
+        """Begin a new instance for its trigger event."""
+        # The journal and the code each get their own copy of the data: code may mutate
+        # its event, and the envelope may be shared with other consumers of the event.
+        self._trigger = replace(envelope, data=snapshot(envelope.data))
         ev = envelope.to_dict()
-        ev["data"] = snapshot(ev["data"])  # process code may mutate its event's data
+        ev["data"] = snapshot(ev["data"])
         entry = {
             "k": "start",
             "t": now,
@@ -446,13 +448,14 @@ class Machine:
             self._pending.clear()
             self._spawn(self._compensate_then(CANCELLED, None))
         elif entry["k"] == "start":
-            event, self._trigger = self._trigger, None
-            if event is None:
-                cls = self.spec.event_class
-                try:
-                    event = cls.from_envelope(Envelope.from_dict(snapshot(entry["ev"])))
-                except EventError as error:
-                    self._diverge(f"the journaled trigger no longer fits {cls.__name__}: {error}")
+            source, self._trigger = self._trigger, None
+            cls = self.spec.event_class
+            try:
+                if source is None:  # replay: from the journal (a private copy of it)
+                    source = Envelope.from_dict(snapshot(entry["ev"]))
+                event = cls.from_envelope(source)
+            except EventError as error:
+                self._diverge(f"the journaled trigger no longer fits {cls.__name__}: {error}")
             # the context lives in the coroutine's frame, not on the machine: no cycle
             main = self._spawn(self.spec.fn(_MachineContext(self), event))
             main.future.add_callback(lambda: self._main_done(main.future))

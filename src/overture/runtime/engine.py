@@ -783,32 +783,13 @@ class Engine:
         else:
             handler = self.app.handler(row.name or "")
             if handler is None:
-                self._clear_work(row.id)
-                self._dead_letter(
-                    row.id,
-                    f"handler:{row.name}",
-                    f"handler {row.name!r} is not registered in this app",
-                    None,
-                    None,
-                    now,
-                    payload=row.payload,
-                    attempts=attempt - 1,
-                )
+                reason = f"handler {row.name!r} is not registered in this app"
+                self._dead_letter_handler_run(row, reason, attempt - 1, now)
                 return
             try:
                 event = self.app.decode(decode(row.payload or b""))
             except EventError as error:
-                self._clear_work(row.id)
-                self._dead_letter(
-                    row.id,
-                    f"handler:{handler.name}",
-                    str(error),
-                    None,
-                    None,
-                    now,
-                    payload=row.payload,
-                    attempts=attempt - 1,
-                )
+                self._dead_letter_handler_run(row, str(error), attempt - 1, now)
                 return
             info = StepInfo(f"{handler.name}:{event.id}", attempt, None, handler.name)
             self._inflight.add(row.id)
@@ -929,17 +910,24 @@ class Engine:
         if handler is not None and handler.retry.retryable(error, row.attempt):
             self._reschedule(row, now + handler.retry.delay(row.attempt))
             return
-        self._clear_work(row.id)
         described = describe_error(error)
+        reason = f"{described['type']}: {described['message']}"
+        self._dead_letter_handler_run(row, reason, row.attempt, now)
+
+    def _dead_letter_handler_run(
+        self, row: WorkRow, reason: str, attempts: int, now: float
+    ) -> None:
+        """Give up on a handler run: its work row goes, its event goes to the DLQ."""
+        self._clear_work(row.id)
         self._dead_letter(
             row.id,
             f"handler:{row.name}",
-            f"{described['type']}: {described['message']}",
+            reason,
             None,
             None,
             now,
             payload=row.payload,
-            attempts=row.attempt,
+            attempts=attempts,
         )
 
     def _reschedule(self, row: WorkRow, due: float) -> None:

@@ -100,8 +100,7 @@ class Executor:
         context: contextvars.Context,
     ) -> None:
         try:
-            coro = context.run(fn, *args, **kwargs)
-            yielded = context.run(coro.send, None)
+            coro, yielded = context.run(_begin, fn, args, kwargs)
         except StopIteration as stop:
             done(True, stop.value)
             return
@@ -163,6 +162,15 @@ class Executor:
         for task in list(self._tasks):
             task.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _begin(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Coroutine[Any, Any, Any], Any]:
+    """Create a step's coroutine and run it to its first suspension (or to its end,
+    raising StopIteration); one call, so it runs in one ``Context.run``."""
+    coro = fn(*args, **kwargs)
+    return coro, coro.send(None)
 
 
 def _as_exception(error: BaseException) -> Exception:
