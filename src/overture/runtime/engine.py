@@ -16,8 +16,7 @@ import asyncio
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from ..app import App, HandlerDef, ProcessDef
 from ..core import machine as m
@@ -37,70 +36,14 @@ from ..ports import (
     WaitRow,
     WorkRow,
 )
+from .batch import Live, Outcome, PendingBatch
 from .clock import Clock, SystemClock
 from .executor import Executor, StepInfo
 
 log = logging.getLogger("overture.engine")
-K = TypeVar("K")
-V = TypeVar("V")
 
 CONTROL_CANCEL = "overture.cancel"
 CONTROL_DLQ_REPLAY = "overture.dlq.replay"
-
-
-@dataclass(slots=True)
-class _Live:
-    """A cached instance: its machine, its row, and its buffered events."""
-
-    machine: m.Machine
-    row: InstanceRow
-    inbox: list[InboxRow] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class _Outcome:
-    work_id: str
-    attempt: int
-    ok: bool
-    value: Any
-    stored: bool = True
-    """False for a first attempt that succeeded eagerly and never got a work row."""
-
-
-class _Staged(Generic[K, V]):
-    """One table's changes within a batch. A row created and deleted again within the
-    same batch never reaches the store (the common case: a step that finishes in the
-    batch that scheduled it)."""
-
-    def __init__(self, changes: dict[K, V], tombstone: V) -> None:
-        self.changes = changes
-        self.tombstone = tombstone
-        self.created: set[K] = set()
-
-    def put(self, key: K, value: V, *, created: bool) -> None:
-        """Stage a row; ``created`` says the store cannot have it yet."""
-        if created and key not in self.changes:
-            self.created.add(key)
-        self.changes[key] = value
-
-    def delete(self, key: K) -> None:
-        if key in self.created:
-            self.created.discard(key)
-            del self.changes[key]
-        else:
-            self.changes[key] = self.tombstone
-
-
-class _Pending:
-    """The batch being built."""
-
-    def __init__(self, group: str) -> None:
-        self.batch = Batch(group)
-        self.work: _Staged[str, WorkRow | None] = _Staged(self.batch.work, None)
-        self.waits: _Staged[WaitRow, bool] = _Staged(self.batch.waits, False)
-        self.inbox: _Staged[str, InboxRow | None] = _Staged(self.batch.inbox, None)
-        self.trigger_ids: dict[tuple[str, str], str] = {}  # (process, event id) -> instance
-        self.existing: set[str] = set()  # of those, instances already in the store
 
 
 class Engine:
@@ -135,9 +78,9 @@ class Engine:
         self.executor = Executor()
         self._log = broker.log
         self._store = broker.store
-        self._cache: OrderedDict[str, _Live] = OrderedDict()
+        self._cache: OrderedDict[str, Live] = OrderedDict()
         self._positions: dict[int, int] = {}
-        self._outcomes: deque[_Outcome] = deque()
+        self._outcomes: deque[Outcome] = deque()
         self._work = WorkQueue()
         self._inflight: set[str] = set()
         self._waits = WaitIndex()
@@ -150,8 +93,8 @@ class Engine:
         self._grace = 5.0
         self._release_lock: Any = None
         self._unsubscribe: Any = None
-        self._pending: _Pending | None = None
-        self._dirty: dict[str, _Live] = {}
+        self._pending: PendingBatch | None = None
+        self._dirty: dict[str, Live] = {}
         self._committing: asyncio.Future[None] | None = None
         self._committing_batch: Batch | None = None
         self._finished: list[str] = []
@@ -270,7 +213,7 @@ class Engine:
 
     async def _iterate_once(self, read_log: bool) -> bool:
         now = self.clock.now()
-        pending = self._pending = _Pending(self.group)
+        pending = self._pending = PendingBatch(self.group)
         did = False
         if read_log and not self._stopping:
             did = self._consume_log(now) or did
@@ -516,7 +459,7 @@ class Engine:
             now,
             envelope.id,
         )
-        live = _Live(machine, row)
+        live = Live(machine, row)
         self._cache[iid] = live
         self._active.setdefault(key, []).append(iid)
         self.stats["started"] += 1
@@ -525,7 +468,7 @@ class Engine:
         self._drive(live, machine.start(envelope, now), now)
         return iid
 
-    def _live(self, iid: str, now: float, *, stuck: bool = False) -> _Live | None:
+    def _live(self, iid: str, now: float, *, stuck: bool = False) -> Live | None:
         """The cached instance, or its replay from the store.
 
         None if unknown or final; also None if stuck, unless ``stuck`` is true. A stuck
@@ -543,7 +486,7 @@ class Engine:
             return None
         return live
 
-    def _load(self, iid: str, now: float) -> _Live | None:
+    def _load(self, iid: str, now: float) -> Live | None:
         """Rebuild an instance that is not in the cache by replaying its journal."""
         row = self._store.instance(iid)
         if row is None or row.status in m.FINAL_STATUSES:
@@ -556,7 +499,7 @@ class Engine:
             machine.stuck_reason = (
                 f"process {row.process!r} version {row.version} is not registered in this app"
             )
-            live = self._cache[iid] = _Live(machine, row)
+            live = self._cache[iid] = Live(machine, row)
             self._dirty[iid] = live
             return live
         machine = m.Machine(definition.spec, iid, row.key, keep_journal=False)
@@ -568,7 +511,7 @@ class Engine:
                     inbox = [b for b in inbox if b.id != inbox_id]
                 elif r.instance_id == iid and r not in inbox:
                     inbox.append(r)
-        live = _Live(machine, row, inbox)
+        live = Live(machine, row, inbox)
         self._cache[iid] = live
         if machine.stuck_reason is not None:
             self._dirty[iid] = live
@@ -583,9 +526,7 @@ class Engine:
                 self._drive(live, machine.resolve(wait.seq, now, ok=value), now)
         return live
 
-    def _take_buffered(
-        self, live: _Live, event_type: str, key: str | None
-    ) -> dict[str, Any] | None:
+    def _take_buffered(self, live: Live, event_type: str, key: str | None) -> dict[str, Any] | None:
         """Remove and return the oldest buffered event of that type and key, if any."""
         for buffered in live.inbox:
             if buffered.event_type == event_type and buffered.key == key:
@@ -595,7 +536,7 @@ class Engine:
                 return decode(buffered.value).to_dict()
         return None
 
-    def _drive(self, live: _Live, commands: Iterable[m.Command], now: float) -> None:
+    def _drive(self, live: Live, commands: Iterable[m.Command], now: float) -> None:
         """Carry out the commands an instance issued."""
         self._dirty[live.machine.instance_id] = live
         pending = self._pending
@@ -618,7 +559,7 @@ class Engine:
             elif isinstance(command, m.Finished):
                 self._cleanup(live)
 
-    def _start_wait(self, live: _Live, command: m.StartWait, now: float) -> None:
+    def _start_wait(self, live: Live, command: m.StartWait, now: float) -> None:
         pending = self._pending
         assert pending is not None
         iid = live.machine.instance_id
@@ -633,7 +574,7 @@ class Engine:
             row = WorkRow(f"{iid}:{command.seq}", "timer", command.due, 1, iid, command.seq)
             self._put_work(row)
 
-    def _cleanup(self, live: _Live) -> None:
+    def _cleanup(self, live: Live) -> None:
         """An instance finished: drop its waits, work and buffered events."""
         pending = self._pending
         assert pending is not None
@@ -691,7 +632,7 @@ class Engine:
             live = self._cache.pop(iid, None)
             if live is not None:
                 live.machine.close()
-        spared: list[tuple[str, _Live]] = []
+        spared: list[tuple[str, Live]] = []
         while len(self._cache) > self.cache_size:
             iid, live = self._cache.popitem(last=False)
             if iid in keep:
@@ -765,7 +706,7 @@ class Engine:
         # The row stays "in flight" until its outcome is applied (not merely reported),
         # so the due-work scan cannot start a second attempt meanwhile.
         def done(ok: bool, value: Any) -> None:
-            self._outcomes.append(_Outcome(row.id, attempt, ok, value))
+            self._outcomes.append(Outcome(row.id, attempt, ok, value))
             self._wake.set()
 
         if row.kind == "step":
@@ -814,7 +755,7 @@ class Engine:
             if starting[0]:
                 eager.append((ok, value))
             else:
-                self._outcomes.append(_Outcome(work_id, 1, ok, value))
+                self._outcomes.append(Outcome(work_id, 1, ok, value))
                 self._wake.set()
 
         info = StepInfo(call.idempotency_key, 1, call.instance_id, call.name)
@@ -826,12 +767,12 @@ class Engine:
             except Exception as exc:
                 eager[0] = (False, TypeError(f"step result is not JSON-serializable: {exc}"))
             else:
-                self._outcomes.append(_Outcome(work_id, 1, True, value, stored=False))
+                self._outcomes.append(Outcome(work_id, 1, True, value, stored=False))
                 return
         self._put_work(row, start_now=False)
         self._inflight.add(work_id)
         if eager:  # failed at once: retried (or failed for good) through its stored row
-            self._outcomes.append(_Outcome(work_id, 1, *eager[0]))
+            self._outcomes.append(Outcome(work_id, 1, *eager[0]))
 
     def _schedule_handler(
         self, handler: HandlerDef, envelope: Envelope, raw: bytes, now: float
@@ -843,7 +784,7 @@ class Engine:
             return  # already scheduled for this event
         self._put_work(row, start_now=True)
 
-    def _store_eager(self, outcome: _Outcome, now: float) -> None:
+    def _store_eager(self, outcome: Outcome, now: float) -> None:
         iid, _, seq = outcome.work_id.rpartition(":")
         live = self._cache.get(iid)
         call = None if live is None else live.machine.pending_step(int(seq))
@@ -853,7 +794,7 @@ class Engine:
             self._inflight.add(outcome.work_id)
             outcome.stored = True
 
-    def _apply_outcome(self, outcome: _Outcome, now: float) -> None:
+    def _apply_outcome(self, outcome: Outcome, now: float) -> None:
         if not outcome.stored:
             iid, _, seq = outcome.work_id.rpartition(":")
             live = self._live(iid, now)
@@ -879,7 +820,7 @@ class Engine:
             try:
                 value = to_json(outcome.value)
             except Exception as exc:
-                outcome = _Outcome(
+                outcome = Outcome(
                     row.id,
                     row.attempt,
                     False,
@@ -901,7 +842,7 @@ class Engine:
         described["attempts"] = str(row.attempt)
         self._drive(live, live.machine.resolve(row.seq, now, err=described), now)
 
-    def _handler_outcome(self, row: WorkRow, outcome: _Outcome, now: float) -> None:
+    def _handler_outcome(self, row: WorkRow, outcome: Outcome, now: float) -> None:
         if outcome.ok:
             self._clear_work(row.id)
             return

@@ -1,0 +1,67 @@
+"""What one engine iteration works on: the batch being staged, outcomes, cached instances."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from ..core import machine as m
+from ..ports import Batch, InboxRow, InstanceRow, WaitRow, WorkRow
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+@dataclass(slots=True)
+class Live:
+    """A cached instance: its machine, its row, and its buffered events."""
+
+    machine: m.Machine
+    row: InstanceRow
+    inbox: list[InboxRow] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Outcome:
+    work_id: str
+    attempt: int
+    ok: bool
+    value: Any
+    stored: bool = True
+    """False for a first attempt that succeeded eagerly and never got a work row."""
+
+
+class Staged(Generic[K, V]):
+    """One table's changes within a batch. A row created and deleted again within the
+    same batch never reaches the store (the common case: a step that finishes in the
+    batch that scheduled it)."""
+
+    def __init__(self, changes: dict[K, V], tombstone: V) -> None:
+        self.changes = changes
+        self.tombstone = tombstone
+        self.created: set[K] = set()
+
+    def put(self, key: K, value: V, *, created: bool) -> None:
+        """Stage a row; ``created`` says the store cannot have it yet."""
+        if created and key not in self.changes:
+            self.created.add(key)
+        self.changes[key] = value
+
+    def delete(self, key: K) -> None:
+        if key in self.created:
+            self.created.discard(key)
+            del self.changes[key]
+        else:
+            self.changes[key] = self.tombstone
+
+
+class PendingBatch:
+    """The batch being built."""
+
+    def __init__(self, group: str) -> None:
+        self.batch = Batch(group)
+        self.work: Staged[str, WorkRow | None] = Staged(self.batch.work, None)
+        self.waits: Staged[WaitRow, bool] = Staged(self.batch.waits, False)
+        self.inbox: Staged[str, InboxRow | None] = Staged(self.batch.inbox, None)
+        self.trigger_ids: dict[tuple[str, str], str] = {}  # (process, event id) -> instance
+        self.existing: set[str] = set()  # of those, instances already in the store
