@@ -24,6 +24,9 @@ def to_json(value: Any) -> Any:
     return to_jsonable_python(value)
 
 
+_PLAIN = frozenset({str, int, float, bool})
+
+
 @lru_cache(maxsize=1024)
 def _adapter(annotation: Any) -> TypeAdapter[Any]:
     return TypeAdapter(annotation)
@@ -33,6 +36,8 @@ def from_json(value: Any, annotation: Any) -> Any:
     """Validate a JSON value back into ``annotation`` (no-op when unannotated)."""
     if annotation is None or annotation is Any or annotation is inspect.Parameter.empty:
         return value
+    if annotation in _PLAIN and type(value) is annotation:
+        return value  # already exactly that type: skip the validator (the common case)
     return _adapter(annotation).validate_python(value)
 
 

@@ -744,9 +744,8 @@ class Engine:
         and removed in the same commit. Anything else gets its stored row at once.
         """
         work_id = f"{call.instance_id}:{call.seq}"
-        row = WorkRow(work_id, "step", now, 1, call.instance_id, call.seq, call.name)
-        if self._stopping:
-            self._put_work(row)  # runs after the restart
+        if self._stopping:  # runs after the restart
+            self._put_work(WorkRow(work_id, "step", now, 1, call.instance_id, call.seq, call.name))
             return
         eager: list[tuple[bool, Any]] = []
         starting = [True]
@@ -769,7 +768,7 @@ class Engine:
             else:
                 self._outcomes.append(Outcome(work_id, 1, True, value, stored=False))
                 return
-        self._put_work(row, start_now=False)
+        self._put_work(WorkRow(work_id, "step", now, 1, call.instance_id, call.seq, call.name))
         self._inflight.add(work_id)
         if eager:  # failed at once: retried (or failed for good) through its stored row
             self._outcomes.append(Outcome(work_id, 1, *eager[0]))
