@@ -300,11 +300,10 @@ class Machine:
 
     def start(self, envelope: Envelope, now: float) -> list[Command]:
         """Begin a new instance for its trigger event."""
-        # The journal and the code each get their own copy of the data: code may mutate
-        # its event, and the envelope may be shared with other consumers of the event.
+        # The code gets its own copy of the data (it may mutate its event); the journal
+        # keeps the envelope's, which nothing hands to code.
         self._trigger = replace(envelope, data=snapshot(envelope.data))
         ev = envelope.to_dict()
-        ev["data"] = snapshot(ev["data"])
         entry = {
             "k": "start",
             "t": now,

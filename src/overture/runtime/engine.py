@@ -22,7 +22,7 @@ from ..app import App, HandlerDef, ProcessDef
 from ..core import machine as m
 from ..core.correlation import WaitIndex
 from ..core.timers import WorkQueue
-from ..core.values import describe_error, snapshot, to_json
+from ..core.values import describe_error, to_json
 from ..errors import EventError, MalformedEvent
 from ..events import Envelope, Event, decode, encode
 from ..ports import (
@@ -386,7 +386,8 @@ class Engine:
             self._clear_wait(wait)
             if live is not None:
                 fed.add(iid)
-                value = value or snapshot(envelope.to_dict())  # not the trigger's own dict
+                # shared by the waiters' journal entries; each waiter's code gets a copy
+                value = value or envelope.to_dict()
                 self._drive(live, live.machine.resolve(wait.seq, now, ok=value), now)
         if envelope.partitionkey is None:
             return  # keyless events are never buffered: they would reach every keyless instance
