@@ -16,6 +16,7 @@ instance and the private ``_set_running_loop``; ``ctx.gather`` covers the need.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Generator
@@ -53,7 +54,7 @@ def instance_id_for(process: str, trigger: Envelope) -> str:
     ids of instances started close together sort close together, so their rows share
     B-tree pages (random ids made each SQLite commit write ~12x more pages).
     """
-    digest = uuid.uuid5(_EMIT_NAMESPACE, f"{process}\x00{trigger.id}").hex
+    digest = hashlib.sha1(f"overture\x00{process}\x00{trigger.id}".encode()).hexdigest()
     millis = int(trigger.time.timestamp() * 1000) & 0xFFFFFFFFFFF
     return f"{millis:011x}{digest[:21]}"
 

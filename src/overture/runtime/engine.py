@@ -595,6 +595,7 @@ class Engine:
         pending = self._pending
         assert pending is not None
         dirty, self._dirty = self._dirty, {}
+        updated = self.clock.now()  # after the steps this batch ran
         for iid, live in dirty.items():
             machine, row = live.machine, live.row
             entries = machine.take_entries()
@@ -602,15 +603,27 @@ class Engine:
                 pending.batch.journal.append((iid, row.journal_len, entries))
                 row.journal_len += len(entries)
             row.status = machine.status
-            row.updated = self.clock.now()  # after the steps this batch ran
+            row.updated = updated
             row.result = machine.result
             row.error = (
                 machine.error
                 if machine.stuck_reason is None
                 else {"type": "NonDeterminismError", "message": machine.stuck_reason}
             )
+            # a copy: the live row changes again while this batch is being committed
             pending.batch.instances[iid] = InstanceRow(
-                *(getattr(row, f) for f in InstanceRow.__slots__)
+                row.id,
+                row.process,
+                row.version,
+                row.key,
+                row.status,
+                row.partition,
+                row.created,
+                row.updated,
+                row.trigger_id,
+                row.result,
+                row.error,
+                row.journal_len,
             )
             if machine.stuck_reason is not None:
                 self._deactivate(row.key, iid)
