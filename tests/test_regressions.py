@@ -350,7 +350,7 @@ async def test_event_data_is_private_to_each_instance_and_to_the_journal(
 @pytest.mark.timeout(10)
 async def test_eager_steps_beyond_the_batch_budget_survive_a_crash(harness: Factory) -> None:
     app = ov.App("eager")
-    steps = 8
+    steps = 12  # 5 instances x 12 steps: more than the batch applies (2 x 4 x batch_size)
 
     async def bump(n: int) -> int:
         return n + 1  # never suspends: finishes eagerly, in the batch that scheduled it

@@ -95,6 +95,7 @@ class Engine(WorkRunner):
         self._unsubscribe: Any = None
         self._pending: PendingBatch | None = None
         self._dirty: dict[str, Live] = {}
+        self._inline_budget = 0
         self._committing: asyncio.Future[None] | None = None
         self._committing_batch: Batch | None = None
         self._finished: list[str] = []
@@ -213,6 +214,8 @@ class Engine(WorkRunner):
 
     async def _iterate_once(self, read_log: bool) -> bool:
         now = self.clock.now()
+        # eager step results applied on the spot in this batch; the rest become outcomes
+        self._inline_budget = self.batch_size * 4
         pending = self._pending = PendingBatch(self.group)
         did = False
         if read_log and not self._stopping:
@@ -544,9 +547,14 @@ class Engine(WorkRunner):
         assert pending is not None
         machine = live.machine
         iid = machine.instance_id
-        for command in commands:
+        # A worklist, not recursion: a step applied at once yields the next commands.
+        todo = list(commands)
+        while todo:
+            command = todo.pop(0)
             if isinstance(command, m.ScheduleStep):
-                self._start_step(command.call, now)
+                done, value = self._start_step(command.call, now)
+                if done:
+                    todo.extend(machine.resolve(command.call.seq, now, ok=value))
             elif isinstance(command, m.StartTimer):
                 row = WorkRow(f"{iid}:{command.seq}", "timer", command.due, 1, iid, command.seq)
                 self._put_work(row)

@@ -40,6 +40,7 @@ class WorkRunner:
     _stopping: bool
     _dirty: dict[str, Live]
     _cache: OrderedDict[str, Live]
+    _inline_budget: int
 
     def _live(self, iid: str, now: float, *, stuck: bool = False) -> Live | None:
         raise NotImplementedError
@@ -153,17 +154,19 @@ class WorkRunner:
             self._inflight.add(row.id)
             self.executor.start(handler.fn, (event,), {}, info, None, done)
 
-    def _start_step(self, call: m.StepCall, now: float) -> None:
+    def _start_step(self, call: m.StepCall, now: float) -> tuple[bool, Any]:
         """The first attempt of a new step.
 
-        An async step that returns without suspending (the common trivial step) is
-        applied in this batch without ever creating a work row: the row would be added
-        and removed in the same commit. Anything else gets its stored row at once.
+        An async step that returns without suspending (the common trivial step) never
+        gets a work row: the row would be added and removed in the same commit. Its
+        result is returned as ``(True, value)`` for the caller to apply at once while the
+        batch's inline budget lasts, else queued as an outcome of this batch. Anything
+        else gets its stored row at once and ``(False, None)`` is returned.
         """
         work_id = f"{call.instance_id}:{call.seq}"
         if self._stopping:  # runs after the restart
             self._put_work(WorkRow(work_id, "step", now, 1, call.instance_id, call.seq, call.name))
-            return
+            return False, None
         eager: list[tuple[bool, Any]] = []
         starting = [True]
 
@@ -183,12 +186,16 @@ class WorkRunner:
             except Exception as exc:
                 eager[0] = (False, TypeError(f"step result is not JSON-serializable: {exc}"))
             else:
+                if self._inline_budget > 0:
+                    self._inline_budget -= 1
+                    return True, value
                 self._outcomes.append(Outcome(work_id, 1, True, value, stored=False))
-                return
+                return False, None
         self._put_work(WorkRow(work_id, "step", now, 1, call.instance_id, call.seq, call.name))
         self._inflight.add(work_id)
         if eager:  # failed at once: retried (or failed for good) through its stored row
             self._outcomes.append(Outcome(work_id, 1, *eager[0]))
+        return False, None
 
     def _schedule_handler(
         self, handler: HandlerDef, envelope: Envelope, raw: bytes, now: float
