@@ -75,6 +75,22 @@ class Envelope:
     traceparent: str | None = None
     tenant: str | None = None
 
+    def with_data(self, data: Any) -> Envelope:
+        """The same event with other data (faster than ``dataclasses.replace``)."""
+        return Envelope(
+            self.type,
+            data,
+            self.id,
+            self.source,
+            self.subject,
+            self.time,
+            self.datacontenttype,
+            self.dataschema,
+            self.partitionkey,
+            self.traceparent,
+            self.tenant,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """The CloudEvents JSON (structured mode) form, without unset optional attributes."""
         out: dict[str, Any] = {

@@ -20,7 +20,7 @@ import hashlib
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
@@ -303,7 +303,7 @@ class Machine:
         """Begin a new instance for its trigger event."""
         # The code gets its own copy of the data (it may mutate its event); the journal
         # keeps the envelope's, which nothing hands to code.
-        self._trigger = replace(envelope, data=snapshot(envelope.data))
+        self._trigger = envelope.with_data(snapshot(envelope.data))
         ev = envelope.to_dict()
         entry = {
             "k": "start",

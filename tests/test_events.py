@@ -1,0 +1,83 @@
+"""The CloudEvents envelope, typed contracts and the structured-JSON codec."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import fields
+
+import pytest
+
+import overture as ov
+from overture.events import Envelope, decode, encode
+
+
+class Placed(ov.Event, type="order.placed", key="order_id"):
+    order_id: str
+    quantity: int = 1
+
+
+def test_round_trip_keeps_every_attribute() -> None:
+    env = Envelope(
+        type="t",
+        data={"a": [1]},
+        subject="s",
+        dataschema="urn:x",
+        partitionkey="k",
+        traceparent="00-abc-def-01",
+        tenant="acme",
+    )
+    assert decode(encode(env)) == env
+
+
+def test_with_data_changes_only_the_data() -> None:
+    env = Envelope(type="t", data={"a": 1}, partitionkey="k", tenant="acme")
+    other = env.with_data({"b": 2})
+    assert other.data == {"b": 2}
+    assert [getattr(other, f.name) for f in fields(Envelope) if f.name != "data"] == [
+        getattr(env, f.name) for f in fields(Envelope) if f.name != "data"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"{nope", "not JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'{"id": "1", "source": "s"}', "lacks required attribute(s): type"),
+        (b'{"id": "1", "source": "s", "type": "t", "specversion": "0.3"}', "specversion"),
+        (b'{"id": "1", "source": "s", "type": "t", "time": "yesterday"}', "RFC 3339"),
+    ],
+)
+def test_malformed_input_is_rejected_with_the_reason(raw: bytes, message: str) -> None:
+    with pytest.raises(ov.MalformedEvent, match=re.escape(message)):
+        decode(raw)
+
+
+def test_typed_contract_validates_and_derives_its_key() -> None:
+    event = Placed(order_id="o1", quantity=2)
+    assert (event.type, event.key, event.data) == (
+        "order.placed",
+        "o1",
+        {"order_id": "o1", "quantity": 2},
+    )
+    with pytest.raises(ov.EventValidationError, match="quantity"):
+        Placed.from_envelope(Envelope(type="order.placed", data={"order_id": "o", "quantity": "x"}))
+    # unknown fields from newer producers are ignored, not rejected
+    newer = Placed.from_envelope(Envelope(type="order.placed", data={"order_id": "o", "extra": 1}))
+    assert newer.order_id == "o"
+
+
+def test_contract_definitions_are_checked() -> None:
+    # pydantic warns first that the field shadows a property; Overture then refuses it
+    with (
+        pytest.warns(UserWarning, match="shadows"),
+        pytest.raises(ov.ConfigError, match="CloudEvents attributes"),
+    ):
+
+        class Clash(ov.Event, type="clash"):
+            id: str
+
+    with pytest.raises(ov.ConfigError, match="not one of its fields"):
+
+        class BadKey(ov.Event, type="bad", key="missing"):
+            order_id: str
