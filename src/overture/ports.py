@@ -136,6 +136,15 @@ class DeadLetter:
     offset: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class InstanceSnapshot:
+    """What the engine needs to rebuild an instance that is not in its cache."""
+
+    row: InstanceRow
+    journal: list[dict[str, Any]]
+    inbox: list[InboxRow]
+
+
 @dataclass(slots=True)
 class Batch:
     """Everything one engine iteration changes; committed atomically.
@@ -182,6 +191,10 @@ class Store(Protocol):
         """Which of these instance ids are stored (one round trip)."""
 
     def journal(self, instance_id: str) -> list[dict[str, Any]]: ...
+
+    def snapshots(self, instance_ids: Collection[str]) -> dict[str, InstanceSnapshot]:
+        """Row, journal and buffered events of each stored instance (bulk; ids with no
+        row are left out)."""
 
     def instances(
         self, *, process: str | None = None, status: str | None = None, limit: int = 1000

@@ -110,6 +110,12 @@ def test_commit_applies_every_kind_of_change(broker: Broker) -> None:
     assert [d.id for d in store.dead_letters()] == ["0:1"]
     assert store.active_instances() == [("i1", "k-i1")]
     assert store.existing(["i1", "nope", "i2"]) == {"i1", "i2"}
+    snaps = store.snapshots(["i1", "i2", "nope"])
+    assert set(snaps) == {"i1", "i2"}
+    assert snaps["i1"].row.result == {"a": 1}
+    assert snaps["i1"].journal == [{"k": "start"}, {"k": "cmd", "s": 1}]
+    assert [r.value for r in snaps["i1"].inbox] == [b"raw"]
+    assert snaps["i2"].journal == [] and snaps["i2"].inbox == []
     assert store.existing([f"x{i}" for i in range(1200)] + ["i2"]) == {"i2"}  # > one chunk
     assert [r.id for r in store.instances(status="completed")] == ["i2"]
     assert [r.id for r in store.instances(process="p", limit=1)] == ["i1"]

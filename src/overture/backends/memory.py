@@ -17,6 +17,7 @@ from ..ports import (
     DeadLetter,
     InboxRow,
     InstanceRow,
+    InstanceSnapshot,
     NewRecord,
     Record,
     WaitRow,
@@ -142,6 +143,14 @@ class MemoryBroker:
     def existing(self, instance_ids: Collection[str]) -> set[str]:
         with self._lock:
             return {i for i in instance_ids if i in self._instances}
+
+    def snapshots(self, instance_ids: Collection[str]) -> dict[str, InstanceSnapshot]:
+        out = {}
+        for iid in instance_ids:
+            row = self.instance(iid)
+            if row is not None:
+                out[iid] = InstanceSnapshot(row, self.journal(iid), self.inbox(iid))
+        return out
 
     def journal(self, instance_id: str) -> list[dict[str, Any]]:
         with self._lock:

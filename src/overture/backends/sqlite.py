@@ -31,6 +31,7 @@ from ..ports import (
     DeadLetter,
     InboxRow,
     InstanceRow,
+    InstanceSnapshot,
     NewRecord,
     Record,
     WaitRow,
@@ -390,6 +391,33 @@ class SqliteBroker:
                 )
             )
         return found
+
+    def snapshots(self, instance_ids: Collection[str]) -> dict[str, InstanceSnapshot]:
+        ids = list(instance_ids)
+        rows: dict[str, InstanceRow] = {}
+        journals: dict[str, list[dict[str, Any]]] = {}
+        inboxes: dict[str, list[InboxRow]] = {}
+        for start in range(0, len(ids), 500):  # three queries per 500 instances
+            chunk = tuple(ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            for r in self._query(f"SELECT * FROM instances WHERE id IN ({marks})", chunk):
+                rows[r[0]] = _instance(r)
+            for iid, blob in self._query(
+                f"SELECT instance_id, entries FROM journal WHERE instance_id IN ({marks}) "
+                "ORDER BY instance_id, pos",
+                chunk,
+            ):
+                journals.setdefault(iid, []).extend(orjson.loads(blob))
+            for r in self._query(
+                "SELECT id, instance_id, etype, key, value, received FROM inbox "
+                f"WHERE instance_id IN ({marks}) ORDER BY instance_id, received, id",
+                chunk,
+            ):
+                inboxes.setdefault(r[1], []).append(InboxRow(*r))
+        return {
+            iid: InstanceSnapshot(row, journals.get(iid, []), inboxes.get(iid, []))
+            for iid, row in rows.items()
+        }
 
     def journal(self, instance_id: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

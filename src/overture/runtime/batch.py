@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from ..core import machine as m
-from ..ports import Batch, InboxRow, InstanceRow, WaitRow, WorkRow
+from ..ports import Batch, InboxRow, InstanceRow, InstanceSnapshot, WaitRow, WorkRow
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -65,3 +65,4 @@ class PendingBatch:
         self.inbox: Staged[str, InboxRow | None] = Staged(self.batch.inbox, None)
         self.trigger_ids: dict[tuple[str, str], str] = {}  # (process, event id) -> instance
         self.existing: set[str] = set()  # of those, instances already in the store
+        self.snapshots: dict[str, InstanceSnapshot] = {}  # evicted instances, read in bulk

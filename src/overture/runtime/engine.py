@@ -314,18 +314,25 @@ class Engine(WorkRunner):
             return error
 
     def _prefetch(self, envelopes: list[Envelope | MalformedEvent]) -> None:
-        """Learn in one query which of these triggers already started their instance
-        (a re-delivered trigger), instead of one query per trigger."""
+        """Read in bulk what routing these records will need from the store: which of
+        their triggers already started an instance (a re-delivery), and the state of the
+        evicted instances they will feed, instead of a few queries per record."""
         pending = self._pending
         assert pending is not None
+        wanted: set[str] = set()
         for envelope in envelopes:
             if isinstance(envelope, Envelope):
                 for definition in self.app.triggers(envelope.type):
                     iid = m.instance_id_for(definition.name, envelope)
                     pending.trigger_ids[(definition.name, envelope.id)] = iid
+                for wait in self._waits.match(envelope.type, envelope.partitionkey):
+                    if wait.instance_id not in self._cache:
+                        wanted.add(wait.instance_id)
         candidates = [i for i in pending.trigger_ids.values() if i not in self._cache]
         if candidates:
             pending.existing |= self._store.existing(candidates)
+        if wanted:
+            pending.snapshots.update(self._store.snapshots(wanted))
 
     def _route(
         self, record: Record, now: float, decoded: Envelope | MalformedEvent | None = None
@@ -492,7 +499,9 @@ class Engine(WorkRunner):
 
     def _load(self, iid: str, now: float) -> Live | None:
         """Rebuild an instance that is not in the cache by replaying its journal."""
-        row = self._store.instance(iid)
+        assert self._pending is not None
+        snapshot = self._pending.snapshots.pop(iid, None)
+        row = self._store.instance(iid) if snapshot is None else snapshot.row
         if row is None or row.status in m.FINAL_STATUSES:
             return None
         definition = self.app.definition(row.process, row.version)
@@ -507,8 +516,12 @@ class Engine(WorkRunner):
             self._dirty[iid] = live
             return live
         machine = m.Machine(definition.spec, iid, row.key, keep_journal=False)
-        commands = machine.replay(self._store.journal(iid))
-        inbox = self._store.inbox(iid)
+        if snapshot is None:
+            commands = machine.replay(self._store.journal(iid))
+            inbox = self._store.inbox(iid)
+        else:
+            commands = machine.replay(snapshot.journal)
+            inbox = list(snapshot.inbox)
         for batch in reversed(self._uncommitted()):  # oldest first
             for inbox_id, r in batch.inbox.items():
                 if r is None:
