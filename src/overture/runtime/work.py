@@ -20,7 +20,7 @@ from ..core.timers import WorkQueue
 from ..core.values import describe_error, to_json
 from ..errors import EventError
 from ..events import Envelope, decode
-from ..ports import Record, WaitRow, WorkRow
+from ..ports import Record, Store, WaitRow, WorkRow
 from .batch import Live, Outcome, PendingBatch
 from .executor import Executor, StepInfo
 
@@ -41,6 +41,7 @@ class WorkRunner:
     _dirty: dict[str, Live]
     _cache: OrderedDict[str, Live]
     _inline_budget: int
+    _store: Store
 
     def _live(self, iid: str, now: float, *, stuck: bool = False) -> Live | None:
         raise NotImplementedError
@@ -88,7 +89,12 @@ class WorkRunner:
 
     def _take_due(self, now: float) -> bool:
         did = False
-        for row in list(self._work.pop_due(now, self._inflight)):
+        rows = list(self._work.pop_due(now, self._inflight))
+        wanted = {r.instance_id for r in rows if r.instance_id and r.instance_id not in self._cache}
+        if wanted:  # evicted instances with due work: read them in bulk
+            assert self._pending is not None
+            self._pending.snapshots.update(self._store.snapshots(wanted))
+        for row in rows:
             did = True
             if row.kind == "timer":
                 self._fire_timer(row, now)
