@@ -106,7 +106,7 @@ def test_commit_applies_every_kind_of_change(broker: Broker) -> None:
     assert store.journal("i1") == [{"k": "start"}, {"k": "cmd", "s": 1}]
     assert store.waits() == [wait]
     assert [w.id for w in store.work()] == ["i1:3"]
-    assert [r.value for r in store.inbox("i1")] == [b"raw"]
+    assert [r.value for r in store.snapshots(["i1"])["i1"].inbox] == [b"raw"]
     assert [d.id for d in store.dead_letters()] == ["0:1"]
     assert store.active_instances() == [("i1", "k-i1")]
     assert store.existing(["i1", "nope", "i2"]) == {"i1", "i2"}
@@ -130,7 +130,7 @@ def test_commit_applies_every_kind_of_change(broker: Broker) -> None:
     assert store.offsets("g") == {0: 6, 1: 7}
     assert store.journal("i1")[-1] == {"k": "res", "s": 1}
     assert len(store.journal("i1")) == 3
-    assert store.waits() == [] and store.work() == [] and store.inbox("i1") == []
+    assert store.waits() == [] and store.work() == [] and store.snapshots(["i1"])["i1"].inbox == []
     assert store.dead_letters() == []
 
 

@@ -149,7 +149,7 @@ class MemoryBroker:
         for iid in instance_ids:
             row = self.instance(iid)
             if row is not None:
-                out[iid] = InstanceSnapshot(row, self.journal(iid), self.inbox(iid))
+                out[iid] = InstanceSnapshot(row, self.journal(iid), self._inbox_of(iid))
         return out
 
     def journal(self, instance_id: str) -> list[dict[str, Any]]:
@@ -184,7 +184,7 @@ class MemoryBroker:
                 for w in self._work.values()
             ]
 
-    def inbox(self, instance_id: str) -> list[InboxRow]:
+    def _inbox_of(self, instance_id: str) -> list[InboxRow]:
         with self._lock:
             rows = [r for r in self._inbox.values() if r.instance_id == instance_id]
         return sorted(rows, key=lambda r: (r.received, r.id))

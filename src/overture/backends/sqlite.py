@@ -462,16 +462,6 @@ class SqliteBroker:
             )
         ]
 
-    def inbox(self, instance_id: str) -> list[InboxRow]:
-        return [
-            InboxRow(*r)
-            for r in self._query(
-                "SELECT id, instance_id, etype, key, value, received FROM inbox "
-                "WHERE instance_id = ? ORDER BY received, id",
-                (instance_id,),
-            )
-        ]
-
     def dead_letters(self) -> list[DeadLetter]:
         return [DeadLetter(*r) for r in self._query("SELECT * FROM dlq ORDER BY created, id")]
 

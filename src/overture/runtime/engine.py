@@ -326,13 +326,11 @@ class Engine(WorkRunner):
                     iid = m.instance_id_for(definition.name, envelope)
                     pending.trigger_ids[(definition.name, envelope.id)] = iid
                 for wait in self._waits.match(envelope.type, envelope.partitionkey):
-                    if wait.instance_id not in self._cache:
-                        wanted.add(wait.instance_id)
+                    wanted.add(wait.instance_id)
         candidates = [i for i in pending.trigger_ids.values() if i not in self._cache]
         if candidates:
             pending.existing |= self._store.existing(candidates)
-        if wanted:
-            pending.snapshots.update(self._store.snapshots(wanted))
+        self._read_ahead(wanted)
 
     def _route(
         self, record: Record, now: float, decoded: Envelope | MalformedEvent | None = None
@@ -501,9 +499,11 @@ class Engine(WorkRunner):
         """Rebuild an instance that is not in the cache by replaying its journal."""
         assert self._pending is not None
         snapshot = self._pending.snapshots.pop(iid, None)
-        row = self._store.instance(iid) if snapshot is None else snapshot.row
-        if row is None or row.status in m.FINAL_STATUSES:
+        if snapshot is None:  # not read ahead
+            snapshot = self._store.snapshots([iid]).get(iid)
+        if snapshot is None or snapshot.row.status in m.FINAL_STATUSES:
             return None
+        row = snapshot.row
         definition = self.app.definition(row.process, row.version)
         if definition is None:
             spec = m.ProcessSpec(row.process, row.version, _missing, Event, self.app.name)
@@ -516,12 +516,8 @@ class Engine(WorkRunner):
             self._dirty[iid] = live
             return live
         machine = m.Machine(definition.spec, iid, row.key, keep_journal=False)
-        if snapshot is None:
-            commands = machine.replay(self._store.journal(iid))
-            inbox = self._store.inbox(iid)
-        else:
-            commands = machine.replay(snapshot.journal)
-            inbox = list(snapshot.inbox)
+        commands = machine.replay(snapshot.journal)
+        inbox = list(snapshot.inbox)
         for batch in reversed(self._uncommitted()):  # oldest first
             for inbox_id, r in batch.inbox.items():
                 if r is None:

@@ -87,13 +87,18 @@ class WorkRunner:
         if timer is not None and timer.kind == "timer":
             self._clear_work(timer.id)
 
+    def _read_ahead(self, instance_ids: set[str]) -> None:
+        """Read the evicted ones among these instances in bulk (three queries for all of
+        them rather than three each), for ``_load`` to rebuild them from."""
+        assert self._pending is not None
+        wanted = [i for i in instance_ids if i not in self._cache]
+        if wanted:
+            self._pending.snapshots.update(self._store.snapshots(wanted))
+
     def _take_due(self, now: float) -> bool:
         did = False
         rows = list(self._work.pop_due(now, self._inflight))
-        wanted = {r.instance_id for r in rows if r.instance_id and r.instance_id not in self._cache}
-        if wanted:  # evicted instances with due work: read them in bulk
-            assert self._pending is not None
-            self._pending.snapshots.update(self._store.snapshots(wanted))
+        self._read_ahead({r.instance_id for r in rows if r.instance_id})
         for row in rows:
             did = True
             if row.kind == "timer":
