@@ -81,3 +81,10 @@ def test_contract_definitions_are_checked() -> None:
 
         class BadKey(ov.Event, type="bad", key="missing"):
             order_id: str
+
+
+def test_with_attributes_sets_envelope_attributes_and_key() -> None:
+    event = Placed(order_id="o1").with_attributes(subject="orders/o1", tenant="acme", key="k9")
+    assert (event.subject, event.tenant, event.partitionkey) == ("orders/o1", "acme", "k9")
+    assert event.order_id == "o1"
+    assert decode(encode(event.envelope)) == event.envelope

@@ -416,9 +416,6 @@ class Machine:
         pending = self._pending.get(seq)
         return None if pending is None else pending.wait
 
-    def pending_steps(self) -> list[StepCall]:
-        return [p.call for p in self._pending.values() if p.call is not None]
-
     @property
     def rng(self) -> random.Random:
         """The instance's deterministic random stream (seeded by its id)."""
