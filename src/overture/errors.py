@@ -10,6 +10,7 @@
     │   └── EventValidationError    data that violates the event type's schema
     ├── NotFound                    no instance / dead letter with that id
     ├── EngineBusy                  another engine process already owns the database
+    ├── BrokerUnavailable           the Kafka cluster cannot be reached (or refused us)
     ├── TerminalError               raised by step/handler code: fail now, never retry
     └── ProcessError                raised *inside process code* by ctx operations
         ├── WaitTimeout             ``ctx.wait_for`` timed out (catch it to compensate)
@@ -58,6 +59,11 @@ class NotFound(OvertureError):
 
 class EngineBusy(OvertureError):
     """Another engine process already owns this embedded database."""
+
+
+class BrokerUnavailable(OvertureError):
+    """The Kafka cluster could not be reached in time, or refused a request; nothing the
+    call was asked to write was acknowledged. Retrying later is safe."""
 
 
 class TerminalError(OvertureError):

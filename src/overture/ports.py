@@ -24,6 +24,12 @@ class NewRecord:
     value: bytes
     event_id: str | None = None
     event_type: str | None = None
+    partition: int | None = None
+    """Overrides the key's partition (control events for a dead letter's partition)."""
+    internal: bool = False
+    """A re-keyed event on its way to the partition of its key: the Kafka backend sends it
+    through the internal topic; the other logs, whose engines own every partition, never
+    see one."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""Backends: ``memory://`` (tests, one Python process) and ``sqlite:///path`` (embedded)."""
+"""Backends: ``memory://`` (tests, one Python process), ``sqlite:///path`` (embedded) and
+``kafka://host:port[/namespace]`` (distributed; see ``overture.backends.kafka``)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ def open_broker(url: str, *, partitions: int | None = None) -> Broker:
 
     ``memory://[name]`` is shared by every opener in the same Python process;
     ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` is a file (created on demand).
+    ``kafka://host:port[/namespace][?partitions=N&replication=R]`` is a Kafka cluster.
     ``partitions`` applies when the log is created; an existing log keeps its count.
     """
     parsed = urlparse(url)
@@ -38,8 +40,12 @@ def open_broker(url: str, *, partitions: int | None = None) -> Broker:
             raise ConfigError(f"bad sqlite URL {url!r}: use sqlite:///path/to/file.db")
         return SqliteBroker(url, path, partitions or 1)
     if parsed.scheme == "kafka":
-        raise ConfigError("the kafka:// backend is not available in this release")
-    raise ConfigError(f"unknown broker URL {url!r}: use sqlite:///path.db or memory://")
+        from .kafka.broker import KafkaBroker
+
+        return KafkaBroker(url, partitions=partitions)
+    raise ConfigError(
+        f"unknown broker URL {url!r}: use sqlite:///path.db, memory:// or kafka://host:port"
+    )
 
 
 def forget_memory_brokers() -> None:

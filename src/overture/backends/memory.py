@@ -28,17 +28,12 @@ from ..ports import (
 _FINAL = frozenset({"completed", "failed", "cancelled"})
 
 
-class MemoryBroker:
-    """Both the log and the store of ``memory://``."""
+class MemoryState:
+    """Engine state in dicts under one lock: the store half of ``memory://``, and the
+    local copy of a partition's state that the Kafka backend rebuilds from its changelog."""
 
-    def __init__(self, url: str, partitions: int) -> None:
-        self.url = url
-        self._partitions = partitions
+    def __init__(self) -> None:
         self._lock = threading.RLock()
-        self._parts: list[list[Record]] = [[] for _ in range(partitions)]
-        self._event_ids: dict[str, Record] = {}
-        self._watchers: list[Callable[[], None]] = []
-        self._rr = 0
         self._offsets: dict[str, dict[int, int]] = {}
         self._instances: dict[str, InstanceRow] = {}
         self._journals: dict[str, list[dict[str, Any]]] = {}
@@ -46,73 +41,10 @@ class MemoryBroker:
         self._work: dict[str, WorkRow] = {}
         self._inbox: dict[str, InboxRow] = {}
         self._dlq: dict[str, DeadLetter] = {}
-        self._engine_claimed = False
-        self.log = self
-        self.store = self
 
-    # -- Log ----------------------------------------------------------------------------
-
-    @property
-    def partitions(self) -> int:
-        return self._partitions
-
-    def append(self, records: Sequence[NewRecord]) -> list[tuple[int, int] | None]:
+    def apply(self, batch: Batch) -> None:
+        """Apply a batch's state changes and offsets (not its appends)."""
         with self._lock:
-            out = self._append_locked(records)
-        self._wake()
-        return out
-
-    def _append_locked(self, records: Sequence[NewRecord]) -> list[tuple[int, int] | None]:
-        out: list[tuple[int, int] | None] = []
-        now = time.time()
-        for rec in records:
-            if rec.event_id is not None and rec.event_id in self._event_ids:
-                out.append(None)
-                continue
-            self._rr += 1
-            part = partition_for(rec.key, self._partitions, self._rr)
-            # a copy: orjson hands out ~4 KB buffers for short results, kept for good here
-            value = bytes(memoryview(rec.value))
-            stored = Record(part, len(self._parts[part]), rec.key, value, now)
-            self._parts[part].append(stored)
-            if rec.event_id is not None:
-                self._event_ids[rec.event_id] = stored
-            out.append((part, stored.offset))
-        return out
-
-    def read(self, partition: int, offset: int, limit: int) -> list[Record]:
-        with self._lock:
-            return self._parts[partition][offset : offset + limit]
-
-    def end_offset(self, partition: int) -> int:
-        with self._lock:
-            return len(self._parts[partition])
-
-    def find_event(self, event_id: str) -> Record | None:
-        with self._lock:
-            return self._event_ids.get(event_id)
-
-    def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
-        with self._lock:
-            self._watchers.append(wake)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if wake in self._watchers:
-                    self._watchers.remove(wake)
-
-        return unsubscribe
-
-    def _wake(self) -> None:
-        for wake in list(self._watchers):
-            wake()
-
-    # -- Store --------------------------------------------------------------------------
-
-    def commit(self, batch: Batch) -> None:
-        with self._lock:
-            if batch.appends:
-                self._append_locked(batch.appends)
             self._offsets.setdefault(batch.group, {}).update(batch.offsets)
             for iid, row in batch.instances.items():
                 self._instances[iid] = _copy_instance(row)
@@ -128,8 +60,9 @@ class MemoryBroker:
             _apply(self._work, batch.work)
             _apply(self._inbox, batch.inbox)
             _apply(self._dlq, batch.dead_letters)
-        if batch.appends:
-            self._wake()
+
+    def commit(self, batch: Batch) -> None:
+        self.apply(batch)
 
     def offsets(self, group: str) -> dict[int, int]:
         with self._lock:
@@ -196,6 +129,93 @@ class MemoryBroker:
     def dead_letter(self, dead_letter_id: str) -> DeadLetter | None:
         with self._lock:
             return self._dlq.get(dead_letter_id)
+
+
+class MemoryBroker(MemoryState):
+    """Both the log and the store of ``memory://``."""
+
+    def __init__(self, url: str, partitions: int) -> None:
+        super().__init__()
+        self.url = url
+        self._partitions = partitions
+        self._parts: list[list[Record]] = [[] for _ in range(partitions)]
+        self._event_ids: dict[str, Record] = {}
+        self._watchers: list[Callable[[], None]] = []
+        self._rr = 0
+        self._engine_claimed = False
+        self.log = self
+        self.store = self
+
+    # -- Log ----------------------------------------------------------------------------
+
+    @property
+    def partitions(self) -> int:
+        return self._partitions
+
+    def append(self, records: Sequence[NewRecord]) -> list[tuple[int, int] | None]:
+        with self._lock:
+            out = self._append_locked(records)
+        self._wake()
+        return out
+
+    def _append_locked(self, records: Sequence[NewRecord]) -> list[tuple[int, int] | None]:
+        out: list[tuple[int, int] | None] = []
+        now = time.time()
+        for rec in records:
+            if rec.event_id is not None and rec.event_id in self._event_ids:
+                out.append(None)
+                continue
+            self._rr += 1
+            part = (
+                partition_for(rec.key, self._partitions, self._rr)
+                if rec.partition is None
+                else rec.partition % self._partitions
+            )
+            # a copy: orjson hands out ~4 KB buffers for short results, kept for good here
+            value = bytes(memoryview(rec.value))
+            stored = Record(part, len(self._parts[part]), rec.key, value, now)
+            self._parts[part].append(stored)
+            if rec.event_id is not None:
+                self._event_ids[rec.event_id] = stored
+            out.append((part, stored.offset))
+        return out
+
+    def read(self, partition: int, offset: int, limit: int) -> list[Record]:
+        with self._lock:
+            return self._parts[partition][offset : offset + limit]
+
+    def end_offset(self, partition: int) -> int:
+        with self._lock:
+            return len(self._parts[partition])
+
+    def find_event(self, event_id: str) -> Record | None:
+        with self._lock:
+            return self._event_ids.get(event_id)
+
+    def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
+        with self._lock:
+            self._watchers.append(wake)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if wake in self._watchers:
+                    self._watchers.remove(wake)
+
+        return unsubscribe
+
+    def _wake(self) -> None:
+        for wake in list(self._watchers):
+            wake()
+
+    # -- Store --------------------------------------------------------------------------
+
+    def commit(self, batch: Batch) -> None:
+        with self._lock:
+            if batch.appends:
+                self._append_locked(batch.appends)
+            self.apply(batch)
+        if batch.appends:
+            self._wake()
 
     # -- Broker -------------------------------------------------------------------------
 

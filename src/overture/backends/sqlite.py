@@ -164,7 +164,11 @@ class SqliteBroker:
         out: list[tuple[int, int] | None] = []
         now = time.time()
         for i, rec in enumerate(records):
-            part = partition_for(rec.key, self._partitions, int(now * 1000) + i)
+            part = (
+                partition_for(rec.key, self._partitions, int(now * 1000) + i)
+                if rec.partition is None
+                else rec.partition % self._partitions
+            )
             off = heads.get(part)
             if off is None:
                 top = conn.execute(

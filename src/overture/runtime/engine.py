@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from ..app import App, ProcessDef
@@ -34,6 +34,7 @@ from ..ports import (
     Record,
     WaitRow,
     WorkRow,
+    partition_for,
 )
 from .batch import Live, Outcome, PendingBatch
 from .clock import Clock, SystemClock
@@ -57,6 +58,10 @@ class Engine(WorkRunner):
             input (used by the test suite to prove replay is faithful).
         batch_size: most log records taken per iteration (group commit size).
         group: consumer group name (defaults to the app name).
+        partitions: the log partitions this engine consumes (default: all of them). An
+            engine that owns only some re-keys an event whose key belongs to another
+            partition: it forwards the event there (``NewRecord.internal``) instead of
+            routing it, so every input of an instance is handled by its partition's engine.
     """
 
     def __init__(
@@ -68,6 +73,7 @@ class Engine(WorkRunner):
         cache_size: int = 10_000,
         batch_size: int = 500,
         group: str | None = None,
+        partitions: Sequence[int] | None = None,
     ) -> None:
         self.app = app
         self.broker = broker
@@ -78,6 +84,11 @@ class Engine(WorkRunner):
         self.executor = Executor()
         self._log = broker.log
         self._store = broker.store
+        self._consumes = list(partitions) if partitions is not None else None
+        # the key partitions this engine owns; None: all of them
+        self._owned = (
+            None if partitions is None else frozenset(p % broker.log.partitions for p in partitions)
+        )
         self._cache: OrderedDict[str, Live] = OrderedDict()
         self._positions: dict[int, int] = {}
         self._outcomes: deque[Outcome] = deque()
@@ -102,7 +113,7 @@ class Engine(WorkRunner):
         self._first_partition = 0
         self._running = False
         self._stopped = asyncio.Event()
-        self.stats = {"batches": 0, "records": 0, "started": 0, "finished": 0}
+        self.stats = {"batches": 0, "records": 0, "started": 0, "finished": 0, "rekeyed": 0}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -111,7 +122,10 @@ class Engine(WorkRunner):
         self._release_lock = self.broker.engine_lock()
         try:
             committed = self._store.offsets(self.group)
-            self._positions = {p: committed.get(p, 0) for p in range(self._log.partitions)}
+            consumed = self._consumes
+            if consumed is None:
+                consumed = list(range(self._log.partitions))
+            self._positions = {p: committed.get(p, 0) for p in consumed}
             self._waits = WaitIndex(self._store.waits())
             self._work = WorkQueue(self._store.work())
             for iid, key in self._store.active_instances():
@@ -344,6 +358,21 @@ class Engine(WorkRunner):
         if envelope.type.startswith("overture."):
             self._control(envelope, record, now)
             return
+        key = envelope.partitionkey
+        owned = self._owned
+        if (
+            owned is not None
+            and key is not None
+            and partition_for(key, self._log.partitions) not in owned
+        ):
+            # keyed for another partition (a producer keyed or partitioned it differently):
+            # forward it there, atomically with this batch's offsets
+            assert self._pending is not None
+            self._pending.batch.appends.append(
+                NewRecord(key, record.value, None, envelope.type, internal=True)
+            )
+            self.stats["rekeyed"] += 1
+            return
         # Types with a registered contract are validated here (invalid → dead letter);
         # other types become generic events, whose data may be any JSON.
         try:
@@ -370,7 +399,9 @@ class Engine(WorkRunner):
                 )
                 return
         started = {
-            self._start_instance(definition, key, envelope, record.partition, now)
+            self._start_instance(
+                definition, key, envelope, record.partition % self._log.partitions, now
+            )
             for definition, key in keys
         }
         for handler in self.app.handlers(envelope.type):

@@ -22,6 +22,7 @@ from ..client import Client
 from ..ports import Broker
 from ..runtime.clock import SystemClock, VirtualClock
 from ..runtime.engine import Engine
+from ..runtime.host import Host
 
 __all__ = ["Harness", "VirtualClock"]
 
@@ -52,20 +53,26 @@ class Harness:
         self.batch_size = batch_size
         self.broker: Broker = open_broker(self.url)
         self.client = Client(self.broker, app=app)
-        self.engine = self._new_engine()
+        self.host = self._new_host()
 
-    def _new_engine(self) -> Engine:
-        return Engine(
+    def _new_host(self) -> Host:
+        return Host(
             self.app,
             self.broker,
             clock=self.clock,
             cache_size=self.cache_size,
             batch_size=self.batch_size,
+            drive=True,
         )
 
+    @property
+    def engine(self) -> Engine:
+        """The engine (on Kafka: of the first partition this process owns)."""
+        return self.host.engines[min(self.host.engines)]
+
     async def idle(self) -> None:
-        """Run the engine until nothing is left to do at the current (virtual) time."""
-        await self.engine.run_until_idle()
+        """Run the engines until nothing is left to do at the current (virtual) time."""
+        await self.host.run_until_idle()
 
     async def advance(self, seconds: float) -> None:
         """Move the virtual clock forward, then run until idle."""
@@ -75,27 +82,26 @@ class Harness:
         await self.idle()
 
     async def restart(self) -> None:
-        """Simulate a crash: drop the engine and all its memory (without draining), and
-        start a fresh one on the same broker."""
-        engine = self.engine
-        engine._stopping = True
-        # A real crash kills the committing thread with the process; here it would go on
-        # behind the new engine's back, so let it land first (a crash just after a commit).
-        if engine._committing is not None:
-            with contextlib.suppress(Exception):
-                await engine._committing
-        await engine.executor.shutdown(0)
-        for live in engine._cache.values():
-            live.machine.close()
-        if engine._unsubscribe is not None:
-            engine._unsubscribe()
-        if engine._release_lock is not None:
-            engine._release_lock()
-        self.engine = self._new_engine()
-        await self.engine.start()
+        """Simulate a crash: drop the engines and all their memory (without draining), and
+        start fresh ones on the same broker (on Kafka: a new group member that restores
+        the state from the changelog)."""
+        for engine in self.host.engines.values():
+            # A real crash kills the committing thread with the process; here it would go
+            # on behind the new engine's back, so let it land first (a crash just after a
+            # commit).
+            if engine._committing is not None:
+                with contextlib.suppress(Exception):
+                    await engine._committing
+            await engine.executor.shutdown(0)
+            if engine._release_lock is not None:
+                engine._release_lock()
+        self.host.abandon()
+        await self.host.close_membership()
+        self.host = self._new_host()
+        await self.host.start()
 
     async def __aenter__(self) -> Harness:
-        await self.engine.start()
+        await self.host.start()
         return self
 
     async def __aexit__(
@@ -104,7 +110,7 @@ class Harness:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.engine.stop(grace=0)
+        await self.host.stop(grace=0)
         self.client.close()
         if not self.url.startswith("memory:"):
             self.broker.close()

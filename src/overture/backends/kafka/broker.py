@@ -1,0 +1,298 @@
+"""``kafka://``: the broker as clients see it, and the entry point for engines.
+
+- ``log.append`` publishes with an idempotent producer (``acks=all``) and returns once the
+  cluster acknowledged every record, or raises :class:`BrokerUnavailable`.
+- ``log.read`` reads a partition of the events topic by position.
+- ``store`` answers queries from the changelog: it follows every changelog partition into
+  a local copy, catching up to the current end before each answer. It is read-only;
+  engines commit through :meth:`KafkaBroker.join`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import replace
+from typing import Any
+
+from confluent_kafka import KafkaException, Producer
+
+from ...errors import BrokerUnavailable, ConfigError
+from ...ports import (
+    Batch,
+    DeadLetter,
+    InstanceRow,
+    InstanceSnapshot,
+    NewRecord,
+    Record,
+    WaitRow,
+    WorkRow,
+    partition_for,
+)
+from ..memory import MemoryState
+from .changelog import restore
+from .codec import from_binary, to_binary
+from .group import Membership, PartitionBroker
+from .reading import high_watermarks, position, read_to_end, reader
+from .settings import KafkaSettings, parse
+from .topics import ensure_topics
+
+SEND_TIMEOUT = 30.0
+
+
+class KafkaBroker:
+    """A Kafka cluster namespace (see ``overture.backends.kafka.settings``)."""
+
+    def __init__(self, url: str, *, partitions: int | None = None) -> None:
+        self.settings = parse(url, partitions=partitions)
+        self.url = url
+        self.partitions = ensure_topics(self.settings)
+        self.log = KafkaLog(self.settings, self.partitions)
+        self.store = ChangelogView(self.settings, self.partitions)
+
+    def join(
+        self,
+        group_key: str,
+        on_assign: Callable[[dict[int, PartitionBroker]], None],
+        on_revoke: Callable[[list[int]], None],
+    ) -> Membership:
+        """Become a member of the engine group (see :class:`Membership`)."""
+        membership = Membership(self.settings, self.partitions, group_key, on_assign, on_revoke)
+        membership.start()
+        return membership
+
+    def engine_lock(self) -> Callable[[], None]:
+        raise ConfigError(
+            "on Kafka, engines run per partition (overture.runtime.host.Host), not on the "
+            "whole broker"
+        )
+
+    def close(self) -> None:
+        self.log.close()
+        self.store.close()
+
+
+class KafkaLog:
+    """The events topic, for clients."""
+
+    def __init__(self, settings: KafkaSettings, partitions: int) -> None:
+        self._settings = settings
+        self._partitions = partitions
+        self._producer: Producer | None = None
+        self._reader: Any = None
+        self._lock = threading.Lock()
+        self._rr = 0
+
+    @property
+    def partitions(self) -> int:
+        return self._partitions
+
+    def append(self, records: Sequence[NewRecord]) -> list[tuple[int, int] | None]:
+        """Publish and wait for the acknowledgements.
+
+        Raises:
+            BrokerUnavailable: not acknowledged within 30 s (nothing is known to be written;
+                sending again is safe: engines start one instance per event id).
+        """
+        with self._lock:
+            if self._producer is None:
+                self._producer = Producer(
+                    self._settings.config(
+                        **{
+                            "enable.idempotence": True,
+                            "acks": "all",
+                            "linger.ms": 1,
+                            "message.timeout.ms": int(SEND_TIMEOUT * 1000),
+                        }
+                    )
+                )
+            producer = self._producer
+            results: list[tuple[int, int] | None] = [None] * len(records)
+            errors: list[str] = []
+
+            def delivered(index: int) -> Callable[[Any, Any], None]:
+                def report(error: Any, message: Any) -> None:
+                    if error is not None:
+                        errors.append(error.str())
+                    else:
+                        results[index] = (message.partition(), message.offset())
+
+                return report
+
+            for index, record in enumerate(records):
+                key, headers, value = to_binary(record.value)
+                key = record.key if record.key is not None else key
+                if record.partition is not None:
+                    partition = record.partition % self._partitions
+                else:
+                    self._rr += 1
+                    partition = partition_for(key, self._partitions, self._rr)
+                while True:
+                    try:
+                        producer.produce(
+                            self._settings.events_topic,
+                            value,
+                            key,
+                            partition=partition,
+                            headers=headers,
+                            on_delivery=delivered(index),
+                        )
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
+            left = producer.flush(SEND_TIMEOUT + 5)
+            if left or errors:
+                reason = errors[0] if errors else f"{left} record(s) not acknowledged in time"
+                raise BrokerUnavailable(
+                    f"sending to Kafka at {self._settings.bootstrap} failed: {reason}"
+                )
+            return results
+
+    def read(self, partition: int, offset: int, limit: int) -> list[Record]:
+        with self._lock:
+            if self._reader is None:
+                self._reader = reader(self._settings, "client")
+            out = []
+            for message in read_to_end(
+                self._reader, self._settings.events_topic, {partition: offset}, limit=limit
+            ):
+                key = message.key()
+                out.append(
+                    Record(
+                        partition,
+                        position(message)[1],
+                        None if key is None else key.decode(),
+                        from_binary(key, message.headers(), message.value()),
+                        message.timestamp()[1] / 1000,
+                    )
+                )
+            return out
+
+    def end_offset(self, partition: int) -> int:
+        with self._lock:
+            if self._reader is None:
+                self._reader = reader(self._settings, "client")
+            return high_watermarks(self._reader, self._settings.events_topic, [partition])[
+                partition
+            ]
+
+    def find_event(self, event_id: str) -> Record | None:
+        """A scan of the whole topic: Kafka has no index by event id (tests only)."""
+        for partition in range(self._partitions):
+            offset = 0
+            while batch := self.read(partition, offset, 1000):
+                for record in batch:
+                    if f'"id":"{event_id}"'.encode() in record.value:
+                        return record
+                offset = batch[-1].offset + 1
+        return None
+
+    def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
+        return lambda: None  # clients poll (wakeups are only hints by contract)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._producer is not None:
+                self._producer.flush(SEND_TIMEOUT)
+                self._producer = None
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+
+
+class ChangelogView:
+    """Read-only engine state for clients, followed from the changelog topic."""
+
+    def __init__(self, settings: KafkaSettings, partitions: int) -> None:
+        self._settings = settings
+        self._partitions = partitions
+        self._state = MemoryState()
+        self._positions = dict.fromkeys(range(partitions), 0)
+        self._where: dict[str, int] = {}  # dead letter id -> partition
+        self._lock = threading.Lock()
+        self._reader: Any = None
+
+    def refresh(self) -> None:
+        """Catch up with the changelog's current end."""
+        with self._lock:
+            if self._reader is None:
+                self._reader = reader(self._settings, "view")
+            by_partition: dict[int, list[tuple[bytes, bytes | None]]] = {}
+            try:
+                for message in read_to_end(
+                    self._reader, self._settings.changelog_topic, dict(self._positions)
+                ):
+                    p, offset = position(message)
+                    key = message.key()
+                    assert key is not None
+                    by_partition.setdefault(p, []).append((key, message.value()))
+                    self._positions[p] = offset + 1
+                    if key.startswith(b'["d",'):
+                        self._where[key.decode()] = p
+            except KafkaException as exc:
+                raise BrokerUnavailable(str(exc)) from exc
+            for records in by_partition.values():
+                restore(records, self._state)
+
+    def commit(self, batch: Batch) -> None:
+        raise ConfigError("the changelog view is read-only; engines commit per partition")
+
+    def offsets(self, group: str) -> dict[int, int]:
+        self.refresh()
+        return self._state.offsets(group)
+
+    def instance(self, instance_id: str) -> InstanceRow | None:
+        self.refresh()
+        return self._state.instance(instance_id)
+
+    def existing(self, instance_ids: Collection[str]) -> set[str]:
+        self.refresh()
+        return self._state.existing(instance_ids)
+
+    def journal(self, instance_id: str) -> list[dict[str, Any]]:
+        self.refresh()
+        return self._state.journal(instance_id)
+
+    def snapshots(self, instance_ids: Collection[str]) -> dict[str, InstanceSnapshot]:
+        self.refresh()
+        return self._state.snapshots(instance_ids)
+
+    def instances(
+        self, *, process: str | None = None, status: str | None = None, limit: int = 1000
+    ) -> list[InstanceRow]:
+        self.refresh()
+        return self._state.instances(process=process, status=status, limit=limit)
+
+    def active_instances(self) -> list[tuple[str, str | None]]:
+        self.refresh()
+        return self._state.active_instances()
+
+    def waits(self) -> list[WaitRow]:
+        self.refresh()
+        return self._state.waits()
+
+    def work(self) -> list[WorkRow]:
+        self.refresh()
+        return self._state.work()
+
+    def dead_letters(self) -> list[DeadLetter]:
+        self.refresh()
+        return [self._placed(d) for d in self._state.dead_letters()]
+
+    def dead_letter(self, dead_letter_id: str) -> DeadLetter | None:
+        self.refresh()
+        letter = self._state.dead_letter(dead_letter_id)
+        return None if letter is None else self._placed(letter)
+
+    def _placed(self, letter: DeadLetter) -> DeadLetter:
+        """The letter with the partition whose engine holds it (where a replay must go)."""
+        import orjson
+
+        where = self._where.get(orjson.dumps(["d", letter.id]).decode())
+        return letter if where is None else replace(letter, partition=where)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None

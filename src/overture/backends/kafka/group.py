@@ -1,0 +1,579 @@
+"""Engine side of the Kafka backend: group membership, fetching, transactional commits.
+
+One engine process is one member of the consumer group ``<namespace>.engine``. Kafka's
+range assignor gives each member the same partition numbers of the events and internal
+topics (they have equal counts), so partition ``p`` is a unit: its events, its re-keyed
+events, and its state (changelog partition ``p``). Per assigned partition the runtime runs
+one engine on a :class:`PartitionBroker`:
+
+- its ``log`` reads what the :class:`Membership`'s single consumer fetched for ``p``
+  (logical partition ``p``: the events topic; ``partitions + p``: the internal topic);
+- its ``store`` is a local :class:`MemoryState` rebuilt from changelog partition ``p`` on
+  assignment, and its ``commit`` is one Kafka transaction: the batch's emitted events,
+  its state changes as changelog records and its input offsets (``send_offsets_to_transaction``
+  with the group's metadata, which fences a member that lost the partition). Commits of
+  several partitions that are ready together share one transaction (group commit).
+
+The local state is updated only after the transaction committed, so after a failed commit
+the partition's engine restarts from exactly what Kafka holds (``Membership.rewind``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+
+from ...errors import BrokerUnavailable, ConfigError
+from ...ports import Batch, NewRecord, Record, partition_for
+from ..memory import MemoryState
+from .changelog import records_of, restore
+from .codec import from_binary, to_binary
+from .reading import position, read_to_end, reader
+from .settings import KafkaSettings
+
+log = logging.getLogger("overture.kafka")
+
+PAUSE_AT = 20_000
+"""Buffered records of one partition at which fetching it pauses (backpressure)."""
+RESUME_AT = 5_000
+
+
+class _Buffer:
+    """Records fetched for one logical partition, not yet read by its engine."""
+
+    def __init__(self, start: int) -> None:
+        self.records: deque[Record] = deque()
+        self.next = start
+        self.paused = False
+        self.wakers: list[Callable[[], None]] = []
+
+
+class Membership:
+    """This process's membership in the engine group: one consumer fetching every assigned
+    partition in a background thread, and one transactional producer.
+
+    ``on_assign(brokers)`` and ``on_revoke(partitions)`` are called from the fetching
+    thread; ``on_revoke`` must return only once the partitions' engines have stopped
+    (their last commits settled), because another member may take them over right after.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        partitions: int,
+        group_key: str,
+        on_assign: Callable[[dict[int, PartitionBroker]], None],
+        on_revoke: Callable[[list[int]], None],
+    ) -> None:
+        self.settings = settings
+        self.partitions = partitions
+        self.group_key = group_key
+        self._on_assign = on_assign
+        self._on_revoke = on_revoke
+        self._lock = threading.Lock()
+        self._buffers: dict[int, _Buffer] = {}
+        self._brokers: dict[int, PartitionBroker] = {}
+        self._requests: deque[Callable[[], None]] = deque()
+        self._stop = threading.Event()
+        self._fetched: dict[int, int] = {}
+        self._consumer = Consumer(
+            settings.config(
+                **{
+                    "group.id": settings.group,
+                    "enable.auto.commit": False,
+                    "isolation.level": "read_committed",
+                    "enable.partition.eof": True,
+                    "auto.offset.reset": "earliest",
+                    "partition.assignment.strategy": "range",
+                    "session.timeout.ms": 6000,
+                    "heartbeat.interval.ms": 1000,
+                    "error_cb": self._error,
+                }
+            )
+        )
+        # The consumer blocks calls from other threads while it polls, so the group's
+        # metadata (member id, generation: what fences a member that lost its partitions)
+        # is read by the fetching thread, at each assignment, for the committer.
+        self.group_metadata: Any = None
+        self._watermarks: Any = None  # a second consumer for caught_up()
+        self.committer = Committer(settings, partitions, self)
+        self._thread = threading.Thread(target=self._run, name="overture-kafka-fetch", daemon=True)
+        self._last_error = 0.0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._consumer.subscribe(
+            [self.settings.events_topic, self.settings.internal_topic],
+            on_assign=self._assigned,
+            on_revoke=self._revoked,
+            on_lost=self._revoked,
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        """Leave the group (blocking: revocation waits for the engines) and close."""
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join()
+        self.committer.close()
+        if self._watermarks is not None:
+            self._watermarks.close()
+
+    @property
+    def assigned(self) -> list[int]:
+        with self._lock:
+            return sorted(self._brokers)
+
+    # -- called by the partitions' engines (any thread) ------------------------------------
+
+    def read(self, logical: int, offset: int, limit: int) -> list[Record]:
+        with self._lock:
+            buffer = self._buffers.get(logical)
+            if buffer is None:
+                return []
+            records = buffer.records
+            while records and records[0].offset < offset:
+                records.popleft()
+            out = list(itertools.islice(records, 0, limit))
+            if buffer.paused and len(records) - len(out) < RESUME_AT:
+                buffer.paused = False
+                self._requests.append(lambda: self._consumer.resume([self._tp(logical)]))
+            return out
+
+    def end_offset(self, logical: int) -> int:
+        with self._lock:
+            buffer = self._buffers.get(logical)
+            return 0 if buffer is None else buffer.next
+
+    def subscribe(self, logical: int, wake: Callable[[], None]) -> Callable[[], None]:
+        with self._lock:
+            buffer = self._buffers.setdefault(logical, _Buffer(0))
+            buffer.wakers.append(wake)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if wake in buffer.wakers:
+                    buffer.wakers.remove(wake)
+
+        return unsubscribe
+
+    def rewind(self, partition: int) -> None:
+        """Fetch ``partition`` again from the offsets its state committed (after a failed
+        commit, before its engine restarts)."""
+        broker = self._brokers.get(partition)
+        if broker is None:
+            return
+        offsets = broker.store.offsets(self.group_key)
+        done = threading.Event()
+
+        def seek() -> None:
+            try:
+                for logical in (partition, self.partitions + partition):
+                    start = offsets.get(logical, 0)
+                    with self._lock:
+                        self._buffers[logical].records.clear()
+                        self._buffers[logical].next = start
+                        self._buffers[logical].paused = False
+                    tp = self._tp(logical)
+                    tp.offset = start
+                    self._consumer.resume([self._tp(logical)])
+                    self._consumer.seek(tp)
+            finally:
+                done.set()
+
+        self._requests.append(seek)
+        done.wait(30)
+
+    def caught_up(self) -> bool:
+        """Whether everything committed to the assigned partitions so far was fetched."""
+        with self._lock:
+            logical = [lp for p in self._brokers for lp in (p, self.partitions + p)]
+            fetched = {lp: self._fetched.get(lp, -1) for lp in logical}
+        if self._watermarks is None:
+            self._watermarks = reader(self.settings, "watermarks")
+        for lp, fetched_to in fetched.items():
+            tp = self._tp(lp)
+            try:
+                high = self._watermarks.get_watermark_offsets(tp, timeout=10, cached=False)[1]
+            except KafkaException:
+                return False
+            if fetched_to < high:
+                return False
+        return True
+
+    # -- the fetching thread -------------------------------------------------------------------
+
+    def _tp(self, logical: int) -> TopicPartition:
+        if logical < self.partitions:
+            return TopicPartition(self.settings.events_topic, logical)
+        return TopicPartition(self.settings.internal_topic, logical - self.partitions)
+
+    def _logical(self, topic: str, partition: int) -> int:
+        return partition if topic == self.settings.events_topic else self.partitions + partition
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                while self._requests:
+                    self._requests.popleft()()
+                messages = self._consumer.consume(500, 0.05)
+                woken: set[int] = set()
+                for message in messages:
+                    self._take(message, woken)
+                wakers: list[Callable[[], None]] = []
+                with self._lock:
+                    for lp in woken:
+                        buffer = self._buffers[lp]
+                        wakers.extend(buffer.wakers)
+                        if not buffer.paused and len(buffer.records) > PAUSE_AT:
+                            buffer.paused = True
+                            self._consumer.pause([self._tp(lp)])
+                for wake in wakers:
+                    wake()
+        except Exception:
+            log.exception("the Kafka fetcher failed")
+            raise
+        finally:
+            try:
+                self._consumer.close()  # leaves the group; revocation runs _revoked
+            except Exception:
+                log.exception("closing the Kafka consumer")
+
+    def _take(self, message: Any, woken: set[int]) -> None:
+        error = message.error()
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        if error is not None:
+            if error.code() == KafkaError._PARTITION_EOF:
+                lp = self._logical(topic, partition)
+                with self._lock:
+                    self._fetched[lp] = max(self._fetched.get(lp, -1), offset)
+                woken.add(lp)
+            else:
+                self._error(error)
+            return
+        lp = self._logical(topic, partition)
+        stamp = message.timestamp()[1] / 1000
+        value = from_binary(message.key(), message.headers(), message.value())
+        key = message.key()
+        record = Record(lp, offset, None if key is None else key.decode(), value, stamp)
+        with self._lock:
+            buffer = self._buffers.get(lp)
+            if buffer is None or lp not in self._fetched:
+                return  # no longer (or not yet) assigned
+            buffer.records.append(record)
+            buffer.next = offset + 1
+            self._fetched[lp] = max(self._fetched[lp], offset + 1)
+        woken.add(lp)
+
+    def _assigned(self, consumer: Consumer, tps: list[TopicPartition]) -> None:
+        partitions = sorted({tp.partition for tp in tps if tp.topic == self.settings.events_topic})
+        log.info("assigned partitions %s", partitions)
+        brokers = {p: PartitionBroker(self, p) for p in partitions}
+        restore_partitions(self.settings, {p: b.store for p, b in brokers.items()})
+        for tp in tps:
+            lp = self._logical(tp.topic, tp.partition)
+            start = brokers[tp.partition].store.offsets(self.group_key).get(lp)
+            tp.offset = OFFSET_BEGINNING if start is None else start
+            with self._lock:
+                buffer = self._buffers.setdefault(lp, _Buffer(0))
+                buffer.records.clear()
+                buffer.next = start or 0
+                buffer.paused = False
+                self._fetched[lp] = -1
+        consumer.assign(tps)
+        self.group_metadata = consumer.consumer_group_metadata()
+        with self._lock:
+            self._brokers.update(brokers)
+        self._on_assign(brokers)
+
+    def _revoked(self, consumer: Consumer, tps: list[TopicPartition]) -> None:
+        partitions = sorted({tp.partition for tp in tps if tp.topic == self.settings.events_topic})
+        log.info("partitions %s revoked", partitions)
+        with self._lock:
+            owned = [p for p in partitions if p in self._brokers]
+        if owned:
+            self._on_revoke(owned)
+        with self._lock:
+            for p in partitions:
+                self._brokers.pop(p, None)
+                for lp in (p, self.partitions + p):
+                    self._fetched.pop(lp, None)
+                    buffer = self._buffers.get(lp)
+                    if buffer is not None:
+                        buffer.records.clear()
+
+    def _error(self, error: KafkaError) -> None:
+        # librdkafka retries on its own; say so once in a while instead of on every attempt
+        now = time.monotonic()
+        if now - self._last_error > 10 or error.fatal():
+            self._last_error = now
+            log.error("Kafka at %s: %s (retrying)", self.settings.bootstrap, error.str())
+
+
+def restore_partitions(settings: KafkaSettings, states: dict[int, MemoryState]) -> None:
+    """Rebuild the state of some partitions from the changelog into ``states``."""
+    partitions = sorted(states)
+    if not partitions:
+        return
+    started = time.monotonic()
+    consumer = reader(settings, "restore")
+    count = 0
+    try:
+        pending: dict[int, list[tuple[bytes, bytes | None]]] = {p: [] for p in partitions}
+        for message in read_to_end(consumer, settings.changelog_topic, {p: 0 for p in partitions}):
+            key = message.key()
+            assert key is not None
+            pending[position(message)[0]].append((key, message.value()))
+            count += 1
+        for p, records in pending.items():
+            restore(records, states[p])
+    finally:
+        consumer.close()
+    log.info(
+        "restored partitions %s from %d changelog records in %.2fs",
+        list(partitions),
+        count,
+        time.monotonic() - started,
+    )
+
+
+@dataclass
+class _Commit:
+    partition: int
+    batch: Batch
+    future: Future[None]
+
+
+class Committer:
+    """The member's transactional producer. Batches that arrive while a transaction is
+    being committed wait, and then go out together in the next one."""
+
+    def __init__(self, settings: KafkaSettings, partitions: int, membership: Membership) -> None:
+        self.settings = settings
+        self.partitions = partitions
+        self._membership = membership
+        self._queue: deque[_Commit] = deque()
+        self._ready = threading.Condition()
+        self._closed = False
+        self._rr = itertools.count()
+        self._producer = self._new_producer()
+        self._thread = threading.Thread(target=self._run, name="overture-kafka-commit", daemon=True)
+        self._thread.start()
+
+    def _new_producer(self) -> Producer:
+        producer = Producer(
+            self.settings.config(
+                **{
+                    "transactional.id": f"{self.settings.group}.{uuid.uuid4().hex[:12]}",
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "linger.ms": 1,
+                    # an abandoned transaction (a killed member) blocks read_committed
+                    # readers of its partitions until it times out: keep that short
+                    "transaction.timeout.ms": 10_000,
+                }
+            )
+        )
+        try:
+            producer.init_transactions(30)
+        except KafkaException as exc:
+            raise BrokerUnavailable(
+                f"Kafka at {self.settings.bootstrap}: cannot start transactions: "
+                f"{exc.args[0].str()}"
+            ) from exc
+        return producer
+
+    def commit(self, partition: int, batch: Batch) -> None:
+        """Commit one partition's batch (blocking); raises if its transaction failed."""
+        future: Future[None] = Future()
+        with self._ready:
+            if self._closed:
+                raise BrokerUnavailable("the Kafka committer is closed")
+            self._queue.append(_Commit(partition, batch, future))
+            self._ready.notify()
+        future.result()
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while not self._queue and not self._closed:
+                    self._ready.wait()
+                if not self._queue:
+                    return
+                commits = list(self._queue)
+                self._queue.clear()
+            try:
+                self._transaction(commits)
+            except BaseException as exc:
+                for commit in commits:
+                    commit.future.set_exception(exc)
+            else:
+                for commit in commits:
+                    commit.future.set_result(None)
+
+    def _transaction(self, commits: list[_Commit]) -> None:
+        producer = self._producer
+        settings = self.settings
+        try:
+            producer.begin_transaction()
+            offsets: list[TopicPartition] = []
+            for commit in commits:
+                p = commit.partition
+                for record in commit.batch.appends:
+                    self._produce(record)
+                for key, value in records_of(commit.batch):
+                    producer.produce(settings.changelog_topic, value, key, partition=p)
+                for lp, offset in commit.batch.offsets.items():
+                    topic = (
+                        settings.events_topic if lp < self.partitions else settings.internal_topic
+                    )
+                    offsets.append(TopicPartition(topic, lp % self.partitions, offset))
+            if offsets:
+                producer.send_offsets_to_transaction(offsets, self._membership.group_metadata, 30)
+            self._finish(producer)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.fatal():
+                log.error(
+                    "the transactional producer is fenced or broken (%s): renewing it", error.str()
+                )
+                self._renew()
+            elif error.txn_requires_abort():
+                try:
+                    producer.abort_transaction(30)
+                except KafkaException:
+                    self._renew()
+            raise BrokerUnavailable(f"Kafka transaction failed: {error.str()}") from exc
+
+    def _finish(self, producer: Producer) -> None:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                producer.commit_transaction(30)
+                return
+            except KafkaException as exc:
+                if exc.args[0].retriable() and time.monotonic() < deadline:
+                    log.warning("committing a transaction: %s (retrying)", exc.args[0].str())
+                    continue
+                raise
+
+    def _renew(self) -> None:
+        try:
+            self._producer.flush(0)
+        except Exception:
+            pass
+        self._producer = self._new_producer()
+
+    def _produce(self, record: NewRecord) -> None:
+        key, headers, value = to_binary(record.value)
+        key = record.key if record.key is not None else key
+        topic = self.settings.internal_topic if record.internal else self.settings.events_topic
+        if record.partition is not None:
+            partition = record.partition % self.partitions
+        else:
+            partition = partition_for(key, self.partitions, next(self._rr))
+        while True:
+            try:
+                self._producer.produce(topic, value, key, partition=partition, headers=headers)
+                return
+            except BufferError:
+                self._producer.poll(0.05)  # the local queue is full: let it drain
+
+
+class PartitionBroker:
+    """The broker one partition's engine sees (see the module docstring)."""
+
+    def __init__(self, membership: Membership, partition: int) -> None:
+        self.membership = membership
+        self.partition = partition
+        self.url = f"{membership.settings.url}#partition={partition}"
+        self.log = _PartitionLog(membership, partition)
+        self.store = _PartitionStore(membership.committer, partition)
+
+    @property
+    def owned(self) -> list[int]:
+        """The logical partitions its engine consumes: events ``p``, internal ``p``."""
+        return [self.partition, self.membership.partitions + self.partition]
+
+    def engine_lock(self) -> Callable[[], None]:
+        return lambda: None  # the group protocol gives each partition one owner
+
+    def close(self) -> None:
+        pass
+
+
+class _PartitionLog:
+    def __init__(self, membership: Membership, partition: int) -> None:
+        self._m = membership
+        self._partition = partition
+
+    @property
+    def partitions(self) -> int:
+        return self._m.partitions
+
+    def append(self, records: Sequence[NewRecord]) -> list[tuple[int, int] | None]:
+        raise ConfigError("an engine appends through its commits")
+
+    def read(self, partition: int, offset: int, limit: int) -> list[Record]:
+        return self._m.read(partition, offset, limit)
+
+    def end_offset(self, partition: int) -> int:
+        return self._m.end_offset(partition)
+
+    def find_event(self, event_id: str) -> Record | None:
+        return None  # Kafka has no index by event id (see docs/kafka.md)
+
+    def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
+        stops = [
+            self._m.subscribe(lp, wake)
+            for lp in (self._partition, self._m.partitions + self._partition)
+        ]
+
+        def unsubscribe() -> None:
+            for stop in stops:
+                stop()
+
+        return unsubscribe
+
+
+class _PartitionStore(MemoryState):
+    """The partition's local state; a commit goes to Kafka first and is applied here only
+    once its transaction committed."""
+
+    def __init__(self, committer: Committer, partition: int) -> None:
+        super().__init__()
+        self._committer = committer
+        self._partition = partition
+
+    def commit(self, batch: Batch) -> None:
+        self._committer.commit(self._partition, batch)
+        self.apply(batch)
+
+
+def owned_partitions(partitions: Collection[int], count: int) -> set[int]:
+    """Key partitions covered by a set of logical partitions."""
+    return {lp % count for lp in partitions}

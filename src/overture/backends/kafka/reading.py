@@ -1,0 +1,118 @@
+"""Reading topics to their end: the changelog (state restore, client queries) and the
+events topic (``overture events``).
+
+"The end" is the partition's high watermark as a ``read_committed`` consumer sees it (the
+last stable offset), queried when a read starts. Transaction markers occupy offsets, so
+the position after the last record can lie beyond that record; the consumer's end-of-
+partition event tells where it really stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from ...errors import BrokerUnavailable
+from .settings import KafkaSettings
+
+READ_TIMEOUT = 30.0
+"""Seconds a read to the end may take before the cluster counts as unavailable."""
+
+
+def position(message: Message) -> tuple[int, int]:
+    """(partition, offset) of a fetched message."""
+    partition, offset = message.partition(), message.offset()
+    assert partition is not None and offset is not None
+    return partition, offset
+
+
+def reader(settings: KafkaSettings, name: str) -> Consumer:
+    """A consumer for reading by position (no group membership, no commits)."""
+    return Consumer(
+        settings.config(
+            **{
+                "group.id": f"{settings.namespace}.{name}",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "enable.partition.eof": True,
+                "auto.offset.reset": "earliest",
+            }
+        )
+    )
+
+
+def high_watermarks(
+    consumer: Consumer, topic: str, partitions: Sequence[int], timeout: float = READ_TIMEOUT
+) -> dict[int, int]:
+    """The current end of each partition (for ``read_committed``: its last stable offset)."""
+    out = {}
+    for p in partitions:
+        try:
+            out[p] = consumer.get_watermark_offsets(
+                TopicPartition(topic, p), timeout=timeout, cached=False
+            )[1]
+        except KafkaException as exc:
+            raise BrokerUnavailable(
+                f"cannot read the end of {topic}[{p}]: {exc.args[0].str()}"
+            ) from exc
+    return out
+
+
+def read_to_end(
+    consumer: Consumer,
+    topic: str,
+    start: dict[int, int],
+    *,
+    limit: int | None = None,
+    timeout: float = READ_TIMEOUT,
+) -> Iterator[Message]:
+    """Yield the records of ``topic`` from ``start`` (partition → offset) to the end that
+    the partitions have now (at most ``limit``); a partition already at its end is skipped.
+
+    Raises:
+        BrokerUnavailable: no progress for ``timeout`` seconds.
+    """
+    ends = high_watermarks(consumer, topic, list(start), timeout)
+    todo = {p for p, offset in start.items() if offset < ends[p]}
+    if not todo:
+        return
+    consumer.assign([TopicPartition(topic, p, start[p]) for p in sorted(todo)])
+    count = 0
+    deadline = time.monotonic() + timeout
+    try:
+        while todo:
+            message = consumer.poll(0.2)
+            if message is None:
+                if time.monotonic() > deadline:
+                    raise BrokerUnavailable(
+                        f"reading {topic} made no progress for {timeout:g}s "
+                        f"(partitions {sorted(todo)} not at their end)"
+                    )
+                continue
+            deadline = time.monotonic() + timeout
+            error = message.error()
+            p = message.partition()
+            assert p is not None
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    offset = message.offset()
+                    if offset is not None and offset >= ends.get(p, 0):
+                        todo.discard(p)
+                    continue
+                if error.fatal() or not error.retriable():
+                    raise BrokerUnavailable(f"reading {topic}: {error.str()}")
+                continue
+            offset = message.offset()
+            assert offset is not None
+            if p not in todo:
+                continue
+            yield message
+            count += 1
+            if offset + 1 >= ends[p]:
+                todo.discard(p)
+            if limit is not None and count >= limit:
+                return
+    finally:
+        consumer.unassign()

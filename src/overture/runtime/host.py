@@ -1,0 +1,240 @@
+"""The host: runs the engines of one process for the partitions it owns.
+
+On the embedded backends a process owns every partition and the host runs one engine.
+On Kafka (a broker with ``join``) the process is a member of the engine group, and the
+host runs one engine per assigned partition, starting and stopping them as the group
+rebalances: an engine whose partition is revoked is drained (its last batch committed)
+before the revocation returns, so the next owner starts exactly where it stopped.
+
+An engine that fails (a Kafka transaction that could not commit, say) is restarted from
+what its partition committed, after a pause that grows up to 30 s; the failure is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ..app import App
+from ..ports import Broker
+from .clock import Clock, SystemClock
+from .engine import Engine
+
+log = logging.getLogger("overture.host")
+
+
+class _PartitionBroker(Broker, Protocol):
+    @property
+    def owned(self) -> list[int]: ...
+
+
+class _Membership(Protocol):
+    @property
+    def assigned(self) -> list[int]: ...
+
+    def caught_up(self) -> bool: ...
+
+    def rewind(self, partition: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Host:
+    """Runs the engines of ``app`` for the partitions this process owns.
+
+    Args:
+        drive: the engines run only when :meth:`run_until_idle` drives them (tests);
+            otherwise :meth:`run` keeps them running.
+        Other arguments as for :class:`Engine`.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        broker: Broker,
+        *,
+        clock: Clock | None = None,
+        cache_size: int = 10_000,
+        batch_size: int = 500,
+        drive: bool = False,
+    ) -> None:
+        self.app = app
+        self.broker = broker
+        self.clock: Clock = clock or SystemClock()
+        self.cache_size = cache_size
+        self.batch_size = batch_size
+        self.drive = drive
+        self.engines: dict[int, Engine] = {}
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._membership: _Membership | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self._failed: BaseException | None = None
+        self._grace = 5.0
+        self._done = asyncio.Event()
+
+    @property
+    def partitioned(self) -> bool:
+        """Whether partitions are shared out by a group (Kafka)."""
+        return hasattr(self.broker, "join")
+
+    def _engine(self, broker: Broker, partitions: list[int] | None = None) -> Engine:
+        return Engine(
+            self.app,
+            broker,
+            clock=self.clock,
+            cache_size=self.cache_size,
+            batch_size=self.batch_size,
+            partitions=partitions,
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Claim the partitions (join the group) and start their engines."""
+        self._loop = asyncio.get_running_loop()
+        if not self.partitioned:
+            engine = self.engines[0] = self._engine(self.broker)
+            await engine.start()
+            if not self.drive:
+                self._tasks[0] = asyncio.create_task(self._supervise(0, self.broker, engine))
+            return
+        join: Callable[..., _Membership] = self.broker.join  # type: ignore[attr-defined]
+        self._membership = await asyncio.to_thread(
+            join, f"engine:{self.app.name}", self._assigned, self._revoked
+        )
+
+    async def run(self) -> None:
+        """Run until :meth:`stop`; raises if an embedded engine crashed."""
+        if self._loop is None:
+            await self.start()
+        await self._done.wait()
+        if self._failed is not None:
+            raise self._failed
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Drain every engine (``grace`` seconds for running steps) and leave the group."""
+        self._stopping = True
+        self._grace = grace
+        await self._stop_partitions(list(self.engines))
+        if self._membership is not None:
+            await asyncio.to_thread(self._membership.close)
+            self._membership = None
+        self._done.set()
+
+    def abandon(self) -> None:
+        """Drop everything without draining, as a crash would (tests)."""
+        self._stopping = True
+        for task in self._tasks.values():
+            task.cancel()
+        for engine in self.engines.values():
+            engine._stopping = True
+            engine._broken = True
+            for live in engine._cache.values():
+                live.machine.close()
+            engine._cache.clear()
+            if engine._unsubscribe is not None:
+                engine._unsubscribe()
+        self.engines.clear()
+
+    async def close_membership(self) -> None:
+        if self._membership is not None:
+            await asyncio.to_thread(self._membership.close)
+            self._membership = None
+
+    # -- driven mode (tests) ---------------------------------------------------------------
+
+    async def run_until_idle(self) -> None:
+        """Drive every engine until nothing is left to do now, Kafka included: every
+        committed record of the owned partitions was fetched and handled."""
+        if not self.partitioned:
+            await self.engines[0].run_until_idle()
+            return
+        membership = self._membership
+        assert membership is not None
+        for _ in range(100_000):
+            if not self.engines:
+                await asyncio.sleep(0.02)  # waiting for the assignment
+                continue
+            for engine in list(self.engines.values()):
+                await engine.run_until_idle()
+            if any(e._has_unread() for e in self.engines.values()):
+                continue
+            caught_up = await asyncio.to_thread(membership.caught_up)
+            if caught_up and not any(e._has_unread() for e in self.engines.values()):
+                return
+            await asyncio.sleep(0.005)
+        raise RuntimeError("the engines did not become idle")
+
+    # -- group callbacks (called from the membership's thread) -------------------------------
+
+    def _assigned(self, brokers: dict[int, _PartitionBroker]) -> None:
+        assert self._loop is not None
+        future = asyncio.run_coroutine_threadsafe(self._start_partitions(brokers), self._loop)
+        future.result()
+
+    def _revoked(self, partitions: list[int]) -> None:
+        assert self._loop is not None
+        if self._loop.is_closed():
+            return
+        future = asyncio.run_coroutine_threadsafe(self._stop_partitions(partitions), self._loop)
+        future.result()
+
+    async def _start_partitions(self, brokers: dict[int, Any]) -> None:
+        for p, broker in brokers.items():
+            if self._stopping:
+                return
+            engine = self._engine(broker, broker.owned)
+            await engine.start()
+            self.engines[p] = engine
+            if not self.drive:
+                self._tasks[p] = asyncio.create_task(self._supervise(p, broker, engine))
+
+    async def _stop_partitions(self, partitions: list[int]) -> None:
+        for p in partitions:
+            engine = self.engines.pop(p, None)
+            task = self._tasks.pop(p, None)
+            if engine is None:
+                continue
+            try:
+                await engine.stop(self._grace)
+            except Exception:
+                log.exception("stopping the engine of partition %d", p)
+            if task is not None:
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def _supervise(self, p: int, broker: Any, engine: Engine) -> None:
+        pause = 0.5
+        while True:
+            try:
+                await engine.run()
+                return  # stopped
+            except Exception as error:
+                if self._stopping or self.engines.get(p) is not engine:
+                    return
+                if not self.partitioned:
+                    log.critical("the engine crashed", exc_info=error)
+                    self._failed = error
+                    self._done.set()
+                    return
+                log.error(
+                    "the engine of partition %d failed (%s: %s); restarting it in %.1fs from "
+                    "its last commit",
+                    p,
+                    type(error).__name__,
+                    error,
+                    pause,
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 30.0)
+            if self._stopping or self.engines.get(p) is not engine:
+                return
+            assert self._membership is not None
+            await asyncio.to_thread(self._membership.rewind, p)
+            engine = self._engine(broker, broker.owned)
+            await engine.start()
+            self.engines[p] = engine
