@@ -363,6 +363,8 @@ async def test_eager_steps_beyond_the_batch_budget_survive_a_crash(harness: Fact
         return n
 
     async with harness(app, batch_size=5) as h:
+        if h.url.startswith("kafka:"):
+            pytest.skip("drives one engine iteration by hand; Kafka delivers asynchronously")
         for i in range(10):
             h.client.send("go", {}, key=f"k{i}")
         assert await h.engine._iterate()  # one commit...

@@ -100,6 +100,11 @@ class WaitRow:
     key: str | None
     instance_id: str
     seq: int
+    home: int | None = None
+    """Set on a wait registered *for* an instance of another partition (``home``): an
+    engine that owns only some partitions keeps such a wait on the partition of the
+    awaited key and forwards the matching event home. Only partitioned backends (Kafka)
+    store one."""
 
 
 @dataclass(slots=True)

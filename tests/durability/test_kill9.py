@@ -97,6 +97,12 @@ def check(client: ov.Client, url: str, effects: Path, log: Path, rng: random.Ran
     assert code == 0, log.read_text()[-3000:]
     assert kills_mid_run >= 3, f"only {kills_mid_run} kills landed mid-run"
 
+    assert_all_done(client, effects)
+
+
+def assert_all_done(client: ov.Client, effects: Path) -> None:
+    """Every job completed with the right result, each emitted event exists exactly once,
+    nothing was dead-lettered, and every step and handler effect happened."""
     instances = client.instances(limit=10 * JOBS)
     assert len(instances) == JOBS
     assert Counter(i.status for i in instances) == {"completed": JOBS}

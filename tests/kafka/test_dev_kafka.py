@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from .conftest import REPO_ROOT
+from ..conftest import REPO_ROOT
 
 CLI_STATE_DIR = REPO_ROOT / ".overture" / "test-kafka-cli"
 """The lifecycle test's broker (kept between runs, stopped at the end of the test)."""

@@ -37,7 +37,8 @@ class MemoryState:
         self._offsets: dict[str, dict[int, int]] = {}
         self._instances: dict[str, InstanceRow] = {}
         self._journals: dict[str, list[dict[str, Any]]] = {}
-        self._waits: set[WaitRow] = set()
+        # by (type, key, instance, seq): a deletion need not know a wait's ``home``
+        self._waits: dict[tuple[str, str | None, str, int], WaitRow] = {}
         self._work: dict[str, WorkRow] = {}
         self._inbox: dict[str, InboxRow] = {}
         self._dlq: dict[str, DeadLetter] = {}
@@ -53,10 +54,11 @@ class MemoryState:
                 del journal[pos:]
                 journal.extend(entries)
             for wait, present in batch.waits.items():
+                ident = (wait.event_type, wait.key, wait.instance_id, wait.seq)
                 if present:
-                    self._waits.add(wait)
+                    self._waits[ident] = wait
                 else:
-                    self._waits.discard(wait)
+                    self._waits.pop(ident, None)
             _apply(self._work, batch.work)
             _apply(self._inbox, batch.inbox)
             _apply(self._dlq, batch.dead_letters)
@@ -108,7 +110,7 @@ class MemoryState:
 
     def waits(self) -> list[WaitRow]:
         with self._lock:
-            return list(self._waits)
+            return list(self._waits.values())
 
     def work(self) -> list[WorkRow]:
         with self._lock:

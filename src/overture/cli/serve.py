@@ -1,4 +1,8 @@
-"""``overture run``: one engine process, until SIGINT or SIGTERM, then a drained stop."""
+"""``overture run``: one engine process, until SIGINT or SIGTERM, then a drained stop.
+
+On Kafka the process joins the app's engine group and runs an engine per partition it is
+assigned; several ``overture run`` processes share the partitions.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import signal
 from ..app import App
 from ..backends import open_broker
 from ..errors import OvertureError
-from ..runtime.engine import Engine
+from ..runtime.host import Host
 from .common import CliError, stderr_line
 
 log = logging.getLogger("overture.cli")
@@ -47,19 +51,20 @@ async def serve(
     """
     broker = open_broker(url, partitions=partitions)
     try:
-        engine = Engine(app, broker, cache_size=cache_size, batch_size=batch_size)
-        await engine.start()
+        host = Host(app, broker, cache_size=cache_size, batch_size=batch_size)
+        await host.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         signals = (signal.SIGINT, signal.SIGTERM)
         for sig in signals:
             loop.add_signal_handler(sig, _on_signal, sig, stop)
         count = broker.log.partitions
+        shared = " shared by the engine group" if host.partitioned else ""
         stderr_line(
             f"overture: engine for app {app.name!r} on {url} "
-            f"({count} partition{'s' if count != 1 else ''}) running; Ctrl-C to stop"
+            f"({count} partition{'s' if count != 1 else ''}{shared}) running; Ctrl-C to stop"
         )
-        runner = asyncio.create_task(engine.run(), name="overture-engine")
+        runner = asyncio.create_task(host.run(), name="overture-engine")
         stopper = asyncio.create_task(stop.wait(), name="overture-signal")
         try:
             await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -80,7 +85,7 @@ async def serve(
             log.critical("the engine crashed", exc_info=error)
             raise CliError(f"the engine stopped on {type(error).__name__}: {error}")
         log.info("stopping: draining the engine (running steps get %gs)", grace)
-        await engine.stop(grace=grace)
+        await host.stop(grace=grace)
         await runner
         log.info("engine stopped")
     finally:

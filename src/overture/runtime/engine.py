@@ -414,13 +414,16 @@ class Engine(WorkRunner):
         fed = set(started)
         value: dict[str, Any] | None = None
         for wait in self._waits.match(envelope.type, envelope.partitionkey):
+            if wait.home is not None:  # for an instance of another partition
+                self._forward(wait, envelope)
+                continue
             iid = wait.instance_id
             live = self._live(iid, now, stuck=True)
             if live is not None and live.machine.stuck_reason is not None:
                 # parked: keep both the wait and the event for when the code is fixed
                 if iid not in fed:
                     fed.add(iid)
-                    self._buffer(iid, envelope, record, now)
+                    self._buffer(iid, envelope, record.value, _position(record), now)
                 continue
             self._clear_wait(wait)
             if live is not None:
@@ -432,18 +435,13 @@ class Engine(WorkRunner):
             return  # keyless events are never buffered: they would reach every keyless instance
         for iid in list(self._active.get(envelope.partitionkey, ())):
             if iid not in fed and not envelope.source.endswith("/" + iid):  # not its emitter
-                self._buffer(iid, envelope, record, now)
+                self._buffer(iid, envelope, record.value, _position(record), now)
 
-    def _buffer(self, iid: str, envelope: Envelope, record: Record, now: float) -> None:
+    def _buffer(
+        self, iid: str, envelope: Envelope, value: bytes, position: str, now: float
+    ) -> None:
         # The id carries the log position, so buffered events come back in log order.
-        row = InboxRow(
-            f"{iid}:{record.partition:05d}:{record.offset:012d}",
-            iid,
-            envelope.type,
-            envelope.partitionkey,
-            record.value,
-            now,
-        )
+        row = InboxRow(f"{iid}:{position}", iid, envelope.type, envelope.partitionkey, value, now)
         assert self._pending is not None
         self._pending.inbox.put(row.id, row, created=True)
         cached = self._cache.get(iid)
@@ -452,6 +450,8 @@ class Engine(WorkRunner):
 
     def _control(self, envelope: Envelope, record: Record, now: float) -> None:
         data = envelope.data if isinstance(envelope.data, dict) else {}
+        if self._remote_control(envelope, now):
+            return
         if envelope.type == CONTROL_CANCEL:
             live = self._live(str(data.get("instance_id")), now, stuck=True)
             if live is not None:
@@ -619,6 +619,8 @@ class Engine(WorkRunner):
         wait = WaitRow(command.event_type, command.key, iid, command.seq)
         pending.waits.put(wait, True, created=True)
         self._waits.add(wait)
+        if self._foreign(command.key):
+            self._subscribe_remote(wait, live.row.partition)
         if command.due is not None:
             row = WorkRow(f"{iid}:{command.seq}", "timer", command.due, 1, iid, command.seq)
             self._put_work(row)
@@ -774,6 +776,10 @@ class Engine(WorkRunner):
                 letter.partition or 0, letter.offset or 0, letter.key, letter.value, now
             )
             self._route(record, now)
+
+
+def _position(record: Record) -> str:
+    return f"{record.partition:05d}:{record.offset:012d}"
 
 
 async def _missing(ctx: Any, event: Any) -> None:  # placeholder fn of an unregistered version

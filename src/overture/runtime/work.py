@@ -23,9 +23,10 @@ from ..events import Envelope, decode
 from ..ports import Record, Store, WaitRow, WorkRow
 from .batch import Live, Outcome, PendingBatch
 from .executor import Executor, StepInfo
+from .remote import RemoteWaits
 
 
-class WorkRunner:
+class WorkRunner(RemoteWaits):
     """Timers, steps and handlers for the engine (see the module docstring)."""
 
     # State and operations provided by the engine.
@@ -78,10 +79,14 @@ class WorkRunner:
             assert self._pending is not None
             self._pending.work.delete(work_id)
 
-    def _clear_wait(self, wait: WaitRow) -> None:
+    def _clear_wait(self, wait: WaitRow, *, withdraw: bool = True) -> None:
+        """Forget a wait (and its timeout). ``withdraw``: also cancel its subscription on
+        another partition, if it has one (not needed once that partition delivered)."""
         assert self._pending is not None
         self._pending.waits.delete(wait)
         self._waits.remove(wait)
+        if withdraw and wait.home is None and self._foreign(wait.key):
+            self._unsubscribe_remote(wait)
         # a wait's timeout timer shares its id
         timer = self._work.get(f"{wait.instance_id}:{wait.seq}")
         if timer is not None and timer.kind == "timer":

@@ -75,9 +75,12 @@ class Harness:
         await self.host.run_until_idle()
 
     async def advance(self, seconds: float) -> None:
-        """Move the virtual clock forward, then run until idle."""
+        """Handle what was sent so far at the current time, then move the virtual clock
+        forward and run until idle (so an event sent before ``advance`` is never seen
+        after a timer that the advance makes due)."""
         if not isinstance(self.clock, VirtualClock):
             raise TypeError("advance() needs a VirtualClock")
+        await self.idle()
         self.clock.advance(seconds)
         await self.idle()
 

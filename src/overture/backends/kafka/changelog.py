@@ -48,7 +48,7 @@ def records_of(batch: Batch) -> list[ChangelogRecord]:
         out.append((dumps(["j", iid, pos]), dumps(entries)))
     for wait, present in batch.waits.items():
         key = dumps(["w", wait.event_type, wait.key, wait.instance_id, wait.seq])
-        out.append((key, b"1" if present else None))
+        out.append((key, dumps(wait.home) if present else None))
     for work_id, work in batch.work.items():
         value = None
         if work is not None:
@@ -101,7 +101,7 @@ def restore(records: Iterable[ChangelogRecord], state: MemoryState | None = None
             if value is not None:
                 chunks.append((key[1], key[2], value))
         elif kind == "w":
-            batch.waits[WaitRow(key[1], key[2], key[3], key[4])] = value is not None
+            batch.waits[WaitRow(key[1], key[2], key[3], key[4], value)] = raw is not None
         elif kind == "k":
             if value is not None:
                 value[-1] = _unb64(value[-1])

@@ -30,6 +30,21 @@ _ATTRIBUTES = (
 )
 
 
+_ORDER = (
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "time",
+    "datacontenttype",
+    "subject",
+    "dataschema",
+    "partitionkey",
+    "traceparent",
+    "tenant",
+)
+
+
 def to_binary(structured: bytes) -> tuple[str | None, Headers | None, bytes]:
     """(record key, headers, value) of an event in structured JSON form. Bytes that are
     not a CloudEvent object go out unchanged and without headers."""
@@ -73,6 +88,10 @@ def from_binary(key: bytes | None, headers: Any, value: bytes | None) -> bytes:
         attributes["partitionkey"] = key.decode("utf-8", "replace")
     if content_type is not None:
         attributes["datacontenttype"] = content_type
+    # the order ``events.encode`` writes, so an event we sent comes back byte for byte
+    ordered = {name: attributes.pop(name) for name in _ORDER if name in attributes}
+    ordered.update(attributes)  # unknown extensions last
+    attributes = ordered
     # Splice the data in unparsed: valid JSON data gives a valid event without a second
     # parse; anything else gives bytes that fail to decode, and the engine dead-letters them.
     head = orjson.dumps(attributes)

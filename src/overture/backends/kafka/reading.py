@@ -38,6 +38,7 @@ def reader(settings: KafkaSettings, name: str) -> Consumer:
                 "isolation.level": "read_committed",
                 "enable.partition.eof": True,
                 "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 10,  # a read to the end waits for the end-of-partition
             }
         )
     )

@@ -1,0 +1,132 @@
+"""Waits for a key that another partition owns (engines that own only some partitions).
+
+An instance lives on the partition of its own key, but ``ctx.wait_for(T, key=K)`` may
+name a key whose events arrive on another partition. On a backend where one engine owns
+every partition (memory, SQLite) nothing special happens. On Kafka, where each engine owns
+one partition, the instance's engine keeps the wait (and its timeout) and sends a
+subscription to the partition of ``K``; that partition's engine stores it as a wait whose
+``home`` is the instance's partition, and when a matching event arrives it forwards a copy
+home, where the wait is resolved. All three messages are control events on the internal
+topic, each committed atomically with the batch that caused it, so a crash cannot lose or
+double one. A wait that ends first (timeout, cancel, finish) withdraws its subscription;
+a forwarded event that arrives after its wait ended is dropped.
+
+As everywhere, an event for another key counts only from the moment its wait is known
+where the event arrives (here: once the subscription reached the key's partition).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from ..core import machine as m
+from ..core.correlation import WaitIndex
+from ..events import Envelope, encode
+from ..ports import Log, NewRecord, WaitRow, partition_for
+from .batch import Live, PendingBatch
+
+CONTROL_SUBSCRIBE = "overture.wait.subscribe"
+CONTROL_UNSUBSCRIBE = "overture.wait.unsubscribe"
+CONTROL_DELIVER = "overture.wait.deliver"
+
+
+class RemoteWaits:
+    """Engine mixin: subscriptions to, and deliveries from, other partitions."""
+
+    _owned: frozenset[int] | None
+    _log: Log
+    _pending: PendingBatch | None
+    _waits: WaitIndex
+
+    def _live(self, iid: str, now: float, *, stuck: bool = False) -> Live | None:
+        raise NotImplementedError
+
+    def _drive(self, live: Live, commands: Iterable[m.Command], now: float) -> None:
+        raise NotImplementedError
+
+    def _buffer(
+        self, iid: str, envelope: Envelope, value: bytes, position: str, now: float
+    ) -> None:
+        raise NotImplementedError
+
+    def _clear_wait(self, wait: WaitRow, *, withdraw: bool = True) -> None:
+        raise NotImplementedError
+
+    def _foreign(self, key: str | None) -> bool:
+        """Whether events with this key arrive on a partition this engine does not own."""
+        owned = self._owned
+        return (
+            owned is not None
+            and key is not None
+            and partition_for(key, self._log.partitions) not in owned
+        )
+
+    def _send_control(
+        self, kind: str, data: dict[str, Any], *, key: str | None, partition: int | None = None
+    ) -> None:
+        assert self._pending is not None
+        envelope = Envelope(type=kind, data=data, partitionkey=key)
+        self._pending.batch.appends.append(
+            NewRecord(key, encode(envelope), None, kind, partition=partition, internal=True)
+        )
+
+    def _subscribe_remote(self, wait: WaitRow, home: int) -> None:
+        data = {
+            "instance_id": wait.instance_id,
+            "seq": wait.seq,
+            "type": wait.event_type,
+            "home": home,
+        }
+        self._send_control(CONTROL_SUBSCRIBE, data, key=wait.key)
+
+    def _unsubscribe_remote(self, wait: WaitRow) -> None:
+        data = {"instance_id": wait.instance_id, "seq": wait.seq, "type": wait.event_type}
+        self._send_control(CONTROL_UNSUBSCRIBE, data, key=wait.key)
+
+    def _forward(self, wait: WaitRow, envelope: Envelope) -> None:
+        """Send an event to the partition of the instance that waits for it."""
+        assert self._pending is not None and wait.home is not None
+        self._pending.waits.delete(wait)
+        self._waits.remove(wait)
+        data = {"instance_id": wait.instance_id, "seq": wait.seq, "event": envelope.to_dict()}
+        self._send_control(CONTROL_DELIVER, data, key=None, partition=wait.home)
+
+    def _remote_control(self, envelope: Envelope, now: float) -> bool:
+        """Handle a subscription control event; False if it is not one."""
+        pending = self._pending
+        assert pending is not None
+        data = envelope.data if isinstance(envelope.data, dict) else {}
+        if envelope.type == CONTROL_SUBSCRIBE:
+            wait = WaitRow(
+                str(data["type"]),
+                envelope.partitionkey,
+                str(data["instance_id"]),
+                int(data["seq"]),
+                int(data["home"]),
+            )
+            pending.waits.put(wait, True, created=True)
+            self._waits.add(wait)
+        elif envelope.type == CONTROL_UNSUBSCRIBE:
+            for wait in self._waits.of_instance(str(data["instance_id"])):
+                if wait.seq == data["seq"] and wait.home is not None:
+                    pending.waits.delete(wait)
+                    self._waits.remove(wait)
+        elif envelope.type == CONTROL_DELIVER:
+            iid, seq = str(data["instance_id"]), int(data["seq"])
+            for wait in self._waits.of_instance(iid):
+                if wait.seq == seq and wait.home is None:
+                    self._deliver(wait, Envelope.from_dict(data["event"]), now)
+        else:
+            return False
+        return True
+
+    def _deliver(self, wait: WaitRow, event: Envelope, now: float) -> None:
+        live = self._live(wait.instance_id, now, stuck=True)
+        if live is None:
+            return
+        if live.machine.stuck_reason is not None:
+            self._buffer(wait.instance_id, event, encode(event), f"r:{event.id}", now)
+            return  # parked: the wait stays, and the event waits with it
+        self._clear_wait(wait, withdraw=False)
+        self._drive(live, live.machine.resolve(wait.seq, now, ok=event.to_dict()), now)
