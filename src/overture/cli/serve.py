@@ -13,7 +13,8 @@ import signal
 
 from ..app import App
 from ..backends import open_broker
-from ..errors import OvertureError
+from ..errors import BrokerUnavailable, OvertureError
+from ..ports import Broker
 from ..runtime.host import Host
 from .common import CliError, stderr_line
 
@@ -49,7 +50,7 @@ async def serve(
         ConfigError: the broker URL is bad.
         CliError: the engine crashed (the traceback is logged).
     """
-    broker = open_broker(url, partitions=partitions)
+    broker = await _open(url, partitions)
     try:
         host = Host(app, broker, cache_size=cache_size, batch_size=batch_size)
         await host.start()
@@ -90,6 +91,19 @@ async def serve(
         log.info("engine stopped")
     finally:
         broker.close()
+
+
+async def _open(url: str, partitions: int | None) -> Broker:
+    """Open the broker; a Kafka cluster that does not answer is retried (with the reason
+    logged) until it does, so engines can be started before the cluster is up."""
+    pause = 1.0
+    while True:
+        try:
+            return await asyncio.to_thread(open_broker, url, partitions=partitions)
+        except BrokerUnavailable as error:
+            log.error("%s; retrying in %.0fs", error, pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 30.0)
 
 
 def _on_signal(sig: signal.Signals, stop: asyncio.Event) -> None:

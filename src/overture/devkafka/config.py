@@ -33,8 +33,11 @@ class Ports:
 
 
 def port_is_free(port: int) -> bool:
-    """Whether ``127.0.0.1:port`` can be bound right now."""
+    """Whether ``127.0.0.1:port`` can be bound right now, the way the broker binds it
+    (``SO_REUSEADDR``, as the JVM sets it): connections of a stopped broker lingering in
+    TIME_WAIT do not make its port unavailable to the next start."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, port))
         except OSError:

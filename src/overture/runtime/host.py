@@ -37,8 +37,6 @@ class _Membership(Protocol):
 
     def caught_up(self) -> bool: ...
 
-    def rewind(self, partition: int) -> None: ...
-
     def close(self) -> None: ...
 
 
@@ -239,8 +237,6 @@ class Host:
             pause = min(pause * 2, 30.0)
             if self._stopping or self.engines.get(p) is not engine:
                 return
-            assert self._membership is not None
-            await asyncio.to_thread(self._membership.rewind, p)
             engine = self._engine(broker, broker.owned)
             await engine.start()
             self.engines[p] = engine

@@ -14,12 +14,15 @@ one engine on a :class:`PartitionBroker`:
   with the group's metadata, which fences a member that lost the partition). Commits of
   several partitions that are ready together share one transaction (group commit).
 
-The local state is updated only after the transaction committed, so after a failed commit
-the partition's engine restarts from exactly what Kafka holds (``Membership.rewind``).
+The local state is updated, and fetched records are released, only after the transaction
+committed, so after a failed commit the partition's engine restarts from exactly what
+Kafka holds, re-reading the records it had taken from the buffer.
 """
 
 from __future__ import annotations
 
+import bisect
+import functools
 import itertools
 import logging
 import threading
@@ -56,13 +59,42 @@ RESUME_AT = 5_000
 
 
 class _Buffer:
-    """Records fetched for one logical partition, not yet read by its engine."""
+    """Records fetched for one logical partition and not yet committed by its engine.
+
+    Records stay until a commit covers them (``trim``), so an engine that restarts after
+    a failed commit reads them again from its last committed offset without the consumer
+    having to seek.
+    """
 
     def __init__(self, start: int) -> None:
-        self.records: deque[Record] = deque()
+        self.records: list[Record] = []
+        self.head = 0  # records[:head] are committed, awaiting compaction
         self.next = start
         self.paused = False
         self.wakers: list[Callable[[], None]] = []
+
+    def __len__(self) -> int:
+        return len(self.records) - self.head
+
+    def read(self, offset: int, limit: int) -> list[Record]:
+        start = bisect.bisect_left(self.records, offset, lo=self.head, key=_offset)
+        return self.records[start : start + limit]
+
+    def trim(self, committed: int) -> None:
+        self.head = bisect.bisect_left(self.records, committed, lo=self.head, key=_offset)
+        if self.head > 1024 and self.head * 2 > len(self.records):
+            del self.records[: self.head]
+            self.head = 0
+
+    def clear(self, start: int) -> None:
+        self.records.clear()
+        self.head = 0
+        self.next = start
+        self.paused = False
+
+
+def _offset(record: Record) -> int:
+    return record.offset
 
 
 class Membership:
@@ -147,16 +179,21 @@ class Membership:
     def read(self, logical: int, offset: int, limit: int) -> list[Record]:
         with self._lock:
             buffer = self._buffers.get(logical)
-            if buffer is None:
-                return []
-            records = buffer.records
-            while records and records[0].offset < offset:
-                records.popleft()
-            out = list(itertools.islice(records, 0, limit))
-            if buffer.paused and len(records) - len(out) < RESUME_AT:
-                buffer.paused = False
-                self._requests.append(lambda: self._consumer.resume([self._tp(logical)]))
-            return out
+            return [] if buffer is None else buffer.read(offset, limit)
+
+    def committed(self, offsets: dict[int, int]) -> None:
+        """A partition's engine committed up to ``offsets``: drop what they cover."""
+        with self._lock:
+            for logical, offset in offsets.items():
+                buffer = self._buffers.get(logical)
+                if buffer is None:
+                    continue
+                buffer.trim(offset)
+                if buffer.paused and len(buffer) < RESUME_AT:
+                    buffer.paused = False
+                    self._requests.append(
+                        functools.partial(self._consumer.resume, [self._tp(logical)])
+                    )
 
     def end_offset(self, logical: int) -> int:
         with self._lock:
@@ -174,33 +211,6 @@ class Membership:
                     buffer.wakers.remove(wake)
 
         return unsubscribe
-
-    def rewind(self, partition: int) -> None:
-        """Fetch ``partition`` again from the offsets its state committed (after a failed
-        commit, before its engine restarts)."""
-        broker = self._brokers.get(partition)
-        if broker is None:
-            return
-        offsets = broker.store.offsets(self.group_key)
-        done = threading.Event()
-
-        def seek() -> None:
-            try:
-                for logical in (partition, self.partitions + partition):
-                    start = offsets.get(logical, 0)
-                    with self._lock:
-                        self._buffers[logical].records.clear()
-                        self._buffers[logical].next = start
-                        self._buffers[logical].paused = False
-                    tp = self._tp(logical)
-                    tp.offset = start
-                    self._consumer.resume([self._tp(logical)])
-                    self._consumer.seek(tp)
-            finally:
-                done.set()
-
-        self._requests.append(seek)
-        done.wait(30)
 
     def caught_up(self) -> bool:
         """Whether everything committed to the assigned partitions so far was fetched."""
@@ -233,7 +243,10 @@ class Membership:
         try:
             while not self._stop.is_set():
                 while self._requests:
-                    self._requests.popleft()()
+                    try:
+                        self._requests.popleft()()
+                    except KafkaException as exc:  # e.g. resuming a revoked partition
+                        log.warning("Kafka consumer request failed: %s", exc)
                 messages = self._consumer.consume(500, 0.05)
                 woken: set[int] = set()
                 for message in messages:
@@ -243,7 +256,7 @@ class Membership:
                     for lp in woken:
                         buffer = self._buffers[lp]
                         wakers.extend(buffer.wakers)
-                        if not buffer.paused and len(buffer.records) > PAUSE_AT:
+                        if not buffer.paused and len(buffer) > PAUSE_AT:
                             buffer.paused = True
                             self._consumer.pause([self._tp(lp)])
                 for wake in wakers:
@@ -293,10 +306,7 @@ class Membership:
             start = brokers[tp.partition].store.offsets(self.group_key).get(lp)
             tp.offset = OFFSET_BEGINNING if start is None else start
             with self._lock:
-                buffer = self._buffers.setdefault(lp, _Buffer(0))
-                buffer.records.clear()
-                buffer.next = start or 0
-                buffer.paused = False
+                self._buffers.setdefault(lp, _Buffer(0)).clear(start or 0)
                 self._fetched[lp] = -1
         consumer.assign(tps)
         self.group_metadata = consumer.consumer_group_metadata()
@@ -318,7 +328,7 @@ class Membership:
                     self._fetched.pop(lp, None)
                     buffer = self._buffers.get(lp)
                     if buffer is not None:
-                        buffer.records.clear()
+                        buffer.clear(0)
 
     def _error(self, error: KafkaError) -> None:
         # librdkafka retries on its own; say so once in a while instead of on every attempt
@@ -512,7 +522,7 @@ class PartitionBroker:
         self.partition = partition
         self.url = f"{membership.settings.url}#partition={partition}"
         self.log = _PartitionLog(membership, partition)
-        self.store = _PartitionStore(membership.committer, partition)
+        self.store = _PartitionStore(membership, partition)
 
     @property
     def owned(self) -> list[int]:
@@ -564,14 +574,15 @@ class _PartitionStore(MemoryState):
     """The partition's local state; a commit goes to Kafka first and is applied here only
     once its transaction committed."""
 
-    def __init__(self, committer: Committer, partition: int) -> None:
+    def __init__(self, membership: Membership, partition: int) -> None:
         super().__init__()
-        self._committer = committer
+        self._membership = membership
         self._partition = partition
 
     def commit(self, batch: Batch) -> None:
-        self._committer.commit(self._partition, batch)
+        self._membership.committer.commit(self._partition, batch)
         self.apply(batch)
+        self._membership.committed(batch.offsets)
 
 
 def owned_partitions(partitions: Collection[int], count: int) -> set[int]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,32 @@ from ...errors import ConfigError
 CONFIG_FILE_ENV = "OVERTURE_KAFKA_CONFIG"
 ENV_PREFIX = "OVERTURE_KAFKA_"
 DEFAULT_PARTITIONS = 6
+
+
+class _OncePer(logging.Filter):
+    """Let a repeated message through once per ``seconds`` (librdkafka reports every
+    reconnection attempt while a broker is down)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self._seen: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # the text after the thread tag names the failure; the client's name varies
+        text = str(record.getMessage()).split("]: ", 1)[-1]
+        now = time.monotonic()
+        if now - self._seen.get(text, -1e9) < self.seconds:
+            return False
+        if len(self._seen) > 1000:
+            self._seen.clear()
+        self._seen[text] = now
+        return True
+
+
 _client_log = logging.getLogger("overture.kafka.client")
 """librdkafka's own log lines (connection failures, retries) go here, not to stderr."""
+_client_log.addFilter(_OncePer(30.0))
 _NOT_PROPERTIES = frozenset({CONFIG_FILE_ENV, "OVERTURE_KAFKA_DIR"})  # the latter: dev broker
 
 
