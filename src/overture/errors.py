@@ -11,6 +11,7 @@
     ├── NotFound                    no instance / dead letter with that id
     ├── EngineBusy                  another engine process already owns the database
     ├── BrokerUnavailable           the Kafka cluster cannot be reached (or refused us)
+    │   └── Fenced                  another engine took over this engine's partition
     ├── TerminalError               raised by step/handler code: fail now, never retry
     └── ProcessError                raised *inside process code* by ctx operations
         ├── WaitTimeout             ``ctx.wait_for`` timed out (catch it to compensate)
@@ -64,6 +65,11 @@ class EngineBusy(OvertureError):
 class BrokerUnavailable(OvertureError):
     """The Kafka cluster could not be reached in time, or refused a request; nothing the
     call was asked to write was acknowledged. Retrying later is safe."""
+
+
+class Fenced(BrokerUnavailable):
+    """Another engine process took over this partition (its transactions fence ours);
+    this engine must stop working on it and let the group's rebalance settle."""
 
 
 class TerminalError(OvertureError):

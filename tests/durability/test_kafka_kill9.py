@@ -99,7 +99,13 @@ def test_two_engines_survive_kill_9_and_a_broker_restart(
             for engine in engines:
                 engine.send_signal(signal.SIGTERM)
             for engine in engines:
-                codes.append(engine.wait(timeout=60))
+                try:
+                    codes.append(engine.wait(timeout=60))
+                except subprocess.TimeoutExpired:
+                    engine.send_signal(signal.SIGABRT)  # faulthandler dumps the stacks
+                    time.sleep(1)
+                    engine.kill()
+                    codes.append(-9)
         assert codes == [0, 0], log.read_text()[-3000:]
         assert kills_mid_run >= 2, f"only {kills_mid_run} kills landed mid-run"
         assert_all_done(client, effects)

@@ -28,7 +28,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def start_engine(url: str, effects: Path, log: Path, cache_size: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "OVERTURE_EFFECTS": str(effects), "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "OVERTURE_EFFECTS": str(effects),
+        "PYTHONPATH": str(ROOT),
+        "PYTHONFAULTHANDLER": "1",
+    }
     with log.open("ab") as stderr:  # the child keeps its own descriptor
         return subprocess.Popen(
             [

@@ -7,7 +7,8 @@ rebalances: an engine whose partition is revoked is drained (its last batch comm
 before the revocation returns, so the next owner starts exactly where it stopped.
 
 An engine that fails (a Kafka transaction that could not commit, say) is restarted from
-what its partition committed, after a pause that grows up to 30 s; the failure is logged.
+what its partition committed (its state restored afresh from the changelog), after a
+pause that grows up to 10 s; the failure is logged.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..app import App
+from ..errors import Fenced
 from ..ports import Broker
 from .clock import Clock, SystemClock
 from .engine import Engine
@@ -29,6 +31,8 @@ log = logging.getLogger("overture.host")
 class _PartitionBroker(Broker, Protocol):
     @property
     def owned(self) -> list[int]: ...
+
+    def reload(self) -> None: ...
 
 
 class _Membership(Protocol):
@@ -221,6 +225,10 @@ class Host:
             except Exception as error:
                 if self._stopping or self.engines.get(p) is not engine:
                     return
+                if isinstance(error, Fenced):  # the rebalance will revoke it from us
+                    log.warning("partition %d: %s; leaving it to its new owner", p, error)
+                    self.engines.pop(p, None)
+                    return
                 if not self.partitioned:  # the caller reports it
                     self._failed = error
                     self._done.set()
@@ -234,9 +242,18 @@ class Host:
                     pause,
                 )
             await asyncio.sleep(pause)
-            pause = min(pause * 2, 30.0)
+            pause = min(pause * 2, 10.0)
             if self._stopping or self.engines.get(p) is not engine:
                 return
+            while True:
+                try:
+                    await asyncio.to_thread(broker.reload)
+                    break
+                except Exception as error:
+                    log.error("restoring partition %d failed (%s); retrying", p, error)
+                await asyncio.sleep(pause)
+                if self._stopping or self.engines.get(p) is not engine:
+                    return
             engine = self._engine(broker, broker.owned)
             await engine.start()
             self.engines[p] = engine

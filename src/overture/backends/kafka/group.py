@@ -9,10 +9,17 @@ one engine on a :class:`PartitionBroker`:
 - its ``log`` reads what the :class:`Membership`'s single consumer fetched for ``p``
   (logical partition ``p``: the events topic; ``partitions + p``: the internal topic);
 - its ``store`` is a local :class:`MemoryState` rebuilt from changelog partition ``p`` on
-  assignment, and its ``commit`` is one Kafka transaction: the batch's emitted events,
-  its state changes as changelog records and its input offsets (``send_offsets_to_transaction``
-  with the group's metadata, which fences a member that lost the partition). Commits of
-  several partitions that are ready together share one transaction (group commit).
+  assignment, and its ``commit`` is one Kafka transaction of the partition's own
+  producer (transactional id ``<group>.p<N>``): the batch's emitted events, its state
+  changes as changelog records, and its input offsets as a changelog record too.
+
+Fencing is by transactional id, the Kafka Streams "exactly_once" (v1) way: the member that
+takes a partition over initializes the partition's producer, which fences the previous
+owner and aborts the transaction it left open, *before* the state is restored. (KIP-447's
+``send_offsets_to_transaction`` with group metadata was the first design; librdkafka 2.x
+can block in it forever once the group coordinator moves, e.g. over a broker restart —
+confluentinc/librdkafka#5456 — so offsets live in the changelog and the group's
+committed offsets are only updated afterwards, for lag monitoring.)
 
 The local state is updated, and fetched records are released, only after the transaction
 committed, so after a failed commit the partition's engine restarts from exactly what
@@ -27,11 +34,8 @@ import itertools
 import logging
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
-from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import (
@@ -43,7 +47,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from ...errors import BrokerUnavailable, ConfigError
+from ...errors import BrokerUnavailable, ConfigError, Fenced
 from ...ports import Batch, NewRecord, Record, partition_for
 from ..memory import MemoryState
 from .changelog import records_of, restore
@@ -140,12 +144,7 @@ class Membership:
                 }
             )
         )
-        # The consumer blocks calls from other threads while it polls, so the group's
-        # metadata (member id, generation: what fences a member that lost its partitions)
-        # is read by the fetching thread, at each assignment, for the committer.
-        self.group_metadata: Any = None
         self._watermarks: Any = None  # a second consumer for caught_up()
-        self.committer = Committer(settings, partitions, self)
         self._thread = threading.Thread(target=self._run, name="overture-kafka-fetch", daemon=True)
         self._last_error = 0.0
 
@@ -165,7 +164,6 @@ class Membership:
         self._stop.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join()
-        self.committer.close()
         if self._watermarks is not None:
             self._watermarks.close()
 
@@ -182,7 +180,13 @@ class Membership:
             return [] if buffer is None else buffer.read(offset, limit)
 
     def committed(self, offsets: dict[int, int]) -> None:
-        """A partition's engine committed up to ``offsets``: drop what they cover."""
+        """A partition's engine committed up to ``offsets``: drop what they cover, and
+        tell the group (for lag monitoring only: positions come from the changelog)."""
+        if offsets:
+            tps = [self._tp(lp) for lp in offsets]
+            for tp in tps:
+                tp.offset = offsets[self._logical(tp.topic, tp.partition)]
+            self._requests.append(functools.partial(self._commit_offsets, tps))
         with self._lock:
             for logical, offset in offsets.items():
                 buffer = self._buffers.get(logical)
@@ -212,13 +216,23 @@ class Membership:
 
         return unsubscribe
 
+    def _commit_offsets(self, tps: list[TopicPartition]) -> None:
+        with self._lock:
+            owned = {lp for p in self._brokers for lp in (p, self.partitions + p)}
+        tps = [tp for tp in tps if self._logical(tp.topic, tp.partition) in owned]
+        if tps:
+            self._consumer.commit(offsets=tps, asynchronous=True)
+
     def caught_up(self) -> bool:
         """Whether everything committed to the assigned partitions so far was fetched."""
         with self._lock:
             logical = [lp for p in self._brokers for lp in (p, self.partitions + p)]
             fetched = {lp: self._fetched.get(lp, -1) for lp in logical}
         if self._watermarks is None:
-            self._watermarks = reader(self.settings, "watermarks")
+            # The high watermark, not the last stable offset: a transaction reports its
+            # commit before the cluster has written its markers, and until then the last
+            # stable offset would not show its records yet.
+            self._watermarks = reader(self.settings, "watermarks", committed=False)
         for lp, fetched_to in fetched.items():
             tp = self._tp(lp)
             try:
@@ -309,7 +323,6 @@ class Membership:
                 self._buffers.setdefault(lp, _Buffer(0)).clear(start or 0)
                 self._fetched[lp] = -1
         consumer.assign(tps)
-        self.group_metadata = consumer.consumer_group_metadata()
         with self._lock:
             self._brokers.update(brokers)
         self._on_assign(brokers)
@@ -322,13 +335,15 @@ class Membership:
         if owned:
             self._on_revoke(owned)
         with self._lock:
+            gone = [self._brokers.pop(p) for p in partitions if p in self._brokers]
             for p in partitions:
-                self._brokers.pop(p, None)
                 for lp in (p, self.partitions + p):
                     self._fetched.pop(lp, None)
                     buffer = self._buffers.get(lp)
                     if buffer is not None:
                         buffer.clear(0)
+        for broker in gone:
+            broker.close()
 
     def _error(self, error: KafkaError) -> None:
         # librdkafka retries on its own; say so once in a while instead of on every attempt
@@ -339,7 +354,11 @@ class Membership:
 
 
 def restore_partitions(settings: KafkaSettings, states: dict[int, MemoryState]) -> None:
-    """Rebuild the state of some partitions from the changelog into ``states``."""
+    """Rebuild the state of some partitions from the changelog into ``states``.
+
+    Call it only once the partitions' producers are initialized: that aborts (or lets
+    finish) a transaction their previous owner left open, so nothing restored here can
+    be overtaken by a late commit."""
     partitions = sorted(states)
     if not partitions:
         return
@@ -365,119 +384,81 @@ def restore_partitions(settings: KafkaSettings, states: dict[int, MemoryState]) 
     )
 
 
-@dataclass
-class _Commit:
-    partition: int
-    batch: Batch
-    future: Future[None]
-
-
 class Committer:
-    """The member's transactional producer. Batches that arrive while a transaction is
-    being committed wait, and then go out together in the next one."""
+    """The transactional producer of one partition.
 
-    def __init__(self, settings: KafkaSettings, partitions: int, membership: Membership) -> None:
+    Its transactional id is the partition's (``<group>.p<N>``), the same in every member:
+    the member that takes a partition over initializes it, which fences the previous
+    owner (a zombie's commits fail) and aborts the transaction that owner left open.
+    """
+
+    def __init__(self, settings: KafkaSettings, partitions: int, partition: int) -> None:
         self.settings = settings
         self.partitions = partitions
-        self._membership = membership
-        self._queue: deque[_Commit] = deque()
-        self._ready = threading.Condition()
-        self._closed = False
+        self.partition = partition
+        self._transactional_id = f"{settings.group}.p{partition}"
         self._rr = itertools.count()
         self._producer = self._new_producer()
-        self._thread = threading.Thread(target=self._run, name="overture-kafka-commit", daemon=True)
-        self._thread.start()
 
     def _new_producer(self) -> Producer:
         producer = Producer(
             self.settings.config(
                 **{
-                    "transactional.id": f"{self.settings.group}.{uuid.uuid4().hex[:12]}",
+                    "transactional.id": self._transactional_id,
                     "enable.idempotence": True,
                     "acks": "all",
                     "linger.ms": 1,
-                    # an abandoned transaction (a killed member) blocks read_committed
-                    # readers of its partitions until it times out: keep that short
+                    # an abandoned transaction blocks read_committed readers of its
+                    # partitions until the next owner's init aborts it or it times out
                     "transaction.timeout.ms": 10_000,
                 }
             )
         )
         try:
-            producer.init_transactions(30)
+            producer.init_transactions(60)
         except KafkaException as exc:
             raise BrokerUnavailable(
-                f"Kafka at {self.settings.bootstrap}: cannot start transactions: "
-                f"{exc.args[0].str()}"
+                f"Kafka at {self.settings.bootstrap}: cannot start transactions for partition "
+                f"{self.partition}: {exc.args[0].str()}"
             ) from exc
         return producer
 
-    def commit(self, partition: int, batch: Batch) -> None:
-        """Commit one partition's batch (blocking); raises if its transaction failed."""
-        future: Future[None] = Future()
-        with self._ready:
-            if self._closed:
-                raise BrokerUnavailable("the Kafka committer is closed")
-            self._queue.append(_Commit(partition, batch, future))
-            self._ready.notify()
-        future.result()
-
-    def close(self) -> None:
-        with self._ready:
-            self._closed = True
-            self._ready.notify()
-        self._thread.join(30)
-
-    def _run(self) -> None:
-        while True:
-            with self._ready:
-                while not self._queue and not self._closed:
-                    self._ready.wait()
-                if not self._queue:
-                    return
-                commits = list(self._queue)
-                self._queue.clear()
-            try:
-                self._transaction(commits)
-            except BaseException as exc:
-                for commit in commits:
-                    commit.future.set_exception(exc)
-            else:
-                for commit in commits:
-                    commit.future.set_result(None)
-
-    def _transaction(self, commits: list[_Commit]) -> None:
+    def commit(self, batch: Batch) -> None:
+        """One transaction: the batch's events, its changelog records, its offsets (in the
+        changelog). Raises :class:`BrokerUnavailable` if it did not commit."""
         producer = self._producer
         settings = self.settings
         try:
             producer.begin_transaction()
-            offsets: list[TopicPartition] = []
-            for commit in commits:
-                p = commit.partition
-                for record in commit.batch.appends:
-                    self._produce(record)
-                for key, value in records_of(commit.batch):
-                    producer.produce(settings.changelog_topic, value, key, partition=p)
-                for lp, offset in commit.batch.offsets.items():
-                    topic = (
-                        settings.events_topic if lp < self.partitions else settings.internal_topic
-                    )
-                    offsets.append(TopicPartition(topic, lp % self.partitions, offset))
-            if offsets:
-                producer.send_offsets_to_transaction(offsets, self._membership.group_metadata, 30)
+            for record in batch.appends:
+                self._produce(record)
+            for key, value in records_of(batch):
+                self._send(settings.changelog_topic, value, key, self.partition, None)
             self._finish(producer)
-        except KafkaException as exc:
-            error = exc.args[0]
-            if error.fatal():
+        except BaseException as exc:
+            # Whatever failed, leave a producer that can begin the next transaction: abort
+            # this one, or replace the producer if it cannot abort.
+            error = exc.args[0] if isinstance(exc, KafkaException) else None
+            reason = error.str() if error is not None else repr(exc)
+            if error is not None and error.code() in _FENCED:
+                raise Fenced(
+                    f"partition {self.partition} was taken over by another member ({reason})"
+                ) from exc
+            if error is not None and error.fatal():
                 log.error(
-                    "the transactional producer is fenced or broken (%s): renewing it", error.str()
+                    "the producer of partition %d failed (%s): renewing it", self.partition, reason
                 )
-                self._renew()
-            elif error.txn_requires_abort():
+                self.renew()
+            else:
                 try:
                     producer.abort_transaction(30)
-                except KafkaException:
-                    self._renew()
-            raise BrokerUnavailable(f"Kafka transaction failed: {error.str()}") from exc
+                except KafkaException as abort:
+                    log.error(
+                        "aborting a transaction failed (%s): renewing the producer",
+                        abort.args[0].str(),
+                    )
+                    self.renew()
+            raise BrokerUnavailable(f"Kafka transaction failed: {reason}") from exc
 
     def _finish(self, producer: Producer) -> None:
         deadline = time.monotonic() + 120
@@ -491,12 +472,13 @@ class Committer:
                     continue
                 raise
 
-    def _renew(self) -> None:
-        try:
-            self._producer.flush(0)
-        except Exception:
-            pass
+    def renew(self) -> None:
+        """A fresh producer with the same id (fences the old one, aborts its open
+        transaction)."""
         self._producer = self._new_producer()
+
+    def close(self) -> None:
+        self._producer.flush(10)
 
     def _produce(self, record: NewRecord) -> None:
         key, headers, value = to_binary(record.value)
@@ -506,12 +488,22 @@ class Committer:
             partition = record.partition % self.partitions
         else:
             partition = partition_for(key, self.partitions, next(self._rr))
+        self._send(topic, value, None if key is None else key.encode(), partition, headers)
+
+    def _send(
+        self, topic: str, value: bytes | None, key: bytes | None, partition: int, headers: Any
+    ) -> None:
         while True:
             try:
                 self._producer.produce(topic, value, key, partition=partition, headers=headers)
                 return
             except BufferError:
                 self._producer.poll(0.05)  # the local queue is full: let it drain
+
+
+_FENCED = frozenset(
+    {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+)
 
 
 class PartitionBroker:
@@ -522,18 +514,28 @@ class PartitionBroker:
         self.partition = partition
         self.url = f"{membership.settings.url}#partition={partition}"
         self.log = _PartitionLog(membership, partition)
-        self.store = _PartitionStore(membership, partition)
+        self.committer = Committer(membership.settings, membership.partitions, partition)
+        self.store = _PartitionStore(membership, self.committer, partition)
 
     @property
     def owned(self) -> list[int]:
         """The logical partitions its engine consumes: events ``p``, internal ``p``."""
         return [self.partition, self.membership.partitions + self.partition]
 
+    def reload(self) -> None:
+        """Replace the local state by a fresh restore from the changelog: after a commit
+        whose outcome is unknown (it may have committed although it reported failure),
+        only Kafka knows what holds."""
+        self.committer.renew()
+        store = _PartitionStore(self.membership, self.committer, self.partition)
+        restore_partitions(self.membership.settings, {self.partition: store})
+        self.store = store
+
     def engine_lock(self) -> Callable[[], None]:
         return lambda: None  # the group protocol gives each partition one owner
 
     def close(self) -> None:
-        pass
+        self.committer.close()
 
 
 class _PartitionLog:
@@ -574,13 +576,14 @@ class _PartitionStore(MemoryState):
     """The partition's local state; a commit goes to Kafka first and is applied here only
     once its transaction committed."""
 
-    def __init__(self, membership: Membership, partition: int) -> None:
+    def __init__(self, membership: Membership, committer: Committer, partition: int) -> None:
         super().__init__()
         self._membership = membership
+        self._committer = committer
         self._partition = partition
 
     def commit(self, batch: Batch) -> None:
-        self._membership.committer.commit(self._partition, batch)
+        self._committer.commit(batch)
         self.apply(batch)
         self._membership.committed(batch.offsets)
 

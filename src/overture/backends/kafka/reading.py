@@ -28,14 +28,15 @@ def position(message: Message) -> tuple[int, int]:
     return partition, offset
 
 
-def reader(settings: KafkaSettings, name: str) -> Consumer:
-    """A consumer for reading by position (no group membership, no commits)."""
+def reader(settings: KafkaSettings, name: str, *, committed: bool = True) -> Consumer:
+    """A consumer for reading by position (no group membership, no commits); with
+    ``committed=False`` it sees the high watermark rather than the last stable offset."""
     return Consumer(
         settings.config(
             **{
                 "group.id": f"{settings.namespace}.{name}",
                 "enable.auto.commit": False,
-                "isolation.level": "read_committed",
+                "isolation.level": "read_committed" if committed else "read_uncommitted",
                 "enable.partition.eof": True,
                 "auto.offset.reset": "earliest",
                 "fetch.wait.max.ms": 10,  # a read to the end waits for the end-of-partition
