@@ -240,7 +240,13 @@ class Client:
         envelope = Envelope(
             type=CONTROL_DLQ_REPLAY, data={"id": letter.id}, partitionkey=letter.key
         )
-        return self.send_many([envelope])[0]
+        # to the partition whose engine holds the letter (a keyless or re-keyed event's
+        # letter is not necessarily where its key points)
+        record = NewRecord(
+            letter.key, encode(envelope), envelope.id, envelope.type, letter.partition
+        )
+        self.broker.log.append([record])
+        return envelope.id
 
     def wait(self, instance_id: str, *, timeout: float = 30.0, poll: float = 0.01) -> Instance:
         """Block until the instance has finished (completed, failed or cancelled).

@@ -21,6 +21,15 @@ READ_TIMEOUT = 30.0
 """Seconds a read to the end may take before the cluster counts as unavailable."""
 
 
+_NO_LEADER_YET = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+    }
+)
+
+
 def position(message: Message) -> tuple[int, int]:
     """(partition, offset) of a fetched message."""
     partition, offset = message.partition(), message.offset()
@@ -50,15 +59,23 @@ def high_watermarks(
 ) -> dict[int, int]:
     """The current end of each partition (for ``read_committed``: its last stable offset)."""
     out = {}
+    deadline = time.monotonic() + timeout
     for p in partitions:
-        try:
-            out[p] = consumer.get_watermark_offsets(
-                TopicPartition(topic, p), timeout=timeout, cached=False
-            )[1]
-        except KafkaException as exc:
-            raise BrokerUnavailable(
-                f"cannot read the end of {topic}[{p}]: {exc.args[0].str()}"
-            ) from exc
+        while True:
+            try:
+                out[p] = consumer.get_watermark_offsets(
+                    TopicPartition(topic, p), timeout=timeout, cached=False
+                )[1]
+                break
+            except KafkaException as exc:
+                # a topic created a moment ago may not have a leader yet
+                error = exc.args[0]
+                transient = error.retriable() or error.code() in _NO_LEADER_YET
+                if not transient or time.monotonic() > deadline:
+                    raise BrokerUnavailable(
+                        f"cannot read the end of {topic}[{p}]: {exc.args[0].str()}"
+                    ) from exc
+                time.sleep(0.1)
     return out
 
 

@@ -108,6 +108,10 @@ def parse(url: str, *, partitions: int | None = None) -> KafkaSettings:
     parsed = urlparse(url)
     if not parsed.netloc:
         raise ConfigError(f"bad kafka URL {url!r}: use kafka://host:port[/namespace]")
+    for address in parsed.netloc.split(","):
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"bad kafka URL {url!r}: {address!r} is not host:port")
     namespace = parsed.path.strip("/") or "overture"
     if not all(c.isalnum() or c in "._-" for c in namespace):
         raise ConfigError(f"bad namespace {namespace!r} in {url!r}: use letters, digits, . _ -")
