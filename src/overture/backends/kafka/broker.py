@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from typing import Any
 
+import orjson
 from confluent_kafka import KafkaException, Producer
 
 from ...errors import BrokerUnavailable, ConfigError
@@ -286,8 +287,6 @@ class ChangelogView:
 
     def _placed(self, letter: DeadLetter) -> DeadLetter:
         """The letter with the partition whose engine holds it (where a replay must go)."""
-        import orjson
-
         where = self._where.get(orjson.dumps(["d", letter.id]).decode())
         return letter if where is None else replace(letter, partition=where)
 
