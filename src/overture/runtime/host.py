@@ -106,7 +106,7 @@ class Host:
             return
         join: Callable[..., _Membership] = self.broker.join  # type: ignore[attr-defined]
         self._membership = await asyncio.to_thread(
-            join, f"engine:{self.app.name}", self._assigned, self._revoked
+            join, f"engine:{self.app.name}", self._assigned, self._revoked, self._failed_member
         )
         if self.drive:  # a test expects its engines to exist once started
             for _ in range(3000):
@@ -191,6 +191,14 @@ class Host:
             return
         future = asyncio.run_coroutine_threadsafe(self._stop_partitions(partitions), self._loop)
         future.result()
+
+    def _failed_member(self, error: BaseException) -> None:
+        """The membership cannot go on (its fetching thread died): stop the host."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        self._failed = error
+        loop.call_soon_threadsafe(self._done.set)
 
     async def _start_partitions(self, brokers: dict[int, Any]) -> None:
         for p, broker in brokers.items():

@@ -56,9 +56,12 @@ class KafkaBroker:
         group_key: str,
         on_assign: Callable[[dict[int, PartitionBroker]], None],
         on_revoke: Callable[[list[int]], None],
+        on_failure: Callable[[BaseException], None],
     ) -> Membership:
         """Become a member of the engine group (see :class:`Membership`)."""
-        membership = Membership(self.settings, self.partitions, group_key, on_assign, on_revoke)
+        membership = Membership(
+            self.settings, self.partitions, group_key, on_assign, on_revoke, on_failure
+        )
         membership.start()
         return membership
 

@@ -117,12 +117,14 @@ class Membership:
         group_key: str,
         on_assign: Callable[[dict[int, PartitionBroker]], None],
         on_revoke: Callable[[list[int]], None],
+        on_failure: Callable[[BaseException], None] = lambda error: None,
     ) -> None:
         self.settings = settings
         self.partitions = partitions
         self.group_key = group_key
         self._on_assign = on_assign
         self._on_revoke = on_revoke
+        self._on_failure = on_failure
         self._lock = threading.Lock()
         self._buffers: dict[int, _Buffer] = {}
         self._brokers: dict[int, PartitionBroker] = {}
@@ -275,9 +277,11 @@ class Membership:
                             self._consumer.pause([self._tp(lp)])
                 for wake in wakers:
                     wake()
-        except Exception:
+        except Exception as error:
+            # No partition can make progress without the fetcher: say so, loudly, rather
+            # than look alive (``overture run`` exits; a supervisor restarts it).
             log.exception("the Kafka fetcher failed")
-            raise
+            self._on_failure(error)
         finally:
             try:
                 self._consumer.close()  # leaves the group; revocation runs _revoked
