@@ -263,7 +263,12 @@ class Membership:
                         self._requests.popleft()()
                     except KafkaException as exc:  # e.g. resuming a revoked partition
                         log.warning("Kafka consumer request failed: %s", exc)
-                messages = self._consumer.consume(500, 0.05)
+                # consume(n, timeout) waits for n records or the timeout: wait for the
+                # first only, then take what has already arrived (a lone event would
+                # otherwise sit here for the whole timeout)
+                messages = self._consumer.consume(1, 0.05)
+                if messages:
+                    messages.extend(self._consumer.consume(499, 0))
                 woken: set[int] = set()
                 for message in messages:
                     self._take(message, woken)
