@@ -168,8 +168,9 @@ class Host:
             if not self.engines:
                 await asyncio.sleep(0.02)  # waiting for the assignment
                 continue
-            for engine in list(self.engines.values()):
-                await engine.run_until_idle()
+            # concurrently: one engine may wait on a step that only another's progress
+            # releases (a test's gate), as running engines would
+            await asyncio.gather(*(e.run_until_idle() for e in list(self.engines.values())))
             if any(e._has_unread() for e in self.engines.values()):
                 continue
             caught_up = await asyncio.to_thread(membership.caught_up)
