@@ -36,7 +36,9 @@ async def test_every_handler_sees_every_event(harness: Factory) -> None:
         for action in ("login", "click", "logout"):
             h.client.send(UserActivity(user_id="u1", action=action))
         await h.idle()
-        assert seen == {"a": ["login", "click", "logout"], "b": ["login", "click", "logout"]}
+        # sync handlers run concurrently in threads: every event, in no guaranteed order
+        assert seen["a"] == ["login", "click", "logout"]
+        assert sorted(seen["b"]) == ["click", "login", "logout"]
 
 
 async def test_failing_handler_is_retried_then_dead_lettered_then_replayed(
