@@ -258,6 +258,10 @@ class Host:
                 try:
                     await asyncio.to_thread(broker.reload)
                     break
+                except Fenced as error:
+                    log.warning("partition %d: %s; leaving it to its new owner", p, error)
+                    self.engines.pop(p, None)
+                    return
                 except Exception as error:
                     log.error("restoring partition %d failed (%s); retrying", p, error)
                 await asyncio.sleep(pause)

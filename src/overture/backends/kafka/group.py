@@ -32,10 +32,11 @@ import bisect
 import functools
 import itertools
 import logging
+import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import (
@@ -282,11 +283,11 @@ class Membership:
                             self._consumer.pause([self._tp(lp)])
                 for wake in wakers:
                     wake()
-        except Exception as error:
+        except:  # noqa: E722 - confluent also raises KafkaError, which is no BaseException
             # No partition can make progress without the fetcher: say so, loudly, rather
             # than look alive (``overture run`` exits; a supervisor restarts it).
             log.exception("the Kafka fetcher failed")
-            self._on_failure(error)
+            self._on_failure(BrokerUnavailable(f"the Kafka fetcher failed: {sys.exc_info()[1]}"))
         finally:
             try:
                 self._consumer.close()  # leaves the group; revocation runs _revoked
@@ -445,14 +446,14 @@ class Committer:
                 self._send(settings.changelog_topic, value, key, self.partition, None)
             self._finish(producer)
         except BaseException as exc:
-            # Whatever failed, leave a producer that can begin the next transaction: abort
-            # this one, or replace the producer if it cannot abort.
+            # Leave a producer that can begin the next transaction (abort this one, or
+            # replace the producer) -- unless another member fenced us: then a new
+            # producer with the partition's id would fence *it*, and the two would take
+            # the partition from each other in turn.
             error = exc.args[0] if isinstance(exc, KafkaException) else None
             reason = error.str() if error is not None else repr(exc)
-            if error is not None and error.code() in _FENCED:
-                raise Fenced(
-                    f"partition {self.partition} was taken over by another member ({reason})"
-                ) from exc
+            if error is not None and _is_fenced(error):
+                raise self._fenced(reason) from exc
             if error is not None and error.fatal():
                 log.error(
                     "the producer of partition %d failed (%s): renewing it", self.partition, reason
@@ -462,12 +463,17 @@ class Committer:
                 try:
                     producer.abort_transaction(30)
                 except KafkaException as abort:
+                    if _is_fenced(abort.args[0]):
+                        raise self._fenced(abort.args[0].str()) from exc
                     log.error(
                         "aborting a transaction failed (%s): renewing the producer",
                         abort.args[0].str(),
                     )
                     self.renew()
             raise BrokerUnavailable(f"Kafka transaction failed: {reason}") from exc
+
+    def _fenced(self, reason: str) -> Fenced:
+        return Fenced(f"partition {self.partition} was taken over by another member ({reason})")
 
     def _finish(self, producer: Producer) -> None:
         deadline = time.monotonic() + 120
@@ -487,7 +493,11 @@ class Committer:
         self._producer = self._new_producer()
 
     def close(self) -> None:
-        self._producer.flush(10)
+        try:
+            self._producer.flush(10)
+        except:  # noqa: E722 - a fenced producer raises KafkaError, which is no BaseException
+            # a fenced or broken producer has nothing left worth delivering
+            log.info("closing the producer of partition %d: %s", self.partition, sys.exc_info()[1])
 
     def _produce(self, record: NewRecord) -> None:
         key, headers, value = to_binary(record.value)
@@ -515,6 +525,12 @@ _FENCED = frozenset(
 )
 
 
+def _is_fenced(error: KafkaError) -> bool:
+    # librdkafka sometimes reports the fencing through another code (e.g. ending a
+    # transaction: "This instance has been fenced by a newer instance")
+    return error.code() in _FENCED or "fenced" in error.str().lower()
+
+
 class PartitionBroker:
     """The broker one partition's engine sees (see the module docstring)."""
 
@@ -534,7 +550,13 @@ class PartitionBroker:
     def reload(self) -> None:
         """Replace the local state by a fresh restore from the changelog: after a commit
         whose outcome is unknown (it may have committed although it reported failure),
-        only Kafka knows what holds."""
+        only Kafka knows what holds.
+
+        Raises:
+            Fenced: the partition is no longer assigned to this member.
+        """
+        if self.partition not in self.membership.assigned:
+            raise Fenced(f"partition {self.partition} is no longer assigned to this member")
         self.committer.renew()
         store = _PartitionStore(self.membership, self.committer, self.partition)
         restore_partitions(self.membership.settings, {self.partition: store})
@@ -595,8 +617,3 @@ class _PartitionStore(MemoryState):
         self._committer.commit(batch)
         self.apply(batch)
         self._membership.committed(batch.offsets)
-
-
-def owned_partitions(partitions: Collection[int], count: int) -> set[int]:
-    """Key partitions covered by a set of logical partitions."""
-    return {lp % count for lp in partitions}
