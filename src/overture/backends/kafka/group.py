@@ -323,8 +323,7 @@ class Membership:
     def _assigned(self, consumer: Consumer, tps: list[TopicPartition]) -> None:
         partitions = sorted({tp.partition for tp in tps if tp.topic == self.settings.events_topic})
         log.info("assigned partitions %s", partitions)
-        brokers = {p: PartitionBroker(self, p) for p in partitions}
-        restore_partitions(self.settings, {p: b.store for p, b in brokers.items()})
+        brokers = self._prepare(partitions)
         for tp in tps:
             lp = self._logical(tp.topic, tp.partition)
             start = brokers[tp.partition].store.offsets(self.group_key).get(lp)
@@ -336,6 +335,24 @@ class Membership:
         with self._lock:
             self._brokers.update(brokers)
         self._on_assign(brokers)
+
+    def _prepare(self, partitions: list[int]) -> dict[int, PartitionBroker]:
+        """Producers (fencing the previous owners) and restored state for newly assigned
+        partitions; retried while the cluster is unavailable (say, restarting)."""
+        pause = 0.5
+        while True:
+            try:
+                brokers = {p: PartitionBroker(self, p) for p in partitions}
+                restore_partitions(self.settings, {p: b.store for p, b in brokers.items()})
+                return brokers
+            except BrokerUnavailable as error:
+                if self._stop.is_set():
+                    raise
+                log.error(
+                    "preparing partitions %s: %s; retrying in %.1fs", partitions, error, pause
+                )
+                time.sleep(pause)
+                pause = min(pause * 2, 10.0)
 
     def _revoked(self, consumer: Consumer, tps: list[TopicPartition]) -> None:
         partitions = sorted({tp.partition for tp in tps if tp.topic == self.settings.events_topic})
