@@ -7,19 +7,15 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import Invoke, failed, ok
-from tests.conftest import kafka_url
 
 import overture as ov
 from overture.testing import Harness
 
 
-@pytest.fixture(params=["sqlite", "kafka"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The embedded database, and a fresh one-partition Kafka namespace: the commands
-    show the same on both."""
-    if request.param == "kafka":
-        return kafka_url(request.getfixturevalue("kafka_bootstrap"), partitions=1)
-    return f"sqlite:///{tmp_path / 'cli.db'}"
+@pytest.fixture
+def url(sqlite_and_kafka_url: str) -> str:
+    """These commands show the same on SQLite and Kafka."""
+    return sqlite_and_kafka_url
 
 
 def flaky_app(flag: Path, done: Path) -> ov.App:

@@ -34,7 +34,6 @@ from ..ports import (
     Record,
     WaitRow,
     WorkRow,
-    partition_for,
 )
 from .batch import Live, Outcome, PendingBatch
 from .clock import Clock, SystemClock
@@ -359,12 +358,7 @@ class Engine(WorkRunner):
             self._control(envelope, record, now)
             return
         key = envelope.partitionkey
-        owned = self._owned
-        if (
-            owned is not None
-            and key is not None
-            and partition_for(key, self._log.partitions) not in owned
-        ):
+        if self._foreign(key):
             # keyed for another partition (a producer keyed or partitioned it differently):
             # forward it there, atomically with this batch's offsets
             assert self._pending is not None

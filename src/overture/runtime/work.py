@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict, deque
-from collections.abc import Iterable
 from typing import Any
 
 from ..app import App, HandlerDef
@@ -43,12 +42,6 @@ class WorkRunner(RemoteWaits):
     _cache: OrderedDict[str, Live]
     _inline_budget: int
     _store: Store
-
-    def _live(self, iid: str, now: float, *, stuck: bool = False) -> Live | None:
-        raise NotImplementedError
-
-    def _drive(self, live: Live, commands: Iterable[m.Command], now: float) -> None:
-        raise NotImplementedError
 
     def _dead_letter(
         self,

@@ -28,15 +28,15 @@ from ...ports import (
     Record,
     WaitRow,
     WorkRow,
-    partition_for,
 )
 from ..memory import MemoryState
 from .changelog import restore
-from .codec import from_binary, to_binary
+from .codec import from_binary
 from .group import Membership, PartitionBroker
-from .reading import high_watermarks, position, read_to_end, reader
+from .reading import high_watermarks, position, read_changelog, read_to_end, reader
 from .settings import KafkaSettings, parse
 from .topics import ensure_topics
+from .writing import produce_record
 
 SEND_TIMEOUT = 30.0
 
@@ -124,26 +124,15 @@ class KafkaLog:
                 return report
 
             for index, record in enumerate(records):
-                key, headers, value = to_binary(record.value)
-                key = record.key if record.key is not None else key
-                if record.partition is not None:
-                    partition = record.partition % self._partitions
-                else:
-                    self._rr += 1
-                    partition = partition_for(key, self._partitions, self._rr)
-                while True:
-                    try:
-                        producer.produce(
-                            self._settings.events_topic,
-                            value,
-                            key,
-                            partition=partition,
-                            headers=headers,
-                            on_delivery=delivered(index),
-                        )
-                        break
-                    except BufferError:
-                        producer.poll(0.05)
+                self._rr += 1
+                produce_record(
+                    producer,
+                    self._settings.events_topic,
+                    record,
+                    self._partitions,
+                    self._rr,
+                    delivered(index),
+                )
             left = producer.flush(SEND_TIMEOUT + 5)
             if left or errors:
                 reason = errors[0] if errors else f"{left} record(s) not acknowledged in time"
@@ -221,22 +210,17 @@ class ChangelogView:
         with self._lock:
             if self._reader is None:
                 self._reader = reader(self._settings, "view")
-            by_partition: dict[int, list[tuple[bytes, bytes | None]]] = {}
             try:
-                for message in read_to_end(
-                    self._reader, self._settings.changelog_topic, dict(self._positions)
-                ):
-                    p, offset = position(message)
-                    key = message.key()
-                    assert key is not None
-                    by_partition.setdefault(p, []).append((key, message.value()))
-                    self._positions[p] = offset + 1
-                    if key.startswith(b'["d",'):
-                        self._where[key.decode()] = p
+                by_partition = read_changelog(
+                    self._reader, self._settings.changelog_topic, self._positions
+                )
             except KafkaException as exc:
                 raise BrokerUnavailable(str(exc)) from exc
-            for records in by_partition.values():
+            for p, records in by_partition.items():
                 restore(records, self._state)
+                for key, _ in records:
+                    if key.startswith(b'["d",'):  # a dead letter: remember where it lives
+                        self._where[orjson.loads(key)[1]] = p
 
     def commit(self, batch: Batch) -> None:
         raise ConfigError("the changelog view is read-only; engines commit per partition")
@@ -290,7 +274,7 @@ class ChangelogView:
 
     def _placed(self, letter: DeadLetter) -> DeadLetter:
         """The letter with the partition whose engine holds it (where a replay must go)."""
-        where = self._where.get(orjson.dumps(["d", letter.id]).decode())
+        where = self._where.get(letter.id)
         return letter if where is None else replace(letter, partition=where)
 
     def close(self) -> None:

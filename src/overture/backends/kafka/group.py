@@ -49,12 +49,13 @@ from confluent_kafka import (
 )
 
 from ...errors import BrokerUnavailable, ConfigError, Fenced
-from ...ports import Batch, NewRecord, Record, partition_for
+from ...ports import Batch, NewRecord, Record
 from ..memory import MemoryState
 from .changelog import records_of, restore
-from .codec import from_binary, to_binary
-from .reading import position, read_to_end, reader
+from .codec import from_binary
+from .reading import read_changelog, reader
 from .settings import KafkaSettings
+from .writing import produce_record, send
 
 log = logging.getLogger("overture.kafka")
 
@@ -308,8 +309,8 @@ class Membership:
             return
         lp = self._logical(topic, partition)
         stamp = message.timestamp()[1] / 1000
-        value = from_binary(message.key(), message.headers(), message.value())
         key = message.key()
+        value = from_binary(key, message.headers(), message.value())
         record = Record(lp, offset, None if key is None else key.decode(), value, stamp)
         with self._lock:
             buffer = self._buffers.get(lp)
@@ -391,18 +392,13 @@ def restore_partitions(settings: KafkaSettings, states: dict[int, MemoryState]) 
         return
     started = time.monotonic()
     consumer = reader(settings, "restore")
-    count = 0
     try:
-        pending: dict[int, list[tuple[bytes, bytes | None]]] = {p: [] for p in partitions}
-        for message in read_to_end(consumer, settings.changelog_topic, {p: 0 for p in partitions}):
-            key = message.key()
-            assert key is not None
-            pending[position(message)[0]].append((key, message.value()))
-            count += 1
-        for p, records in pending.items():
-            restore(records, states[p])
+        pending = read_changelog(consumer, settings.changelog_topic, dict.fromkeys(partitions, 0))
     finally:
         consumer.close()
+    for p, records in pending.items():
+        restore(records, states[p])
+    count = sum(len(records) for records in pending.values())
     log.info(
         "restored partitions %s from %d changelog records in %.2fs",
         list(partitions),
@@ -458,9 +454,10 @@ class Committer:
         try:
             producer.begin_transaction()
             for record in batch.appends:
-                self._produce(record)
+                topic = settings.internal_topic if record.internal else settings.events_topic
+                produce_record(producer, topic, record, self.partitions, next(self._rr))
             for key, value in records_of(batch):
-                self._send(settings.changelog_topic, value, key, self.partition, None)
+                send(producer, settings.changelog_topic, value, key, self.partition)
             self._finish(producer)
         except BaseException as exc:
             # Leave a producer that can begin the next transaction (abort this one, or
@@ -515,26 +512,6 @@ class Committer:
         except:  # noqa: E722 - a fenced producer raises KafkaError, which is no BaseException
             # a fenced or broken producer has nothing left worth delivering
             log.info("closing the producer of partition %d: %s", self.partition, sys.exc_info()[1])
-
-    def _produce(self, record: NewRecord) -> None:
-        key, headers, value = to_binary(record.value)
-        key = record.key if record.key is not None else key
-        topic = self.settings.internal_topic if record.internal else self.settings.events_topic
-        if record.partition is not None:
-            partition = record.partition % self.partitions
-        else:
-            partition = partition_for(key, self.partitions, next(self._rr))
-        self._send(topic, value, None if key is None else key.encode(), partition, headers)
-
-    def _send(
-        self, topic: str, value: bytes | None, key: bytes | None, partition: int, headers: Any
-    ) -> None:
-        while True:
-            try:
-                self._producer.produce(topic, value, key, partition=partition, headers=headers)
-                return
-            except BufferError:
-                self._producer.poll(0.05)  # the local queue is full: let it drain
 
 
 _FENCED = frozenset(

@@ -138,3 +138,18 @@ def read_to_end(
                 return
     finally:
         consumer.unassign()
+
+
+def read_changelog(
+    consumer: Consumer, topic: str, start: dict[int, int]
+) -> dict[int, list[tuple[bytes, bytes | None]]]:
+    """The changelog records (key, value) of each partition from ``start`` to the end;
+    ``start`` is advanced past what was read."""
+    out: dict[int, list[tuple[bytes, bytes | None]]] = {p: [] for p in start}
+    for message in read_to_end(consumer, topic, dict(start)):
+        p, offset = position(message)
+        key = message.key()
+        assert key is not None  # every changelog record is keyed by its row
+        out[p].append((key, message.value()))
+        start[p] = offset + 1
+    return out

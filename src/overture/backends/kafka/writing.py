@@ -1,0 +1,54 @@
+"""Producing: a log record to the partition of its key, and the retry on a full queue.
+
+Shared by clients (``KafkaLog.append``) and engines (``Committer``), so both place and
+encode a record the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Producer
+
+from ...ports import NewRecord, partition_for
+from .codec import to_binary
+
+
+def produce_record(
+    producer: Producer,
+    topic: str,
+    record: NewRecord,
+    partitions: int,
+    fallback: int,
+    on_delivery: Callable[[Any, Any], None] | None = None,
+) -> None:
+    """Send ``record`` in binary mode to its partition: ``record.partition`` if set, else
+    its key's (``fallback`` spreads keyless records)."""
+    key, headers, value = to_binary(record.value)
+    key = record.key if record.key is not None else key
+    if record.partition is not None:
+        partition = record.partition % partitions
+    else:
+        partition = partition_for(key, partitions, fallback)
+    encoded = None if key is None else key.encode()
+    send(producer, topic, value, encoded, partition, headers, on_delivery)
+
+
+def send(
+    producer: Producer,
+    topic: str,
+    value: bytes | None,
+    key: bytes | None,
+    partition: int,
+    headers: Any = None,
+    on_delivery: Callable[[Any, Any], None] | None = None,
+) -> None:
+    """``producer.produce``, waiting for room while its local queue is full."""
+    extra: dict[str, Any] = {} if on_delivery is None else {"on_delivery": on_delivery}
+    while True:
+        try:
+            producer.produce(topic, value, key, partition=partition, headers=headers, **extra)
+            return
+        except BufferError:
+            producer.poll(0.05)  # the local queue is full: let it drain
