@@ -105,7 +105,8 @@ def _offset(record: Record) -> int:
 
 class Membership:
     """This process's membership in the engine group: one consumer fetching every assigned
-    partition in a background thread, and one transactional producer.
+    partition in a background thread, and a :class:`PartitionBroker` (with its own
+    transactional producer) per assigned partition.
 
     ``on_assign(brokers)`` and ``on_revoke(partitions)`` are called from the fetching
     thread; ``on_revoke`` must return only once the partitions' engines have stopped
