@@ -13,14 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
 from . import profiling, report
 from .measure import Options
@@ -162,15 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = plan(args)
     units: dict[tuple[str, str, str], report.Unit] = {}
     workdir = args.dir or tempfile.gettempdir()
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
+    with report.progress_bar(console) as progress:
         task = progress.add_task("starting", total=len(steps))
         for step in steps:
             key = (step.workload, step.mode, step.backend)

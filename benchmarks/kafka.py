@@ -40,13 +40,7 @@ from confluent_kafka import Consumer, ConsumerGroupState, KafkaException, TopicP
 from confluent_kafka.admin import AdminClient
 from rich.console import Console
 from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
     TaskID,
-    TextColumn,
-    TimeElapsedColumn,
 )
 from rich.table import Table
 
@@ -869,15 +863,7 @@ def main(argv: list[str] | None = None) -> int:
             how = "started" if started else "already running"
             console.print(f"broker {bootstrap} (pid {broker_pid}, {how})")
         meta["broker"] = {"bootstrap": bootstrap, "pid": broker_pid, "started_here": started}
-        with Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        ) as progress:
+        with report.progress_bar(console) as progress:
             task: TaskID = progress.add_task("starting", total=len(steps))
             for step in steps:
                 unit = units.setdefault(step.key, Unit(step, args.n))

@@ -14,6 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 import overture
@@ -381,3 +389,16 @@ def write_json(path: str, units: list[Unit], meta: dict[str, Any]) -> None:
     }
     with open(path, "w") as f:
         json.dump(doc, f, indent=2)
+
+
+def progress_bar(console: Console) -> Progress:
+    """The progress bar every benchmark command shows while it runs (gone when done)."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
