@@ -295,20 +295,27 @@ class Machine:
         self._current: _Task | None = None
         self._closing = False
         self._compensating = False
-        self._trigger: Envelope | None = None
+        self._trigger: Envelope | Event | None = None
 
     # -- inputs -------------------------------------------------------------------------
 
-    def start(self, envelope: Envelope, now: float) -> list[Command]:
-        """Begin a new instance for its trigger event."""
-        # The code gets its own copy of the data (it may mutate its event); the journal
-        # keeps the envelope's, which nothing hands to code.
-        self._trigger = envelope.with_data(snapshot(envelope.data))
-        ev = envelope.to_dict()
+    def start(self, envelope: Envelope, now: float, event: Event | None = None) -> list[Command]:
+        """Begin a new instance for its trigger event.
+
+        ``event``: the trigger already decoded into the process's event class by the
+        caller, *from its own copy of the data* (``event.envelope.data`` shares nothing
+        with ``envelope.data``), so that it is the code's alone; None decodes it here.
+        """
+        if event is None:
+            # The code gets its own copy of the data (it may mutate its event); the
+            # journal keeps the envelope's, which nothing hands to code.
+            self._trigger = envelope.with_data(snapshot(envelope.data))
+        else:
+            self._trigger = event
         entry = {
             "k": "start",
             "t": now,
-            "ev": ev,
+            "ev": envelope.to_dict(),
             "fmt": jr.FORMAT,
             "v": self.spec.version,
         }
@@ -450,7 +457,7 @@ class Machine:
             try:
                 if source is None:  # replay: from the journal (a private copy of it)
                     source = Envelope.from_dict(snapshot(entry["ev"]))
-                event = cls.from_envelope(source)
+                event = cls.from_envelope(source) if isinstance(source, Envelope) else source
             except EventError as error:
                 self._diverge(f"the journaled trigger no longer fits {cls.__name__}: {error}")
             # the context lives in the coroutine's frame, not on the machine: no cycle
@@ -535,8 +542,11 @@ class Machine:
         self._pending.clear()
 
     def _update_status(self) -> None:
-        busy = any(p.op == "step" for p in self._pending.values())
-        self.status = RUNNING if busy or self._ready else WAITING
+        for pending in self._pending.values():  # (a loop: runs after every input)
+            if pending.op == "step":
+                self.status = RUNNING
+                return
+        self.status = RUNNING if self._ready else WAITING
 
     def _task_done(self, task: _Task) -> None:
         if task in self._tasks:
@@ -595,8 +605,14 @@ class Machine:
             raise RuntimeError("the instance has finished or is being evicted; no operations")
         seq = self._next_seq
         self._next_seq += 1
-        entry = {"k": "cmd", "s": seq, "op": op, "n": name, **extra}
-        live = self._record(entry, lambda rec: rec["op"] == op and rec["n"] == name)
+        entry = {"k": "cmd", "s": seq, "op": op, "n": name}
+        if extra:
+            entry.update(extra)
+        if self._replay is None:  # live: the common case, without _record's closure
+            self._append(entry)
+            live = True
+        else:
+            live = self._record(entry, lambda rec: rec["op"] == op and rec["n"] == name)
         pending = _Pending(op, name, _Future(), decode)
         return seq, live, pending
 

@@ -22,6 +22,7 @@ from ..app import App, ProcessDef
 from ..core import machine as m
 from ..core.correlation import WaitIndex
 from ..core.timers import WorkQueue
+from ..core.values import snapshot
 from ..errors import EventError, MalformedEvent
 from ..events import Envelope, Event, decode, encode
 from ..ports import (
@@ -35,6 +36,7 @@ from ..ports import (
     WaitRow,
     WorkRow,
 )
+from . import gcpolicy
 from .batch import Live, Outcome, PendingBatch
 from .clock import Clock, SystemClock
 from .executor import Executor
@@ -61,6 +63,9 @@ class Engine(WorkRunner):
             engine that owns only some re-keys an event whose key belongs to another
             partition: it forwards the event there (``NewRecord.internal``) instead of
             routing it, so every input of an instance is handled by its partition's engine.
+        gc_threshold: while the engine runs, CPython's first garbage-collector threshold
+            is raised to at least this (``runtime/gcpolicy.py``: the default 700 made
+            full collections a third of the engine's CPU); None leaves it alone.
     """
 
     def __init__(
@@ -73,12 +78,15 @@ class Engine(WorkRunner):
         batch_size: int = 500,
         group: str | None = None,
         partitions: Sequence[int] | None = None,
+        gc_threshold: int | None = 20_000,
     ) -> None:
         self.app = app
         self.broker = broker
         self.clock: Clock = clock or SystemClock()
         self.cache_size = cache_size
         self.batch_size = batch_size
+        self.gc_threshold = gc_threshold
+        self._restore_gc: Any = None
         self.group = group or f"engine:{app.name}"
         self.executor = Executor()
         self._log = broker.log
@@ -138,6 +146,7 @@ class Engine(WorkRunner):
             loop.call_soon_threadsafe(self._wake.set)
 
         self._unsubscribe = self._log.subscribe(wake)
+        self._restore_gc = gcpolicy.raise_threshold(self.gc_threshold)
         self._started = True
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -167,6 +176,7 @@ class Engine(WorkRunner):
         if self._unsubscribe is not None:
             self._unsubscribe()
         self._release_lock()
+        self._restore_gc()
         self._started = False
 
     async def run(self) -> None:
@@ -368,9 +378,15 @@ class Engine(WorkRunner):
             self.stats["rekeyed"] += 1
             return
         # Types with a registered contract are validated here (invalid → dead letter);
-        # other types become generic events, whose data may be any JSON.
+        # other types become generic events, whose data may be any JSON. An event that
+        # starts one process is decoded from a private copy of its data: that decoded
+        # event becomes the instance's own, saving the instance a second decode.
+        triggers = self.app.triggers(envelope.type)
+        sole = len(triggers) == 1
         try:
-            event = self.app.decode(envelope)
+            event = self.app.decode(
+                envelope.with_data(snapshot(envelope.data)) if sole else envelope
+            )
         except EventError as error:
             self._dead_letter(
                 f"{record.partition}:{record.offset}", "validate", str(error), envelope, record, now
@@ -379,7 +395,7 @@ class Engine(WorkRunner):
         # Every key first (user code that may fail), so that an event is either routed
         # whole or dead-lettered whole, never half-applied.
         keys = []
-        for definition in self.app.triggers(envelope.type):
+        for definition in triggers:
             try:
                 keys.append((definition, definition.key_of(event)))
             except Exception as error:
@@ -394,7 +410,12 @@ class Engine(WorkRunner):
                 return
         started = {
             self._start_instance(
-                definition, key, envelope, record.partition % self._log.partitions, now
+                definition,
+                key,
+                envelope,
+                record.partition % self._log.partitions,
+                now,
+                event if sole and type(event) is definition.spec.event_class else None,
             )
             for definition, key in keys
         }
@@ -471,7 +492,10 @@ class Engine(WorkRunner):
         envelope: Envelope,
         partition: int,
         now: float,
+        event: Event | None = None,
     ) -> str:
+        """Start the instance ``envelope`` triggers, unless it exists. ``event``: the
+        trigger decoded for this instance alone (see ``Machine.start``)."""
         pending = self._pending
         assert pending is not None
         iid = pending.trigger_ids.get((definition.name, envelope.id))
@@ -497,9 +521,7 @@ class Engine(WorkRunner):
         self._cache[iid] = live
         self._active.setdefault(key, []).append(iid)
         self.stats["started"] += 1
-        # No decoded event is passed: each instance decodes its own from its journal entry,
-        # so process code never shares (and mutates) the router's objects.
-        self._drive(live, machine.start(envelope, now), now)
+        self._drive(live, machine.start(envelope, now, event), now)
         return iid
 
     def _live(self, iid: str, now: float, *, stuck: bool = False) -> Live | None:

@@ -14,15 +14,15 @@ import contextvars
 import inspect
 import types
 from collections.abc import Callable, Coroutine, Generator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .threads import DaemonThreadPool
 
 
-@dataclass(frozen=True, slots=True)
-class StepInfo:
-    """What a running step or handler can learn about itself (``overture.current_step()``)."""
+class StepInfo(NamedTuple):
+    """What a running step or handler can learn about itself (``overture.current_step()``).
+
+    Immutable; a named tuple because one is made for every step attempt."""
 
     idempotency_key: str
     """Stable across retries and crash re-executions of this step."""
@@ -80,41 +80,32 @@ class Executor:
         info: StepInfo,
         timeout: float | None,
         done: Done,
-    ) -> None:
+    ) -> tuple[bool, Any] | None:
+        """Start a call. An async call that ends without suspending (a trivial step)
+        returns its outcome ``(ok, value_or_exception)`` at once and never calls ``done``;
+        every other call returns None and reports through ``done`` later."""
         # Each call runs in its own copy of the context, so whatever it sets (the step
         # info, logging or tracing context) stays with it and never leaks into the engine.
         context = contextvars.copy_context()
-        context.run(_current.set, info)
-        if _is_async(fn):
-            self._start_async(fn, args, kwargs, timeout, done, context)
-        else:
+        if not _is_async(fn):
+            context.run(_current.set, info)
             self._start_sync(fn, args, kwargs, timeout, done, context)
-
-    def _start_async(
-        self,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        timeout: float | None,
-        done: Done,
-        context: contextvars.Context,
-    ) -> None:
+            return None
         try:
-            coro, yielded = context.run(_begin, fn, args, kwargs)
+            coro, yielded = context.run(_begin, info, fn, args, kwargs)
         except StopIteration as stop:
-            done(True, stop.value)
-            return
+            return True, stop.value
         except KeyboardInterrupt:
             raise
         except BaseException as error:  # a step's failure, whatever a library raised
-            done(False, _as_exception(error))
-            return
+            return False, _as_exception(error)
 
         async def rest() -> Any:
             return await _resume(coro, yielded)
 
         loop = asyncio.get_running_loop()
         self._track(loop.create_task(_with_timeout(rest(), timeout), context=context), done)
+        return None
 
     def _start_sync(
         self,
@@ -165,10 +156,11 @@ class Executor:
 
 
 def _begin(
-    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    info: StepInfo, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[Coroutine[Any, Any, Any], Any]:
-    """Create a step's coroutine and run it to its first suspension (or to its end,
-    raising StopIteration); one call, so it runs in one ``Context.run``."""
+    """Set the step info, create the step's coroutine and run it to its first suspension
+    (or to its end, raising StopIteration); one call, so it runs in one ``Context.run``."""
+    _current.set(info)
     coro = fn(*args, **kwargs)
     return coro, coro.send(None)
 

@@ -147,7 +147,7 @@ class WorkRunner(RemoteWaits):
                 return
             info = StepInfo(call.idempotency_key, attempt, row.instance_id, call.name)
             self._inflight.add(row.id)
-            self.executor.start(call.fn, call.args, call.kwargs, info, call.timeout, done)
+            outcome = self.executor.start(call.fn, call.args, call.kwargs, info, call.timeout, done)
         else:
             handler = self.app.handler(row.name or "")
             if handler is None:
@@ -161,7 +161,9 @@ class WorkRunner(RemoteWaits):
                 return
             info = StepInfo(f"{handler.name}:{event.id}", attempt, None, handler.name)
             self._inflight.add(row.id)
-            self.executor.start(handler.fn, (event,), {}, info, None, done)
+            outcome = self.executor.start(handler.fn, (event,), {}, info, None, done)
+        if outcome is not None:
+            done(*outcome)
 
     def _start_step(self, call: m.StepCall, now: float) -> tuple[bool, Any]:
         """The first attempt of a new step.
@@ -172,28 +174,22 @@ class WorkRunner(RemoteWaits):
         batch's inline budget lasts, else queued as an outcome of this batch. Anything
         else gets its stored row at once and ``(False, None)`` is returned.
         """
-        work_id = f"{call.instance_id}:{call.seq}"
+        work_id = call.idempotency_key  # "<instance>:<seq>", as the work row's id
         if self._stopping:  # runs after the restart
             self._put_work(WorkRow(work_id, "step", now, 1, call.instance_id, call.seq, call.name))
             return False, None
-        eager: list[tuple[bool, Any]] = []
-        starting = [True]
 
-        def done(ok: bool, value: Any) -> None:
-            if starting[0]:
-                eager.append((ok, value))
-            else:
-                self._outcomes.append(Outcome(work_id, 1, ok, value))
-                self._wake.set()
+        def done(ok: bool, value: Any) -> None:  # for a call that suspended
+            self._outcomes.append(Outcome(work_id, 1, ok, value))
+            self._wake.set()
 
-        info = StepInfo(call.idempotency_key, 1, call.instance_id, call.name)
-        self.executor.start(call.fn, call.args, call.kwargs, info, call.timeout, done)
-        starting[0] = False
-        if eager and eager[0][0]:
+        info = StepInfo(work_id, 1, call.instance_id, call.name)
+        eager = self.executor.start(call.fn, call.args, call.kwargs, info, call.timeout, done)
+        if eager is not None and eager[0]:
             try:
-                value = to_json(eager[0][1])
+                value = to_json(eager[1])
             except Exception as exc:
-                eager[0] = (False, TypeError(f"step result is not JSON-serializable: {exc}"))
+                eager = (False, TypeError(f"step result is not JSON-serializable: {exc}"))
             else:
                 if self._inline_budget > 0:
                     self._inline_budget -= 1
@@ -202,8 +198,8 @@ class WorkRunner(RemoteWaits):
                 return False, None
         self._put_work(WorkRow(work_id, "step", now, 1, call.instance_id, call.seq, call.name))
         self._inflight.add(work_id)
-        if eager:  # failed at once: retried (or failed for good) through its stored row
-            self._outcomes.append(Outcome(work_id, 1, *eager[0]))
+        if eager is not None:  # failed at once: retried (or failed for good) through its row
+            self._outcomes.append(Outcome(work_id, 1, *eager))
         return False, None
 
     def _schedule_handler(
