@@ -30,7 +30,7 @@ from ..policies import DEFAULT_RETRY, Retry
 from . import journal as jr
 from .context import Context
 from .context import DurableFuture as DurableFutureABC
-from .values import describe_error, from_json, return_annotation, snapshot, to_json
+from .values import describe_error, result_decoder, snapshot, to_json
 
 T = TypeVar("T")
 
@@ -657,10 +657,7 @@ class _MachineContext(Context):
     ) -> _Future[Any]:
         m = self._m
         step_name = name or getattr(fn, "__qualname__", None) or repr(fn)
-        annotation = return_annotation(fn)
-        seq, live, pending = m._operation(
-            "step", step_name, {}, lambda value: from_json(value, annotation)
-        )
+        seq, live, pending = m._operation("step", step_name, {}, result_decoder(fn))
         pending.call = StepCall(
             m.instance_id,
             seq,

@@ -8,6 +8,7 @@ type (a pydantic model stays a model), as Temporal's data converter does with ty
 
 from __future__ import annotations
 
+import functools
 import inspect
 import typing
 from collections.abc import Callable
@@ -53,6 +54,20 @@ def return_annotation(fn: Callable[..., Any]) -> Any:
         return None
     hint = hints.get("return")
     return None if hint is type(None) else hint
+
+
+@lru_cache(maxsize=4096)
+def result_decoder(fn: Callable[..., Any]) -> Callable[[Any], Any]:
+    """``from_json(value, return_annotation(fn))`` as one function, made once per step
+    function (it is needed for every step)."""
+    annotation = return_annotation(fn)
+    if annotation is None or annotation is Any or annotation is inspect.Parameter.empty:
+        return _identity
+    return functools.partial(from_json, annotation=annotation)
+
+
+def _identity(value: Any) -> Any:
+    return value
 
 
 def snapshot(value: Any) -> Any:

@@ -93,12 +93,12 @@ class Executor:
             return None
         try:
             coro, yielded = context.run(_begin, info, fn, args, kwargs)
-        except StopIteration as stop:
-            return True, stop.value
         except KeyboardInterrupt:
             raise
         except BaseException as error:  # a step's failure, whatever a library raised
             return False, _as_exception(error)
+        if coro is None:
+            return True, yielded  # finished without suspending: its return value
 
         async def rest() -> Any:
             return await _resume(coro, yielded)
@@ -157,12 +157,16 @@ class Executor:
 
 def _begin(
     info: StepInfo, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[Coroutine[Any, Any, Any], Any]:
-    """Set the step info, create the step's coroutine and run it to its first suspension
-    (or to its end, raising StopIteration); one call, so it runs in one ``Context.run``."""
+) -> tuple[Coroutine[Any, Any, Any] | None, Any]:
+    """Set the step info, create the step's coroutine and run it to its first suspension:
+    ``(coroutine, what it yielded)``, or ``(None, its return value)`` if it ended there.
+    One call, so it runs in one ``Context.run``."""
     _current.set(info)
     coro = fn(*args, **kwargs)
-    return coro, coro.send(None)
+    try:
+        return coro, coro.send(None)
+    except StopIteration as stop:  # caught here: cheaper than unwinding two more frames
+        return None, stop.value
 
 
 def _as_exception(error: BaseException) -> Exception:
