@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from overture.backends import open_broker
@@ -132,6 +134,57 @@ def test_commit_applies_every_kind_of_change(broker: Broker) -> None:
     assert len(store.journal("i1")) == 3
     assert store.waits() == [] and store.work() == [] and store.snapshots(["i1"])["i1"].inbox == []
     assert store.dead_letters() == []
+
+
+AWKWARD = {
+    "text": 'é\u2028"\\\n\t/\x00\U0001f600',
+    "floats": [0.1, 1e-7, -0.0, 1.5e300, 1.0],
+    "ints": [12345678901234567, -(2**63), 2**63 - 1],
+    "nested": [[], {}, [None, True]],
+}
+
+
+def test_rows_round_trip_exactly(broker: Broker, tmp_path: Path) -> None:
+    """Values that a JSON path could bend: floats to the last bit, escapes, NUL, astral
+    characters, string results that look like JSON, keys that look like numbers."""
+    store = broker.store
+    stamps = [1764133200.0 + i * 0.000123456789 + 1 / 3 for i in range(50)]
+    batch = Batch("g")
+    for i, stamp in enumerate(stamps):
+        iid = f"i{i}"
+        result: object = [AWKWARD, "null", "", None, 0, i][i % 6]
+        error = {"type": "X", "message": AWKWARD["text"]} if i % 7 == 0 else None
+        batch.instances[iid] = row(
+            iid,
+            key=str(i),
+            created=stamp,
+            updated=stamp * 1.5,
+            result=result,
+            error=error,
+            journal_len=i,
+        )
+        batch.journal.append((iid, 0, [{"k": "start", "t": stamp, "ev": AWKWARD}]))
+        batch.waits[WaitRow("pay", str(i) if i % 2 else None, iid, i)] = True
+    store.commit(batch)
+    for i, stamp in enumerate(stamps):
+        got = store.instance(f"i{i}")
+        assert got == batch.instances[f"i{i}"]
+        assert store.journal(f"i{i}") == [{"k": "start", "t": stamp, "ev": AWKWARD}]
+    assert sorted(store.waits(), key=lambda w: w.seq) == sorted(batch.waits, key=lambda w: w.seq)
+    gone = Batch("g")
+    for wait in list(batch.waits)[:25]:
+        gone.waits[wait] = False
+    store.commit(gone)
+    assert len(store.waits()) == 25
+    if broker.url.startswith("sqlite:"):  # stored as the bytes orjson writes (format 1)
+        conn = sqlite3.connect(broker.url.removeprefix("sqlite:///"))
+        blob, result = conn.execute(
+            "SELECT j.entries, i.result FROM journal j JOIN instances i ON i.id = j.instance_id "
+            "WHERE j.instance_id = 'i0'"
+        ).fetchone()
+        assert blob == orjson.dumps([{"k": "start", "t": stamps[0], "ev": AWKWARD}])
+        assert result == orjson.dumps(AWKWARD)
+        conn.close()
 
 
 def test_a_failing_sqlite_commit_changes_nothing(tmp_path: Path) -> None:
