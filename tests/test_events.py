@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 import re
 from dataclasses import fields
 
@@ -88,3 +90,23 @@ def test_with_attributes_sets_envelope_attributes_and_key() -> None:
     assert (event.subject, event.tenant, event.partitionkey) == ("orders/o1", "acme", "k9")
     assert event.order_id == "o1"
     assert decode(encode(event.envelope)) == event.envelope
+
+
+class Paid(ov.Event, type="order.paid", key="order_id"):
+    order_id: str
+    tags: list[str] = []
+
+
+def test_an_event_keeps_its_cloudevent_through_copies_pickling_and_decoding() -> None:
+    event = Paid(order_id="o1", tags=["a"])
+    envelope = event.envelope
+    assert event.envelope is envelope  # made once
+    for twin in (event.model_copy(), copy.deepcopy(event), pickle.loads(pickle.dumps(event))):
+        assert twin.envelope == envelope and twin.id == envelope.id
+        assert twin == event
+    assert Paid(order_id="o1", tags=["a"]) != event  # another event: another id
+    decoded = Paid.from_envelope(decode(encode(envelope)))
+    assert decoded.envelope == envelope and decoded == event
+    moved = event.with_attributes(key="o2", subject="s")
+    assert (moved.key, moved.subject, moved.id) == ("o2", "s", event.id)
+    assert (event.key, event.subject) == ("o1", None)  # the original is untouched
