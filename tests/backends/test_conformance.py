@@ -165,7 +165,12 @@ def test_rows_round_trip_exactly(broker: Broker, tmp_path: Path) -> None:
         )
         batch.journal.append((iid, 0, [{"k": "start", "t": stamp, "ev": AWKWARD}]))
         batch.waits[WaitRow("pay", str(i) if i % 2 else None, iid, i)] = True
+        payload = None if i % 2 else f'{{"n":{i},"t":"{AWKWARD["text"]}"}}'.encode()
+        batch.work[f"{iid}:w"] = WorkRow(f"{iid}:w", "timer", stamp, i, iid, i, "n", payload)
     store.commit(batch)
+    assert sorted(store.work(), key=lambda w: w.id) == sorted(
+        batch.work.values(), key=lambda w: w.id
+    )  # type: ignore[union-attr]
     for i, stamp in enumerate(stamps):
         got = store.instance(f"i{i}")
         assert got == batch.instances[f"i{i}"]
@@ -203,6 +208,22 @@ def test_a_failing_sqlite_commit_changes_nothing(tmp_path: Path) -> None:
     assert store.offsets("g") == {}
     assert store.instance("ok") is None
     assert broker.log.find_event("should-not-exist") is None
+
+    # Failing inside the database, after some rows were written: a transaction (appends
+    # and a dead letter force one) and a lone state statement both leave nothing behind.
+    mixed = Batch("g", offsets={0: 9})
+    mixed.appends.append(NewRecord("k", b"v", "should-not-exist"))
+    mixed.instances["ok"] = row("ok")
+    mixed.dead_letters["x"] = DeadLetter("x", 1.0, "r", 0, "decode", None, None, None, 0, 1)  # type: ignore[arg-type]
+    lone = Batch("g", offsets={0: 9})
+    lone.instances["ok"] = row("ok")
+    lone.instances["bad"] = row("bad", status=None)
+    for failing in (mixed, lone):
+        with pytest.raises(sqlite3.IntegrityError):
+            store.commit(failing)
+        assert store.offsets("g") == {}
+        assert store.instance("ok") is None
+        assert broker.log.find_event("should-not-exist") is None
     broker.close()
 
 

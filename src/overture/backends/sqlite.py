@@ -105,6 +105,8 @@ class SqliteBroker:
         try:
             self._conn = _connect(path)
             self._write(lambda c: self._create(c, partitions))
+            for statement in _STATE_DOCUMENT:
+                self._conn.execute(statement)
             row = self._conn.execute("SELECT v FROM meta WHERE k='partitions'").fetchone()
         except sqlite3.DatabaseError as exc:
             raise ConfigError(f"{path!r} is not an Overture database: {exc}") from exc
@@ -272,64 +274,30 @@ class SqliteBroker:
     # -- Store --------------------------------------------------------------------------
 
     def commit(self, batch: Batch) -> None:
+        document, whole = _state_document(batch)  # built before the write lock is taken
         with self._lock:
-            self._write(lambda c: self._commit(c, batch))
+            if whole:
+                # One statement is one transaction, committed (WAL fsynced) inside the
+                # call: the write lock is never held while this thread waits for the GIL.
+                if document is not None:
+                    self._conn.execute(_APPLY_DOCUMENT, (document,))
+            else:
+                self._write(lambda c: self._commit(c, batch, document))
         if batch.appends:
             self.ring()
 
-    def _commit(self, c: sqlite3.Connection, b: Batch) -> None:
+    def _commit(self, c: sqlite3.Connection, b: Batch, document: str | None) -> None:
+        """What the state document cannot carry, with it in one transaction: appends,
+        rows holding raw bytes (handler runs, buffered events, dead letters)."""
         if b.appends:
             self._append(c, b.appends)
-        if b.offsets:
+        if document is not None:
+            c.execute(_APPLY_DOCUMENT, (document,))
+        if b.work:
             c.executemany(
-                "INSERT INTO offsets VALUES (?, ?, ?) "
-                "ON CONFLICT(grp, part) DO UPDATE SET off = excluded.off",
-                [(b.group, part, off) for part, off in b.offsets.items()],
+                "INSERT OR REPLACE INTO work VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [_work_row(w) for w in b.work.values() if w is not None and w.payload is not None],
             )
-        # The hot tables are written with one statement each over a JSON array of rows
-        # (json_each), not executemany: sqlite3 releases the GIL for every row it steps,
-        # and a commit thread that must win the GIL back from the busy engine a thousand
-        # times per commit made commits wait for the engine instead of overlapping it.
-        if b.instances:
-            _bulk(
-                c,
-                _INSERT_INSTANCES,
-                [
-                    [
-                        r.id,
-                        r.process,
-                        r.version,
-                        r.key,
-                        r.status,
-                        r.partition,
-                        r.created,
-                        r.updated,
-                        r.trigger_id,
-                        _text(r.result),
-                        _text(r.error),
-                        r.journal_len,
-                    ]
-                    for r in b.instances.values()
-                ],
-            )
-        if b.journal:
-            _bulk(c, _INSERT_JOURNAL, b.journal)
-        dels = [f"{w.instance_id}:{w.seq}" for w, present in b.waits.items() if not present]
-        if dels:
-            _bulk(c, "DELETE FROM waits WHERE id IN (SELECT value FROM json_each(?))", dels)
-        adds = [
-            [f"{w.instance_id}:{w.seq}", w.event_type, w.key, w.instance_id, w.seq]
-            for w, present in b.waits.items()
-            if present
-        ]
-        if adds:
-            _bulk(c, _INSERT_WAITS, adds)
-        self._apply(
-            c,
-            "work",
-            b.work,
-            lambda w: (w.id, w.kind, w.due, w.attempt, w.instance_id, w.seq, w.name, w.payload),
-        )
         self._apply(
             c,
             "inbox",
@@ -503,13 +471,59 @@ def _dump(value: Any) -> bytes | None:
 
 
 def _text(value: Any) -> str | None:
-    """A JSON column's text, carried as a JSON string inside a bulk row (stored as the
-    same bytes ``_dump`` gives)."""
+    """A JSON column's text, carried as a JSON string in the state document (stored as
+    the same bytes ``_dump`` gives)."""
     return None if value is None else orjson.dumps(value).decode()
 
 
-def _from_json_rows(table: str, columns: int, blobs: Collection[int] = ()) -> str:
-    """``INSERT OR REPLACE`` of the rows of a JSON array bound as the only parameter.
+def _work_row(w: WorkRow) -> tuple[Any, ...]:
+    return (w.id, w.kind, w.due, w.attempt, w.instance_id, w.seq, w.name, w.payload)
+
+
+def _state_document(b: Batch) -> tuple[str | None, bool]:
+    """A batch's rows that hold no raw bytes (offsets, instances, journal chunks, waits,
+    step and timer work) as one JSON document (None if there are none), and whether
+    that is the whole batch. Bound as text: SQLite 3.45+ would read a BLOB as JSONB."""
+    doc: dict[str, Any] = {}
+    whole = not (b.appends or b.inbox or b.dead_letters)
+    if b.work:
+        doc["kd"] = [work_id for work_id, w in b.work.items() if w is None]
+        doc["k"] = [_work_row(w) for w in b.work.values() if w is not None and w.payload is None]
+        whole = whole and len(doc["kd"]) + len(doc["k"]) == len(b.work)
+    if b.offsets:
+        doc["o"] = [[b.group, part, off] for part, off in b.offsets.items()]
+    if b.instances:
+        doc["i"] = [
+            [
+                r.id,
+                r.process,
+                r.version,
+                r.key,
+                r.status,
+                r.partition,
+                r.created,
+                r.updated,
+                r.trigger_id,
+                _text(r.result),
+                _text(r.error),
+                r.journal_len,
+            ]
+            for r in b.instances.values()
+        ]
+    if b.journal:
+        doc["j"] = b.journal
+    if b.waits:
+        doc["wd"] = [f"{w.instance_id}:{w.seq}" for w, present in b.waits.items() if not present]
+        doc["wa"] = [
+            [f"{w.instance_id}:{w.seq}", w.event_type, w.key, w.instance_id, w.seq]
+            for w, present in b.waits.items()
+            if present
+        ]
+    return (orjson.dumps(doc).decode() if doc else None), whole
+
+
+def _rows(table: str, path: str, columns: int, blobs: Collection[int] = ()) -> str:
+    """``INSERT OR REPLACE`` into ``table`` of the rows at ``path`` of the state document.
     Element ``i`` of a row fills column ``i``; ``blobs`` columns become BLOBs: a JSON
     string element gives its text, an array element its JSON text (byte for byte what
     orjson wrote: SQLite keeps the input's text)."""
@@ -519,16 +533,30 @@ def _from_json_rows(table: str, columns: int, blobs: Collection[int] = ()) -> st
         else f"json_extract(value, '$[{i}]')"
         for i in range(columns)
     )
-    return f"INSERT OR REPLACE INTO {table} SELECT {values} FROM json_each(?)"
+    return f"INSERT OR REPLACE INTO {table} SELECT {values} FROM json_each(NEW.doc, '{path}');"
 
 
-_INSERT_INSTANCES = _from_json_rows("instances", 12, blobs=(9, 10))
-_INSERT_JOURNAL = _from_json_rows("journal", 3, blobs=(2,))  # rows (id, pos, entries)
-_INSERT_WAITS = _from_json_rows("waits", 5)
-
-
-def _bulk(c: sqlite3.Connection, sql: str, rows: Any) -> None:
-    c.execute(sql, (orjson.dumps(rows),))
+# A batch's hot rows are applied by ONE statement: an insert of the state document into a
+# per-connection view whose trigger spreads it over the tables. Row by row (executemany),
+# sqlite3 released the GIL for every row, and the commit thread had to win it back from
+# the busy engine each time, a thousand times per commit while holding the database's
+# write lock, so commits stalled senders and each other instead of overlapping the
+# engine. Now a commit takes the GIL back three times: after BEGIN, this insert, COMMIT.
+_STATE_DOCUMENT = (
+    "CREATE TEMP VIEW IF NOT EXISTS state_document(doc) AS SELECT NULL",
+    f"""
+CREATE TEMP TRIGGER IF NOT EXISTS state_document_apply
+INSTEAD OF INSERT ON state_document BEGIN
+  {_rows("offsets", "$.o", 3)}
+  {_rows("instances", "$.i", 12, blobs=(9, 10))}
+  {_rows("journal", "$.j", 3, blobs=(2,))}
+  DELETE FROM waits WHERE id IN (SELECT value FROM json_each(NEW.doc, '$.wd'));
+  {_rows("waits", "$.wa", 5)}
+  DELETE FROM work WHERE id IN (SELECT value FROM json_each(NEW.doc, '$.kd'));
+  {_rows("work", "$.k", 8)}
+END""",
+)
+_APPLY_DOCUMENT = "INSERT INTO temp.state_document VALUES (?)"
 
 
 def _instance(row: tuple[Any, ...]) -> InstanceRow:
