@@ -104,6 +104,16 @@ class SqliteBroker:
             raise ConfigError(f"cannot create {path!r}: directory {directory!r} does not exist")
         try:
             self._conn = _connect(path)
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"{path!r} is not an Overture database: {exc}") from exc
+        try:  # commits use SQLite's JSON functions (built in since 3.38, JSON1 before)
+            self._conn.execute("SELECT json_extract(value, '$[0]') FROM json_each('[[1]]')")
+        except sqlite3.OperationalError as exc:
+            raise ConfigError(
+                f"SQLite {sqlite3.sqlite_version} lacks the JSON functions Overture needs "
+                f"({exc}); use a Python whose SQLite is 3.38 or newer"
+            ) from exc
+        try:
             self._write(lambda c: self._create(c, partitions))
             for statement in _STATE_DOCUMENT:
                 self._conn.execute(statement)
