@@ -23,6 +23,7 @@ from overture.ports import (
     NewRecord,
     WaitRow,
     WorkRow,
+    partition_for,
 )
 
 
@@ -190,6 +191,65 @@ def test_rows_round_trip_exactly(broker: Broker, tmp_path: Path) -> None:
         assert blob == orjson.dumps([{"k": "start", "t": stamps[0], "ev": AWKWARD}])
         assert result == orjson.dumps(AWKWARD)
         conn.close()
+
+
+def test_committed_appends_continue_each_partition_densely_and_skip_known_ids(
+    broker: Broker,
+) -> None:
+    log, store = broker.log, broker.store
+    log.append([NewRecord("a", b'{"n":0}', "known"), NewRecord("b", b'{"n":1}')])
+    ends = {p: log.end_offset(p) for p in range(log.partitions)}
+    batch = Batch("g")
+    batch.appends += [
+        NewRecord("a", b'{"n":2}', "e1", "t"),
+        NewRecord("b", b'{"n":3}', None, "t"),
+        NewRecord("a", b'{"n":4}', "known", "t"),  # already in the log: skipped
+        NewRecord("a", b'{"n":5}', "e1", "t"),  # twice in the batch: the first one counts
+        NewRecord("c", b'{"n":6}', "e2", "t"),
+        NewRecord("a", b'{"n":7}', "e3", "t"),
+    ]
+    store.commit(batch)
+    accepted = [("a", b'{"n":2}'), ("b", b'{"n":3}'), ("c", b'{"n":6}'), ("a", b'{"n":7}')]
+    expected: dict[int, list[bytes]] = {}
+    for key, value in accepted:
+        expected.setdefault(partition_for(key, log.partitions), []).append(value)
+    for part in range(log.partitions):
+        got = [(r.offset, r.value) for r in log.read(part, ends[part], 10)]
+        assert got == [(ends[part] + i, v) for i, v in enumerate(expected.get(part, []))]
+    known = log.find_event("known")
+    assert known is not None and known.value == b'{"n":0}'
+    e2 = log.find_event("e2")
+    assert e2 is not None and e2.value == b'{"n":6}'
+
+    # bytes that are not UTF-8 (a dead letter replayed) take the transaction path
+    raw = Batch("g")
+    raw.appends += [NewRecord("a", b"\xff\x00raw", "e4", "t"), NewRecord("a", b'{"n":8}', "e5")]
+    store.commit(raw)
+    part = partition_for("a", log.partitions)
+    tail = [r.value for r in log.read(part, ends[part] + len(expected[part]), 10)]
+    assert tail == [b"\xff\x00raw", b'{"n":8}']
+
+
+def test_buffered_events_and_handler_runs_keep_their_bytes(broker: Broker) -> None:
+    store = broker.store
+    raws = [b'{"a":"\xc3\xa9"}', b"\x00nul", b"\xff\xfe"]  # text, a NUL, not UTF-8
+    batch = Batch("g")
+    for i, raw in enumerate(raws):
+        batch.instances[f"i{i}"] = row(f"i{i}")
+        batch.inbox[f"i{i}:b"] = InboxRow(f"i{i}:b", f"i{i}", "pay", "k", raw, 1.5 + i / 3)
+        batch.work[f"h{i}"] = WorkRow(f"h{i}", "handler", 2.0 + i / 7, 1, None, None, "h", raw)
+    store.commit(batch)
+    snaps = store.snapshots([f"i{i}" for i in range(len(raws))])
+    for i in range(len(raws)):
+        assert snaps[f"i{i}"].inbox == [batch.inbox[f"i{i}:b"]]
+    assert sorted(store.work(), key=lambda w: w.id) == [batch.work[f"h{i}"] for i in range(3)]
+    gone = Batch("g")
+    for i in range(len(raws)):
+        gone.inbox[f"i{i}:b"] = None
+        gone.work[f"h{i}"] = None
+    store.commit(gone)
+    assert store.work() == []
+    assert all(s.inbox == [] for s in store.snapshots(["i0", "i1", "i2"]).values())
 
 
 def test_a_failing_sqlite_commit_changes_nothing(tmp_path: Path) -> None:

@@ -176,11 +176,7 @@ class SqliteBroker:
         out: list[tuple[int, int] | None] = []
         now = time.time()
         for i, rec in enumerate(records):
-            part = (
-                partition_for(rec.key, self._partitions, int(now * 1000) + i)
-                if rec.partition is None
-                else rec.partition % self._partitions
-            )
+            part = _partition(rec, self._partitions, now, i)
             off = heads.get(part)
             if off is None:
                 top = conn.execute(
@@ -284,40 +280,36 @@ class SqliteBroker:
     # -- Store --------------------------------------------------------------------------
 
     def commit(self, batch: Batch) -> None:
-        document, whole = _state_document(batch)  # built before the write lock is taken
+        # built before the write lock is taken
+        document, rest = _state_document(batch, self._partitions, time.time())
         with self._lock:
-            if whole:
+            if rest is None:
                 # One statement is one transaction, committed (WAL fsynced) inside the
                 # call: the write lock is never held while this thread waits for the GIL.
                 if document is not None:
                     self._conn.execute(_APPLY_DOCUMENT, (document,))
             else:
-                self._write(lambda c: self._commit(c, batch, document))
+                self._write(lambda c: self._commit(c, rest, document))
         if batch.appends:
             self.ring()
 
-    def _commit(self, c: sqlite3.Connection, b: Batch, document: str | None) -> None:
-        """What the state document cannot carry, with it in one transaction: appends,
-        rows holding raw bytes (handler runs, buffered events, dead letters)."""
-        if b.appends:
-            self._append(c, b.appends)
+    def _commit(self, c: sqlite3.Connection, rest: Batch, document: str | None) -> None:
+        """The rows the state document cannot carry, in one transaction with it."""
+        if rest.appends:
+            self._append(c, rest.appends)
         if document is not None:
             c.execute(_APPLY_DOCUMENT, (document,))
-        if b.work:
-            c.executemany(
-                "INSERT OR REPLACE INTO work VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [_work_row(w) for w in b.work.values() if w is not None and w.payload is not None],
-            )
+        self._apply(c, "work", rest.work, _work_row)
         self._apply(
             c,
             "inbox",
-            b.inbox,
+            rest.inbox,
             lambda r: (r.id, r.instance_id, r.event_type, r.key, r.value, r.received),
         )
         self._apply(
             c,
             "dlq",
-            b.dead_letters,
+            rest.dead_letters,
             lambda d: (
                 d.id,
                 d.created,
@@ -486,20 +478,71 @@ def _text(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
 
 
+def _partition(rec: NewRecord, partitions: int, now: float, index: int) -> int:
+    """The partition an appended record goes to (keyless records spread by time)."""
+    if rec.partition is not None:
+        return rec.partition % partitions
+    return partition_for(rec.key, partitions, int(now * 1000) + index)
+
+
 def _work_row(w: WorkRow) -> tuple[Any, ...]:
     return (w.id, w.kind, w.due, w.attempt, w.instance_id, w.seq, w.name, w.payload)
 
 
-def _state_document(b: Batch) -> tuple[str | None, bool]:
-    """A batch's rows that hold no raw bytes (offsets, instances, journal chunks, waits,
-    step and timer work) as one JSON document (None if there are none), and whether
-    that is the whole batch. Bound as text: SQLite 3.45+ would read a BLOB as JSONB."""
+def _utf8(raw: bytes | None) -> str | None:
+    """Raw bytes as text for the state document. Raises ValueError for bytes that are
+    not UTF-8, or that hold a NUL (SQLite's text functions stop there); the engine's rows
+    only carry such bytes in a dead letter's original (an event that decoded is JSON)."""
+    if raw is None:
+        return None
+    if b"\x00" in raw:
+        raise ValueError("NUL in bytes")
+    return raw.decode()
+
+
+def _state_document(b: Batch, partitions: int, now: float) -> tuple[str | None, Batch | None]:
+    """A batch as one JSON document for ``_APPLY_DOCUMENT`` (None if it holds nothing),
+    and the rows it cannot carry (None if it carries them all): dead letters, and any
+    append, handler run or buffered event whose bytes ``_utf8`` refuses. Bound as text:
+    SQLite 3.45+ would read a BLOB as JSONB."""
     doc: dict[str, Any] = {}
-    whole = not (b.appends or b.inbox or b.dead_letters)
+    rest = Batch(b.group, dead_letters=b.dead_letters)
+    if b.appends:
+        try:
+            seen: set[str] = set()
+            appends = []
+            for i, rec in enumerate(b.appends):
+                if rec.event_id is not None:
+                    if rec.event_id in seen:
+                        continue  # a duplicate id, as the log's unique index would drop it
+                    seen.add(rec.event_id)
+                part = _partition(rec, partitions, now, i)
+                appends.append([part, rec.key, _utf8(rec.value), rec.event_id, rec.event_type])
+            doc["a"], doc["ts"] = appends, now
+        except ValueError:
+            rest.appends = b.appends  # all of them: their offsets follow their order
     if b.work:
-        doc["kd"] = [work_id for work_id, w in b.work.items() if w is None]
-        doc["k"] = [_work_row(w) for w in b.work.values() if w is not None and w.payload is None]
-        whole = whole and len(doc["kd"]) + len(doc["k"]) == len(b.work)
+        doc["kd"], doc["k"] = [], []
+        for work_id, w in b.work.items():
+            try:
+                if w is None:
+                    doc["kd"].append(work_id)
+                else:
+                    doc["k"].append([*_work_row(w)[:7], _utf8(w.payload)])
+            except ValueError:
+                rest.work[work_id] = w
+    if b.inbox:
+        doc["bd"], doc["b"] = [], []
+        for inbox_id, r in b.inbox.items():
+            try:
+                if r is None:
+                    doc["bd"].append(inbox_id)
+                else:
+                    doc["b"].append(
+                        [r.id, r.instance_id, r.event_type, r.key, _utf8(r.value), r.received]
+                    )
+            except ValueError:
+                rest.inbox[inbox_id] = r
     if b.offsets:
         doc["o"] = [[b.group, part, off] for part, off in b.offsets.items()]
     if b.instances:
@@ -529,7 +572,8 @@ def _state_document(b: Batch) -> tuple[str | None, bool]:
             for w, present in b.waits.items()
             if present
         ]
-    return (orjson.dumps(doc).decode() if doc else None), whole
+    document = orjson.dumps(doc).decode() if doc else None
+    return document, (None if rest.empty() else rest)
 
 
 def _rows(table: str, path: str, columns: int, blobs: Collection[int] = ()) -> str:
@@ -546,24 +590,47 @@ def _rows(table: str, path: str, columns: int, blobs: Collection[int] = ()) -> s
     return f"INSERT OR REPLACE INTO {table} SELECT {values} FROM json_each(NEW.doc, '{path}');"
 
 
-# A batch's hot rows are applied by ONE statement: an insert of the state document into a
+# Appended records: offsets continue each partition's log densely, in the document's
+# order, skipping event ids the log already holds. (SQLite computes the whole SELECT
+# before inserting, because it reads the table it inserts into.)
+_APPEND_ROWS = f"""
+  INSERT INTO log(id, key, value, ts, event_id, etype)
+  SELECT (a.part << {_SHIFT}) | (ifnull((
+           SELECT max(l.id) FROM log AS l
+           WHERE l.id >= (a.part << {_SHIFT}) AND l.id < ((a.part + 1) << {_SHIFT})
+         ) & {_MASK}, -1) + a.n),
+         a.k, a.v, json_extract(NEW.doc, '$.ts'), a.eid, a.etype
+  FROM (
+    SELECT json_extract(e.value, '$[0]') AS part, json_extract(e.value, '$[1]') AS k,
+           CAST(json_extract(e.value, '$[2]') AS BLOB) AS v,
+           json_extract(e.value, '$[3]') AS eid, json_extract(e.value, '$[4]') AS etype,
+           row_number() OVER (PARTITION BY json_extract(e.value, '$[0]') ORDER BY e.key) AS n
+    FROM json_each(NEW.doc, '$.a') AS e
+    WHERE json_extract(e.value, '$[3]') IS NULL
+       OR NOT EXISTS (SELECT 1 FROM log AS d WHERE d.event_id = json_extract(e.value, '$[3]'))
+  ) AS a;"""
+
+# A batch is applied by ONE statement: an insert of its JSON document into a
 # per-connection view whose trigger spreads it over the tables. Row by row (executemany),
 # sqlite3 released the GIL for every row, and the commit thread had to win it back from
 # the busy engine each time, a thousand times per commit while holding the database's
 # write lock, so commits stalled senders and each other instead of overlapping the
-# engine. Now a commit takes the GIL back three times: after BEGIN, this insert, COMMIT.
+# engine. Alone, the statement is its own transaction.
 _STATE_DOCUMENT = (
     "CREATE TEMP VIEW IF NOT EXISTS state_document(doc) AS SELECT NULL",
     f"""
 CREATE TEMP TRIGGER IF NOT EXISTS state_document_apply
 INSTEAD OF INSERT ON state_document BEGIN
+  {_APPEND_ROWS}
   {_rows("offsets", "$.o", 3)}
   {_rows("instances", "$.i", 12, blobs=(9, 10))}
   {_rows("journal", "$.j", 3, blobs=(2,))}
   DELETE FROM waits WHERE id IN (SELECT value FROM json_each(NEW.doc, '$.wd'));
   {_rows("waits", "$.wa", 5)}
   DELETE FROM work WHERE id IN (SELECT value FROM json_each(NEW.doc, '$.kd'));
-  {_rows("work", "$.k", 8)}
+  {_rows("work", "$.k", 8, blobs=(7,))}
+  DELETE FROM inbox WHERE id IN (SELECT value FROM json_each(NEW.doc, '$.bd'));
+  {_rows("inbox", "$.b", 6, blobs=(4,))}
 END""",
 )
 _APPLY_DOCUMENT = "INSERT INTO temp.state_document VALUES (?)"
