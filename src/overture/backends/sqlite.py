@@ -500,6 +500,24 @@ def _utf8(raw: bytes | None) -> str | None:
     return raw.decode()
 
 
+def _carry(
+    changes: dict[str, Any], row: Callable[[Any], list[Any]], rest: dict[str, Any]
+) -> tuple[list[str], list[list[Any]]]:
+    """One table's changes for the state document: the deleted ids and the rows; a row
+    that ``row`` refuses (ValueError) goes to ``rest`` instead."""
+    deleted: list[str] = []
+    rows: list[list[Any]] = []
+    for key, value in changes.items():
+        if value is None:
+            deleted.append(key)
+            continue
+        try:
+            rows.append(row(value))
+        except ValueError:
+            rest[key] = value
+    return deleted, rows
+
+
 def _state_document(b: Batch, partitions: int, now: float) -> tuple[str | None, Batch | None]:
     """A batch as one JSON document for ``_APPLY_DOCUMENT`` (None if it holds nothing),
     and the rows it cannot carry (None if it carries them all): dead letters, and any
@@ -522,27 +540,15 @@ def _state_document(b: Batch, partitions: int, now: float) -> tuple[str | None, 
         except ValueError:
             rest.appends = b.appends  # all of them: their offsets follow their order
     if b.work:
-        doc["kd"], doc["k"] = [], []
-        for work_id, w in b.work.items():
-            try:
-                if w is None:
-                    doc["kd"].append(work_id)
-                else:
-                    doc["k"].append([*_work_row(w)[:7], _utf8(w.payload)])
-            except ValueError:
-                rest.work[work_id] = w
+        doc["kd"], doc["k"] = _carry(
+            b.work, lambda w: [*_work_row(w)[:7], _utf8(w.payload)], rest.work
+        )
     if b.inbox:
-        doc["bd"], doc["b"] = [], []
-        for inbox_id, r in b.inbox.items():
-            try:
-                if r is None:
-                    doc["bd"].append(inbox_id)
-                else:
-                    doc["b"].append(
-                        [r.id, r.instance_id, r.event_type, r.key, _utf8(r.value), r.received]
-                    )
-            except ValueError:
-                rest.inbox[inbox_id] = r
+        doc["bd"], doc["b"] = _carry(
+            b.inbox,
+            lambda r: [r.id, r.instance_id, r.event_type, r.key, _utf8(r.value), r.received],
+            rest.inbox,
+        )
     if b.offsets:
         doc["o"] = [[b.group, part, off] for part, off in b.offsets.items()]
     if b.instances:
