@@ -424,3 +424,24 @@ async def test_processes_started_by_one_event_do_not_share_its_data(harness: Fac
         await h.idle()
         results = {i.process: i.result for i in h.client.instances()}
         assert results == {"first": ["first"], "second": ["second"]}
+
+
+# -- 13: a correlation key holding a NUL still correlates after a restart ------------------
+
+
+async def test_a_key_with_a_nul_still_correlates_after_a_restart(harness: Factory) -> None:
+    app = ov.App("nul")
+
+    @app.process(trigger="opened")
+    async def wait_close(ctx: ov.Context, event: ov.Event) -> str:
+        closed = await ctx.wait_for("closed")
+        return str(closed.data["by"])
+
+    async with harness(app) as h:
+        h.client.send("opened", {}, key="A\x00B")
+        await h.idle()
+        await h.restart()  # the wait comes back from the store
+        h.client.send("closed", {"by": "x"}, key="A\x00B")
+        await h.idle()
+        (instance,) = h.client.instances()
+        assert (instance.key, instance.status, instance.result) == ("A\x00B", "completed", "x")

@@ -252,6 +252,31 @@ def test_buffered_events_and_handler_runs_keep_their_bytes(broker: Broker) -> No
     assert all(s.inbox == [] for s in store.snapshots(["i0", "i1", "i2"]).values())
 
 
+def test_strings_with_nul_round_trip(broker: Broker) -> None:
+    """A NUL ends a string in SQLite's JSON functions: such batches must still be exact."""
+    store = broker.store
+    batch = Batch("g")
+    batch.instances["i\x00x"] = row("i\x00x", key="A\x00B", result="r\x00")
+    batch.waits[WaitRow("pay", "A\x00B", "i\x00x", 1)] = True
+    batch.appends += [
+        NewRecord("A\x00B", b'{"n":1}', "evt\x00one"),
+        NewRecord("k", b"2", "evt\x00two"),
+    ]
+    store.commit(batch)
+    later = Batch("g")
+    later.appends.append(NewRecord("A\x00B", b'{"n":3}', "evt\x00three"))
+    store.commit(later)
+    assert store.instance("i\x00x") == batch.instances["i\x00x"]
+    assert store.waits() == [WaitRow("pay", "A\x00B", "i\x00x", 1)]
+    for event_id, value in (
+        ("evt\x00one", b'{"n":1}'),
+        ("evt\x00two", b"2"),
+        ("evt\x00three", b'{"n":3}'),
+    ):
+        found = broker.log.find_event(event_id)
+        assert found is not None and found.value == value
+
+
 def test_a_failing_sqlite_commit_changes_nothing(tmp_path: Path) -> None:
     """A commit that fails half-way (here: an unserializable result) rolls back whole.
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +34,14 @@ def test_nested_holders_restore_the_setting_of_the_first() -> None:
     assert gc.get_threshold() == (700, 10, 10)
 
 
+def test_a_disabled_collector_stays_disabled() -> None:
+    gc.set_threshold(0, 10, 10)
+    release = gcpolicy.raise_threshold(20_000)
+    assert gc.get_threshold() == (0, 10, 10)
+    release()
+    assert gc.get_threshold() == (0, 10, 10)
+
+
 def test_none_leaves_the_interpreter_alone() -> None:
     release = gcpolicy.raise_threshold(None)
     assert gc.get_threshold() == (700, 10, 10)
@@ -56,3 +66,43 @@ async def test_an_engine_raises_it_while_it_runs() -> None:
     await untouched.start()
     assert gc.get_threshold() == (700, 10, 10)
     await untouched.stop()
+
+
+async def test_a_failed_last_commit_still_restores_it_and_releases_the_broker(
+    tmp_path: Path,
+) -> None:
+    app = ov.App("gc-fail")
+    release_step = asyncio.Event()
+
+    async def slow() -> int:
+        await release_step.wait()
+        return 1
+
+    @app.process(trigger="go")
+    async def proc(ctx: ov.Context, event: ov.Event) -> int:
+        return int(await ctx.step(slow))
+
+    broker = open_broker(f"sqlite:///{tmp_path / 'gc.db'}")
+    engine = ov.Engine(app, broker, gc_threshold=30_000)
+    task = asyncio.create_task(engine.run())
+    ov.Client(broker, app=app).send("go", {})
+    for _ in range(200):  # until the step runs
+        await asyncio.sleep(0.01)
+        if engine.executor.busy:
+            break
+    assert engine.executor.busy and gc.get_threshold()[0] == 30_000
+
+    def failing(batch: object) -> None:
+        raise OSError("disk full")
+
+    broker.commit = failing  # type: ignore[method-assign]
+    stopping = asyncio.create_task(engine.stop(grace=2.0))
+    release_step.set()  # the step ends within the grace: its outcome's commit fails
+    with pytest.raises(OSError, match="disk full"):
+        await task
+    await asyncio.wait_for(stopping, 5)  # stop() returns instead of waiting forever
+    assert gc.get_threshold() == (700, 10, 10)
+    again = ov.Engine(app, broker)  # the broker's engine lock was released
+    await again.start()
+    await again.stop()
+    broker.close()

@@ -280,36 +280,47 @@ class SqliteBroker:
     # -- Store --------------------------------------------------------------------------
 
     def commit(self, batch: Batch) -> None:
-        # built before the write lock is taken
-        document, rest = _state_document(batch, self._partitions, time.time())
+        document = _state_document(batch, self._partitions, time.time())  # before the lock
         with self._lock:
-            if rest is None:
+            if document is not None:
                 # One statement is one transaction, committed (WAL fsynced) inside the
                 # call: the write lock is never held while this thread waits for the GIL.
-                if document is not None:
-                    self._conn.execute(_APPLY_DOCUMENT, (document,))
+                self._conn.execute(_APPLY_DOCUMENT, (document,))
             else:
-                self._write(lambda c: self._commit(c, rest, document))
+                self._write(lambda c: self._commit_rows(c, batch))
         if batch.appends:
             self.ring()
 
-    def _commit(self, c: sqlite3.Connection, rest: Batch, document: str | None) -> None:
-        """The rows the state document cannot carry, in one transaction with it."""
-        if rest.appends:
-            self._append(c, rest.appends)
-        if document is not None:
-            c.execute(_APPLY_DOCUMENT, (document,))
-        self._apply(c, "work", rest.work, _work_row)
-        self._apply(
-            c,
-            "inbox",
-            rest.inbox,
-            lambda r: (r.id, r.instance_id, r.event_type, r.key, r.value, r.received),
-        )
+    def _commit_rows(self, c: sqlite3.Connection, b: Batch) -> None:
+        """The batch row by row, in one transaction: for the batches the state document
+        cannot carry exactly (see ``_state_document``)."""
+        if b.appends:
+            self._append(c, b.appends)
+        if b.offsets:
+            c.executemany(
+                "INSERT OR REPLACE INTO offsets VALUES (?, ?, ?)",
+                [(b.group, part, off) for part, off in b.offsets.items()],
+            )
+        if b.instances:
+            c.executemany(
+                "INSERT OR REPLACE INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                [_instance_fields(r, _dump) for r in b.instances.values()],
+            )
+        if b.journal:
+            c.executemany(
+                "INSERT OR REPLACE INTO journal VALUES (?, ?, ?)",
+                [(iid, pos, orjson.dumps(entries)) for iid, pos, entries in b.journal],
+            )
+        waits = {
+            f"{w.instance_id}:{w.seq}": (w if present else None) for w, present in b.waits.items()
+        }
+        self._apply(c, "waits", waits, _wait_fields)
+        self._apply(c, "work", b.work, _work_row)
+        self._apply(c, "inbox", b.inbox, lambda r: _inbox_fields(r, lambda raw: raw))
         self._apply(
             c,
             "dlq",
-            rest.dead_letters,
+            b.dead_letters,
             lambda d: (
                 d.id,
                 d.created,
@@ -329,7 +340,7 @@ class SqliteBroker:
         c: sqlite3.Connection,
         table: str,
         changes: dict[str, Any],
-        row: Callable[[Any], tuple[Any, ...]],
+        row: Callable[[Any], Sequence[Any]],
     ) -> None:
         dels = [(k,) for k, v in changes.items() if v is None]
         puts = [row(v) for v in changes.values() if v is not None]
@@ -489,44 +500,59 @@ def _work_row(w: WorkRow) -> tuple[Any, ...]:
     return (w.id, w.kind, w.due, w.attempt, w.instance_id, w.seq, w.name, w.payload)
 
 
+def _instance_fields(r: InstanceRow, dump: Callable[[Any], Any]) -> list[Any]:
+    return [
+        r.id,
+        r.process,
+        r.version,
+        r.key,
+        r.status,
+        r.partition,
+        r.created,
+        r.updated,
+        r.trigger_id,
+        dump(r.result),
+        dump(r.error),
+        r.journal_len,
+    ]
+
+
+def _wait_fields(w: WaitRow) -> list[Any]:
+    return [f"{w.instance_id}:{w.seq}", w.event_type, w.key, w.instance_id, w.seq]
+
+
+def _inbox_fields(r: InboxRow, raw: Callable[[bytes], Any]) -> list[Any]:
+    return [r.id, r.instance_id, r.event_type, r.key, raw(r.value), r.received]
+
+
+class _NotCarried(Exception):
+    """A batch the state document cannot carry exactly."""
+
+
 def _utf8(raw: bytes | None) -> str | None:
-    """Raw bytes as text for the state document. Raises ValueError for bytes that are
-    not UTF-8, or that hold a NUL (SQLite's text functions stop there); the engine's rows
-    only carry such bytes in a dead letter's original (an event that decoded is JSON)."""
+    """Raw bytes as text for the state document, if they are UTF-8 without NUL."""
     if raw is None:
         return None
     if b"\x00" in raw:
-        raise ValueError("NUL in bytes")
-    return raw.decode()
+        raise _NotCarried
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise _NotCarried from None
 
 
-def _carry(
-    changes: dict[str, Any], row: Callable[[Any], list[Any]], rest: dict[str, Any]
-) -> tuple[list[str], list[list[Any]]]:
-    """One table's changes for the state document: the deleted ids and the rows; a row
-    that ``row`` refuses (ValueError) goes to ``rest`` instead."""
-    deleted: list[str] = []
-    rows: list[list[Any]] = []
-    for key, value in changes.items():
-        if value is None:
-            deleted.append(key)
-            continue
-        try:
-            rows.append(row(value))
-        except ValueError:
-            rest[key] = value
-    return deleted, rows
-
-
-def _state_document(b: Batch, partitions: int, now: float) -> tuple[str | None, Batch | None]:
-    """A batch as one JSON document for ``_APPLY_DOCUMENT`` (None if it holds nothing),
-    and the rows it cannot carry (None if it carries them all): dead letters, and any
-    append, handler run or buffered event whose bytes ``_utf8`` refuses. Bound as text:
-    SQLite 3.45+ would read a BLOB as JSONB."""
+def _state_document(b: Batch, partitions: int, now: float) -> str | None:
+    """A batch as one JSON document for ``_APPLY_DOCUMENT``, or None when it cannot carry
+    it exactly and the batch goes row by row (``_commit_rows``): a dead letter (its
+    original bytes may be anything), other bytes that are not UTF-8 text, or a NUL in any
+    string (SQLite's JSON functions end a string there). Events that decoded never hold
+    such bytes, so the engine's batches practically always take the document. Bound as
+    text: SQLite 3.45+ would read a BLOB as JSONB."""
+    if b.dead_letters:
+        return None
     doc: dict[str, Any] = {}
-    rest = Batch(b.group, dead_letters=b.dead_letters)
-    if b.appends:
-        try:
+    try:
+        if b.appends:
             seen: set[str] = set()
             appends = []
             for i, rec in enumerate(b.appends):
@@ -537,49 +563,29 @@ def _state_document(b: Batch, partitions: int, now: float) -> tuple[str | None, 
                 part = _partition(rec, partitions, now, i)
                 appends.append([part, rec.key, _utf8(rec.value), rec.event_id, rec.event_type])
             doc["a"], doc["ts"] = appends, now
-        except ValueError:
-            rest.appends = b.appends  # all of them: their offsets follow their order
-    if b.work:
-        doc["kd"], doc["k"] = _carry(
-            b.work, lambda w: [*_work_row(w)[:7], _utf8(w.payload)], rest.work
-        )
-    if b.inbox:
-        doc["bd"], doc["b"] = _carry(
-            b.inbox,
-            lambda r: [r.id, r.instance_id, r.event_type, r.key, _utf8(r.value), r.received],
-            rest.inbox,
-        )
+        if b.work:
+            doc["kd"] = [work_id for work_id, w in b.work.items() if w is None]
+            doc["k"] = [
+                [*_work_row(w)[:7], _utf8(w.payload)] for w in b.work.values() if w is not None
+            ]
+        if b.inbox:
+            doc["bd"] = [inbox_id for inbox_id, r in b.inbox.items() if r is None]
+            doc["b"] = [_inbox_fields(r, _utf8) for r in b.inbox.values() if r is not None]
+    except _NotCarried:
+        return None
     if b.offsets:
         doc["o"] = [[b.group, part, off] for part, off in b.offsets.items()]
     if b.instances:
-        doc["i"] = [
-            [
-                r.id,
-                r.process,
-                r.version,
-                r.key,
-                r.status,
-                r.partition,
-                r.created,
-                r.updated,
-                r.trigger_id,
-                _text(r.result),
-                _text(r.error),
-                r.journal_len,
-            ]
-            for r in b.instances.values()
-        ]
+        doc["i"] = [_instance_fields(r, _text) for r in b.instances.values()]
     if b.journal:
         doc["j"] = b.journal
     if b.waits:
         doc["wd"] = [f"{w.instance_id}:{w.seq}" for w, present in b.waits.items() if not present]
-        doc["wa"] = [
-            [f"{w.instance_id}:{w.seq}", w.event_type, w.key, w.instance_id, w.seq]
-            for w, present in b.waits.items()
-            if present
-        ]
-    document = orjson.dumps(doc).decode() if doc else None
-    return document, (None if rest.empty() else rest)
+        doc["wa"] = [_wait_fields(w) for w, present in b.waits.items() if present]
+    document = orjson.dumps(doc).decode()
+    # orjson writes a NUL as \u0000. (Escaped NULs inside result or journal JSON match
+    # too: such a batch merely goes row by row, which is also exact.)
+    return None if "\\u0000" in document else document
 
 
 def _rows(table: str, path: str, columns: int, blobs: Collection[int] = ()) -> str:

@@ -165,19 +165,21 @@ class Engine(WorkRunner):
             await self._shutdown()
 
     async def _shutdown(self) -> None:
-        await self.executor.shutdown(self._grace)
-        if self._outcomes and not self._broken:
-            await self._iterate(read_log=False)
-        if not self._broken:
-            await self._settle()
-        for live in self._cache.values():
-            live.machine.close()
-        self._cache.clear()
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-        self._release_lock()
-        self._restore_gc()
-        self._started = False
+        try:
+            await self.executor.shutdown(self._grace)
+            if self._outcomes and not self._broken:
+                await self._iterate(read_log=False)
+            if not self._broken:
+                await self._settle()
+        finally:  # a failed last commit still lets go of the broker and the process
+            for live in self._cache.values():
+                live.machine.close()
+            self._cache.clear()
+            if self._unsubscribe is not None:
+                self._unsubscribe()
+            self._release_lock()
+            self._restore_gc()
+            self._started = False
 
     async def run(self) -> None:
         """Process inputs until :meth:`stop` is called."""
@@ -196,9 +198,11 @@ class Engine(WorkRunner):
                 await self.clock.wait(self._wake, self._work.next_due(self._inflight))
         finally:
             self._stopping = True
-            await self._shutdown()
-            self._running = False
-            self._stopped.set()
+            try:
+                await self._shutdown()
+            finally:  # stop() waits for this, even when the shutdown failed
+                self._running = False
+                self._stopped.set()
 
     async def run_until_idle(self, max_iterations: int = 100_000) -> None:
         """Process until nothing is left to do *now*: no unread records, no running

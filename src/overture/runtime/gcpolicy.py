@@ -8,9 +8,11 @@ engine's CPU time in W1 (docs/benchmarks.md) while finding almost no garbage: th
 breaks its own reference cycles (``Machine.close``) and frees instances by reference
 counting.
 
-While at least one engine runs, the first threshold is raised (never lowered) to the
-engine's ``gc_threshold``; the interpreter's own setting comes back when the last engine
-stops. Cyclic garbage is still collected, only in larger, rarer rounds.
+While at least one engine runs, the first threshold is raised (never lowered, and left
+alone at 0, which turns automatic collection off) to the engine's ``gc_threshold``; the
+setting from before the first engine started comes back when the last one stops (a
+change made meanwhile is undone). Cyclic garbage is still collected, only in larger,
+rarer rounds.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def raise_threshold(threshold: int | None) -> Callable[[], None]:
         if _holders == 0:
             _saved = current
         _holders += 1
-        if current[0] < threshold:
+        if 0 < current[0] < threshold:  # 0: automatic collection is off; keep it so
             gc.set_threshold(threshold, current[1], current[2])
     released = [False]
 
