@@ -315,8 +315,8 @@ class SqliteBroker:
             f"{w.instance_id}:{w.seq}": (w if present else None) for w, present in b.waits.items()
         }
         self._apply(c, "waits", waits, _wait_fields)
-        self._apply(c, "work", b.work, _work_row)
-        self._apply(c, "inbox", b.inbox, lambda r: _inbox_fields(r, lambda raw: raw))
+        self._apply(c, "work", b.work, lambda w: _work_fields(w, _as_is))
+        self._apply(c, "inbox", b.inbox, lambda r: _inbox_fields(r, _as_is))
         self._apply(
             c,
             "dlq",
@@ -496,8 +496,12 @@ def _partition(rec: NewRecord, partitions: int, now: float, index: int) -> int:
     return partition_for(rec.key, partitions, int(now * 1000) + index)
 
 
-def _work_row(w: WorkRow) -> tuple[Any, ...]:
-    return (w.id, w.kind, w.due, w.attempt, w.instance_id, w.seq, w.name, w.payload)
+def _as_is(raw: bytes | None) -> bytes | None:
+    return raw
+
+
+def _work_fields(w: WorkRow, raw: Callable[[bytes | None], Any]) -> list[Any]:
+    return [w.id, w.kind, w.due, w.attempt, w.instance_id, w.seq, w.name, raw(w.payload)]
 
 
 def _instance_fields(r: InstanceRow, dump: Callable[[Any], Any]) -> list[Any]:
@@ -565,9 +569,7 @@ def _state_document(b: Batch, partitions: int, now: float) -> str | None:
             doc["a"], doc["ts"] = appends, now
         if b.work:
             doc["kd"] = [work_id for work_id, w in b.work.items() if w is None]
-            doc["k"] = [
-                [*_work_row(w)[:7], _utf8(w.payload)] for w in b.work.values() if w is not None
-            ]
+            doc["k"] = [_work_fields(w, _utf8) for w in b.work.values() if w is not None]
         if b.inbox:
             doc["bd"] = [inbox_id for inbox_id, r in b.inbox.items() if r is None]
             doc["b"] = [_inbox_fields(r, _utf8) for r in b.inbox.values() if r is not None]

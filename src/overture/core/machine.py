@@ -30,7 +30,7 @@ from ..policies import DEFAULT_RETRY, Retry
 from . import journal as jr
 from .context import Context
 from .context import DurableFuture as DurableFutureABC
-from .values import describe_error, result_decoder, snapshot, to_json
+from .values import describe_error, identity, result_decoder, snapshot, to_json
 
 T = TypeVar("T")
 
@@ -44,6 +44,12 @@ RUNNING, WAITING, COMPLETED, FAILED, CANCELLED, STUCK = (
 )
 FINAL_STATUSES = frozenset({COMPLETED, FAILED, CANCELLED})
 _EMIT_NAMESPACE = uuid.UUID("6f0f5d1c-3c1a-4a8e-9d6a-0b7e1e6f2a10")
+
+
+def private_copy(envelope: Envelope) -> Envelope:
+    """The envelope with a deep copy of its data: what process code gets of an event,
+    so that mutating it changes neither the journal nor what another instance sees."""
+    return envelope.with_data(snapshot(envelope.data))
 
 
 def instance_id_for(process: str, trigger: Envelope) -> str:
@@ -225,10 +231,6 @@ class _Compensation:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-def _identity(value: Any) -> Any:
-    return value
-
-
 # -- the machine ----------------------------------------------------------------------------
 
 
@@ -306,12 +308,8 @@ class Machine:
         caller, *from its own copy of the data* (``event.envelope.data`` shares nothing
         with ``envelope.data``), so that it is the code's alone; None decodes it here.
         """
-        if event is None:
-            # The code gets its own copy of the data (it may mutate its event); the
-            # journal keeps the envelope's, which nothing hands to code.
-            self._trigger = envelope.with_data(snapshot(envelope.data))
-        else:
-            self._trigger = event
+        # the journal keeps ``envelope``, which nothing hands to code
+        self._trigger = private_copy(envelope) if event is None else event
         entry = {
             "k": "start",
             "t": now,
@@ -599,7 +597,7 @@ class Machine:
     # -- operations (called by the context) ---------------------------------------------
 
     def _operation(
-        self, op: str, name: str, extra: dict[str, Any], decode: Callable[[Any], Any] = _identity
+        self, op: str, name: str, extra: dict[str, Any], decode: Callable[[Any], Any] = identity
     ) -> tuple[int, bool, _Pending]:
         if self.final or self._closing:
             raise RuntimeError("the instance has finished or is being evicted; no operations")

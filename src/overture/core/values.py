@@ -33,9 +33,13 @@ def _adapter(annotation: Any) -> TypeAdapter[Any]:
     return TypeAdapter(annotation)
 
 
+def _unannotated(annotation: Any) -> bool:
+    return annotation is None or annotation is Any or annotation is inspect.Parameter.empty
+
+
 def from_json(value: Any, annotation: Any) -> Any:
     """Validate a JSON value back into ``annotation`` (no-op when unannotated)."""
-    if annotation is None or annotation is Any or annotation is inspect.Parameter.empty:
+    if _unannotated(annotation):
         return value
     if annotation in _PLAIN and type(value) is annotation:
         return value  # already exactly that type: skip the validator (the common case)
@@ -61,12 +65,13 @@ def result_decoder(fn: Callable[..., Any]) -> Callable[[Any], Any]:
     """``from_json(value, return_annotation(fn))`` as one function, made once per step
     function (it is needed for every step)."""
     annotation = return_annotation(fn)
-    if annotation is None or annotation is Any or annotation is inspect.Parameter.empty:
-        return _identity
+    if _unannotated(annotation):
+        return identity
     return functools.partial(from_json, annotation=annotation)
 
 
-def _identity(value: Any) -> Any:
+def identity(value: Any) -> Any:
+    """A value decoded as itself (operations whose results need no conversion)."""
     return value
 
 

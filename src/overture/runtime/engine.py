@@ -22,7 +22,6 @@ from ..app import App, ProcessDef
 from ..core import machine as m
 from ..core.correlation import WaitIndex
 from ..core.timers import WorkQueue
-from ..core.values import snapshot
 from ..errors import EventError, MalformedEvent
 from ..events import Envelope, Event, decode, encode
 from ..ports import (
@@ -388,9 +387,7 @@ class Engine(WorkRunner):
         triggers = self.app.triggers(envelope.type)
         sole = len(triggers) == 1
         try:
-            event = self.app.decode(
-                envelope.with_data(snapshot(envelope.data)) if sole else envelope
-            )
+            event = self.app.decode(m.private_copy(envelope) if sole else envelope)
         except EventError as error:
             self._dead_letter(
                 f"{record.partition}:{record.offset}", "validate", str(error), envelope, record, now
