@@ -97,6 +97,17 @@ async def test_same_trigger_event_never_starts_two_instances(harness: Factory) -
         await h.idle()
         assert len(h.client.instances()) == 1
         assert effects.count("check:dup") == 1
+        # re-delivered in a later batch (the first instance already committed, and
+        # finished), and again after a restart (nothing of it left in memory)
+        h.client.send_raw(encode(envelope), key="dup")
+        await h.idle()
+        await h.restart()
+        h.client.send_raw(encode(envelope), key="dup")
+        await h.idle()
+        assert len(h.client.instances()) == 1
+        assert effects.count("check:dup") == 1
+        assert effects.count("charge:dup") == 1
+        assert len(h.client.events(type="order.shipped")) == 1
 
 
 async def test_gather_runs_branches_in_parallel(harness: Factory) -> None:

@@ -89,15 +89,44 @@ async def test_terminal_and_non_retryable_errors_are_not_retried(harness: Factor
     terminal = Flaky(failures=10, error=ov.TerminalError)
     listed = Flaky(failures=10, error=KeyError)
     retry = ov.Retry(max_attempts=5, non_retryable=(KeyError,))
-    async with harness(retry_app(terminal, retry)) as h:
+    for step, error in ((terminal, "TerminalError"), (listed, "KeyError")):
+        async with harness(retry_app(step, retry)) as h:
+            h.client.send("go", {}, key=error)  # the second run shares the first one's broker
+            await h.idle()
+            # far past every backoff the policy allows: a retry would have run by now
+            for _ in range(retry.max_attempts):
+                await h.advance(retry.max_interval.total_seconds())
+            assert step.attempts == 1
+            (instance,) = [i for i in h.client.instances() if i.key == error]
+            assert instance.status == "completed"
+            assert instance.result.startswith(f"gave up after 1: {error}")
+            assert [e for e in h.client.journal(instance.id) if e["k"] == "retry"] == []
+
+
+async def test_max_interval_caps_every_backoff_delay(harness: Factory) -> None:
+    step = Flaky(failures=4)
+    # uncapped, the delays would be 10, 100, 1000, 10000 s
+    retry = ov.Retry(
+        max_attempts=5,
+        initial_interval=timedelta(seconds=10),
+        backoff=10.0,
+        max_interval=timedelta(seconds=30),
+    )
+    async with harness(retry_app(step, retry)) as h:
         h.client.send("go", {}, key="k")
         await h.idle()
-        assert terminal.attempts == 1
-        assert "TerminalError" in h.client.instances()[0].result
-    async with harness(retry_app(listed, retry)) as h:
-        h.client.send("go", {}, key="k2")
-        await h.idle()
-        assert listed.attempts == 1
+        await h.advance(10)
+        assert step.attempts == 2
+        for expected in (3, 4, 5):
+            await h.advance(29.9)
+            assert step.attempts == expected - 1  # not before the cap
+            await h.advance(0.1)
+            assert step.attempts == expected  # and not after it either
+        (instance,) = h.client.instances()
+        assert instance.result == "OK"
+        retries = [e for e in h.client.journal(instance.id) if e["k"] == "retry"]
+        assert [e["a"] for e in retries] == [1, 2, 3, 4]
+        assert [round(e["due"] - e["t"], 6) for e in retries] == [10, 30, 30, 30]
 
 
 async def test_explicit_compensation_runs_lifo(harness: Factory) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import overture as ov
 
@@ -130,11 +130,29 @@ async def test_durable_sleep_survives_restart(harness: Factory) -> None:
         await h.advance(1800)
         assert h.client.instances()[0].status == "waiting"
         await h.restart()
-        await h.advance(1800)
+        await h.idle()
+        assert h.client.instances()[0].status == "waiting"  # the reload kept the due time
+        await h.advance(1799.9)
+        assert h.client.instances()[0].status == "waiting"
+        await h.advance(0.1)
         (instance,) = h.client.instances()
         assert instance.status == "completed"
-        start, end = instance.result
-        assert start < end
+        start, end = (datetime.fromisoformat(t) for t in instance.result)
+        assert end - start == timedelta(hours=1)
+
+
+async def test_wait_timeout_survives_restart_at_its_due_time(harness: Factory) -> None:
+    async with harness(payment_app(timeout=timedelta(minutes=30))) as h:
+        h.client.send(OrderPlaced(order_id="a"))
+        await h.idle()
+        await h.advance(600)
+        await h.restart()
+        await h.idle()
+        assert h.client.instances()[0].status == "waiting"
+        await h.advance(1199.9)
+        assert h.client.instances()[0].status == "waiting"
+        await h.advance(0.1)
+        assert h.client.instances()[0].result == "timed out"
 
 
 async def test_one_event_feeds_every_instance_waiting_on_its_key(harness: Factory) -> None:
