@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import random
 import signal
-import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -24,13 +23,13 @@ from overture.devkafka import start_broker, stop_broker
 from overture.errors import BrokerUnavailable
 
 from ..conftest import KAFKA_STATE_DIR, kafka_url
-from .app import JobRequested
-from .test_kill9 import JOBS, assert_all_done, start_engine
+from .app import JobRequested, create_effects
+from .test_kill9 import JOBS, assert_all_done, start_engine, wait_for_handlers
 
 
 def completed(client: ov.Client) -> int:
     try:
-        return len(client.instances(status="completed", limit=10 * JOBS))
+        return len(client.instances(process="job", status="completed", limit=10 * JOBS))
     except BrokerUnavailable:
         return -1  # the broker is restarting
 
@@ -60,9 +59,7 @@ def test_two_engines_survive_kill_9_and_a_broker_restart(
     effects = tmp_path / "effects.db"
     log = tmp_path / "engines.log"
     rng = random.Random(4321)
-    with sqlite3.connect(effects) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("CREATE TABLE effects(kind TEXT, job TEXT)")
+    create_effects(effects)
 
     with ov.Client(url) as client:
         client.send_many(client.envelope(JobRequested(job=f"j{i}", n=i)) for i in range(JOBS // 2))
@@ -93,7 +90,7 @@ def test_two_engines_survive_kill_9_and_a_broker_restart(
 
             done = wait_for(client, JOBS, engines, log, 300)
             assert done == JOBS, f"{done} of {JOBS} completed\n" + log.read_text()[-3000:]
-            time.sleep(2.0)  # handlers of the last events
+            wait_for_handlers(client, effects, time.monotonic() + 60)
         finally:
             codes = []
             for engine in engines:
