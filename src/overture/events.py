@@ -263,7 +263,8 @@ class Event(BaseModel):
             if self.event_type is None:
                 raise ConfigError("a plain Event needs a type: use Event.of(type, data)")
             data = self.model_dump(mode="json")
-            key = None if self.key_field is None else str(data[self.key_field])
+            value = None if self.key_field is None else data[self.key_field]
+            key = None if value is None else str(value)  # a None field is no key, not "None"
             envelope = Envelope(type=self.event_type, data=data, partitionkey=key)
             _attach(self, envelope)
         return envelope

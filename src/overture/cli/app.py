@@ -24,6 +24,7 @@ from .common import (
     CliError,
     handle_errors,
     open_client,
+    stderr_line,
 )
 from .dev import dev
 from .loading import load_app
@@ -162,6 +163,11 @@ def send(
         payload = parse_data(data) if data is not None else {}
         with open_client(broker, app=app, must_exist=False) as client:
             typer.echo(client.send(event_type, payload, key=key))
+        if key is None and app is None:
+            stderr_line(
+                "note: sent without a key, so no instance waiting for it (ctx.wait_for) can "
+                "receive it; pass --key, or --app MODULE:APP to derive the key from the data"
+            )
         return
     lines = _read_lines(file)
     with open_client(broker, app=app, must_exist=False) as client:

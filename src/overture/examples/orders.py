@@ -108,12 +108,17 @@ def make_app(payment_timeout: timedelta = timedelta(minutes=30)) -> ov.App:
             and its reservation released (the demo uses a couple of seconds).
     """
     app = ov.App("shop")
-    # Triggers and handlers register their event types; these are only waited for or
-    # emitted, so register them too: `overture send --app` then validates them and derives
-    # their key from order_id.
-    app.event(PaymentReceived, OrderOutOfStock, OrderCancelled, OrderShipped)
 
-    @app.process(trigger=OrderPlaced, key="order_id", name="fulfil_order")
+    # waits= and emits= tell the app every event class the process uses, so that
+    # `overture send --app` validates them and derives their key from order_id (and refuses
+    # a keyless payment.received, which no waiting order could ever receive).
+    @app.process(
+        trigger=OrderPlaced,
+        key="order_id",
+        name="fulfil_order",
+        waits=[PaymentReceived],
+        emits=[OrderOutOfStock, OrderCancelled, OrderShipped],
+    )
     async def fulfil_order(ctx: ov.Context, order: OrderPlaced) -> str:
         if not await ctx.step(check_inventory, order):
             ctx.emit(OrderOutOfStock(order_id=order.order_id, item=order.item))
