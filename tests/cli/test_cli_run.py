@@ -82,8 +82,12 @@ def test_run_serves_send_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         # One engine per embedded database: a second one is refused, cleanly.
         busy = overture("run", APP, "--broker", url)
         assert busy.returncode == 1
-        assert busy.stderr.strip().splitlines()[-1].startswith("error: another engine is already")
+        line = busy.stderr.strip().splitlines()[-1]
+        assert line.startswith("error: another engine is already")
         assert "Traceback" not in busy.stderr
+        # docs/operations.md quotes that line as it really is
+        operations = " ".join((REPO_ROOT / "docs" / "operations.md").read_text().split())
+        assert f"`{line.replace(str(tmp_path / 'shop.db'), 'overture.db')}`" in operations
 
         _wait_for_text(log_path, "notification: order o1 shipped", proc, timeout=30)
         proc.send_signal(signal.SIGTERM)

@@ -92,6 +92,8 @@ def test_a_keyless_send_without_app_says_what_it_means(invoke: Invoke, url: str)
         ("examples.orders:STOCK", "is a dict, not an overture.App"),
         ("examples.orders:make_app", "is a function, not an overture.App"),
         ("examples.orders", "must look like MODULE:APP"),
+        ("shop.py:app", "names a file; give the module instead: shop:app"),
+        ("examples/orders.py:app", "give the module instead: examples.orders:app"),
     ],
 )
 def test_bad_app_path_is_a_usage_error(
