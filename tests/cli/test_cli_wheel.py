@@ -8,6 +8,7 @@ runs the installed console script in an empty directory.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -18,10 +19,20 @@ from cli_helpers import REPO_ROOT
 
 
 def test_overture_demo_works_from_an_installed_wheel(tmp_path: Path) -> None:
+    # Built from a copy: setuptools leaves build/ and *.egg-info in the source tree, and a
+    # stale build/lib could smuggle a deleted module into the wheel.
+    source = tmp_path / "source"
+    shutil.copytree(
+        REPO_ROOT / "src",
+        source / "src",
+        ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"),
+    )
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO_ROOT / name, source / name)
     wheels = tmp_path / "wheels"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(wheels), "."],
-        cwd=REPO_ROOT,
+        cwd=source,
         check=True,
         timeout=90,
     )
