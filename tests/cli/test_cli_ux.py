@@ -95,6 +95,7 @@ async def test_listings_cut_at_their_limit_say_so_and_counts_are_one_command_awa
     assert "first 2 events of type 'thing.happened'; there are more" in typed.stderr
     assert "showing" not in invoke("events", "--limit", "6").stderr
 
+    assert ok(invoke("instances", "--count", "--process", "nope")) == "no instances\n"
     table = ok(invoke("instances", "--count"))
     assert "waiting" in table and "completed" in table
     rows = [json.loads(line) for line in ok(invoke("instances", "--count", "--json")).splitlines()]

@@ -287,6 +287,8 @@ def instances(
         if json:
             for (name, state), n in counts.items():
                 typer.echo(render.dumps({"process": name, "status": state, "count": n}))
+        elif not counts:
+            typer.echo("no instances")
         else:
             render.make_console().print(render.counts_table(counts, STATUSES))
         return
