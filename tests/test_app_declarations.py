@@ -4,6 +4,8 @@ instead of being silently never delivered."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 import overture as ov
@@ -103,3 +105,32 @@ async def test_a_waited_for_type_is_validated_and_a_keyless_one_refused(
 
 def test_a_none_key_field_is_no_key() -> None:
     assert Refund(order_id=None).partitionkey is None  # not the string "None"
+
+
+async def test_the_engine_warns_once_about_an_undeclared_wait(
+    harness: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = ov.App("loose")
+
+    @app.process(trigger=OrderPlaced, key="order_id")
+    async def loose(ctx: ov.Context, order: OrderPlaced) -> str:
+        await ctx.wait_for(PaymentReceived)
+        return "paid"
+
+    caplog.set_level(logging.WARNING, logger="overture.engine")
+    async with harness(app) as h:
+        h.client.send(OrderPlaced(order_id="a"))
+        h.client.send(OrderPlaced(order_id="b"))
+        await h.idle()
+    warnings = [r.getMessage() for r in caplog.records if "without declaring" in r.getMessage()]
+    assert warnings == [
+        "process 'loose' waits for 'payment.received' without declaring it: add it to "
+        "@app.process(waits=[...]) so that clients with the app (overture send --app) "
+        "validate such events and derive their key"
+    ]
+
+    caplog.clear()
+    async with harness(shop()) as h:  # declared: no warning
+        h.client.send(OrderPlaced(order_id="a"))
+        await h.idle()
+    assert not [r for r in caplog.records if "without declaring" in r.getMessage()]
