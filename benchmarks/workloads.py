@@ -69,9 +69,8 @@ def w1_app() -> ov.App:
 def w2_app() -> ov.App:
     """W2: start, wait for the payment event keyed by the order id, complete."""
     app = ov.App("bench-w2")
-    app.event(PaymentReceived)
 
-    @app.process(trigger=OrderPlaced, key="order_id")
+    @app.process(trigger=OrderPlaced, key="order_id", waits=[PaymentReceived])
     async def await_payment(ctx: ov.Context, order: OrderPlaced) -> int:
         paid = await ctx.wait_for(PaymentReceived, key=order.order_id)
         return paid.amount
@@ -156,9 +155,8 @@ class SessionClosed(ov.Event, type="session.closed", key="session_id"):
 def m1_app() -> ov.App:
     """M1: wait (no timeout) for a ``session.closed`` that nobody sends."""
     app = ov.App("bench-m1")
-    app.event(SessionClosed)
 
-    @app.process(trigger=SessionOpened, key="session_id")
+    @app.process(trigger=SessionOpened, key="session_id", waits=[SessionClosed])
     async def hold_open(ctx: ov.Context, session: SessionOpened) -> None:
         await ctx.wait_for(SessionClosed, key=session.session_id)
 

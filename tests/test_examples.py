@@ -40,7 +40,7 @@ def emitted(client: ov.Client, event_type: str) -> list[dict[str, Any]]:
 async def test_paid_order_ships_and_notifies(
     harness: Factory, orders: ModuleType, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger=orders.__name__)
+    caplog.set_level(logging.INFO, logger=orders.log.name)
     async with harness(orders.app) as h:
         h.client.send(orders.OrderPlaced(order_id="o1", item="book", quantity=2))
         await h.idle()

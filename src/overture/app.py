@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .core.context import Context
 from .core.machine import ProcessSpec
-from .errors import ConfigError, UnknownEventType
+from .errors import ConfigError, EventValidationError, UnknownEventType
 from .events import Envelope, Event
 from .policies import DEFAULT_RETRY, Retry
 
@@ -25,6 +25,10 @@ class ProcessDef:
     spec: ProcessSpec
     trigger: str
     key: KeySpec
+    waits: tuple[str, ...] = ()
+    """Event types the process declared it waits for (``waits=``)."""
+    emits: tuple[str, ...] = ()
+    """Event types the process declared it emits (``emits=``)."""
 
     @property
     def name(self) -> str:
@@ -69,6 +73,8 @@ class App:
             raise ConfigError("an App needs a name")
         self.name = name
         self._events: dict[str, type[Event]] = {}
+        self._declared: set[str] = set()  # types named by string in waits=/emits=
+        self._waiters: dict[str, set[str]] = {}  # type -> processes that wait_for it
         self._processes: dict[str, dict[int, ProcessDef]] = {}
         self._triggers: dict[str, list[ProcessDef]] = {}
         self._handlers: dict[str, list[HandlerDef]] = {}
@@ -89,6 +95,8 @@ class App:
         key: KeySpec = None,
         name: str | None = None,
         version: int = 1,
+        waits: Iterable[type[Event] | str] = (),
+        emits: Iterable[type[Event] | str] = (),
     ) -> Callable[[ProcessFn], ProcessFn]:
         """Register ``async def fn(ctx, event)`` as a process started by ``trigger`` events.
 
@@ -99,8 +107,17 @@ class App:
             name: the process name (default: the function's name).
             version: the definition version. Running instances stay on the version they
                 started with; new instances use the newest registered version.
+            waits: the event classes (or type names) the process waits for with
+                ``ctx.wait_for``. The app then knows them: a client with the app validates
+                them and derives their key from their ``key=`` field, the engine validates
+                them on receipt, and sending one without a key is refused (a wait is always
+                keyed, so a keyless event could never be delivered to it).
+            emits: the event classes (or type names) the process publishes with
+                ``ctx.emit``, so that the app knows and validates them too.
         """
         event_type, cls = self._resolve(trigger)
+        wait_types = tuple(self._declare(e) for e in waits)
+        emit_types = tuple(self._declare(e) for e in emits)
 
         def register(fn: ProcessFn) -> ProcessFn:
             if not inspect.iscoroutinefunction(fn):
@@ -110,7 +127,9 @@ class App:
             if version in versions:
                 raise ConfigError(f"process {pname!r} version {version} is already registered")
             spec = ProcessSpec(pname, version, fn, cls, self.name)
-            definition = ProcessDef(spec, event_type, key)
+            definition = ProcessDef(spec, event_type, key, wait_types, emit_types)
+            for waited in wait_types:
+                self._waiters.setdefault(waited, set()).add(pname)
             versions[version] = definition
             triggers = [d for d in self._triggers.get(event_type, []) if d.name != pname]
             newest = versions[max(versions)]
@@ -148,6 +167,10 @@ class App:
     def handlers(self, event_type: str) -> list[HandlerDef]:
         return self._handlers.get(event_type, [])
 
+    def waiters(self, event_type: str) -> list[str]:
+        """The processes that declared (``waits=``) they wait for events of this type."""
+        return sorted(self._waiters.get(event_type, ()))
+
     def handler(self, name: str) -> HandlerDef | None:
         return self._handler_names.get(name)
 
@@ -160,14 +183,16 @@ class App:
 
     @property
     def event_types(self) -> list[str]:
-        names = set(self._events) | set(self._triggers) | set(self._handlers)
+        names = set(self._events) | set(self._triggers) | set(self._handlers) | self._declared
         return sorted(names)
 
     def validate(self, envelope: Envelope, *, require_known: bool = False) -> None:
-        """Check an event against its registered contract.
+        """Check an event about to be sent against its registered contract.
 
         Raises:
-            EventValidationError: the data violates the contract.
+            EventValidationError: the data violates the contract, or the event has no key
+                although a process waits for its type (waits are keyed, so it would never
+                be delivered).
             UnknownEventType: ``require_known`` and the app does not know the type.
         """
         cls = self._events.get(envelope.type)
@@ -176,8 +201,22 @@ class App:
                 raise UnknownEventType(
                     f"unknown event type {envelope.type!r}; known: {', '.join(self.event_types)}"
                 )
+        else:
+            cls.from_envelope(envelope)
+        self._check_key(envelope, cls)
+
+    def _check_key(self, envelope: Envelope, cls: type[Event] | None) -> None:
+        # Waits are always keyed (by default on the instance's key), so a keyless event of
+        # a waited-for type can never reach one: refuse it rather than lose it silently.
+        waiters = self.waiters(envelope.type)
+        if not waiters or envelope.partitionkey is not None:
             return
-        cls.from_envelope(envelope)
+        field = None if cls is None else cls.key_field
+        how = "give it a key" if field is None else f"set its key field {field!r} or give a key"
+        raise EventValidationError(
+            f"event {envelope.type!r} has no key, but process(es) {', '.join(waiters)} wait "
+            f"for it by key, so it would never be delivered: {how} (key= / --key)"
+        )
 
     def decode(self, envelope: Envelope) -> Event:
         """The typed event for an envelope (a plain :class:`Event` for unknown types)."""
@@ -195,6 +234,13 @@ class App:
             raise ConfigError(f"{event!r} is not an Event subclass declared with type=...")
         self._register_event(event)
         return event.event_type, event
+
+    def _declare(self, event: type[Event] | str) -> str:
+        """Register an event class, or remember a type name, that a process declared."""
+        event_type, _ = self._resolve(event)
+        if isinstance(event, str):
+            self._declared.add(event_type)
+        return event_type
 
     def _register_event(self, cls: type[Event]) -> None:
         if cls.event_type is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,6 +18,10 @@ from .ports import Broker, DeadLetter, NewRecord
 from .runtime.engine import CONTROL_CANCEL, CONTROL_DLQ_REPLAY
 
 FINAL = frozenset({"completed", "failed", "cancelled"})
+MIN_SHORT_ID = 6
+"""The shortest prefix or suffix :meth:`Client.instance` accepts for an instance id."""
+ALL = 10**12
+"""A listing limit that means "every row"."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,20 +148,44 @@ class Client:
         rows = self.broker.store.instances(process=process, status=status, limit=limit)
         return [_instance(r) for r in rows]
 
+    def instance_counts(self, *, process: str | None = None) -> dict[tuple[str, str], int]:
+        """How many instances each (process, status) has, optionally of one process."""
+        counts: Counter[tuple[str, str]] = Counter(
+            (r.process, r.status) for r in self.broker.store.instances(process=process, limit=ALL)
+        )
+        return dict(sorted(counts.items()))
+
     def instance(self, instance_id: str) -> Instance:
         """One instance by id; a unique prefix or suffix of at least 6 characters also
-        works (ids start with the trigger's time, so a suffix is the handier short form)."""
+        works (ids start with the trigger's time, so a suffix is the handier short form).
+
+        Raises:
+            NotFound: no instance has that id, or the prefix/suffix is ambiguous (the
+                message lists the instances it matches).
+        """
         row = self.broker.store.instance(instance_id)
-        if row is None and len(instance_id) >= 6:
+        if row is None and len(instance_id) >= MIN_SHORT_ID:
             matches = [
                 r
-                for r in self.broker.store.instances(limit=10**9)
+                for r in self.broker.store.instances(limit=ALL)
                 if r.id.startswith(instance_id) or r.id.endswith(instance_id)
             ]
             if len(matches) == 1:
                 row = matches[0]
+            elif matches:
+                listed = ", ".join(f"{r.id} ({r.process}, {r.status})" for r in matches[:10])
+                more = f" and {len(matches) - 10} more" if len(matches) > 10 else ""
+                raise NotFound(
+                    f"{instance_id!r} matches {len(matches)} instances: {listed}{more}; "
+                    "give more characters"
+                )
         if row is None:
-            raise NotFound(f"no instance {instance_id!r}")
+            hint = (
+                f" (a prefix or suffix needs at least {MIN_SHORT_ID} characters)"
+                if len(instance_id) < MIN_SHORT_ID
+                else ""
+            )
+            raise NotFound(f"no instance {instance_id!r}{hint}")
         return _instance(row)
 
     def journal(self, instance_id: str) -> list[dict[str, Any]]:

@@ -31,24 +31,12 @@ from .errors import ConfigError, EventValidationError, MalformedEvent
 
 SPEC_VERSION = "1.0"
 DEFAULT_SOURCE = "overture"
-_RESERVED = frozenset(
-    {
-        "id",
-        "source",
-        "type",
-        "subject",
-        "time",
-        "data",
-        "datacontenttype",
-        "dataschema",
-        "partitionkey",
-        "traceparent",
-        "tenant",
-        "specversion",
-        "envelope",
-        "key",
-    }
-)
+_RESERVED = frozenset({"data", "partitionkey", "key", "envelope"})
+"""Names an event contract cannot use for a data field: they are the event's own
+(``event.data``, its correlation key, its CloudEvent). Every other CloudEvents attribute
+(``id``, ``type``, ``source``, ``subject``, ``time``, ``tenant``, …) lives only on
+``event.envelope``, so business data may use those names (an order's ``id``, a payment's
+``type``)."""
 
 
 def _now() -> datetime:
@@ -164,9 +152,11 @@ class Event(BaseModel):
     Subclass with ``type=`` (the CloudEvents type) and optionally ``key=`` (the data field
     that gives the correlation key). A plain ``Event`` carries arbitrary ``data``.
 
-    CloudEvents attributes are read-only properties: ``id``, ``source``, ``type``,
-    ``subject``, ``time``, ``data``, ``partitionkey`` (alias ``key``), ``traceparent``,
-    ``tenant``. Set them with :meth:`with_attributes`.
+    Its CloudEvents attributes are on :attr:`envelope` (``event.envelope.id``, ``.type``,
+    ``.source``, ``.subject``, ``.time``, ``.tenant``, …); set them with
+    :meth:`with_attributes`. On the event itself are only its data fields, ``data``, and
+    the correlation key ``key`` (alias ``partitionkey``), so that data fields named ``id``,
+    ``type``, ``source``, ``subject`` or ``time`` mean the data.
     """
 
     model_config = ConfigDict(frozen=True, extra="allow")
@@ -195,7 +185,9 @@ class Event(BaseModel):
         clash = _RESERVED.intersection(cls.model_fields)
         if clash:
             raise ConfigError(
-                f"{cls.__name__}: field name(s) {sorted(clash)} are CloudEvents attributes"
+                f"{cls.__name__}: field name(s) {sorted(clash)} are reserved: an event's "
+                "`data`, `key`/`partitionkey` and `envelope` are its own (any other name, "
+                "`id` and `type` included, is free for data)"
             )
         if event_type is not None:
             if not isinstance(event_type, str) or not event_type:
@@ -263,33 +255,15 @@ class Event(BaseModel):
             if self.event_type is None:
                 raise ConfigError("a plain Event needs a type: use Event.of(type, data)")
             data = self.model_dump(mode="json")
-            key = None if self.key_field is None else str(data[self.key_field])
+            value = None if self.key_field is None else data[self.key_field]
+            key = None if value is None else str(value)  # a None field is no key, not "None"
             envelope = Envelope(type=self.event_type, data=data, partitionkey=key)
             _attach(self, envelope)
         return envelope
 
     @property
-    def id(self) -> str:
-        return self.envelope.id
-
-    @property
-    def source(self) -> str:
-        return self.envelope.source
-
-    @property
-    def type(self) -> str:
-        return self.envelope.type
-
-    @property
-    def subject(self) -> str | None:
-        return self.envelope.subject
-
-    @property
-    def time(self) -> datetime:
-        return self.envelope.time
-
-    @property
     def data(self) -> Any:
+        """The event's data, as it travels (a JSON value)."""
         return self.envelope.data
 
     @property
@@ -300,14 +274,6 @@ class Event(BaseModel):
     def key(self) -> str | None:
         """Alias of ``partitionkey``: the event's correlation key."""
         return self.envelope.partitionkey
-
-    @property
-    def traceparent(self) -> str | None:
-        return self.envelope.traceparent
-
-    @property
-    def tenant(self) -> str | None:
-        return self.envelope.tenant
 
 
 def _attach(event: Event, envelope: Envelope) -> None:

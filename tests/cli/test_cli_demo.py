@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-import pytest
 from cli_helpers import Invoke, ok
 
 import overture as ov
-from overture.cli.common import CliError
-from overture.cli.demo import example_path, load_example
 
 
 def test_demo_runs_every_outcome(invoke: Invoke) -> None:
@@ -36,9 +32,3 @@ def test_demo_can_keep_its_database(invoke: Invoke, url: str) -> None:
     with ov.Client(url) as client:
         results = sorted(str(i.result) for i in client.instances())
     assert results == ["None", "cancelled", "out_of_stock", "shipped"]
-
-
-def test_the_demo_finds_the_example_and_says_so_when_missing(tmp_path: Path) -> None:
-    assert example_path().is_file()
-    with pytest.raises(CliError, match="does not exist"):
-        load_example(tmp_path / "orders.py")

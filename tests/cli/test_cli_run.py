@@ -82,8 +82,12 @@ def test_run_serves_send_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         # One engine per embedded database: a second one is refused, cleanly.
         busy = overture("run", APP, "--broker", url)
         assert busy.returncode == 1
-        assert busy.stderr.strip().splitlines()[-1].startswith("error: another engine is already")
+        line = busy.stderr.strip().splitlines()[-1]
+        assert line.startswith("error: another engine is already")
         assert "Traceback" not in busy.stderr
+        # docs/operations.md quotes that line as it really is
+        operations = " ".join((REPO_ROOT / "docs" / "operations.md").read_text().split())
+        assert f"`{line.replace(str(tmp_path / 'shop.db'), 'overture.db')}`" in operations
 
         _wait_for_text(log_path, "notification: order o1 shipped", proc, timeout=30)
         proc.send_signal(signal.SIGTERM)
@@ -119,3 +123,56 @@ def test_run_module_that_fails_to_import(
 def test_python_dash_m_and_version() -> None:
     done = overture("--version")
     assert done.returncode == 0 and done.stdout.strip() == f"overture {ov.__version__}"
+
+
+def test_sigint_while_waiting_for_kafka_stops_within_a_second(tmp_path: Path) -> None:
+    # nothing listens on port 1: every metadata request would wait its full 15 s
+    log_path = tmp_path / "engine.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "overture.cli", "run", APP, "--broker", "kafka://127.0.0.1:1/x"],
+            cwd=REPO_ROOT,
+            env=_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_for_text(log_path, "connecting to kafka://127.0.0.1:1/x", proc, timeout=30)
+        time.sleep(0.5)  # inside the first metadata request
+        proc.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        assert proc.wait(timeout=10) == 0
+        assert time.monotonic() - started < 1.0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    output = log_path.read_text()
+    assert "SIGINT received" in output and "stopped before the broker answered" in output
+    assert "Traceback" not in output
+
+
+def test_an_unresolvable_kafka_host_is_reported_at_once(tmp_path: Path) -> None:
+    url = "kafka://no-such-host.invalid:9092/x"
+    started = time.monotonic()
+    done = overture("send", "x.y", "--key", "k", "--broker", url)
+    assert done.returncode == 1 and time.monotonic() - started < 10
+    assert "cannot resolve the Kafka host(s) of no-such-host.invalid:9092" in done.stderr
+
+    log_path = tmp_path / "engine.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "overture.cli", "run", APP, "--broker", url],
+            cwd=REPO_ROOT,
+            env=_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:  # the engine keeps retrying (a cluster may come up later), saying why at once
+        _wait_for_text(log_path, "cannot resolve the Kafka host(s)", proc, timeout=10)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

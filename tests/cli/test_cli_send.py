@@ -65,6 +65,25 @@ def test_app_validates_known_types_and_derives_the_key(
     assert len(logged(url)) == 1
 
 
+def test_app_refuses_a_payment_without_its_key_field(
+    invoke: Invoke, url: str, orders: ModuleType
+) -> None:
+    # payment.received is declared with waits=: without its key field (or --key) no
+    # waiting order could ever receive it, so it is refused instead of silently lost.
+    line = failed(
+        invoke("send", "payment.received", "--data", "{}", "--app", "examples.orders:app")
+    )
+    assert "order_id" in line and "violates its schema" in line
+    assert logged(url) == []
+
+
+def test_a_keyless_send_without_app_says_what_it_means(invoke: Invoke, url: str) -> None:
+    result = invoke("send", "payment.received", "--data", '{"order_id": "o1"}')
+    ok(result)
+    assert "sent without a key" in result.stderr and "--app" in result.stderr
+    assert "sent without a key" not in invoke("send", "x.y", "--key", "k").stderr
+
+
 @pytest.mark.parametrize(
     ("app_path", "message"),
     [
@@ -73,6 +92,8 @@ def test_app_validates_known_types_and_derives_the_key(
         ("examples.orders:STOCK", "is a dict, not an overture.App"),
         ("examples.orders:make_app", "is a function, not an overture.App"),
         ("examples.orders", "must look like MODULE:APP"),
+        ("shop.py:app", "names a file; give the module instead: shop:app"),
+        ("examples/orders.py:app", "give the module instead: examples.orders:app"),
     ],
 )
 def test_bad_app_path_is_a_usage_error(

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
+from ..client import ALL, Client
 from ..errors import NotFound
 from . import render
 from .common import (
@@ -24,10 +25,11 @@ from .common import (
     CliError,
     handle_errors,
     open_client,
+    stderr_line,
 )
 from .dev import dev
 from .loading import load_app
-from .sending import parse_data, parse_lines, publish
+from .sending import parse_data, parse_lines, publish, read_data
 
 cli = typer.Typer(
     name="overture",
@@ -134,7 +136,13 @@ def send(
         str | None, typer.Argument(metavar="TYPE", help="The event type, e.g. order.placed.")
     ] = None,
     data: Annotated[
-        str | None, typer.Option("--data", "-d", help="The event data: a JSON object.")
+        str | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help='The event data: a JSON object, "@FILE" to read it from a file, or "-" '
+            "to read it from stdin (for data too big for a command line).",
+        ),
     ] = None,
     key: Annotated[
         str | None, typer.Option("--key", "-k", help="The partition / correlation key.")
@@ -159,9 +167,14 @@ def send(
     app = None if app_path is None else load_app(app_path)
     if file is None:
         assert event_type is not None
-        payload = parse_data(data) if data is not None else {}
+        payload = parse_data(read_data(data)) if data is not None else {}
         with open_client(broker, app=app, must_exist=False) as client:
             typer.echo(client.send(event_type, payload, key=key))
+        if key is None and app is None:
+            stderr_line(
+                "note: sent without a key, so no instance waiting for it (ctx.wait_for) can "
+                "receive it; pass --key, or --app MODULE:APP to derive the key from the data"
+            )
         return
     lines = _read_lines(file)
     with open_client(broker, app=app, must_exist=False) as client:
@@ -202,7 +215,11 @@ def events(
     """List the events in the log, oldest first per partition; --follow tails it."""
     with open_client(broker) as client:
         if not follow:
-            found = client.events(type=event_type, limit=limit or 1000)
+            most = limit or 1000
+            found = client.events(type=event_type, limit=most + 1)
+            if len(found) > most:
+                found = found[:most]
+                stderr_line(_cut_note(client, most, event_type))
             if json:
                 for event in found:
                     typer.echo(render.dumps(render.event_dict(event)))
@@ -225,6 +242,20 @@ def events(
             return
 
 
+def _cut_note(client: Client, shown: int, event_type: str | None) -> str:
+    """The stderr line of an events listing cut at its limit."""
+    if event_type is not None:  # counting them would mean reading the whole log
+        return (
+            f"showing the first {shown:,} events of type {event_type!r}; there are more: "
+            "use --limit"
+        )
+    log = client.broker.log
+    # the log's size, without reading it (on Kafka, records already removed by retention
+    # are counted too, hence "about")
+    total = sum(log.end_offset(p) for p in range(log.partitions))
+    return f"showing {shown:,} of about {total:,} events; use --limit for more"
+
+
 # -- instances -----------------------------------------------------------------------------
 
 
@@ -237,15 +268,39 @@ def instances(
     ] = None,
     json: JsonFlag = False,
     limit: Annotated[int, typer.Option(min=1, help="At most N instances, oldest first.")] = 1000,
+    count: Annotated[
+        bool,
+        typer.Option("--count", help="How many instances each process has in each status."),
+    ] = False,
     broker: BrokerOption = DEFAULT_BROKER,
 ) -> None:
-    """List process instances."""
+    """List process instances (or count them by process and status with --count)."""
     if status is not None and status not in STATUSES:
         raise CliError(
             f"invalid --status {status!r} (choose from {', '.join(STATUSES)})", EXIT_USAGE
         )
+    if count:
+        with open_client(broker) as client:
+            counts = client.instance_counts(process=process)
+        if status is not None:
+            counts = {k: n for k, n in counts.items() if k[1] == status}
+        if json:
+            for (name, state), n in counts.items():
+                typer.echo(render.dumps({"process": name, "status": state, "count": n}))
+        elif not counts:
+            typer.echo("no instances")
+        else:
+            render.make_console().print(render.counts_table(counts, STATUSES))
+        return
     with open_client(broker) as client:
-        found = client.instances(process=process, status=status, limit=limit)
+        found = client.instances(process=process, status=status, limit=limit + 1)
+        if len(found) > limit:
+            found = found[:limit]
+            total = len(client.instances(process=process, status=status, limit=ALL))
+            stderr_line(
+                f"showing {limit:,} of {total:,} instances (oldest first); use --limit "
+                "for more, or --count for a summary"
+            )
     if json:
         for instance in found:
             typer.echo(render.dumps(render.instance_dict(instance)))
@@ -286,7 +341,8 @@ def cancel(
         instance = client.instance(instance_id)
         request = client.cancel(instance.id)
     typer.echo(
-        f"cancellation of instance {instance.id} ({instance.process}, key {instance.key}, "
+        f"cancellation of instance {instance.id} ({instance.process}, "
+        f"{render.keyed(instance.key)}, "
         f"{instance.status}) requested as event {request}; the engine applies it when it "
         "reads the request"
     )
@@ -351,7 +407,8 @@ def demo(
         typer.Option(
             "--broker",
             "-b",
-            help="Broker URL to keep the demo's data in (default: a temporary database; "
+            help="Broker URL to keep the demo's data in, sqlite:///demo.db or "
+            "kafka://host:port/namespace (default: a temporary database; "
             "OVERTURE_BROKER is ignored so the demo never writes into your database).",
         ),
     ] = None,

@@ -34,7 +34,8 @@ BrokerOption = Annotated[
         "--broker",
         "-b",
         envvar="OVERTURE_BROKER",
-        help="Broker URL: sqlite:///relative.db, sqlite:////absolute.db or memory://.",
+        help="Broker URL: sqlite:///relative.db, sqlite:////absolute.db or "
+        "kafka://host:port/namespace.",
         show_envvar=True,
     ),
 ]

@@ -1,6 +1,7 @@
 """``overture demo``: the order example end to end, on a throwaway SQLite database.
 
-Four orders take the four paths of ``examples/orders.py``: one is paid and shipped, one is
+Four orders take the four paths of :mod:`overture.examples.orders` (shipped in the
+package, so the demo runs from an installed wheel): one is paid and shipped, one is
 out of stock, one is never paid (its wait times out, the reservation is released by the
 saga compensation and the order is cancelled), and one is cancelled by an operator while
 it waits. A real engine runs in-process on the real clock, so the timeout really passes.
@@ -10,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import logging
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,16 +25,13 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-import overture
-
 from ..backends import open_broker
 from ..client import FINAL, Client, Instance
+from ..examples import orders as example
 from ..runtime.clock import SystemClock
 from ..runtime.engine import Engine
 from . import render
 from .common import CliError
-
-_MODULE_NAME = "_overture_demo_orders"
 
 
 @dataclass(frozen=True)
@@ -63,32 +59,6 @@ SCENARIOS = (
     ),
     Scenario("o-1004", "book", 3, "cancelled by an operator while it waits", "cancelled", None),
 )
-
-
-def example_path() -> Path:
-    """Where ``examples/orders.py`` is: the repository root of the (editable) install."""
-    return Path(overture.__file__).resolve().parents[2] / "examples" / "orders.py"
-
-
-def load_example(path: Path) -> ModuleType:
-    """Import the example from its file.
-
-    Raises:
-        CliError: the file is missing (e.g. a wheel install, which ships no examples).
-    """
-    if not path.is_file():
-        raise CliError(
-            f"the demo needs the order example, and {str(path)!r} does not exist; run it from "
-            "a source checkout (pip install -e .), e.g. with scripts/demo"
-        )
-    spec = importlib.util.spec_from_file_location(_MODULE_NAME, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # Registered before executing: pydantic resolves the models' postponed annotations
-    # through sys.modules[cls.__module__].
-    sys.modules[_MODULE_NAME] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 class _Notes(logging.Handler):
@@ -143,7 +113,7 @@ async def _until(
 async def run_demo(console: Console, *, payment_timeout: float, broker: str | None) -> bool:
     """Run the scenarios and tell the story on ``console``; True if every order ended as
     expected."""
-    module = load_example(example_path())
+    module = example
     app = module.make_app(payment_timeout=timedelta(seconds=payment_timeout))
     with contextlib.ExitStack() as stack:
         if broker is None:
@@ -152,7 +122,7 @@ async def run_demo(console: Console, *, payment_timeout: float, broker: str | No
         notes = stack.enter_context(_capture(logging.getLogger(module.__name__)))
         console.print(
             Panel.fit(
-                f"[bold]Overture demo[/]: the order saga of {example_path().name}\n"
+                f"[bold]Overture demo[/]: the order saga of {module.__name__}\n"
                 f"broker {broker}, payment timeout {payment_timeout:g}s, real clock",
                 border_style="blue",
             )

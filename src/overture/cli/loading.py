@@ -26,6 +26,13 @@ def load_app(path: str) -> App:
     module_name, sep, attribute = path.partition(":")
     if not sep or not module_name or not attribute:
         raise CliError(f"app path {path!r} must look like MODULE:APP (e.g. myshop:app)", EXIT_USAGE)
+    if module_name.endswith(".py"):
+        # a file path where a module name belongs (`overture run shop.py:app`)
+        dotted = module_name[: -len(".py")].strip("/").replace("/", ".")
+        raise CliError(
+            f"app path {path!r} names a file; give the module instead: {dotted}:{attribute}",
+            EXIT_USAGE,
+        )
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)

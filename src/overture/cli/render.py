@@ -136,6 +136,24 @@ def instances_table(instances: Iterable[Instance]) -> Table:
     return table
 
 
+def counts_table(counts: dict[tuple[str, str], int], statuses: Iterable[str]) -> Table:
+    """Instances per process (rows) and status (columns), with totals."""
+    order = list(statuses)
+    table = Table(title="instances by status", title_justify="left")
+    table.add_column("process")
+    for status in order:
+        table.add_column(status, justify="right")
+    table.add_column("total", justify="right", style="bold")
+    processes = sorted({name for name, _ in counts})
+    for name in processes:
+        row = [counts.get((name, status), 0) for status in order]
+        table.add_row(*cells(name, *(f"{n:,}" if n else "-" for n in row), f"{sum(row):,}"))
+    if len(processes) > 1:
+        totals = [sum(counts.get((p, status), 0) for p in processes) for status in order]
+        table.add_row(*cells("total", *(f"{n:,}" for n in totals), f"{sum(totals):,}"))
+    return table
+
+
 def instance_header(instance: Instance) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
@@ -182,12 +200,17 @@ def describe_journal(entries: list[jr.Entry]) -> list[tuple[float | None, str]]:
     return lines
 
 
+def keyed(key: str | None) -> str:
+    """``key K``, or ``keyless`` for an event or instance without a key (not ``key None``)."""
+    return "keyless" if key is None else f"key {key}"
+
+
 def _describe(entry: jr.Entry, ops: dict[int, tuple[str, str]]) -> str:
     kind = entry["k"]
     if kind == "start":
         ev = entry["ev"]
-        key = ev.get("partitionkey")
-        return f"started by {ev['type']} {short(ev.get('data'), 60)} (event {ev['id']}, key {key})"
+        by = keyed(ev.get("partitionkey"))
+        return f"started by {ev['type']} {short(ev.get('data'), 60)} (event {ev['id']}, {by})"
     if kind == "cmd":
         seq, op, name = entry["s"], entry["op"], entry["n"]
         ops[seq] = (op, name)
@@ -195,7 +218,9 @@ def _describe(entry: jr.Entry, ops: dict[int, tuple[str, str]]) -> str:
             return f"#{seq} step {name} scheduled"
         if op == "wait":
             until = f" until {fmt_time(entry['due'], precise=True)}" if entry.get("due") else ""
-            return f"#{seq} waiting for {name} with key {entry.get('key')!r}{until}"
+            wait_key = entry.get("key")
+            what = "keyless" if wait_key is None else f"with key {wait_key!r}"
+            return f"#{seq} waiting for {name} {what}{until}"
         if op == "sleep":
             return f"#{seq} sleeping until {fmt_time(entry.get('due'), precise=True)}"
         if op == "emit":

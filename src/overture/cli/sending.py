@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,6 +18,29 @@ CHUNK = 1000
 transaction), large enough to amortise the commit, small enough to bound memory per write."""
 
 _FIELDS = frozenset({"type", "data", "key", "id"})
+
+
+def read_data(argument: str) -> str:
+    """The text of a ``--data`` argument: itself, the contents of ``@FILE``, or stdin for
+    ``-`` (curl's convention), so that an event too big for a command line can be sent.
+
+    Raises:
+        CliError: the file cannot be read or is not UTF-8.
+    """
+    if argument == "-":
+        return sys.stdin.read()
+    if not argument.startswith("@"):
+        return argument
+    path = argument[1:]
+    if not path:
+        raise CliError('--data @FILE needs a file name (or use "-" for stdin)')
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except UnicodeDecodeError as error:
+        raise CliError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except OSError as error:
+        raise CliError(f"--data {argument}: {error.strerror or error}") from None
 
 
 def parse_data(text: str) -> dict[str, Any]:

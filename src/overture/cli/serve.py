@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
+from collections.abc import Callable
 
 from ..app import App
 from ..backends import open_broker
@@ -50,7 +52,10 @@ async def serve(
         ConfigError: the broker URL is bad.
         CliError: the engine crashed (the traceback is logged).
     """
-    broker = await _open(url, partitions)
+    broker = await _open_until_signal(url, partitions)
+    if broker is None:
+        log.info("stopped before the broker answered")
+        return
     try:
         host = Host(app, broker, cache_size=cache_size, batch_size=batch_size)
         await host.start()
@@ -93,17 +98,81 @@ async def serve(
         broker.close()
 
 
+async def _open_until_signal(url: str, partitions: int | None) -> Broker | None:
+    """:func:`_open`, given up at once on SIGINT/SIGTERM (then ``None``): waiting for a
+    cluster that is down must not make Ctrl-C wait for a connection timeout."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, _on_signal, sig, stop)
+    opener = asyncio.create_task(_open(url, partitions), name="overture-connect")
+    stopper = asyncio.create_task(stop.wait(), name="overture-signal")
+    try:
+        await asyncio.wait({opener, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        stopper.cancel()
+    if opener.done():
+        broker = opener.result()
+        if not stop.is_set():
+            return broker
+        broker.close()  # the signal came with the connection: honour the signal
+        return None
+    opener.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await opener
+    return None
+
+
 async def _open(url: str, partitions: int | None) -> Broker:
     """Open the broker; a Kafka cluster that does not answer is retried (with the reason
     logged) until it does, so engines can be started before the cluster is up."""
+    if url.startswith("kafka:"):
+        log.info("connecting to %s", url)
     pause = 1.0
     while True:
         try:
-            return await asyncio.to_thread(open_broker, url, partitions=partitions)
+            return await _in_daemon_thread(lambda: open_broker(url, partitions=partitions))
         except BrokerUnavailable as error:
             log.error("%s; retrying in %.0fs", error, pause)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 30.0)
+
+
+async def _in_daemon_thread(open_: Callable[[], Broker]) -> Broker:
+    """Run a blocking ``open_`` in a daemon thread.
+
+    Not ``asyncio.to_thread``: ``asyncio.run`` joins the default executor's threads on the
+    way out, so a stop requested during a 15-second metadata request would wait for it. An
+    abandoned daemon thread ends with the process; a broker it opens late is closed.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Broker] = loop.create_future()
+
+    def settle(broker: Broker | None, error: BaseException | None) -> None:
+        if future.cancelled():
+            if broker is not None:
+                broker.close()
+        elif error is not None:
+            future.set_exception(error)
+        else:
+            assert broker is not None
+            future.set_result(broker)
+
+    def target() -> None:
+        broker: Broker | None = None
+        error: BaseException | None = None
+        try:
+            broker = open_()
+        except BaseException as exc:  # handed to the waiting coroutine
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is gone: the process is ending
+            loop.call_soon_threadsafe(settle, broker, error)
+
+    threading.Thread(target=target, name="overture-connect", daemon=True).start()
+    return await future
 
 
 def _on_signal(sig: signal.Signals, stop: asyncio.Event) -> None:

@@ -41,7 +41,10 @@ def describe(entry: Entry) -> str:
     if kind == "cmd":
         op, name = entry["op"], entry["n"]
         if op == "wait":
-            return f"#{entry['s']} wait for {name} key={entry.get('key')!r}"
+            key = entry.get("key")
+            return f"#{entry['s']} wait for {name} " + (
+                "keyless" if key is None else f"key={key!r}"
+            )
         if op == "sleep":
             return f"#{entry['s']} sleep"
         if op == "emit":

@@ -719,10 +719,10 @@ class _MachineContext(Context):
             payload = to_json(event.envelope.data)
         except Exception as error:
             raise EventValidationError(
-                f"emitted event {event.type!r}: data is not JSON-serializable: {error}"
+                f"emitted event {event.envelope.type!r}: data is not JSON-serializable: {error}"
             ) from error
         event_id = str(uuid.uuid5(_EMIT_NAMESPACE, f"{m.instance_id}:{m._next_seq}"))
-        seq, live, _ = m._operation("emit", event.type, {"ev": event_id})
+        seq, live, _ = m._operation("emit", event.envelope.type, {"ev": event_id})
         if live:
             base = event.envelope
             envelope = Envelope(

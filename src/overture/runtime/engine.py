@@ -101,6 +101,7 @@ class Engine(WorkRunner):
         self._work = WorkQueue()
         self._inflight: set[str] = set()
         self._waits = WaitIndex()
+        self._wait_types_checked: set[tuple[str, str]] = set()  # see _check_declared
         # running instances by key (lists: almost always one per key)
         self._active: dict[str | None, list[str]] = {}
         self._wake = asyncio.Event()
@@ -633,6 +634,7 @@ class Engine(WorkRunner):
         if value is not None:
             self._drive(live, live.machine.resolve(command.seq, now, ok=value), now)
             return
+        self._check_declared(live.row.process, command.event_type)
         wait = WaitRow(command.event_type, command.key, iid, command.seq)
         pending.waits.put(wait, True, created=True)
         self._waits.add(wait)
@@ -641,6 +643,22 @@ class Engine(WorkRunner):
         if command.due is not None:
             row = WorkRow(f"{iid}:{command.seq}", "timer", command.due, 1, iid, command.seq)
             self._put_work(row)
+
+    def _check_declared(self, process: str, event_type: str) -> None:
+        """Warn once per (process, type) about a wait its process did not declare in
+        ``waits=``: clients with the app then neither validate such events nor derive
+        their key, so a payment sent without ``--key`` would silently never arrive."""
+        if (process, event_type) in self._wait_types_checked:
+            return
+        self._wait_types_checked.add((process, event_type))
+        if process not in self.app.waiters(event_type):
+            log.warning(
+                "process %r waits for %r without declaring it: add it to "
+                "@app.process(waits=[...]) so that clients with the app (overture send "
+                "--app) validate such events and derive their key",
+                process,
+                event_type,
+            )
 
     def _cleanup(self, live: Live) -> None:
         """An instance finished: drop its waits, work and buffered events."""

@@ -159,7 +159,7 @@ class WorkRunner(RemoteWaits):
             except EventError as error:
                 self._dead_letter_handler_run(row, str(error), attempt - 1, now)
                 return
-            info = StepInfo(f"{handler.name}:{event.id}", attempt, None, handler.name)
+            info = StepInfo(f"{handler.name}:{event.envelope.id}", attempt, None, handler.name)
             self._inflight.add(row.id)
             outcome = self.executor.start(handler.fn, (event,), {}, info, None, done)
         if outcome is not None:

@@ -10,6 +10,7 @@ receive their events.
 from __future__ import annotations
 
 import logging
+import socket
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
@@ -66,6 +67,7 @@ def ensure_topics(settings: KafkaSettings, *, timeout: float = 15.0) -> int:
 
 
 def _counts(admin: AdminClient, settings: KafkaSettings, timeout: float) -> dict[str, int | None]:
+    _check_resolvable(settings.bootstrap)
     try:
         metadata = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
@@ -77,3 +79,26 @@ def _counts(admin: AdminClient, settings: KafkaSettings, timeout: float) -> dict
         topic = metadata.topics.get(name)
         out[name] = None if topic is None or topic.error is not None else len(topic.partitions)
     return out
+
+
+def _check_resolvable(bootstrap: str) -> None:
+    """Fail at once when no bootstrap host resolves (a typo), instead of after librdkafka's
+    whole metadata timeout with "Broker transport failure".
+
+    Raises:
+        BrokerUnavailable: not one of the hosts resolves (with the resolver's reason).
+    """
+    reasons = []
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        host = host.strip("[]")  # an IPv6 literal, [::1]:9092
+        if not host:
+            return  # not host:port; leave the verdict to librdkafka
+        try:
+            socket.getaddrinfo(host, port or None, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            reasons.append(f"{host!r}: {getattr(exc, 'strerror', None) or exc}")
+        else:
+            return
+    problems = "; ".join(reasons)
+    raise BrokerUnavailable(f"cannot resolve the Kafka host(s) of {bootstrap}: {problems}")
