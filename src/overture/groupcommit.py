@@ -6,7 +6,10 @@ tasks send. A :class:`GroupCommitter` has one flusher thread: each sender queues
 with a future and the flusher appends everything queued since its last append in one
 ``log.append``, then resolves each sender's future, so every caller is acknowledged only
 once its records are committed. If the shared append fails, each sender's records are
-appended on their own, so one bad send fails only its own caller.
+appended on their own, so one bad send fails only its own caller. (SQLite and memory
+roll a failed append back whole. A Kafka append is not atomic: a failed shared append may
+have delivered some senders' records, which their own append then publishes again, as a
+caller retrying a failed send would; engines start one instance per event id.)
 
 The flusher exits when it has been idle for a second and starts again on the next send,
 so a client that is never closed leaves no thread behind for long.
