@@ -4,8 +4,11 @@ commit that finishes it (no polling), on every backend; sync and async clients."
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +21,7 @@ from overture.backends import open_broker
 from overture.ports import Broker
 from overture.runtime.host import Host
 
+from .conftest import REPO_ROOT as REPO
 from .conftest import kafka_url
 
 
@@ -175,3 +179,51 @@ def test_start_needs_to_know_the_process(tmp_path: Path) -> None:
         pytest.raises(ov.ConfigError, match="no process of app 'shop' starts on"),
     ):
         client.start("payment.received", {"order_id": "o"})
+
+
+ENGINE = """
+import asyncio, sys
+from overture.backends import open_broker
+from overture.runtime.host import Host
+from tests.test_client_results import make_app
+
+async def main() -> None:
+    host = Host(make_app(), open_broker(sys.argv[1]))
+    await host.start()
+    print("ready", flush=True)
+    await asyncio.sleep(120)
+
+asyncio.run(main())
+"""
+
+
+def test_result_from_an_engine_in_another_process_rings_the_client(tmp_path: Path) -> None:
+    """SQLite, engine and client in separate processes: the engine's commit rings the
+    client's registered bell; the waiting client reads the store only when woken."""
+    url = f"sqlite:///{tmp_path / 'test.db'}"
+    open_broker(url).close()
+    engine = subprocess.Popen(
+        [sys.executable, "-c", ENGINE, url], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert engine.stdout is not None and engine.stdout.readline().strip() == "ready"
+        with ov.Client(url, app=make_app()) as client:
+            assert client.start(OrderPlaced(order_id="a", quantity=2)).result(60)["quantity"] == 2
+            handle = client.start(OrderPlaced(order_id="b", quantity=0))
+            with ThreadPoolExecutor(1) as pool:
+                waiting = pool.submit(handle.result, 60)
+                time.sleep(1.5)  # registered and acknowledged; the instance waits
+                calls = counting(client.broker.store)
+                time.sleep(1.0)
+                assert not waiting.done()
+                assert len(calls) == 0, f"{len(calls)} store reads while nothing finished"
+                sent = time.monotonic()
+                client.send(PaymentReceived(order_id="b"))
+                assert waiting.result(60) == {"order": "b", "quantity": 0}
+                woken = time.monotonic() - sent
+            assert 1 <= len(calls) <= 2 and woken < 1.0
+    finally:
+        engine.kill()
+        engine.wait()
+        if engine.stdout is not None:
+            engine.stdout.close()
