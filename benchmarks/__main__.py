@@ -18,7 +18,7 @@ from . import profiling, report
 from .measure import Options
 from .runner import run_unit
 
-WORKLOADS = ("w1", "w2", "w3", "w4", "m1", "baseline")
+WORKLOADS = ("w1", "c1", "w2", "w3", "w4", "m1", "baseline")
 BACKENDS = ("memory", "sqlite")
 
 NOTES = [
@@ -95,7 +95,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-MODES = {"w1": ("load", "drain", "serial"), "w2": ("load", "serial")}
+MODES = {"w1": ("load", "drain", "serial"), "c1": ("load", "serial"), "w2": ("load", "serial")}
+SQLITE_ONLY = {"c1"}  # a client in another process needs a broker processes share
 
 
 def instances(args: argparse.Namespace, workload: str) -> int:
@@ -113,6 +114,8 @@ def plan(args: argparse.Namespace) -> list[Plan]:
             if workload not in args.workloads:
                 continue
             for backend in args.backends:
+                if workload in SQLITE_ONLY and backend != "sqlite":
+                    continue
                 out += [Plan(workload, mode, backend, r) for mode in MODES.get(workload, ("load",))]
     if "baseline" in args.workloads:
         out += [Plan("baseline", "load", "sqlite", r) for r in range(1, args.repeat + 1)]

@@ -30,13 +30,14 @@ from . import stats
 
 TITLES = {
     "w1": "W1 order process",
+    "c1": "W1 client-observed (100 in flight)",
     "w2": "W2 wait for event",
     "w3": "W3 fan-out (3 handlers+1)",
     "baseline": "raw sqlite3 (W1 rows)",
     "w4": "W4 timers",
     "m1": "M1 waiting instances",
 }
-UNITS = {"w1": "inst/s", "w2": "events/s", "w3": "events/s", "baseline": "inst/s"}
+UNITS = {"w1": "inst/s", "c1": "inst/s", "w2": "events/s", "w3": "events/s", "baseline": "inst/s"}
 RESOURCE_WORKLOADS = ("w4", "m1")  # their own table: lateness, CPU and memory
 
 
@@ -304,6 +305,11 @@ def details_table(units: list[Unit]) -> Table:
                     f"tracemalloc: {_num(m['traced_kb_per_1k'])} KiB per 1k traced "
                     "(start rate slowed by tracing)"
                 )
+        elif unit.workload == "c1" and unit.mode == "load":
+            parts += [
+                f"client process, {_num(m['concurrency'])} sends in flight",
+                f"{_num(m['sends_per_append'], 1)} sends per client transaction",
+            ]
         elif unit.mode == "load":
             parts += [
                 f"producer ({m.get('producer')}) {_num(m['producer_rate'])} ev/s",

@@ -2,7 +2,8 @@
 engine leaves behind) belongs to that measurement alone.
 
 Parent side: :func:`run_unit`. Child side: ``python -m benchmarks.runner OPTIONS_JSON OUT``
-runs the measurement (``measure.measure``, ``scenarios.measure`` or
+runs the measurement (``measure.measure``, ``scenarios.measure``,
+``client_observed.measure`` or
 ``baseline.run_baseline``) and writes its result as JSON to ``OUT``.
 """
 
@@ -19,7 +20,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from . import scenarios, stats
+from . import client_observed, scenarios, stats
 from .baseline import run_baseline
 from .measure import Options, Result, measure
 
@@ -64,6 +65,8 @@ def _child(options_json: str, out: str) -> None:
         result["peak_rss_mb"] = stats.peak_rss_mb()
     else:
         run = scenarios.measure if opts.workload in scenarios.WORKLOADS else measure
+        if opts.workload == "c1":
+            run = client_observed.measure
         result = asyncio.run(run(opts))
         children = stats.peak_rss_mb(children=True)
         if children:

@@ -165,6 +165,7 @@ def m1_app() -> ov.App:
 
 APPS: dict[str, Callable[[], ov.App]] = {
     "w1": w1_app,
+    "c1": w1_app,  # W1 observed from a client process (benchmarks/client_observed.py)
     "w2": w2_app,
     "w3": w3_app,
     "w4": w4_app,

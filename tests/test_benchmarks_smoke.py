@@ -51,3 +51,27 @@ def test_quick_w3_w4_m1_memory_report_their_metrics(tmp_path: Path) -> None:
     assert median["w4"]["due_mismatch_max_ms"] < 1
     assert median["m1"]["rss_mb"] > 0 and median["m1"]["start_rate"] > 0
     assert median["m1"]["cached_instances"] == 500
+
+
+def test_quick_client_observed_w1_sqlite_reports_client_figures(tmp_path: Path) -> None:
+    """C1: W1 driven and observed by a client in another process (100 in flight, then one
+    at a time), next to nothing else."""
+    out = tmp_path / "bench.json"
+    args = ["--quick", "--workloads", "c1", "--backends", "memory,sqlite", "-n", "300"]
+    args += ["--iterations", "10", "--json", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args, "--dir", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(out.read_text())
+    by_mode = {r["mode"]: r for r in doc["results"] if r["workload"] == "c1"}
+    assert {r["backend"] for r in by_mode.values()} == {"sqlite"}  # memory: no second process
+    load, serial = by_mode["load"]["median"], by_mode["serial"]["median"]
+    assert load["throughput"] > 0 and load["p99_ms"] >= load["p50_ms"] > 0
+    assert load["sends_per_append"] > 1  # the client's concurrent sends were group-committed
+    assert serial["serial_p99_ms"] >= serial["serial_p50_ms"] > 0
+    assert "synchronous=FULL" in load["durability"]

@@ -8,6 +8,7 @@ import overture as ov
 def test_public_api_is_exactly_this() -> None:
     assert sorted(ov.__all__) == [
         "App",
+        "AsyncClient",
         "Client",
         "ConfigError",
         "Context",
@@ -19,6 +20,7 @@ def test_public_api_is_exactly_this() -> None:
         "EventError",
         "EventValidationError",
         "Instance",
+        "InstanceFailed",
         "LoggedEvent",
         "MalformedEvent",
         "NonDeterminismError",

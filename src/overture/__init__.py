@@ -6,6 +6,7 @@ The public API is exactly what ``__all__`` lists (pinned by ``tests/test_exports
 from __future__ import annotations
 
 from .app import App
+from .async_client import AsyncClient
 from .client import Client, Instance, LoggedEvent
 from .core.context import Context, DurableFuture
 from .errors import (
@@ -13,6 +14,7 @@ from .errors import (
     EngineBusy,
     EventError,
     EventValidationError,
+    InstanceFailed,
     MalformedEvent,
     NonDeterminismError,
     NotFound,
@@ -33,6 +35,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "AsyncClient",
     "Client",
     "ConfigError",
     "Context",
@@ -44,6 +47,7 @@ __all__ = [
     "EventError",
     "EventValidationError",
     "Instance",
+    "InstanceFailed",
     "LoggedEvent",
     "MalformedEvent",
     "NonDeterminismError",

@@ -14,10 +14,13 @@ from .backends import DEFAULT_URL, open_broker
 from .core import journal as jr
 from .errors import ConfigError, MalformedEvent, NotFound
 from .events import Envelope, Event, decode, encode
+from .groupcommit import GroupCommitter
+from .handles import Started, started_by
 from .ports import Broker, DeadLetter, NewRecord
+from .results import FINAL as FINAL
+from .results import Results
 from .runtime.engine import CONTROL_CANCEL, CONTROL_DLQ_REPLAY
 
-FINAL = frozenset({"completed", "failed", "cancelled"})
 MIN_SHORT_ID = 6
 """The shortest prefix or suffix :meth:`Client.instance` accepts for an instance id."""
 ALL = 10**12
@@ -53,7 +56,9 @@ class LoggedEvent:
 
 class Client:
     """Send events and query instances. Synchronous; safe to use next to a running engine
-    in another process.
+    in another process, and from several threads: their concurrent sends are committed
+    together (one transaction for all sends waiting at that moment), each acknowledged
+    once committed.
 
     Args:
         broker: a broker URL (``sqlite:///path.db``, ``memory://``) or an open broker.
@@ -64,8 +69,12 @@ class Client:
         self._owns = isinstance(broker, str)
         self.broker: Broker = open_broker(broker) if isinstance(broker, str) else broker
         self.app = app
+        self._sends = GroupCommitter(self.broker.log)
+        self._results = Results(self.broker)
 
     def close(self) -> None:
+        self._sends.close()
+        self._results.close()
         if self._owns and not self.broker.url.startswith("memory:"):
             self.broker.close()
 
@@ -96,6 +105,28 @@ class Client:
             EventValidationError: the data violates the type's registered contract.
         """
         return self.send_many([self.envelope(event, data, key=key, **attributes)])[0]
+
+    def start(
+        self,
+        event: Event | str,
+        data: dict[str, Any] | None = None,
+        *,
+        process: str | None = None,
+        key: str | None = None,
+        **attributes: Any,
+    ) -> Started:
+        """Send an event that starts instances; returns a handle naming them, whose
+        ``result(timeout=)`` waits until the instance has finished (woken by the commit
+        that finishes it). Arguments as :meth:`send`; ``process`` names the process when
+        the client has no app (otherwise every process of the app the event triggers).
+
+        Raises:
+            ConfigError: neither an app nor ``process`` says what the event starts.
+        """
+        envelope = self.envelope(event, data, key=key, **attributes)
+        ids = started_by(self.app, envelope, process)
+        self.send_many([envelope])
+        return Started(self, envelope.id, ids)
 
     def envelope(
         self,
@@ -128,14 +159,13 @@ class Client:
     def send_many(self, envelopes: Iterable[Envelope]) -> list[str]:
         """Publish several events atomically (all or none); returns their ids."""
         batch = list(envelopes)
-        records = [NewRecord(e.partitionkey, encode(e), e.id, e.type) for e in batch]
-        self.broker.log.append(records)
+        self._sends.append(records_of(batch))
         return [e.id for e in batch]
 
     def send_raw(self, value: bytes, *, key: str | None = None) -> tuple[int, int]:
         """Append raw bytes unvalidated, as any producer could (malformed input ends up in
         the dead-letter queue). Returns (partition, offset)."""
-        position = self.broker.log.append([NewRecord(key, value)])[0]
+        position = self._sends.append([NewRecord(key, value)])[0]
         assert position is not None
         return position
 
@@ -277,24 +307,27 @@ class Client:
         self.broker.log.append([record])
         return envelope.id
 
-    def wait(self, instance_id: str, *, timeout: float = 30.0, poll: float = 0.01) -> Instance:
-        """Block until the instance has finished (completed, failed or cancelled).
+    def wait(self, instance_id: str, *, timeout: float = 30.0) -> Instance:
+        """Block until the instance has finished (completed, failed or cancelled), woken
+        by the commit that finishes it. ``instance_id`` may be a short form (see
+        :meth:`instance`) of a started instance, or the full id of one not started yet.
 
         Raises:
             TimeoutError: it did not finish in time.
         """
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                instance = self.instance(instance_id)
-            except NotFound:
-                instance = None
-            if instance is not None and instance.status in FINAL:
-                return instance
-            if time.monotonic() > deadline:
-                status = "not started" if instance is None else instance.status
-                raise TimeoutError(f"instance {instance_id} still {status} after {timeout}s")
-            time.sleep(poll)
+        full = self._full_id(instance_id)
+        return _instance(self._results.wait(full, timeout, shown=instance_id))
+
+    def _full_id(self, instance_id: str) -> str:
+        try:
+            return self.instance(instance_id).id
+        except NotFound:
+            return instance_id  # not started yet: wait for exactly this id
+
+
+def records_of(envelopes: Iterable[Envelope]) -> list[NewRecord]:
+    """The log records of envelopes to send."""
+    return [NewRecord(e.partitionkey, encode(e), e.id, e.type) for e in envelopes]
 
 
 def _key_of(cls: type[Event], data: dict[str, Any] | None) -> str | None:

@@ -9,6 +9,7 @@
     │   ├── UnknownEventType        a type the app does not know, where one is required
     │   └── EventValidationError    data that violates the event type's schema
     ├── NotFound                    no instance / dead letter with that id
+    ├── InstanceFailed              a client asked for the result of a failed/cancelled instance
     ├── EngineBusy                  another engine process already owns the database
     ├── BrokerUnavailable           the Kafka cluster cannot be reached (or refused us)
     │   └── Fenced                  another engine took over this engine's partition
@@ -56,6 +57,28 @@ class EventValidationError(EventError):
 
 class NotFound(OvertureError):
     """No instance, or dead letter, with the given id."""
+
+
+class InstanceFailed(OvertureError):
+    """The instance whose result a client asked for failed or was cancelled.
+
+    Attributes:
+        instance_id: the instance.
+        status: ``"failed"`` or ``"cancelled"``.
+        error: the error the instance recorded (as stored: usually a dict with the
+            exception's type and message), or ``None``.
+    """
+
+    def __init__(self, instance_id: str, status: str, error: object) -> None:
+        detail = ""
+        if isinstance(error, dict) and ("type" in error or "message" in error):
+            detail = f": {error.get('type', 'error')}: {error.get('message', '')}"
+        elif error is not None:
+            detail = f": {error}"
+        super().__init__(f"instance {instance_id} {status}{detail}")
+        self.instance_id = instance_id
+        self.status = status
+        self.error = error
 
 
 class EngineBusy(OvertureError):

@@ -143,6 +143,7 @@ class MemoryBroker(MemoryState):
         self._parts: list[list[Record]] = [[] for _ in range(partitions)]
         self._event_ids: dict[str, Record] = {}
         self._watchers: list[Callable[[], None]] = []
+        self._finished_watchers: list[Callable[[list[str] | None], None]] = []
         self._rr = 0
         self._engine_claimed = False
         self.log = self
@@ -218,6 +219,22 @@ class MemoryBroker(MemoryState):
             self.apply(batch)
         if batch.appends:
             self._wake()
+        if self._finished_watchers:
+            finished = [i for i, row in batch.instances.items() if row.status in _FINAL]
+            if finished:
+                for wake in list(self._finished_watchers):
+                    wake(finished)
+
+    def watch_finished(self, wake: Callable[[list[str] | None], None]) -> Callable[[], None]:
+        """Call ``wake`` with the ids of the instances each commit finishes (from the
+        committing thread). Returns the unsubscribe function."""
+        self._finished_watchers.append(wake)
+
+        def unsubscribe() -> None:
+            if wake in self._finished_watchers:
+                self._finished_watchers.remove(wake)
+
+        return unsubscribe
 
     # -- Broker -------------------------------------------------------------------------
 

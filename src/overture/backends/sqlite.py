@@ -43,6 +43,13 @@ _SHIFT = 40
 _MASK = (1 << _SHIFT) - 1
 _POLL_SECONDS = 0.05
 _FINAL = ("completed", "failed", "cancelled")
+# Doorbell datagrams beyond the plain ring: a client registering its result bell, the
+# engine's acknowledgement, and the ids of the instances a commit finished.
+_REGISTER = b"register "
+_ACK = b"ack"
+_FINISHED = b"finished "
+_IDS_PER_DATAGRAM = 1000  # 32-character ids: ~33 kB, well inside a datagram
+_REREGISTER_SECONDS = 1.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -132,6 +139,9 @@ class SqliteBroker:
         self._bell.setblocking(False)
         self._watch_threads: list[threading.Thread] = []
         self._local_watchers: list[Callable[[], None]] = []
+        # Client processes waiting for results (their bells' addresses), learned from
+        # registrations on the doorbell; rung after each commit that finishes instances.
+        self._result_bells: dict[bytes, None] = {}
         self.log = self
         self.store = self
 
@@ -249,8 +259,7 @@ class SqliteBroker:
                 rang = False
                 if sock is not None:
                     try:
-                        sock.recv(64)
-                        rang = True
+                        rang = self._heard(sock.recv(256))
                     except TimeoutError:
                         pass
                     except OSError:
@@ -277,6 +286,98 @@ class SqliteBroker:
 
         return unsubscribe
 
+    def _heard(self, datagram: bytes) -> bool:
+        """Handle a doorbell datagram; True if it announces appended records."""
+        if not datagram.startswith(_REGISTER):
+            return True
+        address = datagram[len(_REGISTER) :]
+        self._result_bells[address] = None
+        try:  # the acknowledgement tells the client its bell will be rung
+            self._bell.sendto(_ACK, address)
+        except OSError:
+            self._result_bells.pop(address, None)
+        return False
+
+    def _ring_results(self, batch: Batch) -> None:
+        """Tell registered clients which instances this commit finished."""
+        finished = [i.encode() for i, row in batch.instances.items() if row.status in _FINAL]
+        if not finished:
+            return
+        datagrams = [
+            _FINISHED + b" ".join(finished[i : i + _IDS_PER_DATAGRAM])
+            for i in range(0, len(finished), _IDS_PER_DATAGRAM)
+        ]
+        for address in list(self._result_bells):
+            for datagram in datagrams:
+                try:
+                    self._bell.sendto(datagram, address)
+                except BlockingIOError:
+                    break  # its buffer is full: it catches up from the database
+                except OSError:  # the client is gone
+                    self._result_bells.pop(address, None)
+                    break
+
+    def watch_finished(self, wake: Callable[[list[str] | None], None]) -> Callable[[], None]:
+        """Call ``wake`` (from a watcher thread) with the ids of the instances a commit
+        finished, or with ``None`` when state changed in a way the watcher could not see
+        (before the engine acknowledged it): the caller re-reads what it waits for.
+
+        The watcher binds its own bell and registers it with the engine's doorbell (again
+        every second, so a restarted engine learns it too); the engine rings it after each
+        commit that finishes instances. Until an engine has acknowledged the registration,
+        ``PRAGMA data_version`` checked every 50 ms stands in (no engine may be running yet).
+        """
+        stop = threading.Event()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(b"\0overture-r-" + os.urandom(12).hex().encode())
+        sock.settimeout(_POLL_SECONDS)
+        register = _REGISTER + sock.getsockname()
+        watcher = _connect(self.path)
+
+        def watch() -> None:
+            last = watcher.execute("PRAGMA data_version").fetchone()[0]
+            acked = 0.0  # when the engine last acknowledged the registration
+            registered = 0.0
+            while not stop.is_set():
+                now = time.monotonic()
+                if now - registered >= _REREGISTER_SECONDS:
+                    registered = now
+                    try:
+                        sock.sendto(register, self._doorbell)
+                    except OSError:
+                        pass  # no engine yet
+                try:
+                    datagram = sock.recv(65536)
+                except TimeoutError:
+                    datagram = b""
+                except OSError:
+                    return
+                if datagram.startswith(_FINISHED):
+                    wake(datagram[len(_FINISHED) :].decode().split(" "))
+                    continue
+                if datagram == _ACK:
+                    fresh = now - acked > 2 * _REREGISTER_SECONDS
+                    acked = now
+                    if fresh:  # a commit may have finished something before it listened
+                        wake(None)
+                    continue
+                if now - acked > 2 * _REREGISTER_SECONDS:
+                    version = watcher.execute("PRAGMA data_version").fetchone()[0]
+                    if version != last:
+                        last = version
+                        wake(None)
+
+        thread = threading.Thread(target=watch, name="overture-result-bell", daemon=True)
+        thread.start()
+
+        def unsubscribe() -> None:
+            stop.set()
+            thread.join(timeout=1.0)
+            sock.close()
+            watcher.close()
+
+        return unsubscribe
+
     # -- Store --------------------------------------------------------------------------
 
     def commit(self, batch: Batch) -> None:
@@ -290,6 +391,8 @@ class SqliteBroker:
                 self._write(lambda c: self._commit_rows(c, batch))
         if batch.appends:
             self.ring()
+        if self._result_bells:
+            self._ring_results(batch)
 
     def _commit_rows(self, c: sqlite3.Connection, b: Batch) -> None:
         """The batch row by row, in one transaction: for the batches the state document

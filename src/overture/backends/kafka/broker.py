@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 import orjson
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaException, Producer, TopicPartition
 
 from ...errors import BrokerUnavailable, ConfigError
 from ...ports import (
@@ -65,6 +65,40 @@ class KafkaBroker:
         membership.start()
         return membership
 
+    def watch_finished(self, wake: Callable[[list[str] | None], None]) -> Callable[[], None]:
+        """Call ``wake`` (from a follower thread) with the ids of the instances that
+        committed changelog records show finished. The follower starts at the changelog's
+        current end (read before this returns, so a caller that reads the store next misses
+        nothing) and fetches as the broker delivers records: no polling of the store."""
+        consumer = reader(self.settings, "results", committed=True)
+        topic = self.settings.changelog_topic
+        try:
+            ends = high_watermarks(consumer, topic, list(range(self.partitions)))
+        except BaseException:
+            consumer.close()
+            raise
+        consumer.assign([TopicPartition(topic, p, o) for p, o in ends.items()])
+        stop = threading.Event()
+
+        def follow() -> None:
+            try:
+                while not stop.is_set():
+                    messages = consumer.consume(1000, 0.2)
+                    finished = [iid for m in messages if (iid := _finished(m.key(), m.value()))]
+                    if finished:
+                        wake(finished)
+            finally:
+                consumer.close()
+
+        thread = threading.Thread(target=follow, name="overture-changelog-results", daemon=True)
+        thread.start()
+
+        def unsubscribe() -> None:
+            stop.set()
+            thread.join(timeout=2.0)
+
+        return unsubscribe
+
     def engine_lock(self) -> Callable[[], None]:
         raise ConfigError(
             "on Kafka, engines run per partition (overture.runtime.host.Host), not on the "
@@ -74,6 +108,20 @@ class KafkaBroker:
     def close(self) -> None:
         self.log.close()
         self.store.close()
+
+
+_STATUS = InstanceRow.__slots__.index("status")
+_FINAL = ("completed", "failed", "cancelled")
+
+
+def _finished(key: bytes | None, value: bytes | None) -> str | None:
+    """The instance id of a changelog record that stores a finished instance."""
+    if key is None or value is None or not key.startswith(b'["i",'):
+        return None
+    if orjson.loads(value)[_STATUS] not in _FINAL:
+        return None
+    iid = orjson.loads(key)[1]
+    return iid if isinstance(iid, str) else None
 
 
 class KafkaLog:

@@ -1,0 +1,207 @@
+"""The asyncio client: :class:`~overture.Client`'s surface, awaitable.
+
+It shares the synchronous client's implementation (as httpx's ``AsyncClient`` shares
+``Client``'s): sends go to the same group committer, so the concurrent ``send`` calls of
+one process's tasks are committed in one transaction and each awaits its own commit;
+results come from the same commit-woken futures. Reads that touch only local state
+(memory, SQLite) run inline; the rest run in a worker thread so the loop never blocks on
+the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterable
+from datetime import datetime
+from typing import Any, TypeVar
+
+from .app import App
+from .backends import DEFAULT_URL
+from .client import Client, Instance, LoggedEvent, _instance, records_of
+from .events import Envelope, Event
+from .handles import AsyncStarted, started_by
+from .ports import Broker, DeadLetter, InstanceRow, NewRecord
+
+T = TypeVar("T")
+
+
+class AsyncClient:
+    """Send events and query instances from asyncio code.
+
+    Args:
+        broker: a broker URL (``sqlite:///path.db``, ``memory://``, ``kafka://…``) or an
+            open broker.
+        app: optional; when given, events of types it defines are validated before sending,
+            and :meth:`start` knows which processes an event starts.
+    """
+
+    def __init__(self, broker: str | Broker = DEFAULT_URL, *, app: App | None = None) -> None:
+        self.sync = Client(broker, app=app)
+        """The synchronous client this one shares its connections and committer with."""
+        self._local = self.sync.broker.url.startswith(("memory:", "sqlite:"))
+
+    @property
+    def broker(self) -> Broker:
+        return self.sync.broker
+
+    @property
+    def app(self) -> App | None:
+        return self.sync.app
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.sync.close)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- sending ---------------------------------------------------------------------------
+
+    async def send(
+        self,
+        event: Event | str,
+        data: dict[str, Any] | None = None,
+        *,
+        key: str | None = None,
+        **attributes: Any,
+    ) -> str:
+        """Publish one event once committed; returns its id (see :meth:`Client.send`).
+
+        Raises:
+            EventValidationError: the data violates the type's registered contract (only
+                this call fails; concurrent sends are unaffected).
+        """
+        return (await self.send_many([self.envelope(event, data, key=key, **attributes)]))[0]
+
+    def envelope(
+        self,
+        event: Event | str,
+        data: dict[str, Any] | None = None,
+        *,
+        key: str | None = None,
+        **attributes: Any,
+    ) -> Envelope:
+        """Build (and validate) the envelope :meth:`send` would publish."""
+        return self.sync.envelope(event, data, key=key, **attributes)
+
+    async def send_many(self, envelopes: Iterable[Envelope]) -> list[str]:
+        """Publish several events atomically (all or none); returns their ids."""
+        batch = list(envelopes)
+        await self._append(records_of(batch))
+        return [e.id for e in batch]
+
+    async def send_raw(self, value: bytes, *, key: str | None = None) -> tuple[int, int]:
+        """Append raw bytes unvalidated (see :meth:`Client.send_raw`)."""
+        position = (await self._append([NewRecord(key, value)]))[0]
+        assert position is not None
+        return position
+
+    async def start(
+        self,
+        event: Event | str,
+        data: dict[str, Any] | None = None,
+        *,
+        process: str | None = None,
+        key: str | None = None,
+        **attributes: Any,
+    ) -> AsyncStarted:
+        """Send an event that starts instances; returns a handle whose ``await
+        handle.result(timeout=)`` is woken by the commit that finishes the instance (see
+        :meth:`Client.start`)."""
+        envelope = self.envelope(event, data, key=key, **attributes)
+        ids = started_by(self.app, envelope, process)
+        await self.send_many([envelope])
+        return AsyncStarted(self, envelope.id, ids)
+
+    async def _append(self, records: list[NewRecord]) -> list[tuple[int, int] | None]:
+        return await asyncio.wrap_future(self.sync._sends.submit(records))
+
+    # -- results ---------------------------------------------------------------------------
+
+    async def wait(self, instance_id: str, *, timeout: float = 30.0) -> Instance:  # noqa: ASYNC109 (Client.wait's surface)
+        """Wait until the instance has finished (see :meth:`Client.wait`).
+
+        Raises:
+            TimeoutError: it did not finish in time.
+        """
+        full = await self._run(self.sync._full_id, instance_id)
+        return _instance(await self._finished(full, timeout, shown=instance_id))
+
+    async def _finished(
+        self,
+        instance_id: str,
+        timeout: float,  # noqa: ASYNC109
+        *,
+        shown: str | None = None,
+    ) -> InstanceRow:
+        results = self.sync._results
+        future = await self._run(results.future, instance_id)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except TimeoutError:
+            results.forget(instance_id, future)
+            error = await self._run(results.timed_out, shown or instance_id, instance_id, timeout)
+            raise error from None
+
+    # -- reading and operating ---------------------------------------------------------------
+
+    async def instances(
+        self, *, process: str | None = None, status: str | None = None, limit: int = 1000
+    ) -> list[Instance]:
+        """Instances, oldest first, optionally filtered."""
+        return await self._run(
+            lambda: self.sync.instances(process=process, status=status, limit=limit)
+        )
+
+    async def instance(self, instance_id: str) -> Instance:
+        """One instance by id or unique short form (see :meth:`Client.instance`)."""
+        return await self._run(self.sync.instance, instance_id)
+
+    async def journal(self, instance_id: str) -> list[dict[str, Any]]:
+        """The instance's journal entries."""
+        return await self._run(self.sync.journal, instance_id)
+
+    async def timeline(self, instance_id: str) -> list[tuple[datetime | None, str]]:
+        """The journal as (time, description) lines."""
+        return await self._run(self.sync.timeline, instance_id)
+
+    async def events(
+        self, *, type: str | None = None, start: dict[int, int] | None = None, limit: int = 10_000
+    ) -> list[LoggedEvent]:
+        """Events in the log (per partition in offset order), optionally of one type."""
+        return await asyncio.to_thread(self.sync.events, type=type, start=start, limit=limit)
+
+    async def follow(
+        self, *, type: str | None = None, from_end: bool = False, poll: float = 0.1
+    ) -> AsyncIterator[LoggedEvent]:
+        """Yield events as they are appended (forever)."""
+        log = self.broker.log
+        positions = {p: (log.end_offset(p) if from_end else 0) for p in range(log.partitions)}
+        while True:
+            batch = await asyncio.to_thread(self.sync.events, start=dict(positions), limit=1000)
+            for event in batch:
+                positions[event.partition] = event.offset + 1
+                if type is None or (event.envelope is not None and event.envelope.type == type):
+                    yield event
+            if not batch:
+                await asyncio.sleep(poll)
+
+    async def dead_letters(self) -> list[DeadLetter]:
+        """Everything parked in the dead-letter queue."""
+        return await self._run(self.sync.dead_letters)
+
+    async def cancel(self, instance_id: str) -> str:
+        """Ask the engine to cancel an instance; returns the request's event id."""
+        return await asyncio.to_thread(self.sync.cancel, instance_id)
+
+    async def replay_dead_letter(self, dead_letter_id: str) -> str:
+        """Ask the engine to retry a dead letter."""
+        return await asyncio.to_thread(self.sync.replay_dead_letter, dead_letter_id)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``: inline on a local broker, in a worker thread on a remote one."""
+        if self._local:
+            return fn(*args)
+        return await asyncio.to_thread(fn, *args)
