@@ -56,11 +56,11 @@ async def test_concurrent_async_sends_share_transactions(url: str) -> None:
     client = ov.AsyncClient(url, app=make_app())
     events = [OrderPlaced(order_id=f"o{i}") for i in range(200)]
     ids = await asyncio.gather(*(client.send(e) for e in events))
-    assert ids == [e.id for e in events]
+    assert ids == [e.envelope.id for e in events]
     committer = client.sync._sends
     assert committer.appends < len(events) / 4, committer.appends
     for event in events:
-        assert client.broker.log.find_event(event.id) is not None
+        assert client.broker.log.find_event(event.envelope.id) is not None
     await client.close()
 
 
@@ -93,9 +93,9 @@ async def test_an_invalid_event_fails_only_its_sender(url: str) -> None:
     sends = [client.send(e) for e in good[:10]] + [bad()] + [client.send(e) for e in good[10:]]
     results = await asyncio.gather(*sends, return_exceptions=True)
     assert isinstance(results[10], ov.EventValidationError)
-    assert [r for i, r in enumerate(results) if i != 10] == [e.id for e in good]
+    assert [r for i, r in enumerate(results) if i != 10] == [e.envelope.id for e in good]
     for event in good:
-        assert client.broker.log.find_event(event.id) is not None
+        assert client.broker.log.find_event(event.envelope.id) is not None
     await client.close()
 
 
@@ -110,7 +110,7 @@ async def test_a_record_the_log_refuses_fails_only_its_sender(tmp_path: Path) ->
     sends += [client.send(e) for e in good[15:]]
     results = await asyncio.gather(*sends, return_exceptions=True)
     assert isinstance(results[15], sqlite3.ProgrammingError)
-    assert [r for i, r in enumerate(results) if i != 15] == [e.id for e in good]
+    assert [r for i, r in enumerate(results) if i != 15] == [e.envelope.id for e in good]
     assert len(await client.events()) == 30
     await client.close()
 
@@ -129,7 +129,7 @@ SENDER = textwrap.dedent(
         async def one(i: int) -> None:
             event = OrderPlaced(order_id=f"o{i}")
             await client.send(event)
-            print(event.id, flush=True)  # acknowledged: it must survive kill -9
+            print(event.envelope.id, flush=True)  # acknowledged: it must survive kill -9
 
         await asyncio.gather(*(one(i) for i in range(300)))
         print("all", flush=True)
