@@ -145,7 +145,8 @@ class Client:
 
     def instance(self, instance_id: str) -> Instance:
         """One instance by id; a unique prefix or suffix of at least 6 characters also
-        works (ids start with the trigger's time, so a suffix is the handier short form)."""
+        works (ids of triggers with generated ids start with their time, so a suffix is the
+        handier short form)."""
         row = self.broker.store.instance(instance_id)
         if row is None and len(instance_id) >= 6:
             matches = [

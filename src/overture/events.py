@@ -18,9 +18,11 @@ On the embedded log an event is stored in the CloudEvents JSON *structured* form
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from time import time_ns
 from typing import Any, ClassVar, Self
 
 import orjson
@@ -56,7 +58,17 @@ def _now() -> datetime:
 
 
 def _new_id() -> str:
-    return str(uuid.uuid4())
+    """A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then 74 random bits.
+
+    Time-ordered ids give the instances they start time-ordered ids too
+    (``core.machine.instance_id_for``), which keeps SQLite's B-tree writes local. Python
+    3.14's ``uuid.uuid7`` does the same; this is for 3.11.
+    """
+    millis = time_ns() // 1_000_000 & 0xFFFFFFFFFFFF
+    rand = int.from_bytes(os.urandom(10))
+    value = (millis << 80) | (0x7 << 76) | ((rand >> 62) & 0xFFF) << 64
+    value |= (0b10 << 62) | (rand & 0x3FFFFFFFFFFFFFFF)
+    return str(uuid.UUID(int=value))
 
 
 @dataclass(frozen=True, slots=True)

@@ -349,11 +349,13 @@ class Engine(WorkRunner):
         for envelope in envelopes:
             if isinstance(envelope, Envelope):
                 for definition in self.app.triggers(envelope.type):
-                    iid = m.instance_id_for(definition.name, envelope)
-                    pending.trigger_ids[(definition.name, envelope.id)] = iid
+                    ids = m.trigger_instance_ids(definition.name, envelope)
+                    pending.trigger_ids[(definition.name, envelope.source, envelope.id)] = ids
                 for wait in self._waits.match(envelope.type, envelope.partitionkey):
                     wanted.add(wait.instance_id)
-        candidates = [i for i in pending.trigger_ids.values() if i not in self._cache]
+        candidates = [
+            i for ids in pending.trigger_ids.values() for i in ids if i not in self._cache
+        ]
         if candidates:
             pending.existing |= self._store.existing(candidates)
         self._read_ahead(wanted)
@@ -499,13 +501,18 @@ class Engine(WorkRunner):
         trigger decoded for this instance alone (see ``Machine.start``)."""
         pending = self._pending
         assert pending is not None
-        iid = pending.trigger_ids.get((definition.name, envelope.id))
-        if iid is None:  # not prefetched (a dead letter routed again)
-            iid = m.instance_id_for(definition.name, envelope)
-            if self._store.existing([iid]):
-                return iid
-        if iid in self._cache or iid in pending.batch.instances or iid in pending.existing:
-            return iid  # the same trigger event never starts two instances
+        ids = pending.trigger_ids.get((definition.name, envelope.source, envelope.id))
+        if ids is None:  # not prefetched (a dead letter routed again)
+            ids = m.trigger_instance_ids(definition.name, envelope)
+            pending.existing |= self._store.existing(ids)
+        # The same trigger event never starts two instances; one started before the id
+        # stopped depending on the trigger's time has the legacy id.
+        for known in ids:
+            if known in self._cache or known in pending.batch.instances:
+                return known
+            if known in pending.existing:
+                return known
+        iid = ids[0]
         machine = m.Machine(definition.spec, iid, key, keep_journal=False)
         row = InstanceRow(
             iid,
