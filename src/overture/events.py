@@ -19,6 +19,7 @@ On the embedded log an event is stored in the CloudEvents JSON *structured* form
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -51,6 +52,39 @@ _RESERVED = frozenset(
         "key",
     }
 )
+
+
+_NOT_IN_A_TYPE = re.compile(r"[\s\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef\ufffe\uffff]")
+"""Whitespace, control characters, surrogates and noncharacters (see :func:`type_problem`)."""
+MAX_TYPE_LENGTH = 256
+
+
+def type_problem(event_type: Any) -> str | None:
+    """Why ``event_type`` is not a valid event type, or None if it is.
+
+    The one rule for every path (client, CLI, engine): a CloudEvents ``type`` is a
+    non-empty string of allowable Unicode characters (no control characters, surrogates
+    or noncharacters); Overture also refuses whitespace, which no reverse-DNS style type
+    (``com.example.order.placed``) has and which cannot be typed back at a shell, and
+    types longer than :data:`MAX_TYPE_LENGTH` characters.
+    """
+    if not isinstance(event_type, str):
+        return f"event type must be a string, not {type(event_type).__name__}"
+    if not event_type:
+        return "event type is empty"
+    if len(event_type) > MAX_TYPE_LENGTH:
+        return f"event type is longer than {MAX_TYPE_LENGTH} characters"
+    bad = _NOT_IN_A_TYPE.search(event_type)
+    if bad is not None:
+        return (
+            f"event type {event_type!r} holds {_char_name(bad.group())} at position "
+            f"{bad.start()} (a CloudEvents type has no whitespace or control characters)"
+        )
+    return None
+
+
+def _char_name(char: str) -> str:
+    return f"U+{ord(char):04X}" + (" (whitespace)" if char.isspace() else "")
 
 
 def _now() -> datetime:
@@ -133,6 +167,9 @@ class Envelope:
         for name in ("id", "source", "type"):
             if not isinstance(raw[name], str):
                 raise MalformedEvent(f"CloudEvent attribute {name!r} must be a string")
+        problem = type_problem(raw["type"])
+        if problem is not None:
+            raise MalformedEvent(problem)
         try:
             time = datetime.fromisoformat(raw["time"]) if raw.get("time") else _now()
         except (TypeError, ValueError) as exc:

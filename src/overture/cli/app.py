@@ -24,6 +24,7 @@ from .common import (
     CliError,
     handle_errors,
     open_client,
+    refuse_memory,
 )
 from .dev import dev
 from .loading import load_app
@@ -106,6 +107,7 @@ def run(
         raise CliError(
             f"invalid --log-level {log_level!r} (choose from {', '.join(LOG_LEVELS)})", EXIT_USAGE
         )
+    refuse_memory(broker)
     app = load_app(app_path)
     # After loading: a command line that fails leaves the process's logging untouched.
     configure_logging(log_level)
@@ -149,6 +151,13 @@ def send(
         ),
     ] = None,
     app_path: AppPath = None,
+    reserved: Annotated[
+        bool,
+        typer.Option(
+            "--reserved",
+            help="Allow control event types (overture.*), e.g. to operate the engine by hand.",
+        ),
+    ] = False,
     broker: BrokerOption = DEFAULT_BROKER,
 ) -> None:
     """Publish one event (prints its id), or a file of events (prints the count)."""
@@ -161,12 +170,12 @@ def send(
         assert event_type is not None
         payload = parse_data(data) if data is not None else {}
         with open_client(broker, app=app, must_exist=False) as client:
-            typer.echo(client.send(event_type, payload, key=key))
+            typer.echo(client.send(event_type, payload, key=key, reserved=reserved))
         return
     lines = _read_lines(file)
     with open_client(broker, app=app, must_exist=False) as client:
-        envelopes = parse_lines(lines, client)
-        count = publish(client, envelopes)
+        envelopes = parse_lines(lines, client, reserved=reserved)
+        count = publish(client, envelopes, reserved=reserved)
     typer.echo(f"published {count} event{'s' if count != 1 else ''}")
 
 

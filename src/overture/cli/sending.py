@@ -34,7 +34,7 @@ def parse_data(text: str) -> dict[str, Any]:
     return data
 
 
-def parse_lines(lines: Iterable[str], client: Client) -> list[Envelope]:
+def parse_lines(lines: Iterable[str], client: Client, *, reserved: bool = False) -> list[Envelope]:
     """Validate a whole JSON-lines file into envelopes before anything is published.
 
     Each non-blank line is ``{"type": ..., "data": {...}, "key": ...}`` (``data`` and
@@ -49,13 +49,13 @@ def parse_lines(lines: Iterable[str], client: Client) -> list[Envelope]:
         if not line.strip():
             continue
         try:
-            envelopes.append(_parse_line(line, client))
+            envelopes.append(_parse_line(line, client, reserved))
         except CliError as error:
             raise CliError(f"line {number}: {error}; nothing was published") from None
     return envelopes
 
 
-def _parse_line(line: str, client: Client) -> Envelope:
+def _parse_line(line: str, client: Client, reserved: bool) -> Envelope:
     try:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError as error:
@@ -85,12 +85,12 @@ def _parse_line(line: str, client: Client) -> Envelope:
             raise CliError("'id' must be a non-empty string")
         attributes["id"] = obj["id"]
     try:
-        return client.envelope(event_type, data, key=key, **attributes)
+        return client.envelope(event_type, data, key=key, reserved=reserved, **attributes)
     except EventError as error:
         raise CliError(str(error)) from None
 
 
-def publish(client: Client, envelopes: list[Envelope]) -> int:
+def publish(client: Client, envelopes: list[Envelope], *, reserved: bool = False) -> int:
     """Publish in atomic chunks of :data:`CHUNK`; returns how many were published.
 
     Raises:
@@ -100,7 +100,7 @@ def publish(client: Client, envelopes: list[Envelope]) -> int:
     for start in range(0, len(envelopes), CHUNK):
         chunk = envelopes[start : start + CHUNK]
         try:
-            client.send_many(chunk)
+            client.send_many(chunk, reserved=reserved)
         except Exception as error:
             raise CliError(
                 f"publishing failed after {sent} of {len(envelopes)} events "

@@ -18,6 +18,7 @@ from collections import OrderedDict, deque
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
+from .. import protocol
 from ..app import App, ProcessDef
 from ..core import machine as m
 from ..core.correlation import WaitIndex
@@ -42,9 +43,6 @@ from .executor import Executor
 from .work import WorkRunner
 
 log = logging.getLogger("overture.engine")
-
-CONTROL_CANCEL = "overture.cancel"
-CONTROL_DLQ_REPLAY = "overture.dlq.replay"
 
 
 class Engine(WorkRunner):
@@ -369,7 +367,7 @@ class Engine(WorkRunner):
                 f"{record.partition}:{record.offset}", "decode", str(envelope), None, record, now
             )
             return
-        if envelope.type.startswith("overture."):
+        if protocol.is_reserved(envelope.type):
             self._control(envelope, record, now)
             return
         key = envelope.partitionkey
@@ -467,24 +465,24 @@ class Engine(WorkRunner):
             cached.inbox.append(row)
 
     def _control(self, envelope: Envelope, record: Record, now: float) -> None:
-        data = envelope.data if isinstance(envelope.data, dict) else {}
-        if self._remote_control(envelope, now):
+        """Carry out a control event; one that is not valid is dead-lettered, like any
+        other input that cannot be used (raising here would stop the partition on the
+        same record at every restart)."""
+        try:
+            message = protocol.parse_control(envelope.type, envelope.data)
+            if self._remote_control(message, envelope, now):
+                return
+        except EventError as error:
+            self._dead_letter(
+                f"{record.partition}:{record.offset}", "route", str(error), envelope, record, now
+            )
             return
-        if envelope.type == CONTROL_CANCEL:
-            live = self._live(str(data.get("instance_id")), now, stuck=True)
+        if isinstance(message, protocol.Cancel):
+            live = self._live(message.instance_id, now, stuck=True)
             if live is not None:
                 self._drive(live, live.machine.cancel(now), now)
-        elif envelope.type == CONTROL_DLQ_REPLAY:
-            self._replay_dead_letter(str(data.get("id")), now)
-        else:
-            self._dead_letter(
-                f"{record.partition}:{record.offset}",
-                "route",
-                f"unknown control event type {envelope.type!r}",
-                envelope,
-                record,
-                now,
-            )
+        elif isinstance(message, protocol.DlqReplay):
+            self._replay_dead_letter(message.id, now)
 
     # -- instances --------------------------------------------------------------------------
 
