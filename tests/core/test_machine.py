@@ -210,7 +210,7 @@ def test_generated_event_ids_are_uuid7_and_their_instances_sort_by_time() -> Non
     second = Envelope(type="t")
     assert uuid.UUID(first.id).version == 7
     assert m.instance_id_for("p", first) < m.instance_id_for("p", second)
-    assert m.instance_id_for("p", first)[:11] == first.id.replace("-", "")[:11]
+    assert m.instance_id_for("p", first)[:12] == first.id.replace("-", "")[:12]
 
 
 def test_golden_journal_of_format_1_still_replays() -> None:

@@ -62,7 +62,7 @@ def instance_id_for(process: str, trigger: Envelope) -> str:
     must not count (it did before: :func:`legacy_instance_id_for`).
 
     When the event id is a time-ordered UUID (version 7, what :class:`Envelope` generates)
-    the instance id starts with its 11 leading hex digits (milliseconds): ids of instances
+    the instance id starts with its 12 leading hex digits (milliseconds): ids of instances
     started close together sort close together, so their rows share B-tree pages (random
     ids made each SQLite commit write ~12x more pages). Other ids get a digest prefix.
     """
@@ -70,7 +70,7 @@ def instance_id_for(process: str, trigger: Envelope) -> str:
         f"overture\x00{process}\x00{trigger.source}\x00{trigger.id}".encode()
     ).hexdigest()
     prefix = _time_prefix(trigger.id)
-    return f"{digest[21:32] if prefix is None else prefix}{digest[:21]}"
+    return f"{digest[20:32] if prefix is None else prefix}{digest[:20]}"
 
 
 def legacy_instance_id_for(process: str, trigger: Envelope) -> str:
@@ -91,9 +91,9 @@ def trigger_instance_ids(process: str, trigger: Envelope) -> tuple[str, str]:
 
 
 def _time_prefix(event_id: str) -> str | None:
-    """The 11 leading hex digits of a canonical UUIDv7 string, else None."""
+    """The 12 leading hex digits (the milliseconds) of a canonical UUIDv7, else None."""
     if len(event_id) == 36 and event_id[14] == "7" and event_id[8] == "-":
-        head = event_id[:8] + event_id[9:12]
+        head = event_id[:8] + event_id[9:13]
         if all(c in "0123456789abcdef" for c in head):
             return head
     return None
