@@ -209,3 +209,41 @@ async def test_the_client_refuses_reserved_and_invalid_types_and_the_engine_agre
         assert [d.source for d in letters] == ["decode", "decode"]
         assert all("a CloudEvents type has no whitespace" in d.reason for d in letters)
         assert effects == ["o1"]
+
+
+# -- numbers survive exactly or are refused ---------------------------------------------------
+
+
+async def test_numbers_beyond_64_bits_or_not_finite_are_refused_on_every_path(
+    harness: Factory,
+) -> None:
+    app = ov.App("numbers")
+    seen: list[object] = []
+
+    @app.on("measured")
+    async def record(event: ov.Event) -> None:
+        seen.append(event.data)
+
+    async with harness(app) as h:
+        with pytest.raises(ov.EventValidationError, match=r"data\.v\[0\]: the integer"):
+            h.client.send("measured", {"v": [2**64]})
+        with pytest.raises(ov.EventValidationError, match=r"data\.v: nan is not a JSON number"):
+            h.client.send("measured", {"v": float("nan")})
+        assert h.client.events() == []
+        # another producer's bytes: a big integer would be rounded by the decoder
+        head = b'{"specversion": "1.0", "source": "/s", "type": "measured", '
+        h.client.send_raw(head + b'"id": "a", "data": {"v": %d}}' % 2**70)
+        # at the edge of 64 bits, and digits inside a string, which are not a number
+        h.client.send_raw(
+            head + b'"id": "b", "data": {"v": %d, "w": "%s"}}' % (2**64 - 1, b"1" * 40)
+        )
+        await h.idle()
+        (letter,) = h.client.dead_letters()
+        assert (
+            letter.source == "decode"
+            and "data.v: the integer 1180591620717411303424" in letter.reason
+        )
+        assert seen == [{"v": 2**64 - 1, "w": "1" * 40}]
+        await h.restart()
+        await h.idle()
+        assert len(h.client.dead_letters()) == 1

@@ -13,7 +13,7 @@ from .app import App
 from .backends import DEFAULT_URL, open_broker
 from .core import journal as jr
 from .errors import ConfigError, EventValidationError, MalformedEvent, NotFound
-from .events import Envelope, Event, decode, encode, type_problem
+from .events import Envelope, Event, decode, encode, number_problem, type_problem
 from .ports import Broker, DeadLetter, NewRecord
 
 FINAL = frozenset({"completed", "failed", "cancelled"})
@@ -300,6 +300,9 @@ def _check_sendable(envelope: Envelope, reserved: bool) -> None:
                 "(overture send --reserved) to send one deliberately"
             )
         protocol.parse_control(envelope.type, envelope.data)
+    problem = number_problem(envelope.data)
+    if problem is not None:
+        raise EventValidationError(f"event {envelope.type!r}: {problem}")
 
 
 def _key_of(cls: type[Event], data: dict[str, Any] | None) -> str | None:

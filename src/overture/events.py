@@ -18,6 +18,8 @@ On the embedded log an event is stored in the CloudEvents JSON *structured* form
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import uuid
@@ -80,6 +82,51 @@ def type_problem(event_type: Any) -> str | None:
             f"event type {event_type!r} holds {_char_name(bad.group())} at position "
             f"{bad.start()} (a CloudEvents type has no whitespace or control characters)"
         )
+    return None
+
+
+INT_MIN = -(2**63)
+INT_MAX = 2**64 - 1
+"""The integers that travel exactly: JSON codecs (orjson here, most others elsewhere) carry
+64-bit integers and turn any larger one into a rounded float."""
+
+_LONG_DIGITS = re.compile(rb"[0-9]{19,}")
+"""A run of digits that may be an integer beyond 64 bits (2**63 has 19 digits)."""
+
+
+def number_problem(value: Any, where: str = "data") -> str | None:
+    """Why ``value`` (event data) would not survive the JSON trip exactly, or None.
+
+    The one rule for every path (client, CLI, raw appends decoded by the engine):
+    integers must lie within 64 bits (``-2**63`` to ``2**64 - 1``) and floats must be
+    finite; anything else is refused, naming the field, instead of being rounded to a
+    float or stored as ``null``. Carry larger numbers as strings.
+    """
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return None
+    if isinstance(value, int):
+        if INT_MIN <= value <= INT_MAX:
+            return None
+        digits = str(abs(value))
+        shown = digits if len(digits) <= 30 else f"{digits[:12]}...({len(digits)} digits)"
+        return (
+            f"{where}: the integer {'-' if value < 0 else ''}{shown} is outside 64 bits "
+            f"({INT_MIN} to {INT_MAX}) and would not travel exactly; send it as a string"
+        )
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return None
+        return f"{where}: {value} is not a JSON number (NaN and infinities are refused)"
+    if isinstance(value, dict):
+        for name, item in value.items():
+            problem = number_problem(item, f"{where}.{name}")
+            if problem is not None:
+                return problem
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            problem = number_problem(item, f"{where}[{index}]")
+            if problem is not None:
+                return problem
     return None
 
 
@@ -199,12 +246,47 @@ def encode(envelope: Envelope) -> bytes:
 
 
 def decode(raw: bytes) -> Envelope:
-    """Parse CloudEvents structured JSON bytes; raises :class:`MalformedEvent`."""
+    """Parse CloudEvents structured JSON bytes; raises :class:`MalformedEvent`, also for
+    data that breaks :func:`number_problem`'s rule (orjson would round an integer beyond
+    64 bits to a float)."""
     try:
         parsed = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise MalformedEvent(f"not JSON: {exc}") from exc
+    check_exact_numbers(raw)
     return Envelope.from_dict(parsed)
+
+
+def loads_exact(text: str | bytes) -> Any:
+    """Parse JSON keeping every integer exact (Python ints) and refusing ``NaN`` and
+    ``Infinity``, which are not JSON; check the result with :func:`number_problem`.
+
+    Raises:
+        ValueError: not JSON (``json.JSONDecodeError``) or a non-finite constant.
+    """
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (NaN and infinities are refused)")
+
+
+def check_exact_numbers(raw: bytes) -> None:
+    """Refuse an event whose JSON bytes hold an integer that a JSON parser would round.
+
+    Raises:
+        MalformedEvent: naming the field (see :func:`number_problem`).
+    """
+    if _LONG_DIGITS.search(raw) is None:  # the usual case: no parse at all
+        return
+    try:
+        exact = loads_exact(raw)
+    except ValueError:  # orjson accepted it; a difference of dialect is not ours to judge
+        return
+    data = exact.get("data") if isinstance(exact, dict) else None
+    problem = number_problem(data)
+    if problem is not None:
+        raise MalformedEvent(problem)
 
 
 class Event(BaseModel):

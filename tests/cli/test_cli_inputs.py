@@ -86,3 +86,49 @@ def test_a_memory_broker_is_refused_outside_the_demo(args: tuple[str, ...]) -> N
     line = failed(result, code=2)
     assert "each overture command is its own process" in line
     assert "lost" in line
+
+
+# -- numbers and text survive exactly or are refused -----------------------------------------
+
+BIG = 2**64  # one past what 64 bits carry
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (f'{{"order": {{"amount": {BIG}}}}}', f"data.order.amount: the integer {BIG} is outside"),
+        (f'{{"n": [1, -{BIG}]}}', "data.n[1]: the integer -18446744073709551616 is outside"),
+        ('{"n": NaN}', "NaN is not a JSON number"),
+        ('{"n": -Infinity}', "-Infinity is not a JSON number"),
+        ('{"n": 1e400}', "data.n: inf is not a JSON number"),
+    ],
+)
+def test_numbers_that_would_not_survive_are_refused_naming_the_field(
+    invoke: Invoke, url: str, tmp_path: Path, data: str, message: str
+) -> None:
+    assert message in failed(invoke("send", "thing.happened", "--data", data))
+    path = tmp_path / "events.jsonl"
+    path.write_text(f'{{"type": "thing.happened", "data": {data}}}\n')
+    line = failed(invoke("send", "--file", str(path)))
+    assert "line 1" in line and message in line
+    assert logged(url) == []
+
+
+def test_numbers_at_the_edges_and_any_text_survive_exactly(
+    invoke: Invoke, url: str, tmp_path: Path
+) -> None:
+    data = {
+        "max": 2**64 - 1,
+        "min": -(2**63),
+        "float": 0.1,
+        "text": "a\u2028b\u2029c\u0085d\x1ce\u000bf",  # splitlines would cut this line
+    }
+    ok(invoke("send", "thing.happened", "--data", json.dumps(data)))
+    path = tmp_path / "events.jsonl"
+    path.write_text(
+        json.dumps({"type": "thing.happened", "data": data}, ensure_ascii=False) + "\r\n",
+        encoding="utf-8",
+        newline="",
+    )
+    assert "published 1 event" in ok(invoke("send", "--file", str(path)))
+    assert [e.envelope.data for e in logged(url) if e.envelope] == [data, data]

@@ -180,11 +180,14 @@ def send(
 
 
 def _read_lines(file: str) -> list[str]:
+    # Split on "\n" only: str.splitlines also splits on U+2028, U+2029, U+0085 and other
+    # separators, which JSON allows unescaped inside strings (a trailing "\r" is JSON
+    # whitespace, so CRLF files still parse).
     try:
         if file == "-":
-            return sys.stdin.read().splitlines()
-        with open(file, encoding="utf-8") as handle:
-            return handle.read().splitlines()
+            return sys.stdin.read().split("\n")
+        with open(file, encoding="utf-8", newline="") as handle:
+            return handle.read().split("\n")
     except UnicodeDecodeError as error:
         raise CliError(f"{file}: not UTF-8 text ({error.reason} at byte {error.start})") from None
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
-
 from ..client import Client
 from ..errors import EventError
-from ..events import Envelope
+from ..events import Envelope, loads_exact, number_problem
 from .common import CliError
 
 CHUNK = 1000
@@ -20,17 +18,21 @@ _FIELDS = frozenset({"type", "data", "key", "id"})
 
 
 def parse_data(text: str) -> dict[str, Any]:
-    """The ``--data`` argument as a JSON object.
+    """The ``--data`` argument as a JSON object, its numbers exact
+    (:func:`~overture.events.number_problem`).
 
     Raises:
         CliError: it is not JSON, or not an object.
     """
     try:
-        data = orjson.loads(text)
-    except orjson.JSONDecodeError as error:
+        data = loads_exact(text)
+    except ValueError as error:
         raise CliError(f"--data is not valid JSON: {error}") from None
     if not isinstance(data, dict):
         raise CliError(f"--data must be a JSON object, not {_json_kind(data)}")
+    problem = number_problem(data)
+    if problem is not None:
+        raise CliError(f"--data {problem}")
     return data
 
 
@@ -57,8 +59,8 @@ def parse_lines(lines: Iterable[str], client: Client, *, reserved: bool = False)
 
 def _parse_line(line: str, client: Client, reserved: bool) -> Envelope:
     try:
-        obj = orjson.loads(line)
-    except orjson.JSONDecodeError as error:
+        obj = loads_exact(line)
+    except ValueError as error:
         raise CliError(f"not valid JSON: {error}") from None
     if not isinstance(obj, dict):
         raise CliError(f"expected a JSON object, got {_json_kind(obj)}")
