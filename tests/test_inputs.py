@@ -6,6 +6,8 @@ behind that would trip the engine again.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import orjson
 import pytest
 
@@ -73,7 +75,10 @@ async def test_a_retry_with_a_new_time_is_the_same_trigger(harness: Factory) -> 
         first = Envelope(type="order.placed", data={"order_id": "o1"}, id="e1", source="/p")
         h.client.send_raw(encode(first), key="o1")
         await h.idle()
-        retry = Envelope(type="order.placed", data={"order_id": "o1"}, id="e1", source="/p")
+        later = first.time + timedelta(seconds=5)
+        retry = Envelope(
+            type="order.placed", data={"order_id": "o1"}, id="e1", source="/p", time=later
+        )
         h.client.send_raw(encode(retry), key="o1")
         await h.idle()
         assert len(h.client.instances()) == 1

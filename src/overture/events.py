@@ -90,8 +90,11 @@ INT_MAX = 2**64 - 1
 """The integers that travel exactly: JSON codecs (orjson here, most others elsewhere) carry
 64-bit integers and turn any larger one into a rounded float."""
 
-_LONG_DIGITS = re.compile(rb"[0-9]{19,}")
-"""A run of digits that may be an integer beyond 64 bits (2**63 has 19 digits)."""
+_DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= i <= 0x39 else 0x20 for i in range(256))
+_LONG_RUN = b"0" * 19
+"""A run of digits that may be an integer beyond 64 bits (2**63 has 19 digits), searched
+in the bytes with every digit mapped to "0": ~0.4 µs per event where the obvious regex
+took ~4 µs (this runs on every record the engine decodes)."""
 
 
 def number_problem(value: Any, where: str = "data") -> str | None:
@@ -277,7 +280,7 @@ def check_exact_numbers(raw: bytes) -> None:
     Raises:
         MalformedEvent: naming the field (see :func:`number_problem`).
     """
-    if _LONG_DIGITS.search(raw) is None:  # the usual case: no parse at all
+    if _LONG_RUN not in raw.translate(_DIGITS_AS_ZERO):  # the usual case: no parse at all
         return
     try:
         exact = loads_exact(raw)
