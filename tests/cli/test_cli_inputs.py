@@ -131,4 +131,6 @@ def test_numbers_at_the_edges_and_any_text_survive_exactly(
         newline="",
     )
     assert "published 1 event" in ok(invoke("send", "--file", str(path)))
-    assert [e.envelope.data for e in logged(url) if e.envelope] == [data, data]
+    line = json.dumps({"type": "thing.happened", "data": data}, ensure_ascii=False)
+    assert "published 1 event" in ok(invoke("send", "--file", "-", input=line + "\n"))
+    assert [e.envelope.data for e in logged(url) if e.envelope] == [data, data, data]
