@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from .app import App
 from .backends import DEFAULT_URL
-from .client import Client, Instance, LoggedEvent, _instance, records_of
+from .client import Client, Instance, LoggedEvent, _instance, check_sendable, records_of
 from .events import Envelope, Event
 from .handles import AsyncStarted, started_by
 from .ports import Broker, DeadLetter, InstanceRow, NewRecord
@@ -65,15 +65,18 @@ class AsyncClient:
         data: dict[str, Any] | None = None,
         *,
         key: str | None = None,
+        reserved: bool = False,
         **attributes: Any,
     ) -> str:
         """Publish one event once committed; returns its id (see :meth:`Client.send`).
 
         Raises:
-            EventValidationError: the data violates the type's registered contract (only
-                this call fails; concurrent sends are unaffected).
+            EventValidationError: the data violates the type's registered contract, or
+                the type is reserved and ``reserved`` is not set (only this call fails;
+                concurrent sends are unaffected).
         """
-        return (await self.send_many([self.envelope(event, data, key=key, **attributes)]))[0]
+        envelope = self.envelope(event, data, key=key, reserved=reserved, **attributes)
+        return (await self.send_many([envelope], reserved=reserved))[0]
 
     def envelope(
         self,
@@ -81,14 +84,20 @@ class AsyncClient:
         data: dict[str, Any] | None = None,
         *,
         key: str | None = None,
+        reserved: bool = False,
         **attributes: Any,
     ) -> Envelope:
         """Build (and validate) the envelope :meth:`send` would publish."""
-        return self.sync.envelope(event, data, key=key, **attributes)
+        return self.sync.envelope(event, data, key=key, reserved=reserved, **attributes)
 
-    async def send_many(self, envelopes: Iterable[Envelope]) -> list[str]:
-        """Publish several events atomically (all or none); returns their ids."""
+    async def send_many(
+        self, envelopes: Iterable[Envelope], *, reserved: bool = False
+    ) -> list[str]:
+        """Publish several events atomically (all or none); returns their ids (see
+        :meth:`Client.send_many`)."""
         batch = list(envelopes)
+        for envelope in batch:
+            check_sendable(envelope, reserved)
         await self._append(records_of(batch))
         return [e.id for e in batch]
 

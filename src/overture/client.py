@@ -9,17 +9,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from . import protocol
 from .app import App
 from .backends import DEFAULT_URL, open_broker
 from .core import journal as jr
-from .errors import ConfigError, MalformedEvent, NotFound
-from .events import Envelope, Event, decode, encode
+from .errors import ConfigError, EventValidationError, MalformedEvent, NotFound
+from .events import Envelope, Event, decode, encode, number_problem, type_problem
 from .groupcommit import GroupCommitter
 from .handles import Started, started_by
 from .ports import Broker, DeadLetter, NewRecord
 from .results import FINAL as FINAL
 from .results import Results
-from .runtime.engine import CONTROL_CANCEL, CONTROL_DLQ_REPLAY
 
 MIN_SHORT_ID = 6
 """The shortest prefix or suffix :meth:`Client.instance` accepts for an instance id."""
@@ -92,6 +92,7 @@ class Client:
         data: dict[str, Any] | None = None,
         *,
         key: str | None = None,
+        reserved: bool = False,
         **attributes: Any,
     ) -> str:
         """Publish one event; returns its id.
@@ -101,10 +102,17 @@ class Client:
         (``id``, ``source``, ``subject``, ``tenant``, …). Re-sending an event with an id
         that is already in the log is a no-op.
 
+        Args:
+            reserved: allow a control event type (the ``overture.`` namespace, see
+                :mod:`overture.protocol`); its data is validated against its model.
+
         Raises:
-            EventValidationError: the data violates the type's registered contract.
+            EventValidationError: the data violates the type's registered contract, or
+                the type is reserved and ``reserved`` is not set.
+            MalformedEvent: the type is not a valid CloudEvents type.
         """
-        return self.send_many([self.envelope(event, data, key=key, **attributes)])[0]
+        envelope = self.envelope(event, data, key=key, reserved=reserved, **attributes)
+        return self.send_many([envelope], reserved=reserved)[0]
 
     def start(
         self,
@@ -134,9 +142,11 @@ class Client:
         data: dict[str, Any] | None = None,
         *,
         key: str | None = None,
+        reserved: bool = False,
         **attributes: Any,
     ) -> Envelope:
-        """Build (and validate) the envelope :meth:`send` would publish."""
+        """Build (and validate) the envelope :meth:`send` would publish (``reserved``:
+        as in :meth:`send`)."""
         if isinstance(event, str):
             cls = None if self.app is None else self.app.event_class(event)
             envelope = Envelope(
@@ -152,13 +162,20 @@ class Client:
             attributes["partitionkey"] = str(key)
         if attributes:
             envelope = Envelope(**{**_fields(envelope), **attributes})
+        check_sendable(envelope, reserved)
         if self.app is not None:
             self.app.validate(envelope)
         return envelope
 
-    def send_many(self, envelopes: Iterable[Envelope]) -> list[str]:
-        """Publish several events atomically (all or none); returns their ids."""
+    def send_many(self, envelopes: Iterable[Envelope], *, reserved: bool = False) -> list[str]:
+        """Publish several events atomically (all or none); returns their ids.
+
+        Raises:
+            EventError: one of them could not be sent (see :meth:`send`); none was.
+        """
         batch = list(envelopes)
+        for envelope in batch:
+            check_sendable(envelope, reserved)
         self._sends.append(records_of(batch))
         return [e.id for e in batch]
 
@@ -187,7 +204,8 @@ class Client:
 
     def instance(self, instance_id: str) -> Instance:
         """One instance by id; a unique prefix or suffix of at least 6 characters also
-        works (ids start with the trigger's time, so a suffix is the handier short form).
+        works (ids of triggers with generated ids start with their time, so a suffix is the
+        handier short form).
 
         Raises:
             NotFound: no instance has that id, or the prefix/suffix is ambiguous (the
@@ -286,9 +304,9 @@ class Client:
         if instance.status in FINAL:
             raise ConfigError(f"instance {instance.id} is already {instance.status}")
         envelope = Envelope(
-            type=CONTROL_CANCEL, data={"instance_id": instance.id}, partitionkey=instance.key
+            type=protocol.CANCEL, data={"instance_id": instance.id}, partitionkey=instance.key
         )
-        return self.send_many([envelope])[0]
+        return self.send_many([envelope], reserved=True)[0]
 
     def replay_dead_letter(self, dead_letter_id: str) -> str:
         """Ask the engine to retry a dead letter (a handler runs again; an undecodable or
@@ -297,7 +315,7 @@ class Client:
         if letter is None:
             raise NotFound(f"no dead letter {dead_letter_id!r}")
         envelope = Envelope(
-            type=CONTROL_DLQ_REPLAY, data={"id": letter.id}, partitionkey=letter.key
+            type=protocol.DLQ_REPLAY, data={"id": letter.id}, partitionkey=letter.key
         )
         # to the partition whose engine holds the letter (a keyless or re-keyed event's
         # letter is not necessarily where its key points)
@@ -328,6 +346,25 @@ class Client:
 def records_of(envelopes: Iterable[Envelope]) -> list[NewRecord]:
     """The log records of envelopes to send."""
     return [NewRecord(e.partitionkey, encode(e), e.id, e.type) for e in envelopes]
+
+
+def check_sendable(envelope: Envelope, reserved: bool) -> None:
+    """Refuse what the engine would dead-letter for its envelope alone, and control
+    events unless the caller means to send one."""
+    problem = type_problem(envelope.type)
+    if problem is not None:
+        raise MalformedEvent(problem)
+    if protocol.is_reserved(envelope.type):
+        if not reserved:
+            raise EventValidationError(
+                f"event type {envelope.type!r} is reserved for control events (the "
+                f"{protocol.RESERVED_PREFIX!r} namespace); pass reserved=True "
+                "(overture send --reserved) to send one deliberately"
+            )
+        protocol.parse_control(envelope.type, envelope.data)
+    problem = number_problem(envelope.data)
+    if problem is not None:
+        raise EventValidationError(f"event {envelope.type!r}: {problem}")
 
 
 def _key_of(cls: type[Event], data: dict[str, Any] | None) -> str | None:

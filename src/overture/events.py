@@ -18,9 +18,14 @@ On the embedded log an event is stored in the CloudEvents JSON *structured* form
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import re
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from time import time_ns
 from typing import Any, ClassVar, Self
 
 import orjson
@@ -39,12 +44,103 @@ _RESERVED = frozenset({"data", "partitionkey", "key", "envelope"})
 ``type``)."""
 
 
+_NOT_IN_A_TYPE = re.compile(r"[\s\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef\ufffe\uffff]")
+"""Whitespace, control characters, surrogates and noncharacters (see :func:`type_problem`)."""
+MAX_TYPE_LENGTH = 256
+
+
+def type_problem(event_type: Any) -> str | None:
+    """Why ``event_type`` is not a valid event type, or None if it is.
+
+    The one rule for every path (client, CLI, engine): a CloudEvents ``type`` is a
+    non-empty string of allowable Unicode characters (no control characters, surrogates
+    or noncharacters); Overture also refuses whitespace, which no reverse-DNS style type
+    (``com.example.order.placed``) has and which cannot be typed back at a shell, and
+    types longer than :data:`MAX_TYPE_LENGTH` characters.
+    """
+    if not isinstance(event_type, str):
+        return f"event type must be a string, not {type(event_type).__name__}"
+    if not event_type:
+        return "event type is empty"
+    if len(event_type) > MAX_TYPE_LENGTH:
+        return f"event type is longer than {MAX_TYPE_LENGTH} characters"
+    bad = _NOT_IN_A_TYPE.search(event_type)
+    if bad is not None:
+        return (
+            f"event type {event_type!r} holds {_char_name(bad.group())} at position "
+            f"{bad.start()} (a CloudEvents type has no whitespace or control characters)"
+        )
+    return None
+
+
+INT_MIN = -(2**63)
+INT_MAX = 2**64 - 1
+"""The integers that travel exactly: JSON codecs (orjson here, most others elsewhere) carry
+64-bit integers and turn any larger one into a rounded float."""
+
+_DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= i <= 0x39 else 0x20 for i in range(256))
+_LONG_RUN = b"0" * 19
+"""A run of digits that may be an integer beyond 64 bits (2**63 has 19 digits), searched
+in the bytes with every digit mapped to "0": ~0.4 µs per event where the obvious regex
+took ~4 µs (this runs on every record the engine decodes)."""
+
+
+def number_problem(value: Any, where: str = "data") -> str | None:
+    """Why ``value`` (event data) would not survive the JSON trip exactly, or None.
+
+    The one rule for every path (client, CLI, raw appends decoded by the engine):
+    integers must lie within 64 bits (``-2**63`` to ``2**64 - 1``) and floats must be
+    finite; anything else is refused, naming the field, instead of being rounded to a
+    float or stored as ``null``. Carry larger numbers as strings.
+    """
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return None
+    if isinstance(value, int):
+        if INT_MIN <= value <= INT_MAX:
+            return None
+        digits = str(abs(value))
+        shown = digits if len(digits) <= 30 else f"{digits[:12]}...({len(digits)} digits)"
+        return (
+            f"{where}: the integer {'-' if value < 0 else ''}{shown} is outside 64 bits "
+            f"({INT_MIN} to {INT_MAX}) and would not travel exactly; send it as a string"
+        )
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return None
+        return f"{where}: {value} is not a JSON number (NaN and infinities are refused)"
+    if isinstance(value, dict):
+        for name, item in value.items():
+            problem = number_problem(item, f"{where}.{name}")
+            if problem is not None:
+                return problem
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            problem = number_problem(item, f"{where}[{index}]")
+            if problem is not None:
+                return problem
+    return None
+
+
+def _char_name(char: str) -> str:
+    return f"U+{ord(char):04X}" + (" (whitespace)" if char.isspace() else "")
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
 def _new_id() -> str:
-    return str(uuid.uuid4())
+    """A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then 74 random bits.
+
+    Time-ordered ids give the instances they start time-ordered ids too
+    (``core.machine.instance_id_for``), which keeps SQLite's B-tree writes local. Python
+    3.14's ``uuid.uuid7`` does the same; this is for 3.11.
+    """
+    millis = time_ns() // 1_000_000 & 0xFFFFFFFFFFFF
+    rand = int.from_bytes(os.urandom(10))
+    value = (millis << 80) | (0x7 << 76) | ((rand >> 62) & 0xFFF) << 64
+    value |= (0b10 << 62) | (rand & 0x3FFFFFFFFFFFFFFF)
+    return str(uuid.UUID(int=value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +205,9 @@ class Envelope:
         for name in ("id", "source", "type"):
             if not isinstance(raw[name], str):
                 raise MalformedEvent(f"CloudEvent attribute {name!r} must be a string")
+        problem = type_problem(raw["type"])
+        if problem is not None:
+            raise MalformedEvent(problem)
         try:
             time = datetime.fromisoformat(raw["time"]) if raw.get("time") else _now()
         except (TypeError, ValueError) as exc:
@@ -138,12 +237,47 @@ def encode(envelope: Envelope) -> bytes:
 
 
 def decode(raw: bytes) -> Envelope:
-    """Parse CloudEvents structured JSON bytes; raises :class:`MalformedEvent`."""
+    """Parse CloudEvents structured JSON bytes; raises :class:`MalformedEvent`, also for
+    data that breaks :func:`number_problem`'s rule (orjson would round an integer beyond
+    64 bits to a float)."""
     try:
         parsed = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise MalformedEvent(f"not JSON: {exc}") from exc
+    check_exact_numbers(raw)
     return Envelope.from_dict(parsed)
+
+
+def loads_exact(text: str | bytes) -> Any:
+    """Parse JSON keeping every integer exact (Python ints) and refusing ``NaN`` and
+    ``Infinity``, which are not JSON; check the result with :func:`number_problem`.
+
+    Raises:
+        ValueError: not JSON (``json.JSONDecodeError``) or a non-finite constant.
+    """
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (NaN and infinities are refused)")
+
+
+def check_exact_numbers(raw: bytes) -> None:
+    """Refuse an event whose JSON bytes hold an integer that a JSON parser would round.
+
+    Raises:
+        MalformedEvent: naming the field (see :func:`number_problem`).
+    """
+    if _LONG_RUN not in raw.translate(_DIGITS_AS_ZERO):  # the usual case: no parse at all
+        return
+    try:
+        exact = loads_exact(raw)
+    except ValueError:  # orjson accepted it; a difference of dialect is not ours to judge
+        return
+    data = exact.get("data") if isinstance(exact, dict) else None
+    problem = number_problem(data)
+    if problem is not None:
+        raise MalformedEvent(problem)
 
 
 class Event(BaseModel):

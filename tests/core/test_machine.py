@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -189,14 +191,26 @@ def test_gather_schedules_all_branches_at_once() -> None:
     assert isinstance(finished, m.Finished) and finished.result == ["r", None]
 
 
-def test_instance_ids_are_derived_from_the_trigger_and_sort_by_its_time() -> None:
-    early = Envelope(type="t", id="e1", time=TRIGGER.time)
-    again = Envelope(type="t", id="e1", time=TRIGGER.time, data={"other": "attributes"})
-    later = Envelope(type="t", id="e0", time=TRIGGER.time + timedelta(seconds=1))
+def test_instance_ids_are_derived_from_the_trigger_identity_only() -> None:
+    early = Envelope(type="t", id="e1", source="/s", time=TRIGGER.time)
+    # the same event (source + id) whatever its time or other attributes
+    again = Envelope(type="t", id="e1", source="/s", time=TRIGGER.time + timedelta(hours=1))
     assert m.instance_id_for("p", early) == m.instance_id_for("p", again)
     assert m.instance_id_for("p", early) != m.instance_id_for("q", early)
-    assert m.instance_id_for("p", early) < m.instance_id_for("p", later)
+    other_source = Envelope(type="t", id="e1", source="/elsewhere", time=TRIGGER.time)
+    assert m.instance_id_for("p", early) != m.instance_id_for("p", other_source)
     assert len(m.instance_id_for("p", early)) == 32
+    # the old derivation hashed the time too; it is kept to find instances it started
+    assert m.legacy_instance_id_for("p", early) != m.legacy_instance_id_for("p", again)
+
+
+def test_generated_event_ids_are_uuid7_and_their_instances_sort_by_time() -> None:
+    first = Envelope(type="t")
+    time.sleep(0.002)
+    second = Envelope(type="t")
+    assert uuid.UUID(first.id).version == 7
+    assert m.instance_id_for("p", first) < m.instance_id_for("p", second)
+    assert m.instance_id_for("p", first)[:12] == first.id.replace("-", "")[:12]
 
 
 def test_golden_journal_of_format_1_still_replays() -> None:

@@ -25,6 +25,7 @@ from .common import (
     CliError,
     handle_errors,
     open_client,
+    refuse_memory,
     stderr_line,
 )
 from .dev import dev
@@ -108,6 +109,7 @@ def run(
         raise CliError(
             f"invalid --log-level {log_level!r} (choose from {', '.join(LOG_LEVELS)})", EXIT_USAGE
         )
+    refuse_memory(broker)
     app = load_app(app_path)
     # After loading: a command line that fails leaves the process's logging untouched.
     configure_logging(log_level)
@@ -157,6 +159,13 @@ def send(
         ),
     ] = None,
     app_path: AppPath = None,
+    reserved: Annotated[
+        bool,
+        typer.Option(
+            "--reserved",
+            help="Allow control event types (overture.*), e.g. to operate the engine by hand.",
+        ),
+    ] = False,
     broker: BrokerOption = DEFAULT_BROKER,
 ) -> None:
     """Publish one event (prints its id), or a file of events (prints the count)."""
@@ -169,7 +178,7 @@ def send(
         assert event_type is not None
         payload = parse_data(read_data(data)) if data is not None else {}
         with open_client(broker, app=app, must_exist=False) as client:
-            typer.echo(client.send(event_type, payload, key=key))
+            typer.echo(client.send(event_type, payload, key=key, reserved=reserved))
         if key is None and app is None:
             stderr_line(
                 "note: sent without a key, so no instance waiting for it (ctx.wait_for) can "
@@ -178,17 +187,20 @@ def send(
         return
     lines = _read_lines(file)
     with open_client(broker, app=app, must_exist=False) as client:
-        envelopes = parse_lines(lines, client)
-        count = publish(client, envelopes)
+        envelopes = parse_lines(lines, client, reserved=reserved)
+        count = publish(client, envelopes, reserved=reserved)
     typer.echo(f"published {count} event{'s' if count != 1 else ''}")
 
 
 def _read_lines(file: str) -> list[str]:
+    # Split on "\n" only: str.splitlines also splits on U+2028, U+2029, U+0085 and other
+    # separators, which JSON allows unescaped inside strings (a trailing "\r" is JSON
+    # whitespace, so CRLF files still parse).
     try:
         if file == "-":
-            return sys.stdin.read().splitlines()
-        with open(file, encoding="utf-8") as handle:
-            return handle.read().splitlines()
+            return sys.stdin.read().split("\n")
+        with open(file, encoding="utf-8", newline="") as handle:
+            return handle.read().split("\n")
     except UnicodeDecodeError as error:
         raise CliError(f"{file}: not UTF-8 text ({error.reason} at byte {error.start})") from None
 

@@ -93,6 +93,24 @@ def sqlite_path(url: str) -> str | None:
     return url[len(prefix) :] if url.startswith(prefix) else None
 
 
+def refuse_memory(url: str) -> None:
+    """Refuse a ``memory://`` broker: it lives in one process, and every ``overture``
+    command is its own process, so what it sends is lost when it exits and what it reads
+    is always empty (``overture demo`` runs everything in one process and may use it).
+
+    Raises:
+        CliError: the URL is a memory broker.
+    """
+    if url.startswith("memory:"):
+        raise CliError(
+            f"--broker {url} keeps events in this one process's memory, and each overture "
+            "command is its own process: the events would be lost when it exits; use "
+            "sqlite:///file.db or kafka://host:port/namespace (memory:// is for tests "
+            "and `overture demo`)",
+            EXIT_USAGE,
+        )
+
+
 def open_client(url: str, *, app: App | None = None, must_exist: bool = True) -> Client:
     """A client on ``url``.
 
@@ -103,6 +121,7 @@ def open_client(url: str, *, app: App | None = None, must_exist: bool = True) ->
             operate existing state set it, so that a typo in ``--broker`` (or running from
             the wrong directory) says so instead of showing an empty, brand-new database.
     """
+    refuse_memory(url)
     path = sqlite_path(url)
     if must_exist and path and not os.path.exists(path):
         raise CliError(

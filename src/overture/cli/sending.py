@@ -6,11 +6,9 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
-
 from ..client import Client
 from ..errors import EventError
-from ..events import Envelope
+from ..events import Envelope, loads_exact, number_problem
 from .common import CliError
 
 CHUNK = 1000
@@ -44,21 +42,25 @@ def read_data(argument: str) -> str:
 
 
 def parse_data(text: str) -> dict[str, Any]:
-    """The ``--data`` argument as a JSON object.
+    """The ``--data`` argument as a JSON object, its numbers exact
+    (:func:`~overture.events.number_problem`).
 
     Raises:
         CliError: it is not JSON, or not an object.
     """
     try:
-        data = orjson.loads(text)
-    except orjson.JSONDecodeError as error:
+        data = loads_exact(text)
+    except ValueError as error:
         raise CliError(f"--data is not valid JSON: {error}") from None
     if not isinstance(data, dict):
         raise CliError(f"--data must be a JSON object, not {_json_kind(data)}")
+    problem = number_problem(data)
+    if problem is not None:
+        raise CliError(f"--data {problem}")
     return data
 
 
-def parse_lines(lines: Iterable[str], client: Client) -> list[Envelope]:
+def parse_lines(lines: Iterable[str], client: Client, *, reserved: bool = False) -> list[Envelope]:
     """Validate a whole JSON-lines file into envelopes before anything is published.
 
     Each non-blank line is ``{"type": ..., "data": {...}, "key": ...}`` (``data`` and
@@ -73,16 +75,16 @@ def parse_lines(lines: Iterable[str], client: Client) -> list[Envelope]:
         if not line.strip():
             continue
         try:
-            envelopes.append(_parse_line(line, client))
+            envelopes.append(_parse_line(line, client, reserved))
         except CliError as error:
             raise CliError(f"line {number}: {error}; nothing was published") from None
     return envelopes
 
 
-def _parse_line(line: str, client: Client) -> Envelope:
+def _parse_line(line: str, client: Client, reserved: bool) -> Envelope:
     try:
-        obj = orjson.loads(line)
-    except orjson.JSONDecodeError as error:
+        obj = loads_exact(line)
+    except ValueError as error:
         raise CliError(f"not valid JSON: {error}") from None
     if not isinstance(obj, dict):
         raise CliError(f"expected a JSON object, got {_json_kind(obj)}")
@@ -109,12 +111,12 @@ def _parse_line(line: str, client: Client) -> Envelope:
             raise CliError("'id' must be a non-empty string")
         attributes["id"] = obj["id"]
     try:
-        return client.envelope(event_type, data, key=key, **attributes)
+        return client.envelope(event_type, data, key=key, reserved=reserved, **attributes)
     except EventError as error:
         raise CliError(str(error)) from None
 
 
-def publish(client: Client, envelopes: list[Envelope]) -> int:
+def publish(client: Client, envelopes: list[Envelope], *, reserved: bool = False) -> int:
     """Publish in atomic chunks of :data:`CHUNK`; returns how many were published.
 
     Raises:
@@ -124,7 +126,7 @@ def publish(client: Client, envelopes: list[Envelope]) -> int:
     for start in range(0, len(envelopes), CHUNK):
         chunk = envelopes[start : start + CHUNK]
         try:
-            client.send_many(chunk)
+            client.send_many(chunk, reserved=reserved)
         except Exception as error:
             raise CliError(
                 f"publishing failed after {sent} of {len(envelopes)} events "

@@ -63,6 +63,7 @@ class PendingBatch:
         self.work: Staged[str, WorkRow | None] = Staged(self.batch.work, None)
         self.waits: Staged[WaitRow, bool] = Staged(self.batch.waits, False)
         self.inbox: Staged[str, InboxRow | None] = Staged(self.batch.inbox, None)
-        self.trigger_ids: dict[tuple[str, str], str] = {}  # (process, event id) -> instance
+        # (process, event source, event id) -> the ids its instance may have
+        self.trigger_ids: dict[tuple[str, str, str], tuple[str, str]] = {}
         self.existing: set[str] = set()  # of those, instances already in the store
         self.snapshots: dict[str, InstanceSnapshot] = {}  # evicted instances, read in bulk

@@ -18,6 +18,7 @@ from collections import OrderedDict, deque
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
+from .. import protocol
 from ..app import App, ProcessDef
 from ..core import machine as m
 from ..core.correlation import WaitIndex
@@ -42,9 +43,6 @@ from .executor import Executor
 from .work import WorkRunner
 
 log = logging.getLogger("overture.engine")
-
-CONTROL_CANCEL = "overture.cancel"
-CONTROL_DLQ_REPLAY = "overture.dlq.replay"
 
 
 class Engine(WorkRunner):
@@ -350,11 +348,13 @@ class Engine(WorkRunner):
         for envelope in envelopes:
             if isinstance(envelope, Envelope):
                 for definition in self.app.triggers(envelope.type):
-                    iid = m.instance_id_for(definition.name, envelope)
-                    pending.trigger_ids[(definition.name, envelope.id)] = iid
+                    ids = m.trigger_instance_ids(definition.name, envelope)
+                    pending.trigger_ids[(definition.name, envelope.source, envelope.id)] = ids
                 for wait in self._waits.match(envelope.type, envelope.partitionkey):
                     wanted.add(wait.instance_id)
-        candidates = [i for i in pending.trigger_ids.values() if i not in self._cache]
+        candidates = [
+            i for ids in pending.trigger_ids.values() for i in ids if i not in self._cache
+        ]
         if candidates:
             pending.existing |= self._store.existing(candidates)
         self._read_ahead(wanted)
@@ -368,7 +368,7 @@ class Engine(WorkRunner):
                 f"{record.partition}:{record.offset}", "decode", str(envelope), None, record, now
             )
             return
-        if envelope.type.startswith("overture."):
+        if protocol.is_reserved(envelope.type):
             self._control(envelope, record, now)
             return
         key = envelope.partitionkey
@@ -466,24 +466,24 @@ class Engine(WorkRunner):
             cached.inbox.append(row)
 
     def _control(self, envelope: Envelope, record: Record, now: float) -> None:
-        data = envelope.data if isinstance(envelope.data, dict) else {}
-        if self._remote_control(envelope, now):
+        """Carry out a control event; one that is not valid is dead-lettered, like any
+        other input that cannot be used (raising here would stop the partition on the
+        same record at every restart)."""
+        try:
+            message = protocol.parse_control(envelope.type, envelope.data)
+            if self._remote_control(message, envelope, now):
+                return
+        except EventError as error:
+            self._dead_letter(
+                f"{record.partition}:{record.offset}", "route", str(error), envelope, record, now
+            )
             return
-        if envelope.type == CONTROL_CANCEL:
-            live = self._live(str(data.get("instance_id")), now, stuck=True)
+        if isinstance(message, protocol.Cancel):
+            live = self._live(message.instance_id, now, stuck=True)
             if live is not None:
                 self._drive(live, live.machine.cancel(now), now)
-        elif envelope.type == CONTROL_DLQ_REPLAY:
-            self._replay_dead_letter(str(data.get("id")), now)
-        else:
-            self._dead_letter(
-                f"{record.partition}:{record.offset}",
-                "route",
-                f"unknown control event type {envelope.type!r}",
-                envelope,
-                record,
-                now,
-            )
+        elif isinstance(message, protocol.DlqReplay):
+            self._replay_dead_letter(message.id, now)
 
     # -- instances --------------------------------------------------------------------------
 
@@ -500,13 +500,18 @@ class Engine(WorkRunner):
         trigger decoded for this instance alone (see ``Machine.start``)."""
         pending = self._pending
         assert pending is not None
-        iid = pending.trigger_ids.get((definition.name, envelope.id))
-        if iid is None:  # not prefetched (a dead letter routed again)
-            iid = m.instance_id_for(definition.name, envelope)
-            if self._store.existing([iid]):
-                return iid
-        if iid in self._cache or iid in pending.batch.instances or iid in pending.existing:
-            return iid  # the same trigger event never starts two instances
+        ids = pending.trigger_ids.get((definition.name, envelope.source, envelope.id))
+        if ids is None:  # not prefetched (a dead letter routed again)
+            ids = m.trigger_instance_ids(definition.name, envelope)
+            pending.existing |= self._store.existing(ids)
+        # The same trigger event never starts two instances; one started before the id
+        # stopped depending on the trigger's time has the legacy id.
+        for known in ids:
+            if known in self._cache or known in pending.batch.instances:
+                return known
+            if known in pending.existing:
+                return known
+        iid = ids[0]
         machine = m.Machine(definition.spec, iid, key, keep_journal=False)
         row = InstanceRow(
             iid,

@@ -20,15 +20,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from .. import protocol
 from ..core import machine as m
 from ..core.correlation import WaitIndex
 from ..events import Envelope, encode
 from ..ports import Log, NewRecord, WaitRow, partition_for
 from .batch import Live, PendingBatch
-
-CONTROL_SUBSCRIBE = "overture.wait.subscribe"
-CONTROL_UNSUBSCRIBE = "overture.wait.unsubscribe"
-CONTROL_DELIVER = "overture.wait.deliver"
 
 
 class RemoteWaits:
@@ -78,11 +75,11 @@ class RemoteWaits:
             "type": wait.event_type,
             "home": home,
         }
-        self._send_control(CONTROL_SUBSCRIBE, data, key=wait.key)
+        self._send_control(protocol.WAIT_SUBSCRIBE, data, key=wait.key)
 
     def _unsubscribe_remote(self, wait: WaitRow) -> None:
         data = {"instance_id": wait.instance_id, "seq": wait.seq, "type": wait.event_type}
-        self._send_control(CONTROL_UNSUBSCRIBE, data, key=wait.key)
+        self._send_control(protocol.WAIT_UNSUBSCRIBE, data, key=wait.key)
 
     def _forward(self, wait: WaitRow, envelope: Envelope) -> None:
         """Send an event to the partition of the instance that waits for it."""
@@ -90,33 +87,33 @@ class RemoteWaits:
         self._pending.waits.delete(wait)
         self._waits.remove(wait)
         data = {"instance_id": wait.instance_id, "seq": wait.seq, "event": envelope.to_dict()}
-        self._send_control(CONTROL_DELIVER, data, key=None, partition=wait.home)
+        self._send_control(protocol.WAIT_DELIVER, data, key=None, partition=wait.home)
 
-    def _remote_control(self, envelope: Envelope, now: float) -> bool:
-        """Handle a subscription control event; False if it is not one."""
+    def _remote_control(self, message: protocol.Control, envelope: Envelope, now: float) -> bool:
+        """Handle a validated subscription control message; False if it is not one.
+
+        Raises:
+            MalformedEvent: a delivery whose event is not a CloudEvent (the caller
+                dead-letters the control event).
+        """
         pending = self._pending
         assert pending is not None
-        data = envelope.data if isinstance(envelope.data, dict) else {}
-        if envelope.type == CONTROL_SUBSCRIBE:
+        if isinstance(message, protocol.WaitSubscribe):
             wait = WaitRow(
-                str(data["type"]),
-                envelope.partitionkey,
-                str(data["instance_id"]),
-                int(data["seq"]),
-                int(data["home"]),
+                message.type, envelope.partitionkey, message.instance_id, message.seq, message.home
             )
             pending.waits.put(wait, True, created=True)
             self._waits.add(wait)
-        elif envelope.type == CONTROL_UNSUBSCRIBE:
-            for wait in self._waits.of_instance(str(data["instance_id"])):
-                if wait.seq == data["seq"] and wait.home is not None:
+        elif isinstance(message, protocol.WaitUnsubscribe):
+            for wait in self._waits.of_instance(message.instance_id):
+                if wait.seq == message.seq and wait.home is not None:
                     pending.waits.delete(wait)
                     self._waits.remove(wait)
-        elif envelope.type == CONTROL_DELIVER:
-            iid, seq = str(data["instance_id"]), int(data["seq"])
-            for wait in self._waits.of_instance(iid):
-                if wait.seq == seq and wait.home is None:
-                    self._deliver(wait, Envelope.from_dict(data["event"]), now)
+        elif isinstance(message, protocol.WaitDeliver):
+            event = Envelope.from_dict(message.event)  # before anything changes
+            for wait in self._waits.of_instance(message.instance_id):
+                if wait.seq == message.seq and wait.home is None:
+                    self._deliver(wait, event, now)
         else:
             return False
         return True

@@ -15,6 +15,9 @@ from typing import Any
 
 import orjson
 
+from ...errors import MalformedEvent
+from ...events import check_exact_numbers
+
 Headers = list[tuple[str, str | bytes | None]]
 
 _ATTRIBUTES = (
@@ -47,10 +50,12 @@ _ORDER = (
 
 def to_binary(structured: bytes) -> tuple[str | None, Headers | None, bytes]:
     """(record key, headers, value) of an event in structured JSON form. Bytes that are
-    not a CloudEvent object go out unchanged and without headers."""
+    not a CloudEvent object go out unchanged and without headers, as do events whose data
+    parsing would round (an integer beyond 64 bits): the engine dead-letters those."""
     try:
+        check_exact_numbers(structured)
         event = orjson.loads(structured)
-    except orjson.JSONDecodeError:
+    except (orjson.JSONDecodeError, MalformedEvent):
         return None, None, structured
     if not isinstance(event, dict) or "type" not in event or "id" not in event:
         return None, None, structured

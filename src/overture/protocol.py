@@ -1,0 +1,122 @@
+"""The wire protocol: names and message shapes shared by clients, engines and other tools.
+
+Event types in the ``overture.`` namespace are *control events*: requests to the engine
+(cancel an instance, replay a dead letter) and the messages engines exchange between
+partitions for waits on keys another partition owns (``runtime/remote.py``). They travel
+on the log like any event, so they are input like any other: each type's ``data`` has a
+model here, the engine validates every control event against it and dead-letters one that
+does not match (with the reason) instead of failing on it, and the client validates the
+same way before sending.
+
+Ordinary producers have no business sending these types (once the HTTP API exists the same
+door would let anyone cancel or feed instances), so :class:`overture.Client` refuses them
+unless the caller passes ``reserved=True`` (``overture send --reserved``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import EventValidationError
+
+RESERVED_PREFIX = "overture."
+"""Event types starting with this are control events."""
+
+CANCEL = "overture.cancel"
+"""Cancel an instance: ``{"instance_id": str}``."""
+DLQ_REPLAY = "overture.dlq.replay"
+"""Route a dead letter again (or re-run its handler): ``{"id": str}``."""
+WAIT_SUBSCRIBE = "overture.wait.subscribe"
+"""To the partition of a wait's key: keep a wait for an instance of partition ``home``."""
+WAIT_UNSUBSCRIBE = "overture.wait.unsubscribe"
+"""To the partition of a wait's key: the wait ended, drop its subscription."""
+WAIT_DELIVER = "overture.wait.deliver"
+"""To an instance's partition: an event its wait (``instance_id``, ``seq``) matched."""
+
+
+def is_reserved(event_type: str) -> bool:
+    """Whether ``event_type`` is a control event type (the ``overture.`` namespace)."""
+    return event_type.startswith(RESERVED_PREFIX)
+
+
+class _Message(BaseModel):
+    # strict: "1" is not a sequence number and a list is not an id; a message that does
+    # not match exactly is dead-lettered rather than coerced into something else
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class Cancel(_Message):
+    """``overture.cancel``"""
+
+    instance_id: str = Field(min_length=1)
+
+
+class DlqReplay(_Message):
+    """``overture.dlq.replay``"""
+
+    id: str = Field(min_length=1)
+
+
+class WaitSubscribe(_Message):
+    """``overture.wait.subscribe`` (its partition key is the wait's key)."""
+
+    instance_id: str = Field(min_length=1)
+    seq: int = Field(ge=0)
+    type: str = Field(min_length=1)
+    home: int = Field(ge=0)
+
+
+class WaitUnsubscribe(_Message):
+    """``overture.wait.unsubscribe`` (its partition key is the wait's key)."""
+
+    instance_id: str = Field(min_length=1)
+    seq: int = Field(ge=0)
+    type: str = Field(min_length=1)
+
+
+class WaitDeliver(_Message):
+    """``overture.wait.deliver``: ``event`` is the matched CloudEvent, structured form."""
+
+    instance_id: str = Field(min_length=1)
+    seq: int = Field(ge=0)
+    event: dict[str, Any]
+
+
+Control = Cancel | DlqReplay | WaitSubscribe | WaitUnsubscribe | WaitDeliver
+"""Any control message."""
+
+MESSAGES: dict[str, type[Control]] = {
+    CANCEL: Cancel,
+    DLQ_REPLAY: DlqReplay,
+    WAIT_SUBSCRIBE: WaitSubscribe,
+    WAIT_UNSUBSCRIBE: WaitUnsubscribe,
+    WAIT_DELIVER: WaitDeliver,
+}
+"""The model of each control event type."""
+
+
+def parse_control(event_type: str, data: Any) -> Control:
+    """Validate a control event's data.
+
+    Raises:
+        EventValidationError: an unknown control type, or data that does not match its
+            model; the message names the type and every field at fault.
+    """
+    model = MESSAGES.get(event_type)
+    if model is None:
+        raise EventValidationError(
+            f"unknown control event type {event_type!r} (the {RESERVED_PREFIX!r} namespace "
+            f"is reserved; known: {', '.join(sorted(MESSAGES))})"
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<data>'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise EventValidationError(
+            f"control event {event_type!r} has invalid data: {problems}"
+        ) from None

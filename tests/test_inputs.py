@@ -1,0 +1,254 @@
+"""Inputs that are wrong or repeated: never a crash, never a duplicate (issue 9, section 1).
+
+Each test runs on every backend; a restart after the input shows that nothing was left
+behind that would trip the engine again.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import orjson
+import pytest
+
+import overture as ov
+from overture.core import machine as m
+from overture.events import Envelope, encode
+from overture.ports import partition_for
+from overture.testing import Harness
+
+from .conftest import Factory, kafka_url
+
+
+class OrderPlaced(ov.Event, type="order.placed", key="order_id"):
+    order_id: str
+
+
+def order_app() -> tuple[ov.App, list[str]]:
+    app = ov.App("shop")
+    effects: list[str] = []
+
+    async def charge(order_id: str) -> str:
+        effects.append(order_id)
+        return "ok"
+
+    @app.process(trigger=OrderPlaced, key="order_id")
+    async def fulfil(ctx: ov.Context, order: OrderPlaced) -> str:
+        return await ctx.step(charge, order.order_id)
+
+    return app, effects
+
+
+# -- one instance per trigger, whatever the producer ----------------------------------------
+
+TIMELESS = orjson.dumps(
+    {
+        "specversion": "1.0",
+        "id": "evt-no-time",
+        "source": "/their/producer",
+        "type": "order.placed",
+        "data": {"order_id": "o1"},
+    }
+)
+"""A CloudEvent without the optional ``time`` attribute, as another producer may write it."""
+
+
+async def test_identical_bytes_without_time_start_one_instance(harness: Factory) -> None:
+    app, effects = order_app()
+    async with harness(app) as h:
+        h.client.send_raw(TIMELESS, key="o1")
+        await h.idle()
+        h.client.send_raw(TIMELESS, key="o1")  # the producer's retry, in a later batch
+        await h.idle()
+        await h.restart()
+        h.client.send_raw(TIMELESS, key="o1")  # and once more after a restart
+        await h.idle()
+        assert [i.status for i in h.client.instances()] == ["completed"]
+        assert effects == ["o1"]
+
+
+async def test_a_retry_with_a_new_time_is_the_same_trigger(harness: Factory) -> None:
+    """CloudEvents identity is source + id: an SDK that stamps ``time`` anew on a retry
+    sends the same event."""
+    app, effects = order_app()
+    async with harness(app) as h:
+        first = Envelope(type="order.placed", data={"order_id": "o1"}, id="e1", source="/p")
+        h.client.send_raw(encode(first), key="o1")
+        await h.idle()
+        later = first.time + timedelta(seconds=5)
+        retry = Envelope(
+            type="order.placed", data={"order_id": "o1"}, id="e1", source="/p", time=later
+        )
+        h.client.send_raw(encode(retry), key="o1")
+        await h.idle()
+        assert len(h.client.instances()) == 1
+        assert effects == ["o1"]
+
+
+async def test_an_instance_with_the_legacy_id_is_found_when_its_trigger_returns(
+    harness: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Instances started by releases whose ids also hashed the trigger's time keep those
+    ids; re-delivering their trigger must not start a second instance."""
+    app, effects = order_app()
+    trigger = Envelope(type="order.placed", data={"order_id": "o1"}, id="old-1", source="/p")
+    legacy = m.legacy_instance_id_for("fulfil", trigger)
+    assert legacy != m.instance_id_for("fulfil", trigger)
+    async with harness(app) as h:
+        # start the instance as an old release did, then restart on today's code
+        with monkeypatch.context() as old_release:
+            old_release.setattr(m, "instance_id_for", m.legacy_instance_id_for)
+            h.client.send_raw(encode(trigger), key="o1")
+            await h.idle()
+        assert [i.id for i in h.client.instances()] == [legacy]
+        await h.restart()
+        h.client.send_raw(encode(trigger), key="o1")
+        await h.idle()
+        assert [i.id for i in h.client.instances()] == [legacy]
+        assert effects == ["o1"]
+
+
+# -- control events are input like any other ------------------------------------------------
+
+BAD_CONTROL = [
+    ("overture.cancel", {}),
+    ("overture.cancel", {"instance_id": ["not", "a", "string"]}),
+    ("overture.dlq.replay", {"id": 5}),
+    ("overture.wait.subscribe", {}),
+    ("overture.wait.subscribe", {"instance_id": "i", "seq": "1", "type": "t", "home": 0}),
+    ("overture.wait.unsubscribe", {"instance_id": "i"}),
+    ("overture.wait.deliver", {"instance_id": "i", "seq": 1}),
+    ("overture.wait.deliver", {"instance_id": "i", "seq": 1, "event": {"no": "attributes"}}),
+    ("overture.wait.deliver", None),
+    ("overture.no.such.thing", {}),
+]
+
+
+def control_record(event_type: str, data: object, key: str | None = None) -> bytes:
+    return encode(Envelope(type=event_type, data=data, partitionkey=key))
+
+
+async def test_a_control_event_with_bad_data_is_dead_lettered_and_the_engine_goes_on(
+    harness: Factory,
+) -> None:
+    app, effects = order_app()
+    async with harness(app) as h:
+        for event_type, data in BAD_CONTROL:
+            h.client.send_raw(control_record(event_type, data, "o1"), key="o1")
+        h.client.send(OrderPlaced(order_id="o1"))
+        await h.idle()
+        letters = h.client.dead_letters()
+        assert sorted(d.event_type or "" for d in letters) == sorted(t for t, _ in BAD_CONTROL)
+        reasons = {d.reason for d in letters}
+        assert any(
+            "'overture.wait.subscribe' has invalid data" in r and "home" in r for r in reasons
+        )
+        assert any("unknown control event type 'overture.no.such.thing'" in r for r in reasons)
+        assert any("lacks required attribute" in r for r in reasons)  # the delivered event
+        await h.restart()  # nothing left behind that trips the engine again
+        h.client.send(OrderPlaced(order_id="o2"))
+        await h.idle()
+        assert sorted(effects) == ["o1", "o2"]
+        assert len(h.client.dead_letters()) == len(BAD_CONTROL)
+
+
+class PaymentReceived(ov.Event, type="payment.received", key="payment_id"):
+    payment_id: str
+    amount: int
+
+
+async def test_remote_wait_messages_are_validated_where_they_flow(kafka_bootstrap: str) -> None:
+    """On Kafka each partition has its engine, and a wait for a key of another partition
+    travels as subscribe/deliver control events: bad ones between them are dead-lettered,
+    the good ones still do their work, before and after a restart."""
+    app = ov.App("remote")
+
+    @app.process(trigger=OrderPlaced, key="order_id")
+    async def pay(ctx: ov.Context, order: OrderPlaced) -> int:
+        paid = await ctx.wait_for(PaymentReceived, key=f"pay-{order.order_id}")
+        return paid.amount
+
+    order_key = "o1"
+    payment_key = "pay-o1"
+    assert partition_for(payment_key, 2) != partition_for(order_key, 2)  # a remote wait
+    async with Harness(app, kafka_url(kafka_bootstrap, partitions=2)) as h:
+        h.client.send(OrderPlaced(order_id=order_key))
+        await h.idle()
+        assert [i.status for i in h.client.instances()] == ["waiting"]
+        # forged messages on both partitions: a subscription without a home, a delivery
+        # without its event, a delivery of something that is not a CloudEvent
+        h.client.send_raw(control_record("overture.wait.subscribe", {"seq": 1}, payment_key))
+        h.client.send_raw(control_record("overture.wait.deliver", {"seq": 1}, order_key))
+        forged = {"instance_id": h.client.instances()[0].id, "seq": 1, "event": {"x": 1}}
+        h.client.send_raw(control_record("overture.wait.deliver", forged, order_key))
+        await h.idle()
+        assert len(h.client.dead_letters()) == 3
+        await h.restart()
+        h.client.send(PaymentReceived(payment_id=payment_key, amount=42))
+        await h.idle()
+        (done,) = h.client.instances()
+        assert (done.status, done.result) == ("completed", 42)
+
+
+async def test_the_client_refuses_reserved_and_invalid_types_and_the_engine_agrees(
+    harness: Factory,
+) -> None:
+    app, effects = order_app()
+    async with harness(app) as h:
+        with pytest.raises(ov.EventValidationError, match="reserved for control events"):
+            h.client.send("overture.wait.subscribe", {})
+        with pytest.raises(ov.EventValidationError, match="reserved for control events"):
+            h.client.send_many([Envelope(type="overture.cancel", data={"instance_id": "x"})])
+        with pytest.raises(ov.EventValidationError, match="has invalid data"):
+            h.client.send("overture.cancel", {"instance": "x"}, reserved=True)
+        with pytest.raises(ov.MalformedEvent, match="U\\+0020"):
+            h.client.send("order placed", {"order_id": "o1"})
+        assert h.client.events() == []
+        # the same rule holds for what other producers append: dead letters, no crash
+        h.client.send_raw(encode(Envelope(type="order placed", data={})), key="o1")
+        h.client.send_raw(encode(Envelope(type="bad\x07type", data={})), key="o1")
+        h.client.send(OrderPlaced(order_id="o1"))
+        h.client.send("overture.cancel", {"instance_id": "nobody"}, reserved=True)
+        await h.idle()
+        letters = h.client.dead_letters()
+        assert [d.source for d in letters] == ["decode", "decode"]
+        assert all("a CloudEvents type has no whitespace" in d.reason for d in letters)
+        assert effects == ["o1"]
+
+
+# -- numbers survive exactly or are refused ---------------------------------------------------
+
+
+async def test_numbers_beyond_64_bits_or_not_finite_are_refused_on_every_path(
+    harness: Factory,
+) -> None:
+    app = ov.App("numbers")
+    seen: list[object] = []
+
+    @app.on("measured")
+    async def record(event: ov.Event) -> None:
+        seen.append(event.data)
+
+    async with harness(app) as h:
+        with pytest.raises(ov.EventValidationError, match=r"data\.v\[0\]: the integer"):
+            h.client.send("measured", {"v": [2**64]})
+        with pytest.raises(ov.EventValidationError, match=r"data\.v: nan is not a JSON number"):
+            h.client.send("measured", {"v": float("nan")})
+        assert h.client.events() == []
+        # another producer's bytes: a big integer would be rounded by the decoder
+        head = b'{"specversion": "1.0", "source": "/s", "type": "measured", '
+        h.client.send_raw(head + b'"id": "a", "data": {"v": %d}}' % 2**70)
+        # at the edge of 64 bits, and digits inside a string, which are not a number
+        h.client.send_raw(
+            head + b'"id": "b", "data": {"v": %d, "w": "%s"}}' % (2**64 - 1, b"1" * 40)
+        )
+        await h.idle()
+        (letter,) = h.client.dead_letters()
+        assert (
+            letter.source == "decode"
+            and "data.v: the integer 1180591620717411303424" in letter.reason
+        )
+        assert seen == [{"v": 2**64 - 1, "w": "1" * 40}]
+        await h.restart()
+        await h.idle()
+        assert len(h.client.dead_letters()) == 1
