@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -366,9 +367,14 @@ def lossless(raw: bytes | None) -> tuple[str | None, str | None]:
         return base64.b64encode(raw).decode(), "base64"
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def escaped(raw: bytes) -> str:
-    """Bytes for a human: UTF-8 text as it is, other bytes as ``\\xNN`` escapes."""
-    return raw.decode("utf-8", errors="backslashreplace")
+    """Bytes for a human: UTF-8 text as it is, other bytes and control characters
+    (which a terminal would not show, or would obey) as ``\\xNN`` escapes."""
+    text = raw.decode("utf-8", errors="backslashreplace")
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _original(letter: DeadLetter) -> str:
