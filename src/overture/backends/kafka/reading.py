@@ -21,7 +21,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from ...binding import from_record, headers_of
+from ...binding import Read, from_record, headers_of
 from ...errors import BrokerUnavailable
 from ...ports import Record, Wire
 from .settings import KafkaSettings
@@ -55,8 +55,16 @@ def record_of(message: Message, logical: int) -> Record:
     readable event carries the reason (:attr:`Record.error`) for the engine to
     dead-letter it, and the partition goes on."""
     key, value = message.key(), message.value()
-    headers = headers_of(message.headers())
-    read = from_record(key, headers, value)
+    try:
+        headers = headers_of(message.headers())
+    except Exception as exc:
+        # The client decodes header *names* as UTF-8 (Java and Python producers cannot
+        # write others; a raw protocol client could): such a record is dead-lettered,
+        # with its key and value, rather than stop the partition.
+        headers = ()
+        read = Read(value or b"", None, f"the record's headers cannot be read: {exc}")
+    else:
+        read = from_record(key, headers, value)
     kind, millis = message.timestamp()
     # a record without a timestamp (TIMESTAMP_NOT_AVAILABLE) is stamped when read
     stamp = millis / 1000 if kind != TIMESTAMP_NOT_AVAILABLE and millis >= 0 else time.time()
