@@ -6,7 +6,13 @@ a partition, and what the engine cannot use is dead-lettered exactly as it arriv
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -21,7 +27,7 @@ from overture.backends.kafka.broker import KafkaBroker
 from overture.ports import partition_for
 from overture.testing import Harness
 
-from ..conftest import kafka_url
+from ..conftest import REPO_ROOT, kafka_url
 
 LONG_KEY = struct.pack(">q", 1_733_000_000_000)
 """A key as Java's ``LongSerializer`` writes it: 8 raw bytes, here not UTF-8."""
@@ -297,3 +303,57 @@ async def test_structured_and_binary_mode_from_the_cloudevents_sdk_and_by_hand(
             "structured-mode event format 'application/cloudevents+avro'"
         )
         assert letter.value == b"\x00avro" and letter.raw_key == b"a1"
+
+
+def _run(url: str, log: Any) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if k != "OVERTURE_BROKER"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "overture.cli", "run", "examples.orders:app", "--broker", url],
+        cwd=REPO_ROOT,
+        env={**env, "NO_COLOR": "1"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _instances_for(client: ov.Client, ids: set[str], proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while not ids <= {i.trigger_id for i in client.instances()}:
+        assert proc.poll() is None, "overture run exited"
+        assert time.monotonic() < deadline, "the engine did not start the instances"
+        time.sleep(0.1)
+
+
+def test_overture_run_lives_through_a_long_key_and_its_restart(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """The issue as reported: ``overture run`` exited 1 on a ``LongSerializer`` key, and
+    again on every restart. Now both runs go on serving."""
+    url = kafka_url(kafka_bootstrap, partitions=2)
+    order = {"order_id": "o1", "item": "book", "quantity": 1}
+    log_path = tmp_path / "engine.log"
+    with ov.Client(url) as client:
+        broker = client.broker
+        assert isinstance(broker, KafkaBroker)
+        topic = broker.settings.events_topic
+        p = producer(kafka_bootstrap)
+        p.produce(topic, orjson.dumps(order), LONG_KEY, headers=binary("order.placed", "j1", 0))
+        p.produce(topic, b"\xff junk", LONG_KEY, headers=[("x", b"\xfe")])
+        p.flush(10)
+        expected = {"j1"}
+        for run in range(2):  # the second run reads the same records again: no crash
+            with log_path.open("a") as log:
+                proc = _run(url, log)
+            try:
+                good = {**order, "order_id": f"good{run}"}
+                expected.add(client.send("order.placed", good, key=good["order_id"]))
+                _instances_for(client, expected, proc)
+                assert len(client.dead_letters()) == 1
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(timeout=60) == 0, log_path.read_text()
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        assert len(client.instances()) == 3
+    assert "Traceback" not in log_path.read_text()
