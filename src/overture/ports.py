@@ -58,7 +58,7 @@ class Record:
     offset: int
     key: str | None
     """The event's partition key as text: ``None`` for a keyless event (on Kafka also for a
-    record key that is not UTF-8, whose bytes ``wire`` keeps)."""
+    record key that is not text, whose bytes ``wire`` keeps: see ``overture.binding``)."""
     value: bytes
     """The event in CloudEvents structured JSON form (``events.decode`` reads it)."""
     timestamp: float
