@@ -57,7 +57,7 @@ def shop(seen: list[Any]) -> ov.App:
 
 
 def binary(
-    event_type: str, event_id: str, data: Any, *extra: tuple[str, bytes | None]
+    event_type: str, event_id: str, *extra: tuple[str, bytes | None]
 ) -> list[tuple[str, bytes | None]]:
     """Binary-mode headers, as a hand-written producer sets them."""
     return [
@@ -101,13 +101,13 @@ async def test_a_key_that_is_not_text_stops_neither_the_partition_nor_a_restart(
         topic = topic_of(h)
         p = producer(kafka_bootstrap)
         data = orjson.dumps
-        p.produce(topic, data({"order_id": "o1"}), b"o1", headers=binary("order.placed", "e1", 0))
+        p.produce(topic, data({"order_id": "o1"}), b"o1", headers=binary("order.placed", "e1"))
         # a Long key and no partitionkey header: a keyless event (routed by its data)
         p.produce(
             topic,
             data({"order_id": "o2", "quantity": 2}),
             LONG_KEY,
-            headers=binary("order.placed", "e2", 0),
+            headers=binary("order.placed", "e2"),
         )
         # a binary key with the partition key in ce_partitionkey: routed by the header;
         # a header of the application's own that is not UTF-8 is just carried along
@@ -116,17 +116,15 @@ async def test_a_key_that_is_not_text_stops_neither_the_partition_nor_a_restart(
             topic,
             data({"order_id": "o3", "quantity": 3}),
             BINARY_KEY,
-            headers=binary("order.placed", "e3", 0, *extra),
+            headers=binary("order.placed", "e3", *extra),
         )
         # unusable: a value that is not JSON, under a binary key and a binary header
         junk_headers = [("x-trace", b"\xff\xfe"), ("x-null", None)]
         p.produce(topic, b"\xc3\x28 not json", BINARY_KEY, headers=junk_headers)
         # unusable: an attribute header that is not UTF-8
-        bad_type = [
-            (n, b"order.\xffplaced" if n == "ce_type" else v) for n, v in binary("x", "e5", 0)
-        ]
+        bad_type = [(n, b"order.\xffplaced" if n == "ce_type" else v) for n, v in binary("x", "e5")]
         p.produce(topic, data({"order_id": "o5"}), LONG_KEY, headers=bad_type)
-        p.produce(topic, data({"order_id": "o6"}), b"o6", headers=binary("order.placed", "e6", 0))
+        p.produce(topic, data({"order_id": "o6"}), b"o6", headers=binary("order.placed", "e6"))
         p.flush(10)
         await idle(h)
 
@@ -154,7 +152,7 @@ async def test_a_key_that_is_not_text_stops_neither_the_partition_nor_a_restart(
         # a restart reads the same records again from the committed offsets: no crash,
         # nothing twice, and the partition goes on
         await h.restart()
-        p.produce(topic, data({"order_id": "o7"}), NUL_KEY, headers=binary("order.placed", "e7", 0))
+        p.produce(topic, data({"order_id": "o7"}), NUL_KEY, headers=binary("order.placed", "e7"))
         p.flush(10)
         await idle(h)
         assert len(h.client.instances()) == 5 and results(h)["o7"] == ("completed", 1)
@@ -184,7 +182,7 @@ async def test_a_forwarded_record_is_dead_lettered_with_the_bytes_that_arrived(
     h = Harness(shop([]), kafka_url(kafka_bootstrap, partitions=2))
     async with h:
         home = partition_for("o9", 2)
-        headers = binary("order.placed", "e9", 0, ("ce_partitionkey", b"o9"), ("x-b", b"\x80"))
+        headers = binary("order.placed", "e9", ("ce_partitionkey", b"o9"), ("x-b", b"\x80"))
         value = b'{"order_id": "o9", "quantity": "many"}'  # invalid for the contract
         p = producer(kafka_bootstrap)
         p.produce(topic_of(h), value, LONG_KEY, partition=1 - home, headers=headers)
@@ -252,7 +250,7 @@ async def test_structured_and_binary_mode_from_the_cloudevents_sdk_and_by_hand(
         )
         decoy = [
             (name, value)
-            for name, value in binary("note.added", "decoy", 0, ("ce_partitionkey", b"decoy"))
+            for name, value in binary("note.added", "decoy", ("ce_partitionkey", b"decoy"))
             if name != "content-type"
         ]
         headers = [*decoy, *also.headers.items()]  # content-type: the structured one
@@ -337,7 +335,7 @@ def test_overture_run_lives_through_a_long_key_and_its_restart(
         assert isinstance(broker, KafkaBroker)
         topic = broker.settings.events_topic
         p = producer(kafka_bootstrap)
-        p.produce(topic, orjson.dumps(order), LONG_KEY, headers=binary("order.placed", "j1", 0))
+        p.produce(topic, orjson.dumps(order), LONG_KEY, headers=binary("order.placed", "j1"))
         p.produce(topic, b"\xff junk", LONG_KEY, headers=[("x", b"\xfe")])
         p.flush(10)
         expected = {"j1"}
