@@ -110,3 +110,12 @@ def test_other_headers_may_hold_any_bytes_and_null_headers_are_no_attributes() -
     assert read.error is None
     envelope = decode(read.value)
     assert envelope.subject is None and envelope.data == [1]
+
+
+def test_without_cloudevents_headers_a_content_type_is_the_datas() -> None:
+    """The 1.x SDK's ``to_structured`` moves ``datacontenttype`` to ``content-type``."""
+    read = from_record(None, (("content-type", b"application/vnd.x+json"),), STRUCTURED)
+    assert decode(read.value).datacontenttype == "application/vnd.x+json"
+    own = orjson.dumps({**orjson.loads(STRUCTURED), "datacontenttype": "text/json"})
+    read = from_record(None, (("content-type", b"application/vnd.x+json"),), own)
+    assert read.value == own and decode(read.value).datacontenttype == "text/json"

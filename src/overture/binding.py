@@ -14,7 +14,8 @@ the key). Reading, the mode is the binding's:
   ignored, as the CloudEvents SDKs ignore them;
 - otherwise a ``ce_specversion`` header is **binary mode**;
 - a record with neither is read like structured mode (a CloudEvent in JSON from a tool
-  that sets no headers).
+  that sets no headers); a ``content-type`` it has is the data's, where the 1.x SDK's
+  ``to_structured`` puts ``datacontenttype``.
 
 **Keys are bytes.** An event's partition key is its ``partitionkey`` attribute
 (``ce_partitionkey`` in binary mode), else the record key when that is text: UTF-8 and a
@@ -139,12 +140,15 @@ def from_record(key: bytes | None, headers: Headers | None, value: bytes | None)
             )
         return _structured(text_key, value)
     if "specversion" not in attributes:
-        return _structured(text_key, value)
+        # No CloudEvents headers: a content-type is the data's, as the 1.x SDK's
+        # to_structured writes it (and its from_structured reads it back)
+        return _structured(text_key, value, content_type)
     return _binary(text_key, attributes, content_type, value)
 
 
-def _structured(key: str | None, value: bytes | None) -> Read:
-    """The value is the event; the record key is its partition key unless it has one."""
+def _structured(key: str | None, value: bytes | None, content_type: str | None = None) -> Read:
+    """The value is the event; the record key is its partition key unless it has one
+    (and ``content_type`` its ``datacontenttype``)."""
     if value is None:
         return Read(b"", key, "the record has no value (a tombstone), so it holds no event")
     try:
@@ -153,15 +157,20 @@ def _structured(key: str | None, value: bytes | None) -> Read:
         return Read(value, key)  # decoding it reports where the value breaks
     if not isinstance(event, dict) or not event:
         return Read(value, key)
+    added: dict[str, str] = {}
     if "partitionkey" in event:
         own = event["partitionkey"]
-        return Read(value, None if own is None else str(own))
-    if key is None:
-        return Read(value, None)
+        key = None if own is None else str(own)
+    elif key is not None:
+        added["partitionkey"] = key
+    if content_type is not None and "datacontenttype" not in event:
+        added["datacontenttype"] = content_type
+    if not added:
+        return Read(value, key)
     # Spliced in before the first member, not re-serialized: the rest keeps its bytes
     # (numbers included) exactly as the producer wrote them.
     body = value.lstrip()[1:]
-    return Read(b'{"partitionkey":' + orjson.dumps(key) + b"," + body, key)
+    return Read(orjson.dumps(added)[:-1] + b"," + body, key)
 
 
 def _binary(
