@@ -406,7 +406,10 @@ async def test_validator_error_on_raw_input_is_dead_lettered(harness: Factory) -
         assert seen == ["y"]  # good input still flows
         (letter,) = h.client.dead_letters()
         assert letter.source == "validate"
-        assert letter.value == encode(bad)
+        if letter.headers is None:
+            assert letter.value == encode(bad)
+        else:  # Kafka keeps the record as the client wrote it: binary mode, data as value
+            assert letter.value == b'{"tag_id":"t1","name":["X"]}' and letter.raw_key == b"t1"
         assert "AttributeError" in letter.reason
 
 

@@ -285,6 +285,9 @@ class Client:
                 if not records:
                     break
                 for rec in records:
+                    if rec.error is not None:  # the log could not make an event of it
+                        yield LoggedEvent(part, rec.offset, None, rec.value, rec.error)
+                        continue
                     try:
                         yield LoggedEvent(part, rec.offset, decode(rec.value), rec.value)
                     except MalformedEvent as error:

@@ -15,6 +15,21 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+Headers = tuple[tuple[str, bytes | None], ...]
+"""A Kafka record's headers, in order (a name may repeat; a value may be null)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Wire:
+    """A record exactly as it arrived, for a log whose records are not the events' own
+    structured form (Kafka: the record's key, headers and value bytes, from which the log
+    made the structured event the engine reads). Dead letters keep it, and an event
+    forwarded to another partition travels as it, byte for byte."""
+
+    key: bytes | None
+    headers: Headers
+    value: bytes | None
+
 
 @dataclass(frozen=True, slots=True)
 class NewRecord:
@@ -30,6 +45,9 @@ class NewRecord:
     """A re-keyed event on its way to the partition of its key: the Kafka backend sends it
     through the internal topic; the other logs, whose engines own every partition, never
     see one."""
+    wire: Wire | None = None
+    """The record as it first arrived (a re-keyed Kafka record): sent as it is, to the
+    partition of ``key``, instead of ``value`` in binary mode."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +57,16 @@ class Record:
     partition: int
     offset: int
     key: str | None
+    """The event's partition key as text: ``None`` for a keyless event (on Kafka also for a
+    record key that is not text, whose bytes ``wire`` keeps: see ``overture.binding``)."""
     value: bytes
+    """The event in CloudEvents structured JSON form (``events.decode`` reads it)."""
     timestamp: float
+    wire: Wire | None = None
+    """The record as it arrived, when the log translated it into ``value`` (Kafka)."""
+    error: str | None = None
+    """Why the log could not translate the record into an event, in terms of the bytes
+    that arrived (``wire``); the engine dead-letters such a record with this reason."""
 
 
 def partition_for(key: str | None, partitions: int, fallback: int = 0) -> int:
@@ -142,9 +168,18 @@ class DeadLetter:
     source: str  # "decode" | "route" | "handler:<name>"
     event_type: str | None
     key: str | None
+    """The event's partition key as text, if it has one (where a replay request goes)."""
     value: bytes
+    """The bytes as they arrived: for a record a Kafka log translated (``headers`` set) the
+    record's value (empty for a null value); else the event's structured form (for a
+    handler's letter: the event the handler was given)."""
     partition: int | None = None
     offset: int | None = None
+    raw_key: bytes | None = None
+    """The Kafka record's key as it arrived (any bytes), or ``None``."""
+    headers: Headers | None = None
+    """The Kafka record's headers as they arrived; ``None`` when ``value`` is the event's
+    structured form (every letter of the other logs, and handler letters)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from overture.backends import open_broker
+from overture.backends.kafka.changelog import records_of, restore
 from overture.errors import ConfigError, EngineBusy
 from overture.ports import (
     Batch,
@@ -372,3 +373,76 @@ def test_sqlite_keeps_its_partition_count_and_rejects_garbage(tmp_path: Path) ->
         open_broker(f"sqlite:///{tmp_path}/missing/dir/x.db")
     with pytest.raises(ConfigError, match="unknown broker URL"):
         open_broker("postgres://x")
+
+
+KAFKA_LETTER = DeadLetter(
+    "1:7",
+    4.5,
+    "not JSON: unexpected character: line 1 column 1 (char 0)",
+    0,
+    "decode",
+    None,
+    None,
+    b"\xc3\x28\x00 junk",
+    1,
+    7,
+    raw_key=b"\xff\x00\xfe",
+    headers=(
+        ("ce_type", b"order.\xffplaced"),
+        ("x-null", None),
+        ("x-empty", b""),
+        ("dup", b"1"),
+        ("dup", b"2"),
+    ),
+)
+"""A dead letter of a Kafka record: key, headers and value as they arrived, not UTF-8."""
+PLAIN_LETTER = DeadLetter("0:3", 5.0, "not JSON", 0, "decode", None, "k", b"\x80\x00", 0, 3)
+
+
+def test_dead_letters_keep_the_bytes_that_arrived(broker: Broker) -> None:
+    """Record key, headers (order, repeats, null values) and value, byte for byte."""
+    batch = Batch("g")
+    batch.dead_letters = {KAFKA_LETTER.id: KAFKA_LETTER, PLAIN_LETTER.id: PLAIN_LETTER}
+    broker.store.commit(batch)
+    assert broker.store.dead_letters() == [KAFKA_LETTER, PLAIN_LETTER]
+    assert broker.store.dead_letter(KAFKA_LETTER.id) == KAFKA_LETTER
+    assert broker.store.dead_letter(PLAIN_LETTER.id) == PLAIN_LETTER
+
+
+def test_the_kafka_changelog_keeps_the_bytes_of_dead_letters() -> None:
+    batch = Batch("g")
+    batch.dead_letters = {KAFKA_LETTER.id: KAFKA_LETTER, PLAIN_LETTER.id: PLAIN_LETTER}
+    assert restore(records_of(batch)).dead_letters() == [KAFKA_LETTER, PLAIN_LETTER]
+    # a letter written before raw_key and headers existed (ten fields) still restores
+    old = (b'["d","0:1"]', orjson.dumps(["0:1", 1.0, "bad", 0, "decode", None, "k", "Pw==", 0, 1]))
+    (letter,) = restore([old]).dead_letters()
+    assert letter == DeadLetter("0:1", 1.0, "bad", 0, "decode", None, "k", b"?", 0, 1)
+
+
+def test_a_database_from_before_raw_keys_and_headers_opens_and_keeps_its_letters(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.db"
+    open_broker(f"sqlite:///{path}").close()
+    conn = sqlite3.connect(path)  # the dlq table as it was
+    conn.executescript(
+        """
+        DROP TABLE dlq;
+        CREATE TABLE dlq(
+          id TEXT PRIMARY KEY, created REAL NOT NULL, reason TEXT NOT NULL,
+          attempts INTEGER NOT NULL, source TEXT NOT NULL, etype TEXT, key TEXT,
+          value BLOB NOT NULL, part INTEGER, off INTEGER);
+        INSERT INTO dlq VALUES ('0:1', 1.0, 'bad', 0, 'decode', NULL, 'k', X'3F', 0, 1);
+        """
+    )
+    conn.close()
+    broker = open_broker(f"sqlite:///{path}")
+    try:
+        old = DeadLetter("0:1", 1.0, "bad", 0, "decode", None, "k", b"?", 0, 1)
+        assert broker.store.dead_letters() == [old]
+        batch = Batch("g")
+        batch.dead_letters[KAFKA_LETTER.id] = KAFKA_LETTER
+        broker.store.commit(batch)
+        assert broker.store.dead_letters() == [old, KAFKA_LETTER]
+    finally:
+        broker.close()

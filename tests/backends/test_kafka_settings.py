@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from overture.backends.kafka.codec import from_binary, to_binary
 from overture.backends.kafka.settings import client_properties, parse
+from overture.binding import from_record, to_binary
 from overture.errors import ConfigError
 from overture.events import Envelope, decode, encode
 
@@ -84,10 +84,10 @@ def test_binary_mode_round_trip_is_byte_for_byte() -> None:
     key, headers, value = to_binary(encode(event))
     assert key == "o1" and value == b'{"order_id":"o1","n":[1,2]}'
     assert dict(headers or [])["ce_type"] == b"order.placed"
-    assert from_binary(b"o1", headers, value) == encode(event)
+    assert from_record(b"o1", tuple(headers or ()), value) == (encode(event), "o1", None)
     # the record key stands in for a missing ce_partitionkey header
     without = [(n, v) for n, v in headers or [] if n != "ce_partitionkey"]
-    assert decode(from_binary(b"other", without, value)).partitionkey == "other"
+    assert decode(from_record(b"other", tuple(without), value).value).partitionkey == "other"
     # bytes that are no binary-mode event pass through (and are dead-lettered later)
     assert to_binary(b"{garbage") == (None, None, b"{garbage")
-    assert from_binary(None, None, b"{garbage") == b"{garbage"
+    assert from_record(None, None, b"{garbage") == (b"{garbage", None, None)

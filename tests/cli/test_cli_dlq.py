@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -44,6 +45,29 @@ async def test_dlq_list_shows_a_malformed_record(invoke: Invoke, url: str) -> No
 
     table = ok(invoke("dlq", "list"))
     assert letter["id"] in table and "decode" in table and "not json" in table
+
+
+async def test_dlq_and_events_json_give_back_bytes_that_are_not_text(
+    invoke: Invoke, url: str
+) -> None:
+    raw = b"\xff\xfe\x00 not json \xe2\x80"
+    async with Harness(ov.App("empty"), url) as h:
+        h.client.send_raw(raw, key="k1")
+        await h.idle()
+
+    out = ok(invoke("dlq", "list", "--json"))
+    assert "\ufffd" not in out  # no replacement characters
+    [letter] = [json.loads(line) for line in out.splitlines()]
+    assert letter["value_encoding"] == "base64"
+    assert base64.b64decode(letter["value"]) == raw
+    if url.startswith("kafka:"):  # the record as it arrived: key and (no) headers too
+        assert (letter["record_key"], letter["record_key_encoding"]) == ("k1", "utf-8")
+        assert letter["headers"] == []
+    else:
+        assert letter["record_key"] is None and letter["headers"] is None
+    assert "\\xff\\xfe\\x00 not json \\xe2\\x80" in ok(invoke("dlq", "list"))
+    [event] = [json.loads(line) for line in ok(invoke("events", "--json")).splitlines()]
+    assert event["raw_encoding"] == "base64" and base64.b64decode(event["raw"]) == raw
 
 
 def test_empty_dlq(invoke: Invoke, url: str) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from ..binding import dump_headers, load_headers
 from ..errors import ConfigError, EngineBusy
 from ..ports import (
     Batch,
@@ -82,8 +83,11 @@ CREATE TABLE IF NOT EXISTS inbox(
 CREATE INDEX IF NOT EXISTS inbox_by_instance ON inbox(instance_id, received);
 CREATE TABLE IF NOT EXISTS dlq(
   id TEXT PRIMARY KEY, created REAL NOT NULL, reason TEXT NOT NULL, attempts INTEGER NOT NULL,
-  source TEXT NOT NULL, etype TEXT, key TEXT, value BLOB NOT NULL, part INTEGER, off INTEGER);
+  source TEXT NOT NULL, etype TEXT, key TEXT, value BLOB NOT NULL, part INTEGER, off INTEGER,
+  raw_key BLOB, headers TEXT);
 """
+_DLQ_ADDED = (("raw_key", "BLOB"), ("headers", "TEXT"))
+"""Columns of ``dlq`` that databases written before them lack (added on open)."""
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -151,6 +155,10 @@ class SqliteBroker:
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
+        have = {row[1] for row in conn.execute("PRAGMA table_info(dlq)")}
+        for column, kind in _DLQ_ADDED:
+            if column not in have:  # a database from before the column
+                conn.execute(f"ALTER TABLE dlq ADD COLUMN {column} {kind}")
         conn.execute("INSERT OR IGNORE INTO meta VALUES('partitions', ?)", (str(partitions),))
         conn.execute("INSERT OR IGNORE INTO meta VALUES('format', '1')")
 
@@ -435,6 +443,8 @@ class SqliteBroker:
                 d.value,
                 d.partition,
                 d.offset,
+                d.raw_key,
+                None if d.headers is None else dump_headers(d.headers),
             ),
         )
 
@@ -549,11 +559,11 @@ class SqliteBroker:
         ]
 
     def dead_letters(self) -> list[DeadLetter]:
-        return [DeadLetter(*r) for r in self._query("SELECT * FROM dlq ORDER BY created, id")]
+        return [_dead_letter(r) for r in self._query(f"{_DLQ_SELECT} ORDER BY created, id")]
 
     def dead_letter(self, dead_letter_id: str) -> DeadLetter | None:
-        rows = self._query("SELECT * FROM dlq WHERE id = ?", (dead_letter_id,))
-        return DeadLetter(*rows[0]) if rows else None
+        rows = self._query(f"{_DLQ_SELECT} WHERE id = ?", (dead_letter_id,))
+        return _dead_letter(rows[0]) if rows else None
 
     # -- Broker -------------------------------------------------------------------------
 
@@ -630,6 +640,17 @@ def _wait_fields(w: WaitRow) -> list[Any]:
 
 def _inbox_fields(r: InboxRow, raw: Callable[[bytes], Any]) -> list[Any]:
     return [r.id, r.instance_id, r.event_type, r.key, raw(r.value), r.received]
+
+
+_DLQ_SELECT = (
+    "SELECT id, created, reason, attempts, source, etype, key, value, part, off, raw_key, "
+    "headers FROM dlq"
+)
+
+
+def _dead_letter(r: Sequence[Any]) -> DeadLetter:
+    headers = None if r[11] is None else load_headers(r[11])
+    return DeadLetter(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], headers)
 
 
 class _NotCarried(Exception):

@@ -6,7 +6,9 @@ what ``--json`` prints, one object per line, so scripts can use ``jq`` on them.
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -290,14 +292,11 @@ def _line_style(text: str) -> str:
 
 def event_dict(event: LoggedEvent) -> dict[str, Any]:
     """The ``--json`` form: the CloudEvent structured form plus its log position (or, for
-    an undecodable record, the error and the raw bytes as text)."""
+    an undecodable record, the error and the raw bytes, lossless: see :func:`lossless`)."""
     position = {"partition": event.partition, "offset": event.offset}
     if event.envelope is None:
-        return {
-            **position,
-            "error": event.error,
-            "raw": event.raw.decode("utf-8", errors="replace"),
-        }
+        raw, encoding = lossless(event.raw)
+        return {**position, "error": event.error, "raw": raw, "raw_encoding": encoding}
     return {**position, **event.envelope.to_dict()}
 
 
@@ -318,7 +317,7 @@ def events_table(events: Iterable[LoggedEvent]) -> Table:
 def event_cells(event: LoggedEvent) -> tuple[str, str, str, str | Text, str, str, str | Text]:
     env = event.envelope
     if env is None:
-        preview = event.raw.decode("utf-8", errors="replace")
+        preview = escaped(event.raw)
         return (
             str(event.partition),
             str(event.offset),
@@ -356,8 +355,12 @@ def event_line(event: LoggedEvent) -> Text:
 
 
 def dead_letter_dict(letter: DeadLetter) -> dict[str, Any]:
-    """The ``--json`` form of a dead letter (original bytes decoded as UTF-8 text)."""
-    return {
+    """The ``--json`` form of a dead letter. Its bytes are lossless: each bytes field is
+    text when it is UTF-8 and base64 otherwise, with an ``…_encoding`` (``"utf-8"`` or
+    ``"base64"``) that says which. ``record_key`` and ``headers`` (a list of
+    ``{"name", "value", "encoding"}``) are the Kafka record's as it arrived, ``null`` for
+    the other logs (whose ``value`` is the event itself)."""
+    out: dict[str, Any] = {
         "id": letter.id,
         "created": datetime.fromtimestamp(letter.created, UTC).isoformat(),
         "source": letter.source,
@@ -367,8 +370,47 @@ def dead_letter_dict(letter: DeadLetter) -> dict[str, Any]:
         "key": letter.key,
         "partition": letter.partition,
         "offset": letter.offset,
-        "value": letter.value.decode("utf-8", errors="replace"),
     }
+    out["value"], out["value_encoding"] = lossless(letter.value)
+    out["record_key"], out["record_key_encoding"] = lossless(letter.raw_key)
+    out["headers"] = None
+    if letter.headers is not None:
+        out["headers"] = [
+            dict(zip(("name", "value", "encoding"), (name, *lossless(value)), strict=True))
+            for name, value in letter.headers
+        ]
+    return out
+
+
+def lossless(raw: bytes | None) -> tuple[str | None, str | None]:
+    """(text, encoding) of bytes for JSON: UTF-8 text as it is, anything else base64."""
+    if raw is None:
+        return None, None
+    try:
+        return raw.decode(), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(raw).decode(), "base64"
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def escaped(raw: bytes) -> str:
+    """Bytes for a human: UTF-8 text as it is, other bytes and control characters
+    (which a terminal would not show, or would obey) as ``\\xNN`` escapes."""
+    text = raw.decode("utf-8", errors="backslashreplace")
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _original(letter: DeadLetter) -> str:
+    """What arrived: the value, and for a Kafka record also its key and headers."""
+    if letter.headers is None:
+        return escaped(letter.value)
+    key = "(none)" if letter.raw_key is None else escaped(letter.raw_key)
+    headers = ", ".join(
+        f"{name}={'(null)' if value is None else escaped(value)}" for name, value in letter.headers
+    )
+    return f"record key: {key}\nheaders: {headers or '(none)'}\nvalue: {escaped(letter.value)}"
 
 
 def dead_letters_table(letters: Iterable[DeadLetter]) -> Table:
@@ -391,7 +433,7 @@ def dead_letters_table(letters: Iterable[DeadLetter]) -> Table:
                 str(letter.attempts),
                 letter.event_type or "",
                 letter.key or "",
-                letter.value.decode("utf-8", errors="replace"),
+                _original(letter),
             )
         )
     return table

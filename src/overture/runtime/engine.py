@@ -20,6 +20,7 @@ from typing import Any
 
 from .. import protocol
 from ..app import App, ProcessDef
+from ..binding import from_record
 from ..core import machine as m
 from ..core.correlation import WaitIndex
 from ..core.timers import WorkQueue
@@ -34,6 +35,7 @@ from ..ports import (
     NewRecord,
     Record,
     WaitRow,
+    Wire,
     WorkRow,
 )
 from . import gcpolicy
@@ -333,6 +335,8 @@ class Engine(WorkRunner):
     # -- routing events ----------------------------------------------------------------------
 
     def _decode(self, record: Record) -> Envelope | MalformedEvent:
+        if record.error is not None:  # the log could not make an event of what arrived
+            return MalformedEvent(record.error)
         try:
             return decode(record.value)
         except MalformedEvent as error:
@@ -377,7 +381,7 @@ class Engine(WorkRunner):
             # forward it there, atomically with this batch's offsets
             assert self._pending is not None
             self._pending.batch.appends.append(
-                NewRecord(key, record.value, None, envelope.type, internal=True)
+                NewRecord(key, record.value, None, envelope.type, internal=True, wire=record.wire)
             )
             self.stats["rekeyed"] += 1
             return
@@ -767,6 +771,9 @@ class Engine(WorkRunner):
             except MalformedEvent:
                 envelope = None
         value = record.value if record is not None else (payload or b"")
+        wire = record.wire if record is not None else None
+        if wire is not None:  # keep the record as it arrived, not its structured form
+            value = wire.value or b""
         letter = DeadLetter(
             dl_id,
             now,
@@ -778,6 +785,8 @@ class Engine(WorkRunner):
             value,
             record.partition if record else None,
             record.offset if record else None,
+            None if wire is None else wire.key,
+            None if wire is None else wire.headers,
         )
         self._pending.batch.dead_letters[dl_id] = letter
         log.warning("dead-lettered %s (%s): %s", dl_id, source, reason)
@@ -812,10 +821,19 @@ class Engine(WorkRunner):
             row = WorkRow(dl_id, "handler", now, 1, None, None, handler.name, letter.value)
             self._put_work(row, start_now=True)
         else:
-            record = Record(
-                letter.partition or 0, letter.offset or 0, letter.key, letter.value, now
-            )
-            self._route(record, now)
+            self._route(_record_of(letter, now), now)
+
+
+def _record_of(letter: DeadLetter, now: float) -> Record:
+    """The record a dead letter was made of, read again: one kept as it arrived on Kafka
+    (``headers`` set) goes through the CloudEvents binding again, so a replay sees what
+    a fresh delivery of those bytes would."""
+    partition, offset = letter.partition or 0, letter.offset or 0
+    if letter.headers is None:
+        return Record(partition, offset, letter.key, letter.value, now)
+    wire = Wire(letter.raw_key, letter.headers, letter.value)
+    read = from_record(wire.key, wire.headers, wire.value)
+    return Record(partition, offset, read.key, read.value, now, wire, read.error)
 
 
 def _position(record: Record) -> str:

@@ -31,9 +31,8 @@ from ...ports import (
 )
 from ..memory import MemoryState
 from .changelog import restore
-from .codec import from_binary
 from .group import Membership, PartitionBroker
-from .reading import high_watermarks, position, read_changelog, read_to_end, reader
+from .reading import high_watermarks, read_changelog, read_to_end, reader, record_of
 from .settings import KafkaSettings, parse
 from .topics import ensure_topics
 from .writing import produce_record
@@ -193,21 +192,12 @@ class KafkaLog:
         with self._lock:
             if self._reader is None:
                 self._reader = reader(self._settings, "client")
-            out = []
-            for message in read_to_end(
-                self._reader, self._settings.events_topic, {partition: offset}, limit=limit
-            ):
-                key = message.key()
-                out.append(
-                    Record(
-                        partition,
-                        position(message)[1],
-                        None if key is None else key.decode(),
-                        from_binary(key, message.headers(), message.value()),
-                        message.timestamp()[1] / 1000,
-                    )
+            return [
+                record_of(message, partition)
+                for message in read_to_end(
+                    self._reader, self._settings.events_topic, {partition: offset}, limit=limit
                 )
-            return out
+            ]
 
     def end_offset(self, partition: int) -> int:
         with self._lock:

@@ -34,6 +34,22 @@ def _unb64(text: str | None) -> bytes | None:
     return None if text is None else base64.b64decode(text)
 
 
+_DL_VALUE = DeadLetter.__slots__.index("value")
+_DL_RAW_KEY = DeadLetter.__slots__.index("raw_key")
+_DL_HEADERS = DeadLetter.__slots__.index("headers")
+
+
+def _dead_letter_fields(fields: list[Any]) -> list[Any]:
+    """A dead letter's changelog fields decoded; a record written before ``raw_key`` and
+    ``headers`` existed has fewer fields, and the letter gets their defaults."""
+    fields[_DL_VALUE] = _unb64(fields[_DL_VALUE])
+    if len(fields) > _DL_RAW_KEY:
+        fields[_DL_RAW_KEY] = _unb64(fields[_DL_RAW_KEY])
+    if len(fields) > _DL_HEADERS and fields[_DL_HEADERS] is not None:
+        fields[_DL_HEADERS] = tuple((n, _unb64(v)) for n, v in fields[_DL_HEADERS])
+    return fields
+
+
 def records_of(batch: Batch) -> list[ChangelogRecord]:
     """The changelog records of one partition's batch (its appends are not state)."""
     dumps = orjson.dumps
@@ -71,7 +87,10 @@ def records_of(batch: Batch) -> list[ChangelogRecord]:
         value = None
         if letter is not None:
             fields = [getattr(letter, f) for f in DeadLetter.__slots__]
-            fields[DeadLetter.__slots__.index("value")] = _b64(letter.value)
+            fields[_DL_VALUE] = _b64(letter.value)
+            fields[_DL_RAW_KEY] = _b64(letter.raw_key)
+            if letter.headers is not None:
+                fields[_DL_HEADERS] = [[n, _b64(v)] for n, v in letter.headers]
             value = dumps(fields)
         out.append((dumps(["d", dl_id]), value))
     return out
@@ -111,10 +130,8 @@ def restore(records: Iterable[ChangelogRecord], state: MemoryState | None = None
                 value[4] = _unb64(value[4])
             batch.inbox[key[1]] = None if value is None else InboxRow(*value)
         elif kind == "d":
-            if value is not None:
-                index = DeadLetter.__slots__.index("value")
-                value[index] = _unb64(value[index])
-            batch.dead_letters[key[1]] = None if value is None else DeadLetter(*value)
+            letter = None if value is None else DeadLetter(*_dead_letter_fields(value))
+            batch.dead_letters[key[1]] = letter
     chunks.sort(key=lambda c: (c[0], c[1]))
     batch.journal = chunks
     state.apply(batch)

@@ -52,8 +52,7 @@ from ...errors import BrokerUnavailable, ConfigError, Fenced
 from ...ports import Batch, NewRecord, Record
 from ..memory import MemoryState
 from .changelog import records_of, restore
-from .codec import from_binary
-from .reading import read_changelog, reader
+from .reading import read_changelog, reader, record_of
 from .settings import KafkaSettings
 from .writing import produce_record, send
 
@@ -309,10 +308,7 @@ class Membership:
                 self._error(error)
             return
         lp = self._logical(topic, partition)
-        stamp = message.timestamp()[1] / 1000
-        key = message.key()
-        value = from_binary(key, message.headers(), message.value())
-        record = Record(lp, offset, None if key is None else key.decode(), value, stamp)
+        record = record_of(message, lp)
         with self._lock:
             buffer = self._buffers.get(lp)
             if buffer is None or lp not in self._fetched:

@@ -12,9 +12,18 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
+from ...binding import Read, from_record, headers_of
 from ...errors import BrokerUnavailable
+from ...ports import Record, Wire
 from .settings import KafkaSettings
 
 READ_TIMEOUT = 30.0
@@ -38,6 +47,32 @@ def position(message: Message) -> tuple[int, int]:
     partition, offset = message.partition(), message.offset()
     assert partition is not None and offset is not None
     return partition, offset
+
+
+def record_of(message: Message, logical: int) -> Record:
+    """A fetched events-topic message as the engine reads it (logical partition
+    ``logical``), its bytes kept as they arrived. Never raises: a record that is no
+    readable event carries the reason (:attr:`Record.error`) for the engine to
+    dead-letter it, and the partition goes on."""
+    key, value = message.key(), message.value()
+    try:
+        headers = headers_of(message.headers())
+    except Exception as exc:
+        # The client decodes header *names* as UTF-8 (Java and Python producers cannot
+        # write others; a raw protocol client could): such a record is dead-lettered,
+        # with its key and value, rather than stop the partition.
+        headers = ()
+        read = Read(value or b"", None, f"the record's headers cannot be read: {exc}")
+    else:
+        read = from_record(key, headers, value)
+    kind, millis = message.timestamp()
+    # a record without a timestamp (TIMESTAMP_NOT_AVAILABLE) is stamped when read
+    stamp = millis / 1000 if kind != TIMESTAMP_NOT_AVAILABLE and millis >= 0 else time.time()
+    offset = message.offset()
+    assert offset is not None
+    return Record(
+        logical, offset, read.key, read.value, stamp, Wire(key, headers, value), read.error
+    )
 
 
 def reader(settings: KafkaSettings, name: str, *, committed: bool = True) -> Consumer:

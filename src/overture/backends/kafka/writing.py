@@ -11,8 +11,8 @@ from typing import Any
 
 from confluent_kafka import Producer
 
+from ...binding import to_binary
 from ...ports import NewRecord, partition_for
-from .codec import to_binary
 
 
 def produce_record(
@@ -23,16 +23,26 @@ def produce_record(
     fallback: int,
     on_delivery: Callable[[Any, Any], None] | None = None,
 ) -> None:
-    """Send ``record`` in binary mode to its partition: ``record.partition`` if set, else
-    its key's (``fallback`` spreads keyless records)."""
-    key, headers, value = to_binary(record.value)
+    """Send ``record`` to its partition: ``record.partition`` if set, else its key's
+    (``fallback`` spreads keyless records); in binary mode, or, for a record that keeps
+    what first arrived (``record.wire``: a re-keyed event), as those very bytes."""
+    wire = record.wire
+    if wire is not None:
+        if record.partition is not None:
+            partition = record.partition % partitions
+        else:
+            partition = partition_for(record.key, partitions, fallback)
+        headers = list(wire.headers)
+        send(producer, topic, wire.value, wire.key, partition, headers, on_delivery)
+        return
+    key, binary, value = to_binary(record.value)
     key = record.key if record.key is not None else key
     if record.partition is not None:
         partition = record.partition % partitions
     else:
         partition = partition_for(key, partitions, fallback)
     encoded = None if key is None else key.encode()
-    send(producer, topic, value, encoded, partition, headers, on_delivery)
+    send(producer, topic, value, encoded, partition, binary, on_delivery)
 
 
 def send(
