@@ -9,7 +9,6 @@ exactly as it should and every emitted event must exist exactly once.
 from __future__ import annotations
 
 import signal
-import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 import overture as ov
 
 from ..conftest import kafka_url
-from .app import JobRequested
+from .app import JobRequested, create_effects
 from .test_kafka_kill9 import completed, wait_for
 from .test_kill9 import JOBS, assert_all_done, start_engine
 
@@ -29,9 +28,7 @@ def test_a_frozen_member_is_fenced_when_it_wakes(tmp_path: Path, kafka_bootstrap
     url = kafka_url(kafka_bootstrap, partitions=4)
     effects = tmp_path / "effects.db"
     log = tmp_path / "engines.log"
-    with sqlite3.connect(effects) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("CREATE TABLE effects(kind TEXT, job TEXT)")
+    create_effects(effects)
 
     with ov.Client(url) as client:
         engines = [start_engine(url, effects, log, 10_000), start_engine(url, effects, log, 0)]
