@@ -30,13 +30,20 @@ from . import stats
 
 TITLES = {
     "w1": "W1 order process",
+    "w1sync": "W1-sync (def steps)",
     "w2": "W2 wait for event",
     "w3": "W3 fan-out (3 handlers+1)",
     "baseline": "raw sqlite3 (W1 rows)",
     "w4": "W4 timers",
     "m1": "M1 waiting instances",
 }
-UNITS = {"w1": "inst/s", "w2": "events/s", "w3": "events/s", "baseline": "inst/s"}
+UNITS = {
+    "w1": "inst/s",
+    "w1sync": "inst/s",
+    "w2": "events/s",
+    "w3": "events/s",
+    "baseline": "inst/s",
+}
 RESOURCE_WORKLOADS = ("w4", "m1")  # their own table: lateness, CPU and memory
 
 
