@@ -36,6 +36,7 @@ async def serve(
     *,
     cache_size: int,
     batch_size: int,
+    threads: int = 16,
     partitions: int | None,
     grace: float = 5.0,
 ) -> None:
@@ -52,7 +53,7 @@ async def serve(
     """
     broker = await _open(url, partitions)
     try:
-        host = Host(app, broker, cache_size=cache_size, batch_size=batch_size)
+        host = Host(app, broker, cache_size=cache_size, batch_size=batch_size, threads=threads)
         await host.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
