@@ -18,7 +18,7 @@ from . import profiling, report
 from .measure import Options
 from .runner import run_unit
 
-WORKLOADS = ("w1", "w1sync", "w2", "w3", "w4", "m1", "baseline")
+WORKLOADS = ("w1", "w1sync", "w1inline", "w2", "w3", "w4", "m1", "baseline")
 BACKENDS = ("memory", "sqlite")
 
 NOTES = [
@@ -95,7 +95,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-MODES = {"w1": ("load", "drain", "serial"), "w1sync": ("load", "drain"), "w2": ("load", "serial")}
+MODES = {
+    "w1": ("load", "drain", "serial"),
+    "w1sync": ("load", "drain"),
+    "w1inline": ("load", "drain"),
+    "w2": ("load", "serial"),
+}
 
 
 def instances(args: argparse.Namespace, workload: str) -> int:

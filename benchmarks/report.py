@@ -31,6 +31,7 @@ from . import stats
 TITLES = {
     "w1": "W1 order process",
     "w1sync": "W1-sync (def steps)",
+    "w1inline": "W1-inline (def, inline)",
     "w2": "W2 wait for event",
     "w3": "W3 fan-out (3 handlers+1)",
     "baseline": "raw sqlite3 (W1 rows)",
@@ -40,6 +41,7 @@ TITLES = {
 UNITS = {
     "w1": "inst/s",
     "w1sync": "inst/s",
+    "w1inline": "inst/s",
     "w2": "events/s",
     "w3": "events/s",
     "baseline": "inst/s",

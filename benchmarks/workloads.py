@@ -4,7 +4,7 @@ W1 (order process): each ``order.placed`` starts ``fulfil``, which runs three se
 trivial async steps and completes.
 
 W1-sync: the same process with plain ``def`` steps (run in the engine's thread pool), as
-most users write them.
+most users write them. W1-inline: those ``def`` steps declared ``inline=True``.
 
 W2 (wait for event): each ``order.placed`` starts ``await_payment``, which waits for the
 ``payment.received`` event with the order's id as correlation key, then completes.
@@ -81,20 +81,31 @@ def ship_sync(order_id: str) -> str:
     return f"trk-{order_id}"
 
 
-def w1sync_app() -> ov.App:
-    """W1-sync: W1 with plain ``def`` steps, each run in the engine's thread pool."""
+def _w1_def_steps(inline: bool) -> ov.App:
     app = ov.App("bench-w1")
 
     @app.process(trigger=OrderPlaced, key="order_id")
     async def fulfil(ctx: ov.Context, order: OrderPlaced) -> dict[str, str]:
-        in_stock: bool = await ctx.step(check_inventory_sync, order.item, order.quantity)
+        in_stock: bool = await ctx.step(
+            check_inventory_sync, order.item, order.quantity, inline=inline
+        )
         if not in_stock:
             return {"outcome": "out_of_stock"}
-        receipt: str = await ctx.step(charge_sync, order.order_id, order.quantity)
-        tracking: str = await ctx.step(ship_sync, order.order_id)
+        receipt: str = await ctx.step(charge_sync, order.order_id, order.quantity, inline=inline)
+        tracking: str = await ctx.step(ship_sync, order.order_id, inline=inline)
         return {"outcome": "shipped", "receipt": receipt, "tracking": tracking}
 
     return app
+
+
+def w1sync_app() -> ov.App:
+    """W1-sync: W1 with plain ``def`` steps, each run in the engine's thread pool."""
+    return _w1_def_steps(inline=False)
+
+
+def w1inline_app() -> ov.App:
+    """W1-inline: the same ``def`` steps declared ``inline=True`` (the engine's thread)."""
+    return _w1_def_steps(inline=True)
 
 
 def w2_app() -> ov.App:
@@ -199,6 +210,7 @@ def m1_app() -> ov.App:
 APPS: dict[str, Callable[[], ov.App]] = {
     "w1": w1_app,
     "w1sync": w1sync_app,
+    "w1inline": w1inline_app,
     "w2": w2_app,
     "w3": w3_app,
     "w4": w4_app,

@@ -51,3 +51,22 @@ def test_quick_w3_w4_m1_memory_report_their_metrics(tmp_path: Path) -> None:
     assert median["w4"]["due_mismatch_max_ms"] < 1
     assert median["m1"]["rss_mb"] > 0 and median["m1"]["start_rate"] > 0
     assert median["m1"]["cached_instances"] == 500
+
+
+def test_quick_w1_sync_and_inline_memory_report_throughput(tmp_path: Path) -> None:
+    """W1 with def steps (thread pool) and with inline def steps, side by side."""
+    out = tmp_path / "bench.json"
+    args = ["--quick", "--workloads", "w1sync,w1inline", "--backends", "memory"]
+    args += ["-n", "200", "--json", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args, "--dir", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(out.read_text())
+    runs = {(r["workload"], r["mode"]): r["median"] for r in doc["results"]}
+    assert set(runs) == {(w, m) for w in ("w1sync", "w1inline") for m in ("load", "drain")}
+    assert all(median["throughput"] > 0 for median in runs.values())
