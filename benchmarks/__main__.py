@@ -18,7 +18,7 @@ from . import profiling, report
 from .measure import Options
 from .runner import run_unit
 
-WORKLOADS = ("w1", "c1", "w2", "w3", "w4", "m1", "baseline")
+WORKLOADS = ("w1", "w1sync", "w1inline", "c1", "w2", "w3", "w4", "m1", "baseline")
 BACKENDS = ("memory", "sqlite")
 
 NOTES = [
@@ -95,7 +95,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-MODES = {"w1": ("load", "drain", "serial"), "c1": ("load", "serial"), "w2": ("load", "serial")}
+MODES = {
+    "w1": ("load", "drain", "serial"),
+    "w1sync": ("load", "drain"),
+    "w1inline": ("load", "drain"),
+    "c1": ("load", "serial"),
+    "w2": ("load", "serial"),
+}
 SQLITE_ONLY = {"c1"}  # a client in another process needs a broker processes share
 
 

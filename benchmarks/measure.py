@@ -151,7 +151,7 @@ async def measure(opts: Options) -> Result:
             info.update(await _load(bench))
         elif opts.mode == "serial":
             info.update(await _serial(bench))
-        elif opts.mode == "drain" and opts.workload == "w1":
+        elif opts.mode == "drain" and opts.workload.startswith("w1"):
             info.update(await _drain(bench))
         else:
             raise ValueError(f"unsupported mode {opts.mode!r} for {opts.workload}")

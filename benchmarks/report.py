@@ -30,6 +30,8 @@ from . import stats
 
 TITLES = {
     "w1": "W1 order process",
+    "w1sync": "W1-sync (def steps)",
+    "w1inline": "W1-inline (def, inline)",
     "c1": "W1 client-observed (100 in flight)",
     "w2": "W2 wait for event",
     "w3": "W3 fan-out (3 handlers+1)",
@@ -37,7 +39,15 @@ TITLES = {
     "w4": "W4 timers",
     "m1": "M1 waiting instances",
 }
-UNITS = {"w1": "inst/s", "c1": "inst/s", "w2": "events/s", "w3": "events/s", "baseline": "inst/s"}
+UNITS = {
+    "w1": "inst/s",
+    "w1sync": "inst/s",
+    "w1inline": "inst/s",
+    "c1": "inst/s",
+    "w2": "events/s",
+    "w3": "events/s",
+    "baseline": "inst/s",
+}
 RESOURCE_WORKLOADS = ("w4", "m1")  # their own table: lateness, CPU and memory
 
 

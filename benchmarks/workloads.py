@@ -3,6 +3,9 @@
 W1 (order process): each ``order.placed`` starts ``fulfil``, which runs three sequential
 trivial async steps and completes.
 
+W1-sync: the same process with plain ``def`` steps (run in the engine's thread pool), as
+most users write them. W1-inline: those ``def`` steps declared ``inline=True``.
+
 W2 (wait for event): each ``order.placed`` starts ``await_payment``, which waits for the
 ``payment.received`` event with the order's id as correlation key, then completes.
 
@@ -64,6 +67,45 @@ def w1_app() -> ov.App:
         return {"outcome": "shipped", "receipt": receipt, "tracking": tracking}
 
     return app
+
+
+def check_inventory_sync(item: str, quantity: int) -> bool:
+    return quantity < 100
+
+
+def charge_sync(order_id: str, quantity: int) -> str:
+    return f"rcpt-{order_id}"
+
+
+def ship_sync(order_id: str) -> str:
+    return f"trk-{order_id}"
+
+
+def _w1_def_steps(inline: bool) -> ov.App:
+    app = ov.App("bench-w1")
+
+    @app.process(trigger=OrderPlaced, key="order_id")
+    async def fulfil(ctx: ov.Context, order: OrderPlaced) -> dict[str, str]:
+        in_stock: bool = await ctx.step(
+            check_inventory_sync, order.item, order.quantity, inline=inline
+        )
+        if not in_stock:
+            return {"outcome": "out_of_stock"}
+        receipt: str = await ctx.step(charge_sync, order.order_id, order.quantity, inline=inline)
+        tracking: str = await ctx.step(ship_sync, order.order_id, inline=inline)
+        return {"outcome": "shipped", "receipt": receipt, "tracking": tracking}
+
+    return app
+
+
+def w1sync_app() -> ov.App:
+    """W1-sync: W1 with plain ``def`` steps, each run in the engine's thread pool."""
+    return _w1_def_steps(inline=False)
+
+
+def w1inline_app() -> ov.App:
+    """W1-inline: the same ``def`` steps declared ``inline=True`` (the engine's thread)."""
+    return _w1_def_steps(inline=True)
 
 
 def w2_app() -> ov.App:
@@ -165,6 +207,8 @@ def m1_app() -> ov.App:
 
 APPS: dict[str, Callable[[], ov.App]] = {
     "w1": w1_app,
+    "w1sync": w1sync_app,
+    "w1inline": w1inline_app,
     "c1": w1_app,  # W1 observed from a client process (benchmarks/client_observed.py)
     "w2": w2_app,
     "w3": w3_app,

@@ -75,3 +75,23 @@ def test_quick_client_observed_w1_sqlite_reports_client_figures(tmp_path: Path) 
     assert load["sends_per_append"] > 1  # the client's concurrent sends were group-committed
     assert serial["serial_p99_ms"] >= serial["serial_p50_ms"] > 0
     assert "synchronous=FULL" in load["durability"]
+
+
+def test_quick_w1_sync_and_inline_memory_report_throughput(tmp_path: Path) -> None:
+    """W1 with def steps (thread pool) and with inline def steps, side by side."""
+    out = tmp_path / "bench.json"
+    args = ["--quick", "--workloads", "w1sync,w1inline", "--backends", "memory"]
+    args += ["-n", "200", "--json", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args, "--dir", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(out.read_text())
+    runs = {(r["workload"], r["mode"]): r["median"] for r in doc["results"]}
+    assert set(runs) == {(w, m) for w in ("w1sync", "w1inline") for m in ("load", "drain")}
+    for (_, mode), median in runs.items():
+        assert median["throughput" if mode == "load" else "drain_throughput"] > 0

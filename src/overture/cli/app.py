@@ -90,6 +90,12 @@ def run(
     batch_size: Annotated[
         int, typer.Option(min=1, help="Most log records per engine iteration (group commit).")
     ] = 500,
+    threads: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Threads running sync steps and handlers (how many block at once)."
+        ),
+    ] = 16,
     partitions: Annotated[
         int | None,
         typer.Option(min=1, help="Partitions of a new log (an existing log keeps its count)."),
@@ -120,6 +126,7 @@ def run(
                 broker,
                 cache_size=cache_size,
                 batch_size=batch_size,
+                threads=threads,
                 partitions=partitions,
                 grace=grace,
             )

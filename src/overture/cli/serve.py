@@ -38,6 +38,7 @@ async def serve(
     *,
     cache_size: int,
     batch_size: int,
+    threads: int = 16,
     partitions: int | None,
     grace: float = 5.0,
 ) -> None:
@@ -57,7 +58,7 @@ async def serve(
         log.info("stopped before the broker answered")
         return
     try:
-        host = Host(app, broker, cache_size=cache_size, batch_size=batch_size)
+        host = Host(app, broker, cache_size=cache_size, batch_size=batch_size, threads=threads)
         await host.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -72,6 +72,7 @@ class Context(ABC):
         retry: Retry | None = ...,
         timeout: timedelta | None = ...,
         name: str | None = ...,
+        inline: bool = ...,
         **kwargs: Any,
     ) -> DurableFuture[T]: ...
 
@@ -83,6 +84,7 @@ class Context(ABC):
         retry: Retry | None = ...,
         timeout: timedelta | None = ...,
         name: str | None = ...,
+        inline: bool = ...,
         **kwargs: Any,
     ) -> DurableFuture[T]: ...
 
@@ -94,13 +96,27 @@ class Context(ABC):
         retry: Retry | None = None,
         timeout: timedelta | None = None,
         name: str | None = None,
+        inline: bool = False,
         **kwargs: Any,
     ) -> DurableFuture[Any]:
         """Run ``fn(*args, **kwargs)`` at least once, outside the engine's critical section.
 
         Its result is journaled, so on replay ``fn`` is not called again. Failures are
         retried per ``retry``; a final failure raises :class:`~overture.StepFailed`.
-        Sync functions run in a thread pool; async ones on the engine's loop.
+        Sync functions run in the engine's thread pool (``Engine(threads=)``,
+        ``overture run --threads``); async ones on the engine's loop.
+
+        Args:
+            retry: how failed attempts are retried (default :data:`~overture.Retry` ()).
+            timeout: an attempt still running after this long fails with
+                ``TimeoutError`` and is retried per ``retry``. An async step is cancelled;
+                a sync step's thread cannot be stopped, so it is abandoned (its late
+                result is ignored, a warning is logged) and the pool replaces it.
+            name: the step's name in the journal (default: the function's qualified name).
+            inline: for a sync function its author knows never blocks (pure
+                computation, no I/O): run it on the engine's thread, without the
+                thread hand-off. A blocking inline step stalls the whole engine (the
+                watchdog logs it by name), and ``timeout`` cannot apply to it.
         """
 
     @overload

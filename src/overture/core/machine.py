@@ -125,6 +125,8 @@ class StepCall:
     kwargs: dict[str, Any]
     retry: Retry
     timeout: float | None
+    inline: bool = False
+    """A sync step its author declared non-blocking: run on the engine's thread."""
 
     @property
     def idempotency_key(self) -> str:
@@ -685,6 +687,7 @@ class _MachineContext(Context):
         retry: Retry | None = None,
         timeout: timedelta | None = None,
         name: str | None = None,
+        inline: bool = False,
         **kwargs: Any,
     ) -> _Future[Any]:
         m = self._m
@@ -699,6 +702,7 @@ class _MachineContext(Context):
             kwargs,
             retry or DEFAULT_RETRY,
             None if timeout is None else timeout.total_seconds(),
+            inline,
         )
         m._pending[seq] = pending
         if live:

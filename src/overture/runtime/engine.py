@@ -65,6 +65,9 @@ class Engine(WorkRunner):
         gc_threshold: while the engine runs, CPython's first garbage-collector threshold
             is raised to at least this (``runtime/gcpolicy.py``: the default 700 made
             full collections a third of the engine's CPU); None leaves it alone.
+        threads: size of the pool that runs sync steps and handlers. It bounds how many
+            run at once, so blocking steps bound throughput: with 16 threads and 10 ms of
+            I/O per step, W1's three steps per instance cap it near 530 instances/s.
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class Engine(WorkRunner):
         group: str | None = None,
         partitions: Sequence[int] | None = None,
         gc_threshold: int | None = 20_000,
+        threads: int = 16,
     ) -> None:
         self.app = app
         self.broker = broker
@@ -87,7 +91,7 @@ class Engine(WorkRunner):
         self.gc_threshold = gc_threshold
         self._restore_gc: Any = None
         self.group = group or f"engine:{app.name}"
-        self.executor = Executor()
+        self.executor = Executor(threads)
         self._log = broker.log
         self._store = broker.store
         self._consumes = list(partitions) if partitions is not None else None

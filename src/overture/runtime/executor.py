@@ -4,7 +4,11 @@ Async functions run *eagerly*: their coroutine is started on the spot, and if it
 without suspending (the common case for a trivial step) the result is available to the
 same engine batch, saving a commit. A coroutine that does suspend continues as an asyncio
 task. Sync functions run in a pool of daemon threads so they never block the engine's loop
-(nor, if one hangs, the exit of a stopped engine).
+(nor, if one hangs, the exit of a stopped engine); their outcomes come back to the loop in
+bursts, one wake-up for all that finished meanwhile. A sync call that overruns its
+``timeout`` is abandoned: its attempt fails with ``TimeoutError`` and the pool replaces its
+thread. A sync step declared ``inline`` runs on the engine's thread, like an async step
+that does not suspend. A watchdog thread logs any step that keeps the loop too long.
 """
 
 from __future__ import annotations
@@ -12,11 +16,18 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import logging
+import threading
+import time
 import types
+from collections import deque
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, NamedTuple
 
+from ..errors import ConfigError
 from .threads import DaemonThreadPool
+
+log = logging.getLogger("overture.engine")
 
 
 class StepInfo(NamedTuple):
@@ -47,30 +58,83 @@ Done = Callable[[bool, Any], None]
 
 
 @types.coroutine
-def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, Any]:
-    """Continue a coroutine that was started by hand, as the body of an asyncio task."""
+def _resume(
+    coro: Coroutine[Any, Any, Any], yielded: Any, watch: LoopWatch | None, info: StepInfo
+) -> Generator[Any, Any, Any]:
+    """Continue a coroutine that was started by hand, as the body of an asyncio task
+    (each resumption marked for the loop watchdog)."""
     while True:
         try:
             sent = yield yielded
         except BaseException as error:
+            if watch is not None:
+                watch.enter(info)
             try:
                 yielded = coro.throw(error)
             except StopIteration as stop:
                 return stop.value
+            finally:
+                if watch is not None:
+                    watch.leave()
         else:
+            if watch is not None:
+                watch.enter(info)
             try:
                 yielded = coro.send(sent)
             except StopIteration as stop:
                 return stop.value
+            finally:
+                if watch is not None:
+                    watch.leave()
+
+
+class _SyncCall:
+    """One sync call in the pool: reported once, by whichever comes first of its own
+    return (from its thread, through the executor's burst queue) and its time limit."""
+
+    __slots__ = ("abandoned", "done", "info", "returned", "settled", "started", "timer")
+
+    def __init__(self, done: Done, info: StepInfo) -> None:
+        self.done = done
+        self.info = info
+        self.timer: asyncio.TimerHandle | None = None
+        self.settled = False  # reported (on the loop)
+        self.returned = False  # the function returned (under the executor's drain lock)
+        self.abandoned = False  # given up on at its time limit (under the same lock)
+        self.started = 0.0
 
 
 class Executor:
-    """Starts calls and reports each outcome through ``done(ok, value_or_exception)``."""
+    """Starts calls and reports each outcome through ``done(ok, value_or_exception)``.
 
-    def __init__(self, threads: int = 16) -> None:
+    Args:
+        threads: size of the pool sync calls run in; it bounds how many of them run at
+            once (16 threads and 10 ms of blocking I/O per call: at most 1,600 calls/s).
+        block_warning: seconds an async (or inline) call may keep the event loop before
+            a warning names it; None: no watchdog.
+    """
+
+    def __init__(self, threads: int = 16, *, block_warning: float | None = 1.0) -> None:
+        if threads < 1:
+            raise ConfigError("the step thread pool needs at least one thread")
         self._pool = DaemonThreadPool(threads, "overture-step")
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._sync: set[_SyncCall] = set()
+        # Sync outcomes cross from the pool's threads in bursts: one call_soon_threadsafe
+        # (one wake-up of the loop) for all the outcomes that arrive before the loop
+        # drains them, instead of one per call.
+        self._finished: deque[tuple[_SyncCall, bool, Any]] = deque()
+        self._drain_lock = threading.Lock()
+        self._drain_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
+        self._sync_idle: asyncio.Event | None = None  # while shutting down
+        self.watch = LoopWatch(block_warning) if block_warning is not None else None
+
+    @property
+    def threads(self) -> int:
+        """The size of the sync pool."""
+        return self._pool.max_workers
 
     def start(
         self,
@@ -80,45 +144,157 @@ class Executor:
         info: StepInfo,
         timeout: float | None,
         done: Done,
+        *,
+        inline: bool = False,
     ) -> tuple[bool, Any] | None:
-        """Start a call. An async call that ends without suspending (a trivial step)
-        returns its outcome ``(ok, value_or_exception)`` at once and never calls ``done``;
-        every other call returns None and reports through ``done`` later."""
+        """Start a call. An async call that ends without suspending (a trivial step), or
+        an ``inline`` sync call, returns its outcome ``(ok, value_or_exception)`` at once
+        and never calls ``done``; every other call returns None and reports through
+        ``done`` later."""
         # Each call runs in its own copy of the context, so whatever it sets (the step
         # info, logging or tracing context) stays with it and never leaks into the engine.
         context = contextvars.copy_context()
+        watch = self.watch
+        if watch is not None and watch.thread is None:
+            watch.start()
         if not _is_async(fn):
+            if inline:
+                return self._run_inline(fn, args, kwargs, info, context)
             context.run(_current.set, info)
-            self._start_sync(fn, args, kwargs, timeout, done, context)
+            self._start_sync(fn, args, kwargs, info, timeout, done, context)
             return None
+        if watch is not None:
+            watch.enter(info)
         try:
             coro, yielded = context.run(_begin, info, fn, args, kwargs)
         except KeyboardInterrupt:
             raise
         except BaseException as error:  # a step's failure, whatever a library raised
             return False, _as_exception(error)
+        finally:
+            if watch is not None:
+                watch.leave()
         if coro is None:
             return True, yielded  # finished without suspending: its return value
 
         async def rest() -> Any:
-            return await _resume(coro, yielded)
+            return await _resume(coro, yielded, watch, info)
 
         loop = asyncio.get_running_loop()
         self._track(loop.create_task(_with_timeout(rest(), timeout), context=context), done)
         return None
+
+    def _run_inline(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        info: StepInfo,
+        context: contextvars.Context,
+    ) -> tuple[bool, Any]:
+        """A sync call its author declared non-blocking: run it here, on the engine's
+        thread (no hand-off, no wake-up; a time limit cannot apply)."""
+        watch = self.watch
+        if watch is not None:
+            watch.enter(info)
+        try:
+            return True, context.run(_call_with_info, info, fn, args, kwargs)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as error:
+            return False, _as_exception(error)
+        finally:
+            if watch is not None:
+                watch.leave()
 
     def _start_sync(
         self,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        info: StepInfo,
         timeout: float | None,
         done: Done,
         context: contextvars.Context,
     ) -> None:
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool, lambda: context.run(fn, *args, **kwargs))
-        self._track(asyncio.ensure_future(_with_timeout(future, timeout)), done)
+        loop = self._loop = asyncio.get_running_loop()
+        call = _SyncCall(done, info)
+        finished = self._finished
+
+        def run() -> bool:  # in a pool thread; True: abandoned, so this thread leaves
+            call.started = time.monotonic()
+            try:
+                outcome = (call, True, context.run(fn, *args, **kwargs))
+            except BaseException as error:  # reported as the attempt's failure
+                outcome = (call, False, error)
+            with self._drain_lock:
+                call.returned = True
+                abandoned = call.abandoned
+                if not abandoned:
+                    finished.append(outcome)
+                    if self._drain_scheduled:
+                        return False
+                    self._drain_scheduled = True
+            if abandoned:  # given up on at its time limit: its thread was replaced
+                log.warning(
+                    "step %r (instance %s, attempt %d) returned %.1fs after it was "
+                    "abandoned at its timeout; its outcome is ignored",
+                    info.name,
+                    info.instance_id,
+                    info.attempt,
+                    time.monotonic() - call.started,
+                )
+                return True
+            try:
+                loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop is closed: the engine is gone
+                pass
+            return False
+
+        self._sync.add(call)
+        if timeout is not None:
+            call.timer = loop.call_later(timeout, self._expire, call, timeout)
+        self._pool.run(run)
+
+    def _drain(self) -> None:
+        """On the loop: report every sync outcome that arrived since the last drain."""
+        with self._drain_lock:
+            self._drain_scheduled = False
+        finished = self._finished
+        while finished:
+            call, ok, value = finished.popleft()
+            if call.settled:
+                continue
+            self._settle(call)
+            call.done(ok, value if ok else _as_exception(value))
+
+    def _settle(self, call: _SyncCall) -> None:
+        call.settled = True
+        self._sync.discard(call)
+        if call.timer is not None:
+            call.timer.cancel()
+        if not self._sync and self._sync_idle is not None:
+            self._sync_idle.set()
+
+    def _expire(self, call: _SyncCall, limit: float) -> None:
+        """A sync call overran its time limit: fail the attempt and lend the pool a
+        thread in place of the one the call keeps (a thread cannot be stopped)."""
+        with self._drain_lock:
+            if call.settled or call.returned:
+                return  # returned just in time: its outcome is on its way to _drain
+            call.abandoned = True
+        self._settle(call)
+        self._pool.abandon()
+        info = call.info
+        log.warning(
+            "step %r (instance %s, attempt %d) overran its timeout of %gs: the attempt "
+            "fails and its thread is abandoned (the pool starts a replacement)",
+            info.name,
+            info.instance_id,
+            info.attempt,
+            limit,
+        )
+        call.done(False, TimeoutError(f"timed out after {limit:g}s"))
 
     def _track(self, future: asyncio.Future[Any], done: Done) -> None:
         self._tasks.add(future)
@@ -142,17 +318,96 @@ class Executor:
     @property
     def busy(self) -> int:
         """Calls still running."""
-        return len(self._tasks)
+        return len(self._tasks) + len(self._sync)
 
     async def shutdown(self, grace: float) -> None:
         """Give running calls ``grace`` seconds, then cancel the rest (they run again
         after restart: at-least-once)."""
+        deadline = time.monotonic() + grace
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace)
+        if self._sync:  # their outcomes arrive through _drain, which sets the event
+            self._sync_idle = asyncio.Event()
+            remaining = max(0.0, deadline - time.monotonic())
+            try:
+                await asyncio.wait_for(self._sync_idle.wait(), remaining)
+            except TimeoutError:
+                pass
         self._closing = True
         for task in list(self._tasks):
             task.cancel()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(cancel=True)
+        self._drain()
+        for call in list(self._sync):  # not reported: their work rows stay stored
+            self._settle(call)
+        if self.watch is not None:
+            self.watch.stop()
+
+
+class LoopWatch:
+    """Notices a step that keeps the event loop (an async step that blocks, or an
+    ``inline`` one that should not have been).
+
+    The loop marks entering and leaving step code (two attribute writes and an
+    increment, cheap enough for every step); a daemon thread samples the mark a few
+    times per ``threshold`` and logs a warning naming the step once the same entry has
+    lasted ``threshold`` seconds. It cannot interrupt the step; it makes the stall
+    visible.
+    """
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self.current: StepInfo | None = None
+        self.entries = 0
+        self.thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    def enter(self, info: StepInfo) -> None:
+        self.entries += 1
+        self.current = info
+
+    def leave(self) -> None:
+        self.current = None
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._watch, name="overture-loop-watch", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _watch(self) -> None:
+        seen: tuple[int, StepInfo] | None = None
+        since = 0.0
+        warned: tuple[int, StepInfo] | None = None
+        while not self._stopped.wait(self.threshold / 4):
+            info = self.current
+            now = time.monotonic()
+            if info is None:
+                seen = None
+                continue
+            mark = (self.entries, info)
+            if mark != seen:
+                seen, since = mark, now
+                continue
+            if mark != warned and now - since >= self.threshold:
+                warned = mark
+                log.warning(
+                    "step %r (instance %s, attempt %d) has blocked the engine's event loop "
+                    "for %.1fs: nothing else runs meanwhile (use a sync step, which runs "
+                    "in a thread, or await non-blocking calls)",
+                    info.name,
+                    info.instance_id,
+                    info.attempt,
+                    now - since,
+                )
+
+
+def _call_with_info(
+    info: StepInfo, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    _current.set(info)
+    return fn(*args, **kwargs)
 
 
 def _begin(

@@ -61,6 +61,7 @@ class Host:
         clock: Clock | None = None,
         cache_size: int = 10_000,
         batch_size: int = 500,
+        threads: int = 16,
         drive: bool = False,
     ) -> None:
         self.app = app
@@ -68,6 +69,7 @@ class Host:
         self.clock: Clock = clock or SystemClock()
         self.cache_size = cache_size
         self.batch_size = batch_size
+        self.threads = threads
         self.drive = drive
         self.engines: dict[int, Engine] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
@@ -90,6 +92,7 @@ class Host:
             clock=self.clock,
             cache_size=self.cache_size,
             batch_size=self.batch_size,
+            threads=self.threads,
             partitions=partitions,
         )
 

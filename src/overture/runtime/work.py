@@ -147,7 +147,9 @@ class WorkRunner(RemoteWaits):
                 return
             info = StepInfo(call.idempotency_key, attempt, row.instance_id, call.name)
             self._inflight.add(row.id)
-            outcome = self.executor.start(call.fn, call.args, call.kwargs, info, call.timeout, done)
+            outcome = self.executor.start(
+                call.fn, call.args, call.kwargs, info, call.timeout, done, inline=call.inline
+            )
         else:
             handler = self.app.handler(row.name or "")
             if handler is None:
@@ -184,7 +186,9 @@ class WorkRunner(RemoteWaits):
             self._wake.set()
 
         info = StepInfo(work_id, 1, call.instance_id, call.name)
-        eager = self.executor.start(call.fn, call.args, call.kwargs, info, call.timeout, done)
+        eager = self.executor.start(
+            call.fn, call.args, call.kwargs, info, call.timeout, done, inline=call.inline
+        )
         if eager is not None and eager[0]:
             try:
                 value = to_json(eager[1])

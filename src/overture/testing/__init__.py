@@ -35,6 +35,7 @@ class Harness:
         broker: a broker URL; defaults to a fresh ``memory://`` broker.
         clock: defaults to a :class:`VirtualClock`.
         cache_size: live-instance cache size; 0 forces a replay on every input.
+        threads: size of the engine's pool for sync steps and handlers.
     """
 
     def __init__(
@@ -45,12 +46,14 @@ class Harness:
         clock: VirtualClock | SystemClock | None = None,
         cache_size: int = 10_000,
         batch_size: int = 500,
+        threads: int = 16,
     ) -> None:
         self.app = app
         self.url = broker or f"memory://{uuid.uuid4().hex}"
         self.clock = clock if clock is not None else VirtualClock()
         self.cache_size = cache_size
         self.batch_size = batch_size
+        self.threads = threads
         self.broker: Broker = open_broker(self.url)
         self.client = Client(self.broker, app=app)
         self.host = self._new_host()
@@ -62,6 +65,7 @@ class Harness:
             clock=self.clock,
             cache_size=self.cache_size,
             batch_size=self.batch_size,
+            threads=self.threads,
             drive=True,
         )
 
