@@ -30,6 +30,7 @@ def test_public_api_is_exactly_this() -> None:
         "Retry",
         "StepFailed",
         "StepInfo",
+        "StorageFull",
         "SystemClock",
         "TerminalError",
         "UnknownEventType",

@@ -11,6 +11,7 @@
     ├── NotFound                    no instance / dead letter with that id
     ├── InstanceFailed              a client asked for the result of a failed/cancelled instance
     ├── EngineBusy                  another engine process already owns the database
+    ├── StorageFull                 the disk (or the database's size limit) is full; nothing written
     ├── BrokerUnavailable           the Kafka cluster cannot be reached (or refused us)
     │   └── Fenced                  another engine took over this engine's partition
     ├── TerminalError               raised by step/handler code: fail now, never retry
@@ -83,6 +84,12 @@ class InstanceFailed(OvertureError):
 
 class EngineBusy(OvertureError):
     """Another engine process already owns this embedded database."""
+
+
+class StorageFull(OvertureError):
+    """The disk holding the embedded database is full (or the database reached its size
+    limit); the write was rolled back, so nothing was written. Retrying after freeing
+    space is safe."""
 
 
 class BrokerUnavailable(OvertureError):

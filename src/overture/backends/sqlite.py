@@ -13,6 +13,7 @@ A log record's rowid is ``partition << 40 | offset``, so one B-tree serves both 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -20,13 +21,13 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 import orjson
 
 from ..binding import dump_headers, load_headers
-from ..errors import ConfigError, EngineBusy
+from ..errors import ConfigError, EngineBusy, StorageFull
 from ..ports import (
     Batch,
     DeadLetter,
@@ -169,10 +170,13 @@ class SqliteBroker:
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = fn(conn)
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # SQLite may already have rolled back (SQLITE_FULL, SQLITE_IOERR); a failed
+            # COMMIT may leave the transaction open: never leave it open either way.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
         return result
 
     # -- Log ----------------------------------------------------------------------------
@@ -182,7 +186,7 @@ class SqliteBroker:
         return self._partitions
 
     def append(self, records: Sequence[NewRecord]) -> list[tuple[int, int] | None]:
-        with self._lock:
+        with self._lock, _full_disk(self.path):
             out: list[tuple[int, int] | None] = self._write(lambda c: self._append(c, records))
         self.ring()
         return out
@@ -390,7 +394,7 @@ class SqliteBroker:
 
     def commit(self, batch: Batch) -> None:
         document = _state_document(batch, self._partitions, time.time())  # before the lock
-        with self._lock:
+        with self._lock, _full_disk(self.path):
             if document is not None:
                 # One statement is one transaction, committed (WAL fsynced) inside the
                 # call: the write lock is never held while this thread waits for the GIL.
@@ -590,6 +594,24 @@ class SqliteBroker:
         with self._read_lock:
             self._reader.close()
         self._bell.close()
+
+
+_SQLITE_FULL = 13
+
+
+@contextlib.contextmanager
+def _full_disk(path: str) -> Iterator[None]:
+    """Turn SQLite's SQLITE_FULL (what a full disk, or ``max_page_count``, gives) into
+    :class:`StorageFull`; the transaction was rolled back, so nothing was written."""
+    try:
+        yield
+    except sqlite3.OperationalError as error:
+        if getattr(error, "sqlite_errorcode", 0) & 0xFF != _SQLITE_FULL:
+            raise
+        raise StorageFull(
+            f"the disk holding {path!r} is full (or the database reached its size limit): "
+            "nothing was written; free some space and retry"
+        ) from error
 
 
 def _dump(value: Any) -> bytes | None:
