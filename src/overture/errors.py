@@ -11,7 +11,10 @@
     ├── NotFound                    no instance / dead letter with that id
     ├── InstanceFailed              a client asked for the result of a failed/cancelled instance
     ├── EngineBusy                  another engine process already owns the database
-    ├── StorageFull                 the disk (or the database's size limit) is full; nothing written
+    ├── StorageError                the embedded database could not be used (I/O error, …)
+    │   ├── StorageFull             the disk (or the database's size limit) is full; nothing written
+    │   ├── StorageLocked           another process holds the database's write lock too long
+    │   └── StorageReplaced         the database file was deleted or replaced while open
     ├── BrokerUnavailable           the Kafka cluster cannot be reached (or refused us)
     │   └── Fenced                  another engine took over this engine's partition
     ├── TerminalError               raised by step/handler code: fail now, never retry
@@ -86,10 +89,28 @@ class EngineBusy(OvertureError):
     """Another engine process already owns this embedded database."""
 
 
-class StorageFull(OvertureError):
+class StorageError(OvertureError):
+    """The embedded database could not be read or written (the message says what SQLite
+    and the operating system reported). A write that raised was rolled back: nothing of
+    it was written."""
+
+
+class StorageFull(StorageError):
     """The disk holding the embedded database is full (or the database reached its size
     limit); the write was rolled back, so nothing was written. Retrying after freeing
     space is safe."""
+
+
+class StorageLocked(StorageError):
+    """Another process held the database's write lock for longer than the busy timeout
+    (a writer stuck mid-transaction, or a process stopped while it held the lock); nothing
+    was written. Retrying once that process has let go is safe."""
+
+
+class StorageReplaced(StorageError):
+    """The database file was deleted, moved or replaced by another file after it was
+    opened; nothing more is written to it, since what was written would be lost or land
+    in a file nobody reads. Reopen (restart the engine) to use the file now at the path."""
 
 
 class BrokerUnavailable(OvertureError):

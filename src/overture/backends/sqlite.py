@@ -27,7 +27,14 @@ from typing import Any
 import orjson
 
 from ..binding import dump_headers, load_headers
-from ..errors import ConfigError, EngineBusy, StorageFull
+from ..errors import (
+    ConfigError,
+    EngineBusy,
+    StorageError,
+    StorageFull,
+    StorageLocked,
+    StorageReplaced,
+)
 from ..ports import (
     Batch,
     DeadLetter,
@@ -92,10 +99,12 @@ _DLQ_ADDED = (("raw_key", "BLOB"), ("headers", "TEXT"))
 
 
 def _connect(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, timeout=_BUSY_SECONDS
+    )
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")  # fsync at every commit: durable across power loss
-    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute(f"PRAGMA busy_timeout={int(_BUSY_SECONDS * 1000)}")
     conn.execute("PRAGMA journal_size_limit=67108864")
     return conn
 
@@ -116,22 +125,29 @@ class SqliteBroker:
             raise ConfigError(f"cannot create {path!r}: directory {directory!r} does not exist")
         try:
             self._conn = _connect(path)
+            # the file as opened: a file deleted or replaced at the path is detected by it
+            self._identity = _identity(path)
         except sqlite3.DatabaseError as exc:
-            raise ConfigError(f"{path!r} is not an Overture database: {exc}") from exc
+            raise _storage_error(path, exc, "open") from exc
         try:  # commits use SQLite's JSON functions (built in since 3.38, JSON1 before)
             self._conn.execute("SELECT json_extract(value, '$[0]') FROM json_each('[[1]]')")
         except sqlite3.OperationalError as exc:
+            if "no such" not in str(exc):  # "no such function"/"no such table: json_each"
+                raise _storage_error(path, exc, "open") from exc
             raise ConfigError(
                 f"SQLite {sqlite3.sqlite_version} lacks the JSON functions Overture needs "
                 f"({exc}); use a Python whose SQLite is 3.38 or newer"
             ) from exc
         try:
-            self._write(lambda c: self._create(c, partitions))
+            # Only a new (or older-format) database is written to at open: a reader must
+            # not need the write lock, which a busy engine or a stuck writer may hold.
+            if self._needs_schema(self._conn):
+                self._write(lambda c: self._create(c, partitions))
             for statement in _STATE_DOCUMENT:
                 self._conn.execute(statement)
             row = self._conn.execute("SELECT v FROM meta WHERE k='partitions'").fetchone()
         except sqlite3.DatabaseError as exc:
-            raise ConfigError(f"{path!r} is not an Overture database: {exc}") from exc
+            raise _storage_error(path, exc, "open") from exc
         self._partitions = int(row[0])
         self._lock = threading.RLock()  # the writer connection
         # Reads use their own connection: in WAL mode they see the last committed state
@@ -151,6 +167,21 @@ class SqliteBroker:
         self.store = self
 
     @staticmethod
+    def _needs_schema(conn: sqlite3.Connection) -> bool:
+        """Whether the file lacks a table or column of this release (read-only check)."""
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        if not tables >= _TABLES:
+            return True
+        have = {row[1] for row in conn.execute("PRAGMA table_info(dlq)")}
+        return (
+            any(column not in have for column, _ in _DLQ_ADDED)
+            or (
+                conn.execute("SELECT count(*) FROM meta WHERE k IN ('partitions', 'format')")
+            ).fetchone()[0]
+            < 2
+        )
+
+    @staticmethod
     def _create(conn: sqlite3.Connection, partitions: int) -> None:
         # Not executescript: it would COMMIT the surrounding transaction.
         for statement in _SCHEMA.split(";"):
@@ -162,6 +193,28 @@ class SqliteBroker:
                 conn.execute(f"ALTER TABLE dlq ADD COLUMN {column} {kind}")
         conn.execute("INSERT OR IGNORE INTO meta VALUES('partitions', ?)", (str(partitions),))
         conn.execute("INSERT OR IGNORE INTO meta VALUES('format', '1')")
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Around every write: refuse to write into a file no longer at the path, and turn
+        SQLite's errors into Overture's (each write was rolled back: nothing was kept)."""
+        try:
+            now = _identity(self.path)
+        except FileNotFoundError:
+            now = None
+        if now != self._identity:
+            raise StorageReplaced(
+                f"{self.path!r} was deleted or replaced by another file after this process "
+                "opened it: nothing more is written to the old file (it would be lost); "
+                "restart to use the file now at the path"
+            )
+        try:
+            yield
+        except sqlite3.DatabaseError as error:
+            translated = _environment_error(self.path, error, "write")
+            if translated is None:
+                raise
+            raise translated from error
 
     def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         """Run ``fn`` in one BEGIN IMMEDIATE transaction (the whole of it is retried on
@@ -186,7 +239,7 @@ class SqliteBroker:
         return self._partitions
 
     def append(self, records: Sequence[NewRecord]) -> list[tuple[int, int] | None]:
-        with self._lock, _full_disk(self.path):
+        with self._lock, self._writing():
             out: list[tuple[int, int] | None] = self._write(lambda c: self._append(c, records))
         self.ring()
         return out
@@ -394,7 +447,7 @@ class SqliteBroker:
 
     def commit(self, batch: Batch) -> None:
         document = _state_document(batch, self._partitions, time.time())  # before the lock
-        with self._lock, _full_disk(self.path):
+        with self._lock, self._writing():
             if document is not None:
                 # One statement is one transaction, committed (WAL fsynced) inside the
                 # call: the write lock is never held while this thread waits for the GIL.
@@ -597,21 +650,66 @@ class SqliteBroker:
 
 
 _SQLITE_FULL = 13
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+_SQLITE_READONLY = 8
+_SQLITE_IOERR = 10
+_SQLITE_CORRUPT = 11
+_SQLITE_CANTOPEN = 14
+_SQLITE_NOTADB = 26
+_BUSY_SECONDS = 30.0
+_TABLES = frozenset(
+    {"meta", "log", "offsets", "instances", "journal", "waits", "work", "inbox", "dlq"}
+)
 
 
-@contextlib.contextmanager
-def _full_disk(path: str) -> Iterator[None]:
-    """Turn SQLite's SQLITE_FULL (what a full disk, or ``max_page_count``, gives) into
-    :class:`StorageFull`; the transaction was rolled back, so nothing was written."""
-    try:
-        yield
-    except sqlite3.OperationalError as error:
-        if getattr(error, "sqlite_errorcode", 0) & 0xFF != _SQLITE_FULL:
-            raise
-        raise StorageFull(
+def _identity(path: str) -> tuple[int, int]:
+    """(device, inode) of the file at ``path``."""
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
+
+
+def _storage_error(path: str, error: sqlite3.DatabaseError, doing: str) -> Exception:
+    """The Overture error for what SQLite reported while it tried to ``doing`` the file
+    (by SQLite's primary result code; Python's sqlite3 has them since 3.11)."""
+    return _environment_error(path, error, doing) or StorageError(
+        f"SQLite could not {doing} {path!r}: {error} "
+        f"({getattr(error, 'sqlite_errorname', '') or type(error).__name__})"
+    )
+
+
+def _environment_error(path: str, error: sqlite3.DatabaseError, doing: str) -> Exception | None:
+    """The Overture error for a failure of the file, the disk or another process (None
+    for anything else, e.g. a constraint violation: a bug, which must not be disguised)."""
+    code = getattr(error, "sqlite_errorcode", 0) & 0xFF
+    name = getattr(error, "sqlite_errorname", "") or type(error).__name__
+    if code == _SQLITE_FULL:
+        return StorageFull(
             f"the disk holding {path!r} is full (or the database reached its size limit): "
             "nothing was written; free some space and retry"
-        ) from error
+        )
+    if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return StorageLocked(
+            f"{path!r} is locked: another process has held its write lock for over "
+            f"{_BUSY_SECONDS:.0f} s (a writer stuck mid-transaction, or a process stopped "
+            f"while it held the lock: see `fuser {path}`); nothing was written"
+        )
+    if code in (_SQLITE_NOTADB, _SQLITE_CORRUPT):
+        return ConfigError(f"{path!r} is not an Overture database: {error} ({name})")
+    if code == _SQLITE_READONLY:
+        return StorageError(
+            f"cannot write to {path!r}: it (or its directory, where SQLite keeps the "
+            f"-wal and -shm files) is read-only ({error}, {name})"
+        )
+    if code == _SQLITE_CANTOPEN:
+        return StorageError(f"cannot open {path!r}: {error} ({name}); check the path and rights")
+    if code == _SQLITE_IOERR:
+        return StorageError(
+            f"disk I/O error on {path!r} while trying to {doing} it ({name}): the operating "
+            "system refused a read or write (a failing disk, a full or read-only file "
+            "system, a file size limit); nothing of this write was kept"
+        )
+    return None
 
 
 def _dump(value: Any) -> bytes | None:
