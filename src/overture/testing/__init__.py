@@ -102,6 +102,9 @@ class Harness:
             await engine.executor.shutdown(0)
             if engine._release_lock is not None:
                 engine._release_lock()
+            # a crashed process takes its GC setting with it; this one lives on
+            if engine._restore_gc is not None:
+                engine._restore_gc()
         self.host.abandon()
         await self.host.close_membership()
         self.host = self._new_host()
