@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import Future
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -19,6 +20,7 @@ from .app import App
 from .backends import DEFAULT_URL
 from .client import Client, Instance, LoggedEvent, _instance, check_sendable, records_of
 from .events import Envelope, Event
+from .groupcommit import Positions
 from .handles import AsyncStarted, started_by
 from .ports import Broker, DeadLetter, InstanceRow, NewRecord
 
@@ -39,6 +41,7 @@ class AsyncClient:
         self.sync = Client(broker, app=app)
         """The synchronous client this one shares its connections and committer with."""
         self._local = self.sync.broker.url.startswith(("memory:", "sqlite:"))
+        self._handing: list[tuple[list[NewRecord], asyncio.Future[Positions]]] = []
 
     @property
     def broker(self) -> Broker:
@@ -124,8 +127,26 @@ class AsyncClient:
         await self.send_many([envelope])
         return AsyncStarted(self, envelope.id, ids)
 
-    async def _append(self, records: list[NewRecord]) -> list[tuple[int, int] | None]:
-        return await asyncio.wrap_future(self.sync._sends.submit(records))
+    async def _append(self, records: list[NewRecord]) -> Positions:
+        # Sends started in one iteration of the loop are handed to the committer together
+        # (at the end of the iteration), so they share one append deterministically.
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Positions] = loop.create_future()
+        self._handing.append((records, waiter))
+        if len(self._handing) == 1:
+            loop.call_soon(self._hand_over)
+        return await waiter
+
+    def _hand_over(self) -> None:
+        handing, self._handing = self._handing, []
+        loop = asyncio.get_running_loop()
+        futures = self.sync._sends.submit_all([records for records, _ in handing])
+        for (_, waiter), future in zip(handing, futures, strict=True):
+
+            def done(f: Future[Positions], waiter: asyncio.Future[Positions] = waiter) -> None:
+                loop.call_soon_threadsafe(_settle, f, waiter)
+
+            future.add_done_callback(done)
 
     # -- results ---------------------------------------------------------------------------
 
@@ -214,3 +235,14 @@ class AsyncClient:
         if self._local:
             return fn(*args)
         return await asyncio.to_thread(fn, *args)
+
+
+def _settle(outcome: Future[Positions], waiter: asyncio.Future[Positions]) -> None:
+    """Pass a committed (or failed) send's outcome to its waiting coroutine."""
+    if waiter.cancelled():
+        return
+    error = outcome.exception()
+    if error is not None:
+        waiter.set_exception(error)
+    else:
+        waiter.set_result(outcome.result())

@@ -11,6 +11,10 @@ roll a failed append back whole. A Kafka append is not atomic: a failed shared a
 have delivered some senders' records, which their own append then publishes again, as a
 caller retrying a failed send would; engines start one instance per event id.)
 
+An :class:`~overture.AsyncClient` hands over, as one queue item, every send its event
+loop started in one iteration (``asyncio.gather`` of many sends is one iteration), so those
+share an append whatever the threads' timing; threads' sends group as they arrive.
+
 The flusher exits when it has been idle for a second and starts again on the next send,
 so a client that is never closed leaves no thread behind for long.
 """
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
     from .ports import Log
 
 Positions = list[tuple[int, int] | None]
+Pending = tuple["Sequence[NewRecord]", Future[Positions]]
 _MAX_RECORDS = 2000  # per shared append: bounds one transaction's size and latency
 _IDLE_SECONDS = 1.0
 
@@ -43,9 +48,8 @@ class GroupCommitter:
 
     def __init__(self, log: Log) -> None:
         self._log = log
-        self._queue: queue.SimpleQueue[tuple[Sequence[NewRecord], Future[Positions]] | None] = (
-            queue.SimpleQueue()
-        )
+        # each item: the sends handed over together (one, or an event loop's iteration)
+        self._queue: queue.SimpleQueue[list[Pending] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.appends = 0
@@ -54,15 +58,28 @@ class GroupCommitter:
     def submit(self, records: Sequence[NewRecord]) -> Future[Positions]:
         """Queue records for the next shared append; the future resolves to their
         positions (``None`` for a duplicate event id) once they are committed."""
-        future: Future[Positions] = Future()
-        self._queue.put((records, future))
+        return self.submit_all([records])[0]
+
+    def submit_all(self, sends: Sequence[Sequence[NewRecord]]) -> list[Future[Positions]]:
+        """Queue several senders' records together, so they share the next append (each
+        still succeeds or fails on its own); one future per sender, as :meth:`submit`."""
+        pending: list[Pending] = [(records, Future()) for records in sends]
+        chunk: list[Pending] = []
+        size = 0
+        for item in pending:  # items of at most _MAX_RECORDS (bar one large send)
+            if chunk and size + len(item[0]) > _MAX_RECORDS:
+                self._queue.put(chunk)
+                chunk, size = [], 0
+            chunk.append(item)
+            size += len(item[0])
+        self._queue.put(chunk)
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._flush, name="overture-group-commit", daemon=True
                 )
                 self._thread.start()
-        return future
+        return [future for _, future in pending]
 
     def append(self, records: Sequence[NewRecord]) -> Positions:
         """Append and block until committed (the synchronous form of :meth:`submit`)."""
@@ -91,8 +108,8 @@ class GroupCommitter:
                     self._thread = None
                 self._drain_after_close()
                 return
-            group = [first]
-            size = len(first[0])
+            group = list(first)
+            size = sum(len(records) for records, _ in first)
             stop = False
             while size < _MAX_RECORDS:
                 try:
@@ -102,8 +119,8 @@ class GroupCommitter:
                 if item is None:
                     stop = True
                     break
-                group.append(item)
-                size += len(item[0])
+                group.extend(item)
+                size += sum(len(records) for records, _ in item)
             self._commit(group)
             if stop:
                 with self._lock:
@@ -120,11 +137,11 @@ class GroupCommitter:
             except queue.Empty:
                 break
             if item is not None:
-                rest.append(item)
+                rest.extend(item)
         if rest:
             self._commit(rest)
 
-    def _commit(self, group: list[tuple[Sequence[NewRecord], Future[Positions]]]) -> None:
+    def _commit(self, group: list[Pending]) -> None:
         live = [(records, f) for records, f in group if f.set_running_or_notify_cancel()]
         if not live:
             return
