@@ -365,6 +365,16 @@ def check_sendable(envelope: Envelope, reserved: bool) -> None:
     problem = type_problem(envelope.type)
     if problem is not None:
         raise MalformedEvent(problem)
+    for name in ("id", "source"):  # required: the engine dead-letters an empty one
+        value = getattr(envelope, name)
+        if not isinstance(value, str) or not value:
+            raise MalformedEvent(
+                f"CloudEvent attribute {name!r} must be a non-empty string, not {value!r}"
+            )
+    if not isinstance(envelope.time, datetime):
+        raise MalformedEvent(
+            f"CloudEvent attribute 'time' must be a datetime, not {envelope.time!r}"
+        )
     if protocol.is_reserved(envelope.type):
         if not reserved:
             raise EventValidationError(
