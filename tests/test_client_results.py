@@ -181,6 +181,15 @@ def test_start_needs_to_know_the_process(tmp_path: Path) -> None:
         client.start("payment.received", {"order_id": "o"})
 
 
+def test_start_refuses_a_process_the_app_does_not_start_on_the_event(tmp_path: Path) -> None:
+    """With the app, ``process=`` naming a process the event does not start would give a
+    handle for an instance that never exists: a clear error instead, nothing sent."""
+    with ov.Client(f"sqlite:///{tmp_path / 'x.db'}", app=make_app()) as client:
+        with pytest.raises(ov.ConfigError, match="'fulfil_typo'"):
+            client.start(OrderPlaced(order_id="o"), process="fulfil_typo")
+        assert client.events() == []
+
+
 ENGINE = """
 import asyncio, sys
 from overture.backends import open_broker

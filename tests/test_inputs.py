@@ -252,3 +252,28 @@ async def test_numbers_beyond_64_bits_or_not_finite_are_refused_on_every_path(
         await h.restart()
         await h.idle()
         assert len(h.client.dead_letters()) == 1
+
+
+async def test_the_client_refuses_attributes_the_engine_would_dead_letter(
+    harness: Factory,
+) -> None:
+    """An empty or non-string ``id`` / ``source`` is a CloudEvent the engine dead-letters,
+    and a ``time`` that is not a datetime cannot even be encoded: the client refuses each
+    with the attribute's name, and writes nothing."""
+    app, effects = order_app()
+    async with harness(app) as h:
+        bad: list[dict[str, object]] = [{"id": ""}, {"id": 5}, {"source": ""}]
+        for attributes in bad:
+            with pytest.raises(ov.MalformedEvent, match=str(next(iter(attributes)))):
+                h.client.send("order.placed", {"order_id": "o1"}, **attributes)
+        with pytest.raises(ov.MalformedEvent, match="'time'"):
+            h.client.send("order.placed", {"order_id": "o1"}, time="2026-01-01T00:00:00Z")
+        assert h.client.events() == []
+        # the engine's verdict on the empty ones, appended as any producer could (an
+        # integer id is dead-lettered by memory and SQLite, read as text on Kafka)
+        for attributes in bad[::2]:
+            envelope = Envelope(type="order.placed", data={"order_id": "o1"}, **attributes)  # type: ignore[arg-type]
+            h.client.send_raw(encode(envelope), key="o1")
+        await h.idle()
+        assert [d.source for d in h.client.dead_letters()] == ["decode"] * 2
+        assert effects == []

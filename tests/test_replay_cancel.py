@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import overture as ov
+from overture.ports import partition_for
 
 from .conftest import Factory
 
@@ -124,3 +125,39 @@ async def test_restart_mid_flight_finishes_everything_exactly_once(harness: Fact
         assert all(i.status == "completed" for i in h.client.instances())
         assert sorted(effects) == sorted(f"k{i}-{n}" for i in range(20) for n in (1, 2))
         assert len(h.client.events(type="went")) == 20
+
+
+class Placed(ov.Event, type="cancel.placed", key="order_id"):
+    order_id: str
+
+
+async def test_cancel_reaches_an_instance_living_off_its_keys_partition(
+    harness: Factory,
+) -> None:
+    """A keyless trigger starts an instance (keyed by the process) on the partition the
+    trigger arrived on, which need not be its key's: the cancellation must go there, or
+    on Kafka the engine of the key's partition receives it and cannot find the instance."""
+    app = ov.App("cancel-off-key")
+
+    @app.process(trigger=Placed, key="order_id")
+    async def proc(ctx: ov.Context, order: Placed) -> str:
+        await ctx.wait_for("never", timeout=timedelta(hours=1))
+        return "done"
+
+    async with harness(app) as h:
+        plain = ov.Client(h.client.broker)  # without the app: it cannot derive the key
+        for i in range(6):
+            plain.send("cancel.placed", {"order_id": f"o{i}"})  # keyless: any partition
+        await h.idle()
+        instances = h.client.instances()
+        assert len(instances) == 6
+        partitions = h.client.broker.log.partitions
+        rows = [h.client.broker.store.instance(i.id) for i in instances]
+        if partitions > 1:  # the case at hand: some live off their key's partition
+            assert any(r and r.partition != partition_for(r.key, partitions) for r in rows)
+        for instance in instances:
+            h.client.cancel(instance.id)
+        await h.idle()
+        assert {i.key: i.status for i in h.client.instances()} == {
+            f"o{i}": "cancelled" for i in range(6)
+        }

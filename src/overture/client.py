@@ -309,7 +309,15 @@ class Client:
         envelope = Envelope(
             type=protocol.CANCEL, data={"instance_id": instance.id}, partitionkey=instance.key
         )
-        return self.send_many([envelope], reserved=True)[0]
+        check_sendable(envelope, True)
+        # to the partition whose engine holds the instance: the one its trigger arrived
+        # on, which is not its key's when the trigger was keyless
+        row = self.broker.store.instance(instance.id)
+        partition = None if row is None else row.partition
+        self._sends.append(
+            [NewRecord(instance.key, encode(envelope), envelope.id, envelope.type, partition)]
+        )
+        return envelope.id
 
     def replay_dead_letter(self, dead_letter_id: str) -> str:
         """Ask the engine to retry a dead letter (a handler runs again; an undecodable or
@@ -357,6 +365,16 @@ def check_sendable(envelope: Envelope, reserved: bool) -> None:
     problem = type_problem(envelope.type)
     if problem is not None:
         raise MalformedEvent(problem)
+    for name in ("id", "source"):  # required: the engine dead-letters an empty one
+        value = getattr(envelope, name)
+        if not isinstance(value, str) or not value:
+            raise MalformedEvent(
+                f"CloudEvent attribute {name!r} must be a non-empty string, not {value!r}"
+            )
+    if not isinstance(envelope.time, datetime):
+        raise MalformedEvent(
+            f"CloudEvent attribute 'time' must be a datetime, not {envelope.time!r}"
+        )
     if protocol.is_reserved(envelope.type):
         if not reserved:
             raise EventValidationError(

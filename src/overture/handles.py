@@ -20,9 +20,16 @@ def started_by(app: App | None, envelope: Envelope, process: str | None) -> tupl
     of ``app`` it triggers (the engine derives the same ids, see ``instance_id_for``).
 
     Raises:
-        ConfigError: neither says which processes it starts, or the app has none for it.
+        ConfigError: neither says which processes it starts, the app has none for it, or
+            ``process`` is not one of them.
     """
     if process is not None:
+        if app is not None and process not in {d.name for d in app.triggers(envelope.type)}:
+            raise ConfigError(
+                f"process {process!r} of app {app.name!r} does not start on "
+                f"{envelope.type!r} events, so start() would wait for an instance that "
+                "never exists"
+            )
         names = [process]
     elif app is None:
         raise ConfigError(

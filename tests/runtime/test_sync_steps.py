@@ -170,3 +170,40 @@ async def test_an_async_step_blocking_the_loop_is_named(caplog: pytest.LogCaptur
     ]
     assert len(lines) == 1, lines
     assert "step 'test_an_async_step_blocking_the_loop_is_named.<locals>.crunch'" in lines[0]
+
+
+async def test_a_step_abandoned_before_it_started_never_runs() -> None:
+    """One thread, busy: a queued step's attempt overruns its timeout before a thread
+    takes it. The attempt fails, and the abandoned call must not run the function later
+    anyway (behind the failure already reported, alongside any retry)."""
+    app = ov.App("queued")
+    ran: list[str] = []
+
+    def busy(job_id: str) -> None:
+        time.sleep(0.6)
+
+    def late(job_id: str) -> None:
+        ran.append(job_id)
+
+    @app.process(trigger=Job, key="job_id")
+    async def run_job(ctx: ov.Context, job: Job) -> str:
+        if not job.hang:
+            await ctx.step(busy, job.job_id)
+            return "busy"
+        try:
+            await ctx.step(
+                late, job.job_id, timeout=timedelta(seconds=0.2), retry=ov.Retry(max_attempts=1)
+            )
+        except ov.StepFailed as failure:
+            return f"gave up: {failure}"
+        return "ran"
+
+    async with Harness(app, threads=1) as h:
+        h.client.send(Job(job_id="first"))
+        await asyncio.sleep(0.1)  # its step holds the only thread
+        h.client.send(Job(job_id="queued", hang=True))
+        await asyncio.wait_for(h.idle(), 20)
+        await asyncio.sleep(0.3)  # the thread is free again: a leftover call would run now
+        by_key = {i.key: i for i in h.client.instances()}
+        assert "timed out after 0.2s" in str(by_key["queued"].result)
+    assert ran == []

@@ -223,6 +223,11 @@ class Executor:
 
         def run() -> bool:  # in a pool thread; True: abandoned, so this thread leaves
             call.started = time.monotonic()
+            with self._drain_lock:
+                if call.abandoned:
+                    # its time ran out while it waited for a thread: the attempt has
+                    # failed already, so the function must not run behind that failure
+                    return True
             try:
                 outcome = (call, True, context.run(fn, *args, **kwargs))
             except BaseException as error:  # reported as the attempt's failure
