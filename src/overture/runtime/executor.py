@@ -5,7 +5,10 @@ without suspending (the common case for a trivial step) the result is available 
 same engine batch, saving a commit. A coroutine that does suspend continues as an asyncio
 task. Sync functions run in a pool of daemon threads so they never block the engine's loop
 (nor, if one hangs, the exit of a stopped engine); their outcomes come back to the loop in
-bursts, one wake-up for all that finished meanwhile. A sync call that overruns its
+bursts, one wake-up for all that finished meanwhile; or the engine *folds* them: after it
+has driven a batch it waits a moment (:meth:`Executor.wait_round`) for the sync calls that
+batch started and applies their outcomes in the same batch, as for an async step that did
+not suspend. A sync call that overruns its
 ``timeout`` is abandoned: its attempt fails with ``TimeoutError`` and the pool replaces its
 thread. A sync step declared ``inline`` runs on the engine's thread, like an async step
 that does not suspend. A watchdog thread logs any step that keeps the loop too long.
@@ -92,11 +95,21 @@ class _SyncCall:
     """One sync call in the pool: reported once, by whichever comes first of its own
     return (from its thread, through the executor's burst queue) and its time limit."""
 
-    __slots__ = ("abandoned", "done", "info", "returned", "settled", "started", "timer")
+    __slots__ = (
+        "abandoned",
+        "done",
+        "info",
+        "returned",
+        "round",
+        "settled",
+        "started",
+        "timer",
+    )
 
-    def __init__(self, done: Done, info: StepInfo) -> None:
+    def __init__(self, done: Done, info: StepInfo, round_: int) -> None:
         self.done = done
         self.info = info
+        self.round = round_  # the engine's fold round it was started in
         self.timer: asyncio.TimerHandle | None = None
         self.settled = False  # reported (on the loop)
         self.returned = False  # the function returned (under the executor's drain lock)
@@ -126,6 +139,14 @@ class Executor:
         self._finished: deque[tuple[_SyncCall, bool, Any]] = deque()
         self._drain_lock = threading.Lock()
         self._drain_scheduled = False
+        # Folding (see wait_round): the sync calls started in the current round, how many
+        # of them have returned (under the drain lock), and whether the loop's thread is
+        # waiting for them (then nothing schedules a drain: the waiter drains itself).
+        self._round = 0
+        self._round_started = 0
+        self._round_returned = 0
+        self._folding = False
+        self._round_done = threading.Condition(self._drain_lock)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._sync_idle: asyncio.Event | None = None  # while shutting down
@@ -218,7 +239,8 @@ class Executor:
         context: contextvars.Context,
     ) -> None:
         loop = self._loop = asyncio.get_running_loop()
-        call = _SyncCall(done, info)
+        call = _SyncCall(done, info, self._round)
+        self._round_started += 1
         finished = self._finished
 
         def run() -> bool:  # in a pool thread; True: abandoned, so this thread leaves
@@ -237,6 +259,12 @@ class Executor:
                 abandoned = call.abandoned
                 if not abandoned:
                     finished.append(outcome)
+                    if call.round == self._round:
+                        self._round_returned += 1
+                    if self._folding:  # the loop's thread is waiting and drains itself
+                        if self._round_returned >= self._round_started:
+                            self._round_done.notify()
+                        return False
                     if self._drain_scheduled:
                         return False
                     self._drain_scheduled = True
@@ -261,10 +289,50 @@ class Executor:
             call.timer = loop.call_later(timeout, self._expire, call, timeout)
         self._pool.run(run)
 
+    def begin_round(self) -> None:
+        """On the loop: start counting sync calls anew (a fold round: see wait_round)."""
+        with self._drain_lock:
+            self._round += 1
+            self._round_started = 0
+            self._round_returned = 0
+
+    @property
+    def round_started(self) -> int:
+        """Sync calls started since :meth:`begin_round`."""
+        return self._round_started
+
+    def wait_round(self, limit: float) -> bool:
+        """On the loop's thread: block (the GIL released) until every sync call started
+        since :meth:`begin_round` has returned, or for at most ``limit`` seconds; then
+        report every sync outcome that has arrived, through the calls' ``done``.
+
+        Returns True if all of the round's calls returned in time. This is how quick sync
+        steps fold into the batch that started them instead of costing a batch each; a
+        slow one simply reports later, through the usual drain."""
+        deadline = time.monotonic() + limit
+        with self._drain_lock:
+            self._folding = True
+            try:
+                while self._round_returned < self._round_started:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._round_done.wait(remaining)
+                complete = self._round_returned >= self._round_started
+            finally:
+                self._folding = False
+        # Whatever returned while folding was not given a drain: report it now. A drain
+        # scheduled before the fold still runs later (and finds what arrived since).
+        self._report()
+        return complete
+
     def _drain(self) -> None:
         """On the loop: report every sync outcome that arrived since the last drain."""
         with self._drain_lock:
             self._drain_scheduled = False
+        self._report()
+
+    def _report(self) -> None:
         finished = self._finished
         while finished:
             call, ok, value = finished.popleft()

@@ -62,6 +62,7 @@ class Host:
         cache_size: int = 10_000,
         batch_size: int = 500,
         threads: int = 16,
+        sync_fold: float | None = 0.002,
         drive: bool = False,
     ) -> None:
         self.app = app
@@ -70,6 +71,7 @@ class Host:
         self.cache_size = cache_size
         self.batch_size = batch_size
         self.threads = threads
+        self.sync_fold = sync_fold
         self.drive = drive
         self.engines: dict[int, Engine] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
@@ -93,6 +95,7 @@ class Host:
             cache_size=self.cache_size,
             batch_size=self.batch_size,
             threads=self.threads,
+            sync_fold=self.sync_fold,
             partitions=partitions,
         )
 
