@@ -16,10 +16,11 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Protocol
 
+from .core.machine import FINAL_STATUSES
 from .errors import InstanceFailed
 from .ports import Broker, InstanceRow
 
-FINAL = frozenset({"completed", "failed", "cancelled"})
+FINAL = FINAL_STATUSES  # the statuses an instance never leaves (one definition: core)
 _POLL_SECONDS = 0.01  # only for a broker that cannot tell when instances finish
 
 

@@ -564,9 +564,11 @@ class Engine(WorkRunner):
         # The same trigger event never starts two instances; one started before the id
         # stopped depending on the trigger's time has the legacy id.
         for known in ids:
-            if known in self._cache or known in pending.batch.instances:
-                return known
-            if known in pending.existing:
+            if (
+                known in self._cache
+                or known in pending.batch.instances
+                or known in pending.existing
+            ):
                 return known
         iid = ids[0]
         machine = m.Machine(definition.spec, iid, key, keep_journal=False)
