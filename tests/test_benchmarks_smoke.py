@@ -6,22 +6,29 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_quick_w1_memory_reports_positive_throughput(tmp_path: Path) -> None:
+def run_quick(tmp_path: Path, args: list[str], timeout: float) -> Any:
+    """Run ``python -m benchmarks --quick ARGS`` and return its JSON report."""
     out = tmp_path / "bench.json"
-    args = ["--quick", "--workloads", "w1", "--backends", "memory", "--json", str(out)]
+    command = [sys.executable, "-m", "benchmarks", "--quick", *args, "--json", str(out)]
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", *args, "--dir", str(tmp_path)],
+        [*command, "--dir", str(tmp_path)],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    doc = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_quick_w1_memory_reports_positive_throughput(tmp_path: Path) -> None:
+    args = ["--workloads", "w1", "--backends", "memory"]
+    doc = run_quick(tmp_path, args, timeout=60)
     (load,) = [r for r in doc["results"] if (r["workload"], r["mode"]) == ("w1", "load")]
     assert load["backend"] == "memory"
     assert load["median"]["throughput"] > 0
@@ -31,18 +38,9 @@ def test_quick_w1_memory_reports_positive_throughput(tmp_path: Path) -> None:
 
 def test_quick_w3_w4_m1_memory_report_their_metrics(tmp_path: Path) -> None:
     """W3, W4 and M1 with tiny N (about 10 s: W4's timers sleep up to 8 s)."""
-    out = tmp_path / "bench.json"
-    args = ["--quick", "--workloads", "w3,w4,m1", "--backends", "memory", "-n", "100"]
-    args += ["--timer-n", "100", "--memory-n", "500", "--json", str(out)]
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", *args, "--dir", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    doc = json.loads(out.read_text())
+    args = ["--workloads", "w3,w4,m1", "--backends", "memory", "-n", "100"]
+    args += ["--timer-n", "100", "--memory-n", "500"]
+    doc = run_quick(tmp_path, args, timeout=90)
     median = {r["workload"]: r["median"] for r in doc["results"]}
     assert median["w3"]["throughput"] > 0
     assert median["w3"]["handler_runs_per_event"] == 3
@@ -56,18 +54,9 @@ def test_quick_w3_w4_m1_memory_report_their_metrics(tmp_path: Path) -> None:
 def test_quick_client_observed_w1_sqlite_reports_client_figures(tmp_path: Path) -> None:
     """C1: W1 driven and observed by a client in another process (100 in flight, then one
     at a time), next to nothing else."""
-    out = tmp_path / "bench.json"
-    args = ["--quick", "--workloads", "c1", "--backends", "memory,sqlite", "-n", "300"]
-    args += ["--iterations", "10", "--json", str(out)]
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", *args, "--dir", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    doc = json.loads(out.read_text())
+    args = ["--workloads", "c1", "--backends", "memory,sqlite", "-n", "300"]
+    args += ["--iterations", "10"]
+    doc = run_quick(tmp_path, args, timeout=90)
     by_mode = {r["mode"]: r for r in doc["results"] if r["workload"] == "c1"}
     assert {r["backend"] for r in by_mode.values()} == {"sqlite"}  # memory: no second process
     load, serial = by_mode["load"]["median"], by_mode["serial"]["median"]
@@ -79,18 +68,9 @@ def test_quick_client_observed_w1_sqlite_reports_client_figures(tmp_path: Path) 
 
 def test_quick_w1_sync_and_inline_memory_report_throughput(tmp_path: Path) -> None:
     """W1 with def steps (thread pool) and with inline def steps, side by side."""
-    out = tmp_path / "bench.json"
-    args = ["--quick", "--workloads", "w1sync,w1inline", "--backends", "memory"]
-    args += ["-n", "200", "--json", str(out)]
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", *args, "--dir", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    doc = json.loads(out.read_text())
+    args = ["--workloads", "w1sync,w1inline", "--backends", "memory"]
+    args += ["-n", "200"]
+    doc = run_quick(tmp_path, args, timeout=60)
     runs = {(r["workload"], r["mode"]): r["median"] for r in doc["results"]}
     assert set(runs) == {(w, m) for w in ("w1sync", "w1inline") for m in ("load", "drain")}
     for (_, mode), median in runs.items():
