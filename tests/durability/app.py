@@ -45,7 +45,8 @@ def read_effects(path: Path) -> list[tuple[str, str, str, int, str]]:
         conn.close()
 
 
-def _record(kind: str, job: str) -> str:
+def record(kind: str, job: str) -> str:
+    """Record one execution of a step or handler; returns its token."""
     info = ov.current_step()
     assert info is not None
     token = uuid.uuid4().hex
@@ -66,7 +67,7 @@ class JobRequested(ov.Event, type="job.requested", key="job"):
 
 
 def work(kind: str, job: str, n: int) -> dict[str, object]:
-    return {"n": n, "token": _record(kind, job)}
+    return {"n": n, "token": record(kind, job)}
 
 
 @app.process(trigger=JobRequested, key="job")
@@ -94,10 +95,10 @@ async def review(ctx: ov.Context, request: JobRequested) -> dict[str, object]:
     for _ in range(2):
         progress = await ctx.wait_for("job.progress", timeout=timedelta(minutes=10))
         seen.append(progress.data["seq"])
-    token = await ctx.step(_record, "reviewed", request.job)
+    token = await ctx.step(record, "reviewed", request.job)
     return {"job": request.job, "seen": seen, "tokens": [token]}
 
 
 @app.on("job.done")
 def notify(event: ov.Event) -> None:
-    _record("notified", event.data["job"])
+    record("notified", event.data["job"])

@@ -9,12 +9,12 @@ approval fed to the second wait shows up in the result.
 
 from __future__ import annotations
 
-import os
-import sqlite3
-import uuid
 from datetime import timedelta
 
 import overture as ov
+
+from .app import create_effects as create_effects
+from .app import record
 
 app = ov.App("crashy")
 
@@ -26,31 +26,6 @@ class JobRequested(ov.Event, type="job.requested", key="job"):
 class JobApproved(ov.Event, type="job.approved", key="job"):
     job: str
     seq: int
-
-
-def record(kind: str, job: str) -> str:
-    """Record one execution of a step or handler; returns its token."""
-    info = ov.current_step()
-    assert info is not None
-    token = uuid.uuid4().hex
-    conn = sqlite3.connect(os.environ["OVERTURE_EFFECTS"], timeout=30, isolation_level=None)
-    try:
-        conn.execute(
-            "INSERT INTO effects VALUES (?, ?, ?, ?, ?)",
-            (kind, job, info.idempotency_key, info.attempt, token),
-        )
-    finally:
-        conn.close()
-    return token
-
-
-def create_effects(path: str) -> None:
-    with sqlite3.connect(path) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(
-            "CREATE TABLE effects(kind TEXT, job TEXT, ikey TEXT, attempt INT, token TEXT)"
-        )
-    conn.close()
 
 
 @app.process(trigger=JobRequested, key="job")

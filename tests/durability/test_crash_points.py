@@ -75,7 +75,7 @@ def _crash_once(work: Path, target: str, path: str, statement: int) -> int:
     """Run the work up to the crash point; returns the driver's exit code."""
     db, effects, log = work / "engine.db", work / "effects.db", work / "engine.log"
     url = f"sqlite:///{db}"
-    crash_app.create_effects(str(effects))
+    crash_app.create_effects(effects)
     with ov.Client(url, app=crash_app.app) as client:
         triggers = [crash_app.JobRequested(job=f"j{i}") for i in range(JOBS)]
         _append(client, triggers, bad=path == "rows" and target == "triggers")
