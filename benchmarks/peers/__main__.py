@@ -43,8 +43,12 @@ METRICS = (
     ("w2", "serial_p99_ms"),
 )
 OVERTURE_TUNING = (
-    "engine in the measuring process (asyncio task), Engine(app, broker, cache_size=10_000), "
-    "batch size 500; producer in a separate process, send_many chunks of 100"
+    "W1 as the peers are measured (the suite's C1): engine in the measuring process "
+    "(as `overture run` runs it; cache_size=10_000, batch size 500), a separate client "
+    "process sending one event per instance with AsyncClient.start, 100 in flight, each "
+    "result awaited through the client (woken by the commit); 1x1: Client.start(e).result() "
+    "one at a time. W2 is engine-internal: engine in the measuring process, producer "
+    "process, send_many chunks of 100"
 )
 OVERTURE_DURABILITY = "SQLite WAL, synchronous=FULL (fsync at every commit)"
 
