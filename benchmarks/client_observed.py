@@ -47,7 +47,7 @@ async def measure(opts: Options) -> Result:
             if proc.is_alive():
                 proc.kill()
         result["engine_stats"] = dict(bench.engine.stats)
-        result["durability"] = _durability(bench.broker, opts.backend)
+        result["durability"] = _durability(bench.backend, opts.backend)
     result["peak_rss_mb"] = stats.peak_rss_mb()
     return result
 

@@ -43,7 +43,7 @@ METRICS = (
     ("w2", "serial_p99_ms"),
 )
 OVERTURE_TUNING = (
-    "engine in the measuring process (asyncio task), Engine(app, broker, cache_size=10_000), "
+    "engine in the measuring process (asyncio task), Engine(app, backend, cache_size=10_000), "
     "batch size 500; producer in a separate process, send_many chunks of 100"
 )
 OVERTURE_DURABILITY = "SQLite WAL, synchronous=FULL (fsync at every commit)"

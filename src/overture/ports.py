@@ -1,6 +1,6 @@
 """The two ports the engine is written against: ``Log`` and ``Store``.
 
-A *broker* bundles one log and one store whose ``commit`` is atomic across both: the
+A *backend* bundles one log and one store whose ``commit`` is atomic across both: the
 embedded SQLite backend keeps them in one file and commits in one transaction; the
 memory backend applies a batch under one lock; the Kafka backend (see ``docs/``) maps a
 batch to one Kafka transaction.
@@ -258,7 +258,7 @@ class Store(Protocol):
     def dead_letter(self, dead_letter_id: str) -> DeadLetter | None: ...
 
 
-class Broker(Protocol):
+class Backend(Protocol):
     """A log and a store that commit together."""
 
     @property

@@ -2,11 +2,11 @@
 
 Shared by :class:`~overture.Client` and :class:`~overture.AsyncClient`. A
 :class:`Results` keeps the futures of the instances its client waits for and one watcher
-on the broker (``watch_finished``): the memory broker calls it from the committing
-thread, the SQLite broker rings the client's bell after the engine's commit (see
-``backends/sqlite.py``), the Kafka broker's follower reads the changelog as the cluster
+on the backend (``watch_finished``): the memory backend calls it from the committing
+thread, the SQLite backend rings the client's bell after the engine's commit (see
+``backends/sqlite.py``), the Kafka backend's follower reads the changelog as the cluster
 delivers it. A wakeup names the finished instances, so each is read from the store once,
-when it has finished. A broker without ``watch_finished`` is polled every 10 ms.
+when it has finished. A backend without ``watch_finished`` is polled every 10 ms.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any, Protocol
 
 from .core.machine import FINAL_STATUSES
 from .errors import InstanceFailed
-from .ports import Broker, InstanceRow
+from .ports import Backend, InstanceRow
 
 FINAL = FINAL_STATUSES  # the statuses an instance never leaves (one definition: core)
-_POLL_SECONDS = 0.01  # only for a broker that cannot tell when instances finish
+_POLL_SECONDS = 0.01  # only for a backend that cannot tell when instances finish
 
 
 class _Watchable(Protocol):
@@ -30,14 +30,14 @@ class _Watchable(Protocol):
 
 
 class Results:
-    """Futures of finished instances of one broker.
+    """Futures of finished instances of one backend.
 
     Args:
-        broker: the broker the engine commits to.
+        backend: the backend the engine commits to.
     """
 
-    def __init__(self, broker: Broker) -> None:
-        self._broker = broker
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
         self._lock = threading.Lock()
         self._waiting: dict[str, list[Future[InstanceRow]]] = {}
         self._unwatch: Callable[[], None] | None = None
@@ -81,7 +81,7 @@ class Results:
 
     def timed_out(self, shown: str, instance_id: str, timeout: float) -> TimeoutError:
         """The error of a wait that timed out, saying where the instance is."""
-        row = self._broker.store.instance(instance_id)
+        row = self._backend.store.instance(instance_id)
         status = "not started" if row is None else row.status
         return TimeoutError(f"instance {shown} still {status} after {timeout:g}s")
 
@@ -105,7 +105,7 @@ class Results:
         """Start the watcher once (under the lock)."""
         if self._unwatch is not None or self._poller is not None or self._closed:
             return
-        watch = getattr(self._broker, "watch_finished", None)
+        watch = getattr(self._backend, "watch_finished", None)
         if watch is not None:
             self._unwatch = watch(self._woken)
         else:
@@ -130,7 +130,7 @@ class Results:
 
     def _check(self, instance_id: str) -> None:
         """Read the instance; resolve its futures if it is final."""
-        row = self._broker.store.instance(instance_id)
+        row = self._backend.store.instance(instance_id)
         if row is None or row.status not in FINAL:
             return
         with self._lock:

@@ -12,12 +12,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from overture.backends import open_broker
+from overture.backends import open_backend
 from overture.backends.kafka.changelog import records_of, restore
 from overture.errors import ConfigError, EngineBusy
 from overture.ports import (
+    Backend,
     Batch,
-    Broker,
     DeadLetter,
     InboxRow,
     InstanceRow,
@@ -29,11 +29,11 @@ from overture.ports import (
 
 
 @pytest.fixture(params=["memory", "sqlite"])
-def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Broker]:
+def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     if request.param == "memory":
-        b = open_broker(f"memory://conf-{tmp_path.name}", partitions=4)
+        b = open_backend(f"memory://conf-{tmp_path.name}", partitions=4)
     else:
-        b = open_broker(f"sqlite:///{tmp_path / 'c.db'}", partitions=4)
+        b = open_backend(f"sqlite:///{tmp_path / 'c.db'}", partitions=4)
     yield b
     b.close()
 
@@ -54,7 +54,7 @@ def row(iid: str, status: str = "running", **kw: object) -> InstanceRow:
     return InstanceRow(**base)  # type: ignore[arg-type]
 
 
-def test_append_assigns_dense_offsets_per_partition_by_key(broker: Broker) -> None:
+def test_append_assigns_dense_offsets_per_partition_by_key(broker: Backend) -> None:
     log = broker.log
     assert log.partitions == 4
     positions = log.append([NewRecord("a", b"1"), NewRecord("a", b"2"), NewRecord("b", b"3")])
@@ -67,7 +67,7 @@ def test_append_assigns_dense_offsets_per_partition_by_key(broker: Broker) -> No
     assert log.read(part, log.end_offset(part), 10) == []
 
 
-def test_append_deduplicates_event_ids_and_finds_them(broker: Broker) -> None:
+def test_append_deduplicates_event_ids_and_finds_them(broker: Backend) -> None:
     log = broker.log
     first = log.append([NewRecord("k", b"x", event_id="e1")])
     again = log.append([NewRecord("k", b"y", event_id="e1"), NewRecord("k", b"z", "e2")])
@@ -78,7 +78,7 @@ def test_append_deduplicates_event_ids_and_finds_them(broker: Broker) -> None:
     assert log.find_event("nope") is None
 
 
-def test_read_respects_offset_and_limit(broker: Broker) -> None:
+def test_read_respects_offset_and_limit(broker: Backend) -> None:
     log = broker.log
     log.append([NewRecord("k", str(i).encode()) for i in range(10)])
     part = log.append([NewRecord("k", b"last")])[0]
@@ -88,7 +88,7 @@ def test_read_respects_offset_and_limit(broker: Broker) -> None:
     assert [r.value for r in records] == [b"3", b"4", b"5", b"6"]
 
 
-def test_commit_applies_every_kind_of_change(broker: Broker) -> None:
+def test_commit_applies_every_kind_of_change(broker: Backend) -> None:
     store = broker.store
     wait = WaitRow("pay", "o1", "i1", 2)
     batch = Batch("g", offsets={0: 5, 1: 7})
@@ -146,7 +146,7 @@ AWKWARD = {
 }
 
 
-def test_rows_round_trip_exactly(broker: Broker, tmp_path: Path) -> None:
+def test_rows_round_trip_exactly(broker: Backend, tmp_path: Path) -> None:
     """Values that a JSON path could bend: floats to the last bit, escapes, NUL, astral
     characters, string results that look like JSON, keys that look like numbers."""
     store = broker.store
@@ -195,7 +195,7 @@ def test_rows_round_trip_exactly(broker: Broker, tmp_path: Path) -> None:
 
 
 def test_committed_appends_continue_each_partition_densely_and_skip_known_ids(
-    broker: Broker,
+    broker: Backend,
 ) -> None:
     log, store = broker.log, broker.store
     log.append([NewRecord("a", b'{"n":0}', "known"), NewRecord("b", b'{"n":1}')])
@@ -231,7 +231,7 @@ def test_committed_appends_continue_each_partition_densely_and_skip_known_ids(
     assert tail == [b"\xff\x00raw", b'{"n":8}']
 
 
-def test_buffered_events_and_handler_runs_keep_their_bytes(broker: Broker) -> None:
+def test_buffered_events_and_handler_runs_keep_their_bytes(broker: Backend) -> None:
     store = broker.store
     raws = [b'{"a":"\xc3\xa9"}', b"\x00nul", b"\xff\xfe"]  # text, a NUL, not UTF-8
     batch = Batch("g")
@@ -253,7 +253,7 @@ def test_buffered_events_and_handler_runs_keep_their_bytes(broker: Broker) -> No
     assert all(s.inbox == [] for s in store.snapshots(["i0", "i1", "i2"]).values())
 
 
-def test_strings_with_nul_round_trip(broker: Broker) -> None:
+def test_strings_with_nul_round_trip(broker: Backend) -> None:
     """A NUL ends a string in SQLite's JSON functions: such batches must still be exact."""
     store = broker.store
     batch = Batch("g")
@@ -283,7 +283,7 @@ def test_a_failing_sqlite_commit_changes_nothing(tmp_path: Path) -> None:
 
     (The memory store applies plain objects and has no failure mode to exercise.)
     """
-    broker = open_broker(f"sqlite:///{tmp_path / 'f.db'}")
+    broker = open_backend(f"sqlite:///{tmp_path / 'f.db'}")
     store = broker.store
     batch = Batch("g", offsets={0: 9})
     batch.appends.append(NewRecord("k", b"v", "should-not-exist"))
@@ -313,7 +313,7 @@ def test_a_failing_sqlite_commit_changes_nothing(tmp_path: Path) -> None:
     broker.close()
 
 
-def test_subscribers_are_woken_by_appends(broker: Broker) -> None:
+def test_subscribers_are_woken_by_appends(broker: Backend) -> None:
     woke = threading.Event()
     unsubscribe = broker.log.subscribe(woke.set)
     try:
@@ -323,7 +323,7 @@ def test_subscribers_are_woken_by_appends(broker: Broker) -> None:
         unsubscribe()
 
 
-def test_engine_lock_is_exclusive(broker: Broker) -> None:
+def test_engine_lock_is_exclusive(broker: Backend) -> None:
     release = broker.engine_lock()
     with pytest.raises(EngineBusy):
         broker.engine_lock()
@@ -334,16 +334,16 @@ def test_engine_lock_is_exclusive(broker: Broker) -> None:
 def test_sqlite_is_shared_across_processes(tmp_path: Path) -> None:
     """Another process appends while we hold the engine lock; we see and are woken."""
     url = f"sqlite:///{tmp_path / 'shared.db'}"
-    broker = open_broker(url, partitions=2)
+    broker = open_backend(url, partitions=2)
     release = broker.engine_lock()
     woke = threading.Event()
     unsubscribe = broker.log.subscribe(woke.set)
     script = (
         "import sys\n"
-        "from overture.backends import open_broker\n"
+        "from overture.backends import open_backend\n"
         "from overture.ports import NewRecord\n"
         "from overture.errors import EngineBusy\n"
-        f"b = open_broker({url!r})\n"
+        f"b = open_backend({url!r})\n"
         "b.log.append([NewRecord('k', b'from-child', 'child-1')])\n"
         "try:\n    b.engine_lock()\nexcept EngineBusy:\n    sys.exit(3)\n"
     )
@@ -361,18 +361,18 @@ def test_sqlite_is_shared_across_processes(tmp_path: Path) -> None:
 
 def test_sqlite_keeps_its_partition_count_and_rejects_garbage(tmp_path: Path) -> None:
     path = tmp_path / "p.db"
-    open_broker(f"sqlite:///{path}", partitions=3).close()
-    reopened = open_broker(f"sqlite:///{path}", partitions=8)
+    open_backend(f"sqlite:///{path}", partitions=3).close()
+    reopened = open_backend(f"sqlite:///{path}", partitions=8)
     assert reopened.log.partitions == 3
     reopened.close()
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"this is not a database" * 100)
     with pytest.raises(ConfigError, match="not an Overture database"):
-        open_broker(f"sqlite:///{junk}")
+        open_backend(f"sqlite:///{junk}")
     with pytest.raises(ConfigError, match="does not exist"):
-        open_broker(f"sqlite:///{tmp_path}/missing/dir/x.db")
-    with pytest.raises(ConfigError, match="unknown broker URL"):
-        open_broker("postgres://x")
+        open_backend(f"sqlite:///{tmp_path}/missing/dir/x.db")
+    with pytest.raises(ConfigError, match="unknown backend URL"):
+        open_backend("postgres://x")
 
 
 KAFKA_LETTER = DeadLetter(
@@ -399,7 +399,7 @@ KAFKA_LETTER = DeadLetter(
 PLAIN_LETTER = DeadLetter("0:3", 5.0, "not JSON", 0, "decode", None, "k", b"\x80\x00", 0, 3)
 
 
-def test_dead_letters_keep_the_bytes_that_arrived(broker: Broker) -> None:
+def test_dead_letters_keep_the_bytes_that_arrived(broker: Backend) -> None:
     """Record key, headers (order, repeats, null values) and value, byte for byte."""
     batch = Batch("g")
     batch.dead_letters = {KAFKA_LETTER.id: KAFKA_LETTER, PLAIN_LETTER.id: PLAIN_LETTER}
@@ -423,7 +423,7 @@ def test_a_database_from_before_raw_keys_and_headers_opens_and_keeps_its_letters
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "old.db"
-    open_broker(f"sqlite:///{path}").close()
+    open_backend(f"sqlite:///{path}").close()
     conn = sqlite3.connect(path)  # the dlq table as it was
     conn.executescript(
         """
@@ -436,7 +436,7 @@ def test_a_database_from_before_raw_keys_and_headers_opens_and_keeps_its_letters
         """
     )
     conn.close()
-    broker = open_broker(f"sqlite:///{path}")
+    broker = open_backend(f"sqlite:///{path}")
     try:
         old = DeadLetter("0:1", 1.0, "bad", 0, "decode", None, "k", b"?", 0, 1)
         assert broker.store.dead_letters() == [old]

@@ -72,12 +72,12 @@ def test_a_locked_database_is_still_readable_and_a_write_says_it_is_locked(
         assert [e.envelope.data for e in client.events() if e.envelope] == [{"n": 1}]
         with pytest.raises(ov.StorageLocked, match=r"is locked: another process"):
             client.send("thing.happened", {"n": 2})
-        assert not client.broker._conn.in_transaction  # type: ignore[attr-defined]
+        assert not client.backend._conn.in_transaction  # type: ignore[attr-defined]
 
 
 def test_the_cli_reads_a_locked_database(locked_db: Path) -> None:
     proc = subprocess.run(
-        [*CLI, "events", "--json", "--broker", f"sqlite:///{locked_db}"],
+        [*CLI, "events", "--json", "--backend", f"sqlite:///{locked_db}"],
         capture_output=True,
         text=True,
         timeout=20,  # before: the 30 s busy wait, then "not an Overture database"
@@ -99,7 +99,7 @@ def test_a_disk_io_error_is_reported_as_one_line_not_a_traceback(tmp_path: Path)
     big = tmp_path / "big.json"
     big.write_text('{"blob": "' + "x" * 200_000 + '"}')
     proc = subprocess.run(
-        [*CLI, "send", "thing.happened", "--data", f"@{big}", "--broker", f"sqlite:///{path}"],
+        [*CLI, "send", "thing.happened", "--data", f"@{big}", "--backend", f"sqlite:///{path}"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -137,7 +137,7 @@ def test_a_client_never_writes_past_a_file_deleted_or_replaced_under_it(
 async def test_an_engine_stops_instead_of_committing_into_a_replaced_file(tmp_path: Path) -> None:
     path = tmp_path / "db.db"
     url = f"sqlite:///{path}"
-    broker = sqlite_backend.SqliteBroker(url, str(path), 1)
+    broker = sqlite_backend.SqliteBackend(url, str(path), 1)
     try:
         engine = Engine(app, broker)
         await engine.start()

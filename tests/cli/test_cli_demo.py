@@ -11,7 +11,7 @@ import overture as ov
 
 def test_demo_runs_every_outcome(invoke: Invoke) -> None:
     started = time.monotonic()
-    out = ok(invoke("demo", "--payment-timeout", "1", broker=False))
+    out = ok(invoke("demo", "--payment-timeout", "1", backend=False))
     assert time.monotonic() - started < 15
     for outcome in (
         "shipped",

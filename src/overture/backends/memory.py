@@ -133,7 +133,7 @@ class MemoryState:
             return self._dlq.get(dead_letter_id)
 
 
-class MemoryBroker(MemoryState):
+class MemoryBackend(MemoryState):
     """Both the log and the store of ``memory://``."""
 
     def __init__(self, url: str, partitions: int) -> None:
@@ -236,7 +236,7 @@ class MemoryBroker(MemoryState):
 
         return unsubscribe
 
-    # -- Broker -------------------------------------------------------------------------
+    # -- Backend -------------------------------------------------------------------------
 
     def engine_lock(self) -> Callable[[], None]:
         with self._lock:
@@ -252,7 +252,7 @@ class MemoryBroker(MemoryState):
 
     def close(self) -> None:
         """Nothing to release: the data lives as long as the process (or until
-        ``forget_memory_brokers``)."""
+        ``forget_memory_backends``)."""
 
 
 def _apply(table: dict[str, Any], changes: dict[str, Any]) -> None:

@@ -114,7 +114,7 @@ def _doorbell_address(path: str) -> bytes:
     return b"\0overture-" + digest.encode()
 
 
-class SqliteBroker:
+class SqliteBackend:
     """Log and store of ``sqlite:///path``; safe for several processes on one file."""
 
     def __init__(self, url: str, path: str, partitions: int) -> None:
@@ -622,7 +622,7 @@ class SqliteBroker:
         rows = self._query(f"{_DLQ_SELECT} WHERE id = ?", (dead_letter_id,))
         return _dead_letter(rows[0]) if rows else None
 
-    # -- Broker -------------------------------------------------------------------------
+    # -- Backend -------------------------------------------------------------------------
 
     def engine_lock(self) -> Callable[[], None]:
         fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)

@@ -4,7 +4,7 @@ One engine process is one member of the consumer group ``<namespace>.engine``. K
 range assignor gives each member the same partition numbers of the events and internal
 topics (they have equal counts), so partition ``p`` is a unit: its events, its re-keyed
 events, and its state (changelog partition ``p``). Per assigned partition the runtime runs
-one engine on a :class:`PartitionBroker`:
+one engine on a :class:`PartitionBackend`:
 
 - its ``log`` reads what the :class:`Membership`'s single consumer fetched for ``p``
   (logical partition ``p``: the events topic; ``partitions + p``: the internal topic);
@@ -104,10 +104,10 @@ def _offset(record: Record) -> int:
 
 class Membership:
     """This process's membership in the engine group: one consumer fetching every assigned
-    partition in a background thread, and a :class:`PartitionBroker` (with its own
+    partition in a background thread, and a :class:`PartitionBackend` (with its own
     transactional producer) per assigned partition.
 
-    ``on_assign(brokers)`` and ``on_revoke(partitions)`` are called from the fetching
+    ``on_assign(backends)`` and ``on_revoke(partitions)`` are called from the fetching
     thread; ``on_revoke`` must return only once the partitions' engines have stopped
     (their last commits settled), because another member may take them over right after.
     """
@@ -117,7 +117,7 @@ class Membership:
         settings: KafkaSettings,
         partitions: int,
         group_key: str,
-        on_assign: Callable[[dict[int, PartitionBroker]], None],
+        on_assign: Callable[[dict[int, PartitionBackend]], None],
         on_revoke: Callable[[list[int]], None],
         on_failure: Callable[[BaseException], None] = lambda error: None,
     ) -> None:
@@ -129,7 +129,7 @@ class Membership:
         self._on_failure = on_failure
         self._lock = threading.Lock()
         self._buffers: dict[int, _Buffer] = {}
-        self._brokers: dict[int, PartitionBroker] = {}
+        self._backends: dict[int, PartitionBackend] = {}
         self._requests: deque[Callable[[], None]] = deque()
         self._stop = threading.Event()
         self._fetched: dict[int, int] = {}
@@ -174,7 +174,7 @@ class Membership:
     @property
     def assigned(self) -> list[int]:
         with self._lock:
-            return sorted(self._brokers)
+            return sorted(self._backends)
 
     # -- called by the partitions' engines (any thread) ------------------------------------
 
@@ -222,7 +222,7 @@ class Membership:
 
     def _commit_offsets(self, tps: list[TopicPartition]) -> None:
         with self._lock:
-            owned = {lp for p in self._brokers for lp in (p, self.partitions + p)}
+            owned = {lp for p in self._backends for lp in (p, self.partitions + p)}
         tps = [tp for tp in tps if self._logical(tp.topic, tp.partition) in owned]
         if tps:
             self._consumer.commit(offsets=tps, asynchronous=True)
@@ -230,7 +230,7 @@ class Membership:
     def caught_up(self) -> bool:
         """Whether everything committed to the assigned partitions so far was fetched."""
         with self._lock:
-            logical = [lp for p in self._brokers for lp in (p, self.partitions + p)]
+            logical = [lp for p in self._backends for lp in (p, self.partitions + p)]
             fetched = {lp: self._fetched.get(lp, -1) for lp in logical}
         if self._watermarks is None:
             # The high watermark, not the last stable offset: a transaction reports its
@@ -321,28 +321,28 @@ class Membership:
     def _assigned(self, consumer: Consumer, tps: list[TopicPartition]) -> None:
         partitions = sorted({tp.partition for tp in tps if tp.topic == self.settings.events_topic})
         log.info("assigned partitions %s", partitions)
-        brokers = self._prepare(partitions)
+        backends = self._prepare(partitions)
         for tp in tps:
             lp = self._logical(tp.topic, tp.partition)
-            start = brokers[tp.partition].store.offsets(self.group_key).get(lp)
+            start = backends[tp.partition].store.offsets(self.group_key).get(lp)
             tp.offset = OFFSET_BEGINNING if start is None else start
             with self._lock:
                 self._buffers.setdefault(lp, _Buffer(0)).clear(start or 0)
                 self._fetched[lp] = -1
         consumer.assign(tps)
         with self._lock:
-            self._brokers.update(brokers)
-        self._on_assign(brokers)
+            self._backends.update(backends)
+        self._on_assign(backends)
 
-    def _prepare(self, partitions: list[int]) -> dict[int, PartitionBroker]:
+    def _prepare(self, partitions: list[int]) -> dict[int, PartitionBackend]:
         """Producers (fencing the previous owners) and restored state for newly assigned
         partitions; retried while the cluster is unavailable (say, restarting)."""
         pause = 0.5
         while True:
             try:
-                brokers = {p: PartitionBroker(self, p) for p in partitions}
-                restore_partitions(self.settings, {p: b.store for p, b in brokers.items()})
-                return brokers
+                backends = {p: PartitionBackend(self, p) for p in partitions}
+                restore_partitions(self.settings, {p: b.store for p, b in backends.items()})
+                return backends
             except BrokerUnavailable as error:
                 if self._stop.is_set():
                     raise
@@ -356,19 +356,19 @@ class Membership:
         partitions = sorted({tp.partition for tp in tps if tp.topic == self.settings.events_topic})
         log.info("partitions %s revoked", partitions)
         with self._lock:
-            owned = [p for p in partitions if p in self._brokers]
+            owned = [p for p in partitions if p in self._backends]
         if owned:
             self._on_revoke(owned)
         with self._lock:
-            gone = [self._brokers.pop(p) for p in partitions if p in self._brokers]
+            gone = [self._backends.pop(p) for p in partitions if p in self._backends]
             for p in partitions:
                 for lp in (p, self.partitions + p):
                     self._fetched.pop(lp, None)
                     buffer = self._buffers.get(lp)
                     if buffer is not None:
                         buffer.clear(0)
-        for broker in gone:
-            broker.close()
+        for backend in gone:
+            backend.close()
 
     def _error(self, error: KafkaError) -> None:
         # librdkafka retries on its own; say so once in a while instead of on every attempt
@@ -522,8 +522,8 @@ def _is_fenced(error: KafkaError) -> bool:
     return error.code() in _FENCED or "fenced" in error.str().lower()
 
 
-class PartitionBroker:
-    """The broker one partition's engine sees (see the module docstring)."""
+class PartitionBackend:
+    """The backend one partition's engine sees (see the module docstring)."""
 
     def __init__(self, membership: Membership, partition: int) -> None:
         self.membership = membership

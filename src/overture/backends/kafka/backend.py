@@ -1,11 +1,11 @@
-"""``kafka://``: the broker as clients see it, and the entry point for engines.
+"""``kafka://``: the backend as clients see it, and the entry point for engines.
 
 - ``log.append`` publishes with an idempotent producer (``acks=all``) and returns once the
   cluster acknowledged every record, or raises :class:`BrokerUnavailable`.
 - ``log.read`` reads a partition of the events topic by position.
 - ``store`` answers queries from the changelog: it follows every changelog partition into
   a local copy, catching up to the current end before each answer. It is read-only;
-  engines commit through :meth:`KafkaBroker.join`.
+  engines commit through :meth:`KafkaBackend.join`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from ...ports import (
 )
 from ..memory import MemoryState
 from .changelog import restore
-from .group import Membership, PartitionBroker
+from .group import Membership, PartitionBackend
 from .reading import high_watermarks, read_changelog, read_to_end, reader, record_of
 from .settings import KafkaSettings, parse
 from .topics import ensure_topics
@@ -40,7 +40,7 @@ from .writing import produce_record
 SEND_TIMEOUT = 30.0
 
 
-class KafkaBroker:
+class KafkaBackend:
     """A Kafka cluster namespace (see ``overture.backends.kafka.settings``)."""
 
     def __init__(self, url: str, *, partitions: int | None = None) -> None:
@@ -53,7 +53,7 @@ class KafkaBroker:
     def join(
         self,
         group_key: str,
-        on_assign: Callable[[dict[int, PartitionBroker]], None],
+        on_assign: Callable[[dict[int, PartitionBackend]], None],
         on_revoke: Callable[[list[int]], None],
         on_failure: Callable[[BaseException], None],
     ) -> Membership:
@@ -101,7 +101,7 @@ class KafkaBroker:
     def engine_lock(self) -> Callable[[], None]:
         raise ConfigError(
             "on Kafka, engines run per partition (overture.runtime.host.Host), not on the "
-            "whole broker"
+            "whole backend"
         )
 
     def close(self) -> None:
