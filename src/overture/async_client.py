@@ -40,7 +40,7 @@ class AsyncClient:
     def __init__(self, backend: str | Backend = DEFAULT_URL, *, app: App | None = None) -> None:
         self.sync = Client(backend, app=app)
         """The synchronous client this one shares its connections and committer with."""
-        self._local = self.sync.backend.url.startswith(("memory:", "sqlite:"))
+        self._local = not self.sync.backend.capabilities.remote
         self._handing: list[tuple[list[NewRecord], asyncio.Future[Positions]]] = []
 
     @property

@@ -6,7 +6,7 @@ on the backend (``watch_finished``): the memory backend calls it from the commit
 thread, the SQLite backend rings the client's bell after the engine's commit (see
 ``backends/sqlite.py``), the Kafka backend's follower reads the changelog as the cluster
 delivers it. A wakeup names the finished instances, so each is read from the store once,
-when it has finished. A backend without ``watch_finished`` is polled every 10 ms.
+when it has finished (every backend declares ``watch_finished``: no polling).
 """
 
 from __future__ import annotations
@@ -14,19 +14,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Protocol
+from typing import Any
 
 from .core.machine import FINAL_STATUSES
 from .errors import InstanceFailed
 from .ports import Backend, InstanceRow
 
 FINAL = FINAL_STATUSES  # the statuses an instance never leaves (one definition: core)
-_POLL_SECONDS = 0.01  # only for a backend that cannot tell when instances finish
-
-
-class _Watchable(Protocol):
-    def watch_finished(self, wake: Callable[[list[str] | None], None]) -> Callable[[], None]:
-        """Call ``wake`` with finished instance ids (``None``: re-read everything)."""
 
 
 class Results:
@@ -41,7 +35,6 @@ class Results:
         self._lock = threading.Lock()
         self._waiting: dict[str, list[Future[InstanceRow]]] = {}
         self._unwatch: Callable[[], None] | None = None
-        self._poller: threading.Thread | None = None
         self._closed = False
 
     def future(self, instance_id: str) -> Future[InstanceRow]:
@@ -94,8 +87,6 @@ class Results:
             self._waiting.clear()
         if unwatch is not None:
             unwatch()
-        if self._poller is not None:
-            self._poller.join(timeout=1.0)
         for future in pending:
             future.cancel()
 
@@ -103,14 +94,9 @@ class Results:
 
     def _watch(self) -> None:
         """Start the watcher once (under the lock)."""
-        if self._unwatch is not None or self._poller is not None or self._closed:
+        if self._unwatch is not None or self._closed:
             return
-        watch = getattr(self._backend, "watch_finished", None)
-        if watch is not None:
-            self._unwatch = watch(self._woken)
-        else:
-            self._poller = threading.Thread(target=self._poll, daemon=True)
-            self._poller.start()
+        self._unwatch = self._backend.watch_finished(self._woken)
 
     def _woken(self, finished: list[str] | None) -> None:
         with self._lock:
@@ -121,12 +107,6 @@ class Results:
             )
         for instance_id in ids:
             self._check(instance_id)
-
-    def _poll(self) -> None:
-        stop = threading.Event()
-        while not self._closed:
-            self._woken(None)
-            stop.wait(_POLL_SECONDS)
 
     def _check(self, instance_id: str) -> None:
         """Read the instance; resolve its futures if it is final."""

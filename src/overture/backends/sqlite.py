@@ -21,7 +21,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -37,7 +37,10 @@ from ..errors import (
 )
 from ..ports import (
     Batch,
+    Capabilities,
+    Claim,
     DeadLetter,
+    EngineBackend,
     InboxRow,
     InstanceRow,
     InstanceSnapshot,
@@ -47,6 +50,7 @@ from ..ports import (
     WorkRow,
     partition_for,
 )
+from .embedded import claim_whole
 
 _SHIFT = 40
 _MASK = (1 << _SHIFT) - 1
@@ -93,6 +97,9 @@ CREATE TABLE IF NOT EXISTS dlq(
   id TEXT PRIMARY KEY, created REAL NOT NULL, reason TEXT NOT NULL, attempts INTEGER NOT NULL,
   source TEXT NOT NULL, etype TEXT, key TEXT, value BLOB NOT NULL, part INTEGER, off INTEGER,
   raw_key BLOB, headers TEXT);
+CREATE TABLE IF NOT EXISTS state(
+  ns TEXT NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL,
+  PRIMARY KEY(ns, key)) WITHOUT ROWID;
 """
 _DLQ_ADDED = (("raw_key", "BLOB"), ("headers", "TEXT"))
 """Columns of ``dlq`` that databases written before them lack (added on open)."""
@@ -116,6 +123,16 @@ def _doorbell_address(path: str) -> bytes:
 
 class SqliteBackend:
     """Log and store of ``sqlite:///path``; safe for several processes on one file."""
+
+    capabilities = Capabilities(
+        dedups_event_ids=True,  # the log_event_id unique index
+        finds_events_by_id=True,
+        local_lock=True,  # flock on <db>.lock
+        commit="thread",  # the fsync must not stall the engine's loop
+        partitioned=False,
+        remote=False,
+    )
+    owned = None
 
     def __init__(self, url: str, path: str, partitions: int) -> None:
         self.url = url
@@ -485,6 +502,13 @@ class SqliteBackend:
         self._apply(c, "waits", waits, _wait_fields)
         self._apply(c, "work", b.work, lambda w: _work_fields(w, _as_is))
         self._apply(c, "inbox", b.inbox, lambda r: _inbox_fields(r, _as_is))
+        if b.state:
+            gone = [(ns, bytes(key)) for (ns, key), v in b.state.items() if v is None]
+            kept = [(ns, bytes(key), bytes(v)) for (ns, key), v in b.state.items() if v is not None]
+            if gone:
+                c.executemany("DELETE FROM state WHERE ns = ? AND key = ?", gone)
+            if kept:
+                c.executemany("INSERT OR REPLACE INTO state VALUES (?, ?, ?)", kept)
         self._apply(
             c,
             "dlq",
@@ -622,7 +646,40 @@ class SqliteBackend:
         rows = self._query(f"{_DLQ_SELECT} WHERE id = ?", (dead_letter_id,))
         return _dead_letter(rows[0]) if rows else None
 
-    # -- Backend -------------------------------------------------------------------------
+    # -- keyed state ----------------------------------------------------------------------
+
+    def get(self, namespace: str, key: bytes) -> bytes | None:
+        rows = self._query(
+            "SELECT value FROM state WHERE ns = ? AND key = ?", (namespace, bytes(key))
+        )
+        return rows[0][0] if rows else None
+
+    def scan(self, namespace: str, prefix: bytes = b"") -> list[tuple[bytes, bytes]]:
+        # a range on the primary key (BLOBs compare with memcmp: byte order), not LIKE,
+        # which would treat bytes of the prefix as wildcards and stop at a NUL
+        prefix = bytes(prefix)
+        end = _after_prefix(prefix)
+        if end is None:
+            sql = "SELECT key, value FROM state WHERE ns = ? AND key >= ? ORDER BY key"
+            args: tuple[Any, ...] = (namespace, prefix)
+        else:
+            sql = "SELECT key, value FROM state WHERE ns = ? AND key >= ? AND key < ? ORDER BY key"
+            args = (namespace, prefix, end)
+        return [(k, v) for k, v in self._query(sql, args)]
+
+    # -- Backend / EngineBackend ----------------------------------------------------------
+
+    def claim(
+        self,
+        group_key: str,
+        on_assign: Callable[[Mapping[int, EngineBackend]], None],
+        on_revoke: Callable[[list[int]], None],
+        on_failure: Callable[[BaseException], None],
+    ) -> Claim:
+        return claim_whole(self, on_assign, on_revoke)
+
+    def reload(self) -> None:
+        """Nothing to reload: every read goes to the file."""
 
     def engine_lock(self) -> Callable[[], None]:
         fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -659,8 +716,10 @@ _SQLITE_CANTOPEN = 14
 _SQLITE_NOTADB = 26
 _BUSY_SECONDS = 30.0
 _TABLES = frozenset(
-    {"meta", "log", "offsets", "instances", "journal", "waits", "work", "inbox", "dlq"}
+    {"meta", "log", "offsets", "instances", "journal", "waits", "work", "inbox", "dlq", "state"}
 )
+"""Every table of this release: a file that lacks one (``state`` came later) gets it on
+open, like the ``dlq`` columns."""
 
 
 def _identity(path: str) -> tuple[int, int]:
@@ -710,6 +769,15 @@ def _environment_error(path: str, error: sqlite3.DatabaseError, doing: str) -> E
             "system, a file size limit); nothing of this write was kept"
         )
     return None
+
+
+def _after_prefix(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key starting with ``prefix`` (``None``: no
+    such key, the prefix being empty or all 0xff bytes)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
 def _dump(value: Any) -> bytes | None:
@@ -796,7 +864,10 @@ def _state_document(b: Batch, partitions: int, now: float) -> str | None:
     string (SQLite's JSON functions end a string there). Events that decoded never hold
     such bytes, so the engine's batches practically always take the document. Bound as
     text: SQLite 3.45+ would read a BLOB as JSONB."""
-    if b.dead_letters:
+    if b.dead_letters or b.state:
+        # Keyed state is bytes (the document would need SQLite 3.41's unhex to carry
+        # them): a batch with state goes row by row. The engine's own rows stay on the
+        # document path.
         return None
     doc: dict[str, Any] = {}
     try:

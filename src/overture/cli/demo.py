@@ -29,7 +29,7 @@ from ..backends import open_backend
 from ..client import FINAL, Client, Instance
 from ..examples import orders as example
 from ..runtime.clock import SystemClock
-from ..runtime.engine import Engine
+from ..runtime.host import Host
 from . import render
 from .common import CliError
 
@@ -129,14 +129,16 @@ async def run_demo(console: Console, *, payment_timeout: float, backend: str | N
         )
         engine_backend = open_backend(backend)
         stack.callback(engine_backend.close)
-        engine = Engine(app, engine_backend, clock=SystemClock())
-        await engine.start()
-        runner = asyncio.create_task(engine.run())
+        # a Host, as `overture run` runs the engines: one on an embedded backend, one per
+        # partition on Kafka
+        host = Host(app, engine_backend, clock=SystemClock())
+        await host.start()
+        runner = asyncio.create_task(host.run())
         client = stack.enter_context(Client(backend, app=app))
         try:
             instances = await _drive(console, client, module, payment_timeout)
         finally:
-            await engine.stop()
+            await host.stop()
             await runner
         return _report(console, client, instances, notes)
 

@@ -28,9 +28,9 @@ from ..core.timers import WorkQueue
 from ..errors import ConfigError, EventError, MalformedEvent
 from ..events import Envelope, Event, decode, encode
 from ..ports import (
-    Backend,
     Batch,
     DeadLetter,
+    EngineBackend,
     InboxRow,
     InstanceRow,
     NewRecord,
@@ -85,7 +85,7 @@ class Engine(WorkRunner):
     def __init__(
         self,
         app: App,
-        backend: Backend,
+        backend: EngineBackend,
         *,
         clock: Clock | None = None,
         cache_size: int = 10_000,
@@ -333,7 +333,7 @@ class Engine(WorkRunner):
         thread while the engine builds the next batch; that one commits only after this
         one has (``_settle``), so commits stay in order and the store is never ahead of
         a crash-consistent prefix."""
-        if self.backend.url.startswith("memory:"):
+        if self.backend.capabilities.commit == "inline":
             self._store.commit(batch)
             return
         loop = asyncio.get_running_loop()

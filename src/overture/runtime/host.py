@@ -1,7 +1,8 @@
 """The host: runs the engines of one process for the partitions it owns.
 
-On the embedded backends a process owns every partition and the host runs one engine.
-On Kafka (a backend with ``join``) the process is a member of the engine group, and the
+Every backend hands partitions over the same way (``Backend.claim``): an embedded one
+hands itself over at once and the host runs one engine owning every partition; on Kafka
+(``capabilities.partitioned``) the process is a member of the engine group, and the
 host runs one engine per assigned partition, starting and stopping them as the group
 rebalances: an engine whose partition is revoked is drained (its last batch committed)
 before the revocation returns, so the next owner starts exactly where it stopped.
@@ -16,32 +17,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Mapping
 
 from ..app import App
 from ..errors import Fenced
-from ..ports import Backend
+from ..ports import Backend, Claim, EngineBackend
 from .clock import Clock, SystemClock
 from .engine import Engine
 
 log = logging.getLogger("overture.host")
-
-
-class _PartitionBackend(Backend, Protocol):
-    @property
-    def owned(self) -> list[int]: ...
-
-    def reload(self) -> None: ...
-
-
-class _Membership(Protocol):
-    @property
-    def assigned(self) -> list[int]: ...
-
-    def caught_up(self) -> bool: ...
-
-    def close(self) -> None: ...
 
 
 class Host:
@@ -75,7 +59,7 @@ class Host:
         self.drive = drive
         self.engines: dict[int, Engine] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
-        self._membership: _Membership | None = None
+        self._membership: Claim | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self._failed: BaseException | None = None
@@ -85,9 +69,9 @@ class Host:
     @property
     def partitioned(self) -> bool:
         """Whether partitions are shared out by a group (Kafka)."""
-        return hasattr(self.backend, "join")
+        return self.backend.capabilities.partitioned
 
-    def _engine(self, backend: Backend, partitions: list[int] | None = None) -> Engine:
+    def _engine(self, backend: EngineBackend, partitions: list[int] | None = None) -> Engine:
         return Engine(
             self.app,
             backend,
@@ -104,15 +88,12 @@ class Host:
     async def start(self) -> None:
         """Claim the partitions (join the group) and start their engines."""
         self._loop = asyncio.get_running_loop()
-        if not self.partitioned:
-            engine = self.engines[0] = self._engine(self.backend)
-            await engine.start()
-            if not self.drive:
-                self._tasks[0] = asyncio.create_task(self._supervise(0, self.backend, engine))
-            return
-        join: Callable[..., _Membership] = self.backend.join  # type: ignore[attr-defined]
         self._membership = await asyncio.to_thread(
-            join, f"engine:{self.app.name}", self._assigned, self._revoked, self._failed_member
+            self.backend.claim,
+            f"engine:{self.app.name}",
+            self._assigned,
+            self._revoked,
+            self._failed_member,
         )
         if self.drive:  # a test expects its engines to exist once started
             for _ in range(3000):
@@ -187,7 +168,7 @@ class Host:
 
     # -- group callbacks (called from the membership's thread) -------------------------------
 
-    def _assigned(self, backends: dict[int, _PartitionBackend]) -> None:
+    def _assigned(self, backends: Mapping[int, EngineBackend]) -> None:
         assert self._loop is not None
         future = asyncio.run_coroutine_threadsafe(self._start_partitions(backends), self._loop)
         future.result()
@@ -207,7 +188,7 @@ class Host:
         self._failed = error
         loop.call_soon_threadsafe(self._done.set)
 
-    async def _start_partitions(self, backends: dict[int, Any]) -> None:
+    async def _start_partitions(self, backends: Mapping[int, EngineBackend]) -> None:
         for p, backend in backends.items():
             if self._stopping:
                 return
@@ -231,7 +212,7 @@ class Host:
                 with contextlib.suppress(BaseException):
                     await task
 
-    async def _supervise(self, p: int, backend: Any, engine: Engine) -> None:
+    async def _supervise(self, p: int, backend: EngineBackend, engine: Engine) -> None:
         pause = 0.5
         while True:
             try:

@@ -4,24 +4,25 @@
   cluster acknowledged every record, or raises :class:`BrokerUnavailable`.
 - ``log.read`` reads a partition of the events topic by position.
 - ``store`` answers queries from the changelog: it follows every changelog partition into
-  a local copy, catching up to the current end before each answer. It is read-only;
-  engines commit through :meth:`KafkaBackend.join`.
+  a local copy, catching up to the current end before each answer. It is read-only (a
+  :class:`~overture.ports.StateView`); engines commit through the partitions that
+  :meth:`KafkaBackend.claim` hands them.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 import orjson
 from confluent_kafka import KafkaException, Producer, TopicPartition
 
-from ...errors import BrokerUnavailable, ConfigError
+from ...errors import BrokerUnavailable
 from ...ports import (
-    Batch,
     DeadLetter,
+    EngineBackend,
     InstanceRow,
     InstanceSnapshot,
     NewRecord,
@@ -31,7 +32,7 @@ from ...ports import (
 )
 from ..memory import MemoryState
 from .changelog import restore
-from .group import Membership, PartitionBackend
+from .group import CAPABILITIES, Membership
 from .reading import high_watermarks, read_changelog, read_to_end, reader, record_of
 from .settings import KafkaSettings, parse
 from .topics import ensure_topics
@@ -43,6 +44,8 @@ SEND_TIMEOUT = 30.0
 class KafkaBackend:
     """A Kafka cluster namespace (see ``overture.backends.kafka.settings``)."""
 
+    capabilities = CAPABILITIES
+
     def __init__(self, url: str, *, partitions: int | None = None) -> None:
         self.settings = parse(url, partitions=partitions)
         self.url = url
@@ -50,14 +53,15 @@ class KafkaBackend:
         self.log = KafkaLog(self.settings, self.partitions)
         self.store = ChangelogView(self.settings, self.partitions)
 
-    def join(
+    def claim(
         self,
         group_key: str,
-        on_assign: Callable[[dict[int, PartitionBackend]], None],
+        on_assign: Callable[[Mapping[int, EngineBackend]], None],
         on_revoke: Callable[[list[int]], None],
         on_failure: Callable[[BaseException], None],
     ) -> Membership:
-        """Become a member of the engine group (see :class:`Membership`)."""
+        """Become a member of the engine group (see :class:`Membership`): each assigned
+        partition is handed over as a :class:`PartitionBackend`."""
         membership = Membership(
             self.settings, self.partitions, group_key, on_assign, on_revoke, on_failure
         )
@@ -97,12 +101,6 @@ class KafkaBackend:
             thread.join(timeout=2.0)
 
         return unsubscribe
-
-    def engine_lock(self) -> Callable[[], None]:
-        raise ConfigError(
-            "on Kafka, engines run per partition (overture.runtime.host.Host), not on the "
-            "whole backend"
-        )
 
     def close(self) -> None:
         self.log.close()
@@ -260,9 +258,6 @@ class ChangelogView:
                     if key.startswith(b'["d",'):  # a dead letter: remember where it lives
                         self._where[orjson.loads(key)[1]] = p
 
-    def commit(self, batch: Batch) -> None:
-        raise ConfigError("the changelog view is read-only; engines commit per partition")
-
     def offsets(self, group: str) -> dict[int, int]:
         self.refresh()
         return self._state.offsets(group)
@@ -309,6 +304,14 @@ class ChangelogView:
         self.refresh()
         letter = self._state.dead_letter(dead_letter_id)
         return None if letter is None else self._placed(letter)
+
+    def get(self, namespace: str, key: bytes) -> bytes | None:
+        self.refresh()
+        return self._state.get(namespace, key)
+
+    def scan(self, namespace: str, prefix: bytes = b"") -> list[tuple[bytes, bytes]]:
+        self.refresh()
+        return self._state.scan(namespace, prefix)
 
     def _placed(self, letter: DeadLetter) -> DeadLetter:
         """The letter with the partition whose engine holds it (where a replay must go)."""

@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import (
@@ -48,8 +48,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from ...errors import BrokerUnavailable, ConfigError, Fenced
-from ...ports import Batch, NewRecord, Record
+from ...errors import BrokerUnavailable, Fenced
+from ...ports import Batch, Capabilities, EngineBackend, Record
 from ..memory import MemoryState
 from .changelog import records_of, restore
 from .reading import read_changelog, reader, record_of
@@ -57,6 +57,17 @@ from .settings import KafkaSettings
 from .writing import produce_record, send
 
 log = logging.getLogger("overture.kafka")
+
+CAPABILITIES = Capabilities(
+    dedups_event_ids=False,  # engines start one instance per trigger id all the same
+    finds_events_by_id=False,  # no index by event id: find_event scans the topic
+    local_lock=False,  # the group assigns each partition to one member
+    commit="thread",  # a transaction waits for the cluster
+    partitioned=True,
+    remote=True,
+)
+"""What ``kafka://`` does (the client side and every partition's engine side)."""
+
 
 PAUSE_AT = 20_000
 """Buffered records of one partition at which fetching it pauses (backpressure)."""
@@ -117,7 +128,7 @@ class Membership:
         settings: KafkaSettings,
         partitions: int,
         group_key: str,
-        on_assign: Callable[[dict[int, PartitionBackend]], None],
+        on_assign: Callable[[Mapping[int, EngineBackend]], None],
         on_revoke: Callable[[list[int]], None],
         on_failure: Callable[[BaseException], None] = lambda error: None,
     ) -> None:
@@ -523,7 +534,10 @@ def _is_fenced(error: KafkaError) -> bool:
 
 
 class PartitionBackend:
-    """The backend one partition's engine sees (see the module docstring)."""
+    """The backend one partition's engine sees (see the module docstring): an
+    :class:`~overture.ports.EngineBackend`."""
+
+    capabilities = CAPABILITIES
 
     def __init__(self, membership: Membership, partition: int) -> None:
         self.membership = membership
@@ -554,7 +568,9 @@ class PartitionBackend:
         self.store = store
 
     def engine_lock(self) -> Callable[[], None]:
-        return lambda: None  # the group protocol gives each partition one owner
+        """Nothing to take: the group gave this partition to this member only, and the
+        partition's producer fenced its previous owner (``local_lock`` is False)."""
+        return lambda: None
 
     def close(self) -> None:
         self.committer.close()
@@ -569,17 +585,11 @@ class _PartitionLog:
     def partitions(self) -> int:
         return self._m.partitions
 
-    def append(self, records: Sequence[NewRecord]) -> list[tuple[int, int] | None]:
-        raise ConfigError("an engine appends through its commits")
-
     def read(self, partition: int, offset: int, limit: int) -> list[Record]:
         return self._m.read(partition, offset, limit)
 
     def end_offset(self, partition: int) -> int:
         return self._m.end_offset(partition)
-
-    def find_event(self, event_id: str) -> Record | None:
-        return None  # Kafka has no index by event id (see docs/kafka.md)
 
     def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
         stops = [
