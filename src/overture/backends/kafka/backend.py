@@ -121,6 +121,15 @@ def _finished(key: bytes | None, value: bytes | None) -> str | None:
     return iid if isinstance(iid, str) else None
 
 
+def _event_id(value: bytes) -> object:
+    """The ``id`` of a record in structured form (``None`` if it has none)."""
+    try:
+        envelope = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return envelope.get("id") if isinstance(envelope, dict) else None
+
+
 class KafkaLog:
     """The events topic, for clients."""
 
@@ -206,12 +215,14 @@ class KafkaLog:
             ]
 
     def find_event(self, event_id: str) -> Record | None:
-        """A scan of the whole topic: Kafka has no index by event id (tests only)."""
+        """A scan of the whole topic: Kafka has no index by event id
+        (``finds_events_by_id`` is False; for tests and tools)."""
         for partition in range(self._partitions):
             offset = 0
             while batch := self.read(partition, offset, 1000):
                 for record in batch:
-                    if f'"id":"{event_id}"'.encode() in record.value:
+                    # parsed, not searched for as text: an id may need escapes in JSON
+                    if record.error is None and _event_id(record.value) == event_id:
                         return record
                 offset = batch[-1].offset + 1
         return None
