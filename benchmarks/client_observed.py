@@ -34,7 +34,7 @@ CONCURRENCY = 100
 async def measure(opts: Options) -> Result:
     """Run the engine here and the client workload in a child process."""
     if opts.backend != "sqlite":
-        raise ValueError("c1 needs a broker two processes can share: use --backends sqlite")
+        raise ValueError("c1 needs a backend two processes can share: use --backends sqlite")
     async with running(opts) as bench:
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()

@@ -17,6 +17,7 @@ import pytest
 
 import overture as ov
 from overture.backends import sqlite as sqlite_backend
+from overture.backends.sqlite import files as sqlite_files
 from overture.runtime.engine import Engine
 
 CLI = [sys.executable, "-m", "overture.cli"]
@@ -66,7 +67,7 @@ def locked_db(tmp_path: Path) -> Iterator[Path]:
 def test_a_locked_database_is_still_readable_and_a_write_says_it_is_locked(
     locked_db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite_backend, "_BUSY_SECONDS", 0.3)
+    monkeypatch.setattr(sqlite_files, "BUSY_SECONDS", 0.3)
     # opening and reading need no write lock
     with ov.Client(f"sqlite:///{locked_db}") as client:
         assert [e.envelope.data for e in client.events() if e.envelope] == [{"n": 1}]

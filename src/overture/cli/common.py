@@ -33,7 +33,7 @@ BackendOption = Annotated[
     typer.Option(
         "--backend",
         "-b",
-        # OVERTURE_BROKER: the name before "broker" came to mean the Kafka server only;
+        # OVERTURE_BROKER: its name until "broker" came to mean the Kafka server only,
         # still read (after OVERTURE_BACKEND) so existing scripts keep working
         envvar=["OVERTURE_BACKEND", "OVERTURE_BROKER"],
         help="Backend URL: sqlite:///relative.db, sqlite:////absolute.db or "
