@@ -327,7 +327,12 @@ class Capabilities:
 
 
 class EngineBackend(Protocol):
-    """What one engine runs on: the log it reads, the store it commits to."""
+    """What one engine runs on: the log it reads, the store it commits to.
+
+    ``ov.Engine(app, open_backend("sqlite:///x.db"))`` works because the embedded
+    backends are one (an engine owning every partition); a ``kafka://`` backend is not:
+    its engines run on the partitions its claim hands over (``runtime.host.Host``).
+    """
 
     @property
     def url(self) -> str: ...

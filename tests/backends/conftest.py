@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from overture.backends import open_backend
-from overture.ports import Backend, Claim, EngineBackend, StateView
+from overture.ports import Backend, Capabilities, Claim, EngineBackend, StateView
 
 from ..conftest import kafka_url
 
@@ -38,7 +38,7 @@ class Subject:
         self._opened: list[Backend] = []
 
     @property
-    def capabilities(self) -> object:
+    def capabilities(self) -> Capabilities:
         return self.backend.capabilities
 
     def engine(self, partition: int = 0) -> EngineBackend:

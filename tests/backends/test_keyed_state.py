@@ -127,7 +127,7 @@ def test_a_failing_commit_leaves_no_state(subject: Subject) -> None:
     or in what a restore reads. (The memory store applies plain objects and has no
     failure mode to exercise: it is left out, as in the row-level test.)"""
     if subject.kind == "memory":
-        assert subject.capabilities.commit == "inline"  # type: ignore[attr-defined]
+        assert subject.capabilities.commit == "inline"
         return
     batch = Batch("g", offsets={0: 9})
     batch.state[("s", b"before")] = b"x"
