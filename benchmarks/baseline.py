@@ -43,8 +43,8 @@ async def _sample() -> tuple[Any, list[dict[str, Any]]]:
     async with Harness(w1_app()) as h:
         h.client.send(order("sample"))
         await h.idle()
-        row = h.broker.store.instances()[0]
-        return row, h.broker.store.journal(row.id)
+        row = h.backend.store.instances()[0]
+        return row, h.backend.store.journal(row.id)
 
 
 def fsync_rate(directory: str, count: int = 300) -> float:

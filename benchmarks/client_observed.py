@@ -34,7 +34,7 @@ CONCURRENCY = 100
 async def measure(opts: Options) -> Result:
     """Run the engine here and the client workload in a child process."""
     if opts.backend != "sqlite":
-        raise ValueError("c1 needs a broker two processes can share: use --backends sqlite")
+        raise ValueError("c1 needs a backend two processes can share: use --backends sqlite")
     async with running(opts) as bench:
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
@@ -47,7 +47,7 @@ async def measure(opts: Options) -> Result:
             if proc.is_alive():
                 proc.kill()
         result["engine_stats"] = dict(bench.engine.stats)
-        result["durability"] = _durability(bench.broker, opts.backend)
+        result["durability"] = _durability(bench.backend, opts.backend)
     result["peak_rss_mb"] = stats.peak_rss_mb()
     return result
 

@@ -263,7 +263,7 @@ class Engines:
                     "overture.cli",
                     "run",
                     f"benchmarks.kafka_apps:{self.workload}",
-                    "--broker",
+                    "--backend",
                     self.url,
                     "--log-level",
                     "WARNING",

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import overture as ov
-from overture.backends import open_broker
-from overture.ports import Broker
+from overture.backends import open_backend
+from overture.ports import Backend
 
 from . import stats
 from .probe import CommitProbe
@@ -71,10 +71,10 @@ def make_app(opts: Options) -> ov.App:
 class Bench:
     """An engine running as a task on this loop, with its probe."""
 
-    def __init__(self, opts: Options, url: str, broker: Broker) -> None:
+    def __init__(self, opts: Options, url: str, broker: Backend) -> None:
         self.opts = opts
         self.url = url
-        self.broker = broker
+        self.backend = broker
         self.probe = CommitProbe(broker, track_work=opts.workload in ("w3", "w4"))
         self.engine = ov.Engine(make_app(opts), broker, cache_size=10_000)
         self.task: asyncio.Task[None] | None = None
@@ -103,7 +103,7 @@ def _url(opts: Options) -> str:
 @asynccontextmanager
 async def running(opts: Options) -> AsyncIterator[Bench]:
     url = _url(opts)
-    broker = open_broker(url)
+    broker = open_backend(url)
     bench = Bench(opts, url, broker)
     if opts.mode == "drain":  # fill the log before the engine starts
         client = ov.Client(broker, app=bench.engine.app)
@@ -131,7 +131,7 @@ def _producer(opts: Options, url: str) -> LocalProducer | RemoteProducer:
     return LocalProducer(url, opts.workload)
 
 
-def _durability(broker: Broker, backend: str) -> str:
+def _durability(broker: Backend, backend: str) -> str:
     if backend == "memory":
         return "none (memory)"
     conn = getattr(broker, "_conn", None)
@@ -146,7 +146,7 @@ def _durability(broker: Broker, backend: str) -> str:
 async def measure(opts: Options) -> Result:
     """Run the measurement ``opts`` describes; returns flat metrics."""
     async with running(opts) as bench:
-        info: Result = {"durability": _durability(bench.broker, opts.backend)}
+        info: Result = {"durability": _durability(bench.backend, opts.backend)}
         if opts.mode == "load":
             info.update(await _load(bench))
         elif opts.mode == "serial":

@@ -48,7 +48,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 async def measure(opts: Options) -> Result:
     """Run the W3/W4/M1 measurement ``opts`` describes; returns flat metrics."""
     async with running(opts) as bench:
-        info: Result = {"durability": _durability(bench.broker, opts.backend)}
+        info: Result = {"durability": _durability(bench.backend, opts.backend)}
         producer = _producer(opts, bench.url)
         try:
             if opts.workload == "w3":

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import overture as ov
-from overture.backends import forget_memory_brokers
+from overture.backends import forget_memory_backends
 from overture.devkafka import start_broker, stop_broker
 from overture.testing import Harness
 
@@ -31,8 +31,8 @@ Factory = Callable[..., AbstractAsyncContextManager[Harness]]
 
 
 @pytest.fixture(autouse=True)
-def _fresh_memory_brokers() -> None:
-    forget_memory_brokers()
+def _fresh_memory_backends() -> None:
+    forget_memory_backends()
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +66,7 @@ def kafka_url(bootstrap: str, partitions: int = 2) -> str:
     ids=["memory", "memory-replay", "sqlite", "sqlite-replay", "kafka", "kafka-replay"],
 )
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, int]:
-    """(broker URL, cache size) for one backend configuration."""
+    """(backend URL, cache size) for one backend configuration."""
     kind, cache_size = request.param
     if kind == "memory":
         url = "memory://test"

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 import overture as ov
-from overture.backends import open_broker
-from overture.ports import Broker
+from overture.backends import open_backend
+from overture.ports import Backend
 from overture.runtime.host import Host
 
 from .conftest import REPO_ROOT as REPO
@@ -63,14 +63,14 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @dataclass
 class Running:
-    broker: Broker
+    backend: Backend
     client: ov.Client
 
 
 @asynccontextmanager
 async def Harness(app: ov.App, url: str, **_: object) -> AsyncIterator[Running]:
     """A live engine (as ``overture run`` runs it) and a sync client on one broker."""
-    broker = open_broker(url)
+    broker = open_backend(url)
     host = Host(app, broker)
     await host.start()
     client = ov.Client(broker, app=app)
@@ -99,7 +99,7 @@ def counting(store: Any) -> list[float]:
 async def test_start_names_the_instance_and_result_returns_it(url: str) -> None:
     app = make_app()
     async with Harness(app, url) as h:
-        client = ov.AsyncClient(h.broker, app=app)
+        client = ov.AsyncClient(h.backend, app=app)
         handle = await client.start(OrderPlaced(order_id="o1", quantity=3))
         assert await handle.result(timeout=60) == {"order": "o1", "quantity": 3}
         instance = await client.instance(handle.instance_id)
@@ -114,7 +114,7 @@ async def test_start_names_the_instance_and_result_returns_it(url: str) -> None:
 async def test_result_of_a_failed_instance_raises_its_error(url: str) -> None:
     app = make_app()
     async with Harness(app, url) as h:
-        client = ov.AsyncClient(h.broker, app=app)
+        client = ov.AsyncClient(h.backend, app=app)
         handle = await client.start(OrderPlaced(order_id="bad", quantity=500))
         with pytest.raises(ov.InstanceFailed, match="ValueError: too many: 500") as caught:
             await handle.result(timeout=60)
@@ -130,13 +130,13 @@ async def test_result_of_a_failed_instance_raises_its_error(url: str) -> None:
 async def test_result_is_woken_by_the_commit_not_by_polling(url: str) -> None:
     app = make_app()
     async with Harness(app, url) as h:
-        client = ov.AsyncClient(h.broker, app=app)
+        client = ov.AsyncClient(h.backend, app=app)
         handle = await client.start(OrderPlaced(order_id="w1", quantity=0))
         started = await client.start(OrderPlaced(order_id="w2", quantity=0))
         waiter = asyncio.create_task(handle.result(timeout=60))
         sync_waiter = asyncio.create_task(asyncio.to_thread(h.client.wait, started.instance_id))
         await asyncio.sleep(1.0)  # both wait for the payment; let any start-up settle
-        calls = counting(h.broker.store)
+        calls = counting(h.backend.store)
         await asyncio.sleep(1.0)
         assert not waiter.done() and not sync_waiter.done()
         # a 10 ms poll would have read the store ~200 times in this second
@@ -153,7 +153,7 @@ async def test_result_is_woken_by_the_commit_not_by_polling(url: str) -> None:
 async def test_result_times_out_cleanly(url: str) -> None:
     app = make_app()
     async with Harness(app, url) as h:
-        client = ov.AsyncClient(h.broker, app=app)
+        client = ov.AsyncClient(h.backend, app=app)
         handle = await client.start(OrderPlaced(order_id="t1", quantity=0))
         began = time.monotonic()
         with pytest.raises(TimeoutError, match=f"instance {handle.instance_id} still"):
@@ -192,12 +192,12 @@ def test_start_refuses_a_process_the_app_does_not_start_on_the_event(tmp_path: P
 
 ENGINE = """
 import asyncio, sys
-from overture.backends import open_broker
+from overture.backends import open_backend
 from overture.runtime.host import Host
 from tests.test_client_results import make_app
 
 async def main() -> None:
-    host = Host(make_app(), open_broker(sys.argv[1]))
+    host = Host(make_app(), open_backend(sys.argv[1]))
     await host.start()
     print("ready", flush=True)
     await asyncio.sleep(120)
@@ -210,7 +210,7 @@ def test_result_from_an_engine_in_another_process_rings_the_client(tmp_path: Pat
     """SQLite, engine and client in separate processes: the engine's commit rings the
     client's registered bell; the waiting client reads the store only when woken."""
     url = f"sqlite:///{tmp_path / 'test.db'}"
-    open_broker(url).close()
+    open_backend(url).close()
     engine = subprocess.Popen(
         [sys.executable, "-c", ENGINE, url], cwd=REPO, stdout=subprocess.PIPE, text=True
     )
@@ -222,7 +222,7 @@ def test_result_from_an_engine_in_another_process_rings_the_client(tmp_path: Pat
             with ThreadPoolExecutor(1) as pool:
                 waiting = pool.submit(handle.result, 60)
                 time.sleep(1.5)  # registered and acknowledged; the instance waits
-                calls = counting(client.broker.store)
+                calls = counting(client.backend.store)
                 time.sleep(1.0)
                 assert not waiting.done()
                 assert len(calls) == 0, f"{len(calls)} store reads while nothing finished"

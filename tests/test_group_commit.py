@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import overture as ov
-from overture.backends import open_broker
+from overture.backends import open_backend
 
 from .conftest import kafka_url
 
@@ -60,7 +60,7 @@ async def test_concurrent_async_sends_share_transactions(url: str) -> None:
     committer = client.sync._sends
     assert committer.appends < len(events) / 4, committer.appends
     for event in events:
-        assert client.broker.log.find_event(event.envelope.id) is not None
+        assert client.backend.log.find_event(event.envelope.id) is not None
     await client.close()
 
 
@@ -95,7 +95,7 @@ async def test_an_invalid_event_fails_only_its_sender(url: str) -> None:
     assert isinstance(results[10], ov.EventValidationError)
     assert [r for i, r in enumerate(results) if i != 10] == [e.envelope.id for e in good]
     for event in good:
-        assert client.broker.log.find_event(event.envelope.id) is not None
+        assert client.backend.log.find_event(event.envelope.id) is not None
     await client.close()
 
 
@@ -143,7 +143,7 @@ SENDER = textwrap.dedent(
 def test_every_acknowledged_send_survives_kill_9(tmp_path: Path) -> None:
     db = tmp_path / "test.db"
     url = f"sqlite:///{db}"
-    open_broker(url).close()  # create it before the sender starts
+    open_backend(url).close()  # create it before the sender starts
     proc = subprocess.Popen(
         [sys.executable, "-c", SENDER, url], stdout=subprocess.PIPE, text=True, bufsize=1
     )
@@ -158,7 +158,7 @@ def test_every_acknowledged_send_survives_kill_9(tmp_path: Path) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     proc.stdout.close()
-    broker = open_broker(url)
+    broker = open_backend(url)
     try:
         missing = [i for i in acked if i and broker.log.find_event(i) is None]
     finally:

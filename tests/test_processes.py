@@ -296,16 +296,16 @@ async def test_second_engine_on_same_broker_is_refused(harness: Factory) -> None
     async with harness(app) as h:
         if h.url.startswith("kafka:"):
             pytest.skip("on Kafka a second engine joins the group (tests/kafka/test_group.py)")
-        other = ov.Engine(app, h.broker)
+        other = ov.Engine(app, h.backend)
         with pytest.raises(ov.EngineBusy):
             await other.start()
 
 
 async def test_many_instances_over_several_partitions(tmp_path: object) -> None:
-    from overture.backends import open_broker
+    from overture.backends import open_backend
     from overture.testing import Harness
 
-    open_broker("memory://parts", partitions=3)
+    open_backend("memory://parts", partitions=3)
     app, _ = make_app()
     async with Harness(app, "memory://parts") as h:
         h.client.send_many(h.client.envelope(OrderPlaced(order_id=f"o{i}")) for i in range(60))

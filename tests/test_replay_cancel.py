@@ -145,14 +145,14 @@ async def test_cancel_reaches_an_instance_living_off_its_keys_partition(
         return "done"
 
     async with harness(app) as h:
-        plain = ov.Client(h.client.broker)  # without the app: it cannot derive the key
+        plain = ov.Client(h.client.backend)  # without the app: it cannot derive the key
         for i in range(6):
             plain.send("cancel.placed", {"order_id": f"o{i}"})  # keyless: any partition
         await h.idle()
         instances = h.client.instances()
         assert len(instances) == 6
-        partitions = h.client.broker.log.partitions
-        rows = [h.client.broker.store.instance(i.id) for i in instances]
+        partitions = h.client.backend.log.partitions
+        rows = [h.client.backend.store.instance(i.id) for i in instances]
         if partitions > 1:  # the case at hand: some live off their key's partition
             assert any(r and r.partition != partition_for(r.key, partitions) for r in rows)
         for instance in instances:

@@ -22,7 +22,7 @@ from .client import Client, Instance, LoggedEvent, _instance, check_sendable, re
 from .events import Envelope, Event
 from .groupcommit import Positions
 from .handles import AsyncStarted, started_by
-from .ports import Broker, DeadLetter, InstanceRow, NewRecord
+from .ports import Backend, DeadLetter, InstanceRow, NewRecord
 
 T = TypeVar("T")
 
@@ -31,21 +31,21 @@ class AsyncClient:
     """Send events and query instances from asyncio code.
 
     Args:
-        broker: a broker URL (``sqlite:///path.db``, ``memory://``, ``kafka://…``) or an
-            open broker.
+        backend: a backend URL (``sqlite:///path.db``, ``memory://``, ``kafka://…``) or an
+            open backend.
         app: optional; when given, events of types it defines are validated before sending,
             and :meth:`start` knows which processes an event starts.
     """
 
-    def __init__(self, broker: str | Broker = DEFAULT_URL, *, app: App | None = None) -> None:
-        self.sync = Client(broker, app=app)
+    def __init__(self, backend: str | Backend = DEFAULT_URL, *, app: App | None = None) -> None:
+        self.sync = Client(backend, app=app)
         """The synchronous client this one shares its connections and committer with."""
-        self._local = self.sync.broker.url.startswith(("memory:", "sqlite:"))
+        self._local = not self.sync.backend.capabilities.remote
         self._handing: list[tuple[list[NewRecord], asyncio.Future[Positions]]] = []
 
     @property
-    def broker(self) -> Broker:
-        return self.sync.broker
+    def backend(self) -> Backend:
+        return self.sync.backend
 
     @property
     def app(self) -> App | None:
@@ -207,7 +207,7 @@ class AsyncClient:
         self, *, type: str | None = None, from_end: bool = False, poll: float = 0.1
     ) -> AsyncIterator[LoggedEvent]:
         """Yield events as they are appended (forever)."""
-        log = self.broker.log
+        log = self.backend.log
         positions = {p: (log.end_offset(p) if from_end else 0) for p in range(log.partitions)}
         while True:
             batch = await asyncio.to_thread(self.sync.events, start=dict(positions), limit=1000)
@@ -231,7 +231,7 @@ class AsyncClient:
         return await asyncio.to_thread(self.sync.replay_dead_letter, dead_letter_id)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)``: inline on a local broker, in a worker thread on a remote one."""
+        """``fn(*args)``: inline on a local backend, in a worker thread on a remote one."""
         if self._local:
             return fn(*args)
         return await asyncio.to_thread(fn, *args)

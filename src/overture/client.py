@@ -11,13 +11,13 @@ from typing import Any
 
 from . import protocol
 from .app import App
-from .backends import DEFAULT_URL, open_broker
+from .backends import DEFAULT_URL, open_backend
 from .core import journal as jr
 from .errors import ConfigError, EventValidationError, MalformedEvent, NotFound
 from .events import Envelope, Event, decode, encode, number_problem, type_problem
 from .groupcommit import GroupCommitter
 from .handles import Started, started_by
-from .ports import Broker, DeadLetter, NewRecord
+from .ports import Backend, DeadLetter, NewRecord
 from .results import FINAL as FINAL
 from .results import Results
 
@@ -61,22 +61,22 @@ class Client:
     once committed.
 
     Args:
-        broker: a broker URL (``sqlite:///path.db``, ``memory://``) or an open broker.
+        backend: a backend URL (``sqlite:///path.db``, ``memory://``) or an open backend.
         app: optional; when given, events of types it defines are validated before sending.
     """
 
-    def __init__(self, broker: str | Broker = DEFAULT_URL, *, app: App | None = None) -> None:
-        self._owns = isinstance(broker, str)
-        self.broker: Broker = open_broker(broker) if isinstance(broker, str) else broker
+    def __init__(self, backend: str | Backend = DEFAULT_URL, *, app: App | None = None) -> None:
+        self._owns = isinstance(backend, str)
+        self.backend: Backend = open_backend(backend) if isinstance(backend, str) else backend
         self.app = app
-        self._sends = GroupCommitter(self.broker.log)
-        self._results = Results(self.broker)
+        self._sends = GroupCommitter(self.backend.log)
+        self._results = Results(self.backend)
 
     def close(self) -> None:
         self._sends.close()
         self._results.close()
-        if self._owns and not self.broker.url.startswith("memory:"):
-            self.broker.close()
+        if self._owns:  # (a memory:// backend's close keeps its data: others share it)
+            self.backend.close()
 
     def __enter__(self) -> Client:
         return self
@@ -192,13 +192,13 @@ class Client:
         self, *, process: str | None = None, status: str | None = None, limit: int = 1000
     ) -> list[Instance]:
         """Instances, oldest first, optionally filtered."""
-        rows = self.broker.store.instances(process=process, status=status, limit=limit)
+        rows = self.backend.store.instances(process=process, status=status, limit=limit)
         return [_instance(r) for r in rows]
 
     def instance_counts(self, *, process: str | None = None) -> dict[tuple[str, str], int]:
         """How many instances each (process, status) has, optionally of one process."""
         counts: Counter[tuple[str, str]] = Counter(
-            (r.process, r.status) for r in self.broker.store.instances(process=process, limit=ALL)
+            (r.process, r.status) for r in self.backend.store.instances(process=process, limit=ALL)
         )
         return dict(sorted(counts.items()))
 
@@ -211,11 +211,11 @@ class Client:
             NotFound: no instance has that id, or the prefix/suffix is ambiguous (the
                 message lists the instances it matches).
         """
-        row = self.broker.store.instance(instance_id)
+        row = self.backend.store.instance(instance_id)
         if row is None and len(instance_id) >= MIN_SHORT_ID:
             matches = [
                 r
-                for r in self.broker.store.instances(limit=ALL)
+                for r in self.backend.store.instances(limit=ALL)
                 if r.id.startswith(instance_id) or r.id.endswith(instance_id)
             ]
             if len(matches) == 1:
@@ -238,7 +238,7 @@ class Client:
 
     def journal(self, instance_id: str) -> list[dict[str, Any]]:
         """The instance's journal entries (see ``overture.core.journal``)."""
-        return self.broker.store.journal(self.instance(instance_id).id)
+        return self.backend.store.journal(self.instance(instance_id).id)
 
     def timeline(self, instance_id: str) -> list[tuple[datetime | None, str]]:
         """The journal as (time, description) lines."""
@@ -264,7 +264,7 @@ class Client:
         self, *, type: str | None = None, from_end: bool = False, poll: float = 0.1
     ) -> Iterator[LoggedEvent]:
         """Yield events as they are appended (forever)."""
-        log = self.broker.log
+        log = self.backend.log
         positions = {p: (log.end_offset(p) if from_end else 0) for p in range(log.partitions)}
         while True:
             got = False
@@ -277,7 +277,7 @@ class Client:
                 time.sleep(poll)
 
     def _scan(self, start: dict[int, int]) -> Iterator[LoggedEvent]:
-        log = self.broker.log
+        log = self.backend.log
         for part in range(log.partitions):
             offset = start.get(part, 0)
             while True:
@@ -296,7 +296,7 @@ class Client:
 
     def dead_letters(self) -> list[DeadLetter]:
         """Everything parked in the dead-letter queue, with reason and original bytes."""
-        return self.broker.store.dead_letters()
+        return self.backend.store.dead_letters()
 
     # -- operating ---------------------------------------------------------------------------
 
@@ -312,7 +312,7 @@ class Client:
         check_sendable(envelope, True)
         # to the partition whose engine holds the instance: the one its trigger arrived
         # on, which is not its key's when the trigger was keyless
-        row = self.broker.store.instance(instance.id)
+        row = self.backend.store.instance(instance.id)
         partition = None if row is None else row.partition
         self._sends.append(
             [NewRecord(instance.key, encode(envelope), envelope.id, envelope.type, partition)]
@@ -322,7 +322,7 @@ class Client:
     def replay_dead_letter(self, dead_letter_id: str) -> str:
         """Ask the engine to retry a dead letter (a handler runs again; an undecodable or
         invalid event is routed again)."""
-        letter = self.broker.store.dead_letter(dead_letter_id)
+        letter = self.backend.store.dead_letter(dead_letter_id)
         if letter is None:
             raise NotFound(f"no dead letter {dead_letter_id!r}")
         envelope = Envelope(
@@ -333,7 +333,7 @@ class Client:
         record = NewRecord(
             letter.key, encode(envelope), envelope.id, envelope.type, letter.partition
         )
-        self.broker.log.append([record])
+        self.backend.log.append([record])
         return envelope.id
 
     def wait(self, instance_id: str, *, timeout: float = 30.0) -> Instance:

@@ -3,7 +3,7 @@
 ::
 
     OvertureError                   base of everything Overture raises
-    ├── ConfigError                 bad broker URL, unknown app path, invalid definitions
+    ├── ConfigError                 bad backend URL, unknown app path, invalid definitions
     ├── EventError                  an event could not be accepted (nothing was written)
     │   ├── MalformedEvent          bytes/JSON that are not a CloudEvent
     │   ├── UnknownEventType        a type the app does not know, where one is required
@@ -40,7 +40,7 @@ class OvertureError(Exception):
 
 
 class ConfigError(OvertureError):
-    """Invalid configuration: broker URL, app path, process or event definitions."""
+    """Invalid configuration: backend URL, app path, process or event definitions."""
 
 
 class EventError(OvertureError):

@@ -31,7 +31,7 @@ from .ports import NewRecord
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from .ports import Log
+    from .ports import AppendLog
 
 Positions = list[tuple[int, int] | None]
 Pending = tuple["Sequence[NewRecord]", Future[Positions]]
@@ -46,7 +46,7 @@ class GroupCommitter:
         log: the log to append to.
     """
 
-    def __init__(self, log: Log) -> None:
+    def __init__(self, log: AppendLog) -> None:
         self._log = log
         # each item: the sends handed over together (one, or an event loop's iteration)
         self._queue: queue.SimpleQueue[list[Pending] | None] = queue.SimpleQueue()

@@ -1,9 +1,18 @@
-"""The two ports the engine is written against: ``Log`` and ``Store``.
+"""The backend port: what the engine, the clients and the host are written against.
 
-A *broker* bundles one log and one store whose ``commit`` is atomic across both: the
-embedded SQLite backend keeps them in one file and commits in one transaction; the
-memory backend applies a batch under one lock; the Kafka backend (see ``docs/``) maps a
-batch to one Kafka transaction.
+Split by who uses what, so that no backend has a method it "does not support":
+
+- a client (and a host) opens a :class:`Backend`: the log it appends to
+  (:class:`AppendLog`), the state it reads (:class:`StateView`, read-only), results as
+  commits finish them, and :meth:`Backend.claim`, how engines get their partitions;
+- one engine runs on an :class:`EngineBackend`: the log it reads (:class:`Log`; it appends
+  through its commits) and the :class:`Store` it commits to, atomically with its offsets.
+
+The embedded backends are both (a SQLite file or ``memory://`` holds every partition:
+their claim hands the engine the backend itself, guarded by ``engine_lock``); on Kafka
+the claim is membership of the engine group, which hands over one ``EngineBackend`` per
+assigned partition. What differs between backends is declared in :class:`Capabilities`,
+never inferred from a URL or an attribute.
 
 Every backend passes the same conformance suite (``tests/backends``).
 """
@@ -11,9 +20,9 @@ Every backend passes the same conformance suite (``tests/backends``).
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 Headers = tuple[tuple[str, bytes | None], ...]
 """A Kafka record's headers, in order (a name may repeat; a value may be null)."""
@@ -77,15 +86,11 @@ def partition_for(key: str | None, partitions: int, fallback: int = 0) -> int:
 
 
 class Log(Protocol):
-    """A partitioned, append-only log of records."""
+    """A partitioned, append-only log of records, as an engine reads it."""
 
     @property
     def partitions(self) -> int:
         """Number of partitions (fixed at creation)."""
-
-    def append(self, records: Sequence[NewRecord]) -> list[tuple[int, int] | None]:
-        """Append atomically; returns (partition, offset) per record, ``None`` for a
-        duplicate event id that was already in the log."""
 
     def read(self, partition: int, offset: int, limit: int) -> list[Record]:
         """Records of ``partition`` from ``offset`` on, at most ``limit``."""
@@ -93,12 +98,22 @@ class Log(Protocol):
     def end_offset(self, partition: int) -> int:
         """The offset the next record of ``partition`` will get."""
 
-    def find_event(self, event_id: str) -> Record | None:
-        """The record holding that event id, if any."""
-
     def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
         """Call ``wake`` (from any thread) when new records may exist. Returns an
         unsubscribe function. Wakeups are hints: readers must still read."""
+
+
+class AppendLog(Log, Protocol):
+    """The log as clients see it: they also append, and look events up."""
+
+    def append(self, records: Sequence[NewRecord]) -> list[tuple[int, int] | None]:
+        """Append atomically; returns (partition, offset) per record, ``None`` for a
+        duplicate event id that was already in the log (only where
+        :attr:`Capabilities.dedups_event_ids`)."""
+
+    def find_event(self, event_id: str) -> Record | None:
+        """The record holding that event id, if any (a scan of the whole log unless
+        :attr:`Capabilities.finds_events_by_id`)."""
 
 
 # -- state rows ---------------------------------------------------------------------------
@@ -191,6 +206,13 @@ class InstanceSnapshot:
     inbox: list[InboxRow]
 
 
+StateKey = tuple[str, bytes]
+"""A keyed-state entry's address: (namespace, key). The namespace names the owner (a
+window operator, a pattern, the task leases: ``"window:orders-per-minute"``); keys are
+bytes, compared byte by byte, so a caller chooses an encoding whose byte order is the
+order it scans in (big-endian integers, UTF-8 text, a length-prefixed tuple)."""
+
+
 @dataclass(slots=True)
 class Batch:
     """Everything one engine iteration changes; committed atomically.
@@ -208,6 +230,10 @@ class Batch:
     work: dict[str, WorkRow | None] = field(default_factory=dict)
     inbox: dict[str, InboxRow | None] = field(default_factory=dict)
     dead_letters: dict[str, DeadLetter | None] = field(default_factory=dict)
+    state: dict[StateKey, bytes | None] = field(default_factory=dict)
+    """Keyed state: (namespace, key) -> the new value, or ``None`` (a tombstone: the
+    entry is deleted). For everything else a batch commits (window aggregates, pattern
+    buffers, task leases, schema versions): no new table, column or changelog kind."""
 
     def empty(self) -> bool:
         return not (
@@ -219,14 +245,13 @@ class Batch:
             or self.work
             or self.inbox
             or self.dead_letters
+            or self.state
         )
 
 
-class Store(Protocol):
-    """Engine state: instances, journals, waits, work, inbox, dead letters, offsets."""
-
-    def commit(self, batch: Batch) -> None:
-        """Apply a batch, its appends and its offsets atomically."""
+class StateView(Protocol):
+    """Engine state as clients and tools read it: instances, journals, waits, work,
+    inbox, dead letters, offsets, keyed state. Read-only."""
 
     def offsets(self, group: str) -> dict[int, int]:
         """Committed next-offsets per partition for a consumer group."""
@@ -257,12 +282,63 @@ class Store(Protocol):
 
     def dead_letter(self, dead_letter_id: str) -> DeadLetter | None: ...
 
+    def get(self, namespace: str, key: bytes) -> bytes | None:
+        """The value of a keyed-state entry, ``None`` if there is none."""
 
-class Broker(Protocol):
-    """A log and a store that commit together."""
+    def scan(self, namespace: str, prefix: bytes = b"") -> list[tuple[bytes, bytes]]:
+        """(key, value) of every entry of ``namespace`` whose key starts with ``prefix``,
+        in byte order of the keys."""
+
+
+class Store(StateView, Protocol):
+    """The state one engine commits to."""
+
+    def commit(self, batch: Batch) -> None:
+        """Apply a batch, its appends and its offsets atomically."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Capabilities:
+    """What a backend does, declared by it (the runtime never infers it from a URL or
+    the presence of a method). The conformance suite checks each as declared."""
+
+    dedups_event_ids: bool
+    """``AppendLog.append`` drops a record whose event id the log already holds (returns
+    ``None`` for it). Where False, the engines' instance ids still start one instance per
+    trigger event id."""
+    finds_events_by_id: bool
+    """``AppendLog.find_event`` is an index lookup. Where False it reads the whole log:
+    fine for tests and tools, not for a hot path."""
+    local_lock: bool
+    """``EngineBackend.engine_lock`` is a lock on this machine (one engine per database
+    file or memory log). Where False, the claim that handed out the engine backend (the
+    group's assignment) is what makes its engine the only one, and the lock is a no-op."""
+    commit: Literal["inline", "thread"]
+    """How an engine runs ``Store.commit``: inline on the event loop (it only updates
+    memory), or in a thread while the engine builds the next batch (it waits for a disk
+    or a cluster)."""
+    partitioned: bool
+    """A consumer group shares the partitions out among engine processes (one engine
+    backend per assigned partition, restored afresh after a failed commit); else one
+    engine owns every partition."""
+    remote: bool
+    """Calls wait for the network: an asyncio caller runs them in a worker thread
+    instead of on its event loop."""
+
+
+class EngineBackend(Protocol):
+    """What one engine runs on: the log it reads, the store it commits to.
+
+    ``ov.Engine(app, open_backend("sqlite:///x.db"))`` works because the embedded
+    backends are one (an engine owning every partition); a ``kafka://`` backend is not:
+    its engines run on the partitions its claim hands over (``runtime.host.Host``).
+    """
 
     @property
     def url(self) -> str: ...
+
+    @property
+    def capabilities(self) -> Capabilities: ...
 
     @property
     def log(self) -> Log: ...
@@ -270,11 +346,77 @@ class Broker(Protocol):
     @property
     def store(self) -> Store: ...
 
+    @property
+    def owned(self) -> list[int] | None:
+        """The (logical) partitions its engine consumes; ``None``: every partition."""
+
     def engine_lock(self) -> Callable[[], None]:
-        """Claim the right to run the engine; returns the release function.
+        """Claim the right to run the engine; returns the release function (see
+        :attr:`Capabilities.local_lock`).
 
         Raises:
             EngineBusy: another engine holds it.
+        """
+
+    def reload(self) -> None:
+        """Drop what this process holds of the state and read it afresh from what was
+        committed: after a commit whose outcome is unknown (it may have committed
+        although it reported a failure). A no-op where the store is the committed state
+        itself (the embedded backends).
+
+        Raises:
+            Fenced: the partitions are no longer this process's.
+        """
+
+
+class Claim(Protocol):
+    """The partitions this process's engines hold, from :meth:`Backend.claim`."""
+
+    @property
+    def assigned(self) -> list[int]:
+        """The partitions held now."""
+
+    def caught_up(self) -> bool:
+        """Whether every record committed to the held partitions so far has reached
+        their engines' logs."""
+
+    def close(self) -> None:
+        """Give the partitions up (blocking until ``on_revoke`` returned)."""
+
+
+class Backend(Protocol):
+    """What clients and hosts open (``overture.backends.open_backend``)."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    @property
+    def log(self) -> AppendLog: ...
+
+    @property
+    def store(self) -> StateView: ...
+
+    def watch_finished(self, wake: Callable[[list[str] | None], None]) -> Callable[[], None]:
+        """Call ``wake`` (from any thread) with the ids of the instances each commit
+        finishes, or with ``None`` when something may have finished unseen (the caller
+        re-reads what it waits for). Returns the unsubscribe function."""
+
+    def claim(
+        self,
+        group_key: str,
+        on_assign: Callable[[Mapping[int, EngineBackend]], None],
+        on_revoke: Callable[[list[int]], None],
+        on_failure: Callable[[BaseException], None],
+    ) -> Claim:
+        """Claim partitions for this process's engines: ``on_assign`` gets an engine
+        backend per partition handed over, ``on_revoke`` the partitions taken back
+        (it must return only once their engines stopped), ``on_failure`` an error that
+        ends the claim. The embedded backends hand over themselves at once, as
+        partition 0 covering every partition (their engine's ``engine_lock`` makes it
+        the only one); Kafka joins the engine group.
         """
 
     def close(self) -> None: ...

@@ -2,11 +2,11 @@
 
 Shared by :class:`~overture.Client` and :class:`~overture.AsyncClient`. A
 :class:`Results` keeps the futures of the instances its client waits for and one watcher
-on the broker (``watch_finished``): the memory broker calls it from the committing
-thread, the SQLite broker rings the client's bell after the engine's commit (see
-``backends/sqlite.py``), the Kafka broker's follower reads the changelog as the cluster
+on the backend (``watch_finished``): the memory backend calls it from the committing
+thread, the SQLite backend rings the client's bell after the engine's commit (see
+``backends/sqlite.py``), the Kafka backend's follower reads the changelog as the cluster
 delivers it. A wakeup names the finished instances, so each is read from the store once,
-when it has finished. A broker without ``watch_finished`` is polled every 10 ms.
+when it has finished (every backend declares ``watch_finished``: no polling).
 """
 
 from __future__ import annotations
@@ -14,34 +14,27 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Protocol
+from typing import Any
 
 from .core.machine import FINAL_STATUSES
 from .errors import InstanceFailed
-from .ports import Broker, InstanceRow
+from .ports import Backend, InstanceRow
 
 FINAL = FINAL_STATUSES  # the statuses an instance never leaves (one definition: core)
-_POLL_SECONDS = 0.01  # only for a broker that cannot tell when instances finish
-
-
-class _Watchable(Protocol):
-    def watch_finished(self, wake: Callable[[list[str] | None], None]) -> Callable[[], None]:
-        """Call ``wake`` with finished instance ids (``None``: re-read everything)."""
 
 
 class Results:
-    """Futures of finished instances of one broker.
+    """Futures of finished instances of one backend.
 
     Args:
-        broker: the broker the engine commits to.
+        backend: the backend the engine commits to.
     """
 
-    def __init__(self, broker: Broker) -> None:
-        self._broker = broker
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
         self._lock = threading.Lock()
         self._waiting: dict[str, list[Future[InstanceRow]]] = {}
         self._unwatch: Callable[[], None] | None = None
-        self._poller: threading.Thread | None = None
         self._closed = False
 
     def future(self, instance_id: str) -> Future[InstanceRow]:
@@ -81,7 +74,7 @@ class Results:
 
     def timed_out(self, shown: str, instance_id: str, timeout: float) -> TimeoutError:
         """The error of a wait that timed out, saying where the instance is."""
-        row = self._broker.store.instance(instance_id)
+        row = self._backend.store.instance(instance_id)
         status = "not started" if row is None else row.status
         return TimeoutError(f"instance {shown} still {status} after {timeout:g}s")
 
@@ -94,8 +87,6 @@ class Results:
             self._waiting.clear()
         if unwatch is not None:
             unwatch()
-        if self._poller is not None:
-            self._poller.join(timeout=1.0)
         for future in pending:
             future.cancel()
 
@@ -103,14 +94,9 @@ class Results:
 
     def _watch(self) -> None:
         """Start the watcher once (under the lock)."""
-        if self._unwatch is not None or self._poller is not None or self._closed:
+        if self._unwatch is not None or self._closed:
             return
-        watch = getattr(self._broker, "watch_finished", None)
-        if watch is not None:
-            self._unwatch = watch(self._woken)
-        else:
-            self._poller = threading.Thread(target=self._poll, daemon=True)
-            self._poller.start()
+        self._unwatch = self._backend.watch_finished(self._woken)
 
     def _woken(self, finished: list[str] | None) -> None:
         with self._lock:
@@ -122,15 +108,9 @@ class Results:
         for instance_id in ids:
             self._check(instance_id)
 
-    def _poll(self) -> None:
-        stop = threading.Event()
-        while not self._closed:
-            self._woken(None)
-            stop.wait(_POLL_SECONDS)
-
     def _check(self, instance_id: str) -> None:
         """Read the instance; resolve its futures if it is final."""
-        row = self._broker.store.instance(instance_id)
+        row = self._backend.store.instance(instance_id)
         if row is None or row.status not in FINAL:
             return
         with self._lock:

@@ -17,6 +17,7 @@ import pytest
 
 import overture as ov
 from overture.backends import sqlite as sqlite_backend
+from overture.backends.sqlite import files as sqlite_files
 from overture.runtime.engine import Engine
 
 CLI = [sys.executable, "-m", "overture.cli"]
@@ -66,18 +67,18 @@ def locked_db(tmp_path: Path) -> Iterator[Path]:
 def test_a_locked_database_is_still_readable_and_a_write_says_it_is_locked(
     locked_db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite_backend, "_BUSY_SECONDS", 0.3)
+    monkeypatch.setattr(sqlite_files, "BUSY_SECONDS", 0.3)
     # opening and reading need no write lock
     with ov.Client(f"sqlite:///{locked_db}") as client:
         assert [e.envelope.data for e in client.events() if e.envelope] == [{"n": 1}]
         with pytest.raises(ov.StorageLocked, match=r"is locked: another process"):
             client.send("thing.happened", {"n": 2})
-        assert not client.broker._conn.in_transaction  # type: ignore[attr-defined]
+        assert not client.backend._conn.in_transaction  # type: ignore[attr-defined]
 
 
 def test_the_cli_reads_a_locked_database(locked_db: Path) -> None:
     proc = subprocess.run(
-        [*CLI, "events", "--json", "--broker", f"sqlite:///{locked_db}"],
+        [*CLI, "events", "--json", "--backend", f"sqlite:///{locked_db}"],
         capture_output=True,
         text=True,
         timeout=20,  # before: the 30 s busy wait, then "not an Overture database"
@@ -99,7 +100,7 @@ def test_a_disk_io_error_is_reported_as_one_line_not_a_traceback(tmp_path: Path)
     big = tmp_path / "big.json"
     big.write_text('{"blob": "' + "x" * 200_000 + '"}')
     proc = subprocess.run(
-        [*CLI, "send", "thing.happened", "--data", f"@{big}", "--broker", f"sqlite:///{path}"],
+        [*CLI, "send", "thing.happened", "--data", f"@{big}", "--backend", f"sqlite:///{path}"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -137,7 +138,7 @@ def test_a_client_never_writes_past_a_file_deleted_or_replaced_under_it(
 async def test_an_engine_stops_instead_of_committing_into_a_replaced_file(tmp_path: Path) -> None:
     path = tmp_path / "db.db"
     url = f"sqlite:///{path}"
-    broker = sqlite_backend.SqliteBroker(url, str(path), 1)
+    broker = sqlite_backend.SqliteBackend(url, str(path), 1)
     try:
         engine = Engine(app, broker)
         await engine.start()

@@ -17,7 +17,7 @@ def test_send_on_a_full_database_raises_storage_full_and_writes_nothing(tmp_path
     url = f"sqlite:///{tmp_path / 'full.db'}"
     with ov.Client(url) as client:
         client.send("order.placed", {"n": 0})
-        conn = client.broker._conn  # type: ignore[attr-defined]
+        conn = client.backend._conn  # type: ignore[attr-defined]
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
         conn.execute(f"PRAGMA max_page_count={pages}")
         with pytest.raises(ov.StorageFull, match=r"is full.*nothing was written"):

@@ -14,14 +14,21 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class Invoke:
-    """Runs ``overture ARGS --broker URL`` in-process, with colours off and a wide console."""
+    """Runs ``overture ARGS --backend URL`` in-process, with colours off and a wide console."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.runner = CliRunner(env={"NO_COLOR": "1", "COLUMNS": "250", "OVERTURE_BROKER": None})
+        self.runner = CliRunner(
+            env={
+                "NO_COLOR": "1",
+                "COLUMNS": "250",
+                "OVERTURE_BACKEND": None,
+                "OVERTURE_BROKER": None,
+            }
+        )
 
-    def __call__(self, *args: str, input: str | None = None, broker: bool = True) -> Result:
-        argv = [*args, "--broker", self.url] if broker else list(args)
+    def __call__(self, *args: str, input: str | None = None, backend: bool = True) -> Result:
+        argv = [*args, "--backend", self.url] if backend else list(args)
         return self.runner.invoke(cli, argv, input=input)
 
 

@@ -35,11 +35,11 @@ async def proc(ctx: ov.Context, event: ov.Event) -> str:
 def test_run_exits_promptly_on_sigterm_while_a_sync_step_hangs(tmp_path: Path) -> None:
     (tmp_path / "hanging_app.py").write_text(HANGING_APP)
     log_path = tmp_path / "engine.log"
-    env = {k: v for k, v in os.environ.items() if k != "OVERTURE_BROKER"}
+    env = {k: v for k, v in os.environ.items() if k not in ("OVERTURE_BACKEND", "OVERTURE_BROKER")}
     command = [sys.executable, "-m", "overture.cli", "run", "hanging_app:app"]
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [*command, "--broker", "sqlite:///hang.db", "--grace", "0.5"],
+            [*command, "--backend", "sqlite:///hang.db", "--grace", "0.5"],
             cwd=tmp_path,
             env=env,
             stdout=log,

@@ -42,7 +42,11 @@ def _overture(args: list[str], cwd: Path, env: dict[str, str]) -> str:
 def test_the_readme_example_works_as_written(tmp_path: Path) -> None:
     code, commands = _readme()
     (tmp_path / "shop.py").write_text(code)
-    env = {k: v for k, v in os.environ.items() if k not in ("OVERTURE_BROKER", "PYTHONPATH")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OVERTURE_BACKEND", "OVERTURE_BROKER", "PYTHONPATH")
+    }
     env |= {"NO_COLOR": "1", "COLUMNS": "200"}
     run, *sends, listing = commands
     assert run[:2] == ["overture", "run"] and listing == ["overture", "instances"]

@@ -32,7 +32,7 @@ def overture(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "OVERTURE_BROKER"}
+    env = {k: v for k, v in os.environ.items() if k not in ("OVERTURE_BACKEND", "OVERTURE_BROKER")}
     env["NO_COLOR"] = "1"
     return env
 
@@ -50,7 +50,7 @@ def test_run_serves_send_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     log_path = tmp_path / "engine.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "overture.cli", "run", APP, "--broker", url],
+            [sys.executable, "-m", "overture.cli", "run", APP, "--backend", url],
             cwd=REPO_ROOT,
             env=_env(),
             stdout=log,
@@ -62,7 +62,7 @@ def test_run_serves_send_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
 
         def send(event_type: str, **data: object) -> str:
             done = overture(
-                "send", event_type, "--data", json.dumps(data), "--app", APP, "--broker", url
+                "send", event_type, "--data", json.dumps(data), "--app", APP, "--backend", url
             )
             assert done.returncode == 0, done.stderr
             return done.stdout.strip()
@@ -80,7 +80,7 @@ def test_run_serves_send_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
             assert {"order.shipped", "order.out_of_stock"} <= emitted
 
         # One engine per embedded database: a second one is refused, cleanly.
-        busy = overture("run", APP, "--broker", url)
+        busy = overture("run", APP, "--backend", url)
         assert busy.returncode == 1
         line = busy.stderr.strip().splitlines()[-1]
         assert line.startswith("error: another engine is already")
@@ -130,7 +130,15 @@ def test_sigint_while_waiting_for_kafka_stops_within_a_second(tmp_path: Path) ->
     log_path = tmp_path / "engine.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "overture.cli", "run", APP, "--broker", "kafka://127.0.0.1:1/x"],
+            [
+                sys.executable,
+                "-m",
+                "overture.cli",
+                "run",
+                APP,
+                "--backend",
+                "kafka://127.0.0.1:1/x",
+            ],
             cwd=REPO_ROOT,
             env=_env(),
             stdout=log,
@@ -155,14 +163,14 @@ def test_sigint_while_waiting_for_kafka_stops_within_a_second(tmp_path: Path) ->
 def test_an_unresolvable_kafka_host_is_reported_at_once(tmp_path: Path) -> None:
     url = "kafka://no-such-host.invalid:9092/x"
     started = time.monotonic()
-    done = overture("send", "x.y", "--key", "k", "--broker", url)
+    done = overture("send", "x.y", "--key", "k", "--backend", url)
     assert done.returncode == 1 and time.monotonic() - started < 10
     assert "cannot resolve the Kafka host(s) of no-such-host.invalid:9092" in done.stderr
 
     log_path = tmp_path / "engine.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "overture.cli", "run", APP, "--broker", url],
+            [sys.executable, "-m", "overture.cli", "run", APP, "--backend", url],
             cwd=REPO_ROOT,
             env=_env(),
             stdout=log,

@@ -185,6 +185,6 @@ def test_unreadable_file_is_one_line(invoke: Invoke, tmp_path: Path) -> None:
     assert "not UTF-8" in failed(invoke("send", "--file", str(binary)))
 
 
-def test_bad_broker_url_is_one_line(invoke: Invoke, tmp_path: Path) -> None:
-    result = invoke.runner.invoke(cli, ["send", "x", "--broker", "postgres://nope"])
-    assert "unknown broker URL" in failed(result)
+def test_bad_backend_url_is_one_line(invoke: Invoke, tmp_path: Path) -> None:
+    result = invoke.runner.invoke(cli, ["send", "x", "--backend", "postgres://nope"])
+    assert "unknown backend URL" in failed(result)

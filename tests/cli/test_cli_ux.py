@@ -1,5 +1,6 @@
 """What a user sees at the edges: ambiguous ids, listings cut at their limit, counts,
-``--data @file`` / ``-``, keyless events, and the ``--broker`` help."""
+``--data @file`` / ``-``, keyless events,
+and the ``--backend`` option (``--broker``: its hidden alias)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from cli_helpers import Invoke, failed, ok
 
 import overture as ov
+from overture.cli import cli
 from overture.testing import Harness
 
 
@@ -139,9 +141,34 @@ COMMANDS = [
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
-def test_every_broker_option_names_kafka(invoke: Invoke, command: list[str]) -> None:
-    text = " ".join(ok(invoke(*command, "--help", broker=False)).split())
-    assert "--broker" in text and "kafka://host:port" in text.replace("│ ", "")
+def test_every_backend_option_names_kafka(invoke: Invoke, command: list[str]) -> None:
+    text = " ".join(ok(invoke(*command, "--help", backend=False)).split())
+    assert "--backend" in text and "kafka://host:port" in text.replace("│ ", "")
+    assert "--broker" not in text and "OVERTURE_BROKER" not in text  # the hidden alias
+
+
+@pytest.mark.parametrize("spelling", ["--backend", "--broker", "-b"])
+@pytest.mark.parametrize("joined", [False, True], ids=["URL", "=URL"])
+def test_broker_is_still_accepted_for_backend(invoke: Invoke, spelling: str, joined: bool) -> None:
+    """Scripts written before the rename keep working: ``--broker`` is ``--backend``."""
+    ok(invoke("send", "x.y", "--key", "k", backend=True))
+    option = [f"{spelling}={invoke.url}"] if joined and spelling != "-b" else [spelling, invoke.url]
+    listed = ok(invoke("events", "--json", *option, backend=False))
+    assert '"x.y"' in listed
+
+
+@pytest.mark.parametrize("variable", ["OVERTURE_BACKEND", "OVERTURE_BROKER"])
+def test_the_backend_comes_from_either_environment_variable(invoke: Invoke, variable: str) -> None:
+    ok(invoke("send", "x.y", "--key", "k"))
+    result = invoke.runner.invoke(cli, ["events", "--json"], env={variable: invoke.url})
+    assert '"x.y"' in ok(result)
+
+
+def test_overture_backend_wins_over_overture_broker(invoke: Invoke, tmp_path: Path) -> None:
+    ok(invoke("send", "x.y", "--key", "k"))
+    elsewhere = f"sqlite:///{tmp_path / 'missing.db'}"
+    env = {"OVERTURE_BACKEND": invoke.url, "OVERTURE_BROKER": elsewhere}
+    assert '"x.y"' in ok(invoke.runner.invoke(cli, ["events", "--json"], env=env))
 
 
 def test_the_orders_example_is_unaffected(orders: ModuleType) -> None:

@@ -59,7 +59,11 @@ def test_overture_demo_works_from_an_installed_wheel(tmp_path: Path) -> None:
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "OVERTURE_BROKER")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "OVERTURE_BACKEND", "OVERTURE_BROKER")
+    }
     env |= {"NO_COLOR": "1", "COLUMNS": "200"}
     where = subprocess.run(
         [python, "-c", "import overture; print(overture.__file__)"],

@@ -15,7 +15,7 @@ from confluent_kafka import Producer
 from tests.conftest import kafka_url
 
 import overture as ov
-from overture.backends.kafka.broker import KafkaBroker
+from overture.backends.kafka.backend import KafkaBackend
 from overture.testing import Harness
 
 LONG_KEY = struct.pack(">q", 1_733_000_000_000)  # Java's LongSerializer: not UTF-8
@@ -55,8 +55,8 @@ def url(kafka_bootstrap: str) -> str:
 
 
 def produce(h: Harness, bootstrap: str) -> None:
-    broker = h.broker
-    assert isinstance(broker, KafkaBroker)
+    broker = h.backend
+    assert isinstance(broker, KafkaBackend)
     producer = Producer({"bootstrap.servers": bootstrap})
     topic = broker.settings.events_topic
     producer.produce(topic, JUNK, b"\xff\xfe", headers=JUNK_HEADERS)

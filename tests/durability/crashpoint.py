@@ -1,6 +1,6 @@
 """Engine driver of the crash-point tests: ``overture run`` that exits mid-commit.
 
-    python -m tests.durability.crashpoint COMMIT STATEMENT -- run APP --broker URL ...
+    python -m tests.durability.crashpoint COMMIT STATEMENT -- run APP --backend URL ...
 
 runs the CLI with the arguments after ``--``, and exits the process with ``os._exit``
 (no cleanup, no rollback: as kill -9 would) when the ``STATEMENT``-th SQL statement of the
@@ -9,7 +9,7 @@ exits before anything of that commit ran). Exit code 75 then; when that commit r
 statements, the process exits with 76 right after it returned (before the engine learns
 that it committed), and prints the commit's statement count.
 
-The hook is test code only: it wraps ``SqliteBroker.commit`` in this process and traces
+The hook is test code only: it wraps ``SqliteBackend.commit`` in this process and traces
 the writer connection with ``sqlite3.Connection.set_trace_callback``, which reports every
 statement (each ``executemany`` row, and each trigger subprogram of the one-statement
 JSON document commit) before it runs.
@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Any
 
-from overture.backends.sqlite import SqliteBroker
+from overture.backends.sqlite import SqliteBackend
 from overture.cli import main
 from overture.ports import Batch
 
@@ -30,10 +30,10 @@ PAST_END = 76
 
 
 def install(target_commit: int, target_statement: int) -> None:
-    original = SqliteBroker.commit
+    original = SqliteBackend.commit
     commits = 0
 
-    def commit(self: SqliteBroker, batch: Batch) -> None:
+    def commit(self: SqliteBackend, batch: Batch) -> None:
         nonlocal commits
         if not batch.offsets:
             original(self, batch)
@@ -58,7 +58,7 @@ def install(target_commit: int, target_statement: int) -> None:
         print(f"statements={statements}", flush=True)
         os._exit(PAST_END)
 
-    SqliteBroker.commit = commit  # type: ignore[method-assign]
+    SqliteBackend.commit = commit  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":

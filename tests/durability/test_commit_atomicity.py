@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import overture as ov
-from overture.backends import open_broker
-from overture.backends.sqlite import SqliteBroker
+from overture.backends import open_backend
+from overture.backends.sqlite import SqliteBackend
 from overture.ports import Batch
 from overture.testing import Harness
 
@@ -48,7 +48,7 @@ async def test_a_batch_whose_commit_fails_is_redone_from_the_same_offsets(url: s
     a restart reads the same records again (committing offsets on read would skip them)."""
     effects: list[str] = []
     async with Harness(_app(effects), url) as h:
-        real = h.broker.commit
+        real = h.backend.commit
         failed: list[Batch] = []
 
         def commit(batch: Batch) -> None:
@@ -57,12 +57,12 @@ async def test_a_batch_whose_commit_fails_is_redone_from_the_same_offsets(url: s
                 raise OSError("disk I/O error (injected)")
             real(batch)
 
-        h.broker.commit = commit  # type: ignore[method-assign]
+        h.backend.commit = commit  # type: ignore[method-assign]
         h.client.send("job.requested", {"job": "a"}, key="a")
         with pytest.raises(OSError, match="injected"):
             await h.idle()
         assert failed and failed[0].offsets  # the failed batch carried the offsets
-        assert h.broker.offsets(h.engine.group) == {}  # and nothing else committed them
+        assert h.backend.offsets(h.engine.group) == {}  # and nothing else committed them
         assert h.client.instances() == []
         await h.restart()
         await h.idle()
@@ -105,8 +105,8 @@ async def test_every_commit_is_one_transaction_holding_its_offsets(sqlite_url: s
     batch with a dead letter) write the state and the offsets in one transaction."""
     effects: list[str] = []
     async with Harness(_app(effects), sqlite_url) as h:
-        broker = h.broker
-        assert isinstance(broker, SqliteBroker)
+        broker = h.backend
+        assert isinstance(broker, SqliteBackend)
         real = broker.commit
         seen: list[tuple[Batch, list[list[str]]]] = []
 
@@ -144,8 +144,8 @@ async def test_every_commit_is_one_transaction_holding_its_offsets(sqlite_url: s
 def test_sqlite_runs_in_wal_mode_with_fsync_at_every_commit(tmp_path: Path) -> None:
     """``synchronous=FULL`` on every connection that writes or reads, and WAL on the file."""
     path = tmp_path / "durable.db"
-    broker = open_broker(f"sqlite:///{path}")
-    assert isinstance(broker, SqliteBroker)
+    broker = open_backend(f"sqlite:///{path}")
+    assert isinstance(broker, SqliteBackend)
     try:
         for conn in (broker._conn, broker._reader):
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -52,7 +52,7 @@ def _append(client: ov.Client, events: list[ov.Event], *, bad: bool) -> None:
     ]
     if bad:
         records.append(NewRecord(events[0].envelope.partitionkey, b"\xff not an event"))
-    client.broker.log.append(records)
+    client.backend.log.append(records)
 
 
 def _approvals(seq: int) -> list[ov.Event]:
@@ -87,7 +87,7 @@ def _crash_once(work: Path, target: str, path: str, statement: int) -> int:
                 [
                     *(sys.executable, "-m", "tests.durability.crashpoint"),
                     *(str(TARGET_COMMIT[target]), str(statement), "--"),
-                    *("run", "tests.durability.crash_app:app", "--broker", url),
+                    *("run", "tests.durability.crash_app:app", "--backend", url),
                     *("--log-level", "WARNING"),
                 ],
                 cwd=ROOT,
@@ -132,7 +132,7 @@ async def _finish_and_check(work: Path, path: str, monkeypatch: pytest.MonkeyPat
                     "SELECT count(DISTINCT job) FROM effects WHERE kind = 'notified'"
                 ).fetchone()[0]
             conn.close()
-            if done == JOBS and notified == JOBS and not h.broker.store.work():
+            if done == JOBS and notified == JOBS and not h.backend.store.work():
                 break
             assert time.monotonic() < deadline, f"{done} completed, {notified} notified"
             await asyncio.sleep(0.01)
@@ -143,7 +143,7 @@ async def _finish_and_check(work: Path, path: str, monkeypatch: pytest.MonkeyPat
             if e.envelope is not None
         )
         letters = h.client.dead_letters()
-        leftovers = (h.broker.store.waits(), h.broker.store.work())
+        leftovers = (h.backend.store.waits(), h.backend.store.work())
     conn = sqlite3.connect(db)
     inbox = conn.execute("SELECT count(*) FROM inbox").fetchone()[0]
     conn.close()

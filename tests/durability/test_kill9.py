@@ -43,7 +43,7 @@ def start_engine(url: str, effects: Path, log: Path, cache_size: int) -> subproc
         return subprocess.Popen(
             [
                 *(sys.executable, "-m", "overture.cli", "run", "tests.durability.app:app"),
-                *("--broker", url, "--cache-size", str(cache_size), "--log-level", "WARNING"),
+                *("--backend", url, "--cache-size", str(cache_size), "--log-level", "WARNING"),
             ],
             cwd=ROOT,
             env=env,
@@ -182,7 +182,7 @@ def assert_all_done(client: ov.Client, effects: Path) -> Counter[str]:
     assert len(emitted) == 3 * JOBS
     assert set(emitted.values()) == {1}, "an emitted event was duplicated"
     assert client.dead_letters() == []
-    assert client.broker.store.waits() == [] and client.broker.store.work() == []
+    assert client.backend.store.waits() == [] and client.backend.store.work() == []
 
     executions = Counter((kind, job) for kind, job, *_ in rows)
     for i in range(JOBS):

@@ -10,8 +10,8 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 import overture as ov
-from overture.backends import open_broker
-from overture.backends.kafka.broker import KafkaBroker
+from overture.backends import open_backend
+from overture.backends.kafka.backend import KafkaBackend
 from overture.errors import BrokerUnavailable, ConfigError
 from overture.ports import partition_for
 from overture.runtime.host import Host
@@ -63,8 +63,8 @@ async def test_plain_producer_starts_and_feeds_processes_with_rekeying(
     url = kafka_url(kafka_bootstrap, partitions=4)
     app = make_app()
     async with Harness(app, url) as h:
-        broker = h.broker
-        assert isinstance(broker, KafkaBroker)
+        broker = h.backend
+        assert isinstance(broker, KafkaBackend)
         topic = broker.settings.events_topic
         producer = Producer({"bootstrap.servers": kafka_bootstrap})
         # keyed by the order: librdkafka's default partitioner agrees with Overture's
@@ -116,8 +116,8 @@ async def test_emitted_events_are_cloudevents_in_binary_mode(kafka_bootstrap: st
     async with Harness(app, url) as h:
         h.client.send("go", {}, key="k7")
         await h.idle()
-        broker = h.broker
-        assert isinstance(broker, KafkaBroker)
+        broker = h.backend
+        assert isinstance(broker, KafkaBackend)
         consumer = Consumer(
             {
                 "bootstrap.servers": kafka_bootstrap,
@@ -147,20 +147,20 @@ def test_topics_are_created_and_a_different_partition_count_is_refused(
     kafka_bootstrap: str,
 ) -> None:
     url = kafka_url(kafka_bootstrap, partitions=3)
-    broker = open_broker(url)
+    broker = open_backend(url)
     assert broker.log.partitions == 3
     broker.close()
-    again = open_broker(url.replace("?partitions=3", ""))
+    again = open_backend(url.replace("?partitions=3", ""))
     assert again.log.partitions == 3  # an existing namespace keeps its count
     again.close()
     with pytest.raises(ConfigError, match="have 3 partitions but 5 were asked for"):
-        open_broker(url.replace("?partitions=3", "?partitions=5"))
+        open_backend(url.replace("?partitions=3", "?partitions=5"))
 
 
 def test_an_unreachable_broker_is_a_clear_error() -> None:
     started = time.monotonic()
     with pytest.raises(BrokerUnavailable, match=r"127\.0\.0\.1:9 did not answer"):
-        open_broker("kafka://127.0.0.1:9/nowhere")
+        open_backend("kafka://127.0.0.1:9/nowhere")
     assert time.monotonic() - started < 30
 
 
@@ -169,8 +169,8 @@ async def test_a_rebalance_moves_waiting_instances_to_the_other_member(
 ) -> None:
     url = kafka_url(kafka_bootstrap, partitions=4)
     app = make_app()
-    first = Host(app, open_broker(url))
-    second = Host(app, open_broker(url))
+    first = Host(app, open_backend(url))
+    second = Host(app, open_backend(url))
     client = ov.Client(url, app=app)
     try:
         await first.start()

@@ -23,7 +23,7 @@ from cloudevents.v1.http import CloudEvent as CloudEventV1
 from confluent_kafka import Producer
 
 import overture as ov
-from overture.backends.kafka.broker import KafkaBroker
+from overture.backends.kafka.backend import KafkaBackend
 from overture.ports import partition_for
 from overture.testing import Harness
 
@@ -75,8 +75,8 @@ def producer(bootstrap: str) -> Producer:
 
 
 def topic_of(h: Harness) -> str:
-    broker = h.broker
-    assert isinstance(broker, KafkaBroker)
+    broker = h.backend
+    assert isinstance(broker, KafkaBackend)
     return broker.settings.events_topic
 
 
@@ -304,9 +304,9 @@ async def test_structured_and_binary_mode_from_the_cloudevents_sdk_and_by_hand(
 
 
 def _run(url: str, log: Any) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if k != "OVERTURE_BROKER"}
+    env = {k: v for k, v in os.environ.items() if k not in ("OVERTURE_BACKEND", "OVERTURE_BROKER")}
     return subprocess.Popen(
-        [sys.executable, "-m", "overture.cli", "run", "examples.orders:app", "--broker", url],
+        [sys.executable, "-m", "overture.cli", "run", "examples.orders:app", "--backend", url],
         cwd=REPO_ROOT,
         env={**env, "NO_COLOR": "1"},
         stdout=log,
@@ -331,8 +331,8 @@ def test_overture_run_lives_through_a_long_key_and_its_restart(
     order = {"order_id": "o1", "item": "book", "quantity": 1}
     log_path = tmp_path / "engine.log"
     with ov.Client(url) as client:
-        broker = client.broker
-        assert isinstance(broker, KafkaBroker)
+        broker = client.backend
+        assert isinstance(broker, KafkaBackend)
         topic = broker.settings.events_topic
         p = producer(kafka_bootstrap)
         p.produce(topic, orjson.dumps(order), LONG_KEY, headers=binary("order.placed", "j1"))

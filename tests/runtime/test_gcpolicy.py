@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import overture as ov
-from overture.backends import open_broker
+from overture.backends import open_backend
 from overture.runtime import gcpolicy
 
 
@@ -56,13 +56,13 @@ async def test_an_engine_raises_it_while_it_runs() -> None:
     async def proc(ctx: ov.Context, event: ov.Event) -> int:
         return 1
 
-    engine = ov.Engine(app, open_broker("memory://"), gc_threshold=30_000)
+    engine = ov.Engine(app, open_backend("memory://"), gc_threshold=30_000)
     await engine.start()
     assert gc.get_threshold()[0] == 30_000
     await engine.run_until_idle()
     await engine.stop()
     assert gc.get_threshold() == (700, 10, 10)
-    untouched = ov.Engine(app, open_broker("memory://"), gc_threshold=None)
+    untouched = ov.Engine(app, open_backend("memory://"), gc_threshold=None)
     await untouched.start()
     assert gc.get_threshold() == (700, 10, 10)
     await untouched.stop()
@@ -82,7 +82,7 @@ async def test_a_failed_last_commit_still_restores_it_and_releases_the_broker(
     async def proc(ctx: ov.Context, event: ov.Event) -> int:
         return int(await ctx.step(slow))
 
-    broker = open_broker(f"sqlite:///{tmp_path / 'gc.db'}")
+    broker = open_backend(f"sqlite:///{tmp_path / 'gc.db'}")
     engine = ov.Engine(app, broker, gc_threshold=30_000)
     task = asyncio.create_task(engine.run())
     ov.Client(broker, app=app).send("go", {})

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import overture as ov
-from overture.backends import open_broker
-from overture.backends.sqlite import SqliteBroker
+from overture.backends import open_backend
+from overture.backends.sqlite import SqliteBackend
 from overture.ports import Batch
 from overture.runtime.engine import Engine
 
@@ -46,7 +46,7 @@ def three_steps_app(release: threading.Event) -> ov.App:
     return app
 
 
-def recording(broker: SqliteBroker) -> list[Batch]:
+def recording(broker: SqliteBackend) -> list[Batch]:
     """Record every batch the real SQLite broker commits (then commit it)."""
     commits: list[Batch] = []
     commit = broker.commit
@@ -59,9 +59,9 @@ def recording(broker: SqliteBroker) -> list[Batch]:
     return commits
 
 
-def open_sqlite(path: Path) -> SqliteBroker:
-    broker = open_broker(f"sqlite:///{path}")
-    assert isinstance(broker, SqliteBroker)
+def open_sqlite(path: Path) -> SqliteBackend:
+    broker = open_backend(f"sqlite:///{path}")
+    assert isinstance(broker, SqliteBackend)
     return broker
 
 
@@ -146,4 +146,4 @@ async def test_a_slow_sync_step_gets_its_work_row_before_the_commit(tmp_path: Pa
 
 async def test_sync_fold_must_not_be_negative() -> None:
     with pytest.raises(ov.ConfigError, match="sync_fold"):
-        Engine(ov.App("neg"), open_broker("memory://neg-fold"), sync_fold=-1)
+        Engine(ov.App("neg"), open_backend("memory://neg-fold"), sync_fold=-1)

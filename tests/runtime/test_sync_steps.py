@@ -12,7 +12,7 @@ from datetime import timedelta
 import pytest
 
 import overture as ov
-from overture.backends import open_broker
+from overture.backends import open_backend
 from overture.runtime.engine import Engine
 from overture.testing import Harness
 
@@ -109,7 +109,7 @@ async def test_the_pool_size_bounds_how_many_sync_steps_run_at_once() -> None:
 
 async def test_a_pool_needs_a_thread() -> None:
     with pytest.raises(ov.ConfigError, match="at least one thread"):
-        Engine(ov.App("none"), open_broker("memory://no-threads"), threads=0)
+        Engine(ov.App("none"), open_backend("memory://no-threads"), threads=0)
 
 
 async def test_inline_steps_run_on_the_engine_thread_and_are_durable(harness: Factory) -> None:

@@ -7,15 +7,15 @@ import threading
 from urllib.parse import urlparse
 
 from ..errors import ConfigError
-from ..ports import Broker
+from ..ports import Backend
 
 DEFAULT_URL = "sqlite:///overture.db"
-_memory: dict[str, Broker] = {}
+_memory: dict[str, Backend] = {}
 _memory_lock = threading.Lock()
 
 
-def open_broker(url: str, *, partitions: int | None = None) -> Broker:
-    """Open the broker a URL names.
+def open_backend(url: str, *, partitions: int | None = None) -> Backend:
+    """Open the backend a URL names.
 
     ``memory://[name]`` is shared by every opener in the same Python process;
     ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` is a file (created on demand).
@@ -24,31 +24,31 @@ def open_broker(url: str, *, partitions: int | None = None) -> Broker:
     """
     parsed = urlparse(url)
     if parsed.scheme == "memory":
-        from .memory import MemoryBroker
+        from .memory import MemoryBackend
 
         name = parsed.netloc + parsed.path
         with _memory_lock:
-            broker = _memory.get(name)
-            if broker is None:
-                broker = _memory[name] = MemoryBroker(url, partitions or 1)
-            return broker
+            backend = _memory.get(name)
+            if backend is None:
+                backend = _memory[name] = MemoryBackend(url, partitions or 1)
+            return backend
     if parsed.scheme == "sqlite":
-        from .sqlite import SqliteBroker
+        from .sqlite import SqliteBackend
 
         path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else ""
         if not path:
             raise ConfigError(f"bad sqlite URL {url!r}: use sqlite:///path/to/file.db")
-        return SqliteBroker(url, path, partitions or 1)
+        return SqliteBackend(url, path, partitions or 1)
     if parsed.scheme == "kafka":
-        from .kafka.broker import KafkaBroker
+        from .kafka.backend import KafkaBackend
 
-        return KafkaBroker(url, partitions=partitions)
+        return KafkaBackend(url, partitions=partitions)
     raise ConfigError(
-        f"unknown broker URL {url!r}: use sqlite:///path.db, memory:// or kafka://host:port"
+        f"unknown backend URL {url!r}: use sqlite:///path.db, memory:// or kafka://host:port"
     )
 
 
-def forget_memory_brokers() -> None:
-    """Drop every ``memory://`` broker (tests)."""
+def forget_memory_backends() -> None:
+    """Drop every ``memory://`` backend (tests)."""
     with _memory_lock:
         _memory.clear()

@@ -8,22 +8,27 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from ..errors import EngineBusy
 from ..ports import (
     Batch,
+    Capabilities,
+    Claim,
     DeadLetter,
+    EngineBackend,
     InboxRow,
     InstanceRow,
     InstanceSnapshot,
     NewRecord,
     Record,
+    StateKey,
     WaitRow,
     WorkRow,
     partition_for,
 )
+from .embedded import claim_whole
 
 _FINAL = frozenset({"completed", "failed", "cancelled"})
 
@@ -42,6 +47,7 @@ class MemoryState:
         self._work: dict[str, WorkRow] = {}
         self._inbox: dict[str, InboxRow] = {}
         self._dlq: dict[str, DeadLetter] = {}
+        self._state: dict[str, dict[bytes, bytes]] = {}  # keyed state, by namespace
 
     def apply(self, batch: Batch) -> None:
         """Apply a batch's state changes and offsets (not its appends)."""
@@ -62,6 +68,20 @@ class MemoryState:
             _apply(self._work, batch.work)
             _apply(self._inbox, batch.inbox)
             _apply(self._dlq, batch.dead_letters)
+            if batch.state:
+                self._apply_state(batch.state)
+
+    def _apply_state(self, changes: dict[StateKey, bytes | None]) -> None:
+        for (namespace, key), value in changes.items():
+            if value is None:
+                entries = self._state.get(namespace)
+                if entries is not None:
+                    entries.pop(key, None)
+                    if not entries:
+                        del self._state[namespace]
+            else:
+                # bytes(): a caller's bytearray or memoryview must not change it later
+                self._state.setdefault(namespace, {})[bytes(key)] = bytes(value)
 
     def commit(self, batch: Batch) -> None:
         self.apply(batch)
@@ -132,9 +152,35 @@ class MemoryState:
         with self._lock:
             return self._dlq.get(dead_letter_id)
 
+    def get(self, namespace: str, key: bytes) -> bytes | None:
+        with self._lock:
+            entries = self._state.get(namespace)
+            return None if entries is None else entries.get(key)
 
-class MemoryBroker(MemoryState):
-    """Both the log and the store of ``memory://``."""
+    def scan(self, namespace: str, prefix: bytes = b"") -> list[tuple[bytes, bytes]]:
+        # Sorted per scan: dicts keep the order of insertion, not of keys, and scans are
+        # rare next to puts (window and pattern state reads by key).
+        with self._lock:
+            entries = self._state.get(namespace)
+            if not entries:
+                return []
+            found = [(k, v) for k, v in entries.items() if k.startswith(prefix)]
+        found.sort()
+        return found
+
+
+class MemoryBackend(MemoryState):
+    """Both the log and the store of ``memory://``, for clients and for its one engine."""
+
+    capabilities = Capabilities(
+        dedups_event_ids=True,
+        finds_events_by_id=True,
+        local_lock=True,
+        commit="inline",  # a commit only updates dicts: no reason to leave the loop
+        partitioned=False,
+        remote=False,
+    )
+    owned = None
 
     def __init__(self, url: str, partitions: int) -> None:
         super().__init__()
@@ -236,7 +282,19 @@ class MemoryBroker(MemoryState):
 
         return unsubscribe
 
-    # -- Broker -------------------------------------------------------------------------
+    # -- Backend / EngineBackend ------------------------------------------------------------
+
+    def claim(
+        self,
+        group_key: str,
+        on_assign: Callable[[Mapping[int, EngineBackend]], None],
+        on_revoke: Callable[[list[int]], None],
+        on_failure: Callable[[BaseException], None],
+    ) -> Claim:
+        return claim_whole(self, on_assign, on_revoke)
+
+    def reload(self) -> None:
+        """Nothing to reload: the dicts are the committed state."""
 
     def engine_lock(self) -> Callable[[], None]:
         with self._lock:
@@ -252,7 +310,7 @@ class MemoryBroker(MemoryState):
 
     def close(self) -> None:
         """Nothing to release: the data lives as long as the process (or until
-        ``forget_memory_brokers``)."""
+        ``forget_memory_backends``)."""
 
 
 def _apply(table: dict[str, Any], changes: dict[str, Any]) -> None:

@@ -19,11 +19,12 @@ from ..client import ALL, Client
 from ..errors import NotFound
 from . import render
 from .common import (
-    DEFAULT_BROKER,
+    DEFAULT_BACKEND,
     EXIT_USAGE,
-    BrokerOption,
+    BackendOption,
     CliError,
     handle_errors,
+    normalize_option,
     open_client,
     refuse_memory,
     stderr_line,
@@ -41,6 +42,8 @@ cli = typer.Typer(
     # A traceback only ever means a bug in Overture; print it plainly (no locals, which
     # could hold event data).
     pretty_exceptions_enable=False,
+    # every subcommand inherits it: ``--broker`` (hidden) is read as ``--backend``
+    context_settings={"token_normalize_func": normalize_option},
 )
 dlq = typer.Typer(help="Inspect and replay the dead-letter queue.", no_args_is_help=True)
 cli.add_typer(dlq, name="dlq")
@@ -83,7 +86,7 @@ def _root(
 @handle_errors
 def run(
     app_path: Annotated[str, typer.Argument(metavar="MODULE:APP", help="The app to run.")],
-    broker: BrokerOption = DEFAULT_BROKER,
+    backend: BackendOption = DEFAULT_BACKEND,
     cache_size: Annotated[
         int, typer.Option(min=0, help="Live instances kept in memory (0: replay always).")
     ] = 10_000,
@@ -115,7 +118,7 @@ def run(
         raise CliError(
             f"invalid --log-level {log_level!r} (choose from {', '.join(LOG_LEVELS)})", EXIT_USAGE
         )
-    refuse_memory(broker)
+    refuse_memory(backend)
     app = load_app(app_path)
     # After loading: a command line that fails leaves the process's logging untouched.
     configure_logging(log_level)
@@ -123,7 +126,7 @@ def run(
         asyncio.run(
             serve(
                 app,
-                broker,
+                backend,
                 cache_size=cache_size,
                 batch_size=batch_size,
                 threads=threads,
@@ -173,7 +176,7 @@ def send(
             help="Allow control event types (overture.*), e.g. to operate the engine by hand.",
         ),
     ] = False,
-    broker: BrokerOption = DEFAULT_BROKER,
+    backend: BackendOption = DEFAULT_BACKEND,
 ) -> None:
     """Publish one event (prints its id), or a file of events (prints the count)."""
     if file is not None and (event_type is not None or data is not None or key is not None):
@@ -184,7 +187,7 @@ def send(
     if file is None:
         assert event_type is not None
         payload = parse_data(read_data(data)) if data is not None else {}
-        with open_client(broker, app=app, must_exist=False) as client:
+        with open_client(backend, app=app, must_exist=False) as client:
             typer.echo(client.send(event_type, payload, key=key, reserved=reserved))
         if key is None and app is None:
             stderr_line(
@@ -193,7 +196,7 @@ def send(
             )
         return
     lines = _read_lines(file)
-    with open_client(broker, app=app, must_exist=False) as client:
+    with open_client(backend, app=app, must_exist=False) as client:
         envelopes = parse_lines(lines, client, reserved=reserved)
         count = publish(client, envelopes, reserved=reserved)
     typer.echo(f"published {count} event{'s' if count != 1 else ''}")
@@ -229,10 +232,10 @@ def events(
         int | None,
         typer.Option(min=1, help="At most N events (default 1000; unlimited with --follow)."),
     ] = None,
-    broker: BrokerOption = DEFAULT_BROKER,
+    backend: BackendOption = DEFAULT_BACKEND,
 ) -> None:
     """List the events in the log, oldest first per partition; --follow tails it."""
-    with open_client(broker) as client:
+    with open_client(backend) as client:
         if not follow:
             most = limit or 1000
             found = client.events(type=event_type, limit=most + 1)
@@ -268,7 +271,7 @@ def _cut_note(client: Client, shown: int, event_type: str | None) -> str:
             f"showing the first {shown:,} events of type {event_type!r}; there are more: "
             "use --limit"
         )
-    log = client.broker.log
+    log = client.backend.log
     # the log's size, without reading it (on Kafka, records already removed by retention
     # are counted too, hence "about")
     total = sum(log.end_offset(p) for p in range(log.partitions))
@@ -291,7 +294,7 @@ def instances(
         bool,
         typer.Option("--count", help="How many instances each process has in each status."),
     ] = False,
-    broker: BrokerOption = DEFAULT_BROKER,
+    backend: BackendOption = DEFAULT_BACKEND,
 ) -> None:
     """List process instances (or count them by process and status with --count)."""
     if status is not None and status not in STATUSES:
@@ -299,7 +302,7 @@ def instances(
             f"invalid --status {status!r} (choose from {', '.join(STATUSES)})", EXIT_USAGE
         )
     if count:
-        with open_client(broker) as client:
+        with open_client(backend) as client:
             counts = client.instance_counts(process=process)
         if status is not None:
             counts = {k: n for k, n in counts.items() if k[1] == status}
@@ -311,7 +314,7 @@ def instances(
         else:
             render.make_console().print(render.counts_table(counts, STATUSES))
         return
-    with open_client(broker) as client:
+    with open_client(backend) as client:
         found = client.instances(process=process, status=status, limit=limit + 1)
         if len(found) > limit:
             found = found[:limit]
@@ -334,10 +337,10 @@ def show(
         str, typer.Argument(metavar="ID", help="Instance id (or a unique prefix of 6+ chars).")
     ],
     json: JsonFlag = False,
-    broker: BrokerOption = DEFAULT_BROKER,
+    backend: BackendOption = DEFAULT_BACKEND,
 ) -> None:
     """Show one instance and its journal as a timeline."""
-    with open_client(broker) as client:
+    with open_client(backend) as client:
         instance = client.instance(instance_id)
         journal = client.journal(instance.id)
     if json:
@@ -353,10 +356,10 @@ def show(
 @handle_errors
 def cancel(
     instance_id: Annotated[str, typer.Argument(metavar="ID", help="Instance id (or prefix).")],
-    broker: BrokerOption = DEFAULT_BROKER,
+    backend: BackendOption = DEFAULT_BACKEND,
 ) -> None:
     """Ask the engine to cancel an unfinished instance."""
-    with open_client(broker) as client:
+    with open_client(backend) as client:
         instance = client.instance(instance_id)
         request = client.cancel(instance.id)
     typer.echo(
@@ -372,9 +375,9 @@ def cancel(
 
 @dlq.command("list")
 @handle_errors
-def dlq_list(json: JsonFlag = False, broker: BrokerOption = DEFAULT_BROKER) -> None:
+def dlq_list(json: JsonFlag = False, backend: BackendOption = DEFAULT_BACKEND) -> None:
     """List dead letters: reason, source, attempts and the original event."""
-    with open_client(broker) as client:
+    with open_client(backend) as client:
         letters = client.dead_letters()
     if json:
         for letter in letters:
@@ -390,14 +393,14 @@ def dlq_list(json: JsonFlag = False, broker: BrokerOption = DEFAULT_BROKER) -> N
 def dlq_replay(
     letter_id: Annotated[str | None, typer.Argument(metavar="ID", help="Dead letter id.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
-    broker: BrokerOption = DEFAULT_BROKER,
+    backend: BackendOption = DEFAULT_BACKEND,
 ) -> None:
     """Ask the engine to retry a dead letter (or all of them)."""
     if letter_id is not None and all_:
         raise CliError("give a dead letter ID or --all, not both", EXIT_USAGE)
     if letter_id is None and not all_:
         raise CliError("give a dead letter ID, or --all", EXIT_USAGE)
-    with open_client(broker) as client:
+    with open_client(backend) as client:
         if letter_id is not None:
             request = client.replay_dead_letter(letter_id)
             typer.echo(f"replay of dead letter {letter_id} requested as event {request}")
@@ -421,14 +424,14 @@ def demo(
     payment_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds an order waits for its payment.")
     ] = 2.0,
-    broker: Annotated[
+    backend: Annotated[
         str | None,
         typer.Option(
-            "--broker",
+            "--backend",
             "-b",
-            help="Broker URL to keep the demo's data in, sqlite:///demo.db or "
+            help="Backend URL to keep the demo's data in, sqlite:///demo.db or "
             "kafka://host:port/namespace (default: a temporary database; "
-            "OVERTURE_BROKER is ignored so the demo never writes into your database).",
+            "OVERTURE_BACKEND is ignored so the demo never writes into your database).",
         ),
     ] = None,
 ) -> None:
@@ -436,6 +439,6 @@ def demo(
     from .demo import run_demo
 
     console = render.make_console(pipe_width=120)
-    ok = asyncio.run(run_demo(console, payment_timeout=payment_timeout, broker=broker))
+    ok = asyncio.run(run_demo(console, payment_timeout=payment_timeout, backend=backend))
     if not ok:
         raise typer.Exit(1)

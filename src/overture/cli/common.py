@@ -1,4 +1,4 @@
-"""What every command shares: the ``--broker`` option, error reporting, opening a client.
+"""What every command shares: the ``--backend`` option, error reporting, opening a client.
 
 User errors never end in a traceback: :func:`handle_errors` turns every
 :class:`~overture.OvertureError` (and the few other errors a user can cause, such as a bad
@@ -28,20 +28,33 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 """The command line itself is wrong (same code as click's usage errors)."""
 
-BrokerOption = Annotated[
+BackendOption = Annotated[
     str,
     typer.Option(
-        "--broker",
+        "--backend",
         "-b",
-        envvar="OVERTURE_BROKER",
-        help="Broker URL: sqlite:///relative.db, sqlite:////absolute.db or "
-        "kafka://host:port/namespace.",
-        show_envvar=True,
+        # OVERTURE_BROKER: its name until "broker" came to mean the Kafka server only,
+        # still read (after OVERTURE_BACKEND) so existing scripts keep working
+        envvar=["OVERTURE_BACKEND", "OVERTURE_BROKER"],
+        help="Backend URL: sqlite:///relative.db, sqlite:////absolute.db or "
+        "kafka://host:port/namespace [env var: OVERTURE_BACKEND].",
+        show_envvar=False,
     ),
 ]
-"""The ``--broker`` option every command takes."""
+"""The ``--backend`` option every command takes."""
 
-DEFAULT_BROKER = DEFAULT_URL
+LEGACY_OPTIONS = {"broker": "backend"}
+"""Option names that older releases used, accepted as aliases of the new ones but not
+shown in the help (``--broker`` is ``--backend``)."""
+
+
+def normalize_option(name: str) -> str:
+    """Click's ``token_normalize_func``: an option name an older release used becomes
+    today's (so ``--broker URL`` and ``--broker=URL`` keep working)."""
+    return LEGACY_OPTIONS.get(name, name)
+
+
+DEFAULT_BACKEND = DEFAULT_URL
 
 
 class CliError(ConfigError):
@@ -94,16 +107,16 @@ def sqlite_path(url: str) -> str | None:
 
 
 def refuse_memory(url: str) -> None:
-    """Refuse a ``memory://`` broker: it lives in one process, and every ``overture``
+    """Refuse a ``memory://`` backend: it lives in one process, and every ``overture``
     command is its own process, so what it sends is lost when it exits and what it reads
     is always empty (``overture demo`` runs everything in one process and may use it).
 
     Raises:
-        CliError: the URL is a memory broker.
+        CliError: the URL is a memory backend.
     """
     if url.startswith("memory:"):
         raise CliError(
-            f"--broker {url} keeps events in this one process's memory, and each overture "
+            f"--backend {url} keeps events in this one process's memory, and each overture "
             "command is its own process: the events would be lost when it exits; use "
             "sqlite:///file.db or kafka://host:port/namespace (memory:// is for tests "
             "and `overture demo`)",
@@ -115,10 +128,10 @@ def open_client(url: str, *, app: App | None = None, must_exist: bool = True) ->
     """A client on ``url``.
 
     Args:
-        url: the broker URL.
+        url: the backend URL.
         app: validate sent events against this app's contracts.
         must_exist: refuse to *create* an embedded database. Commands that only read or
-            operate existing state set it, so that a typo in ``--broker`` (or running from
+            operate existing state set it, so that a typo in ``--backend`` (or running from
             the wrong directory) says so instead of showing an empty, brand-new database.
     """
     refuse_memory(url)
@@ -126,7 +139,7 @@ def open_client(url: str, *, app: App | None = None, must_exist: bool = True) ->
     if must_exist and path and not os.path.exists(path):
         raise CliError(
             f"no Overture database at {path!r} (start one with `overture run`, or pass "
-            "--broker / set OVERTURE_BROKER)"
+            "--backend / set OVERTURE_BACKEND)"
         )
     return Client(url, app=app)
 

@@ -25,11 +25,11 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ..backends import open_broker
+from ..backends import open_backend
 from ..client import FINAL, Client, Instance
 from ..examples import orders as example
 from ..runtime.clock import SystemClock
-from ..runtime.engine import Engine
+from ..runtime.host import Host
 from . import render
 from .common import CliError
 
@@ -110,33 +110,35 @@ async def _until(
         await asyncio.sleep(0.02)
 
 
-async def run_demo(console: Console, *, payment_timeout: float, broker: str | None) -> bool:
+async def run_demo(console: Console, *, payment_timeout: float, backend: str | None) -> bool:
     """Run the scenarios and tell the story on ``console``; True if every order ended as
     expected."""
     module = example
     app = module.make_app(payment_timeout=timedelta(seconds=payment_timeout))
     with contextlib.ExitStack() as stack:
-        if broker is None:
+        if backend is None:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="overture-demo-"))
-            broker = f"sqlite:///{Path(tmp) / 'demo.db'}"
+            backend = f"sqlite:///{Path(tmp) / 'demo.db'}"
         notes = stack.enter_context(_capture(logging.getLogger(module.__name__)))
         console.print(
             Panel.fit(
                 f"[bold]Overture demo[/]: the order saga of {module.__name__}\n"
-                f"broker {broker}, payment timeout {payment_timeout:g}s, real clock",
+                f"backend {backend}, payment timeout {payment_timeout:g}s, real clock",
                 border_style="blue",
             )
         )
-        engine_broker = open_broker(broker)
-        stack.callback(engine_broker.close)
-        engine = Engine(app, engine_broker, clock=SystemClock())
-        await engine.start()
-        runner = asyncio.create_task(engine.run())
-        client = stack.enter_context(Client(broker, app=app))
+        engine_backend = open_backend(backend)
+        stack.callback(engine_backend.close)
+        # a Host, as `overture run` runs the engines: one on an embedded backend, one per
+        # partition on Kafka
+        host = Host(app, engine_backend, clock=SystemClock())
+        await host.start()
+        runner = asyncio.create_task(host.run())
+        client = stack.enter_context(Client(backend, app=app))
         try:
             instances = await _drive(console, client, module, payment_timeout)
         finally:
-            await engine.stop()
+            await host.stop()
             await runner
         return _report(console, client, instances, notes)
 

@@ -14,9 +14,9 @@ import threading
 from collections.abc import Callable
 
 from ..app import App
-from ..backends import open_broker
+from ..backends import open_backend
 from ..errors import BrokerUnavailable, OvertureError
-from ..ports import Broker
+from ..ports import Backend
 from ..runtime.host import Host
 from .common import CliError, stderr_line
 
@@ -50,22 +50,22 @@ async def serve(
 
     Raises:
         EngineBusy: another engine already owns the embedded database.
-        ConfigError: the broker URL is bad.
+        ConfigError: the backend URL is bad.
         CliError: the engine crashed (the traceback is logged).
     """
-    broker = await _open_until_signal(url, partitions)
-    if broker is None:
+    backend = await _open_until_signal(url, partitions)
+    if backend is None:
         log.info("stopped before the broker answered")
         return
     try:
-        host = Host(app, broker, cache_size=cache_size, batch_size=batch_size, threads=threads)
+        host = Host(app, backend, cache_size=cache_size, batch_size=batch_size, threads=threads)
         await host.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         signals = (signal.SIGINT, signal.SIGTERM)
         for sig in signals:
             loop.add_signal_handler(sig, _on_signal, sig, stop)
-        count = broker.log.partitions
+        count = backend.log.partitions
         shared = " shared by the engine group" if host.partitioned else ""
         stderr_line(
             f"overture: engine for app {app.name!r} on {url} "
@@ -96,10 +96,10 @@ async def serve(
         await runner
         log.info("engine stopped")
     finally:
-        broker.close()
+        backend.close()
 
 
-async def _open_until_signal(url: str, partitions: int | None) -> Broker | None:
+async def _open_until_signal(url: str, partitions: int | None) -> Backend | None:
     """:func:`_open`, given up at once on SIGINT/SIGTERM (then ``None``): waiting for a
     cluster that is down must not make Ctrl-C wait for a connection timeout."""
     stop = asyncio.Event()
@@ -116,10 +116,10 @@ async def _open_until_signal(url: str, partitions: int | None) -> Broker | None:
             loop.remove_signal_handler(sig)
         stopper.cancel()
     if opener.done():
-        broker = opener.result()
+        backend = opener.result()
         if not stop.is_set():
-            return broker
-        broker.close()  # the signal came with the connection: honour the signal
+            return backend
+        backend.close()  # the signal came with the connection: honour the signal
         return None
     opener.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -127,50 +127,50 @@ async def _open_until_signal(url: str, partitions: int | None) -> Broker | None:
     return None
 
 
-async def _open(url: str, partitions: int | None) -> Broker:
-    """Open the broker; a Kafka cluster that does not answer is retried (with the reason
+async def _open(url: str, partitions: int | None) -> Backend:
+    """Open the backend; a Kafka cluster that does not answer is retried (with the reason
     logged) until it does, so engines can be started before the cluster is up."""
     if url.startswith("kafka:"):
         log.info("connecting to %s", url)
     pause = 1.0
     while True:
         try:
-            return await _in_daemon_thread(lambda: open_broker(url, partitions=partitions))
+            return await _in_daemon_thread(lambda: open_backend(url, partitions=partitions))
         except BrokerUnavailable as error:
             log.error("%s; retrying in %.0fs", error, pause)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 30.0)
 
 
-async def _in_daemon_thread(open_: Callable[[], Broker]) -> Broker:
+async def _in_daemon_thread(open_: Callable[[], Backend]) -> Backend:
     """Run a blocking ``open_`` in a daemon thread.
 
     Not ``asyncio.to_thread``: ``asyncio.run`` joins the default executor's threads on the
     way out, so a stop requested during a 15-second metadata request would wait for it. An
-    abandoned daemon thread ends with the process; a broker it opens late is closed.
+    abandoned daemon thread ends with the process; a backend it opens late is closed.
     """
     loop = asyncio.get_running_loop()
-    future: asyncio.Future[Broker] = loop.create_future()
+    future: asyncio.Future[Backend] = loop.create_future()
 
-    def settle(broker: Broker | None, error: BaseException | None) -> None:
+    def settle(backend: Backend | None, error: BaseException | None) -> None:
         if future.cancelled():
-            if broker is not None:
-                broker.close()
+            if backend is not None:
+                backend.close()
         elif error is not None:
             future.set_exception(error)
         else:
-            assert broker is not None
-            future.set_result(broker)
+            assert backend is not None
+            future.set_result(backend)
 
     def target() -> None:
-        broker: Broker | None = None
+        backend: Backend | None = None
         error: BaseException | None = None
         try:
-            broker = open_()
+            backend = open_()
         except BaseException as exc:  # handed to the waiting coroutine
             error = exc
         with contextlib.suppress(RuntimeError):  # the loop is gone: the process is ending
-            loop.call_soon_threadsafe(settle, broker, error)
+            loop.call_soon_threadsafe(settle, backend, error)
 
     threading.Thread(target=target, name="overture-connect", daemon=True).start()
     return await future

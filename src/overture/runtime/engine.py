@@ -29,8 +29,8 @@ from ..errors import ConfigError, EventError, MalformedEvent
 from ..events import Envelope, Event, decode, encode
 from ..ports import (
     Batch,
-    Broker,
     DeadLetter,
+    EngineBackend,
     InboxRow,
     InstanceRow,
     NewRecord,
@@ -52,11 +52,11 @@ log = logging.getLogger("overture.engine")
 
 
 class Engine(WorkRunner):
-    """Runs an :class:`~overture.App` against a broker.
+    """Runs an :class:`~overture.App` against a backend.
 
     Args:
         app: the application.
-        broker: an open broker (``overture.backends.open_broker``).
+        backend: an open backend (``overture.backends.open_backend``).
         clock: time source (``VirtualClock`` in tests).
         cache_size: live instances kept in memory; 0 replays every instance on every
             input (used by the test suite to prove replay is faithful).
@@ -85,7 +85,7 @@ class Engine(WorkRunner):
     def __init__(
         self,
         app: App,
-        broker: Broker,
+        backend: EngineBackend,
         *,
         clock: Clock | None = None,
         cache_size: int = 10_000,
@@ -97,7 +97,7 @@ class Engine(WorkRunner):
         sync_fold: float | None = 0.002,
     ) -> None:
         self.app = app
-        self.broker = broker
+        self.backend = backend
         self.clock: Clock = clock or SystemClock()
         self.cache_size = cache_size
         self.batch_size = batch_size
@@ -108,12 +108,14 @@ class Engine(WorkRunner):
         if sync_fold is not None and sync_fold < 0:
             raise ConfigError("sync_fold must be a number of seconds >= 0 (or None)")
         self.sync_fold = sync_fold or 0.0
-        self._log = broker.log
-        self._store = broker.store
+        self._log = backend.log
+        self._store = backend.store
         self._consumes = list(partitions) if partitions is not None else None
         # the key partitions this engine owns; None: all of them
         self._owned = (
-            None if partitions is None else frozenset(p % broker.log.partitions for p in partitions)
+            None
+            if partitions is None
+            else frozenset(p % backend.log.partitions for p in partitions)
         )
         self._cache: OrderedDict[str, Live] = OrderedDict()
         self._positions: dict[int, int] = {}
@@ -152,8 +154,8 @@ class Engine(WorkRunner):
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Claim the broker and load the state needed to resume (waits, work, keys)."""
-        self._release_lock = self.broker.engine_lock()
+        """Claim the backend and load the state needed to resume (waits, work, keys)."""
+        self._release_lock = self.backend.engine_lock()
         try:
             committed = self._store.offsets(self.group)
             consumed = self._consumes
@@ -178,7 +180,7 @@ class Engine(WorkRunner):
 
     async def stop(self, grace: float = 5.0) -> None:
         """Drain: finish the current iteration, give running steps ``grace`` seconds,
-        commit their outcomes, and release the broker. Unfinished steps keep their work
+        commit their outcomes, and release the backend. Unfinished steps keep their work
         rows and run again after a restart. An engine runs once: stopped, it stays so."""
         self._stopping = True
         if not self._started:
@@ -198,7 +200,7 @@ class Engine(WorkRunner):
                 await self._iterate(read_log=False)
             if not self._broken:
                 await self._settle()
-        finally:  # a failed last commit still lets go of the broker and the process
+        finally:  # a failed last commit still lets go of the backend and the process
             for live in self._cache.values():
                 live.machine.close()
             self._cache.clear()
@@ -331,7 +333,7 @@ class Engine(WorkRunner):
         thread while the engine builds the next batch; that one commits only after this
         one has (``_settle``), so commits stay in order and the store is never ahead of
         a crash-consistent prefix."""
-        if self.broker.url.startswith("memory:"):
+        if self.backend.capabilities.commit == "inline":
             self._store.commit(batch)
             return
         loop = asyncio.get_running_loop()

@@ -1,7 +1,8 @@
 """The host: runs the engines of one process for the partitions it owns.
 
-On the embedded backends a process owns every partition and the host runs one engine.
-On Kafka (a broker with ``join``) the process is a member of the engine group, and the
+Every backend hands partitions over the same way (``Backend.claim``): an embedded one
+hands itself over at once and the host runs one engine owning every partition; on Kafka
+(``capabilities.partitioned``) the process is a member of the engine group, and the
 host runs one engine per assigned partition, starting and stopping them as the group
 rebalances: an engine whose partition is revoked is drained (its last batch committed)
 before the revocation returns, so the next owner starts exactly where it stopped.
@@ -16,32 +17,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Mapping
 
 from ..app import App
 from ..errors import Fenced
-from ..ports import Broker
+from ..ports import Backend, Claim, EngineBackend
 from .clock import Clock, SystemClock
 from .engine import Engine
 
 log = logging.getLogger("overture.host")
-
-
-class _PartitionBroker(Broker, Protocol):
-    @property
-    def owned(self) -> list[int]: ...
-
-    def reload(self) -> None: ...
-
-
-class _Membership(Protocol):
-    @property
-    def assigned(self) -> list[int]: ...
-
-    def caught_up(self) -> bool: ...
-
-    def close(self) -> None: ...
 
 
 class Host:
@@ -56,7 +40,7 @@ class Host:
     def __init__(
         self,
         app: App,
-        broker: Broker,
+        backend: Backend,
         *,
         clock: Clock | None = None,
         cache_size: int = 10_000,
@@ -66,7 +50,7 @@ class Host:
         drive: bool = False,
     ) -> None:
         self.app = app
-        self.broker = broker
+        self.backend = backend
         self.clock: Clock = clock or SystemClock()
         self.cache_size = cache_size
         self.batch_size = batch_size
@@ -75,7 +59,7 @@ class Host:
         self.drive = drive
         self.engines: dict[int, Engine] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
-        self._membership: _Membership | None = None
+        self._membership: Claim | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self._failed: BaseException | None = None
@@ -85,12 +69,12 @@ class Host:
     @property
     def partitioned(self) -> bool:
         """Whether partitions are shared out by a group (Kafka)."""
-        return hasattr(self.broker, "join")
+        return self.backend.capabilities.partitioned
 
-    def _engine(self, broker: Broker, partitions: list[int] | None = None) -> Engine:
+    def _engine(self, backend: EngineBackend, partitions: list[int] | None = None) -> Engine:
         return Engine(
             self.app,
-            broker,
+            backend,
             clock=self.clock,
             cache_size=self.cache_size,
             batch_size=self.batch_size,
@@ -104,15 +88,12 @@ class Host:
     async def start(self) -> None:
         """Claim the partitions (join the group) and start their engines."""
         self._loop = asyncio.get_running_loop()
-        if not self.partitioned:
-            engine = self.engines[0] = self._engine(self.broker)
-            await engine.start()
-            if not self.drive:
-                self._tasks[0] = asyncio.create_task(self._supervise(0, self.broker, engine))
-            return
-        join: Callable[..., _Membership] = self.broker.join  # type: ignore[attr-defined]
         self._membership = await asyncio.to_thread(
-            join, f"engine:{self.app.name}", self._assigned, self._revoked, self._failed_member
+            self.backend.claim,
+            f"engine:{self.app.name}",
+            self._assigned,
+            self._revoked,
+            self._failed_member,
         )
         if self.drive:  # a test expects its engines to exist once started
             for _ in range(3000):
@@ -187,9 +168,9 @@ class Host:
 
     # -- group callbacks (called from the membership's thread) -------------------------------
 
-    def _assigned(self, brokers: dict[int, _PartitionBroker]) -> None:
+    def _assigned(self, backends: Mapping[int, EngineBackend]) -> None:
         assert self._loop is not None
-        future = asyncio.run_coroutine_threadsafe(self._start_partitions(brokers), self._loop)
+        future = asyncio.run_coroutine_threadsafe(self._start_partitions(backends), self._loop)
         future.result()
 
     def _revoked(self, partitions: list[int]) -> None:
@@ -207,15 +188,15 @@ class Host:
         self._failed = error
         loop.call_soon_threadsafe(self._done.set)
 
-    async def _start_partitions(self, brokers: dict[int, Any]) -> None:
-        for p, broker in brokers.items():
+    async def _start_partitions(self, backends: Mapping[int, EngineBackend]) -> None:
+        for p, backend in backends.items():
             if self._stopping:
                 return
-            engine = self._engine(broker, broker.owned)
+            engine = self._engine(backend, backend.owned)
             await engine.start()
             self.engines[p] = engine
             if not self.drive:
-                self._tasks[p] = asyncio.create_task(self._supervise(p, broker, engine))
+                self._tasks[p] = asyncio.create_task(self._supervise(p, backend, engine))
 
     async def _stop_partitions(self, partitions: list[int]) -> None:
         for p in partitions:
@@ -231,7 +212,7 @@ class Host:
                 with contextlib.suppress(BaseException):
                     await task
 
-    async def _supervise(self, p: int, broker: Any, engine: Engine) -> None:
+    async def _supervise(self, p: int, backend: EngineBackend, engine: Engine) -> None:
         pause = 0.5
         while True:
             try:
@@ -262,7 +243,7 @@ class Host:
                 return
             while True:
                 try:
-                    await asyncio.to_thread(broker.reload)
+                    await asyncio.to_thread(backend.reload)
                     break
                 except Fenced as error:
                     log.warning("partition %d: %s; leaving it to its new owner", p, error)
@@ -273,6 +254,6 @@ class Host:
                 await asyncio.sleep(pause)
                 if self._stopping or self.engines.get(p) is not engine:
                     return
-            engine = self._engine(broker, broker.owned)
+            engine = self._engine(backend, backend.owned)
             await engine.start()
             self.engines[p] = engine

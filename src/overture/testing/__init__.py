@@ -17,9 +17,9 @@ import uuid
 from types import TracebackType
 
 from ..app import App
-from ..backends import open_broker
+from ..backends import open_backend
 from ..client import Client
-from ..ports import Broker
+from ..ports import Backend
 from ..runtime.clock import SystemClock, VirtualClock
 from ..runtime.engine import Engine
 from ..runtime.host import Host
@@ -28,11 +28,11 @@ __all__ = ["Harness", "VirtualClock"]
 
 
 class Harness:
-    """An engine and a client on one broker, driven step by step by a test.
+    """An engine and a client on one backend, driven step by step by a test.
 
     Args:
         app: the application under test.
-        broker: a broker URL; defaults to a fresh ``memory://`` broker.
+        backend: a backend URL; defaults to a fresh ``memory://`` backend.
         clock: defaults to a :class:`VirtualClock`.
         cache_size: live-instance cache size; 0 forces a replay on every input.
         threads: size of the engine's pool for sync steps and handlers.
@@ -41,7 +41,7 @@ class Harness:
     def __init__(
         self,
         app: App,
-        broker: str | None = None,
+        backend: str | None = None,
         *,
         clock: VirtualClock | SystemClock | None = None,
         cache_size: int = 10_000,
@@ -49,19 +49,19 @@ class Harness:
         threads: int = 16,
     ) -> None:
         self.app = app
-        self.url = broker or f"memory://{uuid.uuid4().hex}"
+        self.url = backend or f"memory://{uuid.uuid4().hex}"
         self.clock = clock if clock is not None else VirtualClock()
         self.cache_size = cache_size
         self.batch_size = batch_size
         self.threads = threads
-        self.broker: Broker = open_broker(self.url)
-        self.client = Client(self.broker, app=app)
+        self.backend: Backend = open_backend(self.url)
+        self.client = Client(self.backend, app=app)
         self.host = self._new_host()
 
     def _new_host(self) -> Host:
         return Host(
             self.app,
-            self.broker,
+            self.backend,
             clock=self.clock,
             cache_size=self.cache_size,
             batch_size=self.batch_size,
@@ -90,7 +90,7 @@ class Harness:
 
     async def restart(self) -> None:
         """Simulate a crash: drop the engines and all their memory (without draining), and
-        start fresh ones on the same broker (on Kafka: a new group member that restores
+        start fresh ones on the same backend (on Kafka: a new group member that restores
         the state from the changelog)."""
         for engine in self.host.engines.values():
             # A real crash kills the committing thread with the process; here it would go
@@ -122,5 +122,4 @@ class Harness:
     ) -> None:
         await self.host.stop(grace=0)
         self.client.close()
-        if not self.url.startswith("memory:"):
-            self.broker.close()
+        self.backend.close()  # (a memory:// backend keeps its data: close releases nothing)

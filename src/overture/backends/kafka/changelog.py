@@ -9,6 +9,10 @@ way.
 Keys are JSON arrays (``["i", id]``, ``["w", type, key, instance, seq]`` …), so no
 separator character can collide with user data. Journal entries are append-only chunks
 keyed by their start position: applying them in position order rebuilds the journal.
+
+Keyed state (``Batch.state``) is one kind for every namespace: ``["s", namespace,
+base64(key)]`` keys a record whose value is the entry's bytes as they are (a tombstone
+deletes it), so new state needs no new kind and compaction keeps each entry's newest.
 """
 
 from __future__ import annotations
@@ -93,7 +97,15 @@ def records_of(batch: Batch) -> list[ChangelogRecord]:
                 fields[_DL_HEADERS] = [[n, _b64(v)] for n, v in letter.headers]
             value = dumps(fields)
         out.append((dumps(["d", dl_id]), value))
+    for (namespace, key), state in batch.state.items():
+        out.append((state_key(namespace, key), None if state is None else bytes(state)))
     return out
+
+
+def state_key(namespace: str, key: bytes) -> bytes:
+    """The changelog key of a keyed-state entry (the same bytes for the same entry, so
+    that compaction keeps only its newest value)."""
+    return orjson.dumps(["s", namespace, base64.b64encode(key).decode()])
 
 
 def restore(records: Iterable[ChangelogRecord], state: MemoryState | None = None) -> MemoryState:
@@ -109,6 +121,9 @@ def restore(records: Iterable[ChangelogRecord], state: MemoryState | None = None
     for raw_key, raw in latest.items():
         key = orjson.loads(raw_key)
         kind = key[0]
+        if kind == "s":  # the value is the entry's own bytes, not JSON
+            batch.state[(key[1], base64.b64decode(key[2]))] = raw
+            continue
         value = None if raw is None else orjson.loads(raw)
         if kind == "o":
             if value is not None:

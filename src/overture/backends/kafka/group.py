@@ -4,7 +4,7 @@ One engine process is one member of the consumer group ``<namespace>.engine``. K
 range assignor gives each member the same partition numbers of the events and internal
 topics (they have equal counts), so partition ``p`` is a unit: its events, its re-keyed
 events, and its state (changelog partition ``p``). Per assigned partition the runtime runs
-one engine on a :class:`PartitionBroker`:
+one engine on a :class:`PartitionBackend`:
 
 - its ``log`` reads what the :class:`Membership`'s single consumer fetched for ``p``
   (logical partition ``p``: the events topic; ``partitions + p``: the internal topic);
@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import (
@@ -48,8 +48,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from ...errors import BrokerUnavailable, ConfigError, Fenced
-from ...ports import Batch, NewRecord, Record
+from ...errors import BrokerUnavailable, Fenced
+from ...ports import Batch, Capabilities, EngineBackend, Record
 from ..memory import MemoryState
 from .changelog import records_of, restore
 from .reading import read_changelog, reader, record_of
@@ -57,6 +57,17 @@ from .settings import KafkaSettings
 from .writing import produce_record, send
 
 log = logging.getLogger("overture.kafka")
+
+CAPABILITIES = Capabilities(
+    dedups_event_ids=False,  # engines start one instance per trigger id all the same
+    finds_events_by_id=False,  # no index by event id: find_event scans the topic
+    local_lock=False,  # the group assigns each partition to one member
+    commit="thread",  # a transaction waits for the cluster
+    partitioned=True,
+    remote=True,
+)
+"""What ``kafka://`` does (the client side and every partition's engine side)."""
+
 
 PAUSE_AT = 20_000
 """Buffered records of one partition at which fetching it pauses (backpressure)."""
@@ -104,10 +115,10 @@ def _offset(record: Record) -> int:
 
 class Membership:
     """This process's membership in the engine group: one consumer fetching every assigned
-    partition in a background thread, and a :class:`PartitionBroker` (with its own
+    partition in a background thread, and a :class:`PartitionBackend` (with its own
     transactional producer) per assigned partition.
 
-    ``on_assign(brokers)`` and ``on_revoke(partitions)`` are called from the fetching
+    ``on_assign(backends)`` and ``on_revoke(partitions)`` are called from the fetching
     thread; ``on_revoke`` must return only once the partitions' engines have stopped
     (their last commits settled), because another member may take them over right after.
     """
@@ -117,7 +128,7 @@ class Membership:
         settings: KafkaSettings,
         partitions: int,
         group_key: str,
-        on_assign: Callable[[dict[int, PartitionBroker]], None],
+        on_assign: Callable[[Mapping[int, EngineBackend]], None],
         on_revoke: Callable[[list[int]], None],
         on_failure: Callable[[BaseException], None] = lambda error: None,
     ) -> None:
@@ -129,7 +140,7 @@ class Membership:
         self._on_failure = on_failure
         self._lock = threading.Lock()
         self._buffers: dict[int, _Buffer] = {}
-        self._brokers: dict[int, PartitionBroker] = {}
+        self._backends: dict[int, PartitionBackend] = {}
         self._requests: deque[Callable[[], None]] = deque()
         self._stop = threading.Event()
         self._fetched: dict[int, int] = {}
@@ -174,7 +185,7 @@ class Membership:
     @property
     def assigned(self) -> list[int]:
         with self._lock:
-            return sorted(self._brokers)
+            return sorted(self._backends)
 
     # -- called by the partitions' engines (any thread) ------------------------------------
 
@@ -222,7 +233,7 @@ class Membership:
 
     def _commit_offsets(self, tps: list[TopicPartition]) -> None:
         with self._lock:
-            owned = {lp for p in self._brokers for lp in (p, self.partitions + p)}
+            owned = {lp for p in self._backends for lp in (p, self.partitions + p)}
         tps = [tp for tp in tps if self._logical(tp.topic, tp.partition) in owned]
         if tps:
             self._consumer.commit(offsets=tps, asynchronous=True)
@@ -230,7 +241,7 @@ class Membership:
     def caught_up(self) -> bool:
         """Whether everything committed to the assigned partitions so far was fetched."""
         with self._lock:
-            logical = [lp for p in self._brokers for lp in (p, self.partitions + p)]
+            logical = [lp for p in self._backends for lp in (p, self.partitions + p)]
             fetched = {lp: self._fetched.get(lp, -1) for lp in logical}
         if self._watermarks is None:
             # The high watermark, not the last stable offset: a transaction reports its
@@ -321,28 +332,28 @@ class Membership:
     def _assigned(self, consumer: Consumer, tps: list[TopicPartition]) -> None:
         partitions = sorted({tp.partition for tp in tps if tp.topic == self.settings.events_topic})
         log.info("assigned partitions %s", partitions)
-        brokers = self._prepare(partitions)
+        backends = self._prepare(partitions)
         for tp in tps:
             lp = self._logical(tp.topic, tp.partition)
-            start = brokers[tp.partition].store.offsets(self.group_key).get(lp)
+            start = backends[tp.partition].store.offsets(self.group_key).get(lp)
             tp.offset = OFFSET_BEGINNING if start is None else start
             with self._lock:
                 self._buffers.setdefault(lp, _Buffer(0)).clear(start or 0)
                 self._fetched[lp] = -1
         consumer.assign(tps)
         with self._lock:
-            self._brokers.update(brokers)
-        self._on_assign(brokers)
+            self._backends.update(backends)
+        self._on_assign(backends)
 
-    def _prepare(self, partitions: list[int]) -> dict[int, PartitionBroker]:
+    def _prepare(self, partitions: list[int]) -> dict[int, PartitionBackend]:
         """Producers (fencing the previous owners) and restored state for newly assigned
         partitions; retried while the cluster is unavailable (say, restarting)."""
         pause = 0.5
         while True:
             try:
-                brokers = {p: PartitionBroker(self, p) for p in partitions}
-                restore_partitions(self.settings, {p: b.store for p, b in brokers.items()})
-                return brokers
+                backends = {p: PartitionBackend(self, p) for p in partitions}
+                restore_partitions(self.settings, {p: b.store for p, b in backends.items()})
+                return backends
             except BrokerUnavailable as error:
                 if self._stop.is_set():
                     raise
@@ -356,19 +367,19 @@ class Membership:
         partitions = sorted({tp.partition for tp in tps if tp.topic == self.settings.events_topic})
         log.info("partitions %s revoked", partitions)
         with self._lock:
-            owned = [p for p in partitions if p in self._brokers]
+            owned = [p for p in partitions if p in self._backends]
         if owned:
             self._on_revoke(owned)
         with self._lock:
-            gone = [self._brokers.pop(p) for p in partitions if p in self._brokers]
+            gone = [self._backends.pop(p) for p in partitions if p in self._backends]
             for p in partitions:
                 for lp in (p, self.partitions + p):
                     self._fetched.pop(lp, None)
                     buffer = self._buffers.get(lp)
                     if buffer is not None:
                         buffer.clear(0)
-        for broker in gone:
-            broker.close()
+        for backend in gone:
+            backend.close()
 
     def _error(self, error: KafkaError) -> None:
         # librdkafka retries on its own; say so once in a while instead of on every attempt
@@ -522,8 +533,11 @@ def _is_fenced(error: KafkaError) -> bool:
     return error.code() in _FENCED or "fenced" in error.str().lower()
 
 
-class PartitionBroker:
-    """The broker one partition's engine sees (see the module docstring)."""
+class PartitionBackend:
+    """The backend one partition's engine sees (see the module docstring): an
+    :class:`~overture.ports.EngineBackend`."""
+
+    capabilities = CAPABILITIES
 
     def __init__(self, membership: Membership, partition: int) -> None:
         self.membership = membership
@@ -554,7 +568,9 @@ class PartitionBroker:
         self.store = store
 
     def engine_lock(self) -> Callable[[], None]:
-        return lambda: None  # the group protocol gives each partition one owner
+        """Nothing to take: the group gave this partition to this member only, and the
+        partition's producer fenced its previous owner (``local_lock`` is False)."""
+        return lambda: None
 
     def close(self) -> None:
         self.committer.close()
@@ -569,17 +585,11 @@ class _PartitionLog:
     def partitions(self) -> int:
         return self._m.partitions
 
-    def append(self, records: Sequence[NewRecord]) -> list[tuple[int, int] | None]:
-        raise ConfigError("an engine appends through its commits")
-
     def read(self, partition: int, offset: int, limit: int) -> list[Record]:
         return self._m.read(partition, offset, limit)
 
     def end_offset(self, partition: int) -> int:
         return self._m.end_offset(partition)
-
-    def find_event(self, event_id: str) -> Record | None:
-        return None  # Kafka has no index by event id (see docs/kafka.md)
 
     def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
         stops = [

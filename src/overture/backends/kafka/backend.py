@@ -1,27 +1,28 @@
-"""``kafka://``: the broker as clients see it, and the entry point for engines.
+"""``kafka://``: the backend as clients see it, and the entry point for engines.
 
 - ``log.append`` publishes with an idempotent producer (``acks=all``) and returns once the
   cluster acknowledged every record, or raises :class:`BrokerUnavailable`.
 - ``log.read`` reads a partition of the events topic by position.
 - ``store`` answers queries from the changelog: it follows every changelog partition into
-  a local copy, catching up to the current end before each answer. It is read-only;
-  engines commit through :meth:`KafkaBroker.join`.
+  a local copy, catching up to the current end before each answer. It is read-only (a
+  :class:`~overture.ports.StateView`); engines commit through the partitions that
+  :meth:`KafkaBackend.claim` hands them.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 import orjson
 from confluent_kafka import KafkaException, Producer, TopicPartition
 
-from ...errors import BrokerUnavailable, ConfigError
+from ...errors import BrokerUnavailable
 from ...ports import (
-    Batch,
     DeadLetter,
+    EngineBackend,
     InstanceRow,
     InstanceSnapshot,
     NewRecord,
@@ -31,7 +32,7 @@ from ...ports import (
 )
 from ..memory import MemoryState
 from .changelog import restore
-from .group import Membership, PartitionBroker
+from .group import CAPABILITIES, Membership
 from .reading import high_watermarks, read_changelog, read_to_end, reader, record_of
 from .settings import KafkaSettings, parse
 from .topics import ensure_topics
@@ -40,8 +41,10 @@ from .writing import produce_record
 SEND_TIMEOUT = 30.0
 
 
-class KafkaBroker:
+class KafkaBackend:
     """A Kafka cluster namespace (see ``overture.backends.kafka.settings``)."""
+
+    capabilities = CAPABILITIES
 
     def __init__(self, url: str, *, partitions: int | None = None) -> None:
         self.settings = parse(url, partitions=partitions)
@@ -50,14 +53,15 @@ class KafkaBroker:
         self.log = KafkaLog(self.settings, self.partitions)
         self.store = ChangelogView(self.settings, self.partitions)
 
-    def join(
+    def claim(
         self,
         group_key: str,
-        on_assign: Callable[[dict[int, PartitionBroker]], None],
+        on_assign: Callable[[Mapping[int, EngineBackend]], None],
         on_revoke: Callable[[list[int]], None],
         on_failure: Callable[[BaseException], None],
     ) -> Membership:
-        """Become a member of the engine group (see :class:`Membership`)."""
+        """Become a member of the engine group (see :class:`Membership`): each assigned
+        partition is handed over as a :class:`PartitionBackend`."""
         membership = Membership(
             self.settings, self.partitions, group_key, on_assign, on_revoke, on_failure
         )
@@ -98,12 +102,6 @@ class KafkaBroker:
 
         return unsubscribe
 
-    def engine_lock(self) -> Callable[[], None]:
-        raise ConfigError(
-            "on Kafka, engines run per partition (overture.runtime.host.Host), not on the "
-            "whole broker"
-        )
-
     def close(self) -> None:
         self.log.close()
         self.store.close()
@@ -121,6 +119,15 @@ def _finished(key: bytes | None, value: bytes | None) -> str | None:
         return None
     iid = orjson.loads(key)[1]
     return iid if isinstance(iid, str) else None
+
+
+def _event_id(value: bytes) -> object:
+    """The ``id`` of a record in structured form (``None`` if it has none)."""
+    try:
+        envelope = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return envelope.get("id") if isinstance(envelope, dict) else None
 
 
 class KafkaLog:
@@ -208,12 +215,14 @@ class KafkaLog:
             ]
 
     def find_event(self, event_id: str) -> Record | None:
-        """A scan of the whole topic: Kafka has no index by event id (tests only)."""
+        """A scan of the whole topic: Kafka has no index by event id
+        (``finds_events_by_id`` is False; for tests and tools)."""
         for partition in range(self._partitions):
             offset = 0
             while batch := self.read(partition, offset, 1000):
                 for record in batch:
-                    if f'"id":"{event_id}"'.encode() in record.value:
+                    # parsed, not searched for as text: an id may need escapes in JSON
+                    if record.error is None and _event_id(record.value) == event_id:
                         return record
                 offset = batch[-1].offset + 1
         return None
@@ -259,9 +268,6 @@ class ChangelogView:
                 for key, _ in records:
                     if key.startswith(b'["d",'):  # a dead letter: remember where it lives
                         self._where[orjson.loads(key)[1]] = p
-
-    def commit(self, batch: Batch) -> None:
-        raise ConfigError("the changelog view is read-only; engines commit per partition")
 
     def offsets(self, group: str) -> dict[int, int]:
         self.refresh()
@@ -309,6 +315,14 @@ class ChangelogView:
         self.refresh()
         letter = self._state.dead_letter(dead_letter_id)
         return None if letter is None else self._placed(letter)
+
+    def get(self, namespace: str, key: bytes) -> bytes | None:
+        self.refresh()
+        return self._state.get(namespace, key)
+
+    def scan(self, namespace: str, prefix: bytes = b"") -> list[tuple[bytes, bytes]]:
+        self.refresh()
+        return self._state.scan(namespace, prefix)
 
     def _placed(self, letter: DeadLetter) -> DeadLetter:
         """The letter with the partition whose engine holds it (where a replay must go)."""

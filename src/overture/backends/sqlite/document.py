@@ -1,0 +1,222 @@
+"""A batch as one JSON document, applied by a single statement; the rows' fields.
+
+The engine's batches (appended events, state rows, offsets) travel as one document
+inserted into a per-connection view whose trigger spreads it over the tables: one
+statement, its own transaction. A batch the document cannot carry exactly goes row by
+row instead (``SqliteBackend._commit_rows``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
+
+import orjson
+
+from ...binding import load_headers
+from ...ports import (
+    Batch,
+    DeadLetter,
+    InboxRow,
+    InstanceRow,
+    NewRecord,
+    WaitRow,
+    WorkRow,
+    partition_for,
+)
+
+SHIFT = 40
+"""A log record's rowid is ``partition << SHIFT | offset``."""
+MASK = (1 << SHIFT) - 1
+
+
+def dump_json(value: Any) -> bytes | None:
+    return None if value is None else orjson.dumps(value)
+
+
+def json_text(value: Any) -> str | None:
+    """A JSON column's text, carried as a JSON string in the state document (stored as
+    the same bytes ``dump_json`` gives)."""
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def partition_of(rec: NewRecord, partitions: int, now: float, index: int) -> int:
+    """The partition an appended record goes to (keyless records spread by time)."""
+    if rec.partition is not None:
+        return rec.partition % partitions
+    return partition_for(rec.key, partitions, int(now * 1000) + index)
+
+
+def as_is(raw: bytes | None) -> bytes | None:
+    return raw
+
+
+def work_fields(w: WorkRow, raw: Callable[[bytes | None], Any]) -> list[Any]:
+    return [w.id, w.kind, w.due, w.attempt, w.instance_id, w.seq, w.name, raw(w.payload)]
+
+
+def instance_fields(r: InstanceRow, dump: Callable[[Any], Any]) -> list[Any]:
+    return [
+        r.id,
+        r.process,
+        r.version,
+        r.key,
+        r.status,
+        r.partition,
+        r.created,
+        r.updated,
+        r.trigger_id,
+        dump(r.result),
+        dump(r.error),
+        r.journal_len,
+    ]
+
+
+def wait_fields(w: WaitRow) -> list[Any]:
+    return [f"{w.instance_id}:{w.seq}", w.event_type, w.key, w.instance_id, w.seq]
+
+
+def inbox_fields(r: InboxRow, raw: Callable[[bytes], Any]) -> list[Any]:
+    return [r.id, r.instance_id, r.event_type, r.key, raw(r.value), r.received]
+
+
+DLQ_SELECT = (
+    "SELECT id, created, reason, attempts, source, etype, key, value, part, off, raw_key, "
+    "headers FROM dlq"
+)
+
+
+def dead_letter_of(r: Sequence[Any]) -> DeadLetter:
+    headers = None if r[11] is None else load_headers(r[11])
+    return DeadLetter(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], headers)
+
+
+class _NotCarried(Exception):
+    """A batch the state document cannot carry exactly."""
+
+
+def _utf8(raw: bytes | None) -> str | None:
+    """Raw bytes as text for the state document, if they are UTF-8 without NUL."""
+    if raw is None:
+        return None
+    if b"\x00" in raw:
+        raise _NotCarried
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise _NotCarried from None
+
+
+def state_document(b: Batch, partitions: int, now: float) -> str | None:
+    """A batch as one JSON document for ``APPLY_DOCUMENT``, or None when it cannot carry
+    it exactly and the batch goes row by row (``_commit_rows``): a dead letter (its
+    original bytes may be anything), other bytes that are not UTF-8 text, or a NUL in any
+    string (SQLite's JSON functions end a string there). Events that decoded never hold
+    such bytes, so the engine's batches practically always take the document. Bound as
+    text: SQLite 3.45+ would read a BLOB as JSONB."""
+    if b.dead_letters or b.state:
+        # Keyed state is bytes (the document would need SQLite 3.41's unhex to carry
+        # them): a batch with state goes row by row. The engine's own rows stay on the
+        # document path.
+        return None
+    doc: dict[str, Any] = {}
+    try:
+        if b.appends:
+            seen: set[str] = set()
+            appends = []
+            for i, rec in enumerate(b.appends):
+                if rec.event_id is not None:
+                    if rec.event_id in seen:
+                        continue  # a duplicate id, as the log's unique index would drop it
+                    seen.add(rec.event_id)
+                part = partition_of(rec, partitions, now, i)
+                appends.append([part, rec.key, _utf8(rec.value), rec.event_id, rec.event_type])
+            doc["a"], doc["ts"] = appends, now
+        if b.work:
+            doc["kd"] = [work_id for work_id, w in b.work.items() if w is None]
+            doc["k"] = [work_fields(w, _utf8) for w in b.work.values() if w is not None]
+        if b.inbox:
+            doc["bd"] = [inbox_id for inbox_id, r in b.inbox.items() if r is None]
+            doc["b"] = [inbox_fields(r, _utf8) for r in b.inbox.values() if r is not None]
+    except _NotCarried:
+        return None
+    if b.offsets:
+        doc["o"] = [[b.group, part, off] for part, off in b.offsets.items()]
+    if b.instances:
+        doc["i"] = [instance_fields(r, json_text) for r in b.instances.values()]
+    if b.journal:
+        doc["j"] = b.journal
+    if b.waits:
+        doc["wd"] = [f"{w.instance_id}:{w.seq}" for w, present in b.waits.items() if not present]
+        doc["wa"] = [wait_fields(w) for w, present in b.waits.items() if present]
+    document = orjson.dumps(doc).decode()
+    # orjson writes a NUL as \u0000. (Escaped NULs inside result or journal JSON match
+    # too: such a batch merely goes row by row, which is also exact.)
+    return None if "\\u0000" in document else document
+
+
+def _rows(table: str, path: str, columns: int, blobs: Collection[int] = ()) -> str:
+    """``INSERT OR REPLACE`` into ``table`` of the rows at ``path`` of the state document.
+    Element ``i`` of a row fills column ``i``; ``blobs`` columns become BLOBs: a JSON
+    string element gives its text, an array element its JSON text (byte for byte what
+    orjson wrote: SQLite keeps the input's text)."""
+    values = ", ".join(
+        f"CAST(json_extract(value, '$[{i}]') AS BLOB)"
+        if i in blobs
+        else f"json_extract(value, '$[{i}]')"
+        for i in range(columns)
+    )
+    return f"INSERT OR REPLACE INTO {table} SELECT {values} FROM json_each(NEW.doc, '{path}');"
+
+
+# Appended records: offsets continue each partition's log densely, in the document's
+# order, skipping event ids the log already holds. (SQLite computes the whole SELECT
+# before inserting, because it reads the table it inserts into.)
+_APPEND_ROWS = f"""
+  INSERT INTO log(id, key, value, ts, event_id, etype)
+  SELECT (a.part << {SHIFT}) | (ifnull((
+           SELECT max(l.id) FROM log AS l
+           WHERE l.id >= (a.part << {SHIFT}) AND l.id < ((a.part + 1) << {SHIFT})
+         ) & {MASK}, -1) + a.n),
+         a.k, a.v, json_extract(NEW.doc, '$.ts'), a.eid, a.etype
+  FROM (
+    SELECT json_extract(e.value, '$[0]') AS part, json_extract(e.value, '$[1]') AS k,
+           CAST(json_extract(e.value, '$[2]') AS BLOB) AS v,
+           json_extract(e.value, '$[3]') AS eid, json_extract(e.value, '$[4]') AS etype,
+           row_number() OVER (PARTITION BY json_extract(e.value, '$[0]') ORDER BY e.key) AS n
+    FROM json_each(NEW.doc, '$.a') AS e
+    WHERE json_extract(e.value, '$[3]') IS NULL
+       OR NOT EXISTS (SELECT 1 FROM log AS d WHERE d.event_id = json_extract(e.value, '$[3]'))
+  ) AS a;"""
+
+# A batch is applied by ONE statement: an insert of its JSON document into a
+# per-connection view whose trigger spreads it over the tables. Row by row (executemany),
+# sqlite3 released the GIL for every row, and the commit thread had to win it back from
+# the busy engine each time, a thousand times per commit while holding the database's
+# write lock, so commits stalled senders and each other instead of overlapping the
+# engine. Alone, the statement is its own transaction.
+DOCUMENT_VIEW = (
+    "CREATE TEMP VIEW IF NOT EXISTS state_document(doc) AS SELECT NULL",
+    f"""
+CREATE TEMP TRIGGER IF NOT EXISTS state_document_apply
+INSTEAD OF INSERT ON state_document BEGIN
+  {_APPEND_ROWS}
+  {_rows("offsets", "$.o", 3)}
+  {_rows("instances", "$.i", 12, blobs=(9, 10))}
+  {_rows("journal", "$.j", 3, blobs=(2,))}
+  DELETE FROM waits WHERE id IN (SELECT value FROM json_each(NEW.doc, '$.wd'));
+  {_rows("waits", "$.wa", 5)}
+  DELETE FROM work WHERE id IN (SELECT value FROM json_each(NEW.doc, '$.kd'));
+  {_rows("work", "$.k", 8, blobs=(7,))}
+  DELETE FROM inbox WHERE id IN (SELECT value FROM json_each(NEW.doc, '$.bd'));
+  {_rows("inbox", "$.b", 6, blobs=(4,))}
+END""",
+)
+APPLY_DOCUMENT = "INSERT INTO temp.state_document VALUES (?)"
+
+
+def instance_of(row: tuple[Any, ...]) -> InstanceRow:
+    values = list(row)
+    values[9] = None if values[9] is None else orjson.loads(values[9])
+    values[10] = None if values[10] is None else orjson.loads(values[10])
+    return InstanceRow(*values)
