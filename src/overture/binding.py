@@ -45,6 +45,7 @@ import orjson
 from .errors import MalformedEvent
 from .events import check_exact_numbers
 from .ports import Headers
+from .protocol import EXTENSIONS, PARTITIONKEY, TENANT, TRACEPARENT
 
 _ATTRIBUTES = (
     "specversion",
@@ -54,8 +55,8 @@ _ATTRIBUTES = (
     "subject",
     "time",
     "dataschema",
-    "traceparent",
-    "tenant",
+    TRACEPARENT,
+    TENANT,
 )
 
 _ORDER = (
@@ -67,9 +68,7 @@ _ORDER = (
     "datacontenttype",
     "subject",
     "dataschema",
-    "partitionkey",
-    "traceparent",
-    "tenant",
+    *EXTENSIONS,
 )
 
 STRUCTURED_PREFIX = "application/cloudevents"
@@ -103,10 +102,10 @@ def to_binary(structured: bytes) -> tuple[str | None, list[tuple[str, bytes]] | 
         value = event.get(name)
         if value is not None:
             headers.append((f"ce_{name}", str(value).encode()))
-    key = event.get("partitionkey")
+    key = event.get(PARTITIONKEY)
     if key is not None:
         key = str(key)
-        headers.append(("ce_partitionkey", key.encode()))
+        headers.append((f"ce_{PARTITIONKEY}", key.encode()))
     headers.append(
         ("content-type", str(event.get("datacontenttype") or "application/json").encode())
     )
@@ -162,11 +161,11 @@ def _structured(key: str | None, value: bytes | None, content_type: str | None =
     if not isinstance(event, dict) or not event:
         return Read(value, key)
     added: dict[str, str] = {}
-    if "partitionkey" in event:
-        own = event["partitionkey"]
+    if PARTITIONKEY in event:
+        own = event[PARTITIONKEY]
         key = None if own is None else str(own)
     elif key is not None:
-        added["partitionkey"] = key
+        added[PARTITIONKEY] = key
     if content_type is not None and "datacontenttype" not in event:
         added["datacontenttype"] = content_type
     if not added:
@@ -200,9 +199,9 @@ def _binary(
                 f"the value is not JSON (content-type {content_type or 'unset'!r}; Overture "
                 f"reads JSON data): {exc}",
             )
-    if "partitionkey" not in attributes and key is not None:
+    if PARTITIONKEY not in attributes and key is not None:
         # the binding maps partitionkey to the record key
-        attributes["partitionkey"] = key
+        attributes[PARTITIONKEY] = key
     if content_type is not None:
         attributes["datacontenttype"] = content_type
     # the order ``events.encode`` writes, so an event we sent comes back byte for byte
@@ -211,7 +210,7 @@ def _binary(
     # The data is spliced in as it arrived: checked JSON, never re-serialized.
     head = orjson.dumps(ordered)
     structured = head[:-1] + b',"data":' + (raw if raw else b"null") + b"}"
-    return Read(structured, ordered.get("partitionkey"))
+    return Read(structured, ordered.get(PARTITIONKEY))
 
 
 _NOT_IN_STRINGS = re.compile(r"[\x00-\x1f\x7f-\x9f\ufdd0-\ufdef\ufffe\uffff]")

@@ -18,7 +18,8 @@ from .events import Envelope, Event, decode, encode, number_problem, type_proble
 from .groupcommit import GroupCommitter
 from .handles import Started, started_by
 from .ports import Broker, DeadLetter, NewRecord
-from .results import FINAL as FINAL
+from .protocol import FINAL as FINAL
+from .protocol import Status
 from .results import Results
 
 MIN_SHORT_ID = 6
@@ -35,7 +36,8 @@ class Instance:
     process: str
     version: int
     key: str | None
-    status: str
+    status: Status
+    """A :class:`~overture.Status`, which is also its stored string (``"completed"``)."""
     created: datetime
     updated: datetime
     trigger_id: str
@@ -159,7 +161,7 @@ class Client:
                 raise TypeError("send(data=...) is only for send('type', data=...)")
             envelope = event.envelope
         if key is not None:
-            attributes["partitionkey"] = str(key)
+            attributes[protocol.PARTITIONKEY] = str(key)
         if attributes:
             envelope = Envelope(**{**_fields(envelope), **attributes})
         check_sendable(envelope, reserved)
@@ -404,7 +406,7 @@ def _instance(row: Any) -> Instance:
         row.process,
         row.version,
         row.key,
-        row.status,
+        Status(row.status),
         datetime.fromtimestamp(row.created, UTC),
         datetime.fromtimestamp(row.updated, UTC),
         row.trigger_id,

@@ -16,11 +16,10 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Protocol
 
-from .core.machine import FINAL_STATUSES
 from .errors import InstanceFailed
 from .ports import Broker, InstanceRow
+from .protocol import FINAL, Status
 
-FINAL = FINAL_STATUSES  # the statuses an instance never leaves (one definition: core)
 _POLL_SECONDS = 0.01  # only for a broker that cannot tell when instances finish
 
 
@@ -146,6 +145,6 @@ def outcome(row: InstanceRow) -> Any:
     Raises:
         InstanceFailed: it failed or was cancelled (carries the instance and its error).
     """
-    if row.status == "completed":
+    if row.status == Status.COMPLETED:
         return row.result
     raise InstanceFailed(row.id, row.status, row.error)

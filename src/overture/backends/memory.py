@@ -24,8 +24,7 @@ from ..ports import (
     WorkRow,
     partition_for,
 )
-
-_FINAL = frozenset({"completed", "failed", "cancelled"})
+from ..protocol import FINAL
 
 
 class MemoryState:
@@ -106,7 +105,7 @@ class MemoryState:
 
     def active_instances(self) -> list[tuple[str, str | None]]:
         with self._lock:
-            return [(r.id, r.key) for r in self._instances.values() if r.status not in _FINAL]
+            return [(r.id, r.key) for r in self._instances.values() if r.status not in FINAL]
 
     def waits(self) -> list[WaitRow]:
         with self._lock:
@@ -220,7 +219,7 @@ class MemoryBroker(MemoryState):
         if batch.appends:
             self._wake()
         if self._finished_watchers:
-            finished = [i for i, row in batch.instances.items() if row.status in _FINAL]
+            finished = [i for i, row in batch.instances.items() if row.status in FINAL]
             if finished:
                 for wake in list(self._finished_watchers):
                     wake(finished)

@@ -47,11 +47,12 @@ from ..ports import (
     WorkRow,
     partition_for,
 )
+from ..protocol import FINAL
 
 _SHIFT = 40
 _MASK = (1 << _SHIFT) - 1
 _POLL_SECONDS = 0.05
-_FINAL = ("completed", "failed", "cancelled")
+_FINAL = tuple(sorted(FINAL))  # as SQL parameters
 # Doorbell datagrams beyond the plain ring: a client registering its result bell, the
 # engine's acknowledgement, and the ids of the instances a commit finished.
 _REGISTER = b"register "

@@ -30,19 +30,22 @@ from ..policies import DEFAULT_RETRY, Retry
 from . import journal as jr
 from .context import Context
 from .context import DurableFuture as DurableFutureABC
+from .status import FINAL, Status
 from .values import describe_error, identity, result_decoder, snapshot, to_json
 
 T = TypeVar("T")
 
+# The statuses by their short names, as the runtime and the tests read them; one
+# definition: ``core/status.py``.
 RUNNING, WAITING, COMPLETED, FAILED, CANCELLED, STUCK = (
-    "running",
-    "waiting",
-    "completed",
-    "failed",
-    "cancelled",
-    "stuck",
+    Status.RUNNING,
+    Status.WAITING,
+    Status.COMPLETED,
+    Status.FAILED,
+    Status.CANCELLED,
+    Status.STUCK,
 )
-FINAL_STATUSES = frozenset({COMPLETED, FAILED, CANCELLED})
+FINAL_STATUSES = FINAL
 _EMIT_NAMESPACE = uuid.UUID("6f0f5d1c-3c1a-4a8e-9d6a-0b7e1e6f2a10")
 
 
@@ -160,7 +163,7 @@ class EmitEvent:
 
 @dataclass(slots=True)
 class Finished:
-    status: str
+    status: Status
     result: Any = None
     error: dict[str, str] | None = None
 
@@ -549,7 +552,7 @@ class Machine:
         else:
             self._finish(FAILED, error=describe_error(error))
 
-    async def _compensate_then(self, status: str, error: BaseException | None) -> None:
+    async def _compensate_then(self, status: Status, error: BaseException | None) -> None:
         """Run the registered compensations, then end with ``status`` (failed/cancelled)."""
         self._compensating = True
         described = None if error is None else describe_error(error)
@@ -560,7 +563,9 @@ class Machine:
             described["compensation"] = str(comp_error)
         self._finish(status, error=described)
 
-    def _finish(self, status: str, result: Any = None, error: dict[str, str] | None = None) -> None:
+    def _finish(
+        self, status: Status, result: Any = None, error: dict[str, str] | None = None
+    ) -> None:
         entry: jr.Entry = {"k": "end", "t": self._now, "st": status}
         if error is not None:
             entry["err"] = error
@@ -571,7 +576,7 @@ class Machine:
         self._set_final(status, result, error)
         self._commands.append(Finished(status, result, error))
 
-    def _set_final(self, status: str, result: Any, error: dict[str, str] | None) -> None:
+    def _set_final(self, status: Status, result: Any, error: dict[str, str] | None) -> None:
         self.status, self.result, self.error = status, result, error
         self._pending.clear()
 
