@@ -22,11 +22,12 @@ from typing import Any
 from .. import protocol
 from ..app import App, ProcessDef
 from ..binding import from_record
+from ..codec import Codec
 from ..core import machine as m
 from ..core.correlation import WaitIndex
 from ..core.timers import WorkQueue
 from ..errors import ConfigError, EventError, MalformedEvent
-from ..events import Envelope, Event, decode, encode
+from ..events import Envelope, Event
 from ..ports import (
     Batch,
     Broker,
@@ -80,6 +81,8 @@ class Engine(WorkRunner):
             and the batch at most four times this in all; a call still running then
             reports in a later batch (its work row is stored with this one). 0 or
             None: never wait.
+        codec: turns records into events and back, and makes the typed events of
+            live and replayed instances (default: ``Codec(app)``; see ``overture.codec``).
     """
 
     def __init__(
@@ -95,8 +98,10 @@ class Engine(WorkRunner):
         gc_threshold: int | None = 20_000,
         threads: int = 16,
         sync_fold: float | None = 0.002,
+        codec: Codec | None = None,
     ) -> None:
         self.app = app
+        self.codec = Codec(app) if codec is None else codec
         self.broker = broker
         self.clock: Clock = clock or SystemClock()
         self.cache_size = cache_size
@@ -391,7 +396,7 @@ class Engine(WorkRunner):
         if record.error is not None:  # the log could not make an event of what arrived
             return MalformedEvent(record.error)
         try:
-            return decode(record.value)
+            return self.codec.from_bytes(record.value)
         except MalformedEvent as error:
             return error
 
@@ -445,7 +450,7 @@ class Engine(WorkRunner):
         triggers = self.app.triggers(envelope.type)
         sole = len(triggers) == 1
         try:
-            event = self.app.decode(m.private_copy(envelope) if sole else envelope)
+            event = self.codec.event(m.private_copy(envelope) if sole else envelope)
         except EventError as error:
             self._dead_letter(
                 f"{record.partition}:{record.offset}", "validate", str(error), envelope, record, now
@@ -571,7 +576,7 @@ class Engine(WorkRunner):
             ):
                 return known
         iid = ids[0]
-        machine = m.Machine(definition.spec, iid, key, keep_journal=False)
+        machine = m.Machine(definition.spec, iid, key, keep_journal=False, codec=self.codec)
         row = InstanceRow(
             iid,
             definition.name,
@@ -620,7 +625,7 @@ class Engine(WorkRunner):
         definition = self.app.definition(row.process, row.version)
         if definition is None:
             spec = m.ProcessSpec(row.process, row.version, _missing, Event, self.app.name)
-            machine = m.Machine(spec, iid, row.key)
+            machine = m.Machine(spec, iid, row.key, codec=self.codec)
             machine.status = m.STUCK
             machine.stuck_reason = (
                 f"process {row.process!r} version {row.version} is not registered in this app"
@@ -628,7 +633,7 @@ class Engine(WorkRunner):
             live = self._cache[iid] = Live(machine, row)
             self._dirty[iid] = live
             return live
-        machine = m.Machine(definition.spec, iid, row.key, keep_journal=False)
+        machine = m.Machine(definition.spec, iid, row.key, keep_journal=False, codec=self.codec)
         commands = machine.replay(snapshot.journal)
         inbox = list(snapshot.inbox)
         for batch in reversed(self._uncommitted()):  # oldest first
@@ -659,7 +664,7 @@ class Engine(WorkRunner):
                 live.inbox.remove(buffered)
                 assert self._pending is not None
                 self._pending.inbox.delete(buffered.id)
-                return decode(buffered.value).to_dict()
+                return self.codec.from_bytes(buffered.value).to_dict()
         return None
 
     def _drive(self, live: Live, commands: Iterable[m.Command], now: float) -> None:
@@ -685,7 +690,7 @@ class Engine(WorkRunner):
             elif isinstance(command, m.EmitEvent):
                 env = command.envelope
                 pending.batch.appends.append(
-                    NewRecord(env.partitionkey, encode(env), env.id, env.type)
+                    NewRecord(env.partitionkey, self.codec.to_bytes(env), env.id, env.type)
                 )
             elif isinstance(command, m.Finished):
                 self._cleanup(live)
@@ -822,7 +827,7 @@ class Engine(WorkRunner):
         assert self._pending is not None
         if envelope is None and payload is not None:
             try:
-                envelope = decode(payload)
+                envelope = self.codec.from_bytes(payload)
             except MalformedEvent:
                 envelope = None
         value = record.value if record is not None else (payload or b"")

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..app import App
+from ..codec import Codec
 from ..errors import Fenced
 from ..ports import Broker
 from .clock import Clock, SystemClock
@@ -50,7 +51,7 @@ class Host:
     Args:
         drive: the engines run only when :meth:`run_until_idle` drives them (tests);
             otherwise :meth:`run` keeps them running.
-        Other arguments as for :class:`Engine`.
+        Other arguments (``codec`` included) as for :class:`Engine`.
     """
 
     def __init__(
@@ -64,6 +65,7 @@ class Host:
         threads: int = 16,
         sync_fold: float | None = 0.002,
         drive: bool = False,
+        codec: Codec | None = None,
     ) -> None:
         self.app = app
         self.broker = broker
@@ -73,6 +75,7 @@ class Host:
         self.threads = threads
         self.sync_fold = sync_fold
         self.drive = drive
+        self.codec = codec
         self.engines: dict[int, Engine] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._membership: _Membership | None = None
@@ -97,6 +100,7 @@ class Host:
             threads=self.threads,
             sync_fold=self.sync_fold,
             partitions=partitions,
+            codec=self.codec,
         )
 
     # -- lifecycle -------------------------------------------------------------------------

@@ -1,0 +1,224 @@
+"""The codec door: the one object through which events become bytes and back, and
+envelopes become typed events and back.
+
+Every path goes through a :class:`Codec`: the clients (sending, reading the log back,
+control requests), the engine (records it consumes, events it emits or forwards, buffered
+events, handler runs, dead letters) and replay (the machine gets the engine's codec, so
+the trigger and every waited-for event of a journal, however old, are made typed events
+by it). That makes it the place where the capabilities still to come plug in:
+
+- **payload codecs** (compression, encryption; Temporal's "payload codecs") wrap
+  :meth:`Codec.to_bytes` and :meth:`Codec.from_bytes`: what reaches the log is the
+  codec's output, and everything read from it is decoded here first;
+- **upcasters** (an old event's data brought up to the current contract) go in
+  :meth:`Codec.typed`, which every typed event passes through, live or replayed (a
+  journal keeps the event as it arrived, so an upcaster applies to old journals too);
+- **a schema registry** checks in :meth:`Codec.validate` (what a client may send) and
+  :meth:`Codec.typed` (what the engine accepts).
+
+Until they exist these are plain methods; a subclass that overrides them is what such a
+capability will look like (the tests replay old journals through a counting, upcasting
+subclass). Rejected: a module of free ``encode``/``decode`` functions called from each
+path (what there was before), because nothing could then apply to all of them at once.
+
+The codec sits just above :mod:`overture.events`: it needs nothing of the app but the
+:class:`Contracts` protocol, so the pure core can import it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+from . import events, protocol
+from .errors import EventValidationError, MalformedEvent, UnknownEventType
+from .events import Envelope, Event
+from .ports import NewRecord
+from .tracecontext import traceparent_problem
+
+E = TypeVar("E", bound=Event)
+
+log = logging.getLogger("overture.codec")
+
+
+class Contracts(Protocol):
+    """What the codec needs of an app (:class:`overture.App` is one)."""
+
+    def event_class(self, event_type: str) -> type[Event] | None:
+        """The registered contract of a type, if any."""
+
+    @property
+    def event_types(self) -> list[str]:
+        """Every type the app knows (registered or only named)."""
+
+    def waiters(self, event_type: str) -> list[str]:
+        """The processes that wait for events of this type (waits are keyed)."""
+
+
+class Codec:
+    """Envelopes to bytes and back, and to typed events (see the module docstring).
+
+    Args:
+        app: the contracts typed events are validated against (``None``: every event is
+            a plain :class:`~overture.Event` and nothing is validated but the envelope).
+    """
+
+    def __init__(self, app: Contracts | None = None) -> None:
+        self.app = app
+
+    # -- bytes (the log, the inbox, handler runs, dead letters) -----------------------------
+
+    def to_bytes(self, envelope: Envelope) -> bytes:
+        """The bytes that go to the log: CloudEvents structured JSON.
+
+        Raises:
+            EventValidationError: the data is not JSON.
+        """
+        return events.encode(envelope)
+
+    def from_bytes(self, raw: bytes) -> Envelope:
+        """The envelope in bytes read from the log.
+
+        A ``traceparent`` that is not W3C trace context is dropped (the spec's rule for a
+        receiver: ignore it, do not fail the message); the client refuses to send one.
+
+        Raises:
+            MalformedEvent: not a CloudEvent in JSON, or numbers that would not travel
+                exactly.
+        """
+        return self._received(events.decode(raw))
+
+    def from_dict(self, structured: Any) -> Envelope:
+        """The envelope of an event in structured form (a journal entry, a forwarded one).
+
+        Raises:
+            MalformedEvent: not a CloudEvent.
+        """
+        return self._received(Envelope.from_dict(structured))
+
+    def records(self, envelopes: Iterable[Envelope]) -> list[NewRecord]:
+        """The log records of envelopes to send (the event id is the dedup key)."""
+        return [NewRecord(e.partitionkey, self.to_bytes(e), e.id, e.type) for e in envelopes]
+
+    @staticmethod
+    def _received(envelope: Envelope) -> Envelope:
+        if envelope.traceparent is None or traceparent_problem(envelope.traceparent) is None:
+            return envelope
+        log.debug("ignored the invalid traceparent of event %s", envelope.id)
+        return Envelope(
+            envelope.type,
+            envelope.data,
+            envelope.id,
+            envelope.source,
+            envelope.subject,
+            envelope.time,
+            envelope.datacontenttype,
+            envelope.dataschema,
+            envelope.partitionkey,
+            None,
+            envelope.tenant,
+        )
+
+    # -- typed events ---------------------------------------------------------------------
+
+    def event(self, envelope: Envelope) -> Event:
+        """The typed event of an envelope: its type's contract in the app, else a plain
+        :class:`~overture.Event`.
+
+        Raises:
+            EventValidationError: the data violates the contract.
+        """
+        cls = None if self.app is None else self.app.event_class(envelope.type)
+        return self.typed(envelope, Event if cls is None else cls)
+
+    def typed(self, envelope: Envelope, cls: type[E]) -> E:
+        """``envelope`` as an event of contract ``cls``; every typed event, live or
+        replayed, is made here.
+
+        Raises:
+            EventValidationError: the data violates the contract.
+        """
+        return cls.from_envelope(envelope)
+
+    def from_journal(self, structured: Any, cls: type[E]) -> E:
+        """A journaled event (a trigger, a waited-for event) as an event of ``cls``, for
+        replay and for a wait being resolved.
+
+        Raises:
+            EventError: not a CloudEvent, or data that no longer fits ``cls``.
+        """
+        return self.typed(self.from_dict(structured), cls)
+
+    # -- what may be sent -----------------------------------------------------------------
+
+    def check(self, envelope: Envelope, *, reserved: bool = False) -> None:
+        """Refuse what the engine would dead-letter (or ignore) for the envelope alone,
+        and control events unless the caller means to send one (``reserved``).
+
+        Raises:
+            MalformedEvent: an invalid type, id, source, time or traceparent.
+            EventValidationError: a reserved type not ``reserved``, a control event whose
+                data does not match its message, numbers that would not travel exactly.
+        """
+        problem = events.type_problem(envelope.type)
+        if problem is not None:
+            raise MalformedEvent(problem)
+        for name in ("id", "source"):  # required: the engine dead-letters an empty one
+            value = getattr(envelope, name)
+            if not isinstance(value, str) or not value:
+                raise MalformedEvent(
+                    f"CloudEvent attribute {name!r} must be a non-empty string, not {value!r}"
+                )
+        if not isinstance(envelope.time, datetime):
+            raise MalformedEvent(
+                f"CloudEvent attribute 'time' must be a datetime, not {envelope.time!r}"
+            )
+        if envelope.traceparent is not None:
+            problem = traceparent_problem(envelope.traceparent)
+            if problem is not None:
+                raise MalformedEvent(problem)
+        if protocol.is_reserved(envelope.type):
+            if not reserved:
+                raise EventValidationError(
+                    f"event type {envelope.type!r} is reserved for control events (the "
+                    f"{protocol.RESERVED_PREFIX!r} namespace); pass reserved=True "
+                    "(overture send --reserved) to send one deliberately"
+                )
+            protocol.parse_control(envelope.type, envelope.data)
+        problem = events.number_problem(envelope.data)
+        if problem is not None:
+            raise EventValidationError(f"event {envelope.type!r}: {problem}")
+
+    def validate(self, envelope: Envelope, *, require_known: bool = False) -> None:
+        """Check an event about to be sent against the app's contracts.
+
+        Raises:
+            EventValidationError: the data violates the contract, or the event has no key
+                although a process waits for its type (waits are keyed, so it would never
+                be delivered).
+            UnknownEventType: ``require_known`` and the app does not know the type.
+        """
+        app = self.app
+        if app is None:
+            return
+        cls = app.event_class(envelope.type)
+        if cls is None:
+            if require_known and envelope.type not in app.event_types:
+                raise UnknownEventType(
+                    f"unknown event type {envelope.type!r}; known: {', '.join(app.event_types)}"
+                )
+        else:
+            self.typed(envelope, cls)
+        # Waits are always keyed (by default on the instance's key), so a keyless event of
+        # a waited-for type can never reach one: refuse it rather than lose it silently.
+        waiters = app.waiters(envelope.type)
+        if not waiters or envelope.partitionkey is not None:
+            return
+        field = None if cls is None else cls.key_field
+        how = "give it a key" if field is None else f"set its key field {field!r} or give a key"
+        raise EventValidationError(
+            f"event {envelope.type!r} has no key, but process(es) {', '.join(waiters)} wait "
+            f"for it by key, so it would never be delivered: {how} (key= / --key)"
+        )
