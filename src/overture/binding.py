@@ -45,7 +45,7 @@ import orjson
 from .errors import MalformedEvent
 from .events import check_exact_numbers
 from .ports import Headers
-from .protocol import EXTENSIONS, PARTITIONKEY, TENANT, TRACEPARENT
+from .protocol import EXTENSIONS, PARTITIONKEY, PAYLOADCODEC, TENANT, TRACEPARENT
 
 _ATTRIBUTES = (
     "specversion",
@@ -57,6 +57,7 @@ _ATTRIBUTES = (
     "dataschema",
     TRACEPARENT,
     TENANT,
+    PAYLOADCODEC,
 )
 
 _ORDER = (
@@ -109,6 +110,12 @@ def to_binary(structured: bytes) -> tuple[str | None, list[tuple[str, bytes]] | 
     headers.append(
         ("content-type", str(event.get("datacontenttype") or "application/json").encode())
     )
+    encoded = event.get("data_base64")
+    if isinstance(encoded, str):  # a payload codec's output: the value is its bytes
+        try:
+            return key, headers, base64.b64decode(encoded, validate=True)
+        except ValueError:
+            return None, None, structured  # not base64: left for the engine to dead-letter
     return key, headers, orjson.dumps(event.get("data"))
 
 
@@ -189,7 +196,8 @@ def _binary(
             datetime.fromisoformat(when)
         except ValueError:
             return Read(raw, key, f"header 'ce_time' is not an RFC 3339 time: {when!r}")
-    if raw:
+    coded = PAYLOADCODEC in attributes  # the value is a payload codec's bytes, not JSON
+    if raw and not coded:
         try:
             orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -207,8 +215,11 @@ def _binary(
     # the order ``events.encode`` writes, so an event we sent comes back byte for byte
     ordered = {name: attributes.pop(name) for name in _ORDER if name in attributes}
     ordered.update(attributes)  # unknown extensions last
-    # The data is spliced in as it arrived: checked JSON, never re-serialized.
     head = orjson.dumps(ordered)
+    if coded:
+        structured = head[:-1] + b',"data_base64":"' + base64.b64encode(raw) + b'"}'
+        return Read(structured, ordered.get(PARTITIONKEY))
+    # The data is spliced in as it arrived: checked JSON, never re-serialized.
     structured = head[:-1] + b',"data":' + (raw if raw else b"null") + b"}"
     return Read(structured, ordered.get(PARTITIONKEY))
 

@@ -7,19 +7,27 @@ events, handler runs, dead letters) and replay (the machine gets the engine's co
 the trigger and every waited-for event of a journal, however old, are made typed events
 by it). That makes it the place where the capabilities still to come plug in:
 
-- **payload codecs** (compression, encryption; Temporal's "payload codecs") wrap
-  :meth:`Codec.to_bytes` and :meth:`Codec.from_bytes`: what reaches the log is the
-  codec's output, and everything read from it is decoded here first;
+- **payload codecs** (compression, encryption; Temporal's "payload codecs"): a
+  :class:`PayloadCodec` given to the codec (``Codec(app, payload=...)``) encodes every
+  event's data bytes in :meth:`Codec.to_bytes`, on the way to the log, and decodes them
+  in :meth:`Codec.from_bytes`, on the way back (the event then carries the
+  ``payloadcodec`` extension and its data as ``data_base64``; see
+  :data:`overture.protocol.PAYLOADCODEC`). The clients and engines of one app need the
+  same payload codec; a reader without it refuses such an event (the engine
+  dead-letters it, with its bytes as they are). What is *not* covered yet: the journal
+  and the engine's state keep the decoded event (encrypting state at rest is the
+  store's part, a later issue);
 - **upcasters** (an old event's data brought up to the current contract) go in
   :meth:`Codec.typed`, which every typed event passes through, live or replayed (a
   journal keeps the event as it arrived, so an upcaster applies to old journals too);
 - **a schema registry** checks in :meth:`Codec.validate` (what a client may send) and
   :meth:`Codec.typed` (what the engine accepts).
 
-Until they exist these are plain methods; a subclass that overrides them is what such a
-capability will look like (the tests replay old journals through a counting, upcasting
-subclass). Rejected: a module of free ``encode``/``decode`` functions called from each
-path (what there was before), because nothing could then apply to all of them at once.
+Until upcasters and a registry exist, those two are plain methods; a subclass that
+overrides them is what such a capability will look like (the tests replay old journals
+through a counting, upcasting subclass). Rejected: a module of free ``encode``/``decode``
+functions called from each path (what there was before), because nothing could then
+apply to all of them at once.
 
 The codec sits just above :mod:`overture.events`: it needs nothing of the app but the
 :class:`Contracts` protocol, so the pure core can import it.
@@ -27,10 +35,14 @@ The codec sits just above :mod:`overture.events`: it needs nothing of the app bu
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
+
+import orjson
 
 from . import events, protocol
 from .errors import EventValidationError, MalformedEvent, UnknownEventType
@@ -41,6 +53,32 @@ from .tracecontext import traceparent_problem
 E = TypeVar("E", bound=Event)
 
 log = logging.getLogger("overture.codec")
+
+_CODED = f'"{protocol.PAYLOADCODEC}"'.encode()
+"""In the bytes of every payload-coded event; a record without it needs no parse here."""
+
+
+class PayloadCodec(Protocol):
+    """Turns an event's data bytes (its JSON) into other bytes and back: compression,
+    encryption. Applied to every event a :class:`Codec` writes, and undone for every
+    event it reads; deterministic output is not required (a replay does not re-encode:
+    the log keeps the bytes first written)."""
+
+    @property
+    def name(self) -> str:
+        """Names the encoding in the events it wrote (``payloadcodec``), so that a reader
+        knows which codec undoes it (and refuses the event if it has no such codec)."""
+
+    def encode(self, data: bytes) -> bytes:
+        """The bytes that travel, from the data's JSON bytes."""
+
+    def decode(self, data: bytes) -> bytes:
+        """The data's JSON bytes again.
+
+        Raises:
+            Exception: bytes this codec cannot decode (a wrong key, corruption); the
+                event is refused with the message.
+        """
 
 
 class Contracts(Protocol):
@@ -63,10 +101,15 @@ class Codec:
     Args:
         app: the contracts typed events are validated against (``None``: every event is
             a plain :class:`~overture.Event` and nothing is validated but the envelope).
+        payload: encodes the data of every event written and decodes it when read
+            (see :class:`PayloadCodec`); ``None``: data travels as plain JSON.
     """
 
-    def __init__(self, app: Contracts | None = None) -> None:
+    def __init__(
+        self, app: Contracts | None = None, *, payload: PayloadCodec | None = None
+    ) -> None:
         self.app = app
+        self.payload = payload
 
     # -- bytes (the log, the inbox, handler runs, dead letters) -----------------------------
 
@@ -76,7 +119,17 @@ class Codec:
         Raises:
             EventValidationError: the data is not JSON.
         """
-        return events.encode(envelope)
+        payload = self.payload
+        if payload is None:
+            return events.encode(envelope)
+        structured = envelope.to_dict()
+        try:
+            data = orjson.dumps(structured.pop("data"))
+        except TypeError as exc:
+            raise EventValidationError(f"event {envelope.type!r} data is not JSON: {exc}") from exc
+        structured[protocol.PAYLOADCODEC] = payload.name
+        structured["data_base64"] = base64.b64encode(payload.encode(data)).decode()
+        return orjson.dumps(structured)
 
     def from_bytes(self, raw: bytes) -> Envelope:
         """The envelope in bytes read from the log.
@@ -85,10 +138,53 @@ class Codec:
         receiver: ignore it, do not fail the message); the client refuses to send one.
 
         Raises:
-            MalformedEvent: not a CloudEvent in JSON, or numbers that would not travel
-                exactly.
+            MalformedEvent: not a CloudEvent in JSON, numbers that would not travel
+                exactly, or data of a payload codec this codec has not (or cannot undo).
         """
+        if _CODED in raw:
+            coded = self._payload_coded(raw)
+            if coded is not None:
+                return self._received(coded)
         return self._received(events.decode(raw))
+
+    def _payload_coded(self, raw: bytes) -> Envelope | None:
+        """The envelope of a payload-coded event, its data decoded; None if ``raw`` is
+        not one (its data merely mentions the name)."""
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None  # decode reports where
+        if not isinstance(parsed, dict) or protocol.PAYLOADCODEC not in parsed:
+            return None
+        name = parsed.pop(protocol.PAYLOADCODEC)
+        payload = self.payload
+        if payload is None or name != payload.name:
+            have = "none" if payload is None else repr(payload.name)
+            raise MalformedEvent(
+                f"the event's data is encoded by payload codec {name!r}, which this codec "
+                f"lacks (it has {have}): give clients and engines the same payload codec"
+            )
+        encoded = parsed.pop("data_base64", None)
+        if not isinstance(encoded, str):
+            raise MalformedEvent(f"payload-coded event ({name!r}) lacks a 'data_base64' string")
+        try:
+            data = payload.decode(base64.b64decode(encoded, validate=True))
+        except (binascii.Error, ValueError) as exc:
+            raise MalformedEvent(
+                f"payload codec {name!r}: 'data_base64' is not base64: {exc}"
+            ) from exc
+        except Exception as exc:  # the codec's own failure: a wrong key, corruption
+            raise MalformedEvent(
+                f"payload codec {name!r} could not decode the data: {type(exc).__name__}: {exc}"
+            ) from exc
+        events.check_exact_numbers(b'{"data":' + data + b"}")
+        try:
+            parsed["data"] = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise MalformedEvent(
+                f"payload codec {name!r} decoded data that is not JSON: {exc}"
+            ) from exc
+        return Envelope.from_dict(parsed)
 
     def from_dict(self, structured: Any) -> Envelope:
         """The envelope of an event in structured form (a journal entry, a forwarded one).

@@ -36,6 +36,7 @@ __all__ = [
     "EXTENSIONS",
     "FINAL",
     "PARTITIONKEY",
+    "PAYLOADCODEC",
     "RESERVED_PREFIX",
     "TENANT",
     "TRACEPARENT",
@@ -69,6 +70,11 @@ TENANT = "tenant"
 """The tenant the event belongs to; an event a process emits inherits its trigger's."""
 EXTENSIONS = (PARTITIONKEY, TRACEPARENT, TENANT)
 """The extension attributes Overture gives a meaning to, in the order it writes them."""
+PAYLOADCODEC = "payloadcodec"
+"""Set on an event whose data a payload codec encoded (compression, encryption): the
+codec's name. The data then travels as ``data_base64`` (in Kafka binary mode: the record
+value is the codec's output, and the ``ce_payloadcodec`` header names it); a reader must
+decode it with that codec (``overture.codec.PayloadCodec``) before it is JSON again."""
 
 # -- Kafka topics and group of a namespace (``kafka://host:port/<namespace>``) ---------------
 
