@@ -238,6 +238,11 @@ class Codec:
         """
         return cls.from_envelope(envelope)
 
+    def to_journal(self, envelope: Envelope) -> dict[str, Any]:
+        """The form an event is journaled in (a trigger, a waited-for event, a forwarded
+        one): its structured form, data decoded; :meth:`from_journal` reads it back."""
+        return envelope.to_dict()
+
     def from_journal(self, structured: Any, cls: type[E]) -> E:
         """A journaled event (a trigger, a waited-for event) as an event of ``cls``, for
         replay and for a wait being resolved.

@@ -374,7 +374,7 @@ class Machine:
         entry = {
             "k": "start",
             "t": now,
-            "ev": envelope.to_dict(),
+            "ev": self._codec.to_journal(envelope),
             "fmt": jr.FORMAT,
             "v": self.spec.version,
         }

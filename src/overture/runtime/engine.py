@@ -508,7 +508,7 @@ class Engine(WorkRunner):
             if live is not None:
                 fed.add(iid)
                 # shared by the waiters' journal entries; each waiter's code gets a copy
-                value = value or envelope.to_dict()
+                value = value or self.codec.to_journal(envelope)
                 self._drive(live, live.machine.resolve(wait.seq, now, ok=value), now)
         if envelope.partitionkey is None:
             return  # keyless events are never buffered: they would reach every keyless instance
@@ -664,7 +664,7 @@ class Engine(WorkRunner):
                 live.inbox.remove(buffered)
                 assert self._pending is not None
                 self._pending.inbox.delete(buffered.id)
-                return self.codec.from_bytes(buffered.value).to_dict()
+                return self.codec.to_journal(self.codec.from_bytes(buffered.value))
         return None
 
     def _drive(self, live: Live, commands: Iterable[m.Command], now: float) -> None:

@@ -90,7 +90,8 @@ class RemoteWaits:
         assert self._pending is not None and wait.home is not None
         self._pending.waits.delete(wait)
         self._waits.remove(wait)
-        data = {"instance_id": wait.instance_id, "seq": wait.seq, "event": envelope.to_dict()}
+        event = self.codec.to_journal(envelope)
+        data = {"instance_id": wait.instance_id, "seq": wait.seq, "event": event}
         self._send_control(protocol.WAIT_DELIVER, data, key=None, partition=wait.home)
 
     def _remote_control(self, message: protocol.Control, envelope: Envelope, now: float) -> bool:
@@ -130,4 +131,5 @@ class RemoteWaits:
             self._buffer(wait.instance_id, event, self.codec.to_bytes(event), f"r:{event.id}", now)
             return  # parked: the wait stays, and the event waits with it
         self._clear_wait(wait, withdraw=False)
-        self._drive(live, live.machine.resolve(wait.seq, now, ok=event.to_dict()), now)
+        value = self.codec.to_journal(event)
+        self._drive(live, live.machine.resolve(wait.seq, now, ok=value), now)
