@@ -134,6 +134,9 @@ def test_a_wrong_codec_or_corrupt_data_is_refused_with_the_reason() -> None:
     broken = coded.replace(b'"data_base64":"', b'"data_base64":"AAAA')
     with pytest.raises(ov.MalformedEvent, match="payload codec 'zlib' could not decode"):
         Codec(payload=Zlib()).from_bytes(broken)
+    not_base64 = coded.replace(b'"data_base64":"', b'"data_base64":"!')
+    with pytest.raises(ov.MalformedEvent, match="'data_base64' is not base64"):
+        Codec(payload=Zlib()).from_bytes(not_base64)
     # data that merely mentions the name is not payload-coded
     plain = Envelope(type="t", data={"payloadcodec": "zlib"})
     assert Codec(payload=Zlib()).from_bytes(Codec().to_bytes(plain)) == plain

@@ -168,11 +168,13 @@ class Codec:
         if not isinstance(encoded, str):
             raise MalformedEvent(f"payload-coded event ({name!r}) lacks a 'data_base64' string")
         try:
-            data = payload.decode(base64.b64decode(encoded, validate=True))
-        except (binascii.Error, ValueError) as exc:
+            coded = base64.b64decode(encoded, validate=True)
+        except binascii.Error as exc:
             raise MalformedEvent(
                 f"payload codec {name!r}: 'data_base64' is not base64: {exc}"
             ) from exc
+        try:
+            data = payload.decode(coded)
         except Exception as exc:  # the codec's own failure: a wrong key, corruption
             raise MalformedEvent(
                 f"payload codec {name!r} could not decode the data: {type(exc).__name__}: {exc}"
