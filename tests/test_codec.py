@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -11,10 +12,12 @@ import pytest
 
 import overture as ov
 from overture.codec import Codec
+from overture.core import machine as m
 from overture.events import Envelope, Event
 from overture.testing import Harness
 
 from .conftest import Factory
+from .core.test_machine import GOLDEN, SPEC
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "overture"
 E = TypeVar("E", bound=Event)
@@ -147,3 +150,14 @@ def test_a_client_validates_through_its_codec() -> None:
         with pytest.raises(ov.EventValidationError):
             client.send("order.placed", {"order_id": "o3"})
     assert codec.typed_calls == ["order.placed", "order.placed"]
+
+
+def test_the_first_releases_golden_journal_replays_through_the_machines_codec() -> None:
+    """The golden journal of format 1 (tests/core/golden): its trigger and the event its
+    wait received are made typed events by the codec the machine was given."""
+    journal = json.loads((GOLDEN / "order_shipped_v1.json").read_text())
+    codec = Counting(ov.App("golden"))
+    replayed = m.Machine(SPEC, "golden", "o1", codec=codec)
+    assert replayed.replay(journal) == []
+    assert (replayed.status, replayed.result) == ("completed", "shipped")
+    assert codec.journal_calls == ["order.placed", "payment.received"]
