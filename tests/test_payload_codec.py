@@ -153,3 +153,28 @@ def test_kafka_binary_mode_carries_the_codec_output_as_the_value() -> None:
     assert zlib.decompress(value) == b'{"secret":"' + SECRET.encode() + b'"}'
     read = from_record(b"k", tuple(headers or ()), value)
     assert read.error is None and read.value == coded
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_an_apps_payload_codec_is_used_by_its_clients_and_engines(
+    kind: str, tmp_path: Any
+) -> None:
+    """Declared on the app, it needs no codec passed anywhere: ``Client(app=)`` and the
+    engines a ``Host`` runs for the app (what ``overture run`` does) pick it up."""
+    handled: list[str] = []
+    plain = _app(handled)
+    payload = Zlib()
+    app = ov.App("coded", payload_codec=payload)
+    for definition in plain.processes:
+        app.process(trigger=definition.trigger, key=definition.key, waits=definition.waits)(
+            definition.spec.fn
+        )
+    url = "memory://app-coded" if kind == "memory" else f"sqlite:///{tmp_path / 'a.db'}"
+    async with Harness(app, url) as h:
+        h.client.send(OrderPlaced(order_id="o3", secret=SECRET))
+        h.client.send(PaymentReceived(order_id="o3", secret=SECRET))
+        await h.idle()
+        (instance,) = h.client.instances()
+        assert instance.status == "completed", instance.error
+        assert all(SECRET.encode() not in value for value in _raw_log(h.broker))
+    assert payload.encoded >= 3 and payload.decoded >= 3

@@ -12,6 +12,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from .codec import PayloadCodec
 from .core.context import Context
 from .core.machine import ProcessSpec
 from .errors import ConfigError
@@ -71,12 +72,20 @@ class App:
 
         @app.process(trigger=OrderPlaced, key="order_id")
         async def fulfil(ctx: ov.Context, order: OrderPlaced) -> str: ...
+
+    Args:
+        name: the app's name (the default consumer group is ``engine:<name>``).
+        payload_codec: encodes the data of every event this app's clients and engines
+            write, and decodes what they read (compression, encryption; see
+            ``overture.codec.PayloadCodec``). Declared on the app because every side
+            must use the same one: ``overture run`` and ``overture send --app`` then do.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, payload_codec: PayloadCodec | None = None) -> None:
         if not name:
             raise ConfigError("an App needs a name")
         self.name = name
+        self.payload_codec = payload_codec
         self._events: dict[str, type[Event]] = {}
         self._declared: set[str] = set()  # types named by string in waits=/emits=
         self._waiters: dict[str, set[str]] = {}  # type -> processes that wait_for it

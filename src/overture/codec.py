@@ -94,6 +94,10 @@ class Contracts(Protocol):
     def waiters(self, event_type: str) -> list[str]:
         """The processes that wait for events of this type (waits are keyed)."""
 
+    @property
+    def payload_codec(self) -> PayloadCodec | None:
+        """The payload codec the app declared, if any."""
+
 
 class Codec:
     """Envelopes to bytes and back, and to typed events (see the module docstring).
@@ -102,14 +106,15 @@ class Codec:
         app: the contracts typed events are validated against (``None``: every event is
             a plain :class:`~overture.Event` and nothing is validated but the envelope).
         payload: encodes the data of every event written and decodes it when read
-            (see :class:`PayloadCodec`); ``None``: data travels as plain JSON.
+            (see :class:`PayloadCodec`); default: the app's ``payload_codec``, else none
+            (data travels as plain JSON).
     """
 
     def __init__(
         self, app: Contracts | None = None, *, payload: PayloadCodec | None = None
     ) -> None:
         self.app = app
-        self.payload = payload
+        self.payload = payload if payload is not None or app is None else app.payload_codec
 
     # -- bytes (the log, the inbox, handler runs, dead letters) -----------------------------
 
