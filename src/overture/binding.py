@@ -17,6 +17,12 @@ the key). Reading, the mode is the binding's:
   that sets no headers); a ``content-type`` it has is the data's, where the 1.x SDK's
   ``to_structured`` puts ``datacontenttype``.
 
+**Payload-coded events** (``overture.codec.PayloadCodec``: their structured form has a
+``payloadcodec`` attribute and ``data_base64`` instead of ``data``) go out with the codec's
+bytes as the value and a ``ce_payloadcodec`` header; reading such a binary-mode record,
+the value is taken as those bytes (not checked as JSON) and comes back as ``data_base64``,
+so the structured form is the one written, byte for byte.
+
 **Keys are bytes.** An event's partition key is its ``partitionkey`` attribute
 (``ce_partitionkey`` in binary mode), else the record key when that is text: UTF-8 and a
 valid CloudEvents String (no control characters). A key that is not (say the 8 bytes of
