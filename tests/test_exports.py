@@ -28,6 +28,7 @@ def test_public_api_is_exactly_this() -> None:
         "OvertureError",
         "ProcessError",
         "Retry",
+        "Status",
         "StepFailed",
         "StepInfo",
         "StorageError",

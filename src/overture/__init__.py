@@ -31,6 +31,7 @@ from .errors import (
 )
 from .events import Envelope, Event
 from .policies import Retry
+from .protocol import Status
 from .runtime.clock import SystemClock, VirtualClock
 from .runtime.engine import Engine
 from .runtime.executor import StepInfo, current_step
@@ -59,6 +60,7 @@ __all__ = [
     "OvertureError",
     "ProcessError",
     "Retry",
+    "Status",
     "StepFailed",
     "StepInfo",
     "StorageError",

@@ -1,4 +1,9 @@
-"""The application registry: event types, processes and handlers. No globals."""
+"""The application registry: event types, processes and handlers. No globals.
+
+An app only *knows* the contracts; events are validated against them, and made typed
+events of them, by the codec (``overture.codec.Codec``, whose ``Contracts`` protocol an
+``App`` satisfies).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,11 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from .codec import PayloadCodec
 from .core.context import Context
 from .core.machine import ProcessSpec
-from .errors import ConfigError, EventValidationError, UnknownEventType
-from .events import Envelope, Event
+from .errors import ConfigError
+from .events import Event
 from .policies import DEFAULT_RETRY, Retry
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -66,12 +72,20 @@ class App:
 
         @app.process(trigger=OrderPlaced, key="order_id")
         async def fulfil(ctx: ov.Context, order: OrderPlaced) -> str: ...
+
+    Args:
+        name: the app's name (the default consumer group is ``engine:<name>``).
+        payload_codec: encodes the data of every event this app's clients and engines
+            write, and decodes what they read (compression, encryption; see
+            ``overture.codec.PayloadCodec``). Declared on the app because every side
+            must use the same one: ``overture run`` and ``overture send --app`` then do.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, payload_codec: PayloadCodec | None = None) -> None:
         if not name:
             raise ConfigError("an App needs a name")
         self.name = name
+        self.payload_codec = payload_codec
         self._events: dict[str, type[Event]] = {}
         self._declared: set[str] = set()  # types named by string in waits=/emits=
         self._waiters: dict[str, set[str]] = {}  # type -> processes that wait_for it
@@ -185,43 +199,6 @@ class App:
     def event_types(self) -> list[str]:
         names = set(self._events) | set(self._triggers) | set(self._handlers) | self._declared
         return sorted(names)
-
-    def validate(self, envelope: Envelope, *, require_known: bool = False) -> None:
-        """Check an event about to be sent against its registered contract.
-
-        Raises:
-            EventValidationError: the data violates the contract, or the event has no key
-                although a process waits for its type (waits are keyed, so it would never
-                be delivered).
-            UnknownEventType: ``require_known`` and the app does not know the type.
-        """
-        cls = self._events.get(envelope.type)
-        if cls is None:
-            if require_known and envelope.type not in self.event_types:
-                raise UnknownEventType(
-                    f"unknown event type {envelope.type!r}; known: {', '.join(self.event_types)}"
-                )
-        else:
-            cls.from_envelope(envelope)
-        self._check_key(envelope, cls)
-
-    def _check_key(self, envelope: Envelope, cls: type[Event] | None) -> None:
-        # Waits are always keyed (by default on the instance's key), so a keyless event of
-        # a waited-for type can never reach one: refuse it rather than lose it silently.
-        waiters = self.waiters(envelope.type)
-        if not waiters or envelope.partitionkey is not None:
-            return
-        field = None if cls is None else cls.key_field
-        how = "give it a key" if field is None else f"set its key field {field!r} or give a key"
-        raise EventValidationError(
-            f"event {envelope.type!r} has no key, but process(es) {', '.join(waiters)} wait "
-            f"for it by key, so it would never be delivered: {how} (key= / --key)"
-        )
-
-    def decode(self, envelope: Envelope) -> Event:
-        """The typed event for an envelope (a plain :class:`Event` for unknown types)."""
-        cls = self._events.get(envelope.type, Event)
-        return cls.from_envelope(envelope)
 
     # -- helpers -------------------------------------------------------------------------
 

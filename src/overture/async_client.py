@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 
 from .app import App
 from .backends import DEFAULT_URL
-from .client import Client, Instance, LoggedEvent, _instance, check_sendable, records_of
+from .client import Client, Instance, LoggedEvent, _instance
+from .codec import Codec
 from .events import Envelope, Event
 from .groupcommit import Positions
 from .handles import AsyncStarted, started_by
@@ -35,10 +36,17 @@ class AsyncClient:
             open backend.
         app: optional; when given, events of types it defines are validated before sending,
             and :meth:`start` knows which processes an event starts.
+        codec: as for :class:`~overture.Client`.
     """
 
-    def __init__(self, backend: str | Backend = DEFAULT_URL, *, app: App | None = None) -> None:
-        self.sync = Client(backend, app=app)
+    def __init__(
+        self,
+        backend: str | Backend = DEFAULT_URL,
+        *,
+        app: App | None = None,
+        codec: Codec | None = None,
+    ) -> None:
+        self.sync = Client(backend, app=app, codec=codec)
         """The synchronous client this one shares its connections and committer with."""
         self._local = not self.sync.backend.capabilities.remote
         self._handing: list[tuple[list[NewRecord], asyncio.Future[Positions]]] = []
@@ -99,9 +107,10 @@ class AsyncClient:
         """Publish several events atomically (all or none); returns their ids (see
         :meth:`Client.send_many`)."""
         batch = list(envelopes)
+        codec = self.sync.codec
         for envelope in batch:
-            check_sendable(envelope, reserved)
-        await self._append(records_of(batch))
+            codec.check(envelope, reserved=reserved)
+        await self._append(codec.records(batch))
         return [e.id for e in batch]
 
     async def send_raw(self, value: bytes, *, key: str | None = None) -> tuple[int, int]:

@@ -17,6 +17,12 @@ the key). Reading, the mode is the binding's:
   that sets no headers); a ``content-type`` it has is the data's, where the 1.x SDK's
   ``to_structured`` puts ``datacontenttype``.
 
+**Payload-coded events** (``overture.codec.PayloadCodec``: their structured form has a
+``payloadcodec`` attribute and ``data_base64`` instead of ``data``) go out with the codec's
+bytes as the value and a ``ce_payloadcodec`` header; reading such a binary-mode record,
+the value is taken as those bytes (not checked as JSON) and comes back as ``data_base64``,
+so the structured form is the one written, byte for byte.
+
 **Keys are bytes.** An event's partition key is its ``partitionkey`` attribute
 (``ce_partitionkey`` in binary mode), else the record key when that is text: UTF-8 and a
 valid CloudEvents String (no control characters). A key that is not (say the 8 bytes of
@@ -45,6 +51,7 @@ import orjson
 from .errors import MalformedEvent
 from .events import check_exact_numbers
 from .ports import Headers
+from .protocol import EXTENSIONS, PARTITIONKEY, PAYLOADCODEC, TENANT, TRACEPARENT
 
 _ATTRIBUTES = (
     "specversion",
@@ -54,8 +61,9 @@ _ATTRIBUTES = (
     "subject",
     "time",
     "dataschema",
-    "traceparent",
-    "tenant",
+    TRACEPARENT,
+    TENANT,
+    PAYLOADCODEC,
 )
 
 _ORDER = (
@@ -67,9 +75,7 @@ _ORDER = (
     "datacontenttype",
     "subject",
     "dataschema",
-    "partitionkey",
-    "traceparent",
-    "tenant",
+    *EXTENSIONS,
 )
 
 STRUCTURED_PREFIX = "application/cloudevents"
@@ -103,13 +109,19 @@ def to_binary(structured: bytes) -> tuple[str | None, list[tuple[str, bytes]] | 
         value = event.get(name)
         if value is not None:
             headers.append((f"ce_{name}", str(value).encode()))
-    key = event.get("partitionkey")
+    key = event.get(PARTITIONKEY)
     if key is not None:
         key = str(key)
-        headers.append(("ce_partitionkey", key.encode()))
+        headers.append((f"ce_{PARTITIONKEY}", key.encode()))
     headers.append(
         ("content-type", str(event.get("datacontenttype") or "application/json").encode())
     )
+    encoded = event.get("data_base64")
+    if isinstance(encoded, str):  # a payload codec's output: the value is its bytes
+        try:
+            return key, headers, base64.b64decode(encoded, validate=True)
+        except ValueError:
+            return None, None, structured  # not base64: left for the engine to dead-letter
     return key, headers, orjson.dumps(event.get("data"))
 
 
@@ -162,11 +174,11 @@ def _structured(key: str | None, value: bytes | None, content_type: str | None =
     if not isinstance(event, dict) or not event:
         return Read(value, key)
     added: dict[str, str] = {}
-    if "partitionkey" in event:
-        own = event["partitionkey"]
+    if PARTITIONKEY in event:
+        own = event[PARTITIONKEY]
         key = None if own is None else str(own)
     elif key is not None:
-        added["partitionkey"] = key
+        added[PARTITIONKEY] = key
     if content_type is not None and "datacontenttype" not in event:
         added["datacontenttype"] = content_type
     if not added:
@@ -190,7 +202,8 @@ def _binary(
             datetime.fromisoformat(when)
         except ValueError:
             return Read(raw, key, f"header 'ce_time' is not an RFC 3339 time: {when!r}")
-    if raw:
+    coded = PAYLOADCODEC in attributes  # the value is a payload codec's bytes, not JSON
+    if raw and not coded:
         try:
             orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -200,18 +213,21 @@ def _binary(
                 f"the value is not JSON (content-type {content_type or 'unset'!r}; Overture "
                 f"reads JSON data): {exc}",
             )
-    if "partitionkey" not in attributes and key is not None:
+    if PARTITIONKEY not in attributes and key is not None:
         # the binding maps partitionkey to the record key
-        attributes["partitionkey"] = key
+        attributes[PARTITIONKEY] = key
     if content_type is not None:
         attributes["datacontenttype"] = content_type
     # the order ``events.encode`` writes, so an event we sent comes back byte for byte
     ordered = {name: attributes.pop(name) for name in _ORDER if name in attributes}
     ordered.update(attributes)  # unknown extensions last
-    # The data is spliced in as it arrived: checked JSON, never re-serialized.
     head = orjson.dumps(ordered)
+    if coded:
+        structured = head[:-1] + b',"data_base64":"' + base64.b64encode(raw) + b'"}'
+        return Read(structured, ordered.get(PARTITIONKEY))
+    # The data is spliced in as it arrived: checked JSON, never re-serialized.
     structured = head[:-1] + b',"data":' + (raw if raw else b"null") + b"}"
-    return Read(structured, ordered.get("partitionkey"))
+    return Read(structured, ordered.get(PARTITIONKEY))
 
 
 _NOT_IN_STRINGS = re.compile(r"[\x00-\x1f\x7f-\x9f\ufdd0-\ufdef\ufffe\uffff]")

@@ -12,13 +12,15 @@ from typing import Any
 from . import protocol
 from .app import App
 from .backends import DEFAULT_URL, open_backend
+from .codec import Codec
 from .core import journal as jr
-from .errors import ConfigError, EventValidationError, MalformedEvent, NotFound
-from .events import Envelope, Event, decode, encode, number_problem, type_problem
+from .errors import ConfigError, MalformedEvent, NotFound
+from .events import Envelope, Event
 from .groupcommit import GroupCommitter
 from .handles import Started, started_by
 from .ports import Backend, DeadLetter, NewRecord
-from .results import FINAL as FINAL
+from .protocol import FINAL as FINAL
+from .protocol import Status
 from .results import Results
 
 MIN_SHORT_ID = 6
@@ -35,7 +37,8 @@ class Instance:
     process: str
     version: int
     key: str | None
-    status: str
+    status: Status
+    """A :class:`~overture.Status`, which is also its stored string (``"completed"``)."""
     created: datetime
     updated: datetime
     trigger_id: str
@@ -63,12 +66,21 @@ class Client:
     Args:
         backend: a backend URL (``sqlite:///path.db``, ``memory://``) or an open backend.
         app: optional; when given, events of types it defines are validated before sending.
+        codec: turns events into the bytes sent and read back (default: ``Codec(app)``;
+            see ``overture.codec``); engines reading them need the same.
     """
 
-    def __init__(self, backend: str | Backend = DEFAULT_URL, *, app: App | None = None) -> None:
+    def __init__(
+        self,
+        backend: str | Backend = DEFAULT_URL,
+        *,
+        app: App | None = None,
+        codec: Codec | None = None,
+    ) -> None:
         self._owns = isinstance(backend, str)
         self.backend: Backend = open_backend(backend) if isinstance(backend, str) else backend
         self.app = app
+        self.codec = Codec(app) if codec is None else codec
         self._sends = GroupCommitter(self.backend.log)
         self._results = Results(self.backend)
 
@@ -159,12 +171,11 @@ class Client:
                 raise TypeError("send(data=...) is only for send('type', data=...)")
             envelope = event.envelope
         if key is not None:
-            attributes["partitionkey"] = str(key)
+            attributes[protocol.PARTITIONKEY] = str(key)
         if attributes:
             envelope = Envelope(**{**_fields(envelope), **attributes})
-        check_sendable(envelope, reserved)
-        if self.app is not None:
-            self.app.validate(envelope)
+        self.codec.check(envelope, reserved=reserved)
+        self.codec.validate(envelope)
         return envelope
 
     def send_many(self, envelopes: Iterable[Envelope], *, reserved: bool = False) -> list[str]:
@@ -175,8 +186,8 @@ class Client:
         """
         batch = list(envelopes)
         for envelope in batch:
-            check_sendable(envelope, reserved)
-        self._sends.append(records_of(batch))
+            self.codec.check(envelope, reserved=reserved)
+        self._sends.append(self.codec.records(batch))
         return [e.id for e in batch]
 
     def send_raw(self, value: bytes, *, key: str | None = None) -> tuple[int, int]:
@@ -289,7 +300,9 @@ class Client:
                         yield LoggedEvent(part, rec.offset, None, rec.value, rec.error)
                         continue
                     try:
-                        yield LoggedEvent(part, rec.offset, decode(rec.value), rec.value)
+                        yield LoggedEvent(
+                            part, rec.offset, self.codec.from_bytes(rec.value), rec.value
+                        )
                     except MalformedEvent as error:
                         yield LoggedEvent(part, rec.offset, None, rec.value, str(error))
                 offset = records[-1].offset + 1
@@ -309,13 +322,21 @@ class Client:
         envelope = Envelope(
             type=protocol.CANCEL, data={"instance_id": instance.id}, partitionkey=instance.key
         )
-        check_sendable(envelope, True)
+        self.codec.check(envelope, reserved=True)
         # to the partition whose engine holds the instance: the one its trigger arrived
         # on, which is not its key's when the trigger was keyless
         row = self.backend.store.instance(instance.id)
         partition = None if row is None else row.partition
         self._sends.append(
-            [NewRecord(instance.key, encode(envelope), envelope.id, envelope.type, partition)]
+            [
+                NewRecord(
+                    instance.key,
+                    self.codec.to_bytes(envelope),
+                    envelope.id,
+                    envelope.type,
+                    partition,
+                )
+            ]
         )
         return envelope.id
 
@@ -331,7 +352,7 @@ class Client:
         # to the partition whose engine holds the letter (a keyless or re-keyed event's
         # letter is not necessarily where its key points)
         record = NewRecord(
-            letter.key, encode(envelope), envelope.id, envelope.type, letter.partition
+            letter.key, self.codec.to_bytes(envelope), envelope.id, envelope.type, letter.partition
         )
         self.backend.log.append([record])
         return envelope.id
@@ -354,40 +375,6 @@ class Client:
             return instance_id  # not started yet: wait for exactly this id
 
 
-def records_of(envelopes: Iterable[Envelope]) -> list[NewRecord]:
-    """The log records of envelopes to send."""
-    return [NewRecord(e.partitionkey, encode(e), e.id, e.type) for e in envelopes]
-
-
-def check_sendable(envelope: Envelope, reserved: bool) -> None:
-    """Refuse what the engine would dead-letter for its envelope alone, and control
-    events unless the caller means to send one."""
-    problem = type_problem(envelope.type)
-    if problem is not None:
-        raise MalformedEvent(problem)
-    for name in ("id", "source"):  # required: the engine dead-letters an empty one
-        value = getattr(envelope, name)
-        if not isinstance(value, str) or not value:
-            raise MalformedEvent(
-                f"CloudEvent attribute {name!r} must be a non-empty string, not {value!r}"
-            )
-    if not isinstance(envelope.time, datetime):
-        raise MalformedEvent(
-            f"CloudEvent attribute 'time' must be a datetime, not {envelope.time!r}"
-        )
-    if protocol.is_reserved(envelope.type):
-        if not reserved:
-            raise EventValidationError(
-                f"event type {envelope.type!r} is reserved for control events (the "
-                f"{protocol.RESERVED_PREFIX!r} namespace); pass reserved=True "
-                "(overture send --reserved) to send one deliberately"
-            )
-        protocol.parse_control(envelope.type, envelope.data)
-    problem = number_problem(envelope.data)
-    if problem is not None:
-        raise EventValidationError(f"event {envelope.type!r}: {problem}")
-
-
 def _key_of(cls: type[Event], data: dict[str, Any] | None) -> str | None:
     if cls.key_field is None or not data or data.get(cls.key_field) is None:
         return None
@@ -404,7 +391,7 @@ def _instance(row: Any) -> Instance:
         row.process,
         row.version,
         row.key,
-        row.status,
+        Status(row.status),
         datetime.fromtimestamp(row.created, UTC),
         datetime.fromtimestamp(row.updated, UTC),
         row.trigger_id,

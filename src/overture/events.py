@@ -33,10 +33,11 @@ from pydantic import BaseModel, ConfigDict
 from pydantic import ValidationError as _PydanticValidationError
 
 from .errors import ConfigError, EventValidationError, MalformedEvent
+from .protocol import EXTENSIONS, PARTITIONKEY, TENANT, TRACEPARENT
 
 SPEC_VERSION = "1.0"
 DEFAULT_SOURCE = "overture"
-_RESERVED = frozenset({"data", "partitionkey", "key", "envelope"})
+_RESERVED = frozenset({"data", PARTITIONKEY, "key", "envelope"})
 """Names an event contract cannot use for a data field: they are the event's own
 (``event.data``, its correlation key, its CloudEvent). Every other CloudEvents attribute
 (``id``, ``type``, ``source``, ``subject``, ``time``, ``tenant``, …) lives only on
@@ -185,7 +186,7 @@ class Envelope:
             "time": self.time.isoformat(),
             "datacontenttype": self.datacontenttype,
         }
-        for name in ("subject", "dataschema", "partitionkey", "traceparent", "tenant"):
+        for name in ("subject", "dataschema", *EXTENSIONS):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
@@ -212,7 +213,7 @@ class Envelope:
             time = datetime.fromisoformat(raw["time"]) if raw.get("time") else _now()
         except (TypeError, ValueError) as exc:
             raise MalformedEvent(f"CloudEvent 'time' is not RFC 3339: {raw.get('time')!r}") from exc
-        key = raw.get("partitionkey")
+        key = raw.get(PARTITIONKEY)
         return cls(
             type=raw["type"],
             data=raw.get("data"),
@@ -223,8 +224,8 @@ class Envelope:
             datacontenttype=raw.get("datacontenttype") or "application/json",
             dataschema=raw.get("dataschema"),
             partitionkey=None if key is None else str(key),
-            traceparent=raw.get("traceparent"),
-            tenant=raw.get("tenant"),
+            traceparent=raw.get(TRACEPARENT),
+            tenant=raw.get(TENANT),
         )
 
 
@@ -373,7 +374,7 @@ class Event(BaseModel):
     def with_attributes(self, **attributes: Any) -> Self:
         """A copy with the given CloudEvents attributes replaced (``key=`` sets partitionkey)."""
         if "key" in attributes:
-            attributes["partitionkey"] = attributes.pop("key")
+            attributes[PARTITIONKEY] = attributes.pop("key")
         copy = self.model_copy()
         _attach(copy, replace(self.envelope, **attributes))
         return copy

@@ -1,5 +1,13 @@
 """The wire protocol: names and message shapes shared by clients, engines and other tools.
 
+Everything a client, an engine, the HTTP API or a worker written in another language must
+agree on is named here, once: the CloudEvents extension attributes Overture reads and
+writes (:data:`EXTENSIONS`), the Kafka topic and consumer-group names of a namespace
+(:func:`events_topic` and the functions next to it), the instance statuses
+(:class:`Status`, whose values are what is stored and shown) and the control events below.
+This module is a leaf: it imports nothing of the runtime or the backends, so every layer
+may use it.
+
 Event types in the ``overture.`` namespace are *control events*: requests to the engine
 (cancel an instance, replay a dead letter) and the messages engines exchange between
 partitions for waits on keys another partition owns (``runtime/remote.py``). They travel
@@ -19,7 +27,80 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .core.status import FINAL, Status
 from .errors import EventValidationError
+
+__all__ = [
+    "CANCEL",
+    "DLQ_REPLAY",
+    "EXTENSIONS",
+    "FINAL",
+    "PARTITIONKEY",
+    "PAYLOADCODEC",
+    "RESERVED_PREFIX",
+    "TENANT",
+    "TRACEPARENT",
+    "WAIT_DELIVER",
+    "WAIT_SUBSCRIBE",
+    "WAIT_UNSUBSCRIBE",
+    "Cancel",
+    "Control",
+    "DlqReplay",
+    "Status",
+    "WaitDeliver",
+    "WaitSubscribe",
+    "WaitUnsubscribe",
+    "changelog_topic",
+    "engine_group",
+    "events_topic",
+    "internal_topic",
+    "is_reserved",
+    "parse_control",
+]
+
+# -- CloudEvents extension attributes -------------------------------------------------------
+
+PARTITIONKEY = "partitionkey"
+"""The event's partition (and correlation) key: the CloudEvents *Partitioning* extension.
+On Kafka it is also the record key."""
+TRACEPARENT = "traceparent"
+"""W3C Trace Context ``traceparent`` (``version-traceid-parentid-flags``): the CloudEvents
+*Distributed Tracing* extension. An event a process emits continues its trigger's trace."""
+TENANT = "tenant"
+"""The tenant the event belongs to; an event a process emits inherits its trigger's."""
+EXTENSIONS = (PARTITIONKEY, TRACEPARENT, TENANT)
+"""The extension attributes Overture gives a meaning to, in the order it writes them."""
+PAYLOADCODEC = "payloadcodec"
+"""Set on an event whose data a payload codec encoded (compression, encryption): the
+codec's name. The data then travels as ``data_base64`` (in Kafka binary mode: the record
+value is the codec's output, and the ``ce_payloadcodec`` header names it); a reader must
+decode it with that codec (``overture.codec.PayloadCodec``) before it is JSON again."""
+
+# -- Kafka topics and group of a namespace (``kafka://host:port/<namespace>``) ---------------
+
+
+def events_topic(namespace: str) -> str:
+    """The topic producers write events to."""
+    return f"{namespace}.events"
+
+
+def internal_topic(namespace: str) -> str:
+    """The topic of events the engines write for each other (re-keyed events, the wait
+    control events between partitions)."""
+    return f"{namespace}.internal"
+
+
+def changelog_topic(namespace: str) -> str:
+    """The compacted topic holding the engines' state."""
+    return f"{namespace}.changelog"
+
+
+def engine_group(namespace: str) -> str:
+    """The consumer group the engines of a namespace form."""
+    return f"{namespace}.engine"
+
+
+# -- control events -----------------------------------------------------------------------
 
 RESERVED_PREFIX = "overture."
 """Event types starting with this are control events."""

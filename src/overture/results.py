@@ -16,11 +16,9 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from .core.machine import FINAL_STATUSES
 from .errors import InstanceFailed
 from .ports import Backend, InstanceRow
-
-FINAL = FINAL_STATUSES  # the statuses an instance never leaves (one definition: core)
+from .protocol import FINAL, Status
 
 
 class Results:
@@ -126,6 +124,6 @@ def outcome(row: InstanceRow) -> Any:
     Raises:
         InstanceFailed: it failed or was cancelled (carries the instance and its error).
     """
-    if row.status == "completed":
+    if row.status == Status.COMPLETED:
         return row.result
     raise InstanceFailed(row.id, row.status, row.error)

@@ -28,9 +28,8 @@ from ..ports import (
     WorkRow,
     partition_for,
 )
+from ..protocol import FINAL
 from .embedded import claim_whole
-
-_FINAL = frozenset({"completed", "failed", "cancelled"})
 
 
 class MemoryState:
@@ -126,7 +125,7 @@ class MemoryState:
 
     def active_instances(self) -> list[tuple[str, str | None]]:
         with self._lock:
-            return [(r.id, r.key) for r in self._instances.values() if r.status not in _FINAL]
+            return [(r.id, r.key) for r in self._instances.values() if r.status not in FINAL]
 
     def waits(self) -> list[WaitRow]:
         with self._lock:
@@ -266,7 +265,7 @@ class MemoryBackend(MemoryState):
         if batch.appends:
             self._wake()
         if self._finished_watchers:
-            finished = [i for i, row in batch.instances.items() if row.status in _FINAL]
+            finished = [i for i, row in batch.instances.items() if row.status in FINAL]
             if finished:
                 for wake in list(self._finished_watchers):
                     wake(finished)

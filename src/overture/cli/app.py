@@ -17,6 +17,7 @@ import typer
 from .. import __version__
 from ..client import ALL, Client
 from ..errors import NotFound
+from ..protocol import Status
 from . import render
 from .common import (
     DEFAULT_BACKEND,
@@ -49,7 +50,7 @@ dlq = typer.Typer(help="Inspect and replay the dead-letter queue.", no_args_is_h
 cli.add_typer(dlq, name="dlq")
 cli.add_typer(dev, name="dev")
 
-STATUSES = ("running", "waiting", "completed", "failed", "cancelled", "stuck")
+STATUSES = tuple(Status)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 AppPath = Annotated[

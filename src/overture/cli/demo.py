@@ -28,6 +28,7 @@ from rich.text import Text
 from ..backends import open_backend
 from ..client import FINAL, Client, Instance
 from ..examples import orders as example
+from ..protocol import Status
 from ..runtime.clock import SystemClock
 from ..runtime.host import Host
 from . import render
@@ -42,22 +43,26 @@ class Scenario:
     item: str
     quantity: int
     story: str
-    expect_status: str
+    expect_status: Status
     expect_result: str | None
 
 
 SCENARIOS = (
-    Scenario("o-1001", "book", 1, "paid as soon as it waits for payment", "completed", "shipped"),
-    Scenario("o-1002", "unicorn", 1, "the item is out of stock", "completed", "out_of_stock"),
+    Scenario(
+        "o-1001", "book", 1, "paid as soon as it waits for payment", Status.COMPLETED, "shipped"
+    ),
+    Scenario("o-1002", "unicorn", 1, "the item is out of stock", Status.COMPLETED, "out_of_stock"),
     Scenario(
         "o-1003",
         "lamp",
         2,
         "never paid: the wait times out, the saga compensates",
-        "completed",
-        "cancelled",
+        Status.COMPLETED,
+        "cancelled",  # its result
     ),
-    Scenario("o-1004", "book", 3, "cancelled by an operator while it waits", "cancelled", None),
+    Scenario(
+        "o-1004", "book", 3, "cancelled by an operator while it waits", Status.CANCELLED, None
+    ),
 )
 
 
@@ -162,12 +167,12 @@ async def _drive(
     }
 
     console.rule("2. payments and operators")
-    paid = await _until(client, started["o-1001"].id, frozenset({"waiting"}), deadline)
+    paid = await _until(client, started["o-1001"].id, frozenset({Status.WAITING}), deadline)
     client.send(module.PaymentReceived(order_id="o-1001", amount=12.5))
     console.print(
         f"  o-1001 is {paid.status} for its payment: sent [bold]payment.received[/] (12.5)"
     )
-    waiting = await _until(client, started["o-1004"].id, frozenset({"waiting"}), deadline)
+    waiting = await _until(client, started["o-1004"].id, frozenset({Status.WAITING}), deadline)
     client.cancel(waiting.id)
     console.print(f"  o-1004 is {waiting.status} for its payment: an operator cancels it")
     console.print(f"  o-1003 gets no payment: its {payment_timeout:g}s timeout will fire")

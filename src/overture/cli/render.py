@@ -21,14 +21,15 @@ from rich.text import Text
 from ..client import Instance, LoggedEvent
 from ..core import journal as jr
 from ..ports import DeadLetter
+from ..protocol import PARTITIONKEY, Status
 
-STATUS_STYLES = {
-    "running": "cyan",
-    "waiting": "yellow",
-    "completed": "green",
-    "failed": "bold red",
-    "cancelled": "magenta",
-    "stuck": "bold red reverse",
+STATUS_STYLES: dict[str, str] = {
+    Status.RUNNING: "cyan",
+    Status.WAITING: "yellow",
+    Status.COMPLETED: "green",
+    Status.FAILED: "bold red",
+    Status.CANCELLED: "magenta",
+    Status.STUCK: "bold red reverse",
 }
 
 _PIPE_WIDTH = 200
@@ -171,7 +172,7 @@ def instance_header(instance: Instance) -> Table:
     ]
     if instance.error:
         rows.append(("error", Text(dumps(instance.error), style="red")))
-    elif instance.status == "completed":
+    elif instance.status == Status.COMPLETED:
         rows.append(("result", dumps(instance.result)))
     for name, value in rows:
         grid.add_row(*cells(name, value))
@@ -211,7 +212,7 @@ def _describe(entry: jr.Entry, ops: dict[int, tuple[str, str]]) -> str:
     kind = entry["k"]
     if kind == "start":
         ev = entry["ev"]
-        by = keyed(ev.get("partitionkey"))
+        by = keyed(ev.get(PARTITIONKEY))
         return f"started by {ev['type']} {short(ev.get('data'), 60)} (event {ev['id']}, {by})"
     if kind == "cmd":
         seq, op, name = entry["s"], entry["op"], entry["n"]
@@ -257,7 +258,7 @@ def _describe(entry: jr.Entry, ops: dict[int, tuple[str, str]]) -> str:
         if "err" in entry:
             err = entry["err"]
             return f"{status}: {err.get('type')}: {err.get('message')}"
-        if status == "completed":
+        if status == Status.COMPLETED:
             return f"completed with result {dumps(entry.get('ok'))}"
         return status
     return jr.describe(entry)
@@ -278,9 +279,13 @@ def timeline_table(entries: list[jr.Entry]) -> Table:
 
 
 def _line_style(text: str) -> str:
-    if text.startswith(("completed", "started")):
-        return "green" if text.startswith("completed") else "bold"
-    if text.startswith(("failed", "cancelled")) or " failed" in text or "timed out" in text:
+    if text.startswith((Status.COMPLETED, "started")):
+        return "green" if text.startswith(Status.COMPLETED) else "bold"
+    if (
+        text.startswith((Status.FAILED, Status.CANCELLED))
+        or " failed" in text
+        or "timed out" in text
+    ):
         return "red"
     if "compensate:" in text:
         return "magenta"

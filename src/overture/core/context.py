@@ -161,6 +161,18 @@ class Context(ABC):
         ``event`` is an :class:`~overture.Event` instance, or a type name with ``data``.
         The key defaults to the event's own key field, then to the instance's key.
         Returns the event id.
+
+        The event carries on its trigger's context: it inherits the trigger's ``tenant``,
+        and when the trigger has a W3C ``traceparent`` it continues that trace (the same
+        trace id and flags, a new parent id derived from the instance id and this
+        operation's sequence number, so a replay emits the identical event). A trigger
+        without a ``traceparent`` starts no trace here: the emitted event has none.
+        Either attribute set explicitly on the event
+        (``event.with_attributes(tenant=..., traceparent=...)``) wins.
+
+        Raises:
+            EventValidationError: the data is not JSON, or an explicit ``traceparent`` is
+                not W3C trace context.
         """
 
     @abstractmethod

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .status import Status
+
 FORMAT = 1
 
 Entry = dict[str, Any]
@@ -64,7 +66,7 @@ def describe(entry: Entry) -> str:
     if kind == "end":
         if "err" in entry:
             return f"{entry['st']}: {entry['err']['type']}: {entry['err']['message']}"
-        if "ok" not in entry or entry["st"] == "cancelled":
+        if "ok" not in entry or entry["st"] == Status.CANCELLED:
             return str(entry["st"])
         return f"{entry['st']}: {entry['ok']!r}"
     return repr(entry)

@@ -24,25 +24,32 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
+from ..codec import Codec
 from ..errors import EventError, EventValidationError, NonDeterminismError, StepFailed, WaitTimeout
 from ..events import Envelope, Event
 from ..policies import DEFAULT_RETRY, Retry
+from ..tracecontext import continue_trace, traceparent_problem
 from . import journal as jr
 from .context import Context
 from .context import DurableFuture as DurableFutureABC
+from .status import FINAL, Status
 from .values import describe_error, identity, result_decoder, snapshot, to_json
 
 T = TypeVar("T")
 
+# The statuses by their short names, as the runtime and the tests read them; one
+# definition: ``core/status.py``.
 RUNNING, WAITING, COMPLETED, FAILED, CANCELLED, STUCK = (
-    "running",
-    "waiting",
-    "completed",
-    "failed",
-    "cancelled",
-    "stuck",
+    Status.RUNNING,
+    Status.WAITING,
+    Status.COMPLETED,
+    Status.FAILED,
+    Status.CANCELLED,
+    Status.STUCK,
 )
-FINAL_STATUSES = frozenset({COMPLETED, FAILED, CANCELLED})
+FINAL_STATUSES = FINAL
+_PLAIN = Codec()
+"""The codec of a machine given none: plain events for untyped contracts, no hooks."""
 _EMIT_NAMESPACE = uuid.UUID("6f0f5d1c-3c1a-4a8e-9d6a-0b7e1e6f2a10")
 
 
@@ -160,7 +167,7 @@ class EmitEvent:
 
 @dataclass(slots=True)
 class Finished:
-    status: str
+    status: Status
     result: Any = None
     error: dict[str, str] | None = None
 
@@ -255,7 +262,8 @@ class _Pending:
     op: str
     name: str
     future: _Future[Any]
-    decode: Callable[[Any], Any]
+    convert: Callable[[Any], Any]
+    """Makes the value the code gets of a journaled outcome (a typed result, an event)."""
     call: StepCall | None = None
     wait: tuple[str, str | None] | None = None
 
@@ -277,6 +285,7 @@ class Machine:
     __slots__ = (
         "__weakref__",
         "_closing",
+        "_codec",
         "_commands",
         "_compensating",
         "_compensations",
@@ -291,6 +300,8 @@ class Machine:
         "_replay",
         "_rng_state",
         "_tasks",
+        "_tenant",
+        "_trace",
         "_trigger",
         "error",
         "instance_id",
@@ -303,12 +314,23 @@ class Machine:
     )
 
     def __init__(
-        self, spec: ProcessSpec, instance_id: str, key: str | None, *, keep_journal: bool = True
+        self,
+        spec: ProcessSpec,
+        instance_id: str,
+        key: str | None,
+        *,
+        keep_journal: bool = True,
+        codec: Codec | None = None,
     ) -> None:
         """``keep_journal=False`` (the engine's choice) keeps only entries not yet taken by
         :meth:`take_entries`: the store has the rest, and a cached instance then costs
-        no more memory as its history grows."""
+        no more memory as its history grows.
+
+        ``codec``: makes the typed events the code gets, the trigger and every waited-for
+        event, live and on replay (the engine passes its own, so what plugs into it, an
+        upcaster say, applies to old journals too); default: a codec without contracts."""
         self.spec = spec
+        self._codec = _PLAIN if codec is None else codec
         self.instance_id = instance_id
         self.key = key
         self.status = RUNNING
@@ -334,6 +356,9 @@ class Machine:
         self._closing = False
         self._compensating = False
         self._trigger: Envelope | Event | None = None
+        # the trigger's context, which the events this instance emits carry on
+        self._trace: str | None = None
+        self._tenant: str | None = None
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -349,7 +374,7 @@ class Machine:
         entry = {
             "k": "start",
             "t": now,
-            "ev": envelope.to_dict(),
+            "ev": self._codec.to_journal(envelope),
             "fmt": jr.FORMAT,
             "v": self.spec.version,
         }
@@ -490,10 +515,14 @@ class Machine:
             cls = self.spec.event_class
             try:
                 if source is None:  # replay: from the journal (a private copy of it)
-                    source = Envelope.from_dict(snapshot(entry["ev"]))
-                event = cls.from_envelope(source) if isinstance(source, Envelope) else source
+                    event = self._codec.from_journal(snapshot(entry["ev"]), cls)
+                elif isinstance(source, Envelope):
+                    event = self._codec.typed(source, cls)
+                else:  # decoded by the engine (through the same codec)
+                    event = source
             except EventError as error:
                 self._diverge(f"the journaled trigger no longer fits {cls.__name__}: {error}")
+            self._trace, self._tenant = event.envelope.traceparent, event.envelope.tenant
             # the context lives in the coroutine's frame, not on the machine: no cycle
             main = self._spawn(self.spec.fn(_MachineContext(self), event))
             main.future.add_callback(lambda: self._main_done(main.future))
@@ -509,7 +538,7 @@ class Machine:
                 try:
                     # a private copy: code that mutates it must not change the journal
                     # (or what another instance fed by the same event sees)
-                    value = pending.decode(snapshot(entry.get("ok")))
+                    value = pending.convert(snapshot(entry.get("ok")))
                 except Exception as error:
                     pending.future.set_error(error)
                 else:
@@ -549,7 +578,7 @@ class Machine:
         else:
             self._finish(FAILED, error=describe_error(error))
 
-    async def _compensate_then(self, status: str, error: BaseException | None) -> None:
+    async def _compensate_then(self, status: Status, error: BaseException | None) -> None:
         """Run the registered compensations, then end with ``status`` (failed/cancelled)."""
         self._compensating = True
         described = None if error is None else describe_error(error)
@@ -560,7 +589,9 @@ class Machine:
             described["compensation"] = str(comp_error)
         self._finish(status, error=described)
 
-    def _finish(self, status: str, result: Any = None, error: dict[str, str] | None = None) -> None:
+    def _finish(
+        self, status: Status, result: Any = None, error: dict[str, str] | None = None
+    ) -> None:
         entry: jr.Entry = {"k": "end", "t": self._now, "st": status}
         if error is not None:
             entry["err"] = error
@@ -571,7 +602,7 @@ class Machine:
         self._set_final(status, result, error)
         self._commands.append(Finished(status, result, error))
 
-    def _set_final(self, status: str, result: Any, error: dict[str, str] | None) -> None:
+    def _set_final(self, status: Status, result: Any, error: dict[str, str] | None) -> None:
         self.status, self.result, self.error = status, result, error
         self._pending.clear()
 
@@ -633,7 +664,7 @@ class Machine:
     # -- operations (called by the context) ---------------------------------------------
 
     def _operation(
-        self, op: str, name: str, extra: dict[str, Any], decode: Callable[[Any], Any] = identity
+        self, op: str, name: str, extra: dict[str, Any], convert: Callable[[Any], Any] = identity
     ) -> tuple[int, bool, _Pending]:
         if self.final or self._closing:
             raise RuntimeError("the instance has finished or is being evicted; no operations")
@@ -647,7 +678,7 @@ class Machine:
             live = True
         else:
             live = self._record(entry, lambda rec: rec["op"] == op and rec["n"] == name)
-        pending = _Pending(op, name, _Future(), decode)
+        pending = _Pending(op, name, _Future(), convert)
         return seq, live, pending
 
     def _error_for(self, pending: _Pending, err: dict[str, str]) -> BaseException:
@@ -724,11 +755,9 @@ class _MachineContext(Context):
         extra: dict[str, Any] = {"key": wait_key}
         if due is not None:
             extra["due"] = due
+        codec = m._codec
         seq, live, pending = m._operation(
-            "wait",
-            event_type,
-            extra,
-            lambda value: cls.from_envelope(Envelope.from_dict(value)),
+            "wait", event_type, extra, lambda value: codec.from_journal(value, cls)
         )
         pending.wait = (event_type, wait_key)
         m._pending[seq] = pending
@@ -753,16 +782,25 @@ class _MachineContext(Context):
             event = Event.of(event, data or {})
         elif data is not None:
             raise TypeError("emit(data=...) is only for emit('type', data=...)")
+        base = event.envelope
         try:  # fail in the process code that emitted it, not later in the engine
-            payload = to_json(event.envelope.data)
+            payload = to_json(base.data)
         except Exception as error:
             raise EventValidationError(
-                f"emitted event {event.envelope.type!r}: data is not JSON-serializable: {error}"
+                f"emitted event {base.type!r}: data is not JSON-serializable: {error}"
             ) from error
+        if base.traceparent is not None:
+            problem = traceparent_problem(base.traceparent)
+            if problem is not None:
+                raise EventValidationError(f"emitted event {base.type!r}: {problem}")
         event_id = str(uuid.uuid5(_EMIT_NAMESPACE, f"{m.instance_id}:{m._next_seq}"))
-        seq, live, _ = m._operation("emit", event.envelope.type, {"ev": event_id})
+        seq, live, _ = m._operation("emit", base.type, {"ev": event_id})
         if live:
-            base = event.envelope
+            # explicit values win; else the trigger's tenant, and its trace continued by
+            # a span id of (instance, seq): a replay derives the very same one
+            trace = base.traceparent
+            if trace is None:
+                trace = continue_trace(m._trace, f"{m.instance_id}:{seq}")
             envelope = Envelope(
                 type=base.type,
                 data=payload,
@@ -772,8 +810,8 @@ class _MachineContext(Context):
                 time=datetime.fromtimestamp(m._now, UTC),
                 dataschema=base.dataschema,
                 partitionkey=str(key) if key is not None else (base.partitionkey or m.key),
-                traceparent=base.traceparent,
-                tenant=base.tenant,
+                traceparent=trace,
+                tenant=m._tenant if base.tenant is None else base.tenant,
             )
             m._commands.append(EmitEvent(seq, envelope))
         return event_id

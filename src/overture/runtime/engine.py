@@ -22,11 +22,12 @@ from typing import Any
 from .. import protocol
 from ..app import App, ProcessDef
 from ..binding import from_record
+from ..codec import Codec
 from ..core import machine as m
 from ..core.correlation import WaitIndex
 from ..core.timers import WorkQueue
 from ..errors import ConfigError, EventError, MalformedEvent
-from ..events import Envelope, Event, decode, encode
+from ..events import Envelope, Event
 from ..ports import (
     Batch,
     DeadLetter,
@@ -80,6 +81,8 @@ class Engine(WorkRunner):
             and the batch at most four times this in all; a call still running then
             reports in a later batch (its work row is stored with this one). 0 or
             None: never wait.
+        codec: turns records into events and back, and makes the typed events of
+            live and replayed instances (default: ``Codec(app)``; see ``overture.codec``).
     """
 
     def __init__(
@@ -95,8 +98,10 @@ class Engine(WorkRunner):
         gc_threshold: int | None = 20_000,
         threads: int = 16,
         sync_fold: float | None = 0.002,
+        codec: Codec | None = None,
     ) -> None:
         self.app = app
+        self.codec = Codec(app) if codec is None else codec
         self.backend = backend
         self.clock: Clock = clock or SystemClock()
         self.cache_size = cache_size
@@ -393,7 +398,7 @@ class Engine(WorkRunner):
         if record.error is not None:  # the log could not make an event of what arrived
             return MalformedEvent(record.error)
         try:
-            return decode(record.value)
+            return self.codec.from_bytes(record.value)
         except MalformedEvent as error:
             return error
 
@@ -447,7 +452,7 @@ class Engine(WorkRunner):
         triggers = self.app.triggers(envelope.type)
         sole = len(triggers) == 1
         try:
-            event = self.app.decode(m.private_copy(envelope) if sole else envelope)
+            event = self.codec.event(m.private_copy(envelope) if sole else envelope)
         except EventError as error:
             self._dead_letter(
                 f"{record.partition}:{record.offset}", "validate", str(error), envelope, record, now
@@ -505,7 +510,7 @@ class Engine(WorkRunner):
             if live is not None:
                 fed.add(iid)
                 # shared by the waiters' journal entries; each waiter's code gets a copy
-                value = value or envelope.to_dict()
+                value = value or self.codec.to_journal(envelope)
                 self._drive(live, live.machine.resolve(wait.seq, now, ok=value), now)
         if envelope.partitionkey is None:
             return  # keyless events are never buffered: they would reach every keyless instance
@@ -573,7 +578,7 @@ class Engine(WorkRunner):
             ):
                 return known
         iid = ids[0]
-        machine = m.Machine(definition.spec, iid, key, keep_journal=False)
+        machine = m.Machine(definition.spec, iid, key, keep_journal=False, codec=self.codec)
         row = InstanceRow(
             iid,
             definition.name,
@@ -622,7 +627,7 @@ class Engine(WorkRunner):
         definition = self.app.definition(row.process, row.version)
         if definition is None:
             spec = m.ProcessSpec(row.process, row.version, _missing, Event, self.app.name)
-            machine = m.Machine(spec, iid, row.key)
+            machine = m.Machine(spec, iid, row.key, codec=self.codec)
             machine.status = m.STUCK
             machine.stuck_reason = (
                 f"process {row.process!r} version {row.version} is not registered in this app"
@@ -630,7 +635,7 @@ class Engine(WorkRunner):
             live = self._cache[iid] = Live(machine, row)
             self._dirty[iid] = live
             return live
-        machine = m.Machine(definition.spec, iid, row.key, keep_journal=False)
+        machine = m.Machine(definition.spec, iid, row.key, keep_journal=False, codec=self.codec)
         commands = machine.replay(snapshot.journal)
         inbox = list(snapshot.inbox)
         for batch in reversed(self._uncommitted()):  # oldest first
@@ -661,7 +666,7 @@ class Engine(WorkRunner):
                 live.inbox.remove(buffered)
                 assert self._pending is not None
                 self._pending.inbox.delete(buffered.id)
-                return decode(buffered.value).to_dict()
+                return self.codec.to_journal(self.codec.from_bytes(buffered.value))
         return None
 
     def _drive(self, live: Live, commands: Iterable[m.Command], now: float) -> None:
@@ -687,7 +692,7 @@ class Engine(WorkRunner):
             elif isinstance(command, m.EmitEvent):
                 env = command.envelope
                 pending.batch.appends.append(
-                    NewRecord(env.partitionkey, encode(env), env.id, env.type)
+                    NewRecord(env.partitionkey, self.codec.to_bytes(env), env.id, env.type)
                 )
             elif isinstance(command, m.Finished):
                 self._cleanup(live)
@@ -824,7 +829,7 @@ class Engine(WorkRunner):
         assert self._pending is not None
         if envelope is None and payload is not None:
             try:
-                envelope = decode(payload)
+                envelope = self.codec.from_bytes(payload)
             except MalformedEvent:
                 envelope = None
         value = record.value if record is not None else (payload or b"")

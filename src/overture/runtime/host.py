@@ -20,6 +20,7 @@ import logging
 from collections.abc import Mapping
 
 from ..app import App
+from ..codec import Codec
 from ..errors import Fenced
 from ..ports import Backend, Claim, EngineBackend
 from .clock import Clock, SystemClock
@@ -34,7 +35,7 @@ class Host:
     Args:
         drive: the engines run only when :meth:`run_until_idle` drives them (tests);
             otherwise :meth:`run` keeps them running.
-        Other arguments as for :class:`Engine`.
+        Other arguments (``codec`` included) as for :class:`Engine`.
     """
 
     def __init__(
@@ -48,6 +49,7 @@ class Host:
         threads: int = 16,
         sync_fold: float | None = 0.002,
         drive: bool = False,
+        codec: Codec | None = None,
     ) -> None:
         self.app = app
         self.backend = backend
@@ -57,6 +59,7 @@ class Host:
         self.threads = threads
         self.sync_fold = sync_fold
         self.drive = drive
+        self.codec = codec
         self.engines: dict[int, Engine] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._membership: Claim | None = None
@@ -81,6 +84,7 @@ class Host:
             threads=self.threads,
             sync_fold=self.sync_fold,
             partitions=partitions,
+            codec=self.codec,
         )
 
     # -- lifecycle -------------------------------------------------------------------------

@@ -21,9 +21,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from .. import protocol
+from ..codec import Codec
 from ..core import machine as m
 from ..core.correlation import WaitIndex
-from ..events import Envelope, encode
+from ..events import Envelope
 from ..ports import Log, NewRecord, WaitRow, partition_for
 from .batch import Live, PendingBatch
 
@@ -31,6 +32,7 @@ from .batch import Live, PendingBatch
 class RemoteWaits:
     """Engine mixin: subscriptions to, and deliveries from, other partitions."""
 
+    codec: Codec
     _owned: frozenset[int] | None
     _log: Log
     _pending: PendingBatch | None
@@ -65,7 +67,9 @@ class RemoteWaits:
         assert self._pending is not None
         envelope = Envelope(type=kind, data=data, partitionkey=key)
         self._pending.batch.appends.append(
-            NewRecord(key, encode(envelope), None, kind, partition=partition, internal=True)
+            NewRecord(
+                key, self.codec.to_bytes(envelope), None, kind, partition=partition, internal=True
+            )
         )
 
     def _subscribe_remote(self, wait: WaitRow, home: int) -> None:
@@ -86,7 +90,8 @@ class RemoteWaits:
         assert self._pending is not None and wait.home is not None
         self._pending.waits.delete(wait)
         self._waits.remove(wait)
-        data = {"instance_id": wait.instance_id, "seq": wait.seq, "event": envelope.to_dict()}
+        event = self.codec.to_journal(envelope)
+        data = {"instance_id": wait.instance_id, "seq": wait.seq, "event": event}
         self._send_control(protocol.WAIT_DELIVER, data, key=None, partition=wait.home)
 
     def _remote_control(self, message: protocol.Control, envelope: Envelope, now: float) -> bool:
@@ -110,7 +115,7 @@ class RemoteWaits:
                     pending.waits.delete(wait)
                     self._waits.remove(wait)
         elif isinstance(message, protocol.WaitDeliver):
-            event = Envelope.from_dict(message.event)  # before anything changes
+            event = self.codec.from_dict(message.event)  # before anything changes
             for wait in self._waits.of_instance(message.instance_id):
                 if wait.seq == message.seq and wait.home is None:
                     self._deliver(wait, event, now)
@@ -123,7 +128,8 @@ class RemoteWaits:
         if live is None:
             return
         if live.machine.stuck_reason is not None:
-            self._buffer(wait.instance_id, event, encode(event), f"r:{event.id}", now)
+            self._buffer(wait.instance_id, event, self.codec.to_bytes(event), f"r:{event.id}", now)
             return  # parked: the wait stays, and the event waits with it
         self._clear_wait(wait, withdraw=False)
-        self._drive(live, live.machine.resolve(wait.seq, now, ok=event.to_dict()), now)
+        value = self.codec.to_journal(event)
+        self._drive(live, live.machine.resolve(wait.seq, now, ok=value), now)

@@ -13,12 +13,13 @@ from collections import OrderedDict, deque
 from typing import Any
 
 from ..app import App, HandlerDef
+from ..codec import Codec
 from ..core import machine as m
 from ..core.correlation import WaitIndex
 from ..core.timers import WorkQueue
 from ..core.values import describe_error, to_json
 from ..errors import EventError
-from ..events import Envelope, decode
+from ..events import Envelope
 from ..ports import Record, Store, WaitRow, WorkRow
 from .batch import Live, Outcome, PendingBatch
 from .executor import Executor, StepInfo
@@ -30,6 +31,7 @@ class WorkRunner(RemoteWaits):
 
     # State and operations provided by the engine.
     app: App
+    codec: Codec
     executor: Executor
     _pending: PendingBatch | None
     _work: WorkQueue
@@ -157,7 +159,7 @@ class WorkRunner(RemoteWaits):
                 self._dead_letter_handler_run(row, reason, attempt - 1, now)
                 return
             try:
-                event = self.app.decode(decode(row.payload or b""))
+                event = self.codec.event(self.codec.from_bytes(row.payload or b""))
             except EventError as error:
                 self._dead_letter_handler_run(row, str(error), attempt - 1, now)
                 return

@@ -19,6 +19,7 @@ from types import TracebackType
 from ..app import App
 from ..backends import open_backend
 from ..client import Client
+from ..codec import Codec
 from ..ports import Backend
 from ..runtime.clock import SystemClock, VirtualClock
 from ..runtime.engine import Engine
@@ -36,6 +37,7 @@ class Harness:
         clock: defaults to a :class:`VirtualClock`.
         cache_size: live-instance cache size; 0 forces a replay on every input.
         threads: size of the engine's pool for sync steps and handlers.
+        codec: the codec of the engines and the client (default: ``Codec(app)``).
     """
 
     def __init__(
@@ -47,6 +49,7 @@ class Harness:
         cache_size: int = 10_000,
         batch_size: int = 500,
         threads: int = 16,
+        codec: Codec | None = None,
     ) -> None:
         self.app = app
         self.url = backend or f"memory://{uuid.uuid4().hex}"
@@ -54,8 +57,9 @@ class Harness:
         self.cache_size = cache_size
         self.batch_size = batch_size
         self.threads = threads
+        self.codec = codec
         self.backend: Backend = open_backend(self.url)
-        self.client = Client(self.backend, app=app)
+        self.client = Client(self.backend, app=app, codec=codec)
         self.host = self._new_host()
 
     def _new_host(self) -> Host:
@@ -67,6 +71,7 @@ class Harness:
             batch_size=self.batch_size,
             threads=self.threads,
             drive=True,
+            codec=self.codec,
         )
 
     @property

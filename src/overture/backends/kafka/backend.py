@@ -30,6 +30,7 @@ from ...ports import (
     WaitRow,
     WorkRow,
 )
+from ...protocol import FINAL
 from ..memory import MemoryState
 from .changelog import restore
 from .group import CAPABILITIES, Membership
@@ -108,14 +109,13 @@ class KafkaBackend:
 
 
 _STATUS = InstanceRow.__slots__.index("status")
-_FINAL = ("completed", "failed", "cancelled")
 
 
 def _finished(key: bytes | None, value: bytes | None) -> str | None:
     """The instance id of a changelog record that stores a finished instance."""
     if key is None or value is None or not key.startswith(b'["i",'):
         return None
-    if orjson.loads(value)[_STATUS] not in _FINAL:
+    if orjson.loads(value)[_STATUS] not in FINAL:
         return None
     iid = orjson.loads(key)[1]
     return iid if isinstance(iid, str) else None

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from ... import protocol
 from ...errors import ConfigError
 
 CONFIG_FILE_ENV = "OVERTURE_KAFKA_CONFIG"
@@ -77,19 +78,19 @@ class KafkaSettings:
 
     @property
     def events_topic(self) -> str:
-        return f"{self.namespace}.events"
+        return protocol.events_topic(self.namespace)
 
     @property
     def internal_topic(self) -> str:
-        return f"{self.namespace}.internal"
+        return protocol.internal_topic(self.namespace)
 
     @property
     def changelog_topic(self) -> str:
-        return f"{self.namespace}.changelog"
+        return protocol.changelog_topic(self.namespace)
 
     @property
     def group(self) -> str:
-        return f"{self.namespace}.engine"
+        return protocol.engine_group(self.namespace)
 
     def config(self, **overrides: Any) -> dict[str, Any]:
         """Properties for a confluent-kafka client: ours, the user's, then ``overrides``."""

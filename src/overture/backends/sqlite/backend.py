@@ -29,6 +29,7 @@ from ...ports import (
     WaitRow,
     WorkRow,
 )
+from ...protocol import FINAL
 from ..embedded import claim_whole
 from .document import (
     APPLY_DOCUMENT,
@@ -50,7 +51,7 @@ from .document import (
 from .doorbell import Doorbell
 from .files import connect, environment_error, identity, storage_error
 
-_FINAL = ("completed", "failed", "cancelled")
+_FINAL = tuple(sorted(FINAL))  # as SQL parameters
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v TEXT NOT NULL);

@@ -17,10 +17,11 @@ import time
 from collections.abc import Callable
 
 from ...ports import Batch
+from ...protocol import FINAL
 from .files import connect
 
 _POLL_SECONDS = 0.05
-_FINAL = ("completed", "failed", "cancelled")
+_FINAL = tuple(sorted(FINAL))  # as SQL parameters
 # Doorbell datagrams beyond the plain ring: a client registering its result bell, the
 # engine's acknowledgement, and the ids of the instances a commit finished.
 _REGISTER = b"register "
