@@ -68,8 +68,8 @@ def _app(handled: list[str]) -> ov.App:
     return app
 
 
-def _raw_log(broker: Any) -> list[bytes]:
-    log = broker.log
+def _raw_log(backend: Any) -> list[bytes]:
+    log = backend.log
     return [r.value for p in range(log.partitions) for r in log.read(p, 0, 10_000)]
 
 
@@ -88,7 +88,7 @@ async def test_every_event_travels_encoded_and_is_decoded_where_it_is_read(
         assert instance.status == "completed", instance.error
         assert instance.result == f"{SECRET}/paid-{SECRET}"
         assert handled == [SECRET]  # the handler run's stored event, decoded
-        raw = _raw_log(h.broker)
+        raw = _raw_log(h.backend)
         # the trigger, the payment and the emitted event: none readable without the codec
         assert len(raw) >= 3
         assert all(SECRET.encode() not in value for value in raw)
@@ -97,7 +97,7 @@ async def test_every_event_travels_encoded_and_is_decoded_where_it_is_read(
         seen = {e.envelope.type: e.envelope.data for e in h.client.events() if e.envelope}
         assert seen["order.shipped"] == {"order_id": "o1", "secret": SECRET}
         # a client without the payload codec says why it cannot read them
-        with ov.Client(h.broker) as plain:
+        with ov.Client(h.backend) as plain:
             errors = {e.error for e in plain.events()}
         assert errors == {
             "the event's data is encoded by payload codec 'zlib', which this codec lacks "
@@ -113,7 +113,7 @@ async def test_an_engine_without_the_payload_codec_dead_letters_such_events(
     app = _app([])
     url = "memory://uncoded" if kind == "memory" else f"sqlite:///{tmp_path / 'u.db'}"
     async with Harness(app, url) as h:
-        with ov.Client(h.broker, app=app, codec=Codec(app, payload=Zlib())) as coded:
+        with ov.Client(h.backend, app=app, codec=Codec(app, payload=Zlib())) as coded:
             coded.send(OrderPlaced(order_id="o2", secret=SECRET))
         await h.idle()
         assert h.client.instances() == []
@@ -176,5 +176,5 @@ async def test_an_apps_payload_codec_is_used_by_its_clients_and_engines(
         await h.idle()
         (instance,) = h.client.instances()
         assert instance.status == "completed", instance.error
-        assert all(SECRET.encode() not in value for value in _raw_log(h.broker))
+        assert all(SECRET.encode() not in value for value in _raw_log(h.backend))
     assert payload.encoded >= 3 and payload.decoded >= 3

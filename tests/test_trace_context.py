@@ -200,7 +200,7 @@ async def test_an_engine_that_replays_emits_the_same_bytes(harness: Factory) -> 
     )
 
     def emitted(h: Any) -> list[bytes]:
-        log = h.broker.log
+        log = h.backend.log
         return sorted(
             r.value
             for p in range(log.partitions)

@@ -44,7 +44,7 @@ def test_send_with_the_app_encodes_the_data_with_its_payload_codec(
     data = '{"order_id": "o1", "secret": "swordfish-cli"}'
     ok(invoke("send", "order.placed", "--data", data, "--app", "coded_shop_cli:app"))
     with ov.Client(url) as client:
-        (record,) = client.broker.log.read(0, 0, 10)
+        (record,) = client.backend.log.read(0, 0, 10)
         assert b"swordfish-cli" not in record.value
         assert b'"payloadcodec":"zlib"' in record.value
     # a reader without the app's codec says why it cannot show the event
