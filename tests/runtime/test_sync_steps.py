@@ -107,6 +107,35 @@ async def test_the_pool_size_bounds_how_many_sync_steps_run_at_once() -> None:
     assert peak[0] == 3
 
 
+async def test_blocking_sync_steps_run_as_many_at_once_as_the_pool_has_threads() -> None:
+    """The pool starts with one thread and grows only when its threads are blocked:
+    steps doing 10 ms of I/O still reach the default 16 at once."""
+    app = ov.App("blocking-io")
+    lock = threading.Lock()
+    running = [0]
+    peak = [0]
+
+    def io(job_id: str) -> None:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.01)
+        with lock:
+            running[0] -= 1
+
+    @app.process(trigger=Job, key="job_id")
+    async def run_job(ctx: ov.Context, job: Job) -> None:
+        await ctx.step(io, job.job_id)
+        await ctx.step(io, job.job_id)
+
+    async with Harness(app) as h:
+        assert h.engine.executor.threads == 16
+        h.client.send_many([h.client.envelope(Job(job_id=f"j{i}")) for i in range(96)])
+        await asyncio.wait_for(h.idle(), 20)
+        assert {i.status for i in h.client.instances()} == {"completed"}
+    assert peak[0] == 16
+
+
 async def test_a_pool_needs_a_thread() -> None:
     with pytest.raises(ov.ConfigError, match="at least one thread"):
         Engine(ov.App("none"), open_broker("memory://no-threads"), threads=0)
