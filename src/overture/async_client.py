@@ -78,7 +78,8 @@ class AsyncClient:
                 concurrent sends are unaffected).
         """
         envelope = self.envelope(event, data, key=key, reserved=reserved, **attributes)
-        return (await self.send_many([envelope], reserved=reserved))[0]
+        await self._append(records_of([envelope]))  # envelope() has checked it
+        return envelope.id
 
     def envelope(
         self,
@@ -123,7 +124,7 @@ class AsyncClient:
         :meth:`Client.start`)."""
         envelope = self.envelope(event, data, key=key, **attributes)
         ids = started_by(self.app, envelope, process)
-        await self.send_many([envelope])
+        await self._append(records_of([envelope]))  # envelope() has checked it
         return AsyncStarted(self, envelope.id, ids)
 
     async def _append(self, records: list[NewRecord]) -> Positions:
