@@ -63,8 +63,10 @@ def test_quick_calls_do_not_wake_every_thread() -> None:
                 pool.run(lambda: tracker.call(0))
             time.sleep(0.002)
         assert tracker.all_done.wait(10)
-        assert pool.threads <= 4
-        assert len(tracker.threads) <= 4
+        # one thread here on a quiet machine; a loaded one may deschedule a thread long
+        # enough to look blocked now and then (a pool that wakes one per call: all 16)
+        assert pool.threads <= 8
+        assert len(tracker.threads) <= 8
     finally:
         pool.shutdown()
 
