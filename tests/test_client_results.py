@@ -168,6 +168,24 @@ async def test_result_times_out_cleanly(url: str) -> None:
         await client.close()
 
 
+async def test_a_result_wait_that_ends_without_a_result_leaves_no_waiter(url: str) -> None:
+    """A timed-out or cancelled ``await handle.result()`` forgets its waiter: nothing is
+    kept for an instance nobody waits for any more."""
+    app = make_app()
+    async with Harness(app, url) as h:
+        client = ov.AsyncClient(h.broker, app=app)
+        handle = await client.start(OrderPlaced(order_id="c1", quantity=0))
+        with pytest.raises(TimeoutError):
+            await handle.result(timeout=0.2)
+        task = asyncio.create_task(handle.result(timeout=60))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert client.sync._results._waiting == {}
+        await client.close()
+
+
 def test_start_needs_to_know_the_process(tmp_path: Path) -> None:
     with ov.Client(f"sqlite:///{tmp_path / 'x.db'}") as client:
         with pytest.raises(ov.ConfigError, match="start\\(\\) needs to know the processes"):

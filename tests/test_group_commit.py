@@ -169,3 +169,35 @@ def test_every_acknowledged_send_survives_kill_9(tmp_path: Path) -> None:
     # every committed record counts (more were committed than the kill let us read acks of)
     assert logged >= len(acked)
     assert transactions(db) < logged / 4, (transactions(db), logged)
+
+
+def test_one_callback_gets_each_sends_outcome_in_order(tmp_path: Path) -> None:
+    """``submit_all(sends, done)`` (an AsyncClient's loop iteration): ``done`` is called
+    once, after all of them, with each send's positions or its own error, in order."""
+    from overture.groupcommit import GroupCommitter
+    from overture.ports import NewRecord
+
+    backend = open_backend(f"sqlite:///{tmp_path / 'test.db'}")
+    committer = GroupCommitter(backend.log)
+    calls: list[list[object]] = []
+    called = threading.Event()
+
+    def done(outcomes: list[object]) -> None:
+        calls.append(outcomes)
+        called.set()
+
+    sends = [
+        [NewRecord("a", b"1"), NewRecord("a", b"2")],
+        [NewRecord("b", {"not": "bytes"})],  # type: ignore[arg-type]
+        [NewRecord("c", b"3")],
+    ]
+    committer.submit_all(sends, done)
+    assert called.wait(10)
+    committer.close()
+    assert len(calls) == 1
+    first, second, third = calls[0]
+    assert isinstance(first, list) and len(first) == 2
+    assert isinstance(second, sqlite3.ProgrammingError)
+    assert isinstance(third, list) and len(third) == 1
+    assert [r.value for r in backend.log.read(0, 0, 10)] == [b"1", b"2", b"3"]
+    backend.close()

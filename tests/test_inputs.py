@@ -277,3 +277,33 @@ async def test_the_client_refuses_attributes_the_engine_would_dead_letter(
         await h.idle()
         assert [d.source for d in h.client.dead_letters()] == ["decode"] * 2
         assert effects == []
+
+
+async def test_raw_events_with_attributes_that_are_not_strings_read_alike_everywhere(
+    harness: Factory,
+) -> None:
+    """CloudEvents' ``id``, ``source`` and ``type`` are Strings: a raw event with
+    ``"id": 5`` is dead-lettered for that on every backend (Kafka's binary mode once
+    turned it into the id "5" and ran it), while integer data is data everywhere."""
+    app = ov.App("raw-ints")
+    seen: list[tuple[str, object]] = []
+
+    @app.on("note.added")
+    async def noted(event: ov.Event) -> None:
+        seen.append((event.envelope.id, event.envelope.data))
+
+    def raw(**attributes: object) -> bytes:
+        event = {"specversion": "1.0", "id": "n1", "source": "s", "type": "note.added"}
+        return orjson.dumps({**event, **attributes})
+
+    async with harness(app) as h:
+        h.client.send_raw(raw(id=5, data=7), key="k")
+        h.client.send_raw(raw(source=3), key="k")
+        h.client.send_raw(raw(id="n2", data=8), key="k")
+        await h.idle()
+        assert seen == [("n2", 8)]
+        reasons = sorted(d.reason for d in h.client.dead_letters())
+        assert reasons == [
+            "CloudEvent attribute 'id' must be a string",
+            "CloudEvent attribute 'source' must be a string",
+        ]

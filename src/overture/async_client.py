@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable
-from concurrent.futures import Future
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -87,7 +86,8 @@ class AsyncClient:
                 concurrent sends are unaffected).
         """
         envelope = self.envelope(event, data, key=key, reserved=reserved, **attributes)
-        return (await self.send_many([envelope], reserved=reserved))[0]
+        await self._append(self.sync.codec.records([envelope]))  # envelope() checked it
+        return envelope.id
 
     def envelope(
         self,
@@ -133,7 +133,7 @@ class AsyncClient:
         :meth:`Client.start`)."""
         envelope = self.envelope(event, data, key=key, **attributes)
         ids = started_by(self.app, envelope, process)
-        await self.send_many([envelope])
+        await self._append(self.sync.codec.records([envelope]))  # envelope() checked it
         return AsyncStarted(self, envelope.id, ids)
 
     async def _append(self, records: list[NewRecord]) -> Positions:
@@ -149,13 +149,15 @@ class AsyncClient:
     def _hand_over(self) -> None:
         handing, self._handing = self._handing, []
         loop = asyncio.get_running_loop()
-        futures = self.sync._sends.submit_all([records for records, _ in handing])
-        for (_, waiter), future in zip(handing, futures, strict=True):
+        waiters = [waiter for _, waiter in handing]
 
-            def done(f: Future[Positions], waiter: asyncio.Future[Positions] = waiter) -> None:
-                loop.call_soon_threadsafe(_settle, f, waiter)
+        def done(outcomes: list[Positions | BaseException]) -> None:  # the flusher's thread
+            try:  # one wake-up of the loop for the whole group
+                loop.call_soon_threadsafe(_settle, waiters, outcomes)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
 
-            future.add_done_callback(done)
+        self.sync._sends.submit_all([records for records, _ in handing], done)
 
     # -- results ---------------------------------------------------------------------------
 
@@ -176,13 +178,19 @@ class AsyncClient:
         shown: str | None = None,
     ) -> InstanceRow:
         results = self.sync._results
-        future = await self._run(results.future, instance_id)
+        waiter = results.future_async(instance_id)
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(timeout, _expire, waiter)
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+            # after the watcher is in place: a commit from now on wakes us, one before is seen
+            await self._run(results.check, instance_id)
+            return await waiter
         except TimeoutError:
-            results.forget(instance_id, future)
             error = await self._run(results.timed_out, shown or instance_id, instance_id, timeout)
             raise error from None
+        finally:
+            timer.cancel()
+            results.forget(instance_id, waiter)  # timed out or cancelled (else a no-op)
 
     # -- reading and operating ---------------------------------------------------------------
 
@@ -246,12 +254,19 @@ class AsyncClient:
         return await asyncio.to_thread(fn, *args)
 
 
-def _settle(outcome: Future[Positions], waiter: asyncio.Future[Positions]) -> None:
-    """Pass a committed (or failed) send's outcome to its waiting coroutine."""
-    if waiter.cancelled():
-        return
-    error = outcome.exception()
-    if error is not None:
-        waiter.set_exception(error)
-    else:
-        waiter.set_result(outcome.result())
+def _expire(waiter: asyncio.Future[Any]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+def _settle(
+    waiters: list[asyncio.Future[Positions]], outcomes: list[Positions | BaseException]
+) -> None:
+    """Pass committed (or failed) sends' outcomes to their waiting coroutines."""
+    for waiter, outcome in zip(waiters, outcomes, strict=True):
+        if waiter.cancelled():
+            continue
+        if isinstance(outcome, BaseException):
+            waiter.set_exception(outcome)
+        else:
+            waiter.set_result(outcome)

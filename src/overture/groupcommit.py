@@ -13,7 +13,10 @@ caller retrying a failed send would; engines start one instance per event id.)
 
 An :class:`~overture.AsyncClient` hands over, as one queue item, every send its event
 loop started in one iteration (``asyncio.gather`` of many sends is one iteration), so those
-share an append whatever the threads' timing; threads' sends group as they arrive.
+share an append whatever the threads' timing; threads' sends group as they arrive. It
+passes one callback for all of them (:meth:`GroupCommitter.submit_all` with ``done``)
+rather than a ``Future`` each: the callback wakes its loop once for the whole group, where
+a future each cost a ``Condition`` and a loop wake-up per send.
 
 The flusher exits when it has been idle for a second and starts again on the next send,
 so a client that is never closed leaves no thread behind for long.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
@@ -34,7 +38,49 @@ if TYPE_CHECKING:
     from .ports import AppendLog
 
 Positions = list[tuple[int, int] | None]
-Pending = tuple["Sequence[NewRecord]", Future[Positions]]
+Done = Callable[[list["Positions | BaseException"]], None]
+"""Called once, from the flusher thread, with each send's positions or error, in order."""
+
+
+class _Group:
+    """The outcomes of sends handed over with one ``done`` callback, as they commit."""
+
+    __slots__ = ("done", "left", "outcomes")
+
+    def __init__(self, count: int, done: Done) -> None:
+        self.done = done
+        self.left = count
+        self.outcomes: list[Positions | BaseException] = [[] for _ in range(count)]
+
+    def settle(self, index: int, outcome: Positions | BaseException) -> None:
+        """Only the flusher thread calls this: no lock needed."""
+        self.outcomes[index] = outcome
+        self.left -= 1
+        if not self.left:
+            self.done(self.outcomes)
+
+
+class _Slot:
+    """One send of a :class:`_Group`, with the same two methods the flusher uses on a
+    ``Future``."""
+
+    __slots__ = ("group", "index")
+
+    def __init__(self, group: _Group, index: int) -> None:
+        self.group = group
+        self.index = index
+
+    def set_running_or_notify_cancel(self) -> bool:
+        return True
+
+    def set_result(self, positions: Positions) -> None:
+        self.group.settle(self.index, positions)
+
+    def set_exception(self, error: BaseException) -> None:
+        self.group.settle(self.index, error)
+
+
+Pending = tuple["Sequence[NewRecord]", "Future[Positions] | _Slot"]
 _MAX_RECORDS = 2000  # per shared append: bounds one transaction's size and latency
 _IDLE_SECONDS = 1.0
 
@@ -58,12 +104,22 @@ class GroupCommitter:
     def submit(self, records: Sequence[NewRecord]) -> Future[Positions]:
         """Queue records for the next shared append; the future resolves to their
         positions (``None`` for a duplicate event id) once they are committed."""
-        return self.submit_all([records])[0]
+        future: Future[Positions] = Future()
+        self._enqueue([(records, future)])
+        return future
 
-    def submit_all(self, sends: Sequence[Sequence[NewRecord]]) -> list[Future[Positions]]:
+    def submit_all(self, sends: Sequence[Sequence[NewRecord]], done: Done) -> None:
         """Queue several senders' records together, so they share the next append (each
-        still succeeds or fails on its own); one future per sender, as :meth:`submit`."""
-        pending: list[Pending] = [(records, Future()) for records in sends]
+        still succeeds or fails on its own); once all are committed or failed, ``done``
+        gets each one's positions (as :meth:`submit`) or error, in order, from the
+        flusher thread."""
+        group = _Group(len(sends), done)
+        if not sends:
+            done([])
+            return
+        self._enqueue([(records, _Slot(group, i)) for i, records in enumerate(sends)])
+
+    def _enqueue(self, pending: list[Pending]) -> None:
         chunk: list[Pending] = []
         size = 0
         for item in pending:  # items of at most _MAX_RECORDS (bar one large send)
@@ -79,7 +135,6 @@ class GroupCommitter:
                     target=self._flush, name="overture-group-commit", daemon=True
                 )
                 self._thread.start()
-        return [future for _, future in pending]
 
     def append(self, records: Sequence[NewRecord]) -> Positions:
         """Append and block until committed (the synchronous form of :meth:`submit`)."""
@@ -160,7 +215,7 @@ class GroupCommitter:
             future.set_result(positions[start : start + len(records)])
             start += len(records)
 
-    def _one(self, records: Sequence[NewRecord], future: Future[Positions]) -> None:
+    def _one(self, records: Sequence[NewRecord], future: Future[Positions] | _Slot) -> None:
         try:
             self.appends += 1
             future.set_result(self._log.append(records))

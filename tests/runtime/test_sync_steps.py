@@ -107,6 +107,35 @@ async def test_the_pool_size_bounds_how_many_sync_steps_run_at_once() -> None:
     assert peak[0] == 3
 
 
+async def test_blocking_sync_steps_run_as_many_at_once_as_the_pool_has_threads() -> None:
+    """The pool starts with one thread and grows only when its threads are blocked:
+    steps doing 10 ms of I/O still reach the default 16 at once."""
+    app = ov.App("blocking-io")
+    lock = threading.Lock()
+    running = [0]
+    peak = [0]
+
+    def io(job_id: str) -> None:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.01)
+        with lock:
+            running[0] -= 1
+
+    @app.process(trigger=Job, key="job_id")
+    async def run_job(ctx: ov.Context, job: Job) -> None:
+        await ctx.step(io, job.job_id)
+        await ctx.step(io, job.job_id)
+
+    async with Harness(app) as h:
+        assert h.engine.executor.threads == 16
+        h.client.send_many([h.client.envelope(Job(job_id=f"j{i}")) for i in range(96)])
+        await asyncio.wait_for(h.idle(), 20)
+        assert {i.status for i in h.client.instances()} == {"completed"}
+    assert peak[0] == 16
+
+
 async def test_a_pool_needs_a_thread() -> None:
     with pytest.raises(ov.ConfigError, match="at least one thread"):
         Engine(ov.App("none"), open_backend("memory://no-threads"), threads=0)
@@ -172,17 +201,18 @@ async def test_an_async_step_blocking_the_loop_is_named(caplog: pytest.LogCaptur
     assert "step 'test_an_async_step_blocking_the_loop_is_named.<locals>.crunch'" in lines[0]
 
 
-async def test_a_step_abandoned_before_it_started_never_runs() -> None:
-    """One thread, busy: a queued step's attempt overruns its timeout before a thread
-    takes it. The attempt fails, and the abandoned call must not run the function later
-    anyway (behind the failure already reported, alongside any retry)."""
+async def test_a_sync_step_timeout_counts_from_when_it_starts_running() -> None:
+    """One thread, busy for 0.6 s: a step queued behind it with a 0.3 s timeout waits
+    longer than its timeout for the thread, then runs in 0.05 s. Its time limit is for
+    running, not for waiting in the pool's queue, so it succeeds (and runs once)."""
     app = ov.App("queued")
     ran: list[str] = []
 
     def busy(job_id: str) -> None:
         time.sleep(0.6)
 
-    def late(job_id: str) -> None:
+    def quick(job_id: str) -> None:
+        time.sleep(0.05)
         ran.append(job_id)
 
     @app.process(trigger=Job, key="job_id")
@@ -192,7 +222,7 @@ async def test_a_step_abandoned_before_it_started_never_runs() -> None:
             return "busy"
         try:
             await ctx.step(
-                late, job.job_id, timeout=timedelta(seconds=0.2), retry=ov.Retry(max_attempts=1)
+                quick, job.job_id, timeout=timedelta(seconds=0.3), retry=ov.Retry(max_attempts=1)
             )
         except ov.StepFailed as failure:
             return f"gave up: {failure}"
@@ -203,7 +233,52 @@ async def test_a_step_abandoned_before_it_started_never_runs() -> None:
         await asyncio.sleep(0.1)  # its step holds the only thread
         h.client.send(Job(job_id="queued", hang=True))
         await asyncio.wait_for(h.idle(), 20)
-        await asyncio.sleep(0.3)  # the thread is free again: a leftover call would run now
         by_key = {i.key: i for i in h.client.instances()}
-        assert "timed out after 0.2s" in str(by_key["queued"].result)
-    assert ran == []
+        assert by_key["queued"].result == "ran"
+    assert ran == ["queued"]
+
+
+async def test_a_sync_step_overrunning_after_a_wait_in_the_queue_is_abandoned(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The same queue, but the queued step itself runs past its 0.3 s limit: it is
+    abandoned 0.3 s after it started (not earlier, not never)."""
+    caplog.set_level(logging.WARNING, logger="overture.engine")
+    app = ov.App("queued-slow")
+    release = threading.Event()
+    started: list[float] = []
+    failed: list[float] = []
+
+    def busy(job_id: str) -> None:
+        time.sleep(0.5)
+
+    def hang(job_id: str) -> None:
+        started.append(time.monotonic())
+        release.wait(10)
+
+    @app.process(trigger=Job, key="job_id")
+    async def run_job(ctx: ov.Context, job: Job) -> str:
+        if not job.hang:
+            await ctx.step(busy, job.job_id)
+            return "busy"
+        try:
+            await ctx.step(
+                hang, job.job_id, timeout=timedelta(seconds=0.3), retry=ov.Retry(max_attempts=1)
+            )
+        except ov.StepFailed as failure:
+            failed.append(time.monotonic())
+            return f"gave up: {failure}"
+        return "ran"
+
+    try:
+        async with Harness(app, threads=1) as h:
+            h.client.send(Job(job_id="first"))
+            await asyncio.sleep(0.1)
+            h.client.send(Job(job_id="queued", hang=True))
+            await asyncio.wait_for(h.idle(), 20)
+            by_key = {i.key: i for i in h.client.instances()}
+            assert "timed out after 0.3s" in str(by_key["queued"].result)
+    finally:
+        release.set()
+    assert len(started) == 1
+    assert 0.25 <= failed[0] - started[0] < 1.0

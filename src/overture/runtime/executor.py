@@ -244,12 +244,11 @@ class Executor:
         finished = self._finished
 
         def run() -> bool:  # in a pool thread; True: abandoned, so this thread leaves
-            call.started = time.monotonic()
+            # Its time limit counts from here (read by _expire under the same lock), so a
+            # call is never abandoned while it waits for a thread and cannot be abandoned
+            # before it runs.
             with self._drain_lock:
-                if call.abandoned:
-                    # its time ran out while it waited for a thread: the attempt has
-                    # failed already, so the function must not run behind that failure
-                    return True
+                call.started = time.monotonic()
             try:
                 outcome = (call, True, context.run(fn, *args, **kwargs))
             except BaseException as error:  # reported as the attempt's failure
@@ -350,11 +349,21 @@ class Executor:
             self._sync_idle.set()
 
     def _expire(self, call: _SyncCall, limit: float) -> None:
-        """A sync call overran its time limit: fail the attempt and lend the pool a
-        thread in place of the one the call keeps (a thread cannot be stopped)."""
+        """A sync call may have overrun its time limit: fail the attempt and lend the
+        pool a thread in place of the one the call keeps (a thread cannot be stopped).
+
+        The timer is set when the call is queued, and the limit counts from when a
+        thread starts it, which only its thread knows: a call that waited in the queue
+        gets its timer set again for what is left (rather than one cross-thread
+        ``call_soon_threadsafe`` per call to arm the timer as it starts)."""
         with self._drain_lock:
             if call.settled or call.returned:
                 return  # returned just in time: its outcome is on its way to _drain
+            left = limit if not call.started else call.started + limit - time.monotonic()
+            if left > 0:
+                assert self._loop is not None
+                call.timer = self._loop.call_later(left, self._expire, call, limit)
+                return
             call.abandoned = True
         self._settle(call)
         self._pool.abandon()

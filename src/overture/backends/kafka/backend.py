@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from confluent_kafka import KafkaException, Producer, TopicPartition
 
-from ...errors import BrokerUnavailable
+from ...errors import BrokerUnavailable, EventError
 from ...ports import (
     DeadLetter,
     EngineBackend,
@@ -37,9 +37,10 @@ from .group import CAPABILITIES, Membership
 from .reading import high_watermarks, read_changelog, read_to_end, reader, record_of
 from .settings import KafkaSettings, parse
 from .topics import ensure_topics
-from .writing import produce_record
+from .writing import place_record, send
 
 SEND_TIMEOUT = 30.0
+_MAX_MESSAGE = 1_000_000  # librdkafka's default message.max.bytes
 
 
 class KafkaBackend:
@@ -149,6 +150,7 @@ class KafkaLog:
         """Publish and wait for the acknowledgements.
 
         Raises:
+            EventError: a record is larger than a Kafka message may be (nothing written).
             BrokerUnavailable: not acknowledged within 30 s (nothing is known to be written;
                 sending again is safe: engines start one instance per event id).
         """
@@ -177,14 +179,29 @@ class KafkaLog:
 
                 return report
 
-            for index, record in enumerate(records):
+            placed = []
+            for record in records:
                 self._rr += 1
-                produce_record(
+                placed.append(place_record(record, self._partitions, self._rr))
+            # Checked for all before producing any: the producer refuses a message over
+            # its limit only when it comes to it, after the ones before it were queued.
+            limit = int(self._settings.config().get("message.max.bytes", _MAX_MESSAGE))
+            for record, one in zip(records, placed, strict=True):
+                if one.size > limit:
+                    raise EventError(
+                        f"event {record.event_id or '(raw bytes)'} is {one.size:,} bytes as a "
+                        f"Kafka message, over Kafka's limit of {limit:,} bytes "
+                        "(the producer's message.max.bytes); nothing was written"
+                    )
+            topic = self._settings.events_topic
+            for index, one in enumerate(placed):
+                send(
                     producer,
-                    self._settings.events_topic,
-                    record,
-                    self._partitions,
-                    self._rr,
+                    topic,
+                    one.value,
+                    one.key,
+                    one.partition,
+                    one.headers,
                     delivered(index),
                 )
             left = producer.flush(SEND_TIMEOUT + 5)
