@@ -69,18 +69,18 @@ class Running:
 
 @asynccontextmanager
 async def Harness(app: ov.App, url: str, **_: object) -> AsyncIterator[Running]:
-    """A live engine (as ``overture run`` runs it) and a sync client on one broker."""
-    broker = open_backend(url)
-    host = Host(app, broker)
+    """A live engine (as ``overture run`` runs it) and a sync client on one backend."""
+    backend = open_backend(url)
+    host = Host(app, backend)
     await host.start()
-    client = ov.Client(broker, app=app)
+    client = ov.Client(backend, app=app)
     try:
-        yield Running(broker, client)
+        yield Running(backend, client)
     finally:
         await host.stop(grace=0)
         client.close()
         if not url.startswith("memory:"):
-            broker.close()
+            backend.close()
 
 
 def counting(store: Any) -> list[float]:
@@ -173,7 +173,7 @@ async def test_a_result_wait_that_ends_without_a_result_leaves_no_waiter(url: st
     kept for an instance nobody waits for any more."""
     app = make_app()
     async with Harness(app, url) as h:
-        client = ov.AsyncClient(h.broker, app=app)
+        client = ov.AsyncClient(h.backend, app=app)
         handle = await client.start(OrderPlaced(order_id="c1", quantity=0))
         with pytest.raises(TimeoutError):
             await handle.result(timeout=0.2)
