@@ -139,7 +139,6 @@ class Engine:
                 self._work,
                 self.executor,
                 self.clock.now,
-                options.batch_size,
                 options.fold_seconds,
                 self.stats,
             )

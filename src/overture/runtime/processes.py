@@ -30,7 +30,6 @@ class Processes:
         work: work rows and outcomes.
         executor: runs steps and handlers (its rounds count the sync calls to fold).
         clock_now: the engine clock (instance rows record their update time by it).
-        batch_size: bounds the outcomes one batch applies (four per record).
         sync_fold: seconds a batch may wait per fold round (0: never fold).
         stats: the engine's counters (``folded``).
     """
@@ -42,7 +41,6 @@ class Processes:
         work: Work,
         executor: Executor,
         clock_now: Callable[[], float],
-        batch_size: int,
         sync_fold: float,
         stats: dict[str, int],
     ) -> None:
@@ -51,10 +49,8 @@ class Processes:
         self._work = work
         self._executor = executor
         self._now = clock_now
-        self._batch_size = batch_size
         self._sync_fold = sync_fold
         self._stats = stats
-        self._budget = 0
 
     # -- Participant -----------------------------------------------------------------------
 
@@ -67,16 +63,14 @@ class Processes:
     def advance(self, stage: Stage, now: float) -> bool:
         did = self._take_due(stage, now)
         # Outcomes include steps that finished eagerly while this batch was being built;
-        # the budget bounds a process that loops over trivial steps forever.
-        self._budget = budget = self._batch_size * 4
-        while budget > 0:
+        # the stage's budget bounds a process that loops over trivial steps forever.
+        while stage.outcome_budget > 0:
             outcome = self._work.next_outcome()
             if outcome is None:
                 break
             did = True
-            budget -= 1
+            stage.outcome_budget -= 1
             self.apply(stage, outcome, now)
-        self._budget = budget
         return did
 
     def seal(self, stage: Stage, now: float) -> None:
@@ -119,7 +113,7 @@ class Processes:
 
     def _fold(self, stage: Stage, now: float) -> None:
         """Apply in this batch the outcomes of the quick sync calls it started (see
-        ``sync_fold``), within what is left of the batch's outcome budget.
+        ``sync_fold``), within what is left of the stage's outcome budget.
 
         Each round waits for the calls started since the previous one (applying an
         outcome usually starts the instance's next step): at most ``sync_fold`` per
@@ -129,20 +123,20 @@ class Processes:
         limit = self._sync_fold
         if not limit:
             return
-        budget = self._budget
         clock = time.monotonic
         left = limit * _FOLD_ROUNDS_WAITING  # the batch's whole waiting allowance
         work = self._work
-        while left > 0 and budget > 0 and executor.round_started and not work.stopping:
+        while (
+            left > 0 and stage.outcome_budget > 0 and executor.round_started and not work.stopping
+        ):
             began = clock()
             executor.wait_round(min(limit, left))  # reports through the outcomes' done
             left -= clock() - began
             executor.begin_round()  # count only what applying these outcomes starts
-            while budget > 0:
+            while stage.outcome_budget > 0:
                 outcome = work.next_outcome()
                 if outcome is None:
                     break
-                budget -= 1
+                stage.outcome_budget -= 1
                 self._stats["folded"] += 1
                 self.apply(stage, outcome, now)
-        self._budget = budget

@@ -71,17 +71,18 @@ class Stage:
 
     Args:
         group: the consumer group whose offsets the batch commits.
-        inline_budget: how many eager step results may be applied on the spot (the rest
-            become outcomes of this batch), bounding a process that loops over trivial
-            steps forever.
+        budget: how many eager step results may be applied on the spot (the rest
+            become outcomes of this batch), and how many reported outcomes the batch
+            applies, each: bounds a process that loops over trivial steps forever.
     """
 
-    def __init__(self, group: str, inline_budget: int) -> None:
+    def __init__(self, group: str, budget: int) -> None:
         self.batch = Batch(group)
         self.work: Staged[str, WorkRow | None] = Staged(self.batch.work, None)
         self.waits: Staged[WaitRow, bool] = Staged(self.batch.waits, False)
         self.inbox: Staged[str, InboxRow | None] = Staged(self.batch.inbox, None)
-        self.inline_budget = inline_budget
+        self.inline_budget = budget
+        self.outcome_budget = budget
         # (process, event source, event id) -> the ids its instance may have
         self.trigger_ids: dict[tuple[str, str, str], tuple[str, str]] = {}
         self.existing: set[str] = set()  # of those, instances already in the store
