@@ -152,16 +152,25 @@ class Engine:
         self._unsubscribe: Callable[[], None] | None = None
         self._restore_gc: Callable[[], None] | None = None
 
+    # Read-only views of the options, which these names were attributes of before.
     @property
     def cache_size(self) -> int:
+        """``options.cache_size``."""
         return self.options.cache_size
 
     @property
     def batch_size(self) -> int:
+        """``options.batch_size``."""
         return self.options.batch_size
 
     @property
+    def gc_threshold(self) -> int | None:
+        """``options.gc_threshold``."""
+        return self.options.gc_threshold
+
+    @property
     def sync_fold(self) -> float:
+        """``options.sync_fold`` in seconds (0.0: never fold)."""
         return self.options.fold_seconds
 
     # -- lifecycle ---------------------------------------------------------------------------

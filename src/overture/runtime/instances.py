@@ -74,8 +74,10 @@ class Instances:
     def __len__(self) -> int:
         return len(self._cache)
 
-    def cached(self, instance_id: str) -> bool:
-        return instance_id in self._cache
+    def not_cached(self, instance_ids: Iterable[str]) -> list[str]:
+        """Those of ``instance_ids`` that are not in the cache."""
+        cache = self._cache
+        return [i for i in instance_ids if i not in cache]
 
     def active(self, key: str) -> list[str]:
         """The running instances with this key (a copy)."""

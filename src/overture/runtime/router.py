@@ -84,8 +84,9 @@ class Router:
                     stage.trigger_ids[(definition.name, envelope.source, envelope.id)] = ids
                 for wait in self._waits.match(envelope.type, envelope.partitionkey):
                     wanted.add(wait.instance_id)
-        cached = self._instances.cached
-        candidates = [i for ids in stage.trigger_ids.values() for i in ids if not cached(i)]
+        candidates = self._instances.not_cached(
+            [i for ids in stage.trigger_ids.values() for i in ids]
+        )
         if candidates:
             stage.existing |= self._store.existing(candidates)
         self._instances.read_ahead(stage, wanted)

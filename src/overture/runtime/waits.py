@@ -8,6 +8,8 @@ at start, so routing an event never reads the store to find its waiters.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..core.correlation import WaitIndex
 from ..ports import WaitRow
 from .remote import RemoteWaits
@@ -29,19 +31,17 @@ class Waits:
         self._index = index
         self._work = work
         self._remote = remote
+        # the index's own lookups, bound once: routing calls them for every record
+        self.match: Callable[[str, str | None], list[WaitRow]] = index.match
+        """The waits an event of this type and key resolves (or, for subscriptions of
+        another partition, is forwarded to)."""
+        self.of_instance: Callable[[str], list[WaitRow]] = index.of_instance
+        """The waits of one instance."""
 
     def load(self, rows: list[WaitRow]) -> None:
         """Index the stored waits (at start)."""
         for row in rows:
             self._index.add(row)
-
-    def match(self, event_type: str, key: str | None) -> list[WaitRow]:
-        """The waits an event of this type and key resolves (or, for subscriptions of
-        another partition, is forwarded to)."""
-        return self._index.match(event_type, key)
-
-    def of_instance(self, instance_id: str) -> list[WaitRow]:
-        return self._index.of_instance(instance_id)
 
     def add(self, stage: Stage, wait: WaitRow, home: int) -> None:
         """Start a wait of an instance of partition ``home``; one on a key another

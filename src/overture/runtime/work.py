@@ -11,9 +11,9 @@ an instance is ``Instances``' job.
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Callable
+from time import monotonic
 from typing import Any
 
 from ..app import App, HandlerDef
@@ -122,9 +122,7 @@ class Work:
         observer = self._observer
 
         def done(ok: bool, value: Any) -> None:
-            observer.step_finished(
-                info.name, attempt, info.instance_id, ok, time.monotonic() - began
-            )
+            observer.step_finished(info.name, attempt, info.instance_id, ok, monotonic() - began)
             self.report(Outcome(work_id, attempt, ok, value, stored, began))
 
         return done
@@ -166,39 +164,40 @@ class Work:
         else gets its stored row at once and ``(False, None)`` is returned.
         """
         work_id = call.idempotency_key  # "<instance>:<seq>", as the work row's id
-        row = WorkRow(work_id, "step", now, 1, call.instance_id, call.seq, call.name)
+        name, iid = call.name, call.instance_id
         if self._stopping:  # runs after the restart
-            self.put(stage, row)
+            self.put(stage, WorkRow(work_id, "step", now, 1, iid, call.seq, name))
             return False, None
-        info = StepInfo(work_id, 1, call.instance_id, call.name)
-        began = time.monotonic()
-        self._observer.step_started(call.name, 1, call.instance_id)
-        done = self._reporter(work_id, 1, info, began)  # for a call that suspended
+        observer = self._observer
+        info = StepInfo(work_id, 1, iid, name)
+        observer.step_started(name, 1, iid)
+        began = monotonic()
+
+        def done(ok: bool, value: Any) -> None:  # for a call that suspended
+            observer.step_finished(name, 1, iid, ok, monotonic() - began)
+            self.report(Outcome(work_id, 1, ok, value, True, began))
+
+        # (the hot path of every trivial step: no work row is made unless it is stored)
         eager = self._executor.start(
             call.fn, call.args, call.kwargs, info, call.timeout, done, inline=call.inline
         )
-        if eager is not None and eager[0]:
-            self._observer.step_finished(
-                call.name, 1, call.instance_id, True, time.monotonic() - began
-            )
-            try:
-                value = to_json(eager[1])
-            except Exception as exc:
-                eager = (False, TypeError(f"step result is not JSON-serializable: {exc}"))
-            else:
-                if stage.inline_budget > 0:
-                    stage.inline_budget -= 1
-                    return True, value
-                self._outcomes.append(Outcome(work_id, 1, True, value, False, began))
-                return False, None
-        elif eager is not None:
-            self._observer.step_finished(
-                call.name, 1, call.instance_id, False, time.monotonic() - began
-            )
-        self.put(stage, row)
+        if eager is not None:
+            observer.step_finished(name, 1, iid, eager[0], monotonic() - began)
+            if eager[0]:
+                try:
+                    value = to_json(eager[1])
+                except Exception as exc:
+                    eager = (False, TypeError(f"step result is not JSON-serializable: {exc}"))
+                else:
+                    if stage.inline_budget > 0:
+                        stage.inline_budget -= 1
+                        return True, value
+                    self._outcomes.append(Outcome(work_id, 1, True, value, False, began))
+                    return False, None
+        self.put(stage, WorkRow(work_id, "step", now, 1, iid, call.seq, name))
         self._inflight.add(work_id)
         if eager is not None:  # failed at once: retried (or failed for good) through its row
-            self._outcomes.append(Outcome(work_id, 1, *eager, True, began))
+            self._outcomes.append(Outcome(work_id, 1, eager[0], eager[1], True, began))
         return False, None
 
     def attempt_step(self, row: WorkRow, call: m.StepCall) -> None:
@@ -206,7 +205,7 @@ class Work:
         assert row.instance_id is not None  # a step row belongs to an instance
         info = StepInfo(call.idempotency_key, row.attempt, row.instance_id, call.name)
         self._inflight.add(row.id)
-        began = time.monotonic()
+        began = monotonic()
         self._observer.step_started(call.name, row.attempt, row.instance_id)
         done = self._reporter(row.id, row.attempt, info, began)
         outcome = self._executor.start(
@@ -262,7 +261,7 @@ class Work:
         attempt = row.attempt
         info = StepInfo(f"{handler.name}:{event.envelope.id}", attempt, None, handler.name)
         self._inflight.add(row.id)
-        began = time.monotonic()
+        began = monotonic()
         self._observer.step_started(handler.name, attempt, None)
         done = self._reporter(row.id, attempt, info, began)
         outcome = self._executor.start(handler.fn, (event,), {}, info, None, done)
