@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import overture as ov
-from overture.runtime.batch import Outcome
+from overture.runtime.staging import Outcome
 
 from .conftest import Factory
 
@@ -161,7 +161,7 @@ async def test_an_outcome_of_an_older_attempt_is_discarded(harness: Factory) -> 
         work_id = f"{instance.id}:1"
         assert attempts == [1]
         # attempt 1's outcome arrives again, late (a duplicated report), this time "ok"
-        h.engine._outcomes.append(Outcome(work_id, 1, True, "stale attempt 1"))
+        h.engine._work.report(Outcome(work_id, 1, True, "stale attempt 1"))
         await h.idle()
         assert h.client.instances()[0].result is None
         await h.advance(10)

@@ -369,7 +369,7 @@ async def test_eager_steps_beyond_the_batch_budget_survive_a_crash(harness: Fact
         for i in range(10):
             h.client.send("go", {}, key=f"k{i}")
         assert await h.engine._iterate()  # one commit...
-        assert h.engine._outcomes  # ...with eager step outcomes left over by the budget
+        assert h.engine._work.has_outcomes()  # ...with eager step outcomes left over by the budget
         await h.restart()  # a crash right after that commit
         await h.idle()
         instances = h.client.instances()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 
 import orjson
 import pytest
@@ -15,6 +16,7 @@ from overture.backends.kafka.backend import KafkaBackend
 from overture.errors import BrokerUnavailable, ConfigError
 from overture.ports import partition_for
 from overture.runtime.host import Host
+from overture.runtime.observer import Observer
 from overture.testing import Harness
 
 from ..conftest import kafka_url
@@ -164,13 +166,28 @@ def test_an_unreachable_broker_is_a_clear_error() -> None:
     assert time.monotonic() - started < 30
 
 
+class Owned(Observer):
+    """Follows the partitions a host owns from the rebalances it reports."""
+
+    def __init__(self) -> None:
+        self.owned: set[int] = set()
+        self.revoked: set[int] = set()
+
+    def rebalance(self, assigned: Sequence[int], revoked: Sequence[int]) -> None:
+        assert not (set(assigned) & self.owned), "assigned a partition it already owned"
+        self.owned |= set(assigned)
+        self.owned -= set(revoked)
+        self.revoked |= set(revoked)
+
+
 async def test_a_rebalance_moves_waiting_instances_to_the_other_member(
     kafka_bootstrap: str,
 ) -> None:
     url = kafka_url(kafka_bootstrap, partitions=4)
     app = make_app()
-    first = Host(app, open_backend(url))
-    second = Host(app, open_backend(url))
+    first_seen, second_seen = Owned(), Owned()
+    first = Host(app, open_backend(url), observer=first_seen)
+    second = Host(app, open_backend(url), observer=second_seen)
     client = ov.Client(url, app=app)
     try:
         await first.start()
@@ -201,6 +218,9 @@ async def test_a_rebalance_moves_waiting_instances_to_the_other_member(
             await asyncio.sleep(0.1)
         results = {i.key: i.result for i in client.instances()}
         assert results == {order: n for n, order in enumerate(orders)}
+        # the observers followed it: the survivor was assigned what the first gave up
+        assert second_seen.owned == set(second.engines) == {0, 1, 2, 3}
+        assert first_seen.revoked
     finally:
         await first.stop()
         await second.stop()

@@ -113,6 +113,7 @@ def run(
     ] = "INFO",
 ) -> None:
     """Run an engine for MODULE:APP until Ctrl-C or SIGTERM, then drain and exit 0."""
+    from ..runtime.options import EngineOptions
     from .serve import configure_logging, serve
 
     if log_level.upper() not in LOG_LEVELS:
@@ -128,9 +129,9 @@ def run(
             serve(
                 app,
                 backend,
-                cache_size=cache_size,
-                batch_size=batch_size,
-                threads=threads,
+                options=EngineOptions(
+                    cache_size=cache_size, batch_size=batch_size, threads=threads
+                ),
                 partitions=partitions,
                 grace=grace,
             )

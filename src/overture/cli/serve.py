@@ -18,6 +18,7 @@ from ..backends import open_backend
 from ..errors import BrokerUnavailable, OvertureError
 from ..ports import Backend
 from ..runtime.host import Host
+from ..runtime.options import EngineOptions
 from .common import CliError, stderr_line
 
 log = logging.getLogger("overture.cli")
@@ -36,15 +37,15 @@ async def serve(
     app: App,
     url: str,
     *,
-    cache_size: int,
-    batch_size: int,
-    threads: int = 16,
+    options: EngineOptions,
     partitions: int | None,
     grace: float = 5.0,
 ) -> None:
     """Run an engine for ``app`` on ``url`` until SIGINT/SIGTERM, then drain and return.
 
     Args:
+        options: how the engines run.
+        partitions: partitions of a new log (an existing log keeps its count).
         grace: seconds running steps get to finish once a stop is requested; steps still
             running then are abandoned and run again after the next start.
 
@@ -58,7 +59,7 @@ async def serve(
         log.info("stopped before the broker answered")
         return
     try:
-        host = Host(app, backend, cache_size=cache_size, batch_size=batch_size, threads=threads)
+        host = Host(app, backend, options=options)
         await host.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

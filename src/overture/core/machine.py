@@ -454,6 +454,12 @@ class Machine:
         self._append(entry)
         return self._activate(entry)
 
+    def park(self, reason: str) -> None:
+        """Park the instance as stuck for a reason the runtime found (its version is not
+        registered in this app, say): it takes no input until fixed code replays it."""
+        self.stuck_reason = reason
+        self.status = STUCK
+
     def close(self) -> None:
         """Drop the coroutines (cache eviction); the journal keeps everything.
 

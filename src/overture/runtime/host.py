@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Mapping
+from typing import Unpack
 
 from ..app import App
 from ..codec import Codec
 from ..errors import Fenced
 from ..ports import Backend, Claim, EngineBackend
 from .clock import Clock, SystemClock
-from .engine import Engine
+from .engine import Engine, EngineKeywords
+from .options import EngineOptions
 
 log = logging.getLogger("overture.host")
 
@@ -33,9 +36,14 @@ class Host:
     """Runs the engines of ``app`` for the partitions this process owns.
 
     Args:
+        clock: time source of every engine.
+        options: how each engine runs (its ``partitions`` are set per engine); its
+            ``observer`` is also told of rebalances.
         drive: the engines run only when :meth:`run_until_idle` drives them (tests);
             otherwise :meth:`run` keeps them running.
-        Other arguments (``codec`` included) as for :class:`Engine`.
+        codec: turns records into events and back, for every engine (as for
+            :class:`Engine`).
+        **keywords: options one by one, overriding ``options`` (as for :class:`Engine`).
     """
 
     def __init__(
@@ -44,20 +52,18 @@ class Host:
         backend: Backend,
         *,
         clock: Clock | None = None,
-        cache_size: int = 10_000,
-        batch_size: int = 500,
-        threads: int = 16,
-        sync_fold: float | None = 0.002,
+        options: EngineOptions | None = None,
         drive: bool = False,
         codec: Codec | None = None,
+        **keywords: Unpack[EngineKeywords],
     ) -> None:
+        options = options or EngineOptions()
+        if keywords:
+            options = dataclasses.replace(options, **keywords)
         self.app = app
         self.backend = backend
         self.clock: Clock = clock or SystemClock()
-        self.cache_size = cache_size
-        self.batch_size = batch_size
-        self.threads = threads
-        self.sync_fold = sync_fold
+        self.options = options
         self.drive = drive
         self.codec = codec
         self.engines: dict[int, Engine] = {}
@@ -75,17 +81,10 @@ class Host:
         return self.backend.capabilities.partitioned
 
     def _engine(self, backend: EngineBackend, partitions: list[int] | None = None) -> Engine:
-        return Engine(
-            self.app,
-            backend,
-            clock=self.clock,
-            cache_size=self.cache_size,
-            batch_size=self.batch_size,
-            threads=self.threads,
-            sync_fold=self.sync_fold,
-            partitions=partitions,
-            codec=self.codec,
-        )
+        options = self.options
+        if partitions is not None:
+            options = dataclasses.replace(options, partitions=partitions)
+        return Engine(self.app, backend, clock=self.clock, options=options, codec=self.codec)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -125,20 +124,15 @@ class Host:
             self._membership = None
         self._done.set()
 
-    def abandon(self) -> None:
+    async def abandon(self) -> None:
         """Drop everything without draining, as a crash would (tests)."""
         self._stopping = True
         for task in self._tasks.values():
             task.cancel()
-        for engine in self.engines.values():
-            engine._stopping = True
-            engine._broken = True
-            for live in engine._cache.values():
-                live.machine.close()
-            engine._cache.clear()
-            if engine._unsubscribe is not None:
-                engine._unsubscribe()
+        engines = list(self.engines.values())
         self.engines.clear()
+        for engine in engines:
+            await engine.abandon()
 
     async def close_membership(self) -> None:
         if self._membership is not None:
@@ -162,10 +156,10 @@ class Host:
             # concurrently: one engine may wait on a step that only another's progress
             # releases (a test's gate), as running engines would
             await asyncio.gather(*(e.run_until_idle() for e in list(self.engines.values())))
-            if any(e._has_unread() for e in self.engines.values()):
+            if any(e.has_unread() for e in self.engines.values()):
                 continue
             caught_up = await asyncio.to_thread(membership.caught_up)
-            if caught_up and not any(e._has_unread() for e in self.engines.values()):
+            if caught_up and not any(e.has_unread() for e in self.engines.values()):
                 return
             await asyncio.sleep(0.005)
         raise RuntimeError("the engines did not become idle")
@@ -174,14 +168,14 @@ class Host:
 
     def _assigned(self, backends: Mapping[int, EngineBackend]) -> None:
         assert self._loop is not None
-        future = asyncio.run_coroutine_threadsafe(self._start_partitions(backends), self._loop)
+        future = asyncio.run_coroutine_threadsafe(self._on_assigned(backends), self._loop)
         future.result()
 
     def _revoked(self, partitions: list[int]) -> None:
         assert self._loop is not None
         if self._loop.is_closed():
             return
-        future = asyncio.run_coroutine_threadsafe(self._stop_partitions(partitions), self._loop)
+        future = asyncio.run_coroutine_threadsafe(self._on_revoked(partitions), self._loop)
         future.result()
 
     def _failed_member(self, error: BaseException) -> None:
@@ -191,6 +185,14 @@ class Host:
             return
         self._failed = error
         loop.call_soon_threadsafe(self._done.set)
+
+    async def _on_assigned(self, backends: Mapping[int, EngineBackend]) -> None:
+        self.options.observer.rebalance(sorted(backends), [])  # on the loop's thread
+        await self._start_partitions(backends)
+
+    async def _on_revoked(self, partitions: list[int]) -> None:
+        self.options.observer.rebalance([], sorted(partitions))
+        await self._stop_partitions(partitions)
 
     async def _start_partitions(self, backends: Mapping[int, EngineBackend]) -> None:
         for p, backend in backends.items():

@@ -17,119 +17,119 @@ where the event arrives (here: once the subscription reached the key's partition
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection
 from typing import Any
 
 from .. import protocol
 from ..codec import Codec
-from ..core import machine as m
 from ..core.correlation import WaitIndex
 from ..events import Envelope
-from ..ports import Log, NewRecord, WaitRow, partition_for
-from .batch import Live, PendingBatch
+from ..ports import NewRecord, WaitRow, partition_for
+from .staging import Stage
 
 
 class RemoteWaits:
-    """Engine mixin: subscriptions to, and deliveries from, other partitions."""
+    """Subscriptions to, and deliveries from, other partitions.
 
-    codec: Codec
-    _owned: frozenset[int] | None
-    _log: Log
-    _pending: PendingBatch | None
-    _waits: WaitIndex
+    Args:
+        waits: the engine's wait index (shared with :class:`~.waits.Waits`): the
+            subscriptions other partitions sent here live in it with their ``home``.
+        partitions: how many partitions the log has.
+        owned: the key partitions this engine owns; None: all of them (then no key is
+            foreign and this object never sends anything).
+    """
 
-    def _live(self, iid: str, now: float, *, stuck: bool = False) -> Live | None:
-        raise NotImplementedError
-
-    def _drive(self, live: Live, commands: Iterable[m.Command], now: float) -> None:
-        raise NotImplementedError
-
-    def _buffer(
-        self, iid: str, envelope: Envelope, value: bytes, position: str, now: float
+    def __init__(
+        self, codec: Codec, waits: WaitIndex, partitions: int, owned: Collection[int] | None
     ) -> None:
-        raise NotImplementedError
+        self._codec = codec
+        self._waits = waits
+        self._partitions = partitions
+        self._owned = None if owned is None else frozenset(p % partitions for p in owned)
 
-    def _clear_wait(self, wait: WaitRow, *, withdraw: bool = True) -> None:
-        raise NotImplementedError
-
-    def _foreign(self, key: str | None) -> bool:
+    def foreign(self, key: str | None) -> bool:
         """Whether events with this key arrive on a partition this engine does not own."""
         owned = self._owned
         return (
             owned is not None
             and key is not None
-            and partition_for(key, self._log.partitions) not in owned
+            and partition_for(key, self._partitions) not in owned
         )
 
-    def _send_control(
-        self, kind: str, data: dict[str, Any], *, key: str | None, partition: int | None = None
-    ) -> None:
-        assert self._pending is not None
-        envelope = Envelope(type=kind, data=data, partitionkey=key)
-        self._pending.batch.appends.append(
-            NewRecord(
-                key, self.codec.to_bytes(envelope), None, kind, partition=partition, internal=True
-            )
-        )
-
-    def _subscribe_remote(self, wait: WaitRow, home: int) -> None:
+    def subscribe(self, stage: Stage, wait: WaitRow, home: int) -> None:
+        """Ask the partition of the wait's key to forward matching events ``home``."""
         data = {
             "instance_id": wait.instance_id,
             "seq": wait.seq,
             "type": wait.event_type,
             "home": home,
         }
-        self._send_control(protocol.WAIT_SUBSCRIBE, data, key=wait.key)
+        self._send(stage, protocol.WAIT_SUBSCRIBE, data, key=wait.key)
 
-    def _unsubscribe_remote(self, wait: WaitRow) -> None:
+    def unsubscribe(self, stage: Stage, wait: WaitRow) -> None:
+        """Withdraw the subscription of a wait that ended here first."""
         data = {"instance_id": wait.instance_id, "seq": wait.seq, "type": wait.event_type}
-        self._send_control(protocol.WAIT_UNSUBSCRIBE, data, key=wait.key)
+        self._send(stage, protocol.WAIT_UNSUBSCRIBE, data, key=wait.key)
 
-    def _forward(self, wait: WaitRow, envelope: Envelope) -> None:
-        """Send an event to the partition of the instance that waits for it."""
-        assert self._pending is not None and wait.home is not None
-        self._pending.waits.delete(wait)
+    def forward(self, stage: Stage, wait: WaitRow, envelope: Envelope) -> None:
+        """Send an event to the partition of the instance that waits for it (a
+        subscription is used once: its wait ends with this event)."""
+        assert wait.home is not None  # only subscriptions from elsewhere are forwarded
+        stage.waits.delete(wait)
         self._waits.remove(wait)
-        event = self.codec.to_journal(envelope)
-        data = {"instance_id": wait.instance_id, "seq": wait.seq, "event": event}
-        self._send_control(protocol.WAIT_DELIVER, data, key=None, partition=wait.home)
+        data = {
+            "instance_id": wait.instance_id,
+            "seq": wait.seq,
+            "event": self._codec.to_journal(envelope),
+        }
+        self._send(stage, protocol.WAIT_DELIVER, data, key=None, partition=wait.home)
 
-    def _remote_control(self, message: protocol.Control, envelope: Envelope, now: float) -> bool:
-        """Handle a validated subscription control message; False if it is not one.
+    def receive(
+        self, stage: Stage, message: protocol.Control, envelope: Envelope
+    ) -> list[tuple[WaitRow, Envelope]] | None:
+        """Apply a validated subscription message; None if ``message`` is not one.
+
+        Returns:
+            For a delivery, the local waits it resolves with the delivered event (for the
+            caller to hand to their instances); otherwise an empty list.
 
         Raises:
             MalformedEvent: a delivery whose event is not a CloudEvent (the caller
                 dead-letters the control event).
         """
-        pending = self._pending
-        assert pending is not None
         if isinstance(message, protocol.WaitSubscribe):
             wait = WaitRow(
                 message.type, envelope.partitionkey, message.instance_id, message.seq, message.home
             )
-            pending.waits.put(wait, True, created=True)
+            stage.waits.put(wait, True, created=True)
             self._waits.add(wait)
-        elif isinstance(message, protocol.WaitUnsubscribe):
+            return []
+        if isinstance(message, protocol.WaitUnsubscribe):
             for wait in self._waits.of_instance(message.instance_id):
                 if wait.seq == message.seq and wait.home is not None:
-                    pending.waits.delete(wait)
+                    stage.waits.delete(wait)
                     self._waits.remove(wait)
-        elif isinstance(message, protocol.WaitDeliver):
-            event = self.codec.from_dict(message.event)  # before anything changes
-            for wait in self._waits.of_instance(message.instance_id):
-                if wait.seq == message.seq and wait.home is None:
-                    self._deliver(wait, event, now)
-        else:
-            return False
-        return True
+            return []
+        if isinstance(message, protocol.WaitDeliver):
+            event = self._codec.from_dict(message.event)  # before anything changes
+            return [
+                (wait, event)
+                for wait in self._waits.of_instance(message.instance_id)
+                if wait.seq == message.seq and wait.home is None
+            ]
+        return None
 
-    def _deliver(self, wait: WaitRow, event: Envelope, now: float) -> None:
-        live = self._live(wait.instance_id, now, stuck=True)
-        if live is None:
-            return
-        if live.machine.stuck_reason is not None:
-            self._buffer(wait.instance_id, event, self.codec.to_bytes(event), f"r:{event.id}", now)
-            return  # parked: the wait stays, and the event waits with it
-        self._clear_wait(wait, withdraw=False)
-        value = self.codec.to_journal(event)
-        self._drive(live, live.machine.resolve(wait.seq, now, ok=value), now)
+    def _send(
+        self,
+        stage: Stage,
+        kind: str,
+        data: dict[str, Any],
+        *,
+        key: str | None,
+        partition: int | None = None,
+    ) -> None:
+        envelope = Envelope(type=kind, data=data, partitionkey=key)
+        value = self._codec.to_bytes(envelope)
+        stage.batch.appends.append(
+            NewRecord(key, value, None, kind, partition=partition, internal=True)
+        )

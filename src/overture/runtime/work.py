@@ -1,175 +1,163 @@
 """Running work: durable timers, step attempts and handler runs, and their outcomes.
 
-A mixin of :class:`~overture.runtime.engine.Engine`, kept apart because it is one idea:
-every piece of scheduled work has a row (``WorkRow``) that is stored with the batch that
+Every piece of scheduled work has a row (``WorkRow``) that is staged with the batch that
 scheduled it and removed with the batch that applies its outcome, which is what makes
-steps and handlers at-least-once and their retries durable.
+steps and handlers at-least-once and their retries durable. :class:`Work` owns those rows
+(indexed by due time in ``core.timers.WorkQueue``), hands attempts to the
+:class:`~.executor.Executor`, collects their outcomes for the loop, and applies what needs
+no instance: handler outcomes, and the rescheduling of a retry. What an outcome does to
+an instance is ``Instances``' job.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections import OrderedDict, deque
+from collections import deque
+from collections.abc import Callable
+from time import monotonic
 from typing import Any
 
 from ..app import App, HandlerDef
 from ..codec import Codec
 from ..core import machine as m
-from ..core.correlation import WaitIndex
 from ..core.timers import WorkQueue
 from ..core.values import describe_error, to_json
 from ..errors import EventError
 from ..events import Envelope
-from ..ports import Record, Store, WaitRow, WorkRow
-from .batch import Live, Outcome, PendingBatch
-from .executor import Executor, StepInfo
-from .remote import RemoteWaits
+from ..ports import WorkRow
+from .deadletters import DeadLetters
+from .executor import Done, Executor, StepInfo
+from .observer import Observer
+from .staging import Outcome, Stage
 
 
-class WorkRunner(RemoteWaits):
-    """Timers, steps and handlers for the engine (see the module docstring)."""
+class Work:
+    """Work rows, attempts and outcomes (see the module docstring).
 
-    # State and operations provided by the engine.
-    app: App
-    codec: Codec
-    executor: Executor
-    _pending: PendingBatch | None
-    _work: WorkQueue
-    _waits: WaitIndex
-    _inflight: set[str]
-    _outcomes: deque[Outcome]
-    _wake: asyncio.Event
-    _stopping: bool
-    _dirty: dict[str, Live]
-    _cache: OrderedDict[str, Live]
-    _inline_budget: int
-    _store: Store
+    Args:
+        app: the application (its handlers).
+        executor: runs the attempts.
+        dead_letters: where a handler run that gives up goes.
+        observer: told of every attempt's start and end.
+        wake: wakes the loop (an outcome arrived).
+    """
 
-    def _dead_letter(
+    def __init__(
         self,
-        dl_id: str,
-        source: str,
-        reason: str,
-        envelope: Envelope | None,
-        record: Record | None,
-        now: float,
-        *,
-        payload: bytes | None = None,
-        attempts: int = 0,
+        app: App,
+        codec: Codec,
+        executor: Executor,
+        dead_letters: DeadLetters,
+        observer: Observer,
+        wake: Callable[[], None],
     ) -> None:
-        raise NotImplementedError
+        self._app = app
+        self._codec = codec
+        self._executor = executor
+        self._dead_letters = dead_letters
+        self._observer = observer
+        self._wake = wake
+        self._queue = WorkQueue()
+        # The rows whose attempt runs: a row stays "in flight" until its outcome is
+        # applied (not merely reported), so the due-work scan cannot start a second one.
+        self._inflight: set[str] = set()
+        self._outcomes: deque[Outcome] = deque()
+        self._stopping = False
 
-    def _put_work(self, row: WorkRow, *, start_now: bool = False) -> None:
-        """Stage and index a work row; with ``start_now`` the caller executes it at once,
-        so it skips the due-time heap (it is stored all the same, for a restart)."""
-        assert self._pending is not None
-        # a step's retry replaces its stored row: only a row the queue lacks is new
-        self._pending.work.put(row.id, row, created=row.id not in self._work)
-        self._work.put(row, schedule=not start_now)
-        if start_now:
-            self._execute(row, row.due)
+    # -- state -------------------------------------------------------------------------
 
-    def _clear_work(self, work_id: str) -> None:
-        if self._work.remove(work_id) is not None:
-            assert self._pending is not None
-            self._pending.work.delete(work_id)
+    def load(self, rows: list[WorkRow]) -> None:
+        """Index the stored work rows (at start)."""
+        self._queue = WorkQueue(rows)
 
-    def _clear_wait(self, wait: WaitRow, *, withdraw: bool = True) -> None:
-        """Forget a wait (and its timeout). ``withdraw``: also cancel its subscription on
-        another partition, if it has one (not needed once that partition delivered)."""
-        assert self._pending is not None
-        self._pending.waits.delete(wait)
-        self._waits.remove(wait)
-        if withdraw and wait.home is None and self._foreign(wait.key):
-            self._unsubscribe_remote(wait)
-        # a wait's timeout timer shares its id
-        timer = self._work.get(f"{wait.instance_id}:{wait.seq}")
-        if timer is not None and timer.kind == "timer":
-            self._clear_work(timer.id)
+    def stop_starting(self) -> None:
+        """Start no more attempts: work scheduled from now on keeps its row and runs
+        after a restart."""
+        self._stopping = True
 
-    def _read_ahead(self, instance_ids: set[str]) -> None:
-        """Read the evicted ones among these instances in bulk (three queries for all of
-        them rather than three each), for ``_load`` to rebuild them from."""
-        assert self._pending is not None
-        wanted = [i for i in instance_ids if i not in self._cache]
-        if wanted:
-            self._pending.snapshots.update(self._store.snapshots(wanted))
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
-    def _take_due(self, now: float) -> bool:
-        did = False
-        rows = list(self._work.pop_due(now, self._inflight))
-        self._read_ahead({r.instance_id for r in rows if r.instance_id})
-        for row in rows:
-            did = True
-            if row.kind == "timer":
-                self._fire_timer(row, now)
-            else:
-                self._execute(row, now)
-        return did
+    def get(self, work_id: str) -> WorkRow | None:
+        return self._queue.get(work_id)
 
-    def _fire_timer(self, row: WorkRow, now: float) -> None:
-        assert row.instance_id is not None and row.seq is not None
-        live = self._live(row.instance_id, now, stuck=True)
-        if live is not None and live.machine.stuck_reason is not None:
-            return  # parked: the timer stays stored and fires after a fixed restart
-        self._clear_work(row.id)
-        if live is None:
-            return
-        machine = live.machine
-        wait = machine.pending_wait(row.seq)
-        if wait is not None:
-            for candidate in self._waits.of_instance(row.instance_id):
-                if candidate.seq == row.seq:
-                    self._clear_wait(candidate)
-            error = {"type": "WaitTimeout", "message": f"no {wait[0]!r} with key {wait[1]!r}"}
-            self._drive(live, machine.resolve(row.seq, now, err=error), now)
-        else:
-            self._drive(live, machine.resolve(row.seq, now, ok=None), now)
+    def of_instance(self, instance_id: str) -> list[str]:
+        return self._queue.of_instance(instance_id)
 
-    def _execute(self, row: WorkRow, now: float) -> None:
-        """Start one attempt of a step or handler."""
-        if row.id in self._inflight or self._stopping:
-            return  # when stopping, the work row stays and the attempt runs after restart
-        attempt = row.attempt
+    def next_due(self) -> float | None:
+        """When the next row not in flight is due (None: no such row)."""
+        return self._queue.next_due(self._inflight)
 
-        # The row stays "in flight" until its outcome is applied (not merely reported),
-        # so the due-work scan cannot start a second attempt meanwhile.
+    def pop_due(self, now: float) -> list[WorkRow]:
+        """The rows due by ``now`` that are not in flight, taken off the schedule."""
+        return list(self._queue.pop_due(now, self._inflight))
+
+    # -- outcomes ----------------------------------------------------------------------
+
+    def report(self, outcome: Outcome) -> None:
+        """Queue an outcome for the loop and wake it."""
+        self._outcomes.append(outcome)
+        self._wake()
+
+    def has_outcomes(self) -> bool:
+        return bool(self._outcomes)
+
+    def next_outcome(self) -> Outcome | None:
+        """The oldest reported outcome not yet applied, removed; None if there is none."""
+        return self._outcomes.popleft() if self._outcomes else None
+
+    def unstored(self) -> list[Outcome]:
+        """Reported eager first attempts that have no stored row yet."""
+        return [outcome for outcome in self._outcomes if not outcome.stored]
+
+    def current(self, outcome: Outcome) -> WorkRow | None:
+        """The row an outcome of a stored attempt is for, or None if the outcome is
+        stale (the work was cancelled, or an older attempt's outcome came late)."""
+        self._inflight.discard(outcome.work_id)
+        row = self._queue.get(outcome.work_id)
+        if row is None or row.attempt != outcome.attempt:
+            return None  # stale: the work was cancelled or already moved on
+        return row
+
+    def _reporter(
+        self, work_id: str, attempt: int, info: StepInfo, began: float, *, stored: bool = True
+    ) -> Done:
+        observer = self._observer
+
         def done(ok: bool, value: Any) -> None:
-            self._outcomes.append(Outcome(row.id, attempt, ok, value))
-            self._wake.set()
+            observer.step_finished(info.name, attempt, info.instance_id, ok, monotonic() - began)
+            self.report(Outcome(work_id, attempt, ok, value, stored, began))
 
-        if row.kind == "step":
-            assert row.instance_id is not None and row.seq is not None
-            live = self._live(row.instance_id, now, stuck=True)
-            if live is not None and live.machine.stuck_reason is not None:
-                return  # parked: the step runs again once the code is fixed
-            call = None if live is None else live.machine.pending_step(row.seq)
-            if call is None:
-                self._clear_work(row.id)
-                return
-            info = StepInfo(call.idempotency_key, attempt, row.instance_id, call.name)
-            self._inflight.add(row.id)
-            outcome = self.executor.start(
-                call.fn, call.args, call.kwargs, info, call.timeout, done, inline=call.inline
-            )
-        else:
-            handler = self.app.handler(row.name or "")
-            if handler is None:
-                reason = f"handler {row.name!r} is not registered in this app"
-                self._dead_letter_handler_run(row, reason, attempt - 1, now)
-                return
-            try:
-                event = self.codec.event(self.codec.from_bytes(row.payload or b""))
-            except EventError as error:
-                self._dead_letter_handler_run(row, str(error), attempt - 1, now)
-                return
-            info = StepInfo(f"{handler.name}:{event.envelope.id}", attempt, None, handler.name)
-            self._inflight.add(row.id)
-            outcome = self.executor.start(handler.fn, (event,), {}, info, None, done)
-        if outcome is not None:
-            done(*outcome)
+        return done
 
-    def _start_step(self, call: m.StepCall, now: float) -> tuple[bool, Any]:
+    # -- rows --------------------------------------------------------------------------
+
+    def put(self, stage: Stage, row: WorkRow, *, schedule: bool = True) -> None:
+        """Stage and index a work row; ``schedule=False`` for one the caller runs at once
+        (it is stored all the same, for a restart, but skips the due-time heap)."""
+        # a step's retry replaces its stored row: only a row the queue lacks is new
+        stage.work.put(row.id, row, created=row.id not in self._queue)
+        self._queue.put(row, schedule=schedule)
+
+    def clear(self, stage: Stage, work_id: str) -> None:
+        if self._queue.remove(work_id) is not None:
+            stage.work.delete(work_id)
+
+    def reschedule(self, stage: Stage, row: WorkRow, due: float) -> None:
+        """The next attempt of ``row``, due at ``due``."""
+        retry_row = WorkRow(
+            row.id, row.kind, due, row.attempt + 1, row.instance_id, row.seq, row.name, row.payload
+        )
+        self.put(stage, retry_row)
+
+    def may_start(self, row: WorkRow) -> bool:
+        """Whether an attempt of this row may start now."""
+        # when stopping, the work row stays and the attempt runs after restart
+        return row.id not in self._inflight and not self._stopping
+
+    # -- steps -------------------------------------------------------------------------
+
+    def start_step(self, stage: Stage, call: m.StepCall, now: float) -> tuple[bool, Any]:
         """The first attempt of a new step.
 
         An async step that returns without suspending (the common trivial step) never
@@ -179,122 +167,129 @@ class WorkRunner(RemoteWaits):
         else gets its stored row at once and ``(False, None)`` is returned.
         """
         work_id = call.idempotency_key  # "<instance>:<seq>", as the work row's id
+        name, iid = call.name, call.instance_id
         if self._stopping:  # runs after the restart
-            self._put_work(WorkRow(work_id, "step", now, 1, call.instance_id, call.seq, call.name))
+            self.put(stage, WorkRow(work_id, "step", now, 1, iid, call.seq, name))
             return False, None
+        observer = self._observer
+        info = StepInfo(work_id, 1, iid, name)
+        observer.step_started(name, 1, iid)
+        began = monotonic()
 
         def done(ok: bool, value: Any) -> None:  # for a call that suspended
-            self._outcomes.append(Outcome(work_id, 1, ok, value))
-            self._wake.set()
+            observer.step_finished(name, 1, iid, ok, monotonic() - began)
+            self.report(Outcome(work_id, 1, ok, value, True, began))
 
-        info = StepInfo(work_id, 1, call.instance_id, call.name)
-        eager = self.executor.start(
+        # (the hot path of every trivial step: no work row is made unless it is stored)
+        eager = self._executor.start(
             call.fn, call.args, call.kwargs, info, call.timeout, done, inline=call.inline
         )
-        if eager is not None and eager[0]:
-            try:
-                value = to_json(eager[1])
-            except Exception as exc:
-                eager = (False, TypeError(f"step result is not JSON-serializable: {exc}"))
-            else:
-                if self._inline_budget > 0:
-                    self._inline_budget -= 1
-                    return True, value
-                self._outcomes.append(Outcome(work_id, 1, True, value, stored=False))
-                return False, None
-        self._put_work(WorkRow(work_id, "step", now, 1, call.instance_id, call.seq, call.name))
+        if eager is not None:
+            observer.step_finished(name, 1, iid, eager[0], monotonic() - began)
+            if eager[0]:
+                try:
+                    value = to_json(eager[1])
+                except Exception as exc:
+                    eager = (False, TypeError(f"step result is not JSON-serializable: {exc}"))
+                else:
+                    if stage.inline_budget > 0:
+                        stage.inline_budget -= 1
+                        return True, value
+                    self._outcomes.append(Outcome(work_id, 1, True, value, False, began))
+                    return False, None
+        self.put(stage, WorkRow(work_id, "step", now, 1, iid, call.seq, name))
         self._inflight.add(work_id)
         if eager is not None:  # failed at once: retried (or failed for good) through its row
-            self._outcomes.append(Outcome(work_id, 1, *eager))
+            self._outcomes.append(Outcome(work_id, 1, eager[0], eager[1], True, began))
         return False, None
 
-    def _schedule_handler(
-        self, handler: HandlerDef, envelope: Envelope, raw: bytes, now: float
+    def attempt_step(self, row: WorkRow, call: m.StepCall) -> None:
+        """Start an attempt of a stored step row (a retry, or a step reloaded at start)."""
+        assert row.instance_id is not None  # a step row belongs to an instance
+        info = StepInfo(call.idempotency_key, row.attempt, row.instance_id, call.name)
+        self._inflight.add(row.id)
+        began = monotonic()
+        self._observer.step_started(call.name, row.attempt, row.instance_id)
+        done = self._reporter(row.id, row.attempt, info, began)
+        outcome = self._executor.start(
+            call.fn, call.args, call.kwargs, info, call.timeout, done, inline=call.inline
+        )
+        if outcome is not None:
+            done(*outcome)
+
+    def store_eager(self, stage: Stage, outcome: Outcome, call: m.StepCall, now: float) -> None:
+        """Give an eager first attempt left over by the inline budget its stored row, or
+        a crash after this commit would leave its step scheduled but never run."""
+        row = WorkRow(outcome.work_id, "step", now, 1, call.instance_id, call.seq, call.name)
+        self.put(stage, row)
+        self._inflight.add(outcome.work_id)
+        outcome.stored = True
+
+    # -- handlers ----------------------------------------------------------------------
+
+    def schedule_handler(
+        self, stage: Stage, handler: HandlerDef, envelope: Envelope, raw: bytes, now: float
     ) -> None:
+        """A handler run for an event: a durable row, its first attempt started now."""
         row = WorkRow(
             f"h:{handler.name}:{envelope.id}", "handler", now, 1, None, None, handler.name, raw
         )
-        if row.id in self._work:
+        if row.id in self._queue:
             return  # already scheduled for this event
-        self._put_work(row, start_now=True)
+        self.put(stage, row, schedule=False)
+        self.run_handler(stage, row, now)
 
-    def _store_eager(self, outcome: Outcome, now: float) -> None:
-        iid, _, seq = outcome.work_id.rpartition(":")
-        live = self._cache.get(iid)
-        call = None if live is None else live.machine.pending_step(int(seq))
-        if call is not None:
-            row = WorkRow(outcome.work_id, "step", now, 1, iid, int(seq), call.name)
-            self._put_work(row)
-            self._inflight.add(outcome.work_id)
-            outcome.stored = True
+    def replay_handler(
+        self, stage: Stage, run_id: str, handler: HandlerDef, payload: bytes, now: float
+    ) -> None:
+        """Run a dead-lettered handler run again, as a fresh first attempt."""
+        row = WorkRow(run_id, "handler", now, 1, None, None, handler.name, payload)
+        self.put(stage, row, schedule=False)
+        self.run_handler(stage, row, now)
 
-    def _apply_outcome(self, outcome: Outcome, now: float) -> None:
-        if not outcome.stored:
-            iid, _, seq = outcome.work_id.rpartition(":")
-            live = self._live(iid, now)
-            if live is not None and live.machine.pending_step(int(seq)) is not None:
-                self._drive(live, live.machine.resolve(int(seq), now, ok=outcome.value), now)
+    def run_handler(self, stage: Stage, row: WorkRow, now: float) -> None:
+        """Start one attempt of a handler run."""
+        if not self.may_start(row):
             return
-        self._inflight.discard(outcome.work_id)
-        row = self._work.get(outcome.work_id)
-        if row is None or row.attempt != outcome.attempt:
-            return  # stale: the work was cancelled or already moved on
-        if row.kind == "handler":
-            self._handler_outcome(row, outcome, now)
+        handler = self._app.handler(row.name or "")
+        if handler is None:
+            reason = f"handler {row.name!r} is not registered in this app"
+            self._give_up(stage, row, reason, row.attempt - 1, now)
             return
-        assert row.instance_id is not None and row.seq is not None
-        live = self._live(row.instance_id, now, stuck=True)
-        if live is not None and live.machine.stuck_reason is not None:
-            return  # parked: the outcome is dropped; the step runs again after a fix
-        call = None if live is None else live.machine.pending_step(row.seq)
-        if live is None or call is None:
-            self._clear_work(row.id)
+        try:
+            event = self._codec.event(self._codec.from_bytes(row.payload or b""))
+        except EventError as error:
+            self._give_up(stage, row, str(error), row.attempt - 1, now)
             return
+        attempt = row.attempt
+        info = StepInfo(f"{handler.name}:{event.envelope.id}", attempt, None, handler.name)
+        self._inflight.add(row.id)
+        began = monotonic()
+        self._observer.step_started(handler.name, attempt, None)
+        done = self._reporter(row.id, attempt, info, began)
+        outcome = self._executor.start(handler.fn, (event,), {}, info, None, done)
+        if outcome is not None:
+            done(*outcome)
+
+    def handler_outcome(self, stage: Stage, row: WorkRow, outcome: Outcome, now: float) -> None:
+        """Apply a handler attempt's outcome: done, retried, or dead-lettered."""
         if outcome.ok:
-            try:
-                value = to_json(outcome.value)
-            except Exception as exc:
-                outcome = Outcome(
-                    row.id,
-                    row.attempt,
-                    False,
-                    TypeError(f"step result is not JSON-serializable: {exc}"),
-                )
-            else:
-                self._clear_work(row.id)
-                self._drive(live, live.machine.resolve(row.seq, now, ok=value), now)
-                return
-        error = outcome.value
-        described = describe_error(error)
-        if call.retry.retryable(error, row.attempt):
-            due = now + call.retry.delay(row.attempt)
-            live.machine.note_retry(row.seq, row.attempt, described, due, now)
-            self._dirty[row.instance_id] = live
-            self._reschedule(row, due)
+            self.clear(stage, row.id)
             return
-        self._clear_work(row.id)
-        described["attempts"] = str(row.attempt)
-        self._drive(live, live.machine.resolve(row.seq, now, err=described), now)
-
-    def _handler_outcome(self, row: WorkRow, outcome: Outcome, now: float) -> None:
-        if outcome.ok:
-            self._clear_work(row.id)
-            return
-        handler = self.app.handler(row.name or "")
+        handler = self._app.handler(row.name or "")
         error = outcome.value
         if handler is not None and handler.retry.retryable(error, row.attempt):
-            self._reschedule(row, now + handler.retry.delay(row.attempt))
+            self.reschedule(stage, row, now + handler.retry.delay(row.attempt))
             return
         described = describe_error(error)
         reason = f"{described['type']}: {described['message']}"
-        self._dead_letter_handler_run(row, reason, row.attempt, now)
+        self._give_up(stage, row, reason, row.attempt, now)
 
-    def _dead_letter_handler_run(
-        self, row: WorkRow, reason: str, attempts: int, now: float
-    ) -> None:
+    def _give_up(self, stage: Stage, row: WorkRow, reason: str, attempts: int, now: float) -> None:
         """Give up on a handler run: its work row goes, its event goes to the DLQ."""
-        self._clear_work(row.id)
-        self._dead_letter(
+        self.clear(stage, row.id)
+        self._dead_letters.add(
+            stage,
             row.id,
             f"handler:{row.name}",
             reason,
@@ -304,12 +299,3 @@ class WorkRunner(RemoteWaits):
             payload=row.payload,
             attempts=attempts,
         )
-
-    def _reschedule(self, row: WorkRow, due: float) -> None:
-        retry_row = WorkRow(
-            row.id, row.kind, due, row.attempt + 1, row.instance_id, row.seq, row.name, row.payload
-        )
-        assert self._pending is not None
-        self._put_work(retry_row)
-
-    # -- dead letters -------------------------------------------------------------------------

@@ -12,9 +12,10 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import uuid
 from types import TracebackType
+from typing import Unpack
 
 from ..app import App
 from ..backends import open_backend
@@ -22,8 +23,9 @@ from ..client import Client
 from ..codec import Codec
 from ..ports import Backend
 from ..runtime.clock import SystemClock, VirtualClock
-from ..runtime.engine import Engine
+from ..runtime.engine import Engine, EngineKeywords
 from ..runtime.host import Host
+from ..runtime.options import EngineOptions
 
 __all__ = ["Harness", "VirtualClock"]
 
@@ -35,9 +37,10 @@ class Harness:
         app: the application under test.
         backend: a backend URL; defaults to a fresh ``memory://`` backend.
         clock: defaults to a :class:`VirtualClock`.
-        cache_size: live-instance cache size; 0 forces a replay on every input.
-        threads: size of the engine's pool for sync steps and handlers.
+        options: how the engines run (``EngineOptions``), e.g. ``cache_size=0`` forces a
+            replay on every input.
         codec: the codec of the engines and the client (default: ``Codec(app)``).
+        **keywords: options one by one, overriding ``options`` (as for ``Engine``).
     """
 
     def __init__(
@@ -46,17 +49,17 @@ class Harness:
         backend: str | None = None,
         *,
         clock: VirtualClock | SystemClock | None = None,
-        cache_size: int = 10_000,
-        batch_size: int = 500,
-        threads: int = 16,
+        options: EngineOptions | None = None,
         codec: Codec | None = None,
+        **keywords: Unpack[EngineKeywords],
     ) -> None:
+        options = options or EngineOptions()
+        if keywords:
+            options = dataclasses.replace(options, **keywords)
         self.app = app
         self.url = backend or f"memory://{uuid.uuid4().hex}"
         self.clock = clock if clock is not None else VirtualClock()
-        self.cache_size = cache_size
-        self.batch_size = batch_size
-        self.threads = threads
+        self.options = options
         self.codec = codec
         self.backend: Backend = open_backend(self.url)
         self.client = Client(self.backend, app=app, codec=codec)
@@ -67,9 +70,7 @@ class Harness:
             self.app,
             self.backend,
             clock=self.clock,
-            cache_size=self.cache_size,
-            batch_size=self.batch_size,
-            threads=self.threads,
+            options=self.options,
             drive=True,
             codec=self.codec,
         )
@@ -97,20 +98,7 @@ class Harness:
         """Simulate a crash: drop the engines and all their memory (without draining), and
         start fresh ones on the same backend (on Kafka: a new group member that restores
         the state from the changelog)."""
-        for engine in self.host.engines.values():
-            # A real crash kills the committing thread with the process; here it would go
-            # on behind the new engine's back, so let it land first (a crash just after a
-            # commit).
-            if engine._committing is not None:
-                with contextlib.suppress(Exception):
-                    await engine._committing
-            await engine.executor.shutdown(0)
-            if engine._release_lock is not None:
-                engine._release_lock()
-            # a crashed process takes its GC setting with it; this one lives on
-            if engine._restore_gc is not None:
-                engine._restore_gc()
-        self.host.abandon()
+        await self.host.abandon()
         await self.host.close_membership()
         self.host = self._new_host()
         await self.host.start()

@@ -1,4 +1,11 @@
-"""What one engine iteration works on: the batch being staged, outcomes, cached instances."""
+"""What one iteration of the partition loop works on: the batch being staged (`Stage`),
+the outcomes of work, and the live (cached) instances.
+
+A :class:`Stage` is made by the loop at the start of an iteration and handed explicitly to
+every method that stages something; when the iteration ends its ``batch`` is committed
+and the stage is dropped. Nothing outside an iteration can stage a change, so no object
+keeps a "current batch" of its own.
+"""
 
 from __future__ import annotations
 
@@ -23,12 +30,16 @@ class Live:
 
 @dataclass(slots=True)
 class Outcome:
+    """How one attempt of a step or handler ended, reported to the loop."""
+
     work_id: str
     attempt: int
     ok: bool
     value: Any
     stored: bool = True
     """False for a first attempt that succeeded eagerly and never got a work row."""
+    began: float = 0.0
+    """``time.monotonic()`` when the attempt started (for the observer's duration)."""
 
 
 class Staged(Generic[K, V]):
@@ -55,15 +66,25 @@ class Staged(Generic[K, V]):
             self.changes[key] = self.tombstone
 
 
-class PendingBatch:
-    """The batch being built."""
+class Stage:
+    """The batch being staged by one iteration.
 
-    def __init__(self, group: str) -> None:
+    Args:
+        group: the consumer group whose offsets the batch commits.
+        budget: how many eager step results may be applied on the spot (the rest
+            become outcomes of this batch), and how many reported outcomes the batch
+            applies, each: bounds a process that loops over trivial steps forever.
+    """
+
+    def __init__(self, group: str, budget: int) -> None:
         self.batch = Batch(group)
         self.work: Staged[str, WorkRow | None] = Staged(self.batch.work, None)
         self.waits: Staged[WaitRow, bool] = Staged(self.batch.waits, False)
         self.inbox: Staged[str, InboxRow | None] = Staged(self.batch.inbox, None)
+        self.inline_budget = budget
+        self.outcome_budget = budget
         # (process, event source, event id) -> the ids its instance may have
         self.trigger_ids: dict[tuple[str, str, str], tuple[str, str]] = {}
         self.existing: set[str] = set()  # of those, instances already in the store
         self.snapshots: dict[str, InstanceSnapshot] = {}  # evicted instances, read in bulk
+        self.dirty: dict[str, Live] = {}  # instances whose rows this batch writes

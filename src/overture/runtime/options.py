@@ -1,0 +1,78 @@
+"""The engine's options: one frozen, keyword-only object, validated once.
+
+``Engine``, ``Host``, the CLI and the test ``Harness`` all pass one :class:`EngineOptions`
+whole, so a new option is added in one place instead of being threaded through three
+layers argument by argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+from .observer import NO_OBSERVER, Observer
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EngineOptions:
+    """How an engine runs. Every field has the default ``Engine`` always had.
+
+    Raises:
+        ConfigError: a value out of range (checked when the object is made).
+    """
+
+    cache_size: int = 10_000
+    """Live instances kept in memory; 0 replays every instance on every input (the test
+    suite runs that way to prove replay is faithful)."""
+
+    batch_size: int = 500
+    """Most log records taken per iteration (the group-commit size)."""
+
+    group: str | None = None
+    """Consumer group name; None: ``engine:<app name>``."""
+
+    partitions: Sequence[int] | None = None
+    """The log partitions this engine consumes (None: all of them). An engine that owns
+    only some re-keys an event whose key belongs to another partition: it forwards the
+    event there instead of routing it, so every input of an instance is handled by its
+    partition's engine."""
+
+    gc_threshold: int | None = 20_000
+    """While the engine runs, CPython's first garbage-collector threshold is raised to
+    at least this (``runtime/gcpolicy.py``: the default 700 made full collections a third
+    of the engine's CPU); None leaves it alone."""
+
+    threads: int = 16
+    """Size of the pool that runs sync steps and handlers. It bounds how many run at
+    once, so blocking steps bound throughput: with 16 threads and 10 ms of I/O per step,
+    W1's three steps per instance cap it near 530 instances/s."""
+
+    sync_fold: float | None = 0.002
+    """Seconds the engine may wait, after driving a batch, for the sync steps (and
+    handlers) that batch started, so that their outcomes are applied in the same batch and
+    commit. It repeats while the outcomes so applied start new calls, each round waiting
+    at most this long and the batch at most four times this in all; a call still running
+    then reports in a later batch. 0 or None: never wait."""
+
+    observer: Observer = NO_OBSERVER
+    """Told of batches, instances, step attempts, commits, dead letters, timers and
+    rebalances (``runtime/observer.py``); the default does nothing."""
+
+    def __post_init__(self) -> None:
+        if self.cache_size < 0:
+            raise ConfigError("cache_size must be >= 0")
+        if self.batch_size < 1:
+            raise ConfigError("batch_size must be >= 1")
+        if self.threads < 1:
+            raise ConfigError("the step thread pool needs at least one thread")
+        if self.sync_fold is not None and self.sync_fold < 0:
+            raise ConfigError("sync_fold must be a number of seconds >= 0 (or None)")
+        if self.partitions is not None:
+            # a tuple: the options stay immutable whatever sequence the caller passed
+            object.__setattr__(self, "partitions", tuple(self.partitions))
+
+    @property
+    def fold_seconds(self) -> float:
+        """``sync_fold`` as a number (0.0: never wait)."""
+        return self.sync_fold or 0.0

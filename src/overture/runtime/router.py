@@ -1,0 +1,244 @@
+"""Routing: what each consumed record does.
+
+A record is decoded and then, in this order: dead-lettered if it cannot be used
+(undecodable, invalid type or data, a control event whose data does not match its model,
+a key function that fails); carried out if it is a control event (cancel, DLQ replay, the
+wait messages between partitions); forwarded to its own partition if it is keyed for one
+this engine does not own (re-keying); otherwise it starts the instances it triggers,
+schedules its handlers, resolves the waits on its (type, key), and is buffered for the
+other running instances with its key. Nothing here raises on bad input: a record that
+raised would stop its partition on the same record at every restart.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from .. import protocol
+from ..app import App
+from ..codec import Codec
+from ..core import machine as m
+from ..errors import EventError, MalformedEvent
+from ..events import Envelope
+from ..ports import NewRecord, Record, Store
+from .deadletters import DeadLetters, record_of
+from .instances import Instances
+from .remote import RemoteWaits
+from .staging import Stage
+from .waits import Waits
+from .work import Work
+
+log = logging.getLogger("overture.engine")
+
+
+class Router:
+    """Routes records into the batch being staged (see the module docstring).
+
+    Args:
+        app: the application (triggers, handlers, event contracts).
+        store: what prefetching reads (which triggers already started an instance).
+        partitions: how many partitions the log has.
+        instances, work, waits, remote, dead_letters: the objects records feed.
+        stats: the engine's counters (``rekeyed``).
+    """
+
+    def __init__(
+        self,
+        app: App,
+        codec: Codec,
+        store: Store,
+        partitions: int,
+        instances: Instances,
+        work: Work,
+        waits: Waits,
+        remote: RemoteWaits,
+        dead_letters: DeadLetters,
+        stats: dict[str, int],
+    ) -> None:
+        self._app = app
+        self._codec = codec
+        self._store = store
+        self._partitions = partitions
+        self._instances = instances
+        self._work = work
+        self._waits = waits
+        self._remote = remote
+        self._dead_letters = dead_letters
+        self._stats = stats
+
+    def route_all(self, stage: Stage, records: Sequence[Record], now: float) -> None:
+        """Route the records of one partition, in offset order."""
+        envelopes = [self._decode(record) for record in records]
+        self._prefetch(stage, envelopes)
+        for record, envelope in zip(records, envelopes, strict=True):
+            self.route(stage, record, now, envelope)
+
+    def _prefetch(self, stage: Stage, envelopes: list[Envelope | MalformedEvent]) -> None:
+        """Read in bulk what routing these records will need from the store: which of
+        their triggers already started an instance (a re-delivery), and the state of the
+        evicted instances they will feed, instead of a few queries per record."""
+        wanted: set[str] = set()
+        for envelope in envelopes:
+            if isinstance(envelope, Envelope):
+                for definition in self._app.triggers(envelope.type):
+                    ids = m.trigger_instance_ids(definition.name, envelope)
+                    stage.trigger_ids[(definition.name, envelope.source, envelope.id)] = ids
+                for wait in self._waits.match(envelope.type, envelope.partitionkey):
+                    wanted.add(wait.instance_id)
+        candidates = self._instances.not_cached(
+            [i for ids in stage.trigger_ids.values() for i in ids]
+        )
+        if candidates:
+            stage.existing |= self._store.existing(candidates)
+        self._instances.read_ahead(stage, wanted)
+
+    def route(
+        self,
+        stage: Stage,
+        record: Record,
+        now: float,
+        decoded: Envelope | MalformedEvent | None = None,
+    ) -> None:
+        """Route one record (``decoded``: its envelope, if already decoded)."""
+        envelope = self._decode(record) if decoded is None else decoded
+        position = f"{record.partition}:{record.offset}"
+        if isinstance(envelope, MalformedEvent):
+            self._dead_letters.add(stage, position, "decode", str(envelope), None, record, now)
+            return
+        if protocol.is_reserved(envelope.type):
+            self._control(stage, envelope, record, now)
+            return
+        key = envelope.partitionkey
+        if self._remote.foreign(key):
+            # keyed for another partition (a producer keyed or partitioned it differently):
+            # forward it there, atomically with this batch's offsets
+            stage.batch.appends.append(
+                NewRecord(key, record.value, None, envelope.type, internal=True, wire=record.wire)
+            )
+            self._stats["rekeyed"] += 1
+            return
+        # Types with a registered contract are validated here (invalid → dead letter);
+        # other types become generic events, whose data may be any JSON. An event that
+        # starts one process is decoded from a private copy of its data: that decoded
+        # event becomes the instance's own, saving the instance a second decode.
+        triggers = self._app.triggers(envelope.type)
+        sole = len(triggers) == 1
+        try:
+            event = self._codec.event(m.private_copy(envelope) if sole else envelope)
+        except EventError as error:
+            self._dead_letters.add(stage, position, "validate", str(error), envelope, record, now)
+            return
+        # Every key first (user code that may fail), so that an event is either routed
+        # whole or dead-lettered whole, never half-applied.
+        keys = []
+        for definition in triggers:
+            try:
+                keys.append((definition, definition.key_of(event)))
+            except Exception as error:
+                reason = f"key of process {definition.name!r} failed: {error!r}"
+                self._dead_letters.add(stage, position, "route", reason, envelope, record, now)
+                return
+        started = {
+            self._instances.start(
+                stage,
+                definition,
+                key,
+                envelope,
+                record.partition % self._partitions,
+                now,
+                event if sole and type(event) is definition.spec.event_class else None,
+            )
+            for definition, key in keys
+        }
+        for handler in self._app.handlers(envelope.type):
+            self._work.schedule_handler(stage, handler, envelope, record.value, now)
+        self._correlate(stage, envelope, record, now, started)
+
+    def _correlate(
+        self, stage: Stage, envelope: Envelope, record: Record, now: float, started: set[str]
+    ) -> None:
+        """Feed every instance waiting on (type, key); buffer the event for the other
+        running instances with that key (they may be about to wait for it)."""
+        instances = self._instances
+        fed = set(started)
+        value: dict[str, Any] | None = None
+        for wait in self._waits.match(envelope.type, envelope.partitionkey):
+            if wait.home is not None:  # for an instance of another partition
+                self._remote.forward(stage, wait, envelope)
+                continue
+            iid = wait.instance_id
+            live = instances.live(stage, iid, now, stuck=True)
+            if live is not None and live.machine.stuck_reason is not None:
+                # parked: keep both the wait and the event for when the code is fixed
+                if iid not in fed:
+                    fed.add(iid)
+                    instances.buffer(stage, iid, envelope, record.value, _position(record), now)
+                continue
+            self._waits.clear(stage, wait)
+            if live is not None:
+                fed.add(iid)
+                # shared by the waiters' journal entries; each waiter's code gets a copy
+                value = value or self._codec.to_journal(envelope)
+                instances.resolve_wait(stage, live, wait, value, now)
+        if envelope.partitionkey is None:
+            return  # keyless events are never buffered: they would reach every keyless instance
+        for iid in instances.active(envelope.partitionkey):
+            if iid not in fed and not envelope.source.endswith("/" + iid):  # not its emitter
+                instances.buffer(stage, iid, envelope, record.value, _position(record), now)
+
+    def _control(self, stage: Stage, envelope: Envelope, record: Record, now: float) -> None:
+        """Carry out a control event; one that is not valid is dead-lettered, like any
+        other input that cannot be used (raising here would stop the partition on the
+        same record at every restart)."""
+        try:
+            message = protocol.parse_control(envelope.type, envelope.data)
+            deliveries = self._remote.receive(stage, message, envelope)
+        except EventError as error:
+            position = f"{record.partition}:{record.offset}"
+            self._dead_letters.add(stage, position, "route", str(error), envelope, record, now)
+            return
+        if deliveries is not None:
+            for wait, event in deliveries:
+                self._instances.deliver(stage, wait, event, now)
+        elif isinstance(message, protocol.Cancel):
+            self._instances.cancel(stage, message.instance_id, now)
+        elif isinstance(message, protocol.DlqReplay):
+            self._replay_dead_letter(stage, message.id, now)
+
+    def _replay_dead_letter(self, stage: Stage, dl_id: str, now: float) -> None:
+        letter = self._dead_letters.take(stage, dl_id)
+        if letter is None:
+            log.warning("dlq replay: no dead letter %s", dl_id)
+            return
+        if not letter.source.startswith("handler:"):
+            self.route(stage, record_of(letter, now), now)
+            return
+        handler = self._app.handler(letter.source.removeprefix("handler:"))
+        if handler is None:
+            self._dead_letters.add(
+                stage,
+                dl_id,
+                letter.source,
+                "handler is not registered",
+                None,
+                None,
+                now,
+                payload=letter.value,
+                attempts=letter.attempts,
+            )
+            return
+        self._work.replay_handler(stage, dl_id, handler, letter.value, now)
+
+    def _decode(self, record: Record) -> Envelope | MalformedEvent:
+        if record.error is not None:  # the log could not make an event of what arrived
+            return MalformedEvent(record.error)
+        try:
+            return self._codec.from_bytes(record.value)
+        except MalformedEvent as error:
+            return error
+
+
+def _position(record: Record) -> str:
+    return f"{record.partition:05d}:{record.offset:012d}"
