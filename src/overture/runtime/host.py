@@ -187,11 +187,13 @@ class Host:
         loop.call_soon_threadsafe(self._done.set)
 
     async def _on_assigned(self, backends: Mapping[int, EngineBackend]) -> None:
-        self.options.observer.rebalance(sorted(backends), [])  # on the loop's thread
+        if self.partitioned:  # an embedded claim is not a group's rebalance
+            self.options.observer.rebalance(sorted(backends), [])  # on the loop's thread
         await self._start_partitions(backends)
 
     async def _on_revoked(self, partitions: list[int]) -> None:
-        self.options.observer.rebalance([], sorted(partitions))
+        if self.partitioned:
+            self.options.observer.rebalance([], sorted(partitions))
         await self._stop_partitions(partitions)
 
     async def _start_partitions(self, backends: Mapping[int, EngineBackend]) -> None:
