@@ -33,6 +33,7 @@ from collections.abc import Collection, Sequence
 from typing import Protocol
 
 from ..ports import Batch, EngineBackend, Record
+from .keyed import KeyedState
 from .observer import Observer
 from .staging import Stage
 
@@ -88,6 +89,8 @@ class PartitionLoop:
         self._committing: asyncio.Future[None] | None = None
         self._committing_batch: Batch | None = None
         self._commit_began = 0.0
+        self.state = KeyedState(self._store, self.in_flight)
+        """Keyed state as participants read it (through the batches not committed yet)."""
         self.broken = False
         """True once an iteration or a commit failed: memory may be ahead of (or apart
         from) the store, so this loop never commits again; a restart rebuilds it."""

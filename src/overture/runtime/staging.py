@@ -88,3 +88,11 @@ class Stage:
         self.existing: set[str] = set()  # of those, instances already in the store
         self.snapshots: dict[str, InstanceSnapshot] = {}  # evicted instances, read in bulk
         self.dirty: dict[str, Live] = {}  # instances whose rows this batch writes
+
+    def put_state(self, namespace: str, key: bytes, value: bytes) -> None:
+        """Stage a keyed-state entry (``runtime/keyed.py``), committed with this batch."""
+        self.batch.state[(namespace, key)] = value
+
+    def delete_state(self, namespace: str, key: bytes) -> None:
+        """Stage the deletion of a keyed-state entry (a tombstone in the store)."""
+        self.batch.state[(namespace, key)] = None
