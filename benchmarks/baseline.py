@@ -28,7 +28,8 @@ from typing import Any
 
 import orjson
 
-from overture.backends.sqlite import _SCHEMA, _connect  # the engine's schema and settings
+from overture.backends.sqlite.backend import _SCHEMA  # the engine's schema
+from overture.backends.sqlite.files import connect as _connect  # and its settings
 from overture.core.machine import instance_id_for
 from overture.events import encode
 from overture.testing import Harness
