@@ -16,26 +16,56 @@ instance and the private ``_set_running_loop``; ``ctx.gather`` covers the need.
 
 from __future__ import annotations
 
-import hashlib
 import random
-import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Generator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn, TypeVar
 
 from ..codec import Codec
-from ..errors import EventError, EventValidationError, NonDeterminismError, StepFailed, WaitTimeout
+from ..errors import EventError, NonDeterminismError, StepFailed, WaitTimeout
 from ..events import Envelope, Event
-from ..policies import DEFAULT_RETRY, Retry
-from ..tracecontext import continue_trace, traceparent_problem
 from . import journal as jr
-from .context import Context
-from .context import DurableFuture as DurableFutureABC
+from .commands import (
+    Command,
+    EmitEvent,
+    Finished,
+    ProcessSpec,
+    ScheduleStep,
+    StartTimer,
+    StartWait,
+    StepCall,
+)
+from .futures import Compensation, Future, Pending
+from .identity import instance_id_for, legacy_instance_id_for, trigger_instance_ids
+from .machine_context import MachineContext
 from .status import FINAL, Status
-from .values import describe_error, identity, result_decoder, snapshot, to_json
+from .values import describe_error, identity, snapshot, to_json
 
 T = TypeVar("T")
+
+# The commands (``commands.py``) and instance ids (``identity.py``) live in their own
+# modules; the runtime reads them here, beside the machine that issues them.
+__all__ = [
+    "CANCELLED",
+    "COMPLETED",
+    "FAILED",
+    "FINAL_STATUSES",
+    "RUNNING",
+    "STUCK",
+    "WAITING",
+    "Command",
+    "EmitEvent",
+    "Finished",
+    "Machine",
+    "ProcessSpec",
+    "ScheduleStep",
+    "StartTimer",
+    "StartWait",
+    "StepCall",
+    "instance_id_for",
+    "legacy_instance_id_for",
+    "private_copy",
+    "trigger_instance_ids",
+]
 
 # The statuses by their short names, as the runtime and the tests read them; one
 # definition: ``core/status.py``.
@@ -50,7 +80,6 @@ RUNNING, WAITING, COMPLETED, FAILED, CANCELLED, STUCK = (
 FINAL_STATUSES = FINAL
 _PLAIN = Codec()
 """The codec of a machine given none: plain events for untyped contracts, no hooks."""
-_EMIT_NAMESPACE = uuid.UUID("6f0f5d1c-3c1a-4a8e-9d6a-0b7e1e6f2a10")
 
 
 def private_copy(envelope: Envelope) -> Envelope:
@@ -59,162 +88,7 @@ def private_copy(envelope: Envelope) -> Envelope:
     return envelope.with_data(snapshot(envelope.data))
 
 
-def instance_id_for(process: str, trigger: Envelope) -> str:
-    """The id of the instance a trigger event starts.
-
-    Derived only from what identifies the trigger in its record, its CloudEvents identity
-    (``source`` + ``id``), so that a re-delivered trigger finds its instance instead of
-    starting a second one, whatever the producer: a missing ``time`` is filled in with
-    "now" on every decode, and a producer's retry may carry a new ``time``, so the time
-    must not count (it did before: :func:`legacy_instance_id_for`).
-
-    When the event id is a time-ordered UUID (version 7, what :class:`Envelope` generates)
-    the instance id starts with its 12 leading hex digits (milliseconds): ids of instances
-    started close together sort close together, so their rows share B-tree pages (random
-    ids made each SQLite commit write ~12x more pages). Other ids get a digest prefix.
-    """
-    digest = hashlib.sha1(
-        f"overture\x00{process}\x00{trigger.source}\x00{trigger.id}".encode()
-    ).hexdigest()
-    prefix = _time_prefix(trigger.id)
-    return f"{digest[20:32] if prefix is None else prefix}{digest[:20]}"
-
-
-def legacy_instance_id_for(process: str, trigger: Envelope) -> str:
-    """The id the first releases derived (from the trigger's id *and* time).
-
-    Instances started by them keep their ids; the engine looks for both derivations when
-    a trigger arrives, so a re-delivered old trigger (which carries its time) still finds
-    its instance.
-    """
-    digest = hashlib.sha1(f"overture\x00{process}\x00{trigger.id}".encode()).hexdigest()
-    millis = int(trigger.time.timestamp() * 1000) & 0xFFFFFFFFFFF
-    return f"{millis:011x}{digest[:21]}"
-
-
-def trigger_instance_ids(process: str, trigger: Envelope) -> tuple[str, str]:
-    """Every id an instance started by this trigger may have: (current, legacy)."""
-    return instance_id_for(process, trigger), legacy_instance_id_for(process, trigger)
-
-
-def _time_prefix(event_id: str) -> str | None:
-    """The 12 leading hex digits (the milliseconds) of a canonical UUIDv7, else None."""
-    if len(event_id) == 36 and event_id[14] == "7" and event_id[8] == "-":
-        head = event_id[:8] + event_id[9:13]
-        if all(c in "0123456789abcdef" for c in head):
-            return head
-    return None
-
-
-@dataclass(frozen=True, slots=True)
-class ProcessSpec:
-    """What the core needs to know about a process definition."""
-
-    name: str
-    version: int
-    fn: Callable[[Context, Any], Coroutine[Any, Any, Any]]
-    event_class: type[Event]
-    app_name: str = "overture"
-
-
-# -- commands (outputs to the runtime) ----------------------------------------------------
-
-
-@dataclass(slots=True)
-class StepCall:
-    """A step the runtime must execute (again, after a crash)."""
-
-    instance_id: str
-    seq: int
-    name: str
-    fn: Callable[..., Any]
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    retry: Retry
-    timeout: float | None
-    inline: bool = False
-    """A sync step its author declared non-blocking: run on the engine's thread."""
-
-    @property
-    def idempotency_key(self) -> str:
-        return f"{self.instance_id}:{self.seq}"
-
-
-@dataclass(slots=True)
-class ScheduleStep:
-    call: StepCall
-
-
-@dataclass(slots=True)
-class StartTimer:
-    seq: int
-    due: float
-
-
-@dataclass(slots=True)
-class StartWait:
-    seq: int
-    event_type: str
-    key: str | None
-    due: float | None
-
-
-@dataclass(slots=True)
-class EmitEvent:
-    seq: int
-    envelope: Envelope
-
-
-@dataclass(slots=True)
-class Finished:
-    status: Status
-    result: Any = None
-    error: dict[str, str] | None = None
-
-
-Command = ScheduleStep | StartTimer | StartWait | EmitEvent | Finished
-
-
-# -- futures and tasks ----------------------------------------------------------------------
-
-
-class _Future(DurableFutureABC[T]):
-    __slots__ = ("_callbacks", "_done", "_error", "_result")
-
-    def __init__(self) -> None:
-        self._done = False
-        self._result: Any = None
-        self._error: BaseException | None = None
-        self._callbacks: list[Callable[[], None]] = []
-
-    def done(self) -> bool:
-        return self._done
-
-    def set_result(self, value: Any) -> None:
-        self._done, self._result = True, value
-        self._fire()
-
-    def set_error(self, error: BaseException) -> None:
-        self._done, self._error = True, error
-        self._fire()
-
-    def add_callback(self, callback: Callable[[], None]) -> None:
-        if self._done:
-            callback()
-        else:
-            self._callbacks.append(callback)
-
-    def _fire(self) -> None:
-        callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            callback()
-
-    def __await__(self) -> Generator[Any, None, T]:
-        if not self._done:
-            yield self
-        if self._error is not None:
-            raise self._error
-        return self._result  # type: ignore[no-any-return]
+# -- tasks ----------------------------------------------------------------------------------
 
 
 class _Task:
@@ -225,7 +99,7 @@ class _Task:
     def __init__(self, machine: Machine, coro: Coroutine[Any, Any, Any]) -> None:
         self.machine = machine
         self.coro = coro
-        self.future: _Future[Any] = _Future()
+        self.future: Future[Any] = Future()
 
     def wake(self) -> None:
         self.machine._ready.append(self)
@@ -248,31 +122,13 @@ class _Task:
             self.future.set_error(error)
         else:
             machine._current = None
-            if isinstance(yielded, _Future):
+            if isinstance(yielded, Future):
                 yielded.add_callback(self.wake)
             else:
                 machine._diverge(
                     f"process code awaited {yielded!r}; only ctx operations may be awaited "
                     "in process code (run other async code inside a step)"
                 )
-
-
-@dataclass(slots=True)
-class _Pending:
-    op: str
-    name: str
-    future: _Future[Any]
-    convert: Callable[[Any], Any]
-    """Makes the value the code gets of a journaled outcome (a typed result, an event)."""
-    call: StepCall | None = None
-    wait: tuple[str, str | None] | None = None
-
-
-@dataclass(slots=True)
-class _Compensation:
-    fn: Callable[..., Any]
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 # -- the machine ----------------------------------------------------------------------------
@@ -341,8 +197,8 @@ class Machine:
         self._keep_journal = keep_journal
         self._new: list[jr.Entry] = []
         self._commands: list[Command] = []
-        self._pending: dict[int, _Pending] = {}
-        self._compensations: list[_Compensation] = []
+        self._pending: dict[int, Pending] = {}
+        self._compensations: list[Compensation] = []
         # plain lists: an instance rarely has more than a few tasks, and an empty deque
         # or set costs several hundred bytes per cached instance
         self._ready: list[_Task] = []
@@ -530,7 +386,7 @@ class Machine:
                 self._diverge(f"the journaled trigger no longer fits {cls.__name__}: {error}")
             self._trace, self._tenant = event.envelope.traceparent, event.envelope.tenant
             # the context lives in the coroutine's frame, not on the machine: no cycle
-            main = self._spawn(self.spec.fn(_MachineContext(self), event))
+            main = self._spawn(self.spec.fn(MachineContext(self), event))
             main.future.add_callback(lambda: self._main_done(main.future))
         else:
             pending = self._pending.pop(entry["s"], None)
@@ -569,7 +425,7 @@ class Machine:
         self._ready.append(task)
         return task
 
-    def _main_done(self, future: _Future[Any]) -> None:
+    def _main_done(self, future: Future[Any]) -> None:
         error = future._error
         if error is None:
             try:
@@ -589,7 +445,7 @@ class Machine:
         self._compensating = True
         described = None if error is None else describe_error(error)
         try:
-            await _MachineContext(self).compensate()
+            await MachineContext(self).compensate()
         except Exception as comp_error:
             described = described or {"type": "CompensationFailed", "message": ""}
             described["compensation"] = str(comp_error)
@@ -671,7 +527,7 @@ class Machine:
 
     def _operation(
         self, op: str, name: str, extra: dict[str, Any], convert: Callable[[Any], Any] = identity
-    ) -> tuple[int, bool, _Pending]:
+    ) -> tuple[int, bool, Pending]:
         if self.final or self._closing:
             raise RuntimeError("the instance has finished or is being evicted; no operations")
         seq = self._next_seq
@@ -684,196 +540,12 @@ class Machine:
             live = True
         else:
             live = self._record(entry, lambda rec: rec["op"] == op and rec["n"] == name)
-        pending = _Pending(op, name, _Future(), convert)
+        pending = Pending(op, name, Future(), convert)
         return seq, live, pending
 
-    def _error_for(self, pending: _Pending, err: dict[str, str]) -> BaseException:
+    def _error_for(self, pending: Pending, err: dict[str, str]) -> BaseException:
         if pending.op == "wait" and err["type"] == "WaitTimeout":
             event_type, key = pending.wait or (pending.name, None)
             return WaitTimeout(event_type, key)
         attempts = int(err.get("attempts", 1))
         return StepFailed(pending.name, err["type"], err["message"], attempts)
-
-
-class _MachineContext(Context):
-    __slots__ = ("_m",)
-
-    def __init__(self, machine: Machine) -> None:
-        self._m = machine
-
-    @property
-    def instance_id(self) -> str:
-        return self._m.instance_id
-
-    @property
-    def key(self) -> str | None:
-        return self._m.key
-
-    @property
-    def is_replaying(self) -> bool:
-        return self._m._replay is not None
-
-    @property
-    def idempotency_key(self) -> str:
-        return f"{self._m.instance_id}:{self._m._next_seq}"
-
-    def step(
-        self,
-        fn: Callable[..., Any],
-        *args: Any,
-        retry: Retry | None = None,
-        timeout: timedelta | None = None,
-        name: str | None = None,
-        inline: bool = False,
-        **kwargs: Any,
-    ) -> _Future[Any]:
-        m = self._m
-        step_name = name or getattr(fn, "__qualname__", None) or repr(fn)
-        seq, live, pending = m._operation("step", step_name, {}, result_decoder(fn))
-        pending.call = StepCall(
-            m.instance_id,
-            seq,
-            step_name,
-            fn,
-            args,
-            kwargs,
-            retry or DEFAULT_RETRY,
-            None if timeout is None else timeout.total_seconds(),
-            inline,
-        )
-        m._pending[seq] = pending
-        if live:
-            m._commands.append(ScheduleStep(pending.call))
-        return pending.future
-
-    def wait_for(
-        self, event: type[Event] | str, *, key: str | None = None, timeout: timedelta | None = None
-    ) -> _Future[Any]:
-        m = self._m
-        if isinstance(event, str):
-            event_type, cls = event, Event
-        else:
-            if event.event_type is None:
-                raise TypeError("wait_for needs an Event subclass declared with type=...")
-            event_type, cls = event.event_type, event
-        wait_key = m.key if key is None else str(key)
-        due = None if timeout is None else m._now + timeout.total_seconds()
-        extra: dict[str, Any] = {"key": wait_key}
-        if due is not None:
-            extra["due"] = due
-        codec = m._codec
-        seq, live, pending = m._operation(
-            "wait", event_type, extra, lambda value: codec.from_journal(value, cls)
-        )
-        pending.wait = (event_type, wait_key)
-        m._pending[seq] = pending
-        if live:
-            m._commands.append(StartWait(seq, event_type, wait_key, due))
-        return pending.future
-
-    def sleep(self, duration: timedelta) -> _Future[None]:
-        m = self._m
-        due = m._now + duration.total_seconds()
-        seq, live, pending = m._operation("sleep", "timer", {"due": due}, lambda _: None)
-        m._pending[seq] = pending
-        if live:
-            m._commands.append(StartTimer(seq, due))
-        return pending.future
-
-    def emit(
-        self, event: Event | str, data: dict[str, Any] | None = None, *, key: str | None = None
-    ) -> str:
-        m = self._m
-        if isinstance(event, str):
-            event = Event.of(event, data or {})
-        elif data is not None:
-            raise TypeError("emit(data=...) is only for emit('type', data=...)")
-        base = event.envelope
-        try:  # fail in the process code that emitted it, not later in the engine
-            payload = to_json(base.data)
-        except Exception as error:
-            raise EventValidationError(
-                f"emitted event {base.type!r}: data is not JSON-serializable: {error}"
-            ) from error
-        if base.traceparent is not None:
-            problem = traceparent_problem(base.traceparent)
-            if problem is not None:
-                raise EventValidationError(f"emitted event {base.type!r}: {problem}")
-        event_id = str(uuid.uuid5(_EMIT_NAMESPACE, f"{m.instance_id}:{m._next_seq}"))
-        seq, live, _ = m._operation("emit", base.type, {"ev": event_id})
-        if live:
-            # explicit values win; else the trigger's tenant, and its trace continued by
-            # a span id of (instance, seq): a replay derives the very same one
-            trace = base.traceparent
-            if trace is None:
-                trace = continue_trace(m._trace, f"{m.instance_id}:{seq}")
-            envelope = Envelope(
-                type=base.type,
-                data=payload,
-                id=event_id,
-                source=f"/{m.spec.app_name}/{m.spec.name}/{m.instance_id}",
-                subject=base.subject,
-                time=datetime.fromtimestamp(m._now, UTC),
-                dataschema=base.dataschema,
-                partitionkey=str(key) if key is not None else (base.partitionkey or m.key),
-                traceparent=trace,
-                tenant=m._tenant if base.tenant is None else base.tenant,
-            )
-            m._commands.append(EmitEvent(seq, envelope))
-        return event_id
-
-    def compensate_with(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        self._m._compensations.append(_Compensation(fn, args, kwargs))
-
-    async def compensate(self) -> None:
-        m = self._m
-        first_error: BaseException | None = None
-        while m._compensations:
-            # popped only once done: a cancel arriving meanwhile re-runs it (at least once)
-            comp = m._compensations[-1]
-            name = "compensate:" + (getattr(comp.fn, "__qualname__", None) or repr(comp.fn))
-            try:
-                await self.step(comp.fn, *comp.args, name=name, **comp.kwargs)
-            except StepFailed as error:
-                first_error = first_error or error
-            if m._compensations and m._compensations[-1] is comp:
-                m._compensations.pop()
-        if first_error is not None:
-            raise first_error
-
-    def gather(self, *operations: Awaitable[Any]) -> _Future[list[Any]]:
-        m = self._m
-        futures: list[_Future[Any]] = []
-        for op in operations:
-            if isinstance(op, _Future):
-                futures.append(op)
-            elif isinstance(op, Coroutine):
-                futures.append(m._spawn(op).future)
-            else:
-                raise TypeError(f"ctx.gather takes ctx operations or coroutines, not {op!r}")
-        result: _Future[list[Any]] = _Future()
-        remaining = [len(futures)]
-
-        def one_done() -> None:
-            remaining[0] -= 1
-            if remaining[0] == 0:
-                for f in futures:
-                    if f._error is not None:
-                        result.set_error(f._error)
-                        return
-                result.set_result([f._result for f in futures])
-
-        if not futures:
-            result.set_result([])
-        for f in futures:
-            f.add_callback(one_done)
-        return result
-
-    def now(self) -> datetime:
-        return datetime.fromtimestamp(self._m._now, UTC)
-
-    def uuid(self) -> uuid.UUID:
-        return uuid.UUID(int=self._m.rng.getrandbits(128), version=4)
-
-    def random(self) -> float:
-        return self._m.rng.random()

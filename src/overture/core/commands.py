@@ -1,0 +1,82 @@
+"""What a :class:`~overture.core.machine.Machine` asks the runtime to do (its commands),
+and the process definition it runs (``ProcessSpec``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from ..events import Envelope, Event
+from ..policies import Retry
+from .context import Context
+from .status import Status
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSpec:
+    """What the core needs to know about a process definition."""
+
+    name: str
+    version: int
+    fn: Callable[[Context, Any], Coroutine[Any, Any, Any]]
+    event_class: type[Event]
+    app_name: str = "overture"
+
+
+# -- commands (outputs to the runtime) ----------------------------------------------------
+
+
+@dataclass(slots=True)
+class StepCall:
+    """A step the runtime must execute (again, after a crash)."""
+
+    instance_id: str
+    seq: int
+    name: str
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    retry: Retry
+    timeout: float | None
+    inline: bool = False
+    """A sync step its author declared non-blocking: run on the engine's thread."""
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.instance_id}:{self.seq}"
+
+
+@dataclass(slots=True)
+class ScheduleStep:
+    call: StepCall
+
+
+@dataclass(slots=True)
+class StartTimer:
+    seq: int
+    due: float
+
+
+@dataclass(slots=True)
+class StartWait:
+    seq: int
+    event_type: str
+    key: str | None
+    due: float | None
+
+
+@dataclass(slots=True)
+class EmitEvent:
+    seq: int
+    envelope: Envelope
+
+
+@dataclass(slots=True)
+class Finished:
+    status: Status
+    result: Any = None
+    error: dict[str, str] | None = None
+
+
+Command = ScheduleStep | StartTimer | StartWait | EmitEvent | Finished
