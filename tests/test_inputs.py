@@ -211,8 +211,11 @@ async def test_the_client_refuses_reserved_and_invalid_types_and_the_engine_agre
         h.client.send("overture.cancel", {"instance_id": "nobody"}, reserved=True)
         await h.idle()
         letters = h.client.dead_letters()
-        assert [d.source for d in letters] == ["decode", "decode"]
-        assert all("a CloudEvents type has no whitespace" in d.reason for d in letters)
+        assert sorted(d.source for d in letters) == ["decode", "decode", "route"]
+        decoded = [d for d in letters if d.source == "decode"]
+        assert all("a CloudEvents type has no whitespace" in d.reason for d in decoded)
+        (unknown,) = [d for d in letters if d.source == "route"]
+        assert "cancel: no instance 'nobody'" in unknown.reason
         assert effects == ["o1"]
 
 
@@ -307,3 +310,45 @@ async def test_raw_events_with_attributes_that_are_not_strings_read_alike_everyw
             "CloudEvent attribute 'id' must be a string",
             "CloudEvent attribute 'source' must be a string",
         ]
+
+
+async def test_a_cancel_that_reaches_no_instance_is_dead_lettered_not_dropped(
+    harness: Factory,
+) -> None:
+    """A cancel written by another producer with the wrong key lands on a partition that
+    does not hold the instance (Kafka: each engine holds its own partitions' instances):
+    it is dead-lettered, saying why, instead of silently doing nothing; a cancel for an
+    instance that already finished is no error."""
+    app = ov.App("cancels")
+
+    @app.process(trigger="job.started")
+    async def job(ctx: ov.Context, event: ov.Event) -> str:
+        if event.data.get("quick"):
+            return "done"
+        await ctx.sleep(timedelta(hours=1))
+        return "slept"
+
+    async with harness(app) as h:
+        h.client.send("job.started", {}, key="k1")
+        h.client.send("job.started", {"quick": True}, key="k2")
+        await h.idle()
+        running = next(i for i in h.client.instances() if i.status != "completed")
+        finished = next(i for i in h.client.instances() if i.status == "completed")
+        partitions = h.client.backend.log.partitions
+        home = partition_for("k1", partitions)
+        others = [f"w{n}" for n in range(100) if partition_for(f"w{n}", partitions) != home]
+        wrong = others[0] if others else "w0"  # one partition: every key is the right one
+        h.client.send("overture.cancel", {"instance_id": running.id}, key=wrong, reserved=True)
+        h.client.send("overture.cancel", {"instance_id": finished.id}, key="k2", reserved=True)
+        await h.idle()
+        if h.client.backend.capabilities.partitioned:  # the cancel missed the instance
+            (letter,) = h.client.dead_letters()
+            assert letter.source == "route"
+            assert f"cancel: no instance {running.id!r} on partition" in letter.reason
+            assert h.client.instance(running.id).status == "waiting"
+            h.client.cancel(running.id)  # the client keys it right
+            await h.idle()
+        else:  # one engine holds every partition: the key does not matter
+            assert h.client.dead_letters() == []
+        assert h.client.instance(running.id).status == "cancelled"
+        assert h.client.instance(finished.id).status == "completed"

@@ -247,10 +247,16 @@ class Instances:
         self._waits.clear(stage, wait, withdraw=False)
         self.resolve_wait(stage, live, wait, self._codec.to_journal(event), now)
 
-    def cancel(self, stage: Stage, iid: str, now: float) -> None:
+    def cancel(self, stage: Stage, iid: str, now: float) -> bool:
+        """Cancel a running (or parked) instance. False if this engine holds no such
+        instance, not even a finished one: the cancel named a wrong id, or reached a
+        partition other than the instance's (on Kafka, where each engine holds only its
+        own partitions' instances)."""
         live = self.live(stage, iid, now, stuck=True)
         if live is not None:
             self.drive(stage, live, live.machine.cancel(now), now)
+            return True
+        return iid in self._cache or self._store.instance(iid) is not None
 
     # -- commands ----------------------------------------------------------------------
 

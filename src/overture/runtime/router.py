@@ -203,7 +203,16 @@ class Router:
             for wait, event in deliveries:
                 self._instances.deliver(stage, wait, event, now)
         elif isinstance(message, protocol.Cancel):
-            self._instances.cancel(stage, message.instance_id, now)
+            if not self._instances.cancel(stage, message.instance_id, now):
+                # Dropping it would leave its sender believing the instance cancelled.
+                reason = (
+                    f"cancel: no instance {message.instance_id!r} on partition "
+                    f"{record.partition}; a cancel must be keyed with the instance's key "
+                    "(its partitionkey), as Client.cancel does, to reach the partition that "
+                    "holds it"
+                )
+                position = f"{record.partition}:{record.offset}"
+                self._dead_letters.add(stage, position, "route", reason, envelope, record, now)
         elif isinstance(message, protocol.DlqReplay):
             self._replay_dead_letter(stage, message.id, now)
 
