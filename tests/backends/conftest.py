@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from overture.backends import open_backend
+from overture.backends.kafka.reading import high_watermarks, reader
 from overture.ports import Backend, Capabilities, Claim, EngineBackend, StateView
 
 from ..conftest import kafka_url
@@ -61,6 +62,30 @@ class Subject:
         if not self.backend.capabilities.partitioned:
             return self._engines[0]
         return self._engines[partition]
+
+    def settle(self) -> None:
+        """Wait until what the engines committed is visible to readers: on Kafka a
+        transaction reports its commit before the cluster has written its markers, and
+        until then a ``read_committed`` reader (the client's view) stops before it. The
+        wait ends when no changelog partition has a transaction open (its last stable
+        offset reached its high watermark), not after a fixed sleep."""
+        if not self.backend.capabilities.partitioned:
+            return
+        settings = self.backend.settings  # type: ignore[attr-defined]
+        topic = settings.changelog_topic
+        committed = reader(settings, "settle-lso")
+        written = reader(settings, "settle-hwm", committed=False)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                stable = high_watermarks(committed, topic, list(range(PARTITIONS)))
+                if stable == high_watermarks(written, topic, list(range(PARTITIONS))):
+                    return
+                assert time.monotonic() < deadline, "a changelog transaction stayed open"
+                time.sleep(0.01)
+        finally:
+            committed.close()
+            written.close()
 
     def reopened(self) -> StateView:
         """The committed state as a process that opens the backend afresh sees it."""

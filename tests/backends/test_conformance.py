@@ -54,6 +54,7 @@ def row(iid: str, status: str = "running", **kw: object) -> InstanceRow:
 def views(subject: Subject) -> list[StateView]:
     """What the engine committed to, and what clients read (Kafka: followed from the
     changelog): the same rows."""
+    subject.settle()
     return [subject.engine().store, subject.backend.store]
 
 

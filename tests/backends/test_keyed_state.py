@@ -27,6 +27,7 @@ def _commit(subject: Subject, batch: Batch) -> None:
 
 def _views(subject: Subject) -> list[StateView]:
     """The engine's store, the client's view, and a freshly opened one: all agree."""
+    subject.settle()
     return [subject.engine().store, subject.backend.store, subject.reopened()]
 
 
