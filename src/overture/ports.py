@@ -22,7 +22,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 Headers = tuple[tuple[str, bytes | None], ...]
 """A Kafka record's headers, in order (a name may repeat; a value may be null)."""
@@ -326,6 +326,7 @@ class Capabilities:
     instead of on its event loop."""
 
 
+@runtime_checkable
 class EngineBackend(Protocol):
     """What one engine runs on: the log it reads, the store it commits to.
 

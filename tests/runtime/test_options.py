@@ -17,6 +17,8 @@ from overture.runtime.host import Host
 from overture.runtime.options import EngineOptions
 from overture.testing import Harness
 
+from ..conftest import kafka_url
+
 
 def test_options_are_frozen_and_keyword_only() -> None:
     options = EngineOptions(cache_size=5)
@@ -95,5 +97,14 @@ async def test_abandon_drops_the_engine_as_a_crash_would(tmp_path: Path) -> None
             await second.stop()
             assert [i.status for i in client.instances()] == ["completed"]
         assert calls == ["ran"]
+    finally:
+        backend.close()
+
+
+def test_an_engine_on_a_kafka_client_backend_says_to_use_a_host(kafka_bootstrap: str) -> None:
+    backend = open_backend(kafka_url(kafka_bootstrap))
+    try:
+        with pytest.raises(ov.ConfigError, match="run it with Host"):
+            ov.Engine(ov.App("k"), backend)
     finally:
         backend.close()

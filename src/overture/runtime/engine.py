@@ -31,7 +31,8 @@ from typing import TypedDict, Unpack
 from ..app import App
 from ..codec import Codec
 from ..core.correlation import WaitIndex
-from ..ports import EngineBackend
+from ..errors import ConfigError
+from ..ports import Backend, EngineBackend
 from . import gcpolicy
 from .clock import Clock, SystemClock
 from .deadletters import DeadLetters
@@ -81,13 +82,21 @@ class Engine:
     def __init__(
         self,
         app: App,
-        backend: EngineBackend,
+        backend: EngineBackend | Backend,
         *,
         clock: Clock | None = None,
         codec: Codec | None = None,
         options: EngineOptions | None = None,
         **keywords: Unpack[EngineKeywords],
     ) -> None:
+        if not isinstance(backend, EngineBackend):
+            # a kafka:// client backend: without this, the first use would fail deep
+            # inside with an AttributeError
+            raise ConfigError(
+                f"an Engine runs on one engine's side of a backend; {backend.url} hands "
+                "its partitions to engines through a claim: run it with Host (what "
+                "`overture run` does), which claims them"
+            )
         options = options or EngineOptions()
         if keywords:
             options = dataclasses.replace(options, **keywords)
