@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 import overture as ov
+from overture.core import identity
 from overture.core import machine as m
 from overture.events import Envelope, encode
 from overture.ports import partition_for
@@ -97,7 +98,7 @@ async def test_an_instance_with_the_legacy_id_is_found_when_its_trigger_returns(
     async with harness(app) as h:
         # start the instance as an old release did, then restart on today's code
         with monkeypatch.context() as old_release:
-            old_release.setattr(m, "instance_id_for", m.legacy_instance_id_for)
+            old_release.setattr(identity, "instance_id_for", identity.legacy_instance_id_for)
             h.client.send_raw(encode(trigger), key="o1")
             await h.idle()
         assert [i.id for i in h.client.instances()] == [legacy]

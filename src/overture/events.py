@@ -134,7 +134,7 @@ def _new_id() -> str:
     """A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then 74 random bits.
 
     Time-ordered ids give the instances they start time-ordered ids too
-    (``core.machine.instance_id_for``), which keeps SQLite's B-tree writes local. Python
+    (``core.identity.instance_id_for``), which keeps SQLite's B-tree writes local. Python
     3.14's ``uuid.uuid7`` does the same; this is for 3.11.
     """
     millis = time_ns() // 1_000_000 & 0xFFFFFFFFFFFF

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .core.machine import instance_id_for
+from .core.identity import instance_id_for
 from .errors import ConfigError
 from .results import outcome
 
