@@ -202,6 +202,8 @@ class Engine:
         """Claim the backend and load the state needed to resume (waits, work, keys)."""
         if self._loop.broken:  # failed or abandoned: its memory is not to be trusted
             raise RuntimeError("the engine failed earlier; restart it")
+        if self._stopping:  # it would hold the backend's lock without reading the log
+            raise RuntimeError("this engine was stopped; an engine runs once: make a new one")
         release = self._release_lock = self.backend.engine_lock()
         store = self.backend.store
         try:

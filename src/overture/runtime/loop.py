@@ -144,6 +144,8 @@ class PartitionLoop:
             participant.seal(stage, now)
         batch = stage.batch
         await self.settle()  # the previous batch is durable from here on
+        if self.broken:  # abandoned while it waited: nothing more is committed
+            raise RuntimeError("the engine was abandoned")
         for participant in participants:
             participant.settled(batch.instances)
         if not batch.empty():
@@ -200,15 +202,19 @@ class PartitionLoop:
         committing = self._committing
         if committing is None:
             return
-        self._committing = None
         batch = self._committing_batch
         try:
-            await committing
+            # Shielded, and forgotten only once it landed: a task cancelled while it
+            # waits here (``Host.abandon``) must not hide the running commit from
+            # ``abandon``, which waits for it before the backend is let go.
+            await asyncio.shield(committing)
         except BaseException:
             self.broken = True
             raise
         finally:
-            self._committing_batch = None
+            if self._committing is committing and committing.done():
+                self._committing = None
+                self._committing_batch = None
         if batch is not None:
             self._observer.commit_finished(
                 _rows(batch), len(batch.appends), time.monotonic() - self._commit_began
@@ -237,4 +243,5 @@ def _rows(batch: Batch) -> int:
         + len(batch.work)
         + len(batch.inbox)
         + len(batch.dead_letters)
+        + len(batch.state)
     )
