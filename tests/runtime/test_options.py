@@ -36,6 +36,14 @@ def test_options_are_frozen_and_keyword_only() -> None:
         ("batch_size", 0, "batch_size"),
         ("threads", 0, "at least one thread"),
         ("sync_fold", -0.5, "sync_fold"),
+        ("sync_fold", float("nan"), "sync_fold"),
+        ("sync_fold", "0.1", "sync_fold"),
+        ("batch_size", "3", "batch_size"),
+        ("cache_size", True, "cache_size"),
+        ("gc_threshold", -5, "gc_threshold"),
+        ("group", "", "group"),
+        ("partitions", (), "at least one partition"),
+        ("partitions", (0, -1), "partitions"),
     ],
 )
 def test_options_are_validated_when_made(field: str, value: object, message: str) -> None:

@@ -7,6 +7,7 @@ layers argument by argument.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -60,19 +61,38 @@ class EngineOptions:
     rebalances (``runtime/observer.py``); the default does nothing."""
 
     def __post_init__(self) -> None:
-        if self.cache_size < 0:
-            raise ConfigError("cache_size must be >= 0")
-        if self.batch_size < 1:
-            raise ConfigError("batch_size must be >= 1")
-        if self.threads < 1:
-            raise ConfigError("the step thread pool needs at least one thread")
-        if self.sync_fold is not None and self.sync_fold < 0:
-            raise ConfigError("sync_fold must be a number of seconds >= 0 (or None)")
+        _count("cache_size", self.cache_size, 0)
+        _count("batch_size", self.batch_size, 1)
+        _count("threads", self.threads, 1, "the step thread pool needs at least one thread")
+        if self.gc_threshold is not None:
+            _count("gc_threshold", self.gc_threshold, 1)
+        if self.sync_fold is not None and not (
+            isinstance(self.sync_fold, int | float)
+            and not isinstance(self.sync_fold, bool)
+            and math.isfinite(self.sync_fold)
+            and self.sync_fold >= 0
+        ):
+            raise ConfigError(
+                f"sync_fold must be a number of seconds >= 0 (or None), not {self.sync_fold!r}"
+            )
+        if self.group is not None and (not isinstance(self.group, str) or not self.group):
+            raise ConfigError(f"group must be a non-empty name (or None), not {self.group!r}")
         if self.partitions is not None:
+            partitions = tuple(self.partitions)
+            if not partitions:
+                raise ConfigError("partitions must name at least one partition (or be None)")
+            for p in partitions:
+                _count("partitions[...]", p, 0)
             # a tuple: the options stay immutable whatever sequence the caller passed
-            object.__setattr__(self, "partitions", tuple(self.partitions))
+            object.__setattr__(self, "partitions", partitions)
 
     @property
     def fold_seconds(self) -> float:
         """``sync_fold`` as a number (0.0: never wait)."""
         return self.sync_fold or 0.0
+
+
+def _count(name: str, value: object, least: int, message: str | None = None) -> None:
+    """Refuse anything but an integer >= ``least`` (``True`` is not a count)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise ConfigError(message or f"{name} must be an integer >= {least}, not {value!r}")
