@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from .app import App
-from .backends import DEFAULT_URL
+from .backends import DEFAULT_URL, renamed_broker
 from .client import Client, Instance, LoggedEvent, _instance
 from .codec import Codec
 from .events import Envelope, Event
@@ -44,7 +44,9 @@ class AsyncClient:
         *,
         app: App | None = None,
         codec: Codec | None = None,
+        broker: str | Backend | None = None,
     ) -> None:
+        backend = renamed_broker("AsyncClient", backend, DEFAULT_URL, broker)
         self.sync = Client(backend, app=app, codec=codec)
         """The synchronous client this one shares its connections and committer with."""
         self._local = not self.sync.backend.capabilities.remote

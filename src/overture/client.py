@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from typing import Any
 
 from . import protocol
 from .app import App
-from .backends import DEFAULT_URL, open_backend
+from .backends import DEFAULT_URL, open_backend, renamed_broker
 from .codec import Codec
 from .core import journal as jr
 from .errors import ConfigError, MalformedEvent, NotFound
@@ -76,13 +77,21 @@ class Client:
         *,
         app: App | None = None,
         codec: Codec | None = None,
+        broker: str | Backend | None = None,
     ) -> None:
+        backend = renamed_broker("Client", backend, DEFAULT_URL, broker)
         self._owns = isinstance(backend, str)
         self.backend: Backend = open_backend(backend) if isinstance(backend, str) else backend
         self.app = app
         self.codec = Codec(app) if codec is None else codec
         self._sends = GroupCommitter(self.backend.log)
         self._results = Results(self.backend)
+
+    @property
+    def broker(self) -> Backend:
+        """Deprecated: the old name of :attr:`backend`."""
+        warnings.warn("Client.broker is now Client.backend", DeprecationWarning, stacklevel=2)
+        return self.backend
 
     def close(self) -> None:
         self._sends.close()

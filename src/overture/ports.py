@@ -421,3 +421,8 @@ class Backend(Protocol):
         """
 
     def close(self) -> None: ...
+
+
+Broker = Backend
+"""The name of :class:`Backend` before 0.2 ("broker" now means the Kafka server only);
+kept so that existing code runs."""

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import threading
+import warnings
+from typing import TypeVar
 from urllib.parse import urlparse
 
 from ..errors import ConfigError
@@ -52,3 +54,27 @@ def forget_memory_backends() -> None:
     """Drop every ``memory://`` backend (tests)."""
     with _memory_lock:
         _memory.clear()
+
+
+open_broker = open_backend
+"""The name of :func:`open_backend` before 0.2 ("broker" now means the Kafka server only);
+kept so that existing code runs."""
+
+_T = TypeVar("_T")
+
+
+def renamed_broker(owner: str, backend: _T, default: _T, broker: _T | None) -> _T:
+    """``backend``, or what a caller still passes under its old name ``broker=``
+    (with a ``DeprecationWarning``).
+
+    Raises:
+        TypeError: both were given.
+    """
+    if broker is None:
+        return backend
+    if backend is not default:
+        raise TypeError(f"{owner}() got both backend and broker (its old name): give one")
+    warnings.warn(
+        f"{owner}(broker=...) is now {owner}(backend=...)", DeprecationWarning, stacklevel=3
+    )
+    return broker

@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Unpack
 
 from ..app import App
-from ..backends import open_backend
+from ..backends import open_backend, renamed_broker
 from ..client import Client
 from ..codec import Codec
 from ..ports import Backend
@@ -51,8 +51,10 @@ class Harness:
         clock: VirtualClock | SystemClock | None = None,
         options: EngineOptions | None = None,
         codec: Codec | None = None,
+        broker: str | None = None,
         **keywords: Unpack[EngineKeywords],
     ) -> None:
+        backend = renamed_broker("Harness", backend, None, broker)
         options = options or EngineOptions()
         if keywords:
             options = dataclasses.replace(options, **keywords)
