@@ -8,6 +8,8 @@ import asyncio
 import time
 from collections.abc import Collection, Sequence
 
+import pytest
+
 from overture.ports import Batch, NewRecord, Record
 from overture.runtime.keyed import KeyedState
 from overture.runtime.loop import PartitionLoop
@@ -91,3 +93,18 @@ def test_reads_see_the_stage_then_the_batch_in_flight_then_the_store(subject: Su
     # with nothing in flight the store shows through what the stage leaves alone
     bare = KeyedState(subject.engine().store, lambda: None)
     assert bare.get(Stage("g", 10), "n", b"c") == b"store"
+
+
+def test_staging_refuses_entries_that_are_not_text_and_bytes() -> None:
+    stage = Stage("g", 10)
+    for namespace, key, value in [
+        ("n", 5, b"v"),
+        ("n", bytearray(b"k"), b"v"),
+        ("n", b"k", "text"),
+        (b"n", b"k", b"v"),
+    ]:
+        with pytest.raises(TypeError, match="keyed-state"):
+            stage.put_state(namespace, key, value)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="keyed-state key"):
+        stage.delete_state("n", memoryview(b"k"))  # type: ignore[arg-type]
+    assert stage.batch.state == {}

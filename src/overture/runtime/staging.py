@@ -90,9 +90,30 @@ class Stage:
         self.dirty: dict[str, Live] = {}  # instances whose rows this batch writes
 
     def put_state(self, namespace: str, key: bytes, value: bytes) -> None:
-        """Stage a keyed-state entry (``runtime/keyed.py``), committed with this batch."""
+        """Stage a keyed-state entry (``runtime/keyed.py``), committed with this batch.
+
+        Raises:
+            TypeError: the namespace is not text, or the key or value not ``bytes`` (an
+                ``int`` would be stored as that many NUL bytes, a ``bytearray`` cannot be
+                a key).
+        """
+        _check_entry(namespace, key)
+        if type(value) is not bytes:
+            raise TypeError(f"a keyed-state value is bytes, not {type(value).__name__}")
         self.batch.state[(namespace, key)] = value
 
     def delete_state(self, namespace: str, key: bytes) -> None:
-        """Stage the deletion of a keyed-state entry (a tombstone in the store)."""
+        """Stage the deletion of a keyed-state entry (a tombstone in the store).
+
+        Raises:
+            TypeError: as for :meth:`put_state`.
+        """
+        _check_entry(namespace, key)
         self.batch.state[(namespace, key)] = None
+
+
+def _check_entry(namespace: str, key: bytes) -> None:
+    if type(namespace) is not str:
+        raise TypeError(f"a keyed-state namespace is str, not {type(namespace).__name__}")
+    if type(key) is not bytes:
+        raise TypeError(f"a keyed-state key is bytes, not {type(key).__name__}")
