@@ -21,7 +21,6 @@ from ...protocol import FINAL
 from .files import connect
 
 _POLL_SECONDS = 0.05
-_FINAL = tuple(sorted(FINAL))  # as SQL parameters
 # Doorbell datagrams beyond the plain ring: a client registering its result bell, the
 # engine's acknowledgement, and the ids of the instances a commit finished.
 _REGISTER = b"register "
@@ -119,7 +118,7 @@ class Doorbell:
         """Tell registered clients which instances this commit finished."""
         if not self._result_bells:
             return
-        finished = [i.encode() for i, row in batch.instances.items() if row.status in _FINAL]
+        finished = [i.encode() for i, row in batch.instances.items() if row.status in FINAL]
         if not finished:
             return
         datagrams = [
