@@ -68,21 +68,22 @@ class Subject:
         transaction reports its commit before the cluster has written its markers, and
         until then a ``read_committed`` reader (the client's view) stops before it. The
         wait ends when no changelog partition has a transaction open (its last stable
-        offset reached its high watermark), not after a fixed sleep."""
+        offset reached its high watermark), not after a fixed sleep. The events topic
+        is waited for the same way: a commit's appends are in the same transaction."""
         if not self.backend.capabilities.partitioned:
             return
         settings = self.backend.settings  # type: ignore[attr-defined]
-        topic = settings.changelog_topic
         committed = reader(settings, "settle-lso")
         written = reader(settings, "settle-hwm", committed=False)
         try:
             deadline = time.monotonic() + 30
-            while True:
-                stable = high_watermarks(committed, topic, list(range(PARTITIONS)))
-                if stable == high_watermarks(written, topic, list(range(PARTITIONS))):
-                    return
-                assert time.monotonic() < deadline, "a changelog transaction stayed open"
-                time.sleep(0.01)
+            for topic in (settings.changelog_topic, settings.events_topic):
+                while True:
+                    stable = high_watermarks(committed, topic, list(range(PARTITIONS)))
+                    if stable == high_watermarks(written, topic, list(range(PARTITIONS))):
+                        break
+                    assert time.monotonic() < deadline, f"a transaction on {topic} stayed open"
+                    time.sleep(0.01)
         finally:
             committed.close()
             written.close()

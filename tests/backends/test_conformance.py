@@ -114,6 +114,7 @@ def test_commit_applies_every_kind_of_change(subject: Subject) -> None:
     batch.dead_letters["0:1"] = DeadLetter("0:1", 4.0, "bad", 0, "decode", None, None, b"?", 0, 1)
     store.commit(batch)
 
+    subject.settle()  # Kafka: the appends become readable once the markers are written
     assert subject.backend.log.find_event("em-1") is not None
     for view in views(subject):
         assert view.offsets("g") == {0: 5, 1: 7}
