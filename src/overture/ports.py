@@ -198,6 +198,69 @@ class DeadLetter:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskRecord:
+    """A task attempt the engine publishes for workers: one queue entry.
+
+    ``request`` is the ``overture.task.requested`` CloudEvent (structured JSON, as a
+    worker reads it); ``id`` is its event id (``protocol.task_attempt_id``)."""
+
+    id: str
+    queue: str
+    request: bytes
+    deadline: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedTask:
+    """A task attempt a worker holds until ``lease_until`` (Unix time; it renews the
+    lease with :meth:`TaskQueue.heartbeat`)."""
+
+    id: str
+    queue: str
+    request: bytes
+    lease_until: float
+
+
+FinishOutcome = Literal["accepted", "unknown", "ended"]
+"""What :meth:`TaskQueue.finish` did: ``accepted`` (the result is on the log),
+``unknown`` (no such attempt was ever published), ``ended`` (the attempt is over: the
+engine applied a result, gave it up at its deadline, or the instance ended; nothing was
+written)."""
+
+
+class TaskQueue(Protocol):
+    """The task attempts engines publish (``Batch.tasks``), as workers take them.
+
+    At least once per attempt: an attempt whose lease runs out before its worker finished
+    it is handed to the next claimer. A worker in another language speaks the same
+    protocol over HTTP (the API's task endpoints call these methods) or, on Kafka, reads
+    the queue's topic itself.
+    """
+
+    def claim(
+        self, queues: Sequence[str], worker: str, limit: int, lease: float
+    ) -> list[ClaimedTask]:
+        """Take up to ``limit`` attempts of the given queues that nobody holds (never
+        claimed, or their lease ran out), oldest first, leased to ``worker`` for
+        ``lease`` seconds. Returns at once, possibly with nothing (see :meth:`subscribe`)."""
+
+    def heartbeat(self, task_id: str, worker: str, lease: float) -> bool:
+        """Extend ``worker``'s lease of an attempt by ``lease`` seconds from now; False if
+        it is not ``worker``'s any more (its lease ran out and another worker claimed it,
+        or the attempt ended): the worker should stop."""
+
+    def finish(self, task_id: str, worker: str, result: NewRecord) -> FinishOutcome:
+        """Append ``result`` (the attempt's ``overture.task.completed`` or ``.failed``
+        event) to the log and end the claim, in one transaction where the backend has
+        one. A result from a worker whose lease ran out is still accepted while the
+        attempt is open (the engine keeps the first result of an attempt)."""
+
+    def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """Call ``wake`` (from any thread) when attempts may have been published; a hint
+        for long polls, not a guarantee. Returns the unsubscribe function."""
+
+
+@dataclass(frozen=True, slots=True)
 class InstanceSnapshot:
     """What the engine needs to rebuild an instance that is not in its cache."""
 
@@ -233,7 +296,11 @@ class Batch:
     state: dict[StateKey, bytes | None] = field(default_factory=dict)
     """Keyed state: (namespace, key) -> the new value, or ``None`` (a tombstone: the
     entry is deleted). For everything else a batch commits (window aggregates, pattern
-    buffers, task leases, schema versions): no new table, column or changelog kind."""
+    buffers, schema versions): no new table, column or changelog kind."""
+    tasks: dict[str, TaskRecord | None] = field(default_factory=dict)
+    """Task attempts published to their queues (``TaskQueue``), by attempt id; ``None``
+    ends an attempt (a result was applied, its deadline passed, its instance ended): no
+    worker claims it any more and a result for it is refused."""
 
     def empty(self) -> bool:
         return not (
@@ -246,6 +313,7 @@ class Batch:
             or self.inbox
             or self.dead_letters
             or self.state
+            or self.tasks
         )
 
 
@@ -399,6 +467,10 @@ class Backend(Protocol):
 
     @property
     def store(self) -> StateView: ...
+
+    @property
+    def tasks(self) -> TaskQueue:
+        """The task queues, as workers and the HTTP API's task endpoints take them."""
 
     def watch_finished(self, wake: Callable[[list[str] | None], None]) -> Callable[[], None]:
         """Call ``wake`` (from any thread) with the ids of the instances each commit

@@ -16,6 +16,13 @@ model here, the engine validates every control event against it and dead-letters
 does not match (with the reason) instead of failing on it, and the client validates the
 same way before sending.
 
+Remote tasks (``ctx.call``) use three more: the engine publishes a
+:data:`TASK_REQUESTED` event per task *attempt* to the task's queue (not to the log: see
+``ports.TaskQueue``), and a worker, in any language, answers it by appending a
+:data:`TASK_COMPLETED` or :data:`TASK_FAILED` event to the log, built from the request by
+:func:`task_result_id` and the request's ``reply``. ``docs/protocol.md`` is the
+language-neutral description of these messages.
+
 Ordinary producers have no business sending these types (once the HTTP API exists the same
 door would let anyone cancel or feed instances), so :class:`overture.Client` refuses them
 unless the caller passes ``reserved=True`` (``overture send --reserved``).
@@ -37,7 +44,11 @@ __all__ = [
     "FINAL",
     "PARTITIONKEY",
     "PAYLOADCODEC",
+    "DEFAULT_QUEUE",
     "RESERVED_PREFIX",
+    "TASK_COMPLETED",
+    "TASK_FAILED",
+    "TASK_REQUESTED",
     "TENANT",
     "TRACEPARENT",
     "WAIT_DELIVER",
@@ -46,7 +57,12 @@ __all__ = [
     "Cancel",
     "Control",
     "DlqReplay",
+    "Reply",
     "Status",
+    "TaskCompletion",
+    "TaskError",
+    "TaskFailure",
+    "TaskRequest",
     "WaitDeliver",
     "WaitSubscribe",
     "WaitUnsubscribe",
@@ -56,6 +72,10 @@ __all__ = [
     "internal_topic",
     "is_reserved",
     "parse_control",
+    "task_attempt_id",
+    "task_result_id",
+    "tasks_topic",
+    "worker_group",
 ]
 
 # -- CloudEvents extension attributes -------------------------------------------------------
@@ -100,6 +120,16 @@ def engine_group(namespace: str) -> str:
     return f"{namespace}.engine"
 
 
+def tasks_topic(namespace: str, queue: str) -> str:
+    """The topic the engines publish a queue's task requests to."""
+    return f"{namespace}.tasks.{queue}"
+
+
+def worker_group(namespace: str, queue: str) -> str:
+    """The consumer group the workers of a queue form (on the queue's tasks topic)."""
+    return f"{namespace}.workers.{queue}"
+
+
 # -- control events -----------------------------------------------------------------------
 
 RESERVED_PREFIX = "overture."
@@ -115,6 +145,30 @@ WAIT_UNSUBSCRIBE = "overture.wait.unsubscribe"
 """To the partition of a wait's key: the wait ended, drop its subscription."""
 WAIT_DELIVER = "overture.wait.deliver"
 """To an instance's partition: an event its wait (``instance_id``, ``seq``) matched."""
+TASK_REQUESTED = "overture.task.requested"
+"""Engine to workers, on the task's queue: run one attempt of a task (:class:`TaskRequest`).
+Its CloudEvent ``id`` is the attempt's id (:func:`task_attempt_id`), its ``subject`` the
+task's name."""
+TASK_COMPLETED = "overture.task.completed"
+"""Worker to engine, on the log: an attempt's output (:class:`TaskCompletion`)."""
+TASK_FAILED = "overture.task.failed"
+"""Worker to engine, on the log: an attempt failed (:class:`TaskFailure`); ``retryable``
+false ends the task at once (the process sees ``ov.TaskFailed``), else the engine's retry
+policy decides."""
+DEFAULT_QUEUE = "default"
+"""The queue of a task that names none."""
+
+
+def task_attempt_id(instance_id: str, seq: int, attempt: int) -> str:
+    """The id of a task attempt: its request event's id, and its queue entry's."""
+    return f"task:{instance_id}:{seq}:{attempt}"
+
+
+def task_result_id(attempt_id: str) -> str:
+    """The event id a worker gives the result of attempt ``attempt_id`` (completed or
+    failed alike): a second result of one attempt is a duplicate, dropped by the logs that
+    deduplicate event ids and by the engine everywhere else."""
+    return f"{attempt_id}:result"
 
 
 def is_reserved(event_type: str) -> bool:
@@ -165,7 +219,72 @@ class WaitDeliver(_Message):
     event: dict[str, Any]
 
 
-Control = Cancel | DlqReplay | WaitSubscribe | WaitUnsubscribe | WaitDeliver
+class Reply(_Message):
+    """Where a task's result goes: append it to the log with this partition key (the
+    ``partitionkey`` attribute; on Kafka also the record key) and, on a partitioned log,
+    to this partition (the instance's)."""
+
+    partitionkey: str | None
+    partition: int = Field(ge=0)
+
+
+class TaskRequest(_Message):
+    """``overture.task.requested``: one attempt of a task.
+
+    ``idempotency_key`` is the same for every attempt of one call (a worker's side effect
+    keyed by it happens once however often the task is re-delivered or retried);
+    ``deadline`` (Unix time in seconds, or null) is when the engine gives the attempt up:
+    a result that arrives later is dropped, so a worker should not start an attempt past
+    it.
+    """
+
+    task: str = Field(min_length=1)
+    queue: str = Field(min_length=1)
+    input: Any = None
+    instance_id: str = Field(min_length=1)
+    seq: int = Field(ge=0)
+    attempt: int = Field(ge=1)
+    idempotency_key: str = Field(min_length=1)
+    deadline: float | None = None
+    reply: Reply
+
+
+class TaskCompletion(_Message):
+    """``overture.task.completed``: ``output`` is the task's JSON result."""
+
+    instance_id: str = Field(min_length=1)
+    seq: int = Field(ge=0)
+    attempt: int = Field(ge=1)
+    output: Any = None
+
+
+class TaskError(_Message):
+    """What went wrong in a task attempt: an error class name and a message."""
+
+    type: str = Field(min_length=1)
+    message: str
+
+
+class TaskFailure(_Message):
+    """``overture.task.failed``."""
+
+    instance_id: str = Field(min_length=1)
+    seq: int = Field(ge=0)
+    attempt: int = Field(ge=1)
+    error: TaskError
+    retryable: bool = True
+
+
+Control = (
+    Cancel
+    | DlqReplay
+    | WaitSubscribe
+    | WaitUnsubscribe
+    | WaitDeliver
+    | TaskRequest
+    | TaskCompletion
+    | TaskFailure
+)
 """Any control message."""
 
 MESSAGES: dict[str, type[Control]] = {
@@ -174,6 +293,9 @@ MESSAGES: dict[str, type[Control]] = {
     WAIT_SUBSCRIBE: WaitSubscribe,
     WAIT_UNSUBSCRIBE: WaitUnsubscribe,
     WAIT_DELIVER: WaitDeliver,
+    TASK_REQUESTED: TaskRequest,
+    TASK_COMPLETED: TaskCompletion,
+    TASK_FAILED: TaskFailure,
 }
 """The model of each control event type."""
 
