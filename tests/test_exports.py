@@ -30,6 +30,7 @@ def test_public_api_is_exactly_this() -> None:
         "Retry",
         "Status",
         "StepFailed",
+        "TaskFailed",
         "StepInfo",
         "StorageError",
         "StorageFull",
@@ -50,6 +51,7 @@ def test_public_api_is_exactly_this() -> None:
 def test_error_tree_matches_its_docstring() -> None:
     assert issubclass(ov.WaitTimeout, ov.ProcessError)
     assert issubclass(ov.StepFailed, ov.ProcessError)
+    assert issubclass(ov.TaskFailed, ov.ProcessError)
     assert issubclass(ov.EventValidationError, ov.EventError)
     assert issubclass(ov.MalformedEvent, ov.EventError)
     assert issubclass(ov.TerminalError, ov.OvertureError)

@@ -10,14 +10,17 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
+from . import protocol
 from .codec import PayloadCodec
 from .core.context import Context
 from .core.machine import ProcessSpec
 from .errors import ConfigError
 from .events import Event
 from .policies import DEFAULT_RETRY, Retry
+from .tasks import TaskDef
 
 F = TypeVar("F", bound=Callable[..., Any])
 ProcessFn = Callable[[Context, Any], Coroutine[Any, Any, Any]]
@@ -93,6 +96,7 @@ class App:
         self._triggers: dict[str, list[ProcessDef]] = {}
         self._handlers: dict[str, list[HandlerDef]] = {}
         self._handler_names: dict[str, HandlerDef] = {}
+        self._tasks: dict[str, TaskDef] = {}
 
     # -- registration -------------------------------------------------------------------
 
@@ -170,7 +174,76 @@ class App:
 
         return register
 
+    def task(
+        self,
+        name: str,
+        *,
+        queue: str | None = None,
+        retry: Retry | None = None,
+        timeout: timedelta | None = None,
+        url: str | None = None,
+        secret_env: str | None = None,
+    ) -> Callable[[F], F]:
+        """Define a remote task: ``def`` or ``async def (input) -> output``, run by a
+        worker (``overture worker``; ``overture run`` runs the app's tasks in-process too)
+        and called from a process with ``await ctx.call(name, input)``.
+
+        A task with a ``url`` is a push task: its attempts are POSTed to the URL, signed
+        per Standard Webhooks with the secret in the environment variable ``secret_env``
+        (the decorated function then only documents the input and output). It is
+        registered by this call, so ``app.task(name, url=...)`` alone defines it.
+
+        Args:
+            name: the task's name, e.g. ``"shipping.create"``.
+            queue: the queue its attempts go to (default ``"default"``).
+            retry: the retry policy (a call's ``retry=`` overrides it).
+            timeout: how long one attempt may take before the engine gives it up and
+                retries (a call's ``timeout=`` overrides it); None: no deadline.
+            url: the endpoint of a push task.
+            secret_env: the variable holding a push task's signing secret.
+        """
+        if not name or protocol.is_reserved(name):
+            raise ConfigError(f"a task needs a name outside {protocol.RESERVED_PREFIX!r}")
+        if name in self._tasks:
+            raise ConfigError(f"task {name!r} is already defined")
+        if queue is not None and not queue:
+            raise ConfigError(f"task {name!r}: a queue name must not be empty")
+        if timeout is not None and timeout <= timedelta(0):
+            raise ConfigError(f"task {name!r}: timeout must be positive")
+        if secret_env is not None and url is None:
+            raise ConfigError(f"task {name!r}: secret_env= is for a push task (url=)")
+
+        def definition(fn: Callable[[Any], Any] | None) -> TaskDef:
+            return TaskDef(
+                name,
+                fn,
+                queue or protocol.DEFAULT_QUEUE,
+                retry or DEFAULT_RETRY,
+                None if timeout is None else timeout.total_seconds(),
+                url,
+                secret_env,
+            )
+
+        if url is not None:
+            self._tasks[name] = definition(None)
+
+        def register(fn: F) -> F:
+            if url is None:
+                self._tasks[name] = definition(fn)
+            return fn
+
+        return register
+
     # -- lookups used by the runtime and the client ---------------------------------------
+
+    def task_def(self, name: str) -> TaskDef | None:
+        """The task defined under ``name`` (None: not defined by this app, e.g. one a
+        worker in another language serves)."""
+        return self._tasks.get(name)
+
+    @property
+    def tasks(self) -> list[TaskDef]:
+        return list(self._tasks.values())
 
     def event_class(self, event_type: str) -> type[Event] | None:
         return self._events.get(event_type)

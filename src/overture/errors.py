@@ -160,6 +160,28 @@ class StepFailed(ProcessError):
         self.attempts = attempts
 
 
+class TaskFailed(ProcessError):
+    """A remote task (``ctx.call``) failed for good: retries exhausted, its worker
+    reported a non-retryable failure, or its attempts kept timing out.
+
+    Attributes:
+        task: the task's name.
+        error_type: the error class name the worker reported (``"TaskTimeout"`` when the
+            last attempt reached its deadline).
+        message: the worker's message.
+        attempts: how many attempts were made.
+    """
+
+    def __init__(self, task: str, error_type: str, message: str, attempts: int) -> None:
+        super().__init__(
+            f"task {task!r} failed after {attempts} attempt(s): {error_type}: {message}"
+        )
+        self.task = task
+        self.error_type = error_type
+        self.message = message
+        self.attempts = attempts
+
+
 class NonDeterminismError(BaseException):
     """Replay asked for something other than what the journal recorded.
 

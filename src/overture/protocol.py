@@ -39,12 +39,12 @@ from .errors import EventValidationError
 
 __all__ = [
     "CANCEL",
+    "DEFAULT_QUEUE",
     "DLQ_REPLAY",
     "EXTENSIONS",
     "FINAL",
     "PARTITIONKEY",
     "PAYLOADCODEC",
-    "DEFAULT_QUEUE",
     "RESERVED_PREFIX",
     "TASK_COMPLETED",
     "TASK_FAILED",
