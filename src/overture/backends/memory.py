@@ -1,7 +1,8 @@
 """In-memory log and store, for tests and single-process experiments.
 
 State lives in dicts guarded by one lock, so the memory backend behaves like the durable
-ones apart from durability itself: a batch is applied all at once, offsets included.
+ones apart from durability itself: a batch is applied all at once, offsets included, and
+so are the task attempts it publishes or ends (:class:`MemoryTaskQueue`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import EngineBusy
@@ -16,19 +18,22 @@ from ..ports import (
     Batch,
     Capabilities,
     Claim,
+    ClaimedTask,
     DeadLetter,
     EngineBackend,
+    FinishOutcome,
     InboxRow,
     InstanceRow,
     InstanceSnapshot,
     NewRecord,
     Record,
     StateKey,
+    TaskRecord,
     WaitRow,
     WorkRow,
     partition_for,
 )
-from ..protocol import FINAL
+from ..protocol import FINAL, task_result_id
 from .embedded import claim_whole
 
 
@@ -193,6 +198,7 @@ class MemoryBackend(MemoryState):
         self._engine_claimed = False
         self.log = self
         self.store = self
+        self.tasks = MemoryTaskQueue(self)
 
     # -- Log ----------------------------------------------------------------------------
 
@@ -262,8 +268,12 @@ class MemoryBackend(MemoryState):
             if batch.appends:
                 self._append_locked(batch.appends)
             self.apply(batch)
+            if batch.tasks:
+                self.tasks.apply(batch.tasks)
         if batch.appends:
             self._wake()
+        if any(record is not None for record in batch.tasks.values()):
+            self.tasks.wake()
         if self._finished_watchers:
             finished = [i for i, row in batch.instances.items() if row.status in FINAL]
             if finished:
@@ -310,6 +320,120 @@ class MemoryBackend(MemoryState):
     def close(self) -> None:
         """Nothing to release: the data lives as long as the process (or until
         ``forget_memory_backends``)."""
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """A published task attempt: open until the engine ends it or a worker finishes it."""
+
+    record: TaskRecord
+    open: bool = True
+    worker: str | None = None
+    lease_until: float = 0.0
+
+
+class MemoryTaskQueue:
+    """The task queue of ``memory://`` (``ports.TaskQueue``): the attempts its engine's
+    commits publish, in publication order, under the backend's lock, so that a batch's
+    attempts appear with the rest of the batch and a worker's ``finish`` appends the
+    result and ends the claim at once.
+
+    Leases are measured with the real clock (``time.time()``), not the engine's: workers
+    run in real time even when a test's engine runs on a virtual clock. An attempt stays
+    known once ended (never claimable again, ``finish`` answers ``"ended"``); the queue
+    lives as long as the backend, which is what a test needs.
+    """
+
+    def __init__(self, backend: MemoryBackend) -> None:
+        self._backend = backend
+        self._lock = backend._lock
+        self._attempts: dict[str, _Attempt] = {}  # insertion order: oldest first
+        self._watchers: list[Callable[[], None]] = []
+
+    def apply(self, tasks: Mapping[str, TaskRecord | None]) -> None:
+        """Apply a batch's ``tasks`` (called by the commit, under the backend's lock)."""
+        for task_id, record in tasks.items():
+            known = self._attempts.get(task_id)
+            if record is not None:
+                if known is None:  # publishing an attempt again changes nothing
+                    self._attempts[task_id] = _Attempt(record)
+            elif known is not None:
+                known.open = False
+
+    def wake(self) -> None:
+        for wake in list(self._watchers):
+            wake()
+
+    def claim(
+        self, queues: Sequence[str], worker: str, limit: int, lease: float
+    ) -> list[ClaimedTask]:
+        _check_claimant(worker, lease)
+        if isinstance(queues, str) or not all(isinstance(q, str) and q for q in queues):
+            raise ValueError(f"claim: queues must be a list of queue names, not {queues!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"claim: limit must be a positive integer, not {limit!r}")
+        wanted = set(queues)
+        claimed: list[ClaimedTask] = []
+        with self._lock:
+            now = time.time()
+            for task_id, attempt in self._attempts.items():
+                if len(claimed) >= limit:
+                    break
+                held = attempt.worker is not None and attempt.lease_until > now
+                if not attempt.open or held or attempt.record.queue not in wanted:
+                    continue
+                attempt.worker, attempt.lease_until = worker, now + lease
+                record = attempt.record
+                claimed.append(ClaimedTask(task_id, record.queue, record.request, now + lease))
+        return claimed
+
+    def heartbeat(self, task_id: str, worker: str, lease: float) -> bool:
+        _check_claimant(worker, lease)
+        with self._lock:
+            attempt = self._attempts.get(task_id)
+            if attempt is None or not attempt.open or attempt.worker != worker:
+                return False
+            attempt.lease_until = time.time() + lease
+            return True
+
+    def finish(self, task_id: str, worker: str, result: NewRecord) -> FinishOutcome:
+        if not isinstance(worker, str) or not worker:
+            raise ValueError(f"finish: worker must be a non-empty str, not {worker!r}")
+        if result.event_id != task_result_id(task_id):
+            # a result built for another attempt would be applied to that one
+            raise ValueError(
+                f"finish: the result of {task_id!r} must have the event id "
+                f"{task_result_id(task_id)!r} (tasks.completed / tasks.failed build it), "
+                f"not {result.event_id!r}"
+            )
+        with self._lock:
+            attempt = self._attempts.get(task_id)
+            if attempt is None:
+                return "unknown"
+            if not attempt.open:
+                return "ended"
+            self._backend._append_locked([result])
+            attempt.open = False
+        self._backend._wake()
+        return "accepted"
+
+    def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
+        with self._lock:
+            self._watchers.append(wake)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if wake in self._watchers:
+                    self._watchers.remove(wake)
+
+        return unsubscribe
+
+
+def _check_claimant(worker: str, lease: float) -> None:
+    if not isinstance(worker, str) or not worker:
+        raise ValueError(f"a worker id is a non-empty str, not {worker!r}")
+    if isinstance(lease, bool) or not isinstance(lease, int | float) or not lease > 0:
+        raise ValueError(f"a lease is a positive number of seconds, not {lease!r}")
 
 
 def _apply(table: dict[str, Any], changes: dict[str, Any]) -> None:

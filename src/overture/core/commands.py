@@ -53,6 +53,36 @@ class ScheduleStep:
 
 
 @dataclass(slots=True)
+class TaskCall:
+    """A remote task a process called (``ctx.call``): its attempts are published to a
+    queue for workers. The options are the call's own (None: the app's ``@app.task``
+    definition decides, which the runtime looks up; the core knows no app)."""
+
+    instance_id: str
+    seq: int
+    task: str
+    input: Any
+    """The task's input, already in its JSON form."""
+    timeout: float | None = None
+    """Seconds one attempt may take (None: the task definition's, else no deadline)."""
+    retry: Retry | None = None
+    queue: str | None = None
+    traceparent: str | None = None
+    """The trigger's trace, continued for this call (every attempt carries it)."""
+    tenant: str | None = None
+
+    @property
+    def idempotency_key(self) -> str:
+        """The same for every attempt of this call."""
+        return f"{self.instance_id}:{self.seq}"
+
+
+@dataclass(slots=True)
+class ScheduleTask:
+    call: TaskCall
+
+
+@dataclass(slots=True)
 class StartTimer:
     seq: int
     due: float
@@ -79,4 +109,4 @@ class Finished:
     error: dict[str, str] | None = None
 
 
-Command = ScheduleStep | StartTimer | StartWait | EmitEvent | Finished
+Command = ScheduleStep | ScheduleTask | StartTimer | StartWait | EmitEvent | Finished

@@ -119,6 +119,50 @@ class Context(ABC):
                 watchdog logs it by name), and ``timeout`` cannot apply to it.
         """
 
+    @abstractmethod
+    def call(
+        self,
+        task: str,
+        input: Any = None,
+        *,
+        timeout: timedelta | None = None,
+        retry: Retry | None = None,
+        queue: str | None = None,
+    ) -> DurableFuture[Any]:
+        """Run the remote task ``task`` on a worker (``@app.task``, ``overture worker``,
+        or a worker in any language speaking ``docs/protocol.md``), at least once.
+
+        Each attempt is published to the task's queue when this batch commits; its result
+        is journaled, so on replay nothing is published again. The engine owns retries
+        and timeouts: an attempt still unanswered at its deadline is given up (a late
+        result of it is dropped) and counts as a retryable ``TaskTimeout`` failure; a
+        failed attempt is retried per ``retry`` after its backoff, durably. Every attempt
+        carries the same idempotency key (``"<instance>:<seq>"``). A task no app defines
+        is allowed: its worker may be written in another language.
+
+        Args:
+            task: the task's name, e.g. ``"shipping.create"``.
+            input: the task's input: anything JSON can hold (models and dataclasses
+                are converted).
+            timeout: how long one attempt may take (default: the task definition's;
+                else attempts have no deadline).
+            retry: how failed attempts are retried (default: the task definition's,
+                else :data:`~overture.Retry` ()); a worker's error whose type name is one
+                of ``non_retryable``'s class names (or ``TerminalError``) ends the task.
+            queue: the queue its attempts go to (default: the definition's, else
+                ``"default"``).
+
+        Returns:
+            The output the worker reported (JSON).
+
+        Raises:
+            TaskFailed: the worker reported a non-retryable failure, or the policy
+                allows no further attempt (with the worker's error type and message,
+                ``"TaskTimeout"`` when the last attempt ran out of time).
+            EventValidationError: ``input`` is not JSON (raised at the call, nothing
+                journaled or published).
+        """
+
     @overload
     def wait_for(
         self, event: type[E], *, key: str | None = ..., timeout: timedelta | None = ...

@@ -7,7 +7,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .commands import StepCall
+from .commands import StepCall, TaskCall
 from .context import DurableFuture as DurableFutureABC
 
 T = TypeVar("T")
@@ -60,6 +60,7 @@ class Pending:
     convert: Callable[[Any], Any]
     """Makes the value the code gets of a journaled outcome (a typed result, an event)."""
     call: StepCall | None = None
+    task: TaskCall | None = None
     wait: tuple[str, str | None] | None = None
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn, TypeVar
 
 from ..codec import Codec
-from ..errors import EventError, NonDeterminismError, StepFailed, WaitTimeout
+from ..errors import EventError, NonDeterminismError, StepFailed, TaskFailed, WaitTimeout
 from ..events import Envelope, Event
 from . import journal as jr
 from .commands import (
@@ -30,9 +30,11 @@ from .commands import (
     Finished,
     ProcessSpec,
     ScheduleStep,
+    ScheduleTask,
     StartTimer,
     StartWait,
     StepCall,
+    TaskCall,
 )
 from .futures import Compensation, Future, Pending
 from .identity import instance_id_for, legacy_instance_id_for, trigger_instance_ids
@@ -58,9 +60,11 @@ __all__ = [
     "Machine",
     "ProcessSpec",
     "ScheduleStep",
+    "ScheduleTask",
     "StartTimer",
     "StartWait",
     "StepCall",
+    "TaskCall",
     "instance_id_for",
     "legacy_instance_id_for",
     "private_copy",
@@ -340,6 +344,11 @@ class Machine:
         pending = self._pending.get(seq)
         return None if pending is None else pending.call
 
+    def pending_task(self, seq: int) -> TaskCall | None:
+        """The remote task call ``seq``, while the code still waits for its result."""
+        pending = self._pending.get(seq)
+        return None if pending is None else pending.task
+
     def pending_wait(self, seq: int) -> tuple[str, str | None] | None:
         pending = self._pending.get(seq)
         return None if pending is None else pending.wait
@@ -470,7 +479,7 @@ class Machine:
 
     def _update_status(self) -> None:
         for pending in self._pending.values():  # (a loop: runs after every input)
-            if pending.op == "step":
+            if pending.op == "step" or pending.op == "call":  # work done on its behalf
                 self.status = RUNNING
                 return
         self.status = RUNNING if self._ready else WAITING
@@ -548,4 +557,6 @@ class Machine:
             event_type, key = pending.wait or (pending.name, None)
             return WaitTimeout(event_type, key)
         attempts = int(err.get("attempts", 1))
+        if pending.op == "call":
+            return TaskFailed(pending.name, err["type"], err["message"], attempts)
         return StepFailed(pending.name, err["type"], err["message"], attempts)

@@ -9,16 +9,20 @@ from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from ..errors import EventValidationError, StepFailed
-from ..events import Envelope, Event
+from ..events import Envelope, Event, number_problem
 from ..policies import DEFAULT_RETRY, Retry
 from ..tracecontext import continue_trace, traceparent_problem
 from .commands import (
     EmitEvent,
     ScheduleStep,
+    ScheduleTask,
     StartTimer,
     StartWait,
     StepCall,
+    TaskCall,
 )
 from .context import Context
 from .futures import Compensation, Future
@@ -79,6 +83,53 @@ class MachineContext(Context):
         m._pending[seq] = pending
         if live:
             m._commands.append(ScheduleStep(pending.call))
+        return pending.future
+
+    def call(
+        self,
+        task: str,
+        input: Any = None,
+        *,
+        timeout: timedelta | None = None,
+        retry: Retry | None = None,
+        queue: str | None = None,
+    ) -> Future[Any]:
+        m = self._m
+        # every mistake fails here, in the code that made it, with nothing journaled
+        if not isinstance(task, str) or not task:
+            raise TypeError(f"ctx.call needs a task name (a non-empty str), not {task!r}")
+        if timeout is not None and (not isinstance(timeout, timedelta) or timeout <= timedelta(0)):
+            raise ValueError(f"ctx.call({task!r}): timeout must be a positive timedelta")
+        if retry is not None and not isinstance(retry, Retry):
+            raise TypeError(f"ctx.call({task!r}): retry must be an ov.Retry, not {retry!r}")
+        if queue is not None and (not isinstance(queue, str) or not queue):
+            raise ValueError(f"ctx.call({task!r}): queue must be a non-empty str")
+        try:
+            payload = to_json(input)
+            problem = number_problem(payload, "input")
+            if problem is None:
+                orjson.dumps(payload)  # anything else JSON cannot hold
+        except Exception as error:
+            problem = str(error)
+        if problem is not None:
+            raise EventValidationError(f"ctx.call({task!r}): the input is not JSON: {problem}")
+        seq, live, pending = m._operation("call", task, {})
+        pending.task = TaskCall(
+            m.instance_id,
+            seq,
+            task,
+            payload,
+            None if timeout is None else timeout.total_seconds(),
+            retry,
+            queue,
+            # every attempt continues the trigger's trace with a span id of (instance,
+            # seq), derived again on replay, as for an emitted event
+            continue_trace(m._trace, f"{m.instance_id}:{seq}"),
+            m._tenant,
+        )
+        m._pending[seq] = pending
+        if live:
+            m._commands.append(ScheduleTask(pending.task))
         return pending.future
 
     def wait_for(

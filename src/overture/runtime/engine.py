@@ -12,6 +12,8 @@ does one thing and gets what it needs as constructor arguments:
   handlers, correlate);
 - ``Instances`` (``instances.py``): the cache, replay, driving the machines' commands;
 - ``Work`` (``work.py``): work rows, attempts, outcomes, retries, handler runs;
+- ``Attempts`` and ``Tasks`` (``tasks.py``): remote task attempts published and ended
+  with the batch, their results and deadlines applied;
 - ``Waits`` (``waits.py``), ``RemoteWaits`` (``remote.py``), ``DeadLetters``
   (``deadletters.py``).
 
@@ -44,6 +46,7 @@ from .options import EngineOptions
 from .processes import Processes
 from .remote import RemoteWaits
 from .router import Router
+from .tasks import Attempts, Tasks
 from .waits import Waits
 from .work import Work
 
@@ -114,6 +117,8 @@ class Engine:
             "finished": 0,
             "rekeyed": 0,
             "folded": 0,
+            "task_attempts": 0,
+            "task_results_dropped": 0,
         }
         log, store, observer = backend.log, backend.store, options.observer
         consumed = options.partitions
@@ -132,17 +137,20 @@ class Engine:
         dead_letters = DeadLetters(codec, store, in_flight, observer)
         self._work = Work(app, codec, self.executor, dead_letters, observer, self._wake.set)
         self._waits = Waits(index, self._work, remote)
+        attempts = Attempts(app, codec, self._work, self.stats)
         self._instances = Instances(
             app,
             codec,
             store,
             options.cache_size,
             self._work,
+            attempts,
             self._waits,
             in_flight,
             observer,
             self.stats,
         )
+        tasks = Tasks(attempts, self._work, self._instances, observer, self.stats)
         router = Router(
             app,
             codec,
@@ -153,6 +161,7 @@ class Engine:
             self._waits,
             remote,
             dead_letters,
+            tasks,
             self.stats,
         )
         self._loop.add(
@@ -160,6 +169,7 @@ class Engine:
                 router,
                 self._instances,
                 self._work,
+                tasks,
                 self.executor,
                 self.clock.now,
                 options.fold_seconds,

@@ -1,6 +1,6 @@
 """The live instances: the cache, the running instances by key, and what the runtime
 does to an instance (start, replay, drive its commands, apply its step outcomes and
-timers, flush it to rows, evict it).
+timers, flush it to rows, evict it; task results: ``runtime/tasks.py``).
 
 An instance is cached (LRU, ``cache_size``) as a :class:`~.staging.Live`; one that is not
 is rebuilt by replaying its journal (``Machine.replay``) the next time an input reaches
@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..app import App, ProcessDef
 from ..codec import Codec
@@ -27,6 +27,9 @@ from .staging import Live, Outcome, Stage
 from .waits import Waits
 from .work import Work
 
+if TYPE_CHECKING:
+    from .tasks import Attempts
+
 log = logging.getLogger("overture.engine")
 
 
@@ -38,6 +41,7 @@ class Instances:
         store: where evicted instances are read back from.
         cache_size: live instances kept in memory (0: replay on every input).
         work: steps and timers the instances schedule.
+        attempts: publishes the remote tasks they call.
         waits: the waits they start and end.
         in_flight: the batch being committed, if any (its inbox rows are not readable
             from the store yet).
@@ -52,6 +56,7 @@ class Instances:
         store: Store,
         cache_size: int,
         work: Work,
+        attempts: Attempts,
         waits: Waits,
         in_flight: Callable[[], Batch | None],
         observer: Observer,
@@ -62,6 +67,7 @@ class Instances:
         self._store = store
         self._cache_size = cache_size
         self._work = work
+        self._attempts = attempts
         self._waits = waits
         self._in_flight = in_flight
         self._observer = observer
@@ -273,6 +279,8 @@ class Instances:
                 done, value = self._work.start_step(stage, command.call, now)
                 if done:
                     todo.extend(machine.resolve(command.call.seq, now, ok=value))
+            elif isinstance(command, m.ScheduleTask):
+                self._attempts.publish(stage, live.row, command.call, 1, now)
             elif isinstance(command, m.StartTimer):
                 row = WorkRow(f"{iid}:{command.seq}", "timer", command.due, 1, iid, command.seq)
                 self._work.put(stage, row)

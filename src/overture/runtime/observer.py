@@ -44,6 +44,10 @@ class Observer:
         """That attempt ended; ``duration`` is from its start until the engine took its
         outcome (a retry is a new attempt with its own pair of calls)."""
 
+    def task_result_dropped(self, attempt_id: str, reason: str) -> None:
+        """A task result changed nothing (a stale attempt, a duplicate, one after its
+        deadline or after its instance ended)."""
+
     def commit_started(self, rows: int, appends: int) -> None:
         """A batch's commit began: ``rows`` state rows and ``appends`` appended events."""
 

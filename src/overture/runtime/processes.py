@@ -15,6 +15,7 @@ from .executor import Executor
 from .instances import Instances
 from .router import Router
 from .staging import Outcome, Stage
+from .tasks import Tasks
 from .work import Work
 
 _FOLD_ROUNDS_WAITING = 4
@@ -28,6 +29,7 @@ class Processes:
         router: routes the records.
         instances: the live instances.
         work: work rows and outcomes.
+        tasks: applies due task rows (deadlines, retries after their backoff).
         executor: runs steps and handlers (its rounds count the sync calls to fold).
         clock_now: the engine clock (instance rows record their update time by it).
         sync_fold: seconds a batch may wait per fold round (0: never fold).
@@ -39,6 +41,7 @@ class Processes:
         router: Router,
         instances: Instances,
         work: Work,
+        tasks: Tasks,
         executor: Executor,
         clock_now: Callable[[], float],
         sync_fold: float,
@@ -47,6 +50,7 @@ class Processes:
         self._router = router
         self._instances = instances
         self._work = work
+        self._tasks = tasks
         self._executor = executor
         self._now = clock_now
         self._sync_fold = sync_fold
@@ -94,6 +98,8 @@ class Processes:
                 self._instances.fire_timer(stage, row, now)
             elif row.kind == "handler":
                 self._work.run_handler(stage, row, now)
+            elif row.kind == "task":
+                self._tasks.due(stage, row, now)
             else:
                 self._instances.run_step(stage, row, now)
         return bool(rows)

@@ -27,6 +27,7 @@ from .deadletters import DeadLetters, record_of
 from .instances import Instances
 from .remote import RemoteWaits
 from .staging import Stage
+from .tasks import Tasks
 from .waits import Waits
 from .work import Work
 
@@ -40,7 +41,7 @@ class Router:
         app: the application (triggers, handlers, event contracts).
         store: what prefetching reads (which triggers already started an instance).
         partitions: how many partitions the log has.
-        instances, work, waits, remote, dead_letters: the objects records feed.
+        instances, work, waits, remote, dead_letters, tasks: the objects records feed.
         stats: the engine's counters (``rekeyed``).
     """
 
@@ -55,6 +56,7 @@ class Router:
         waits: Waits,
         remote: RemoteWaits,
         dead_letters: DeadLetters,
+        tasks: Tasks,
         stats: dict[str, int],
     ) -> None:
         self._app = app
@@ -66,6 +68,7 @@ class Router:
         self._waits = waits
         self._remote = remote
         self._dead_letters = dead_letters
+        self._tasks = tasks
         self._stats = stats
 
     def route_all(self, stage: Stage, records: Sequence[Record], now: float) -> None:
@@ -215,6 +218,17 @@ class Router:
                 self._dead_letters.add(stage, position, "route", reason, envelope, record, now)
         elif isinstance(message, protocol.DlqReplay):
             self._replay_dead_letter(stage, message.id, now)
+        elif isinstance(message, protocol.TaskCompletion | protocol.TaskFailure):
+            self._tasks.result(stage, message, now)
+        elif isinstance(message, protocol.TaskRequest):
+            # a request belongs on a task queue (Batch.tasks), where workers claim it;
+            # on the log nobody would ever run it
+            reason = (
+                f"{protocol.TASK_REQUESTED!r} is the engine's message to workers, published "
+                "on a task queue; on the log it runs nothing"
+            )
+            position = f"{record.partition}:{record.offset}"
+            self._dead_letters.add(stage, position, "route", reason, envelope, record, now)
 
     def _replay_dead_letter(self, stage: Stage, dl_id: str, now: float) -> None:
         letter = self._dead_letters.take(stage, dl_id)

@@ -1,4 +1,4 @@
-"""Running work: durable timers, step attempts and handler runs, and their outcomes.
+"""Running work: durable timers, step attempts, handler runs and task calls, and outcomes.
 
 Every piece of scheduled work has a row (``WorkRow``) that is staged with the batch that
 scheduled it and removed with the batch that applies its outcome, which is what makes
@@ -16,6 +16,7 @@ from collections.abc import Callable
 from time import monotonic
 from typing import Any
 
+from .. import protocol
 from ..app import App, HandlerDef
 from ..codec import Codec
 from ..core import machine as m
@@ -28,6 +29,11 @@ from .deadletters import DeadLetters
 from .executor import Done, Executor, StepInfo
 from .observer import Observer
 from .staging import Outcome, Stage
+
+TASK_PUBLISHED = b"published"
+"""The payload of a task row whose attempt is on its queue (``runtime/tasks.py``)."""
+TASK_BACKOFF = b"backoff"
+"""The payload of a task row whose attempt waits for its retry delay."""
 
 
 class Work:
@@ -140,8 +146,20 @@ class Work:
         self._queue.put(row, schedule=schedule)
 
     def clear(self, stage: Stage, work_id: str) -> None:
-        if self._queue.remove(work_id) is not None:
+        """Remove a row; a task's published attempt ends with it (whoever removes it: a
+        result, a failure, or the end of its instance)."""
+        row = self._queue.remove(work_id)
+        if row is not None:
             stage.work.delete(work_id)
+            self.end_attempt(stage, row)
+
+    def end_attempt(self, stage: Stage, row: WorkRow) -> None:
+        """End the queue entry of a task row's published attempt (none for other rows):
+        no worker claims it any more and the queue refuses a result for it."""
+        if row.kind == "task" and row.payload == TASK_PUBLISHED:
+            assert row.instance_id is not None and row.seq is not None  # a task row's
+            attempt_id = protocol.task_attempt_id(row.instance_id, row.seq, row.attempt)
+            stage.batch.tasks[attempt_id] = None
 
     def reschedule(self, stage: Stage, row: WorkRow, due: float) -> None:
         """The next attempt of ``row``, due at ``due``."""

@@ -1,0 +1,277 @@
+"""Remote tasks (``ctx.call``): publishing attempts, applying their results and deadlines.
+
+A called task is a work row like a step's (kind ``"task"``, id ``"<instance>:<seq>"``,
+its attempt number), so it is durable the same way: the row is staged with the batch
+that scheduled it and replaced or removed with the batch that applies what happened to
+it. The row is in one of two states, kept in its payload:
+
+- *published* (``work.TASK_PUBLISHED``): attempt ``n`` is on its queue
+  (``Batch.tasks[task_attempt_id] = TaskRecord``, committed with the same batch); the
+  row is due at the attempt's deadline (far in the future when it has none), when the
+  attempt is given up as a retryable ``TaskTimeout`` failure;
+- *backoff* (``work.TASK_BACKOFF``): attempt ``n`` waits for its retry delay; when the
+  row comes due the attempt is published, with a fresh deadline.
+
+Only the current attempt's first result counts: a result is applied if the row is
+published with the result's attempt number and its deadline has not passed, and every
+other one (a stale attempt, a duplicate, one after the deadline or after the instance
+ended) changes nothing (``stats["task_results_dropped"]``, ``Observer.task_result_dropped``).
+Applying a result, giving an attempt up, and the end of the instance all end the
+attempt (``Batch.tasks[id] = None``, through ``Work.clear`` for the last), so no worker
+claims it afterwards and the queue refuses a result for it.
+
+The engine, not the worker, owns the policy: the options of the call override the
+app's ``@app.task`` definition (``App.task_def``), resolved here so that the core stays
+free of the app; a task the app does not define gets ``DEFAULT_RETRY``, no deadline and
+the default queue. :class:`Attempts` publishes and ends attempts (``Instances`` hands it
+the calls its machines issue); :class:`Tasks` applies results and due rows to instances.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from .. import protocol
+from ..app import App
+from ..codec import Codec
+from ..core import machine as m
+from ..events import Envelope
+from ..policies import DEFAULT_RETRY, Retry
+from ..ports import InstanceRow, TaskRecord, WorkRow
+from .instances import Instances
+from .observer import Observer
+from .staging import Live, Stage
+from .work import TASK_BACKOFF, TASK_PUBLISHED, Work
+
+log = logging.getLogger("overture.engine")
+
+NO_DEADLINE = 253_402_300_799.0
+"""The due time of a published attempt without a deadline (9999-12-31): a finite number,
+which every store and the changelog's JSON carry exactly (an infinity would not)."""
+
+TIMEOUT = "TaskTimeout"
+"""The error type of an attempt that reached its deadline without a result."""
+
+
+class Attempts:
+    """Publishes and ends task attempts (see the module docstring).
+
+    Args:
+        app: the application (task definitions, its name as the requests' source).
+        codec: turns a request into the bytes workers read.
+        work: holds the task rows.
+        stats: the engine's counters (``task_attempts``).
+    """
+
+    def __init__(self, app: App, codec: Codec, work: Work, stats: dict[str, int]) -> None:
+        self._app = app
+        self._codec = codec
+        self._work = work
+        self._stats = stats
+
+    def options(self, call: m.TaskCall) -> tuple[str, Retry, float | None]:
+        """The queue, retry policy and attempt timeout of a call: its own, else the task
+        definition's, else the defaults."""
+        definition = self._app.task_def(call.task)
+        queue = call.queue or (protocol.DEFAULT_QUEUE if definition is None else definition.queue)
+        retry = call.retry or (DEFAULT_RETRY if definition is None else definition.retry)
+        timeout = call.timeout
+        if timeout is None and definition is not None:
+            timeout = definition.timeout
+        return queue, retry, timeout
+
+    def publish(
+        self, stage: Stage, instance: InstanceRow, call: m.TaskCall, attempt: int, now: float
+    ) -> None:
+        """Publish attempt ``attempt`` of a call with this batch: its queue entry and its
+        row, due at the attempt's deadline."""
+        queue, _, timeout = self.options(call)
+        deadline = None if timeout is None else now + timeout
+        attempt_id = protocol.task_attempt_id(call.instance_id, call.seq, attempt)
+        request = protocol.TaskRequest(
+            task=call.task,
+            queue=queue,
+            input=call.input,
+            instance_id=call.instance_id,
+            seq=call.seq,
+            attempt=attempt,
+            idempotency_key=call.idempotency_key,
+            deadline=deadline,
+            # the instance's key and partition: a result appended with them reaches the
+            # partition that holds the instance, on Kafka too
+            reply=protocol.Reply(partitionkey=instance.key, partition=instance.partition),
+        )
+        envelope = Envelope(
+            type=protocol.TASK_REQUESTED,
+            data=request.model_dump(mode="json"),
+            id=attempt_id,
+            source=f"/{self._app.name}",
+            subject=call.task,
+            time=datetime.fromtimestamp(now, UTC),
+            traceparent=call.traceparent,
+            tenant=call.tenant,
+        )
+        stage.batch.tasks[attempt_id] = TaskRecord(
+            attempt_id, queue, self._codec.to_bytes(envelope), deadline
+        )
+        due = NO_DEADLINE if deadline is None else deadline
+        row = WorkRow(
+            call.idempotency_key,
+            "task",
+            due,
+            attempt,
+            call.instance_id,
+            call.seq,
+            call.task,
+            TASK_PUBLISHED,
+        )
+        self._work.put(stage, row)
+        self._stats["task_attempts"] += 1
+
+    def back_off(self, stage: Stage, row: WorkRow, due: float) -> None:
+        """End the published attempt of ``row`` and schedule the next one for ``due``."""
+        self._work.end_attempt(stage, row)
+        self._work.put(
+            stage,
+            WorkRow(
+                row.id,
+                "task",
+                due,
+                row.attempt + 1,
+                row.instance_id,
+                row.seq,
+                row.name,
+                TASK_BACKOFF,
+            ),
+        )
+
+
+class Tasks:
+    """Applies task results and due task rows to instances (see the module docstring).
+
+    Args:
+        attempts: publishes the next attempts.
+        work: holds the task rows.
+        instances: the instances results resolve.
+        observer: told of every dropped result.
+        stats: the engine's counters (``task_results_dropped``).
+    """
+
+    def __init__(
+        self,
+        attempts: Attempts,
+        work: Work,
+        instances: Instances,
+        observer: Observer,
+        stats: dict[str, int],
+    ) -> None:
+        self._attempts = attempts
+        self._work = work
+        self._instances = instances
+        self._observer = observer
+        self._stats = stats
+
+    def result(
+        self,
+        stage: Stage,
+        message: protocol.TaskCompletion | protocol.TaskFailure,
+        now: float,
+    ) -> None:
+        """A worker's result arrived on the log: applied if it is the first result of the
+        current attempt, before its deadline; else dropped."""
+        row = self._work.get(f"{message.instance_id}:{message.seq}")
+        if (
+            row is None
+            or row.kind != "task"
+            or row.payload != TASK_PUBLISHED
+            or row.attempt != message.attempt
+        ):
+            self._drop(message, "not the current attempt of an open call")
+            return
+        if row.due <= now:
+            # the deadline passed before the engine saw the result: the engine gives the
+            # attempt up now, as its due row would have a moment later
+            self.due(stage, row, now)
+            self._drop(message, "it arrived after the attempt's deadline")
+            return
+        assert row.seq is not None  # a task row's
+        live = self._instances.live(stage, message.instance_id, now, stuck=True)
+        if live is not None and live.machine.stuck_reason is not None:
+            # parked: the result cannot be applied; the attempt is run again (a new one,
+            # due at once) once fixed code replays the instance
+            self._attempts.back_off(stage, row, now)
+            self._drop(message, "its instance is parked")
+            return
+        call = None if live is None else live.machine.pending_task(row.seq)
+        if live is None or call is None:
+            self._work.clear(stage, row.id)
+            self._drop(message, "its instance no longer waits for it")
+            return
+        if isinstance(message, protocol.TaskCompletion):
+            self._work.clear(stage, row.id)
+            machine = live.machine
+            self._instances.drive(
+                stage, live, machine.resolve(row.seq, now, ok=message.output), now
+            )
+            return
+        error = message.error
+        self._failed(stage, row, live, call, error.type, error.message, message.retryable, now)
+
+    def due(self, stage: Stage, row: WorkRow, now: float) -> None:
+        """A task row came due: publish the attempt that waited for its backoff, or give
+        up the published one whose deadline passed."""
+        assert row.instance_id is not None and row.seq is not None  # a task row's
+        live = self._instances.live(stage, row.instance_id, now, stuck=True)
+        if live is not None and live.machine.stuck_reason is not None:
+            return  # parked: the row stays stored, and runs after a fixed restart
+        call = None if live is None else live.machine.pending_task(row.seq)
+        if live is None or call is None:
+            self._work.clear(stage, row.id)
+            return
+        if row.payload == TASK_BACKOFF:
+            self._attempts.publish(stage, live.row, call, row.attempt, now)
+            return
+        _, _, timeout = self._attempts.options(call)
+        message = f"attempt {row.attempt} got no result within {timeout:g} s"
+        self._failed(stage, row, live, call, TIMEOUT, message, True, now)
+
+    def _failed(
+        self,
+        stage: Stage,
+        row: WorkRow,
+        live: Live,
+        call: m.TaskCall,
+        error_type: str,
+        message: str,
+        retryable: bool,
+        now: float,
+    ) -> None:
+        """Attempt ``row.attempt`` failed: retried after its backoff, or the call fails."""
+        assert row.seq is not None  # a task row's
+        _, retry, _ = self._attempts.options(call)
+        error = {"type": error_type, "message": message}
+        if retryable and _may_retry(retry, error_type, row.attempt):
+            due = now + retry.delay(row.attempt)
+            live.machine.note_retry(row.seq, row.attempt, error, due, now)
+            stage.dirty[live.machine.instance_id] = live
+            self._attempts.back_off(stage, row, due)
+            return
+        self._work.clear(stage, row.id)
+        error["attempts"] = str(row.attempt)
+        self._instances.drive(stage, live, live.machine.resolve(row.seq, now, err=error), now)
+
+    def _drop(self, message: protocol.TaskCompletion | protocol.TaskFailure, why: str) -> None:
+        self._stats["task_results_dropped"] += 1
+        attempt_id = protocol.task_attempt_id(message.instance_id, message.seq, message.attempt)
+        log.debug("task result of %s dropped: %s", attempt_id, why)
+        self._observer.task_result_dropped(attempt_id, why)
+
+
+def _may_retry(retry: Retry, error_type: str, attempt: int) -> bool:
+    """Whether the policy allows another attempt after a worker's error of that type
+    name: the worker's exception is not ours to ``isinstance``, so the policy's
+    ``non_retryable`` classes (and ``TerminalError``) are compared by name."""
+    if attempt >= retry.max_attempts or error_type == "TerminalError":
+        return False
+    return error_type not in {cls.__name__ for cls in retry.non_retryable}
