@@ -10,7 +10,8 @@ kind       fields
 =========  ==================================================================================
 start      ``t`` time, ``ev`` trigger CloudEvent (structured JSON), ``fmt`` journal format,
            ``v`` process version
-cmd        ``s`` sequence number, ``op`` (step | wait | sleep | emit), ``n`` name, and per op:
+cmd        ``s`` sequence number, ``op`` (step | call | wait | sleep | emit), ``n`` name (a
+           call's: the task's), and per op:
            ``key``/``due`` (wait), ``due`` (sleep), ``ev`` event id (emit)
 res        ``t`` time, ``s`` sequence number, then ``ok`` value or ``err`` {type, message}
 cancel     ``t`` time (an operator's cancellation: pending operations are abandoned and
