@@ -8,7 +8,9 @@ from typing import Any
 
 import overture as ov
 from overture import protocol
+from overture.backends import open_backend
 from overture.core import machine as m
+from overture.testing import Harness
 
 from .conftest import Factory, Worker
 
@@ -238,3 +240,27 @@ async def test_a_changed_task_name_on_replay_parks_the_instance() -> None:
     assert replayed.replay(machine.journal) == []
     assert replayed.status == "stuck"
     assert "call b" in (replayed.stuck_reason or "") and "call a" in (replayed.stuck_reason or "")
+
+
+async def test_the_reply_names_the_instances_key_and_partition() -> None:
+    url = "memory://four-partitions"
+    open_backend(url, partitions=4)
+    async with Harness(call_app(), url) as h:
+        orders = [f"o{n}" for n in range(8)]
+        for order in orders:
+            h.client.send("order.placed", {"order": order}, key=order)
+        await h.idle()
+        worker = Worker(h)
+        attempts = worker.claim(limit=20)
+        partitions = set()
+        for attempt in attempts:
+            row = h.backend.store.instance(attempt.request.instance_id)
+            assert row is not None
+            assert attempt.request.reply.partitionkey == row.key
+            assert attempt.request.reply.partition == row.partition
+            partitions.add(row.partition)
+            worker.complete(attempt, row.key)
+        assert len(partitions) > 1  # the keys spread over the partitions
+        await h.idle()
+        results = {i.key: i.result for i in h.client.instances()}
+        assert results == {order: {"shipment": order} for order in orders}

@@ -327,3 +327,39 @@ async def test_bad_task_messages_on_the_log_are_dead_lettered(harness: Factory) 
         worker.complete(attempt, "fine")
         await h.idle()
         assert h.client.instance(iid).result == "fine"
+
+
+async def test_a_result_for_a_parked_instance_runs_the_attempt_again_once_fixed(
+    harness: Factory,
+) -> None:
+    def versioned(task: str) -> ov.App:
+        app = ov.App("parked")
+
+        @app.process(trigger="go")
+        async def proc(ctx: ov.Context, event: ov.Event) -> Any:
+            return await ctx.call(task)
+
+        return app
+
+    url = "memory://parked"
+    async with harness(versioned("a"), backend=url) as h:
+        h.client.send("go", {}, key="k")
+        await h.idle()
+        first = Worker(h).one()
+    async with harness(versioned("b"), backend=url) as h:  # code that diverges
+        worker = Worker(h)
+        worker.complete(first, "lost")
+        await h.idle()
+        (instance,) = h.client.instances()
+        assert instance.status == "stuck"
+        assert h.engine.stats["task_results_dropped"] == 1
+        assert worker.claim() == []
+    async with harness(versioned("a"), backend=url) as h:  # fixed: the call runs again
+        worker = Worker(h)
+        await h.idle()
+        again = worker.one()
+        assert (again.request.task, again.request.attempt) == ("a", 2)
+        worker.complete(again, "kept")
+        await h.idle()
+        (instance,) = h.client.instances()
+        assert (instance.status, instance.result) == ("completed", "kept")
