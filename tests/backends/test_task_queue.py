@@ -195,7 +195,7 @@ def test_bad_arguments_are_refused_and_change_nothing(queue_subject: Subject) ->
         (["default"], "w", 1, float("nan")),
         ([""], "w", 1, 30.0),
     ]:
-        with pytest.raises(ValueError, match="queue|worker|limit|lease"):
+        with pytest.raises(ValueError, match=r"queue|worker|limit|lease"):
             queue.claim(queues, worker, limit, lease)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="lease"):
         queue.heartbeat(record.id, "w", -1)
