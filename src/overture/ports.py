@@ -150,10 +150,11 @@ class WaitRow:
 
 @dataclass(slots=True)
 class WorkRow:
-    """Scheduled work: a step attempt, a timer, or a handler invocation."""
+    """Scheduled work: a step attempt, a timer, a handler invocation, or a task call
+    (``runtime/tasks.py``)."""
 
     id: str
-    kind: str  # "step" | "timer" | "handler"
+    kind: str  # "step" | "timer" | "handler" | "task"
     due: float
     attempt: int = 1
     instance_id: str | None = None

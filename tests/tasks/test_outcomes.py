@@ -205,7 +205,7 @@ async def test_the_last_attempt_timing_out_fails_the_call(harness: Factory) -> N
         await h.advance(5)
         instance = h.client.instance(iid)
         assert instance.status == "failed"
-        assert "TaskTimeout: attempt 1 got no result within 5 s" in instance.error["message"]
+        assert "TaskTimeout: attempt 1 got no result by its deadline" in instance.error["message"]
         assert Worker(h).complete(attempt, "late") == "ended"
 
 
@@ -363,3 +363,26 @@ async def test_a_result_for_a_parked_instance_runs_the_attempt_again_once_fixed(
         await h.idle()
         (instance,) = h.client.instances()
         assert (instance.status, instance.result) == ("completed", "kept")
+
+
+async def test_an_instance_that_completes_ends_the_calls_it_left_open(harness: Factory) -> None:
+    app = ov.App("left-open")
+
+    @app.process(trigger="go")
+    async def proc(ctx: ov.Context, event: ov.Event) -> str:
+        ctx.call("slow")  # never awaited
+        return str(await ctx.call("fast", queue="fast"))
+
+    async with harness(app) as h:
+        h.client.send("go", {})  # keyless: the reply has no partition key
+        await h.idle()
+        worker = Worker(h)
+        slow = worker.one()
+        fast = worker.one(("fast",))
+        assert fast.request.reply.partitionkey is None
+        worker.complete(fast, "quick")
+        await h.idle()
+        (instance,) = h.client.instances()
+        assert (instance.status, instance.result) == ("completed", "quick")
+        assert worker.complete(slow, "late") == "ended"
+        assert h.backend.store.work() == []

@@ -53,7 +53,7 @@ class Context(ABC):
     @property
     @abstractmethod
     def idempotency_key(self) -> str:
-        """The idempotency key the *next* ``step`` call will carry.
+        """The idempotency key the *next* ``step`` (or ``call``) will carry.
 
         Pass it to an external service as an argument of that step::
 

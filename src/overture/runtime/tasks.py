@@ -232,8 +232,8 @@ class Tasks:
         if row.payload == TASK_BACKOFF:
             self._attempts.publish(stage, live.row, call, row.attempt, now)
             return
-        _, _, timeout = self._attempts.options(call)
-        message = f"attempt {row.attempt} got no result within {timeout:g} s"
+        # (worded from the row alone: the definition's timeout may have changed since)
+        message = f"attempt {row.attempt} got no result by its deadline"
         self._failed(stage, row, live, call, TIMEOUT, message, True, now)
 
     def _failed(
