@@ -386,3 +386,34 @@ async def test_an_instance_that_completes_ends_the_calls_it_left_open(harness: F
         assert (instance.status, instance.result) == ("completed", "quick")
         assert worker.complete(slow, "late") == "ended"
         assert h.backend.store.work() == []
+
+
+async def test_cancel_withdraws_the_attempts_before_the_compensations_end(
+    harness: Factory,
+) -> None:
+    undo_attempts: list[int] = []
+
+    def undo() -> None:
+        undo_attempts.append(1)
+        if len(undo_attempts) == 1:
+            raise RuntimeError("not yet")
+
+    app = ov.App("slow-undo")
+
+    @app.process(trigger="go")
+    async def proc(ctx: ov.Context, event: ov.Event) -> Any:
+        ctx.compensate_with(undo)
+        return await ctx.call("t")
+
+    async with harness(app) as h:
+        h.client.send("go", {}, key="k")
+        await h.idle()
+        worker = Worker(h)
+        held = worker.one()
+        h.client.cancel(held.request.instance_id)
+        await h.idle()  # the compensation failed once: it is retried after a backoff
+        assert undo_attempts == [1]
+        assert h.client.instance(held.request.instance_id).status != "cancelled"
+        assert worker.complete(held, "late") == "ended"  # withdrawn already
+        await h.advance(60)
+        assert h.client.instance(held.request.instance_id).status == "cancelled"

@@ -206,7 +206,9 @@ class Router:
             for wait, event in deliveries:
                 self._instances.deliver(stage, wait, event, now)
         elif isinstance(message, protocol.Cancel):
-            if not self._instances.cancel(stage, message.instance_id, now):
+            if self._instances.cancel(stage, message.instance_id, now):
+                self._tasks.withdraw(stage, message.instance_id, now)
+            else:
                 # Dropping it would leave its sender believing the instance cancelled.
                 reason = (
                     f"cancel: no instance {message.instance_id!r} on partition "

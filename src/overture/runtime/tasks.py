@@ -236,6 +236,23 @@ class Tasks:
         message = f"attempt {row.attempt} got no result by its deadline"
         self._failed(stage, row, live, call, TIMEOUT, message, True, now)
 
+    def withdraw(self, stage: Stage, instance_id: str, now: float) -> None:
+        """End the attempts of the calls an instance no longer waits for: a cancel
+        abandons its pending operations at once, while its compensations may run for a
+        while before it ends (which would end them too)."""
+        live = self._instances.live(stage, instance_id, now, stuck=True)
+        if live is None:
+            return  # ended: its rows went with it
+        for work_id in self._work.of_instance(instance_id):
+            row = self._work.get(work_id)
+            if (
+                row is not None
+                and row.kind == "task"
+                and row.seq is not None
+                and live.machine.pending_task(row.seq) is None
+            ):
+                self._work.clear(stage, work_id)
+
     def _failed(
         self,
         stage: Stage,
