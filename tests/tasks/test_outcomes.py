@@ -45,6 +45,13 @@ def app_with(
 class Dropped(Observer):
     def __init__(self) -> None:
         self.dropped: list[tuple[str, str]] = []
+        self.calls: list[tuple[str, str, int]] = []
+
+    def task_published(self, task: str, attempt: int, instance_id: str, queue: str) -> None:
+        self.calls.append(("published", task, attempt))
+
+    def task_finished(self, task: str, attempt: int, instance_id: str, outcome: str) -> None:
+        self.calls.append((outcome, task, attempt))
 
     def task_result_dropped(self, attempt_id: str, reason: str) -> None:
         self.dropped.append((attempt_id, reason))
@@ -58,7 +65,8 @@ async def start(h: Any) -> str:
 
 
 async def test_a_failed_attempt_is_retried_after_its_backoff(harness: Factory) -> None:
-    async with harness(app_with()) as h:
+    observer = Dropped()
+    async with harness(app_with(), observer=observer) as h:
         iid = await start(h)
         worker = Worker(h)
         first = worker.one()
@@ -87,6 +95,14 @@ async def test_a_failed_attempt_is_retried_after_its_backoff(harness: Factory) -
         assert (instance.status, instance.result) == ("completed", {"charged": 10})
         retries = [e for e in h.client.journal(iid) if e["k"] == "retry"]
         assert [(e["a"], e["err"]["type"]) for e in retries] == [(1, "Declined"), (2, "Declined")]
+        assert [(c[0], c[2]) for c in observer.calls] == [
+            ("published", 1),
+            ("failed", 1),
+            ("published", 2),
+            ("failed", 2),
+            ("published", 3),
+            ("completed", 3),
+        ]
 
 
 async def test_a_non_retryable_failure_fails_the_call_and_compensation_runs(
@@ -96,7 +112,8 @@ async def test_a_non_retryable_failure_fails_the_call_and_compensation_runs(
     async with harness(app_with(compensate=undone)) as h:
         iid = await start(h)
         worker = Worker(h)
-        worker.fail(worker.one(), "CardExpired", "expired 2020-01", retryable=False)
+        first = worker.one()
+        worker.fail(first, "CardExpired", "expired 2020-01", retryable=False)
         await h.idle()
         instance = h.client.instance(iid)
         assert instance.status == "failed"
@@ -180,6 +197,12 @@ async def test_an_attempt_past_its_deadline_is_given_up_and_retried(harness: Fac
         worker.complete(second, "in time")
         await h.idle()
         assert h.client.instance(iid).result == "in time"
+        assert observer.calls == [
+            ("published", "card.charge", 1),
+            ("timed out", "card.charge", 1),
+            ("published", "card.charge", 2),
+            ("completed", "card.charge", 2),
+        ]
 
 
 async def test_a_result_the_engine_sees_after_the_deadline_is_dropped(harness: Factory) -> None:

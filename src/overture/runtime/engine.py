@@ -137,7 +137,7 @@ class Engine:
         dead_letters = DeadLetters(codec, store, in_flight, observer)
         self._work = Work(app, codec, self.executor, dead_letters, observer, self._wake.set)
         self._waits = Waits(index, self._work, remote)
-        attempts = Attempts(app, codec, self._work, self.stats)
+        attempts = Attempts(app, codec, self._work, observer, self.stats)
         self._instances = Instances(
             app,
             codec,

@@ -235,7 +235,8 @@ class PartitionLoop:
 
 
 def _rows(batch: Batch) -> int:
-    """State rows a batch writes (its appended events are counted apart)."""
+    """State rows a batch writes, task queue entries included (its appended events are
+    counted apart)."""
     return (
         len(batch.instances)
         + len(batch.journal)
@@ -244,4 +245,5 @@ def _rows(batch: Batch) -> int:
         + len(batch.inbox)
         + len(batch.dead_letters)
         + len(batch.state)
+        + len(batch.tasks)
     )

@@ -44,6 +44,14 @@ class Observer:
         """That attempt ended; ``duration`` is from its start until the engine took its
         outcome (a retry is a new attempt with its own pair of calls)."""
 
+    def task_published(self, task: str, attempt: int, instance_id: str, queue: str) -> None:
+        """An attempt of a remote task (``ctx.call``) was published to ``queue`` with the
+        batch being staged."""
+
+    def task_finished(self, task: str, attempt: int, instance_id: str, outcome: str) -> None:
+        """That attempt ended with a result the engine applied (``outcome``:
+        ``"completed"`` or ``"failed"``), or at its deadline (``"timed out"``)."""
+
     def task_result_dropped(self, attempt_id: str, reason: str) -> None:
         """A task result changed nothing (a stale attempt, a duplicate, one after its
         deadline or after its instance ended)."""

@@ -61,13 +61,17 @@ class Attempts:
         app: the application (task definitions, its name as the requests' source).
         codec: turns a request into the bytes workers read.
         work: holds the task rows.
+        observer: told of every attempt published.
         stats: the engine's counters (``task_attempts``).
     """
 
-    def __init__(self, app: App, codec: Codec, work: Work, stats: dict[str, int]) -> None:
+    def __init__(
+        self, app: App, codec: Codec, work: Work, observer: Observer, stats: dict[str, int]
+    ) -> None:
         self._app = app
         self._codec = codec
         self._work = work
+        self._observer = observer
         self._stats = stats
 
     def options(self, call: m.TaskCall) -> tuple[str, Retry, float | None]:
@@ -128,6 +132,7 @@ class Attempts:
         )
         self._work.put(stage, row)
         self._stats["task_attempts"] += 1
+        self._observer.task_published(call.task, attempt, call.instance_id, queue)
 
     def back_off(self, stage: Stage, row: WorkRow, due: float) -> None:
         """End the published attempt of ``row`` and schedule the next one for ``due``."""
@@ -154,7 +159,7 @@ class Tasks:
         attempts: publishes the next attempts.
         work: holds the task rows.
         instances: the instances results resolve.
-        observer: told of every dropped result.
+        observer: told of every attempt that ends and every result dropped.
         stats: the engine's counters (``task_results_dropped``).
     """
 
@@ -209,6 +214,7 @@ class Tasks:
             self._drop(message, "its instance no longer waits for it")
             return
         if isinstance(message, protocol.TaskCompletion):
+            self._observer.task_finished(call.task, row.attempt, call.instance_id, "completed")
             self._work.clear(stage, row.id)
             machine = live.machine
             self._instances.drive(
@@ -216,6 +222,7 @@ class Tasks:
             )
             return
         error = message.error
+        self._observer.task_finished(call.task, row.attempt, call.instance_id, "failed")
         self._failed(stage, row, live, call, error.type, error.message, message.retryable, now)
 
     def due(self, stage: Stage, row: WorkRow, now: float) -> None:
@@ -234,6 +241,7 @@ class Tasks:
             return
         # (worded from the row alone: the definition's timeout may have changed since)
         message = f"attempt {row.attempt} got no result by its deadline"
+        self._observer.task_finished(call.task, row.attempt, call.instance_id, "timed out")
         self._failed(stage, row, live, call, TIMEOUT, message, True, now)
 
     def withdraw(self, stage: Stage, instance_id: str, now: float) -> None:
