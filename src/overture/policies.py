@@ -10,7 +10,7 @@ from .errors import ConfigError, TerminalError
 
 @dataclass(frozen=True, kw_only=True)
 class Retry:
-    """How a failing step or handler is retried.
+    """How a failing step, handler or remote task (``ctx.call``) is retried.
 
     The delay before attempt ``n + 1`` is ``initial_interval * backoff ** (n - 1)``, capped at
     ``max_interval``. Retries are durable: the next attempt's due time is committed, so a
@@ -26,7 +26,9 @@ class Retry:
     max_interval: timedelta = timedelta(minutes=1)
     """Upper bound of any single delay."""
     non_retryable: tuple[type[BaseException], ...] = field(default=())
-    """Exception types that fail the step at once (``TerminalError`` always does)."""
+    """Exception types that fail the step at once (``TerminalError`` always does). For a
+    remote task, whose error comes from a worker as a type *name*, the classes' names are
+    compared with it."""
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
