@@ -3,14 +3,19 @@ options over the task's definition, and the request a worker reads."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import timedelta
 from typing import Any
 
 import overture as ov
-from overture import protocol
+from overture import protocol, tasks
 from overture.backends import open_backend
+from overture.backends.memory import MemoryBackend
+from overture.codec import Codec
 from overture.core import machine as m
-from overture.testing import Harness
+from overture.ports import InstanceSnapshot
+from overture.runtime.engine import Engine
+from overture.testing import Harness, VirtualClock
 
 from .conftest import Factory, Worker
 
@@ -264,3 +269,35 @@ async def test_the_reply_names_the_instances_key_and_partition() -> None:
         await h.idle()
         results = {i.key: i.result for i in h.client.instances()}
         assert results == {order: {"shipment": order} for order in orders}
+
+
+class CountingBackend(MemoryBackend):
+    """``memory://`` counting the store's snapshot reads (one per read, however many
+    instances it returns)."""
+
+    def __init__(self) -> None:
+        super().__init__("memory://counting", 1)
+        self.reads: list[int] = []
+
+    def snapshots(self, instance_ids: Collection[str]) -> dict[str, InstanceSnapshot]:
+        self.reads.append(len(instance_ids))
+        return super().snapshots(instance_ids)
+
+
+async def test_the_callers_of_a_batchs_results_are_read_in_one_go() -> None:
+    backend = CountingBackend()
+    engine = Engine(call_app(), backend, clock=VirtualClock(), cache_size=0)
+    client = ov.Client(backend)
+    for n in range(5):
+        client.send("order.placed", {"order": f"o{n}"}, key=f"o{n}")
+    await engine.run_until_idle()
+    codec = Codec(engine.app)
+    for claimed in backend.tasks.claim(["default"], "w", 10, 30.0):
+        envelope, request = tasks.parse_request(codec, claimed.request)
+        backend.tasks.finish(claimed.id, "w", tasks.completed(codec, envelope, request, 1))
+    backend.reads.clear()
+    await engine.run_until_idle()
+    assert backend.reads == [5]  # not five reads of one
+    assert all(i.status == "completed" for i in client.instances())
+    await engine.stop()
+    client.close()

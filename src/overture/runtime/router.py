@@ -81,7 +81,8 @@ class Router:
     def _prefetch(self, stage: Stage, envelopes: list[Envelope | MalformedEvent]) -> None:
         """Read in bulk what routing these records will need from the store: which of
         their triggers already started an instance (a re-delivery), and the state of the
-        evicted instances they will feed, instead of a few queries per record."""
+        evicted instances they will feed (waiters, and the callers of the tasks whose
+        results they are), instead of a few queries per record."""
         wanted: set[str] = set()
         for envelope in envelopes:
             if isinstance(envelope, Envelope):
@@ -90,6 +91,10 @@ class Router:
                     stage.trigger_ids[(definition.name, envelope.source, envelope.id)] = ids
                 for wait in self._waits.match(envelope.type, envelope.partitionkey):
                     wanted.add(wait.instance_id)
+                if envelope.type in _TASK_RESULTS and isinstance(envelope.data, dict):
+                    instance_id = envelope.data.get("instance_id")  # validated when routed
+                    if isinstance(instance_id, str):
+                        wanted.add(instance_id)
         candidates = self._instances.not_cached(
             [i for ids in stage.trigger_ids.values() for i in ids]
         )
@@ -263,6 +268,9 @@ class Router:
             return self._codec.from_bytes(record.value)
         except MalformedEvent as error:
             return error
+
+
+_TASK_RESULTS = frozenset({protocol.TASK_COMPLETED, protocol.TASK_FAILED})
 
 
 def _position(record: Record) -> str:
