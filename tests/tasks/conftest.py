@@ -10,9 +10,11 @@ input); SQLite and Kafka join once their queues land.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,18 +26,35 @@ from overture.events import Envelope
 from overture.ports import ClaimedTask, FinishOutcome, NewRecord
 from overture.testing import Harness
 
+from ..conftest import kafka_url
+
 Factory = Callable[..., AbstractAsyncContextManager[Harness]]
 
 
-@pytest.fixture(params=[10_000, 0], ids=["memory", "memory-replay"])
-def harness(request: pytest.FixtureRequest) -> Factory:
-    """``async with harness(app) as h:`` an engine for ``app`` on a fresh memory backend."""
-    cache_size = request.param
+CONFIGURATIONS = [("memory", 10_000), ("memory", 0)]
+"""(backend, cache size) of each run: add ("sqlite", ...) and ("kafka", ...) as the
+SQLite and Kafka task queues land (the URLs below are ready for them)."""
+
+
+@pytest.fixture(
+    params=CONFIGURATIONS,
+    ids=[kind if cache else f"{kind}-replay" for kind, cache in CONFIGURATIONS],
+)
+def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
+    """``async with harness(app) as h:`` an engine for ``app`` on the test's backend
+    (fresh for each test, shared by the harnesses one test opens, as ``tests/conftest``'s)."""
+    kind, cache_size = request.param
+    if kind == "memory":
+        url = f"memory://{uuid.uuid4().hex}"
+    elif kind == "sqlite":
+        url = f"sqlite:///{tmp_path / 'tasks.db'}"
+    else:
+        url = kafka_url(request.getfixturevalue("kafka_bootstrap"))
 
     @asynccontextmanager
     async def make(app: ov.App, **kwargs: Any) -> AsyncIterator[Harness]:
         kwargs.setdefault("cache_size", cache_size)
-        async with Harness(app, **kwargs) as h:
+        async with Harness(app, url, **kwargs) as h:
             yield h
 
     return make

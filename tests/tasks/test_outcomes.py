@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import orjson
+import pytest
 
 import overture as ov
 from overture import protocol
@@ -147,24 +148,23 @@ async def test_task_failed_carries_the_workers_error(harness: Factory) -> None:
         assert instance.result == ["t", "Boom", "second", 2]
 
 
-async def test_the_policys_non_retryable_names_end_the_call(harness: Factory) -> None:
-    class CardDeclined(Exception):
-        pass
+class CardDeclined(Exception):
+    pass
 
+
+@pytest.mark.parametrize("error_type", ["CardDeclined", "TerminalError"])
+async def test_the_policys_non_retryable_names_end_the_call(
+    harness: Factory, error_type: str
+) -> None:
     retry = ov.Retry(max_attempts=5, non_retryable=(CardDeclined,))
     async with harness(app_with(retry=retry)) as h:
         iid = await start(h)
         worker = Worker(h)
-        worker.fail(worker.one(), "CardDeclined", "no")  # the worker said retryable
+        worker.fail(worker.one(), error_type, "no")  # the worker said retryable
         await h.idle()
-        assert h.client.instance(iid).status == "failed"
-
-    async with harness(app_with(retry=retry)) as h:
-        iid = await start(h)
-        worker = Worker(h)
-        worker.fail(worker.one(), "TerminalError", "never")
-        await h.idle()
-        assert h.client.instance(iid).status == "failed"
+        instance = h.client.instance(iid)
+        assert instance.status == "failed"
+        assert f"after 1 attempt(s): {error_type}: no" in instance.error["message"]
 
 
 async def test_an_attempt_past_its_deadline_is_given_up_and_retried(harness: Factory) -> None:
@@ -364,12 +364,11 @@ async def test_a_result_for_a_parked_instance_runs_the_attempt_again_once_fixed(
 
         return app
 
-    url = "memory://parked"
-    async with harness(versioned("a"), backend=url) as h:
+    async with harness(versioned("a")) as h:
         h.client.send("go", {}, key="k")
         await h.idle()
         first = Worker(h).one()
-    async with harness(versioned("b"), backend=url) as h:  # code that diverges
+    async with harness(versioned("b")) as h:  # code that diverges
         worker = Worker(h)
         worker.complete(first, "lost")
         await h.idle()
@@ -377,7 +376,7 @@ async def test_a_result_for_a_parked_instance_runs_the_attempt_again_once_fixed(
         assert instance.status == "stuck"
         assert h.engine.stats["task_results_dropped"] == 1
         assert worker.claim() == []
-    async with harness(versioned("a"), backend=url) as h:  # fixed: the call runs again
+    async with harness(versioned("a")) as h:  # fixed: the call runs again
         worker = Worker(h)
         await h.idle()
         again = worker.one()
