@@ -272,7 +272,7 @@ class MemoryBackend(MemoryState):
                 self.tasks.apply(batch.tasks)
         if batch.appends:
             self._wake()
-        if any(record is not None for record in batch.tasks.values()):
+        if batch.tasks and any(record is not None for record in batch.tasks.values()):
             self.tasks.wake()
         if self._finished_watchers:
             finished = [i for i, row in batch.instances.items() if row.status in FINAL]
