@@ -66,7 +66,9 @@ def task_rows(h: Harness) -> dict[str, WorkRow]:
     return {r.instance_id or "": r for r in h.backend.store.work() if r.kind == "task"}
 
 
-def answer(h: Harness, row: WorkRow, output: Any, *, dedup: bool = True) -> None:
+def answer(
+    h: Harness, row: WorkRow, output: Any, *, dedup: bool = True, partition: int | None = None
+) -> None:
     """Append attempt ``row.attempt``'s result as a worker writing to the log would,
     with the instance's key and partition (the request's ``reply``)."""
     assert row.instance_id is not None and row.seq is not None
@@ -92,7 +94,7 @@ def answer(h: Harness, row: WorkRow, output: Any, *, dedup: bool = True) -> None
                 Codec(h.app).to_bytes(envelope),
                 envelope.id if dedup else None,
                 envelope.type,
-                partition=instance.partition,
+                partition=instance.partition if partition is None else partition,
             )
         ]
     )
@@ -154,3 +156,28 @@ async def test_task_rows_survive_restarts_through_timeout_and_backoff(harness: F
         await h.idle()
         (instance,) = h.client.instances()
         assert (instance.status, instance.result) == ("completed", "fresh")
+
+
+async def test_a_result_on_another_partition_than_the_reply_is_dead_lettered(
+    harness: Factory,
+) -> None:
+    async with harness(call_app()) as h:
+        h.client.send("go", {"n": 1}, key="k")
+        await h.idle()
+        (row,) = task_rows(h).values()
+        instance = h.backend.store.instance(row.instance_id or "")
+        assert instance is not None
+        wrong = (instance.partition + 1) % h.backend.log.partitions
+        answer(h, row, "astray", dedup=False, partition=wrong)
+        await h.idle()
+        if h.backend.capabilities.partitioned:
+            # the engine of the other partition holds no such instance: it says so
+            (letter,) = h.client.dead_letters()
+            assert "a result must be appended with the request's reply" in letter.reason
+            assert h.client.instance(instance.id).status == "running"
+            answer(h, row, "home")
+            await h.idle()
+            assert h.client.instance(instance.id).result == "home"
+        else:  # one engine holds every partition: the result is simply applied
+            assert h.client.dead_letters() == []
+            assert h.client.instance(instance.id).result == "astray"

@@ -252,6 +252,7 @@ async def test_a_duplicate_result_is_ignored(harness: Factory) -> None:
         (applied,) = [e for e in h.client.journal(iid) if e["k"] == "res"]
         assert applied["ok"] == "first"
         assert h.engine.stats["task_results_dropped"] == 2
+        assert h.client.dead_letters() == []  # dropped, not dead-lettered: expected noise
 
 
 async def test_cancel_ends_the_instances_attempts(harness: Factory) -> None:
@@ -439,3 +440,22 @@ async def test_cancel_withdraws_the_attempts_before_the_compensations_end(
         assert worker.complete(held, "late") == "ended"  # withdrawn already
         await h.advance(60)
         assert h.client.instance(held.request.instance_id).status == "cancelled"
+
+
+async def test_a_result_for_an_instance_nobody_holds_is_dead_lettered(harness: Factory) -> None:
+    async with harness(app_with()) as h:
+        iid = await start(h)
+        worker = Worker(h)
+        attempt = worker.one()
+        stray = worker.completed(attempt, "lost")
+        data = {**orjson.loads(stray.value)}
+        data["data"] = {**data["data"], "instance_id": "no-such-instance"}
+        data["id"] = "stray-result"
+        h.client.send_raw(orjson.dumps(data), key="o1")
+        await h.idle()
+        (letter,) = h.client.dead_letters()
+        assert "task result: no instance 'no-such-instance' here" in letter.reason
+        assert h.engine.stats["task_results_dropped"] == 0
+        worker.finish(attempt, worker.completed(attempt, "found"))
+        await h.idle()
+        assert h.client.instance(iid).result == "found"

@@ -262,6 +262,11 @@ class Instances:
         if live is not None:
             self.drive(stage, live, live.machine.cancel(now), now)
             return True
+        return self.holds(iid)
+
+    def holds(self, iid: str) -> bool:
+        """Whether this engine holds the instance, finished or not (on Kafka an engine
+        holds only the instances of its own partitions)."""
         return iid in self._cache or self._store.instance(iid) is not None
 
     # -- commands ----------------------------------------------------------------------

@@ -226,7 +226,10 @@ class Router:
         elif isinstance(message, protocol.DlqReplay):
             self._replay_dead_letter(stage, message.id, now)
         elif isinstance(message, protocol.TaskCompletion | protocol.TaskFailure):
-            self._tasks.result(stage, message, now)
+            lost = self._tasks.result(stage, message, now)
+            if lost is not None:  # dropping it would hide a worker's routing mistake
+                position = f"{record.partition}:{record.offset}"
+                self._dead_letters.add(stage, position, "route", lost, envelope, record, now)
         elif isinstance(message, protocol.TaskRequest):
             # a request belongs on a task queue (Batch.tasks), where workers claim it;
             # on the log nobody would ever run it

@@ -185,9 +185,15 @@ class Tasks:
         stage: Stage,
         message: protocol.TaskCompletion | protocol.TaskFailure,
         now: float,
-    ) -> None:
+    ) -> str | None:
         """A worker's result arrived on the log: applied if it is the first result of the
-        current attempt, before its deadline; else dropped."""
+        current attempt, before its deadline; else dropped.
+
+        Returns:
+            Why the result reached no instance of this engine (a wrong instance id, or
+            on Kafka a result appended to another partition than the request's
+            ``reply`` named), for the caller to dead-letter; None otherwise.
+        """
         row = self._work.get(f"{message.instance_id}:{message.seq}")
         if (
             row is None
@@ -195,14 +201,21 @@ class Tasks:
             or row.payload != TASK_PUBLISHED
             or row.attempt != message.attempt
         ):
+            if row is None and not self._instances.holds(message.instance_id):
+                # nothing to drop it against: a duplicate would find its instance
+                return (
+                    f"task result: no instance {message.instance_id!r} here; a result must "
+                    "be appended with the request's reply (its partitionkey and partition) "
+                    "to reach the partition that holds the instance"
+                )
             self._drop(message, "not the current attempt of an open call")
-            return
+            return None
         if row.due <= now:
             # the deadline passed before the engine saw the result: the engine gives the
             # attempt up now, as its due row would have a moment later
             self.due(stage, row, now)
             self._drop(message, "it arrived after the attempt's deadline")
-            return
+            return None
         assert row.seq is not None  # a task row's
         live = self._instances.live(stage, message.instance_id, now, stuck=True)
         if live is not None and live.machine.stuck_reason is not None:
@@ -210,12 +223,12 @@ class Tasks:
             # due at once) once fixed code replays the instance
             self._attempts.back_off(stage, row, now)
             self._drop(message, "its instance is parked")
-            return
+            return None
         call = None if live is None else live.machine.pending_task(row.seq)
         if live is None or call is None:
             self._work.clear(stage, row.id)
             self._drop(message, "its instance no longer waits for it")
-            return
+            return None
         if isinstance(message, protocol.TaskCompletion):
             self._observer.task_finished(call.task, row.attempt, call.instance_id, "completed")
             self._work.clear(stage, row.id)
@@ -223,10 +236,11 @@ class Tasks:
             self._instances.drive(
                 stage, live, machine.resolve(row.seq, now, ok=message.output), now
             )
-            return
+            return None
         error = message.error
         self._observer.task_finished(call.task, row.attempt, call.instance_id, "failed")
         self._failed(stage, row, live, call, error.type, error.message, message.retryable, now)
+        return None
 
     def due(self, stage: Stage, row: WorkRow, now: float) -> None:
         """A task row came due: publish the attempt that waited for its backoff, or give
