@@ -15,7 +15,8 @@ it. The row is in one of two states, kept in its payload:
 Only the current attempt's first result counts: a result is applied if the row is
 published with the result's attempt number and its deadline has not passed, and every
 other one (a stale attempt, a duplicate, one after the deadline or after the instance
-ended) changes nothing (``stats["task_results_dropped"]``, ``Observer.task_result_dropped``).
+ended) changes nothing (``stats["task_results_dropped"]``, ``Observer.task_result_dropped``);
+one for an instance this engine does not hold at all is dead-lettered by the router.
 Applying a result, giving an attempt up, and the end of the instance all end the
 attempt (``Batch.tasks[id] = None``, through ``Work.clear`` for the last), so no worker
 claims it afterwards and the queue refuses a result for it.
