@@ -108,7 +108,7 @@ class Attempts:
             "deadline": deadline,
             # the instance's key and partition: a result appended with them reaches the
             # partition that holds the instance, on Kafka too
-            "reply": {"partitionkey": instance.key, "partition": instance.partition},
+            "reply": {protocol.PARTITIONKEY: instance.key, "partition": instance.partition},
         }
         envelope = Envelope(
             type=protocol.TASK_REQUESTED,
