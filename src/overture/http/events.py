@@ -1,0 +1,160 @@
+"""``POST /events``: CloudEvents in (binary, structured or batch mode), checked as
+:meth:`Client.send` checks them, group-committed, answered once durable."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+
+from .. import protocol
+from ..codec import Codec
+from ..errors import ConfigError, EventValidationError, MalformedEvent, UnknownEventType
+from ..events import Envelope
+from . import binding
+from .models import Accepted, Problem
+from .problems import ApiError, from_overture
+from .state import ApiState
+
+_BODY = {
+    "description": "One event in binary mode (ce-* headers, the body is its JSON data), "
+    f"one in structured mode ({binding.STRUCTURED}) or several ({binding.BATCH}, "
+    "committed all or none).",
+    "required": False,
+    "content": {
+        "application/json": {"schema": {"description": "binary mode: the event's data"}},
+        binding.STRUCTURED: {"schema": {"type": "object", "description": "a CloudEvent"}},
+        binding.BATCH: {"schema": {"type": "array", "items": {"type": "object"}}},
+    },
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": Problem, "description": text}
+    for status, text in {
+        400: "not UTF-8, not JSON, a required attribute missing, a wrong specversion",
+        403: "a reserved (overture.*) event type",
+        413: "the body is larger than the limit",
+        415: "data that is not JSON",
+        422: "data that violates the type's contract (the message names the field), or an "
+        "attribute Overture does not carry",
+    }.items()
+}
+
+
+def router(state: ApiState) -> APIRouter:
+    """The events routes of an API."""
+    routes = APIRouter(tags=["events"])
+    codec = state.client.sync.codec
+
+    @routes.post(
+        "/events",
+        status_code=202,
+        response_model=Accepted,
+        responses=_ERRORS,
+        openapi_extra={"requestBody": _BODY},
+        summary="Send events",
+    )
+    async def post_events(
+        request: Request,
+        start: bool = Query(
+            False,
+            description="Answer with the ids of the instances the event starts (one event "
+            "only; 422 if it starts none).",
+        ),
+        process: str | None = Query(
+            None, description="With start=true: only this process's instance."
+        ),
+    ) -> JSONResponse:
+        """Accept CloudEvents: 202 with their ids once they are committed. A repeated
+        event id is accepted again and appended once."""
+        body = await binding.read_body(request, state.max_body)
+        content_type = request.headers.get("content-type")
+        if binding.media_type(content_type) in (binding.STRUCTURED, binding.BATCH):
+            mode, items = binding.structured_events(content_type, body)
+        else:
+            mode, items = "binary", [binding.binary_event(request.headers, body)]
+        if start and len(items) != 1:
+            raise ApiError(400, f"start=true takes exactly one event, not {len(items)}")
+        if not start and process is not None:
+            raise ApiError(400, "process= is only for start=true", field="process")
+        envelopes = []
+        seen: set[str] = set()
+        for n, item in enumerate(items):
+            what = "the event" if mode != "batch" else f"event {n} of the batch"
+            envelope = _envelope(codec, state, item, what)
+            if envelope.id in seen:
+                raise ApiError(400, f"{what}: id {envelope.id!r} is already in this batch")
+            seen.add(envelope.id)
+            envelopes.append(envelope)
+        if start:
+            return await _start(state, envelopes[0], process)
+        ids = await state.client.send_many(envelopes)
+        return JSONResponse({"ids": ids}, status_code=202)
+
+    return routes
+
+
+def _envelope(codec: Codec, state: ApiState, item: dict[str, Any], what: str) -> Envelope:
+    """The checked envelope of a structured form, or the answer refusing it."""
+    if protocol.is_reserved(item["type"]):
+        raise ApiError(
+            403,
+            f"{what}: type {item['type']!r} is reserved for control events (the "
+            f"{protocol.RESERVED_PREFIX!r} namespace); the API's routes send those "
+            "(cancel, dead-letter replay)",
+            field="type",
+        )
+    try:
+        envelope = codec.from_dict(item)
+        if envelope.partitionkey is None:  # as `overture send` does: the contract's key
+            envelope = _keyed(state, envelope)
+        codec.check(envelope)
+        codec.validate(envelope)
+    except (MalformedEvent, EventValidationError, UnknownEventType) as error:
+        problem = from_overture(error)
+        raise ApiError(
+            problem.status, f"{what} (id {item.get('id')!r}): {problem.message}", **problem.extra
+        ) from None
+    return envelope
+
+
+def _keyed(state: ApiState, envelope: Envelope) -> Envelope:
+    cls = state.app.event_class(envelope.type)
+    data = envelope.data
+    if cls is None or cls.key_field is None or not isinstance(data, dict):
+        return envelope
+    value = data.get(cls.key_field)
+    if value is None:
+        return envelope
+    return Envelope(
+        envelope.type,
+        data,
+        envelope.id,
+        envelope.source,
+        envelope.subject,
+        envelope.time,
+        envelope.datacontenttype,
+        envelope.dataschema,
+        str(value),
+        envelope.traceparent,
+        envelope.tenant,
+    )
+
+
+async def _start(state: ApiState, envelope: Envelope, process: str | None) -> JSONResponse:
+    attributes = {
+        name: getattr(envelope, name)
+        for name in ("id", "source", "subject", "time", "datacontenttype", "dataschema")
+    }
+    for name in (protocol.TRACEPARENT, protocol.TENANT):
+        if getattr(envelope, name) is not None:
+            attributes[name] = getattr(envelope, name)
+    try:
+        handle = await state.client.start(
+            envelope.type, envelope.data, process=process, key=envelope.partitionkey, **attributes
+        )
+    except ConfigError as error:  # it starts nothing (or not that process): nothing sent
+        raise ApiError(422, str(error), field="type" if process is None else "process") from None
+    return JSONResponse(
+        {"ids": [handle.event_id], "instances": list(handle.instance_ids)}, status_code=202
+    )
