@@ -8,12 +8,12 @@ import overture as ov
 app = ov.App("httpshop")
 
 
-class OrderPlaced(ov.Event, type="order.placed"):
+class OrderPlaced(ov.Event, type="order.placed", key="order_id"):
     order_id: str
     quantity: int
 
 
-class Approved(ov.Event, type="order.approved"):
+class Approved(ov.Event, type="order.approved", key="order_id"):
     order_id: str
 
 
