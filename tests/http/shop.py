@@ -21,7 +21,7 @@ class Noted(ov.Event, type="note.added"):
     text: str
 
 
-@app.process(trigger=OrderPlaced, key=lambda e: e.order_id)
+@app.process(trigger=OrderPlaced, key=lambda e: e.order_id, waits=[Approved])
 async def fulfil(ctx: ov.Context, order: OrderPlaced) -> dict[str, object]:
     """Finishes at once for small orders; a large one waits for its approval."""
     if order.quantity > 100:

@@ -86,10 +86,10 @@ class Host:
         and its engines consume them): not started, stopping, failed, no partition
         assigned, or an assigned partition whose engine is not running. Read on the
         host's loop (the HTTP API's ``/readyz``)."""
-        if self._membership is None or self._loop is None:
-            return "the engine has not claimed its partitions yet"
         if self._stopping:
             return "the engine is stopping"
+        if self._membership is None or self._loop is None:
+            return "the engine has not claimed its partitions yet"
         if self._failed is not None:
             return f"the engine failed: {self._failed}"
         assigned = set(self._membership.assigned)
