@@ -104,10 +104,10 @@ def _envelope(codec: Codec, state: ApiState, item: dict[str, Any], what: str) ->
             "(cancel, dead-letter replay)",
             field="type",
         )
+    if item.get(protocol.PARTITIONKEY) is None:  # as `overture send` does: the contract's key
+        item = _keyed(state, item)
     try:
         envelope = codec.from_dict(item)
-        if envelope.partitionkey is None:  # as `overture send` does: the contract's key
-            envelope = _keyed(state, envelope)
         codec.check(envelope)
         codec.validate(envelope)
     except (MalformedEvent, EventValidationError, UnknownEventType) as error:
@@ -118,27 +118,16 @@ def _envelope(codec: Codec, state: ApiState, item: dict[str, Any], what: str) ->
     return envelope
 
 
-def _keyed(state: ApiState, envelope: Envelope) -> Envelope:
-    cls = state.app.event_class(envelope.type)
-    data = envelope.data
+def _keyed(state: ApiState, item: dict[str, Any]) -> dict[str, Any]:
+    """The structured form with the key its type's contract names in its data, if any."""
+    cls = state.app.event_class(item["type"])
+    data = item.get("data")
     if cls is None or cls.key_field is None or not isinstance(data, dict):
-        return envelope
+        return item
     value = data.get(cls.key_field)
     if value is None:
-        return envelope
-    return Envelope(
-        envelope.type,
-        data,
-        envelope.id,
-        envelope.source,
-        envelope.subject,
-        envelope.time,
-        envelope.datacontenttype,
-        envelope.dataschema,
-        str(value),
-        envelope.traceparent,
-        envelope.tenant,
-    )
+        return item
+    return {**item, protocol.PARTITIONKEY: str(value)}
 
 
 async def _start(state: ApiState, envelope: Envelope, process: str | None) -> JSONResponse:
