@@ -206,6 +206,9 @@ CASES: list[tuple[str, str, str, dict[str, str], Any, int, str]] = [
         400,
         "replay request",
     ),
+    ("bad start", "POST", "/events?start=maybe", BINARY, GOOD, 400, "start"),
+    ("unknown query parameter", "POST", "/events?strat=true", BINARY, GOOD, 400, "strat"),
+    ("process without start", "POST", "/events?process=fulfil", BINARY, GOOD, 400, "process"),
     ("unknown path", "GET", "/nowhere", {}, None, 404, "Not Found"),
     ("wrong method", "DELETE", "/events", {}, None, 405, "Method Not Allowed"),
 ]

@@ -78,6 +78,7 @@ async def test_openapi_documents_every_route_and_docs_page_loads(served: Served)
         "application/cloudevents-batch+json",
     }
     assert {"202", "400", "403", "413", "415", "422"} <= set(events["responses"])
+    assert [p["name"] for p in events["parameters"]] == ["start", "process"]
     docs = await served.http.get("/docs")
     assert docs.status_code == 200
     assert "/openapi.json" in docs.text

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from .. import protocol
@@ -28,6 +28,24 @@ _BODY = {
         binding.BATCH: {"schema": {"type": "array", "items": {"type": "object"}}},
     },
 }
+_PARAMETERS = [
+    {
+        "name": "start",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "boolean", "default": False},
+        "description": "Answer with the ids of the instances the event starts (one event "
+        "only; 422 if it starts none).",
+    },
+    {
+        "name": "process",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "With start=true: only this process's instance.",
+    },
+]
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": Problem, "description": text}
     for status, text in {
@@ -51,22 +69,15 @@ def router(state: ApiState) -> APIRouter:
         status_code=202,
         response_model=Accepted,
         responses=_ERRORS,
-        openapi_extra={"requestBody": _BODY},
+        openapi_extra={"requestBody": _BODY, "parameters": _PARAMETERS},
         summary="Send events",
     )
-    async def post_events(
-        request: Request,
-        start: bool = Query(
-            False,
-            description="Answer with the ids of the instances the event starts (one event "
-            "only; 422 if it starts none).",
-        ),
-        process: str | None = Query(
-            None, description="With start=true: only this process's instance."
-        ),
-    ) -> JSONResponse:
+    async def post_events(request: Request) -> JSONResponse:
         """Accept CloudEvents: 202 with their ids once they are committed. A repeated
         event id is accepted again and appended once."""
+        # The query is read here, not by FastAPI's parameter injection: that was a fifth
+        # of the server's time per single-event request (documented in _PARAMETERS).
+        start, process = _query(request)
         body = await binding.read_body(request, state.max_body)
         content_type = request.headers.get("content-type")
         if binding.media_type(content_type) in (binding.STRUCTURED, binding.BATCH):
@@ -92,6 +103,22 @@ def router(state: ApiState) -> APIRouter:
         return JSONResponse({"ids": ids}, status_code=202)
 
     return routes
+
+
+def _query(request: Request) -> tuple[bool, str | None]:
+    """``start`` and ``process`` of the query string.
+
+    Raises:
+        ApiError: 400, an unknown parameter or a ``start`` that is not a boolean.
+    """
+    query = request.query_params
+    unknown = sorted(set(query) - {"start", "process"})
+    if unknown:
+        raise ApiError(400, f"unknown query parameter(s) {', '.join(map(repr, unknown))}")
+    raw = query.get("start", "false").lower()
+    if raw not in _BOOLEANS:
+        raise ApiError(400, f"start: {raw!r} is not a boolean (true or false)", field="start")
+    return _BOOLEANS[raw], query.get("process")
 
 
 def _envelope(codec: Codec, state: ApiState, item: dict[str, Any], what: str) -> Envelope:
