@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 import overture as ov
 from overture.backends import open_backend
@@ -29,6 +30,11 @@ class Served:
     http: httpx.AsyncClient
     backend: Backend
     host: Host | None
+    api: FastAPI
+
+    def appends(self) -> int:
+        """How many appends the API's client has made (each one commit)."""
+        return int(self.api.state.overture.client.sync._sends.appends)
 
     def log_size(self) -> int:
         """Records in the log, every partition (to assert a request wrote nothing)."""
@@ -68,7 +74,7 @@ async def serving(
         base = f"http://{server.address}"
         async with httpx.AsyncClient(base_url=base, timeout=30) as http:
             try:
-                yield Served(base, http, backend, host)
+                yield Served(base, http, backend, host, api)
             finally:
                 server.stop()
                 await serve

@@ -69,6 +69,15 @@ CASES: list[tuple[str, str, str, dict[str, str], Any, int, str]] = [
         "specversion",
     ),
     ("missing id", "POST", "/events", STRUCTURED, event(id=None), 400, "id"),
+    (
+        "missing specversion",
+        "POST",
+        "/events",
+        STRUCTURED,
+        event(specversion=None),
+        400,
+        "specversion",
+    ),
     ("not an object", "POST", "/events", STRUCTURED, [1], 400, "JSON object"),
     ("batch not an array", "POST", "/events", BATCH, event(), 400, "array"),
     (

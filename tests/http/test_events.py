@@ -90,6 +90,8 @@ async def test_concurrent_requests_are_each_acknowledged_once_durable(served: Se
 
     ids = await asyncio.gather(*(post(n) for n in range(40)))
     assert sorted(e.id for e in logged(served)) == sorted(ids)
+    # group-committed: the requests waiting at one moment shared appends
+    assert served.appends() < 40
 
 
 async def test_start_answers_the_instance_the_event_starts(served: Served) -> None:
