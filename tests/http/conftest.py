@@ -42,6 +42,15 @@ class Served:
         return sum(log.end_offset(p) for p in range(log.partitions))
 
 
+async def started(server: ApiServer) -> None:
+    """Wait until ``server`` accepts connections."""
+    for _ in range(1000):
+        if server.started:
+            return
+        await asyncio.sleep(0.01)
+    raise TimeoutError("the API server did not start")
+
+
 @asynccontextmanager
 async def serving(
     url: str, *, engine: bool = True, max_body: int | None = None
@@ -67,10 +76,7 @@ async def serving(
         api = create_api(app, backend, ready=ready, **kwargs)
         server = ApiServer(api, bind("127.0.0.1", 0))
         serve = asyncio.create_task(server.serve())
-        for _ in range(500):
-            if server.started:
-                break
-            await asyncio.sleep(0.01)
+        await started(server)
         base = f"http://{server.address}"
         async with httpx.AsyncClient(base_url=base, timeout=30) as http:
             try:
