@@ -4,10 +4,16 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
+import pytest
+
 from overture.backends import open_backend
+from overture.cli.common import CliError
+from overture.cli.serve import serve
 from overture.runtime.host import Host
+from overture.runtime.options import EngineOptions
 
 from .conftest import Served, serving
 from .shop import app
@@ -82,3 +88,19 @@ async def test_openapi_documents_every_route_and_docs_page_loads(served: Served)
     docs = await served.http.get("/docs")
     assert docs.status_code == 200
     assert "/openapi.json" in docs.text
+
+
+async def test_run_fails_and_drains_when_its_api_cannot_serve(tmp_path: Path) -> None:
+    """`overture run --http` does not run on without the API it was asked for."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # no stream: cannot be served
+    sock.bind(("127.0.0.1", 0))
+    url = f"sqlite:///{tmp_path / 'run.db'}"
+    with pytest.raises(CliError, match=r"the HTTP API stopped \(ValueError"):
+        await serve(app, url, options=EngineOptions(), partitions=None, grace=0.5, http=sock)
+    backend = open_backend(url)  # drained and closed: the engine lock is free again
+    try:
+        host = Host(app, backend)
+        await host.start()
+        await host.stop(grace=0.5)
+    finally:
+        backend.close()

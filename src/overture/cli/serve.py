@@ -66,6 +66,7 @@ async def serve(
         return
     try:
         host = Host(app, backend, options=options)
+        api = None if http is None else engine_api(app, backend, host, http, max_body=max_body)
         await host.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -80,7 +81,6 @@ async def serve(
         )
         runner = asyncio.create_task(host.run(), name="overture-engine")
         stopper = asyncio.create_task(stop.wait(), name="overture-signal")
-        api = None if http is None else engine_api(app, backend, host, http, max_body=max_body)
         api_task = None if api is None else asyncio.create_task(api.serve(), name="overture-http")
         if api is not None:
             stderr_line(f"overture: HTTP API at http://{api.address}")
@@ -97,7 +97,16 @@ async def serve(
                 loop.remove_signal_handler(sig)
             if api is not None and api_task is not None:  # before the drain: no new input
                 api.stop()
-                await api_task
+                await asyncio.wait({api_task})  # its failure is reported below
+        if api_task is not None and api_task.done() and not runner.done() and not stop.is_set():
+            # The API ended on its own (it failed to start, say): the engine is drained and
+            # the command fails, instead of running on without the API it was asked for.
+            log.info("stopping: the HTTP API stopped")
+            await host.stop(grace=grace)
+            await runner
+            error = api_task.exception()
+            why = "see the log" if error is None else f"{type(error).__name__}: {error}"
+            raise CliError(f"the HTTP API stopped ({why}); the engine was drained")
         if runner.done():
             # The engine loop ended on its own: only a crash does that. The traceback goes
             # to the log; the command ends with one line.

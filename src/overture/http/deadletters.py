@@ -13,7 +13,7 @@ from ..errors import NotFound
 from . import binding
 from .models import DeadLetterOut, DeadLetters, Problem, Replayed, ReplayRequest
 from .problems import ApiError
-from .state import ApiState
+from .state import ApiState, read
 
 _404: dict[int | str, dict[str, Any]] = {
     404: {"model": Problem, "description": "no such dead letter"}
@@ -41,7 +41,7 @@ def router(state: ApiState) -> APIRouter:
     )
     async def show_dead_letter(letter_id: str) -> JSONResponse:
         """One dead letter, its original bytes included."""
-        letter = await client._run(client.backend.store.dead_letter, letter_id)
+        letter = await read(client, client.backend.store.dead_letter, letter_id)
         if letter is None:
             raise ApiError(404, f"no dead letter {letter_id!r}")
         return JSONResponse(dead_letter_dict(letter))

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from ..app import App
 from ..async_client import AsyncClient
 from ..client import Instance
+
+T = TypeVar("T")
 
 Readiness = Callable[[], Awaitable[str | None]]
 """Says whether the API should get traffic: ``None`` when ready, else the reason not."""
@@ -55,3 +58,11 @@ def instance_json(instance: Instance) -> dict[str, Any]:
         "result": instance.result,
         "error": instance.error,
     }
+
+
+async def read(client: AsyncClient, fn: Callable[..., T], *args: Any) -> T:
+    """A read the client has no method for: inline on a local backend (memory, SQLite),
+    in a worker thread on a remote one (the loop must not wait for the network)."""
+    if client.backend.capabilities.remote:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
