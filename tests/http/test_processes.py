@@ -130,3 +130,12 @@ def test_run_http_refuses_a_malformed_address(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert "HOST:PORT" in done.stderr
+
+
+def test_serve_refuses_a_memory_backend() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "overture.cli", "serve", APP, "--backend", "memory://"],
+        cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "memory://" in done.stderr and "Traceback" not in done.stderr
