@@ -13,7 +13,6 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-import overture as ov
 from overture.backends import open_backend
 from overture.http import ApiServer, bind, create_api
 from overture.ports import Backend
@@ -105,4 +104,4 @@ async def served_sqlite(tmp_path: Path) -> AsyncIterator[Served]:
         yield running
 
 
-__all__ = ["Served", "ov", "serving"]
+__all__ = ["Served", "serving", "started"]
