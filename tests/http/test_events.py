@@ -124,3 +124,12 @@ async def test_start_of_an_event_that_starts_nothing_is_refused(served: Served) 
     assert reply.status_code == 422, reply.text
     assert "no process" in reply.json()["error"]
     assert served.log_size() == before
+
+
+async def test_binary_mode_header_values_are_percent_decoded(served: Served) -> None:
+    message = ce_http.to_binary_event(order("pct-1", "o-4", subject='a "b" 100% ü'))
+    assert message.headers["ce-subject"] != 'a "b" 100% ü'  # the SDK encoded it
+    reply = await served.http.post("/events", headers=message.headers, content=message.body)
+    assert reply.status_code == 202, reply.text
+    [envelope] = logged(served)
+    assert envelope.subject == 'a "b" 100% ü'
