@@ -18,7 +18,7 @@ from .. import __version__
 from ..client import ALL, Client
 from ..errors import NotFound
 from ..protocol import Status
-from . import render
+from . import api, render
 from .common import (
     DEFAULT_BACKEND,
     EXIT_USAGE,
@@ -49,6 +49,7 @@ cli = typer.Typer(
 dlq = typer.Typer(help="Inspect and replay the dead-letter queue.", no_args_is_help=True)
 cli.add_typer(dlq, name="dlq")
 cli.add_typer(dev, name="dev")
+api.register(cli)  # overture serve
 
 STATUSES = tuple(Status)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -111,6 +112,13 @@ def run(
     log_level: Annotated[
         str, typer.Option(help=f"Logging level on stderr: {', '.join(LOG_LEVELS)}.")
     ] = "INFO",
+    http: Annotated[
+        str | None,
+        typer.Option(
+            "--http", metavar="HOST:PORT", help="Also serve the HTTP API (docs/http.md) here."
+        ),
+    ] = None,
+    max_body: api.MaxBodyOption = 1 << 20,
 ) -> None:
     """Run an engine for MODULE:APP until Ctrl-C or SIGTERM, then drain and exit 0."""
     from ..runtime.options import EngineOptions
@@ -121,7 +129,9 @@ def run(
             f"invalid --log-level {log_level!r} (choose from {', '.join(LOG_LEVELS)})", EXIT_USAGE
         )
     refuse_memory(backend)
+    address = None if http is None else api.parse_address(http)
     app = load_app(app_path)
+    sock = None if address is None else api.listen(*address)
     # After loading: a command line that fails leaves the process's logging untouched.
     configure_logging(log_level)
     try:
@@ -134,6 +144,8 @@ def run(
                 ),
                 partitions=partitions,
                 grace=grace,
+                http=sock,
+                max_body=max_body,
             )
         )
     except KeyboardInterrupt:  # only before the signal handlers are installed

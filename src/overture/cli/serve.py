@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Callable
 
@@ -19,6 +20,7 @@ from ..errors import BrokerUnavailable, OvertureError
 from ..ports import Backend
 from ..runtime.host import Host
 from ..runtime.options import EngineOptions
+from .api import engine_api
 from .common import CliError, stderr_line
 
 log = logging.getLogger("overture.cli")
@@ -40,6 +42,8 @@ async def serve(
     options: EngineOptions,
     partitions: int | None,
     grace: float = 5.0,
+    http: socket.socket | None = None,
+    max_body: int | None = None,
 ) -> None:
     """Run an engine for ``app`` on ``url`` until SIGINT/SIGTERM, then drain and return.
 
@@ -48,6 +52,8 @@ async def serve(
         partitions: partitions of a new log (an existing log keeps its count).
         grace: seconds running steps get to finish once a stop is requested; steps still
             running then are abandoned and run again after the next start.
+        http: serve the HTTP API on this bound socket, on this loop (``--http``).
+        max_body: the API's request body limit in bytes (default 1 MiB).
 
     Raises:
         EngineBusy: another engine already owns the embedded database.
@@ -60,6 +66,7 @@ async def serve(
         return
     try:
         host = Host(app, backend, options=options)
+        api = None if http is None else engine_api(app, backend, host, http, max_body=max_body)
         await host.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -74,14 +81,32 @@ async def serve(
         )
         runner = asyncio.create_task(host.run(), name="overture-engine")
         stopper = asyncio.create_task(stop.wait(), name="overture-signal")
+        api_task = None if api is None else asyncio.create_task(api.serve(), name="overture-http")
+        if api is not None:
+            stderr_line(f"overture: HTTP API at http://{api.address}")
         try:
-            await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {runner, stopper} | ({api_task} if api_task else set()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         finally:
             stopper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await stopper
             for sig in signals:
                 loop.remove_signal_handler(sig)
+            if api is not None and api_task is not None:  # before the drain: no new input
+                api.stop()
+                await asyncio.wait({api_task})  # its failure is reported below
+        if api_task is not None and api_task.done() and not runner.done() and not stop.is_set():
+            # The API ended on its own (it failed to start, say): the engine is drained and
+            # the command fails, instead of running on without the API it was asked for.
+            log.info("stopping: the HTTP API stopped")
+            await host.stop(grace=grace)
+            await runner
+            error = api_task.exception()
+            why = "see the log" if error is None else f"{type(error).__name__}: {error}"
+            raise CliError(f"the HTTP API stopped ({why}); the engine was drained")
         if runner.done():
             # The engine loop ended on its own: only a crash does that. The traceback goes
             # to the log; the command ends with one line.

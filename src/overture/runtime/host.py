@@ -80,6 +80,31 @@ class Host:
         """Whether partitions are shared out by a group (Kafka)."""
         return self.backend.capabilities.partitioned
 
+    @property
+    def unready(self) -> str | None:
+        """Why this host should not get traffic yet (``None``: it owns its partitions
+        and its engines consume them): not started, stopping, failed, no partition
+        assigned, or an assigned partition whose engine is not running. Read on the
+        host's loop (the HTTP API's ``/readyz``)."""
+        if self._stopping:
+            return "the engine is stopping"
+        if self._membership is None or self._loop is None:
+            return "the engine has not claimed its partitions yet"
+        if self._failed is not None:
+            return f"the engine failed: {self._failed}"
+        assigned = set(self._membership.assigned)
+        if not assigned:
+            return "no partition is assigned to this engine"
+        owned = set(self.engines)  # embedded: engine 0 owns the whole log, assigned as [0]
+        if owned != assigned:
+            missing = sorted(assigned - owned)
+            return f"partition(s) {missing} assigned but their engines not started yet"
+        if not self.drive and any(
+            p not in self._tasks or self._tasks[p].done() for p in self.engines
+        ):
+            return "an engine is not running"
+        return None
+
     def _engine(self, backend: EngineBackend, partitions: list[int] | None = None) -> Engine:
         options = self.options
         if partitions is not None:
