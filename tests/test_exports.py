@@ -25,6 +25,7 @@ def test_public_api_is_exactly_this() -> None:
         "MalformedEvent",
         "NonDeterminismError",
         "NotFound",
+        "OperationAbandoned",
         "OvertureError",
         "ProcessError",
         "Retry",

@@ -182,6 +182,15 @@ class TaskFailed(ProcessError):
         self.attempts = attempts
 
 
+class OperationAbandoned(ProcessError):
+    """Awaiting an operation the process abandoned (``ctx.abandon``)."""
+
+    def __init__(self, operation: str, name: str) -> None:
+        super().__init__(f"the {operation} {name!r} was abandoned")
+        self.operation = operation
+        self.name = name
+
+
 class NonDeterminismError(BaseException):
     """Replay asked for something other than what the journal recorded.
 

@@ -103,10 +103,18 @@ class EmitEvent:
 
 
 @dataclass(slots=True)
+class Abandon:
+    """The code stopped waiting for operation ``seq`` (``ctx.abandon``): drop its work
+    row, its open task attempt, its wait."""
+
+    seq: int
+
+
+@dataclass(slots=True)
 class Finished:
     status: Status
     result: Any = None
     error: dict[str, str] | None = None
 
 
-Command = ScheduleStep | ScheduleTask | StartTimer | StartWait | EmitEvent | Finished
+Command = ScheduleStep | ScheduleTask | StartTimer | StartWait | EmitEvent | Abandon | Finished

@@ -237,6 +237,34 @@ class Context(ABC):
         """
 
     @abstractmethod
+    def first(self, *operations: Awaitable[Any]) -> DurableFuture[int]:
+        """Wait until one of the operations (or sub-coroutines) has finished; returns its
+        position in the arguments. Await that operation for its value or its error; the
+        others go on (``abandon`` them if their outcome no longer matters)::
+
+            offers = [ctx.call("driver.offer", {"driver": d}) for d in drivers]
+            while offers:
+                i = await ctx.first(*offers)
+                offer = offers.pop(i)
+                if (await offer)["accepted"]:
+                    ctx.abandon(*offers)
+                    break
+
+        Deterministic on replay: operations finish in the journal's order, and of those
+        already finished when it is called the first in argument order wins.
+        """
+
+    @abstractmethod
+    def abandon(self, *operations: DurableFuture[Any]) -> None:
+        """Stop waiting for pending operations: a task call's open attempt is withdrawn
+        from its queue (no worker claims it; a result for it is dropped), a step's
+        retries and outcome are dropped (an attempt already running runs to its end), a
+        timer or a wait is removed. Awaiting an abandoned operation raises
+        :class:`~overture.OperationAbandoned`; finished ones are left as they are. The
+        abandonment is journaled, so a replay abandons the same operations.
+        """
+
+    @abstractmethod
     def now(self) -> datetime:
         """The (journaled) time of the input being processed, UTC."""
 

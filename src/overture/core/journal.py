@@ -10,9 +10,10 @@ kind       fields
 =========  ==================================================================================
 start      ``t`` time, ``ev`` trigger CloudEvent (structured JSON), ``fmt`` journal format,
            ``v`` process version
-cmd        ``s`` sequence number, ``op`` (step | call | wait | sleep | emit), ``n`` name (a
-           call's: the task's), and per op:
-           ``key``/``due`` (wait), ``due`` (sleep), ``ev`` event id (emit)
+cmd        ``s`` sequence number, ``op`` (step | call | wait | sleep | emit | abandon), ``n``
+           name (a call's: the task's), and per op:
+           ``key``/``due`` (wait), ``due`` (sleep), ``ev`` event id (emit); an abandon's
+           name is ``#<seq>`` of the operation it abandoned
 res        ``t`` time, ``s`` sequence number, then ``ok`` value or ``err`` {type, message}
 cancel     ``t`` time (an operator's cancellation: pending operations are abandoned and
            the registered compensations run)

@@ -25,6 +25,7 @@ from ..errors import EventError, NonDeterminismError, StepFailed, TaskFailed, Wa
 from ..events import Envelope, Event
 from . import journal as jr
 from .commands import (
+    Abandon,
     Command,
     EmitEvent,
     Finished,
@@ -54,6 +55,7 @@ __all__ = [
     "RUNNING",
     "STUCK",
     "WAITING",
+    "Abandon",
     "Command",
     "EmitEvent",
     "Finished",

@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..errors import EventValidationError, StepFailed
+from ..errors import EventValidationError, OperationAbandoned, StepFailed
 from ..events import Envelope, Event, number_problem
 from ..policies import DEFAULT_RETRY, Retry
 from ..tracecontext import continue_trace, traceparent_problem
 from .commands import (
+    Abandon,
     EmitEvent,
     ScheduleStep,
     ScheduleTask,
@@ -24,7 +25,7 @@ from .commands import (
     StepCall,
     TaskCall,
 )
-from .context import Context
+from .context import Context, DurableFuture
 from .futures import Compensation, Future
 from .values import result_decoder, to_json
 
@@ -227,16 +228,20 @@ class MachineContext(Context):
         if first_error is not None:
             raise first_error
 
-    def gather(self, *operations: Awaitable[Any]) -> Future[list[Any]]:
-        m = self._m
+    def _futures(self, what: str, operations: tuple[Awaitable[Any], ...]) -> list[Future[Any]]:
+        """The futures of operations, sub-coroutines spawned as tasks of the machine."""
         futures: list[Future[Any]] = []
         for op in operations:
             if isinstance(op, Future):
                 futures.append(op)
             elif isinstance(op, Coroutine):
-                futures.append(m._spawn(op).future)
+                futures.append(self._m._spawn(op).future)
             else:
-                raise TypeError(f"ctx.gather takes ctx operations or coroutines, not {op!r}")
+                raise TypeError(f"ctx.{what} takes ctx operations or coroutines, not {op!r}")
+        return futures
+
+    def gather(self, *operations: Awaitable[Any]) -> Future[list[Any]]:
+        futures = self._futures("gather", operations)
         result: Future[list[Any]] = Future()
         remaining = [len(futures)]
 
@@ -254,6 +259,41 @@ class MachineContext(Context):
         for f in futures:
             f.add_callback(one_done)
         return result
+
+    def first(self, *operations: Awaitable[Any]) -> Future[int]:
+        futures = self._futures("first", operations)
+        if not futures:
+            raise TypeError("ctx.first needs at least one operation")
+        result: Future[int] = Future()
+        for position, f in enumerate(futures):
+            if f.done():  # finished before: the first in argument order wins
+                result.set_result(position)
+                return result
+
+        def done(position: int) -> None:
+            if not result.done():
+                result.set_result(position)
+
+        for position, f in enumerate(futures):
+            f.add_callback(lambda p=position: done(p))  # type: ignore[misc]
+        return result
+
+    def abandon(self, *operations: DurableFuture[Any]) -> None:
+        m = self._m
+        for op in operations:
+            if not isinstance(op, Future):
+                raise TypeError(f"ctx.abandon takes ctx operations, not {op!r}")
+            if op.done():
+                continue
+            target = next((s for s, p in m._pending.items() if p.future is op), None)
+            if target is None:
+                raise TypeError("ctx.abandon takes operations of this instance's ctx")
+            seq, live, _ = m._operation("abandon", f"#{target}", {})
+            pending = m._pending.pop(target)
+            m._pending.pop(seq, None)
+            if live:
+                m._commands.append(Abandon(target))
+            pending.future.set_error(OperationAbandoned(pending.op, pending.name))
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self._m._now, UTC)

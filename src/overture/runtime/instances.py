@@ -296,6 +296,8 @@ class Instances:
                 stage.batch.appends.append(
                     NewRecord(env.partitionkey, self._codec.to_bytes(env), env.id, env.type)
                 )
+            elif isinstance(command, m.Abandon):
+                self._abandon(stage, iid, command.seq)
             elif isinstance(command, m.Finished):
                 self._cleanup(stage, live)
 
@@ -328,6 +330,16 @@ class Instances:
                 process,
                 event_type,
             )
+
+    def _abandon(self, stage: Stage, iid: str, seq: int) -> None:
+        """The code abandoned operation ``seq``: its wait and its work row (a step's, a
+        timer's, a task call's, whose open attempt ``Work.clear`` ends) go."""
+        for wait in self._waits.of_instance(iid):
+            if wait.seq == seq:
+                self._waits.clear(stage, wait)
+        work_id = f"{iid}:{seq}"
+        if self._work.get(work_id) is not None:
+            self._work.clear(stage, work_id)
 
     def _cleanup(self, stage: Stage, live: Live) -> None:
         """An instance finished: drop its waits, work and buffered events."""
