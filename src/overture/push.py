@@ -229,10 +229,13 @@ class PushExecutor:
     def _time_bound(self, definition: TaskDef, message: protocol.TaskRequest) -> float:
         """Seconds the request may take: what is left before the deadline, else the
         task's timeout, else the executor's."""
-        limit = definition.timeout if definition.timeout is not None else self.options.timeout
+        limit = self._limit(definition)
         if message.deadline is None:
             return limit
         return min(limit, message.deadline - time.time())
+
+    def _limit(self, definition: TaskDef) -> float:
+        return definition.timeout if definition.timeout is not None else self.options.timeout
 
     async def _post(
         self,
@@ -255,14 +258,19 @@ class PushExecutor:
                 ) as response:
                     body, complete = await self._read(response)
         except (TimeoutError, httpx.TimeoutException) as exc:
-            elapsed = time.monotonic() - started
-            why = "the attempt's deadline" if message.deadline is not None else "the timeout"
+            why = (
+                "the time left before the attempt's deadline"
+                if message.deadline is not None and bound < self._limit(target.definition)
+                else "the task's timeout"
+                if target.definition.timeout is not None
+                else "PushOptions.timeout"
+            )
             return self._failed(
                 envelope,
                 message,
                 "TimeoutError",
-                f"POST {url}: no response within {bound:.3g} s ({why}; "
-                f"{type(exc).__name__} after {elapsed:.3g} s)",
+                f"POST {url}: no complete response within {bound:.3g} s ({why}; "
+                f"{type(exc).__name__} after {time.monotonic() - started:.3g} s)",
                 retryable=True,
             )
         except httpx.HTTPError as exc:
@@ -433,11 +441,15 @@ def _signed_headers(signer: Webhook, attempt_id: str, body: bytes) -> dict[str, 
 
 
 def _describe(exc: httpx.HTTPError) -> str:
-    """An httpx error in words: its message, else its cause's (a refused connection
-    often has an empty message of its own)."""
-    text = str(exc)
+    """An httpx error in words: its message and, when there is one, the operating
+    system's reason underneath ("All connection attempts failed" hides a refused
+    connection)."""
+    text = str(exc) or type(exc).__name__
     cause = exc.__cause__ or exc.__context__
-    while not text and cause is not None:
-        text = str(cause)
+    root: BaseException | None = None
+    while cause is not None:
+        root = cause
         cause = cause.__cause__ or cause.__context__
-    return text or type(exc).__name__
+    if root is not None and str(root) and str(root) not in text:
+        return f"{text} ({type(root).__name__}: {root})"
+    return text
