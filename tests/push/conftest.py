@@ -15,7 +15,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,7 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from overture import protocol
@@ -94,16 +94,19 @@ async def _answer(path: str, body: bytes) -> Response:
     """How the endpoint answers, by path:
 
     ``echo`` (200, JSON: the request's input and attempt), ``empty`` (200, no body),
-    ``nocontent`` (204), ``text`` (200, HTML), ``bigint`` (200, an integer beyond 64
-    bits), ``big`` (200, a JSON string of 10,000 characters), ``status/<code>`` (that
-    status, a short text body), ``redirect`` (307 to ``/echo``), ``slow/<seconds>``
-    (sleeps, then 200 JSON).
+    ``blank`` (200, whitespace), ``nocontent`` (204), ``text`` (200, HTML), ``bigint``
+    (200, an integer beyond 64 bits), ``big`` (200, a JSON string of 10,000 characters),
+    ``status/<code>`` (that status, a short text body), ``redirect`` (307 to ``/echo``),
+    ``slow/<seconds>`` (sleeps, then 200 JSON), ``trickle/<seconds>`` (200, a JSON string
+    sent a byte every 0.1 s for that long: each read is quick, the whole is slow).
     """
     data = orjson.loads(body)["data"]
     if path == "echo":
         return JSONResponse({"echo": data["input"], "attempt": data["attempt"]})
     if path == "empty":
         return Response(b"", status_code=200)
+    if path == "blank":
+        return Response(b" \r\n ", status_code=200, media_type="application/json")
     if path == "nocontent":
         return Response(status_code=204)
     if path == "text":
@@ -119,10 +122,21 @@ async def _answer(path: str, body: bytes) -> Response:
         return Response(f"nope: the order {data['input']!r} is unknown here", status_code=code)
     if path == "redirect":
         return Response(status_code=307, headers={"location": "/echo"})
+    if path.startswith("trickle/"):
+        return StreamingResponse(_trickle(float(path.split("/")[1])), media_type="application/json")
     if path.startswith("slow/"):
         await asyncio.sleep(float(path.split("/")[1]))
         return JSONResponse({"slept": True})
     return Response("no such path", status_code=404)
+
+
+async def _trickle(seconds: float) -> AsyncIterator[bytes]:
+    """A JSON body sent a byte at a time, a byte every 0.1 s, for ``seconds``."""
+    yield b'"'
+    for _ in range(int(seconds * 10)):
+        await asyncio.sleep(0.1)
+        yield b"."
+    yield b'"'
 
 
 def free_port() -> int:

@@ -95,7 +95,7 @@ async def test_a_wrong_secret_fails_the_endpoints_verification(
     assert "signature verification failed" in message.error.message
 
 
-@pytest.mark.parametrize("path", ["empty", "nocontent"])
+@pytest.mark.parametrize("path", ["empty", "blank", "nocontent"])
 async def test_an_empty_2xx_body_is_a_null_output(make: Make, path: str) -> None:
     request = claimed(path, {"x": 1})
     _, message = result_of(await make(path).run(request), request)
@@ -186,6 +186,16 @@ async def test_a_server_slower_than_the_deadline_times_out_at_the_deadline(
     assert "the time left before the attempt's deadline" in message.error.message
     assert 0.3 < elapsed < 2.5, elapsed
     assert [r.path for r in push_server.received] == ["slow/5"]
+
+
+async def test_the_deadline_bounds_the_whole_exchange_not_each_read(make: Make) -> None:
+    # every byte arrives well within the bound; the body as a whole does not
+    request = claimed("trickle/5", deadline=time.time() + 0.6)
+    started = time.monotonic()
+    _, message = result_of(await make("trickle/5").run(request), request)
+    assert isinstance(message, protocol.TaskFailure)
+    assert (message.error.type, message.retryable) == ("TimeoutError", True)
+    assert time.monotonic() - started < 2.5
 
 
 async def test_without_a_deadline_the_tasks_timeout_bounds_the_request(make: Make) -> None:
