@@ -391,7 +391,15 @@ def _target(definition: TaskDef, environ: Mapping[str, str]) -> _Target:
     if definition.url is None:
         raise ConfigError(f"task {name!r} is not a push task (it has no url=)")
     parts = urlsplit(definition.url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts.port  # noqa: B018 (a property that checks the port: ValueError when out of range)
+    except ValueError as exc:
+        raise ConfigError(f"push task {name!r}: url {definition.url!r}: {exc}") from None
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or any(c.isspace() for c in definition.url)
+    ):
         raise ConfigError(
             f"push task {name!r}: url {definition.url!r} is not an absolute http(s) URL"
         )

@@ -75,6 +75,8 @@ async def test_the_secret_is_read_from_the_process_environment_by_default(
         (_push(url="ftp://host/x"), "is not an absolute http(s) URL"),
         (_push(url="/relative/path"), "is not an absolute http(s) URL"),
         (_push(url="http:///nohost"), "is not an absolute http(s) URL"),
+        (_push(url="http://pay example.com/x"), "is not an absolute http(s) URL"),
+        (_push(url="http://pay.example.com:99999/x"), "Port out of range"),
     ],
 )
 def test_a_definition_it_cannot_push_is_refused(definition: TaskDef, problem: str) -> None:
