@@ -27,9 +27,11 @@ any other 3xx / 4xx           non-retryable failure naming the status and a body
 timeouts
 ============================  =========================================================
 
-Every push of one executor shares one ``httpx.AsyncClient`` (one connection pool, its
-size in :class:`PushOptions`), so any number of attempts are in flight at once without a
-thread each and without blocking the event loop. A request may take no longer than the
+Every push of one executor shares one ``httpx.AsyncClient`` (its connections, up to
+:attr:`PushOptions.max_connections`, spread over small pools by
+``overture.httppool.ShardedTransport``, which keeps the cost of a request flat however
+many are in flight), so any number of attempts are in flight at once without a thread
+each and without blocking the event loop. A request may take no longer than the
 attempt has left before its deadline (the engine drops a later result anyway), else the
 task's ``timeout``, else :attr:`PushOptions.timeout`.
 
@@ -60,6 +62,7 @@ from . import protocol, tasks
 from .codec import Codec
 from .errors import ConfigError, EventValidationError
 from .events import Envelope, loads_exact, number_problem
+from .httppool import ShardedTransport
 from .ports import ClaimedTask, NewRecord
 from .tasks import TaskDef
 
@@ -84,8 +87,10 @@ class PushOptions:
     max_connections: int = 100
     """Connections open at once across every push URL (the pool's size); an attempt
     beyond it waits for a free connection, within its own time bound."""
-    max_keepalive: int = 20
-    """Idle connections kept open for the next requests."""
+    max_keepalive: int = 100
+    """Idle connections kept open for the next requests (at least one per shard of
+    ``overture.httppool``). Fewer than ``max_connections`` makes a busy pool close and
+    reopen connections."""
     timeout: float = 60.0
     """Seconds a request may take when neither the attempt's deadline nor the task's
     ``timeout`` bounds it."""
@@ -156,11 +161,12 @@ class PushExecutor:
                 raise ConfigError(f"push task {definition.name!r} is given twice")
             self._targets[definition.name] = _target(definition, environ)
         # made last, so that a ConfigError above leaves nothing to close
+        self._transport = ShardedTransport(
+            max_connections=self.options.max_connections,
+            max_keepalive=self.options.max_keepalive,
+        )
         self._client = httpx.AsyncClient(
-            limits=httpx.Limits(
-                max_connections=self.options.max_connections,
-                max_keepalive_connections=self.options.max_keepalive,
-            ),
+            transport=self._transport,
             follow_redirects=False,
             headers={"user-agent": _USER_AGENT},
         )

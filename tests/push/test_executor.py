@@ -176,26 +176,28 @@ async def test_a_refused_connection_fails_retryably(make: Make) -> None:
 async def test_a_server_slower_than_the_deadline_times_out_at_the_deadline(
     make: Make, push_server: PushServer
 ) -> None:
-    request = claimed("slow/5", deadline=time.time() + 0.5)
+    executor = make("slow/5")
+    request = claimed("slow/5", deadline=time.time() + 1.0)
     started = time.monotonic()
-    _, message = result_of(await make("slow/5").run(request), request)
+    _, message = result_of(await executor.run(request), request)
     elapsed = time.monotonic() - started
     assert isinstance(message, protocol.TaskFailure)
     assert (message.error.type, message.retryable) == ("TimeoutError", True)
     assert "no complete response within" in message.error.message
     assert "the time left before the attempt's deadline" in message.error.message
-    assert 0.3 < elapsed < 2.5, elapsed
+    assert 0.5 < elapsed < 3.5, elapsed
     assert [r.path for r in push_server.received] == ["slow/5"]
 
 
 async def test_the_deadline_bounds_the_whole_exchange_not_each_read(make: Make) -> None:
     # every byte arrives well within the bound; the body as a whole does not
-    request = claimed("trickle/5", deadline=time.time() + 0.6)
+    executor = make("trickle/5")
+    request = claimed("trickle/5", deadline=time.time() + 1.0)
     started = time.monotonic()
-    _, message = result_of(await make("trickle/5").run(request), request)
+    _, message = result_of(await executor.run(request), request)
     assert isinstance(message, protocol.TaskFailure)
     assert (message.error.type, message.retryable) == ("TimeoutError", True)
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < 3.5
 
 
 async def test_without_a_deadline_the_tasks_timeout_bounds_the_request(make: Make) -> None:
@@ -206,7 +208,7 @@ async def test_without_a_deadline_the_tasks_timeout_bounds_the_request(make: Mak
     assert isinstance(message, protocol.TaskFailure)
     assert (message.error.type, message.retryable) == ("TimeoutError", True)
     assert "(the task's timeout;" in message.error.message
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < 3.5
 
 
 async def test_without_any_bound_the_executors_timeout_applies(make: Make) -> None:
@@ -216,7 +218,7 @@ async def test_without_any_bound_the_executors_timeout_applies(make: Make) -> No
     _, message = result_of(await executor.run(request), request)
     assert isinstance(message, protocol.TaskFailure) and message.error.type == "TimeoutError"
     assert "(PushOptions.timeout;" in message.error.message
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < 3.5
 
 
 async def test_an_attempt_past_its_deadline_is_not_sent(
