@@ -32,9 +32,9 @@ Every push of one executor shares one ``httpx.AsyncClient`` (its connections, up
 ``overture.httppool.ShardedTransport``, which keeps the cost of a request flat however
 many are in flight), so any number of attempts are in flight at once without a thread
 each and without blocking the event loop. Requests go straight to the task's URL: the
-proxy variables of the environment (``HTTP_PROXY``...) are not used. A request may take no longer than the
-attempt has left before its deadline (the engine drops a later result anyway), else the
-task's ``timeout``, else :attr:`PushOptions.timeout`.
+proxy variables of the environment (``HTTP_PROXY``...) are not used. A request may take
+no longer than the attempt has left before its deadline (the engine drops a later result
+anyway), else the task's ``timeout``, else :attr:`PushOptions.timeout`.
 
 Rejected: following ``Retry-After``. The engine owns an attempt's retries and its
 deadline; a worker sleeping on a server's hint would hold the attempt's lease, and a
