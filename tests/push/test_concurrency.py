@@ -54,7 +54,7 @@ async def test_many_attempts_are_in_flight_at_once_and_the_loop_stays_responsive
     assert elapsed < SLOW * n / 4, f"{n} attempts of {SLOW} s took {elapsed:.2f} s"
     # the loop ran the ticker all along: nothing blocked it while the requests were out
     assert len(gaps) > 20
-    assert max(gaps) < 0.25, f"the event loop was blocked for {max(gaps):.3f} s"
+    assert max(gaps) < 0.5, f"the event loop was blocked for {max(gaps):.3f} s"
 
 
 async def test_the_pool_bounds_the_connections_in_flight(push_server: PushServer) -> None:
