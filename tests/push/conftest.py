@@ -100,7 +100,7 @@ async def _answer(path: str, body: bytes) -> Response:
     ``slow/<seconds>`` (sleeps, then 200 JSON), ``trickle/<seconds>`` (200, a JSON string
     sent a byte every 0.1 s for that long: each read is quick, the whole is slow).
     """
-    data = orjson.loads(body)["data"]
+    data = orjson.loads(body).get("data")  # None when a payload codec coded it
     if path == "echo":
         return JSONResponse({"echo": data["input"], "attempt": data["attempt"]})
     if path == "empty":
@@ -191,6 +191,7 @@ def claimed(
     attempt: int = 1,
     instance: str = "fulfil-0190",
     seq: int = 3,
+    codec: Codec | None = None,
 ) -> ClaimedTask:
     """A claimed attempt whose request is the CloudEvent an engine publishes."""
     attempt_id = protocol.task_attempt_id(instance, seq, attempt)
@@ -214,14 +215,15 @@ def claimed(
         traceparent=TRACEPARENT,
         tenant="acme",
     )
-    return ClaimedTask(
-        attempt_id, protocol.DEFAULT_QUEUE, Codec().to_bytes(envelope), time.time() + 30
-    )
+    raw = (codec or Codec()).to_bytes(envelope)
+    return ClaimedTask(attempt_id, protocol.DEFAULT_QUEUE, raw, time.time() + 30)
 
 
-def result_of(record: NewRecord, request: ClaimedTask) -> tuple[Envelope, protocol.Control]:
+def result_of(
+    record: NewRecord, request: ClaimedTask, codec: Codec | None = None
+) -> tuple[Envelope, protocol.Control]:
     """The result event a record carries, checked to answer ``request``."""
-    envelope = Codec().from_bytes(record.value)
+    envelope = (codec or Codec()).from_bytes(record.value)
     assert envelope.id == protocol.task_result_id(request.id) == record.event_id
     assert record.event_type == envelope.type
     assert (record.key, record.partition) == ("order-7", 1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
@@ -75,6 +76,35 @@ async def test_a_2xx_json_body_is_the_output_of_a_signed_structured_request(
         attempt=2,
         output={"echo": {"order": "o-7", "amount": 12}, "attempt": 2},
     )
+
+
+class _Zlib:
+    """Compression as a payload codec."""
+
+    name = "zlib"
+
+    def encode(self, data: bytes) -> bytes:
+        return zlib.compress(data)
+
+    def decode(self, data: bytes) -> bytes:
+        return zlib.decompress(data)
+
+
+async def test_with_a_payload_codec_the_coded_request_is_sent_as_published(
+    push_server: PushServer,
+) -> None:
+    app = ov.App("shop", payload_codec=_Zlib())
+    app.task("empty", url=push_server.url("empty"), secret_env="S")
+    codec = Codec(app)
+    request = claimed("empty", {"card": "4242"}, codec=codec)
+    async with PushExecutor(app.tasks, codec, environ={"S": push_server.secret}) as executor:
+        record = await executor.run(request)
+    [got] = push_server.received
+    assert got.verified and got.body == request.request
+    assert b'"data_base64"' in got.body and b"4242" not in got.body
+    assert b'"data_base64"' in record.value, "the result is coded by the app's codec too"
+    _, message = result_of(record, request, codec)
+    assert isinstance(message, protocol.TaskCompletion) and message.output is None
 
 
 async def test_a_wrong_secret_fails_the_endpoints_verification(
