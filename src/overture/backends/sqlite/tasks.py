@@ -1,0 +1,214 @@
+"""``SqliteTaskQueue``: the task attempts an engine publishes, as workers take them.
+
+One ``tasks`` row per attempt (``Batch.tasks``), written by the engine's commit and
+claimed by workers with leases, every one of them a short ``BEGIN IMMEDIATE``
+transaction on the same file (the engine and any number of ``overture worker``
+processes). Times are wall-clock (``time.time()``): leases are compared across processes.
+
+A row is never deleted here: when the engine ends an attempt (it applied a result, gave
+the attempt up at its deadline, or its instance ended), or when a worker's result for it
+was accepted, the row is marked ``ended``, so a late result is told ``"ended"`` and not
+``"unknown"``. (Removing old rows is retention's job.)
+
+Rejected: keeping the leases as keyed state (``Batch.state``). Workers are not engines;
+they would have to commit through the engine's store, and a lease taken in another
+process must be visible to the next claim at once.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from ...errors import ConfigError, MalformedEvent
+from ...ports import ClaimedTask, FinishOutcome, NewRecord, TaskRecord
+from ...protocol import TASK_COMPLETED, TASK_FAILED, task_result_id
+
+if TYPE_CHECKING:
+    from .backend import SqliteBackend
+
+TASKS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks(
+  n INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, queue TEXT NOT NULL,
+  request BLOB NOT NULL, deadline REAL, created REAL NOT NULL,
+  ended INTEGER NOT NULL DEFAULT 0, worker TEXT, lease_until REAL NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS tasks_open ON tasks(queue, n) WHERE ended = 0;
+"""
+"""``n`` (the rowid) orders attempts oldest first. The partial index holds only open
+attempts, in that order per queue: a claim walks it from the oldest and stops after
+``limit`` claimable ones, past at most the attempts leased right now, however many
+ended rows the table keeps."""
+
+_CANDIDATES = (
+    "SELECT n, id, queue, request FROM tasks "
+    "WHERE queue = ? AND ended = 0 AND lease_until <= ? AND (deadline IS NULL OR deadline > ?) "
+    "ORDER BY n LIMIT ?"
+)
+"""Claimable attempts of one queue: open, not leased (or the lease ran out), and not past
+their deadline (the engine has given those up: running one would be wasted)."""
+
+
+def apply_tasks(c: sqlite3.Connection, tasks: Mapping[str, TaskRecord | None], now: float) -> None:
+    """``Batch.tasks`` row by row, inside the commit's transaction (the document path
+    does the same in ``document.py``)."""
+    ended = [(task_id,) for task_id, t in tasks.items() if t is None]
+    published = [(t.id, t.queue, t.request, t.deadline, now) for t in tasks.values() if t]
+    if published:
+        c.executemany(
+            "INSERT OR IGNORE INTO tasks(id, queue, request, deadline, created) "
+            "VALUES (?, ?, ?, ?, ?)",
+            published,
+        )
+    if ended:
+        c.executemany("UPDATE tasks SET ended = 1, worker = NULL WHERE id = ? AND ended = 0", ended)
+
+
+def _check_lease(lease: float) -> None:
+    if isinstance(lease, bool) or not isinstance(lease, int | float) or not math.isfinite(lease):
+        raise ConfigError(f"a lease must be a finite number of seconds, not {lease!r}")
+    if lease <= 0:
+        raise ConfigError(f"a lease must be positive, not {lease!r}")
+
+
+def _check_worker(worker: str) -> None:
+    if not isinstance(worker, str) or not worker:
+        raise ConfigError(f"a worker needs a non-empty id, not {worker!r}")
+
+
+class SqliteTaskQueue:
+    """``ports.TaskQueue`` on the backend's file (``SqliteBackend.tasks``)."""
+
+    def __init__(self, backend: SqliteBackend) -> None:
+        self._backend = backend
+
+    def claim(
+        self, queues: Sequence[str], worker: str, limit: int, lease: float
+    ) -> list[ClaimedTask]:
+        """See ``ports.TaskQueue.claim``.
+
+        Raises:
+            ConfigError: no queue, an empty queue name, an empty worker id, a negative
+                ``limit`` or a lease that is not a positive number (nothing is claimed).
+        """
+        if isinstance(queues, str):
+            raise ConfigError(f"queues must be a list of names, not the string {queues!r}")
+        wanted = list(dict.fromkeys(queues))
+        if not wanted or not all(isinstance(q, str) and q for q in wanted):
+            raise ConfigError(f"claim needs one or more non-empty queue names, not {queues!r}")
+        _check_worker(worker)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ConfigError(f"limit must be a non-negative integer, not {limit!r}")
+        _check_lease(lease)
+        if limit == 0:
+            return []
+        backend = self._backend
+        now = time.time()
+        # Look first without the write lock: an idle worker's claims must not queue up
+        # behind the engine's commits for nothing.
+        if not self._candidates(backend._query, wanted, now, limit):
+            return []
+
+        def take(c: sqlite3.Connection) -> list[ClaimedTask]:
+            stamp = time.time()  # the lock may have taken a while
+            rows = self._candidates(
+                lambda sql, args: c.execute(sql, args).fetchall(), wanted, stamp, limit
+            )
+            c.executemany(
+                "UPDATE tasks SET worker = ?, lease_until = ? WHERE n = ?",
+                [(worker, stamp + lease, row[0]) for row in rows],
+            )
+            return [ClaimedTask(row[1], row[2], row[3], stamp + lease) for row in rows]
+
+        with backend._lock, backend._writing():
+            claimed: list[ClaimedTask] = backend._write(take)
+        return claimed
+
+    @staticmethod
+    def _candidates(
+        query: Callable[[str, tuple[object, ...]], list[tuple[int, str, str, bytes]]],
+        queues: list[str],
+        now: float,
+        limit: int,
+    ) -> list[tuple[int, str, str, bytes]]:
+        """The oldest ``limit`` claimable attempts of ``queues`` (one indexed walk per
+        queue, merged by age: an ``IN`` over queues would sort every open row)."""
+        rows: list[tuple[int, str, str, bytes]] = []
+        for queue in queues:
+            rows.extend(query(_CANDIDATES, (queue, now, now, limit)))
+        rows.sort()
+        return rows[:limit]
+
+    def heartbeat(self, task_id: str, worker: str, lease: float) -> bool:
+        """See ``ports.TaskQueue.heartbeat``: True while the attempt is open and
+        ``worker`` holds it (a lease that ran out without anyone claiming the attempt
+        since is still the worker's).
+
+        Raises:
+            ConfigError: an empty worker id or a lease that is not a positive number.
+        """
+        _check_worker(worker)
+        _check_lease(lease)
+        backend = self._backend
+
+        def extend(c: sqlite3.Connection) -> bool:
+            cur = c.execute(
+                "UPDATE tasks SET lease_until = ? WHERE id = ? AND worker = ? AND ended = 0",
+                (time.time() + lease, task_id, worker),
+            )
+            return cur.rowcount == 1
+
+        with backend._lock, backend._writing():
+            kept: bool = backend._write(extend)
+        return kept
+
+    def finish(self, task_id: str, worker: str, result: NewRecord) -> FinishOutcome:
+        """See ``ports.TaskQueue.finish``: in one transaction, the result is appended to
+        the log (by the log's own append, so its event id deduplicates) and the attempt
+        ends. A second result of an attempt, from any worker, is ``"ended"``.
+
+        Raises:
+            ConfigError: an empty worker id.
+            MalformedEvent: ``result`` is not this attempt's result (its event id must be
+                ``protocol.task_result_id(task_id)``, its type completed or failed);
+                nothing is written.
+        """
+        _check_worker(worker)
+        expected = task_result_id(task_id)
+        if result.event_id != expected:
+            raise MalformedEvent(
+                f"the result of task attempt {task_id!r} must have the event id "
+                f"{expected!r}, not {result.event_id!r}; nothing was written"
+            )
+        if result.event_type not in (TASK_COMPLETED, TASK_FAILED):
+            raise MalformedEvent(
+                f"the result of task attempt {task_id!r} must be a {TASK_COMPLETED!r} or "
+                f"{TASK_FAILED!r} event, not {result.event_type!r}; nothing was written"
+            )
+        backend = self._backend
+
+        def end(c: sqlite3.Connection) -> FinishOutcome:
+            row = c.execute("SELECT ended FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            if row is None:
+                return "unknown"
+            if row[0]:
+                return "ended"
+            c.execute("UPDATE tasks SET ended = 1, worker = NULL WHERE id = ?", (task_id,))
+            if backend._append(c, [result]) == [None]:
+                # a result with this id is on the log already (written by another
+                # path): this one is a duplicate, and the attempt is over all the same
+                return "ended"
+            return "accepted"
+
+        with backend._lock, backend._writing():
+            outcome: FinishOutcome = backend._write(end)
+        if outcome == "accepted":
+            backend.ring()  # the engine applies the result
+        return outcome
+
+    def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """See ``ports.TaskQueue.subscribe``: woken by the engine's commits that publish
+        attempts (``Doorbell.watch_tasks``)."""
+        return self._backend._bell.watch_tasks(wake)

@@ -1,0 +1,146 @@
+"""The SQLite task queue beyond the port's conformance: its table on files from before
+it, both commit paths, deadlines, the claim's index, and several processes' connections
+(other backend objects on one file) sharing the queue."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import orjson
+
+from overture import protocol
+from overture.backends.sqlite import SqliteBackend
+from overture.codec import Codec
+from overture.ports import Batch, DeadLetter
+from overture.tasks import completed, parse_request
+
+from ..tasks.attempts import attempt_record, publish, soon
+
+CODEC = Codec()
+
+
+def _open(path: Path) -> SqliteBackend:
+    return SqliteBackend(f"sqlite:///{path}", str(path), 1)
+
+
+def test_a_file_from_before_tasks_gets_the_table_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    _open(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE tasks")  # as a file of the previous release
+    conn.commit()
+    conn.close()
+    backend = _open(path)
+    try:
+        record = attempt_record()
+        publish(backend, record)
+        assert [t.id for t in backend.tasks.claim(["default"], "w", 1, 30.0)] == [record.id]
+    finally:
+        backend.close()
+
+
+def test_attempts_commit_on_both_paths(tmp_path: Path) -> None:
+    """The engine's batches go as one JSON document; one with a dead letter (or request
+    bytes the document cannot carry) row by row: both publish and end attempts alike."""
+    backend = _open(tmp_path / "paths.db")
+    try:
+        on_document = attempt_record(instance="doc", deadline=soon())
+        on_rows = attempt_record(instance="rows", deadline=soon())
+        publish(backend, on_document)
+        batch = Batch("engine")
+        batch.tasks[on_rows.id] = on_rows
+        batch.dead_letters["d1"] = DeadLetter("d1", 1.0, "test", 1, "decode", None, None, b"\xff")
+        backend.commit(batch)
+        rows = backend._query("SELECT id, queue, request, deadline, ended FROM tasks ORDER BY n")
+        assert rows == [(r.id, r.queue, r.request, r.deadline, 0) for r in (on_document, on_rows)]
+        assert isinstance(rows[0][2], bytes)  # a BLOB, byte for byte, on both paths
+
+        ending = Batch("engine")
+        ending.tasks[on_document.id] = None
+        backend.commit(ending)  # document path
+        ending = Batch("engine")
+        ending.tasks[on_rows.id] = None
+        ending.dead_letters["d2"] = DeadLetter("d2", 1.0, "test", 1, "decode", None, None, b"")
+        backend.commit(ending)  # row by row
+        assert backend._query("SELECT ended FROM tasks ORDER BY n") == [(1,), (1,)]
+        assert backend.tasks.claim(["default"], "w", 10, 30.0) == []
+    finally:
+        backend.close()
+
+
+def test_an_attempt_past_its_deadline_is_not_claimed(tmp_path: Path) -> None:
+    backend = _open(tmp_path / "deadline.db")
+    try:
+        late = attempt_record(instance="late", deadline=time.time() - 1)
+        timely = attempt_record(instance="timely", deadline=soon())
+        publish(backend, late, timely)
+        assert [t.id for t in backend.tasks.claim(["default"], "w", 10, 30.0)] == [timely.id]
+    finally:
+        backend.close()
+
+
+def test_claim_walks_the_index_of_open_attempts(tmp_path: Path) -> None:
+    backend = _open(tmp_path / "index.db")
+    try:
+        batch = Batch("engine")
+        for i in range(3000):
+            record = attempt_record(instance=f"i{i}")
+            batch.tasks[record.id] = record
+        backend.commit(batch)
+        ended = Batch("engine")
+        for i in range(2990):
+            ended.tasks[protocol.task_attempt_id(f"i{i}", 1, 1)] = None
+        backend.commit(ended)
+        plan = " ".join(
+            str(row[-1])
+            for row in backend._query(
+                "EXPLAIN QUERY PLAN SELECT n, id, queue, request FROM tasks "
+                "WHERE queue = ? AND ended = 0 AND lease_until <= ? "
+                "AND (deadline IS NULL OR deadline > ?) ORDER BY n LIMIT ?",
+                ("default", 0.0, 0.0, 1),
+            )
+        )
+        assert "USING INDEX tasks_open" in plan and "TEMP B-TREE" not in plan, plan
+        started = time.perf_counter()
+        got = backend.tasks.claim(["default"], "w", 100, 30.0)
+        assert [t.id for t in got] == [
+            protocol.task_attempt_id(f"i{i}", 1, 1) for i in range(2990, 3000)
+        ]
+        assert time.perf_counter() - started < 1.0
+    finally:
+        backend.close()
+
+
+def test_workers_on_other_connections_share_the_queue(tmp_path: Path) -> None:
+    """Like worker processes: each opens the file itself. The engine's doorbell rings a
+    worker's registered bell when a commit publishes; a claim by one is seen by the
+    other; a result written by one is on the engine's log."""
+    path = tmp_path / "shared.db"
+    engine = _open(path)
+    engine_bell = engine.log.subscribe(lambda: None)  # bound, as a running engine's is
+    first, second = _open(path), _open(path)
+    woken = threading.Event()
+    unsubscribe = first.tasks.subscribe(woken.set)
+    try:
+        time.sleep(1.2)  # registered and acknowledged
+        woken.clear()
+        record = attempt_record()
+        publish(engine, record)
+        assert woken.wait(5.0)
+        (task,) = first.tasks.claim(["default"], "w1", 5, 30.0)
+        assert second.tasks.claim(["default"], "w2", 5, 30.0) == []
+        envelope, message = parse_request(CODEC, task.request)
+        result = completed(CODEC, envelope, message, 42)
+        assert second.tasks.finish(task.id, "w2", result) == "accepted"
+        assert first.tasks.finish(task.id, "w1", result) == "ended"
+        found = engine.log.find_event(protocol.task_result_id(record.id))
+        assert found is not None
+        assert orjson.loads(found.value)["data"]["output"] == 42
+    finally:
+        unsubscribe()
+        engine_bell()
+        for backend in (first, second, engine):
+            backend.close()
