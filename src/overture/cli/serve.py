@@ -1,7 +1,9 @@
 """``overture run``: one engine process, until SIGINT or SIGTERM, then a drained stop.
 
 On Kafka the process joins the app's engine group and runs an engine per partition it is
-assigned; several ``overture run`` processes share the partitions.
+assigned; several ``overture run`` processes share the partitions. Unless told not to,
+the process also runs a worker for the app's tasks (``overture.worker``), so an app with
+tasks needs no second command on the embedded backend.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ..errors import BrokerUnavailable, OvertureError
 from ..ports import Backend
 from ..runtime.host import Host
 from ..runtime.options import EngineOptions
+from ..worker import Worker, queues_of
 from .common import CliError, stderr_line
 
 log = logging.getLogger("overture.cli")
@@ -40,27 +43,31 @@ async def serve(
     options: EngineOptions,
     partitions: int | None,
     grace: float = 5.0,
+    tasks: bool = True,
 ) -> None:
     """Run an engine for ``app`` on ``url`` until SIGINT/SIGTERM, then drain and return.
 
     Args:
         options: how the engines run.
         partitions: partitions of a new log (an existing log keeps its count).
-        grace: seconds running steps get to finish once a stop is requested; steps still
-            running then are abandoned and run again after the next start.
+        grace: seconds running steps (and task attempts) get to finish once a stop is
+            requested; steps still running then are abandoned and run again after the
+            next start, attempts are left to their leases.
+        tasks: also run a worker for the app's tasks that have a function (if any).
 
     Raises:
         EngineBusy: another engine already owns the embedded database.
         ConfigError: the backend URL is bad.
-        CliError: the engine crashed (the traceback is logged).
+        CliError: the engine or the worker crashed (the traceback is logged).
     """
-    backend = await _open_until_signal(url, partitions)
+    backend = await open_until_signal(url, partitions)
     if backend is None:
         log.info("stopped before the broker answered")
         return
     try:
         host = Host(app, backend, options=options)
         await host.start()
+        worker = Worker(app, backend, grace=grace) if tasks and queues_of(app) else None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         signals = (signal.SIGINT, signal.SIGTERM)
@@ -72,35 +79,57 @@ async def serve(
             f"overture: engine for app {app.name!r} on {url} "
             f"({count} partition{'s' if count != 1 else ''}{shared}) running; Ctrl-C to stop"
         )
+        if worker is not None:
+            stderr_line(
+                f"overture: worker {worker.worker_id} serving {', '.join(worker.queues)} "
+                "in this process (--no-tasks: none)"
+            )
         runner = asyncio.create_task(host.run(), name="overture-engine")
         stopper = asyncio.create_task(stop.wait(), name="overture-signal")
+        working = (
+            None if worker is None else asyncio.create_task(worker.run(), name="overture-worker")
+        )
+        watched = {runner, stopper} if working is None else {runner, stopper, working}
         try:
-            await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await stopper
             for sig in signals:
                 loop.remove_signal_handler(sig)
-        if runner.done():
-            # The engine loop ended on its own: only a crash does that. The traceback goes
-            # to the log; the command ends with one line.
-            error = runner.exception()
+        if runner.done() or (working is not None and working.done()):
+            # The engine loop (or the worker) ended on its own: only a crash does that.
+            # The other one is drained; the traceback goes to the log; the command ends
+            # with one line.
+            part, crashed = ("engine", runner) if runner.done() else ("worker", working)
+            assert crashed is not None
+            if worker is not None and working is not None and crashed is runner:
+                worker.stop()
+                await asyncio.gather(working, return_exceptions=True)
+            elif crashed is working:
+                await host.stop(grace=grace)
+                await asyncio.gather(runner, return_exceptions=True)
+            error = crashed.exception()
             if error is None:
                 return
             if isinstance(error, OvertureError):
                 raise error
-            log.critical("the engine crashed", exc_info=error)
-            raise CliError(f"the engine stopped on {type(error).__name__}: {error}")
+            log.critical("the %s crashed", part, exc_info=error)
+            raise CliError(f"the {part} stopped on {type(error).__name__}: {error}")
         log.info("stopping: draining the engine (running steps get %gs)", grace)
-        await host.stop(grace=grace)
+        if worker is not None and working is not None:
+            worker.stop()  # its attempts finish (or are left to their leases) meanwhile
+            await asyncio.gather(host.stop(grace=grace), working)
+        else:
+            await host.stop(grace=grace)
         await runner
         log.info("engine stopped")
     finally:
         backend.close()
 
 
-async def _open_until_signal(url: str, partitions: int | None) -> Backend | None:
+async def open_until_signal(url: str, partitions: int | None) -> Backend | None:
     """:func:`_open`, given up at once on SIGINT/SIGTERM (then ``None``): waiting for a
     cluster that is down must not make Ctrl-C wait for a connection timeout."""
     stop = asyncio.Event()
