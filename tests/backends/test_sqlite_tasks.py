@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 
 from overture import protocol
 from overture.backends.sqlite import SqliteBackend
@@ -144,3 +145,33 @@ def test_workers_on_other_connections_share_the_queue(tmp_path: Path) -> None:
         engine_bell()
         for backend in (first, second, engine):
             backend.close()
+
+
+def test_finish_is_one_transaction(tmp_path: Path) -> None:
+    """A result the log refuses (here a trigger aborts the insert, as a full disk would
+    halfway through) leaves the attempt open and its lease with its worker: nothing of
+    the finish was kept, so the worker (or the next one) can finish it again."""
+    path = tmp_path / "atomic.db"
+    backend = _open(path)
+    try:
+        record = attempt_record()
+        publish(backend, record)
+        (task,) = backend.tasks.claim(["default"], "w1", 1, 30.0)
+        envelope, message = parse_request(CODEC, task.request)
+        result = completed(CODEC, envelope, message, "done")
+        conn = sqlite3.connect(path)
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON log BEGIN SELECT RAISE(ABORT, 'no'); END"
+        )
+        conn.commit()
+        with pytest.raises(sqlite3.DatabaseError):
+            backend.tasks.finish(task.id, "w1", result)
+        assert backend._query("SELECT ended, worker FROM tasks") == [(0, "w1")]
+        assert backend.tasks.heartbeat(task.id, "w1", 30.0)
+        conn.execute("DROP TRIGGER refuse")
+        conn.commit()
+        conn.close()
+        assert backend.tasks.finish(task.id, "w1", result) == "accepted"
+        assert backend.log.find_event(protocol.task_result_id(record.id)) is not None
+    finally:
+        backend.close()
