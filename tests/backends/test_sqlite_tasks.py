@@ -175,3 +175,58 @@ def test_finish_is_one_transaction(tmp_path: Path) -> None:
         assert backend.log.find_event(protocol.task_result_id(record.id)) is not None
     finally:
         backend.close()
+
+
+def test_concurrent_finishes_share_transactions_and_each_gets_its_own_outcome(
+    tmp_path: Path,
+) -> None:
+    """Finishes called at once are group-committed: duplicates in one group are told
+    "ended" (one result per attempt on the log), and a result the log refuses fails its
+    own caller only."""
+    path = tmp_path / "group.db"
+    backend = _open(path)
+    try:
+        records = [attempt_record(instance=f"g{i}") for i in range(24)]
+        publish(backend, *records)
+        claimed = backend.tasks.claim(["default"], "w", 24, 30.0)
+        results = {}
+        for task in claimed:
+            envelope, message = parse_request(CODEC, task.request)
+            results[task.id] = completed(CODEC, envelope, message, task.id)
+        refused = records[5].id
+        conn = sqlite3.connect(path)
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON log "
+            f"WHEN NEW.event_id = '{protocol.task_result_id(refused)}' "
+            "BEGIN SELECT RAISE(ABORT, 'no'); END"
+        )
+        conn.commit()
+        conn.close()
+        calls = [task_id for task_id in results for _ in range(3)]  # each three times
+        outcomes: dict[str, list[str]] = {task_id: [] for task_id in results}
+        errors: list[tuple[str, BaseException]] = []
+        start = threading.Barrier(len(calls))
+
+        def finish(task_id: str) -> None:
+            start.wait()
+            try:
+                outcomes[task_id].append(backend.tasks.finish(task_id, "w", results[task_id]))
+            except sqlite3.DatabaseError as error:
+                errors.append((task_id, error))
+
+        threads = [threading.Thread(target=finish, args=(t,)) for t in calls]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert [task_id for task_id, _ in errors] == [refused] * 3
+        for task_id, got in outcomes.items():
+            if task_id != refused:
+                assert sorted(got) == ["accepted", "ended", "ended"], (task_id, got)
+        on_log = [orjson.loads(r.value)["id"] for r in backend.log.read(0, 0, 1000)]
+        assert sorted(on_log) == sorted(
+            protocol.task_result_id(r.id) for r in records if r.id != refused
+        )
+        assert backend._query("SELECT ended FROM tasks WHERE id = ?", (refused,)) == [(0,)]
+    finally:
+        backend.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -78,11 +79,28 @@ def _check_worker(worker: str) -> None:
         raise ConfigError(f"a worker needs a non-empty id, not {worker!r}")
 
 
+class _Finish:
+    """One caller's finish waiting for its group's transaction."""
+
+    __slots__ = ("error", "lead", "outcome", "result", "task_id", "wake")
+
+    def __init__(self, task_id: str, result: NewRecord) -> None:
+        self.task_id = task_id
+        self.result = result
+        self.wake = threading.Event()
+        self.lead = False  # this caller commits the next group
+        self.outcome: FinishOutcome | None = None
+        self.error: BaseException | None = None
+
+
 class SqliteTaskQueue:
     """``ports.TaskQueue`` on the backend's file (``SqliteBackend.tasks``)."""
 
     def __init__(self, backend: SqliteBackend) -> None:
         self._backend = backend
+        self._finishing = threading.Lock()  # guards the two below
+        self._queue: list[_Finish] = []  # finishes waiting for the next transaction
+        self._leading = False  # a caller is committing them
 
     def claim(
         self, queues: Sequence[str], worker: str, limit: int, lease: float
@@ -167,7 +185,8 @@ class SqliteTaskQueue:
     def finish(self, task_id: str, worker: str, result: NewRecord) -> FinishOutcome:
         """See ``ports.TaskQueue.finish``: in one transaction, the result is appended to
         the log (by the log's own append, so its event id deduplicates) and the attempt
-        ends. A second result of an attempt, from any worker, is ``"ended"``.
+        ends. A second result of an attempt, from any worker, is ``"ended"``. Finishes
+        called at the same time (from several threads) share one transaction.
 
         Raises:
             ConfigError: an empty worker id.
@@ -187,26 +206,77 @@ class SqliteTaskQueue:
                 f"the result of task attempt {task_id!r} must be a {TASK_COMPLETED!r} or "
                 f"{TASK_FAILED!r} event, not {result.event_type!r}; nothing was written"
             )
+        pending = _Finish(task_id, result)
+        with self._finishing:
+            self._queue.append(pending)
+            pending.lead = not self._leading
+            self._leading = True
+        if not pending.lead:
+            pending.wake.wait()  # its group was committed, or it was made the leader
+        if pending.lead:
+            self._lead()
+        if pending.error is not None:
+            raise pending.error
+        assert pending.outcome is not None
+        return pending.outcome
+
+    def _lead(self) -> None:
+        """Commit every waiting finish (the leader's own among them) in one transaction,
+        then hand the lead to the first finish that arrived meanwhile.
+
+        Group commit: the finishes that arrive while one transaction (and its fsync) runs
+        share the next one, so a worker with many slots pays one fsync per group rather
+        than per result (a single finish: ~0.8 ms, nearly all of it the fsync). Each
+        leader commits one group, so no caller serves the others for long. A group that
+        fails is redone one finish per transaction, so only a bad one fails.
+        """
+        with self._finishing:
+            group, self._queue = self._queue, []
+        try:
+            self._commit(group)
+        except BaseException:
+            for one in group:
+                try:
+                    self._commit([one])
+                except BaseException as error:  # handed to its caller
+                    one.error = error
+        with self._finishing:
+            heir = self._queue[0] if self._queue else None
+            if heir is None:
+                self._leading = False
+            else:
+                heir.lead = True
+        for one in group:
+            one.lead = False
+            one.wake.set()
+        if heir is not None:
+            heir.wake.set()
+
+    def _commit(self, group: list[_Finish]) -> None:
         backend = self._backend
 
-        def end(c: sqlite3.Connection) -> FinishOutcome:
-            row = c.execute("SELECT ended FROM tasks WHERE id = ?", (task_id,)).fetchone()
-            if row is None:
-                return "unknown"
-            if row[0]:
-                return "ended"
-            c.execute("UPDATE tasks SET ended = 1, worker = NULL WHERE id = ?", (task_id,))
-            if backend._append(c, [result]) == [None]:
-                # a result with this id is on the log already (written by another
-                # path): this one is a duplicate, and the attempt is over all the same
-                return "ended"
-            return "accepted"
+        def end(c: sqlite3.Connection) -> list[FinishOutcome]:
+            return [self._end(c, one.task_id, one.result) for one in group]
 
         with backend._lock, backend._writing():
-            outcome: FinishOutcome = backend._write(end)
-        if outcome == "accepted":
-            backend.ring()  # the engine applies the result
-        return outcome
+            outcomes: list[FinishOutcome] = backend._write(end)
+        for one, outcome in zip(group, outcomes, strict=True):
+            one.outcome = outcome
+        if "accepted" in outcomes:
+            backend.ring()  # the engine applies the results
+
+    def _end(self, c: sqlite3.Connection, task_id: str, result: NewRecord) -> FinishOutcome:
+        row = c.execute("SELECT ended FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is None:
+            return "unknown"
+        if row[0]:
+            return "ended"
+        c.execute("UPDATE tasks SET ended = 1, worker = NULL WHERE id = ?", (task_id,))
+        if self._backend._append(c, [result]) == [None]:
+            # a result with this id is on the log already (written by another path):
+            # this one is a duplicate, and the attempt is over all the same
+            return "ended"
+        return "accepted"
 
     def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
         """See ``ports.TaskQueue.subscribe``: woken by the engine's commits that publish
