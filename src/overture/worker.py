@@ -95,13 +95,17 @@ class WorkerStats:
 
     claimed: int = 0
     skipped: int = 0
-    """Past their deadline, or not a valid request: nothing was finished."""
+    """Past their deadline, not a valid request, or a runner that returned no result:
+    nothing was finished (the attempt is left to its lease)."""
     accepted: int = 0
     """Results the queue accepted."""
     ended: int = 0
     """Results refused because the attempt was over (a duplicate, or the engine gave
     the attempt up)."""
     unknown: int = 0
+    failed_finishes: int = 0
+    """Results the queue could not take (storage or broker failure): the attempt is left
+    to its lease and runs again elsewhere."""
     lost_leases: int = 0
     abandoned: int = 0
     """Still running when the grace period of a stop ran out."""
@@ -174,6 +178,8 @@ class Worker:
             raise ConfigError(f"grace must be a number of seconds >= 0, not {grace!r}")
         if worker_id is not None and (not isinstance(worker_id, str) or not worker_id):
             raise ConfigError(f"worker_id must be a non-empty string, not {worker_id!r}")
+        if getattr(backend, "tasks", None) is None:
+            raise ConfigError(f"the backend {backend.url} has no task queue for workers")
         self.app = app
         self.backend = backend
         self.queues = served
@@ -228,7 +234,7 @@ class Worker:
         )
         try:
             await self._claim_loop()
-        except asyncio.CancelledError:
+        except BaseException:  # cancelled, or a bug: no drain, the leases run out
             self._abandon()
             raise
         finally:
@@ -279,7 +285,9 @@ class Worker:
     async def wait_finished(self, count: int) -> None:
         """Wait until ``count`` attempts in all have been finished or skipped (any
         outcome); see :meth:`until`."""
-        await self.until(lambda s: s.accepted + s.ended + s.unknown + s.skipped >= count)
+        await self.until(
+            lambda s: s.accepted + s.ended + s.unknown + s.skipped + s.failed_finishes >= count
+        )
 
     # -- claiming -------------------------------------------------------------------------
 
@@ -372,13 +380,20 @@ class Worker:
         finally:
             beat.cancel()
         if result is None:
+            self._count("skipped")
             return
         try:
             outcome: FinishOutcome = await self._call(
                 self.backend.tasks.finish, task.id, self.worker_id, result
             )
-        except OvertureError as error:
-            log.error("finishing task attempt %s failed, left to its lease: %s", task.id, error)
+        except Exception as error:  # one result lost must not stop the worker
+            log.error(
+                "finishing task attempt %s failed, left to its lease: %s",
+                task.id,
+                error,
+                exc_info=not isinstance(error, OvertureError),  # a bug: its traceback
+            )
+            self._count("failed_finishes")
             return
         if outcome != "accepted":
             log.info("the result of task attempt %s was not taken: %s", task.id, outcome)

@@ -4,6 +4,7 @@ results read back from the log."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -238,3 +239,28 @@ async def test_a_worker_runs_once(backend: SqliteBackend) -> None:
     await worker.run()  # stopped before it started: returns at once
     with pytest.raises(ov.ConfigError, match="runs once"):
         await worker.run()
+
+
+async def test_a_result_the_queue_cannot_take_is_left_to_its_lease(
+    backend: SqliteBackend, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    refused = attempt_record("t.echo", instance="refused")
+    fine = attempt_record("t.echo", instance="fine")
+    conn = sqlite3.connect(tmp_path / "w.db")
+    conn.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON log "
+        f"WHEN NEW.event_id = '{protocol.task_result_id(refused.id)}' "
+        "BEGIN SELECT RAISE(ABORT, 'no'); END"
+    )
+    conn.commit()
+    conn.close()
+    async with Worker(app, backend, lease=0.5) as worker:
+        publish(backend, refused)
+        await _finished(worker, 1)
+        publish(backend, fine)  # the worker goes on
+        await _finished(worker, 2)
+    assert worker.stats.failed_finishes == 1 and worker.stats.accepted == 1
+    assert "finishing task attempt" in caplog.text
+    assert _result(backend, refused.id) is None
+    await asyncio.sleep(0.6)  # its lease runs out: another worker gets it
+    assert [t.id for t in backend.tasks.claim(["default"], "next", 5, 30.0)] == [refused.id]

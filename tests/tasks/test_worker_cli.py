@@ -198,7 +198,7 @@ def test_a_worker_for_an_app_without_tasks_is_refused(
     assert done.returncode == 2, done.stderr
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("error: app 'shop'") and "--queue" in line
-    for bad in (["--concurrency", "0"], ["--lease", "0"], ["--queue", ""]):
+    for bad in (["--concurrency", "0"], ["--lease", "0"], ["--queue", ""], ["-b", "memory://x"]):
         refused = subprocess.run(
             [sys.executable, "-m", "overture.cli", "worker", APP, "-b", url, *bad],
             cwd=REPO_ROOT,

@@ -65,9 +65,10 @@ async def serve(
         log.info("stopped before the broker answered")
         return
     try:
+        # before the engine starts: a backend without a task queue is refused at once
+        worker = Worker(app, backend, grace=grace) if tasks and queues_of(app) else None
         host = Host(app, backend, options=options)
         await host.start()
-        worker = Worker(app, backend, grace=grace) if tasks and queues_of(app) else None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         signals = (signal.SIGINT, signal.SIGTERM)
