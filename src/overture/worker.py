@@ -26,8 +26,8 @@ claiming and gives running attempts ``grace`` seconds; the ones still running th
 abandoned (their leases run out and another worker runs them again: at least once).
 
 Port calls (claim, heartbeat, finish) block (SQLite waits for the write lock and the
-fsync), so they run in a few daemon threads of their own, never on the event loop that
-runs the async tasks.
+fsync), so they run in daemon threads of their own (``worker_threads.py``), never on the
+event loop that runs the async tasks.
 """
 
 from __future__ import annotations
@@ -38,15 +38,13 @@ import inspect
 import logging
 import math
 import os
-import queue
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from .app import App
 from .codec import Codec
@@ -56,6 +54,7 @@ from .ports import Backend, ClaimedTask, FinishOutcome, NewRecord
 from .protocol import TaskRequest
 from .runtime.threads import DaemonThreadPool
 from .tasks import TaskDef, completed, failed, parse_request
+from .worker_threads import PortThreads, on_pool
 
 __all__ = ["Attempt", "Runner", "Worker", "WorkerStats"]
 
@@ -200,7 +199,7 @@ class Worker:
         self._changed: asyncio.Event | None = None  # stats changed (wait_finished)
         self._background: asyncio.Task[None] | None = None
         self._threads: DaemonThreadPool | None = None
-        self._io: _PortThreads | None = None
+        self._io: PortThreads | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -216,7 +215,7 @@ class Worker:
         loop = self._loop = asyncio.get_running_loop()
         self._wake, self._slot, self._changed = asyncio.Event(), asyncio.Event(), asyncio.Event()
         self._threads = DaemonThreadPool(self.concurrency, "overture-task")
-        self._io = _PortThreads(self.concurrency + 2, "overture-worker-io")
+        self._io = PortThreads(self.concurrency + 2, "overture-worker-io")
         queue = self.backend.tasks
         wake = self._wake
 
@@ -377,6 +376,9 @@ class Worker:
         beat = asyncio.create_task(self._heartbeat(task.id), name=f"overture-heartbeat {task.id}")
         try:
             result = await runner(attempt)
+        except Exception:  # a runner's bug: no result, the attempt is left to its lease
+            log.exception("running task attempt %s (%s) failed", task.id, request.task)
+            result = None
         finally:
             beat.cancel()
         if result is None:
@@ -476,81 +478,11 @@ class Worker:
 
     async def _in_thread(self, fn: Callable[[Any], T], arg: Any) -> T:
         assert self._threads is not None
-        return await _on_pool(self._threads, lambda: fn(arg))
+        return await on_pool(self._threads, lambda: fn(arg))
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         assert self._io is not None
-        return await _on_pool(self._io, lambda: fn(*args))
-
-
-class _PortThreads:
-    """Daemon threads for port calls, one more started whenever a call finds every
-    thread busy (up to ``size``), as ``ThreadPoolExecutor`` does but never joined at exit.
-
-    Not the elastic ``DaemonThreadPool`` of the runtime: it adds threads only once every
-    busy one has been in its call for 2 ms, and a finish takes ~1 ms (one fsync), so the
-    finishes of many slots would queue behind one thread one at a time. Issued at once,
-    they share one transaction (the SQLite queue group-commits them).
-    """
-
-    def __init__(self, size: int, name: str) -> None:
-        self._size = size
-        self._name = name
-        self._jobs: queue.SimpleQueue[Callable[[], bool] | None] = queue.SimpleQueue()
-        self._idle = threading.Semaphore(0)  # released by a thread that waits for a job
-        self._lock = threading.Lock()
-        self._threads = 0
-
-    def run(self, job: Callable[[], bool]) -> None:
-        self._jobs.put(job)
-        if self._idle.acquire(blocking=False):
-            return  # an idle thread takes it
-        with self._lock:
-            if self._threads < self._size:
-                self._threads += 1
-                name = f"{self._name}-{self._threads}"
-                threading.Thread(target=self._work, name=name, daemon=True).start()
-
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            job()
-            self._idle.release()
-
-    def shutdown(self) -> None:
-        for _ in range(self._threads):
-            self._jobs.put(None)
-
-
-class _Pool(Protocol):
-    def run(self, job: Callable[[], bool]) -> None: ...
-
-
-async def _on_pool(pool: _Pool, call: Callable[[], T]) -> T:
-    """``call()`` on one of the pool's threads, awaited on the running loop."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(value: Any, error: BaseException | None) -> None:
-        if future.done():  # cancelled meanwhile (a stop's grace ran out)
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(value)
-
-    def job() -> bool:
-        value: Any = None
-        error: BaseException | None = None
-        try:
-            value = call()
-        except BaseException as exc:  # handed to the awaiting coroutine
-            error = exc
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-            loop.call_soon_threadsafe(settle, value, error)
-        return False
-
-    pool.run(job)
-    return await future
+        return await on_pool(self._io, lambda: fn(*args))
 
 
 def _name(error: BaseException) -> str:
