@@ -313,6 +313,10 @@ class Worker:
             for task in claimed:
                 if self._stopping:
                     break  # not started: its lease runs out, another worker takes it
+                if task.id in self._running:
+                    # Its lease lapsed while it ran here (a late heartbeat) and this
+                    # claim took it back, renewing the lease: it is still running.
+                    continue
                 self._start(task)
             if len(claimed) < free and not self._stopping:
                 with contextlib.suppress(TimeoutError):
@@ -347,7 +351,17 @@ class Worker:
         for pool in (self._threads, self._io):
             if pool is not None:
                 pool.shutdown()
-        log.info("worker %s stopped", self.worker_id)
+        s = self.stats
+        log.info(
+            "worker %s stopped: %d attempt(s) claimed, %d result(s) accepted, %d refused "
+            "(the attempt was over), %d skipped, %d abandoned",
+            self.worker_id,
+            s.claimed,
+            s.accepted,
+            s.ended + s.unknown,
+            s.skipped,
+            s.abandoned,
+        )
 
     def _abandon(self) -> None:
         for running in list(self._running.values()):

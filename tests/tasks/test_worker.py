@@ -264,3 +264,17 @@ async def test_a_result_the_queue_cannot_take_is_left_to_its_lease(
     assert _result(backend, refused.id) is None
     await asyncio.sleep(0.6)  # its lease runs out: another worker gets it
     assert [t.id for t in backend.tasks.claim(["default"], "next", 5, 30.0)] == [refused.id]
+
+
+async def test_a_worker_never_runs_an_attempt_it_is_running_again(
+    backend: SqliteBackend,
+) -> None:
+    """A loop blocked past the lease lets the lease lapse; the worker's next claim may
+    take the attempt back (renewing its lease), but must not start it a second time."""
+    workerapp.STARTS.clear()
+    record = attempt_record("t.blocking", input="once")
+    async with Worker(app, backend, lease=0.2, poll=0.05) as worker:
+        publish(backend, record)
+        await _finished(worker, 1)
+    assert workerapp.STARTS == ["once"]
+    assert worker.stats.accepted == 1

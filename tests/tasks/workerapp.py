@@ -98,3 +98,15 @@ async def async_counted(seconds: float) -> str:
     finally:
         RUNNING["now"] -= 1
     return "slept"
+
+
+STARTS: list[Any] = []
+
+
+@app.task("t.blocking")
+async def blocking(value: Any) -> str:
+    """Blocks its loop past a short lease (no heartbeat can run), then waits politely."""
+    STARTS.append(value)
+    time.sleep(0.5)  # noqa: ASYNC251 (blocking the loop is the point)
+    await asyncio.sleep(0.3)
+    return "done"
