@@ -209,3 +209,28 @@ def test_a_worker_for_an_app_without_tasks_is_refused(
         )
         assert refused.returncode == 2, (bad, refused.stderr)
         assert "Traceback" not in refused.stderr
+
+
+def test_a_worker_process_is_woken_by_the_engines_commits(
+    tmp_path: Path, env: dict[str, str], db: tuple[str, SqliteBackend]
+) -> None:
+    """The process that commits attempts holds the engine's doorbell (as ``overture run``
+    does); the worker registers its task bell there and is rung by each commit that
+    publishes, instead of finding the attempts at its next poll (every second)."""
+    url, backend = db
+    unsubscribe = backend.log.subscribe(lambda: None)  # bind the doorbell, as an engine
+    worker = Proc(tmp_path, "worker", "worker", APP, "--backend", url, env=env)
+    try:
+        worker.wait_for("running; Ctrl-C to stop")
+        time.sleep(1.5)  # registered (it registers every second) and acknowledged
+        started = time.monotonic()
+        for i in range(10):
+            record = attempt_record("t.echo", instance=f"rung{i}", input=i)
+            publish(backend, record)
+            _wait_result(backend, record.id)
+        # polling alone would take about half a second per attempt
+        assert time.monotonic() - started < 2.5
+        assert worker.stop() == 0
+    finally:
+        worker.kill()
+        unsubscribe()
