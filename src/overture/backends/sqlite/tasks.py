@@ -50,6 +50,12 @@ _CANDIDATES = (
 )
 """Claimable attempts of one queue: open, not leased (or the lease ran out), and not past
 their deadline (the engine has given those up: running one would be wasted)."""
+_ANY = (
+    "SELECT 1 FROM tasks "
+    "WHERE queue = ? AND ended = 0 AND lease_until <= ? AND (deadline IS NULL OR deadline > ?) "
+    "LIMIT 1"
+)
+"""Whether a queue has a claimable attempt (the look before the write lock)."""
 
 
 def apply_tasks(c: sqlite3.Connection, tasks: Mapping[str, TaskRecord | None], now: float) -> None:
@@ -126,7 +132,7 @@ class SqliteTaskQueue:
         now = time.time()
         # Look first without the write lock: an idle worker's claims must not queue up
         # behind the engine's commits for nothing.
-        if not self._candidates(backend._query, wanted, now, limit):
+        if not any(backend._query(_ANY, (queue, now, now)) for queue in wanted):
             return []
 
         def take(c: sqlite3.Connection) -> list[ClaimedTask]:
