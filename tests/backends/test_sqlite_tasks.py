@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+import overture as ov
 from overture import protocol
 from overture.backends.sqlite import SqliteBackend
 from overture.backends.sqlite.tasks import _ANY, _CANDIDATES
@@ -224,5 +225,21 @@ def test_concurrent_finishes_share_transactions_and_each_gets_its_own_outcome(
             protocol.task_result_id(r.id) for r in records if r.id != refused
         )
         assert backend._query("SELECT ended FROM tasks WHERE id = ?", (refused,)) == [(0,)]
+    finally:
+        backend.close()
+
+
+def test_a_batch_with_a_misfiled_attempt_is_refused_whole(tmp_path: Path) -> None:
+    backend = _open(tmp_path / "bad.db")
+    try:
+        good, other = attempt_record(instance="good"), attempt_record(instance="other")
+        batch = Batch("engine")
+        batch.tasks[good.id] = good
+        batch.tasks["task:wrong:1:1"] = other  # filed under another id
+        batch.offsets[0] = 7
+        with pytest.raises(ov.ConfigError, match="nothing was written"):
+            backend.commit(batch)
+        assert backend._query("SELECT count(*) FROM tasks") == [(0,)]
+        assert backend.offsets("engine") == {}
     finally:
         backend.close()

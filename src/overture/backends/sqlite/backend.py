@@ -50,7 +50,7 @@ from .document import (
 )
 from .doorbell import Doorbell
 from .files import connect, environment_error, identity, storage_error
-from .tasks import TASKS_SCHEMA, SqliteTaskQueue, apply_tasks
+from .tasks import TASKS_SCHEMA, SqliteTaskQueue, apply_tasks, check_tasks
 
 _FINAL = tuple(sorted(FINAL))  # as SQL parameters
 
@@ -314,6 +314,8 @@ class SqliteBackend:
     # -- Store --------------------------------------------------------------------------
 
     def commit(self, batch: Batch) -> None:
+        if batch.tasks:
+            check_tasks(batch.tasks)
         document = state_document(batch, self._partitions, time.time())  # before the lock
         with self._lock, self._writing():
             if document is not None:

@@ -58,6 +58,23 @@ _ANY = (
 """Whether a queue has a claimable attempt (the look before the write lock)."""
 
 
+def check_tasks(tasks: Mapping[str, TaskRecord | None]) -> None:
+    """Refuse ``Batch.tasks`` that would be stored wrong, before anything is written.
+
+    Raises:
+        ConfigError: an attempt filed under another id than its own, or without a queue
+            or request bytes (a bug of whoever built the batch).
+    """
+    for task_id, t in tasks.items():
+        if t is None:
+            continue
+        if t.id != task_id or not t.queue or not isinstance(t.request, bytes):
+            raise ConfigError(
+                f"Batch.tasks[{task_id!r}] must be the attempt {task_id!r} with a queue and "
+                f"its request as bytes, not {t!r:.200}; nothing was written"
+            )
+
+
 def apply_tasks(c: sqlite3.Connection, tasks: Mapping[str, TaskRecord | None], now: float) -> None:
     """``Batch.tasks`` row by row, inside the commit's transaction (the document path
     does the same in ``document.py``)."""
