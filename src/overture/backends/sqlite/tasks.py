@@ -43,18 +43,12 @@ attempts, in that order per queue: a claim walks it from the oldest and stops af
 ``limit`` claimable ones, past at most the attempts leased right now, however many
 ended rows the table keeps."""
 
-_CANDIDATES = (
-    "SELECT n, id, queue, request FROM tasks "
-    "WHERE queue = ? AND ended = 0 AND lease_until <= ? AND (deadline IS NULL OR deadline > ?) "
-    "ORDER BY n LIMIT ?"
-)
+_CLAIMABLE = "queue = ? AND ended = 0 AND lease_until <= ? AND (deadline IS NULL OR deadline > ?)"
 """Claimable attempts of one queue: open, not leased (or the lease ran out), and not past
 their deadline (the engine has given those up: running one would be wasted)."""
-_ANY = (
-    "SELECT 1 FROM tasks "
-    "WHERE queue = ? AND ended = 0 AND lease_until <= ? AND (deadline IS NULL OR deadline > ?) "
-    "LIMIT 1"
-)
+_CANDIDATES = f"SELECT n, id, queue, request FROM tasks WHERE {_CLAIMABLE} ORDER BY n LIMIT ?"
+"""The oldest claimable attempts of one queue."""
+_ANY = f"SELECT 1 FROM tasks WHERE {_CLAIMABLE} LIMIT 1"
 """Whether a queue has a claimable attempt (the look before the write lock)."""
 
 
