@@ -7,13 +7,14 @@ so are the task attempts it publishes or ends (:class:`MemoryTaskQueue`).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import EngineBusy
+from ..errors import ConfigError, EngineBusy, MalformedEvent
 from ..ports import (
     Batch,
     Capabilities,
@@ -33,7 +34,7 @@ from ..ports import (
     WorkRow,
     partition_for,
 )
-from ..protocol import FINAL, task_result_id
+from ..protocol import FINAL, TASK_COMPLETED, TASK_FAILED, task_result_id
 from .embedded import claim_whole
 
 
@@ -368,10 +369,14 @@ class MemoryTaskQueue:
         self, queues: Sequence[str], worker: str, limit: int, lease: float
     ) -> list[ClaimedTask]:
         _check_claimant(worker, lease)
-        if isinstance(queues, str) or not all(isinstance(q, str) and q for q in queues):
-            raise ValueError(f"claim: queues must be a list of queue names, not {queues!r}")
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"claim: limit must be a positive integer, not {limit!r}")
+        if (
+            isinstance(queues, str)
+            or not queues
+            or not all(isinstance(q, str) and q for q in queues)
+        ):
+            raise ConfigError(f"claim: queues must be a list of queue names, not {queues!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ConfigError(f"claim: limit must be a non-negative integer, not {limit!r}")
         wanted = set(queues)
         claimed: list[ClaimedTask] = []
         with self._lock:
@@ -398,13 +403,18 @@ class MemoryTaskQueue:
 
     def finish(self, task_id: str, worker: str, result: NewRecord) -> FinishOutcome:
         if not isinstance(worker, str) or not worker:
-            raise ValueError(f"finish: worker must be a non-empty str, not {worker!r}")
+            raise ConfigError(f"finish: worker must be a non-empty str, not {worker!r}")
         if result.event_id != task_result_id(task_id):
             # a result built for another attempt would be applied to that one
-            raise ValueError(
+            raise MalformedEvent(
                 f"finish: the result of {task_id!r} must have the event id "
                 f"{task_result_id(task_id)!r} (tasks.completed / tasks.failed build it), "
                 f"not {result.event_id!r}"
+            )
+        if result.event_type not in (TASK_COMPLETED, TASK_FAILED):
+            raise MalformedEvent(
+                f"finish: the result of {task_id!r} must be a {TASK_COMPLETED!r} or "
+                f"{TASK_FAILED!r} event, not {result.event_type!r}"
             )
         with self._lock:
             attempt = self._attempts.get(task_id)
@@ -431,9 +441,9 @@ class MemoryTaskQueue:
 
 def _check_claimant(worker: str, lease: float) -> None:
     if not isinstance(worker, str) or not worker:
-        raise ValueError(f"a worker id is a non-empty str, not {worker!r}")
-    if isinstance(lease, bool) or not isinstance(lease, int | float) or not lease > 0:
-        raise ValueError(f"a lease is a positive number of seconds, not {lease!r}")
+        raise ConfigError(f"a worker id is a non-empty str, not {worker!r}")
+    if isinstance(lease, bool) or not isinstance(lease, int | float) or not 0 < lease < math.inf:
+        raise ConfigError(f"a lease is a positive, finite number of seconds, not {lease!r}")
 
 
 def _apply(table: dict[str, Any], changes: dict[str, Any]) -> None:

@@ -112,9 +112,9 @@ def register(cli: typer.Typer) -> None:
 
 async def _serve(app: App, url: str, sock: socket.socket, *, max_body: int) -> None:
     from ..http import ApiServer, create_api
-    from .serve import _open_until_signal
+    from .serve import open_until_signal
 
-    backend = await _open_until_signal(url, None)
+    backend = await open_until_signal(url, None)
     if backend is None:
         sock.close()
         return

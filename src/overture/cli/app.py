@@ -63,6 +63,7 @@ AppPath = Annotated[
     ),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
+LogLevel = Annotated[str, typer.Option(help=f"Logging level on stderr: {', '.join(LOG_LEVELS)}.")]
 
 
 def _version(value: bool) -> None:
@@ -109,9 +110,6 @@ def run(
         float,
         typer.Option(min=0, help="Seconds running steps get to finish when stopping."),
     ] = 5.0,
-    log_level: Annotated[
-        str, typer.Option(help=f"Logging level on stderr: {', '.join(LOG_LEVELS)}.")
-    ] = "INFO",
     http: Annotated[
         str | None,
         typer.Option(
@@ -119,15 +117,23 @@ def run(
         ),
     ] = None,
     max_body: api.MaxBodyOption = 1 << 20,
+    no_tasks: Annotated[
+        bool,
+        typer.Option(
+            "--no-tasks",
+            help="Do not run the app's tasks in this process (leave them to `overture worker`).",
+        ),
+    ] = False,
+    log_level: LogLevel = "INFO",
 ) -> None:
-    """Run an engine for MODULE:APP until Ctrl-C or SIGTERM, then drain and exit 0."""
+    """Run an engine for MODULE:APP until Ctrl-C or SIGTERM, then drain and exit 0.
+
+    The app's tasks (@app.task with a function) run in the same process too, unless
+    --no-tasks."""
     from ..runtime.options import EngineOptions
     from .serve import configure_logging, serve
 
-    if log_level.upper() not in LOG_LEVELS:
-        raise CliError(
-            f"invalid --log-level {log_level!r} (choose from {', '.join(LOG_LEVELS)})", EXIT_USAGE
-        )
+    _check_log_level(log_level)
     refuse_memory(backend)
     address = None if http is None else api.parse_address(http)
     app = load_app(app_path)
@@ -146,6 +152,84 @@ def run(
                 grace=grace,
                 http=sock,
                 max_body=max_body,
+                tasks=not no_tasks,
+            )
+        )
+    except KeyboardInterrupt:  # only before the signal handlers are installed
+        raise typer.Exit(130) from None
+
+
+def _check_log_level(log_level: str) -> None:
+    if log_level.upper() not in LOG_LEVELS:
+        raise CliError(
+            f"invalid --log-level {log_level!r} (choose from {', '.join(LOG_LEVELS)})", EXIT_USAGE
+        )
+
+
+# -- worker --------------------------------------------------------------------------------
+
+
+@cli.command()
+@handle_errors
+def worker(
+    app_path: Annotated[
+        str, typer.Argument(metavar="MODULE:APP", help="The app whose tasks to run.")
+    ],
+    queue: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--queue",
+            "-q",
+            metavar="QUEUE",
+            help="A queue to serve (repeat for several; default: the queues of the app's "
+            "tasks that have a function).",
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="Task attempts run at once (and threads for sync tasks).")
+    ] = 8,
+    lease: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            help="Seconds an attempt stays this worker's without a heartbeat (a killed "
+            "worker's attempts go to another worker after this).",
+        ),
+    ] = 30.0,
+    grace: Annotated[
+        float,
+        typer.Option(min=0, help="Seconds running attempts get to finish when stopping."),
+    ] = 5.0,
+    backend: BackendOption = DEFAULT_BACKEND,
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Run the task functions of MODULE:APP on the attempts engines publish, until
+    Ctrl-C or SIGTERM, then drain and exit 0. Run as many as you like."""
+    from .serve import configure_logging
+    from .working import work
+
+    _check_log_level(log_level)
+    refuse_memory(backend)
+    app = load_app(app_path)
+    if not queue and not any(t.fn is not None for t in app.tasks):
+        raise CliError(
+            f"app {app.name!r} ({app_path}) defines no task with a function, so this worker "
+            "would have nothing to run: define one with @app.task, or name the queues to "
+            "serve with --queue",
+            EXIT_USAGE,
+        )
+    if queue is not None and not all(queue):
+        raise CliError("--queue needs a non-empty queue name", EXIT_USAGE)
+    configure_logging(log_level)
+    try:
+        asyncio.run(
+            work(
+                app,
+                backend,
+                queues=queue or None,
+                concurrency=concurrency,
+                lease=lease,
+                grace=grace,
             )
         )
     except KeyboardInterrupt:  # only before the signal handlers are installed

@@ -1,7 +1,9 @@
 """``overture run``: one engine process, until SIGINT or SIGTERM, then a drained stop.
 
 On Kafka the process joins the app's engine group and runs an engine per partition it is
-assigned; several ``overture run`` processes share the partitions.
+assigned; several ``overture run`` processes share the partitions. Unless told not to,
+the process also runs a worker for the app's tasks (``overture.worker``), so an app with
+tasks needs no second command on the embedded backend.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ..errors import BrokerUnavailable, OvertureError
 from ..ports import Backend
 from ..runtime.host import Host
 from ..runtime.options import EngineOptions
+from ..worker import Worker, queues_of
 from .api import engine_api
 from .common import CliError, stderr_line
 
@@ -42,29 +45,40 @@ async def serve(
     options: EngineOptions,
     partitions: int | None,
     grace: float = 5.0,
+    tasks: bool = True,
     http: socket.socket | None = None,
     max_body: int | None = None,
 ) -> None:
     """Run an engine for ``app`` on ``url`` until SIGINT/SIGTERM, then drain and return.
 
+    Beside the engine run its *companions*: a worker for the app's tasks (unless
+    ``tasks`` is false) and the HTTP API (``http``). One rule covers them all: if the
+    engine or a companion ends on its own (only a crash or a failure to start does), the
+    others are stopped and drained and the command fails with one line.
+
     Args:
         options: how the engines run.
         partitions: partitions of a new log (an existing log keeps its count).
-        grace: seconds running steps get to finish once a stop is requested; steps still
-            running then are abandoned and run again after the next start.
+        grace: seconds running steps (and task attempts) get to finish once a stop is
+            requested; steps still running then are abandoned and run again after the
+            next start, attempts are left to their leases.
+        tasks: also run a worker for the app's tasks that have a function (if any).
         http: serve the HTTP API on this bound socket, on this loop (``--http``).
         max_body: the API's request body limit in bytes (default 1 MiB).
 
     Raises:
         EngineBusy: another engine already owns the embedded database.
         ConfigError: the backend URL is bad.
-        CliError: the engine crashed (the traceback is logged).
+        CliError: the engine, the worker or the API stopped on its own (the traceback is
+            logged).
     """
-    backend = await _open_until_signal(url, partitions)
+    backend = await open_until_signal(url, partitions)
     if backend is None:
         log.info("stopped before the broker answered")
         return
     try:
+        # before the engine starts: a backend without a task queue is refused at once
+        worker = Worker(app, backend, grace=grace) if tasks and queues_of(app) else None
         host = Host(app, backend, options=options)
         api = None if http is None else engine_api(app, backend, host, http, max_body=max_body)
         await host.start()
@@ -81,51 +95,67 @@ async def serve(
         )
         runner = asyncio.create_task(host.run(), name="overture-engine")
         stopper = asyncio.create_task(stop.wait(), name="overture-signal")
-        api_task = None if api is None else asyncio.create_task(api.serve(), name="overture-http")
+        companions: dict[asyncio.Task[None], tuple[str, Callable[[], None]]] = {}
         if api is not None:
-            stderr_line(f"overture: HTTP API at http://{api.address}")
-        try:
-            await asyncio.wait(
-                {runner, stopper} | ({api_task} if api_task else set()),
-                return_when=asyncio.FIRST_COMPLETED,
+            companions[asyncio.create_task(api.serve(), name="overture-http")] = (
+                "HTTP API",
+                api.stop,
             )
+            stderr_line(f"overture: HTTP API at http://{api.address}")
+        if worker is not None:
+            companions[asyncio.create_task(worker.run(), name="overture-worker")] = (
+                "worker",
+                worker.stop,
+            )
+            stderr_line(
+                f"overture: worker {worker.worker_id} serving {', '.join(worker.queues)} "
+                "in this process (--no-tasks: none)"
+            )
+        try:
+            await asyncio.wait({runner, stopper, *companions}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await stopper
             for sig in signals:
                 loop.remove_signal_handler(sig)
-            if api is not None and api_task is not None:  # before the drain: no new input
-                api.stop()
-                await asyncio.wait({api_task})  # its failure is reported below
-        if api_task is not None and api_task.done() and not runner.done() and not stop.is_set():
-            # The API ended on its own (it failed to start, say): the engine is drained and
-            # the command fails, instead of running on without the API it was asked for.
-            log.info("stopping: the HTTP API stopped")
+        ended = runner if runner.done() else next((t for t in companions if t.done()), None)
+        if ended is None:
+            log.info("stopping: draining the engine (running steps get %gs)", grace)
+        else:
+            part = "engine" if ended is runner else companions[ended][0]
+            log.info("stopping: the %s stopped", part)
+        # The API stops first (no new input while draining), then the worker and the
+        # engine drain together: attempts finish, or are left to their leases.
+        for _, stop_companion in companions.values():
+            stop_companion()
+        if not runner.done():
             await host.stop(grace=grace)
-            await runner
-            error = api_task.exception()
-            why = "see the log" if error is None else f"{type(error).__name__}: {error}"
-            raise CliError(f"the HTTP API stopped ({why}); the engine was drained")
-        if runner.done():
-            # The engine loop ended on its own: only a crash does that. The traceback goes
-            # to the log; the command ends with one line.
-            error = runner.exception()
+        await asyncio.gather(runner, *companions, return_exceptions=True)
+        if ended is None:
+            log.info("engine stopped")
+            return
+        error = ended.exception()
+        if ended is runner:
+            # The engine loop ended on its own: only a crash does that. The traceback
+            # goes to the log; the command ends with one line.
             if error is None:
                 return
             if isinstance(error, OvertureError):
                 raise error
             log.critical("the engine crashed", exc_info=error)
             raise CliError(f"the engine stopped on {type(error).__name__}: {error}")
-        log.info("stopping: draining the engine (running steps get %gs)", grace)
-        await host.stop(grace=grace)
-        await runner
-        log.info("engine stopped")
+        # A companion ended on its own (the API could not serve, the worker crashed):
+        # the command fails instead of running on without what it was asked for.
+        if error is not None:
+            log.critical("the %s crashed", part, exc_info=error)
+        why = "see the log" if error is None else f"{type(error).__name__}: {error}"
+        raise CliError(f"the {part} stopped ({why}); the engine was drained")
     finally:
         backend.close()
 
 
-async def _open_until_signal(url: str, partitions: int | None) -> Backend | None:
+async def open_until_signal(url: str, partitions: int | None) -> Backend | None:
     """:func:`_open`, given up at once on SIGINT/SIGTERM (then ``None``): waiting for a
     cluster that is down must not make Ctrl-C wait for a connection timeout."""
     stop = asyncio.Event()

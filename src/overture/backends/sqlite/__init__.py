@@ -2,7 +2,8 @@
 
 Modules: ``backend`` (``SqliteBackend``), ``document`` (a batch as one JSON document,
 applied by one statement), ``doorbell`` (wakeups between processes), ``files``
-(connections, the file's identity, SQLite's failures as Overture's errors).
+(connections, the file's identity, SQLite's failures as Overture's errors), ``tasks``
+(the task queue workers claim from, ``SqliteBackend.tasks``).
 
 Design facts (``shared/notes/sqlite-log.md``): one writer at a time per file, so every write
 is a short ``BEGIN IMMEDIATE`` transaction; the engine commits a whole batch of inputs (log

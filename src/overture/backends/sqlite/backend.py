@@ -50,6 +50,7 @@ from .document import (
 )
 from .doorbell import Doorbell
 from .files import connect, environment_error, identity, storage_error
+from .tasks import TASKS_SCHEMA, SqliteTaskQueue, apply_tasks, check_tasks
 
 _FINAL = tuple(sorted(FINAL))  # as SQL parameters
 
@@ -90,17 +91,26 @@ CREATE TABLE IF NOT EXISTS state(
   ns TEXT NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL,
   PRIMARY KEY(ns, key)) WITHOUT ROWID;
 """
-_DLQ_ADDED = (("raw_key", "BLOB"), ("headers", "TEXT"))
-"""Columns of ``dlq`` that databases written before them lack (added on open)."""
-
-
+_SCHEMA += TASKS_SCHEMA
 _DLQ_ADDED = (("raw_key", "BLOB"), ("headers", "TEXT"))
 """Columns of ``dlq`` that databases written before them lack (added on open)."""
 _TABLES = frozenset(
-    {"meta", "log", "offsets", "instances", "journal", "waits", "work", "inbox", "dlq", "state"}
+    {
+        "meta",
+        "log",
+        "offsets",
+        "instances",
+        "journal",
+        "waits",
+        "work",
+        "inbox",
+        "dlq",
+        "state",
+        "tasks",
+    }
 )
-"""Every table of this release: a file that lacks one (``state`` came later) gets it on
-open, like the ``dlq`` columns."""
+"""Every table of this release: a file that lacks one (``state`` and ``tasks`` came
+later) gets it on open, like the ``dlq`` columns."""
 
 
 class SqliteBackend:
@@ -157,6 +167,7 @@ class SqliteBackend:
         self._bell = Doorbell(path)
         self.log = self
         self.store = self
+        self.tasks = SqliteTaskQueue(self)
 
     @staticmethod
     def _needs_schema(conn: sqlite3.Connection) -> bool:
@@ -303,6 +314,8 @@ class SqliteBackend:
     # -- Store --------------------------------------------------------------------------
 
     def commit(self, batch: Batch) -> None:
+        if batch.tasks:
+            check_tasks(batch.tasks)
         document = state_document(batch, self._partitions, time.time())  # before the lock
         with self._lock, self._writing():
             if document is not None:
@@ -314,6 +327,7 @@ class SqliteBackend:
         if batch.appends:
             self.ring()
         self._bell.ring_results(batch)
+        self._bell.ring_tasks(batch)
 
     def _commit_rows(self, c: sqlite3.Connection, b: Batch) -> None:
         """The batch row by row, in one transaction: for the batches the state document
@@ -367,6 +381,8 @@ class SqliteBackend:
                 None if d.headers is None else dump_headers(d.headers),
             ),
         )
+        if b.tasks:
+            apply_tasks(c, b.tasks, time.time())
 
     @staticmethod
     def _apply(

@@ -138,6 +138,14 @@ def state_document(b: Batch, partitions: int, now: float) -> str | None:
         if b.inbox:
             doc["bd"] = [inbox_id for inbox_id, r in b.inbox.items() if r is None]
             doc["b"] = [inbox_fields(r, _utf8) for r in b.inbox.values() if r is not None]
+        if b.tasks:
+            doc["td"] = [task_id for task_id, t in b.tasks.items() if t is None]
+            doc["t"] = [
+                [t.id, t.queue, _utf8(t.request), t.deadline]
+                for t in b.tasks.values()
+                if t is not None
+            ]
+            doc["ts"] = now
     except _NotCarried:
         return None
     if b.offsets:
@@ -189,6 +197,19 @@ _APPEND_ROWS = f"""
        OR NOT EXISTS (SELECT 1 FROM log AS d WHERE d.event_id = json_extract(e.value, '$[3]'))
   ) AS a;"""
 
+# Task attempts (``Batch.tasks``, see ``tasks.py``): a published attempt is inserted
+# once (publishing it again changes nothing: not its lease, not its end); an ended one
+# keeps its row, marked ended, so a late result is told "ended" rather than "unknown".
+_PUBLISH_TASKS = """
+  INSERT OR IGNORE INTO tasks(id, queue, request, deadline, created)
+  SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
+         CAST(json_extract(value, '$[2]') AS BLOB), json_extract(value, '$[3]'),
+         json_extract(NEW.doc, '$.ts')
+  FROM json_each(NEW.doc, '$.t');"""
+_END_TASKS = """
+  UPDATE tasks SET ended = 1, worker = NULL
+  WHERE ended = 0 AND id IN (SELECT value FROM json_each(NEW.doc, '$.td'));"""
+
 # A batch is applied by ONE statement: an insert of its JSON document into a
 # per-connection view whose trigger spreads it over the tables. Row by row (executemany),
 # sqlite3 released the GIL for every row, and the commit thread had to win it back from
@@ -210,6 +231,8 @@ INSTEAD OF INSERT ON state_document BEGIN
   {_rows("work", "$.k", 8, blobs=(7,))}
   DELETE FROM inbox WHERE id IN (SELECT value FROM json_each(NEW.doc, '$.bd'));
   {_rows("inbox", "$.b", 6, blobs=(4,))}
+  {_PUBLISH_TASKS}
+  {_END_TASKS}
 END""",
 )
 APPLY_DOCUMENT = "INSERT INTO temp.state_document VALUES (?)"

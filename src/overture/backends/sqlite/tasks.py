@@ -1,0 +1,301 @@
+"""``SqliteTaskQueue``: the task attempts an engine publishes, as workers take them.
+
+One ``tasks`` row per attempt (``Batch.tasks``), written by the engine's commit and
+claimed by workers with leases, every one of them a short ``BEGIN IMMEDIATE``
+transaction on the same file (the engine and any number of ``overture worker``
+processes). Times are wall-clock (``time.time()``): leases are compared across processes.
+
+A row is never deleted here: when the engine ends an attempt (it applied a result, gave
+the attempt up at its deadline, or its instance ended), or when a worker's result for it
+was accepted, the row is marked ``ended``, so a late result is told ``"ended"`` and not
+``"unknown"``. (Removing old rows is retention's job.)
+
+Rejected: keeping the leases as keyed state (``Batch.state``). Workers are not engines;
+they would have to commit through the engine's store, and a lease taken in another
+process must be visible to the next claim at once.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from ...errors import ConfigError, MalformedEvent
+from ...ports import ClaimedTask, FinishOutcome, NewRecord, TaskRecord
+from ...protocol import TASK_COMPLETED, TASK_FAILED, task_result_id
+
+if TYPE_CHECKING:
+    from .backend import SqliteBackend
+
+TASKS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks(
+  n INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, queue TEXT NOT NULL,
+  request BLOB NOT NULL, deadline REAL, created REAL NOT NULL,
+  ended INTEGER NOT NULL DEFAULT 0, worker TEXT, lease_until REAL NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS tasks_open ON tasks(queue, n) WHERE ended = 0;
+"""
+"""``n`` (the rowid) orders attempts oldest first. The partial index holds only open
+attempts, in that order per queue: a claim walks it from the oldest and stops after
+``limit`` claimable ones, past at most the attempts leased right now, however many
+ended rows the table keeps."""
+
+_CLAIMABLE = "queue = ? AND ended = 0 AND lease_until <= ? AND (deadline IS NULL OR deadline > ?)"
+"""Claimable attempts of one queue: open, not leased (or the lease ran out), and not past
+their deadline (the engine has given those up: running one would be wasted)."""
+_CANDIDATES = f"SELECT n, id, queue, request FROM tasks WHERE {_CLAIMABLE} ORDER BY n LIMIT ?"
+"""The oldest claimable attempts of one queue."""
+_ANY = f"SELECT 1 FROM tasks WHERE {_CLAIMABLE} LIMIT 1"
+"""Whether a queue has a claimable attempt (the look before the write lock)."""
+
+
+def check_tasks(tasks: Mapping[str, TaskRecord | None]) -> None:
+    """Refuse ``Batch.tasks`` that would be stored wrong, before anything is written.
+
+    Raises:
+        ConfigError: an attempt filed under another id than its own, or without a queue
+            or request bytes (a bug of whoever built the batch).
+    """
+    for task_id, t in tasks.items():
+        if t is None:
+            continue
+        if t.id != task_id or not t.queue or not isinstance(t.request, bytes):
+            raise ConfigError(
+                f"Batch.tasks[{task_id!r}] must be the attempt {task_id!r} with a queue and "
+                f"its request as bytes, not {t!r:.200}; nothing was written"
+            )
+
+
+def apply_tasks(c: sqlite3.Connection, tasks: Mapping[str, TaskRecord | None], now: float) -> None:
+    """``Batch.tasks`` row by row, inside the commit's transaction (the document path
+    does the same in ``document.py``)."""
+    ended = [(task_id,) for task_id, t in tasks.items() if t is None]
+    published = [(t.id, t.queue, t.request, t.deadline, now) for t in tasks.values() if t]
+    if published:
+        c.executemany(
+            "INSERT OR IGNORE INTO tasks(id, queue, request, deadline, created) "
+            "VALUES (?, ?, ?, ?, ?)",
+            published,
+        )
+    if ended:
+        c.executemany("UPDATE tasks SET ended = 1, worker = NULL WHERE id = ? AND ended = 0", ended)
+
+
+def _check_lease(lease: float) -> None:
+    if isinstance(lease, bool) or not isinstance(lease, int | float) or not math.isfinite(lease):
+        raise ConfigError(f"a lease must be a finite number of seconds, not {lease!r}")
+    if lease <= 0:
+        raise ConfigError(f"a lease must be positive, not {lease!r}")
+
+
+def _check_worker(worker: str) -> None:
+    if not isinstance(worker, str) or not worker:
+        raise ConfigError(f"a worker needs a non-empty id, not {worker!r}")
+
+
+class _Finish:
+    """One caller's finish waiting for its group's transaction."""
+
+    __slots__ = ("error", "lead", "outcome", "result", "task_id", "wake")
+
+    def __init__(self, task_id: str, result: NewRecord) -> None:
+        self.task_id = task_id
+        self.result = result
+        self.wake = threading.Event()
+        self.lead = False  # this caller commits the next group
+        self.outcome: FinishOutcome | None = None
+        self.error: BaseException | None = None
+
+
+class SqliteTaskQueue:
+    """``ports.TaskQueue`` on the backend's file (``SqliteBackend.tasks``)."""
+
+    def __init__(self, backend: SqliteBackend) -> None:
+        self._backend = backend
+        self._finishing = threading.Lock()  # guards the two below
+        self._queue: list[_Finish] = []  # finishes waiting for the next transaction
+        self._leading = False  # a caller is committing them
+
+    def claim(
+        self, queues: Sequence[str], worker: str, limit: int, lease: float
+    ) -> list[ClaimedTask]:
+        """See ``ports.TaskQueue.claim``.
+
+        Raises:
+            ConfigError: no queue, an empty queue name, an empty worker id, a negative
+                ``limit`` or a lease that is not a positive number (nothing is claimed).
+        """
+        if isinstance(queues, str):
+            raise ConfigError(f"queues must be a list of names, not the string {queues!r}")
+        wanted = list(dict.fromkeys(queues))
+        if not wanted or not all(isinstance(q, str) and q for q in wanted):
+            raise ConfigError(f"claim needs one or more non-empty queue names, not {queues!r}")
+        _check_worker(worker)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ConfigError(f"limit must be a non-negative integer, not {limit!r}")
+        _check_lease(lease)
+        if limit == 0:
+            return []
+        backend = self._backend
+        now = time.time()
+        # Look first without the write lock: an idle worker's claims must not queue up
+        # behind the engine's commits for nothing.
+        if not any(backend._query(_ANY, (queue, now, now)) for queue in wanted):
+            return []
+
+        def take(c: sqlite3.Connection) -> list[ClaimedTask]:
+            stamp = time.time()  # the lock may have taken a while
+            rows = self._candidates(
+                lambda sql, args: c.execute(sql, args).fetchall(), wanted, stamp, limit
+            )
+            c.executemany(
+                "UPDATE tasks SET worker = ?, lease_until = ? WHERE n = ?",
+                [(worker, stamp + lease, row[0]) for row in rows],
+            )
+            return [ClaimedTask(row[1], row[2], row[3], stamp + lease) for row in rows]
+
+        with backend._lock, backend._writing():
+            claimed: list[ClaimedTask] = backend._write(take)
+        return claimed
+
+    @staticmethod
+    def _candidates(
+        query: Callable[[str, tuple[object, ...]], list[tuple[int, str, str, bytes]]],
+        queues: list[str],
+        now: float,
+        limit: int,
+    ) -> list[tuple[int, str, str, bytes]]:
+        """The oldest ``limit`` claimable attempts of ``queues`` (one indexed walk per
+        queue, merged by age: an ``IN`` over queues would sort every open row)."""
+        rows: list[tuple[int, str, str, bytes]] = []
+        for queue in queues:
+            rows.extend(query(_CANDIDATES, (queue, now, now, limit)))
+        rows.sort()
+        return rows[:limit]
+
+    def heartbeat(self, task_id: str, worker: str, lease: float) -> bool:
+        """See ``ports.TaskQueue.heartbeat``: True while the attempt is open and
+        ``worker`` holds it (a lease that ran out without anyone claiming the attempt
+        since is still the worker's).
+
+        Raises:
+            ConfigError: an empty worker id or a lease that is not a positive number.
+        """
+        _check_worker(worker)
+        _check_lease(lease)
+        backend = self._backend
+
+        def extend(c: sqlite3.Connection) -> bool:
+            cur = c.execute(
+                "UPDATE tasks SET lease_until = ? WHERE id = ? AND worker = ? AND ended = 0",
+                (time.time() + lease, task_id, worker),
+            )
+            return cur.rowcount == 1
+
+        with backend._lock, backend._writing():
+            kept: bool = backend._write(extend)
+        return kept
+
+    def finish(self, task_id: str, worker: str, result: NewRecord) -> FinishOutcome:
+        """See ``ports.TaskQueue.finish``: in one transaction, the result is appended to
+        the log (by the log's own append, so its event id deduplicates) and the attempt
+        ends. A second result of an attempt, from any worker, is ``"ended"``. Finishes
+        called at the same time (from several threads) share one transaction.
+
+        Raises:
+            ConfigError: an empty worker id.
+            MalformedEvent: ``result`` is not this attempt's result (its event id must be
+                ``protocol.task_result_id(task_id)``, its type completed or failed);
+                nothing is written.
+        """
+        _check_worker(worker)
+        expected = task_result_id(task_id)
+        if result.event_id != expected:
+            raise MalformedEvent(
+                f"the result of task attempt {task_id!r} must have the event id "
+                f"{expected!r}, not {result.event_id!r}; nothing was written"
+            )
+        if result.event_type not in (TASK_COMPLETED, TASK_FAILED):
+            raise MalformedEvent(
+                f"the result of task attempt {task_id!r} must be a {TASK_COMPLETED!r} or "
+                f"{TASK_FAILED!r} event, not {result.event_type!r}; nothing was written"
+            )
+        pending = _Finish(task_id, result)
+        with self._finishing:
+            self._queue.append(pending)
+            pending.lead = not self._leading
+            self._leading = True
+        if not pending.lead:
+            pending.wake.wait()  # its group was committed, or it was made the leader
+        if pending.lead:
+            self._lead()
+        if pending.error is not None:
+            raise pending.error
+        assert pending.outcome is not None
+        return pending.outcome
+
+    def _lead(self) -> None:
+        """Commit every waiting finish (the leader's own among them) in one transaction,
+        then hand the lead to the first finish that arrived meanwhile.
+
+        Group commit: the finishes that arrive while one transaction (and its fsync) runs
+        share the next one, so a worker with many slots pays one fsync per group rather
+        than per result (a single finish: ~0.8 ms, nearly all of it the fsync). Each
+        leader commits one group, so no caller serves the others for long. A group that
+        fails is redone one finish per transaction, so only a bad one fails.
+        """
+        with self._finishing:
+            group, self._queue = self._queue, []
+        try:
+            self._commit(group)
+        except BaseException:
+            for one in group:
+                try:
+                    self._commit([one])
+                except BaseException as error:  # handed to its caller
+                    one.error = error
+        with self._finishing:
+            heir = self._queue[0] if self._queue else None
+            if heir is None:
+                self._leading = False
+            else:
+                heir.lead = True
+        for one in group:
+            one.lead = False
+            one.wake.set()
+        if heir is not None:
+            heir.wake.set()
+
+    def _commit(self, group: list[_Finish]) -> None:
+        backend = self._backend
+
+        def end(c: sqlite3.Connection) -> list[FinishOutcome]:
+            return [self._end(c, one.task_id, one.result) for one in group]
+
+        with backend._lock, backend._writing():
+            outcomes: list[FinishOutcome] = backend._write(end)
+        for one, outcome in zip(group, outcomes, strict=True):
+            one.outcome = outcome
+        if "accepted" in outcomes:
+            backend.ring()  # the engine applies the results
+
+    def _end(self, c: sqlite3.Connection, task_id: str, result: NewRecord) -> FinishOutcome:
+        row = c.execute("SELECT ended FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is None:
+            return "unknown"
+        if row[0]:
+            return "ended"
+        c.execute("UPDATE tasks SET ended = 1, worker = NULL WHERE id = ?", (task_id,))
+        if self._backend._append(c, [result]) == [None]:
+            # a result with this id is on the log already (written by another path):
+            # this one is a duplicate, and the attempt is over all the same
+            return "ended"
+        return "accepted"
+
+    def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """See ``ports.TaskQueue.subscribe``: woken by the engine's commits that publish
+        attempts (``Doorbell.watch_tasks``)."""
+        return self._backend._bell.watch_tasks(wake)

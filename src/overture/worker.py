@@ -1,0 +1,507 @@
+"""The Python worker: runs an app's task functions on the attempts engines publish.
+
+A :class:`Worker` claims attempts from the backend's task queue (``Backend.tasks``, the
+``TaskQueue`` port) for as many slots as it has free, runs each one, and finishes it
+with the result record ``overture.tasks`` builds from the request, so its results are
+byte for byte those of every other kind of worker. ``overture worker`` runs one in its
+own process; ``overture run`` runs one next to the engine.
+
+How an attempt runs:
+
+- its request is parsed; one past its deadline is skipped (the engine has given it up,
+  so a result would be dropped) and nothing is finished;
+- :meth:`Worker.runner_for` chooses how to run the attempt's task: the app's function
+  (``def`` in a pool of ``concurrency`` daemon threads, ``async def`` on the loop), or a
+  non-retryable failure naming the task and the worker when the app has no function for
+  it. (A push task's dispatcher plugs in there.)
+- the lease is renewed every ``lease / 3`` seconds while it runs; a lost lease (it ran
+  out and another worker claimed the attempt) is logged and the result still sent: the
+  engine keeps the first result of an attempt;
+- output becomes ``overture.task.completed``; an exception ``overture.task.failed``,
+  retryable unless it is a :class:`~overture.TerminalError` (output that is not JSON is a
+  non-retryable ``TypeError``).
+
+Slots are independent: a slow attempt holds its own slot only. :meth:`Worker.stop` stops
+claiming and gives running attempts ``grace`` seconds; the ones still running then are
+abandoned (their leases run out and another worker runs them again: at least once).
+
+Port calls (claim, heartbeat, finish) block (SQLite waits for the write lock and the
+fsync), so they run in daemon threads of their own (``worker_threads.py``), never on the
+event loop that runs the async tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import math
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeVar
+
+from .app import App
+from .codec import Codec
+from .errors import ConfigError, EventValidationError, OvertureError, TerminalError
+from .events import Envelope
+from .ports import Backend, ClaimedTask, FinishOutcome, NewRecord
+from .protocol import TaskRequest
+from .runtime.threads import DaemonThreadPool
+from .tasks import TaskDef, completed, failed, parse_request
+from .worker_threads import PortThreads, on_pool
+
+__all__ = ["Attempt", "Runner", "Worker", "WorkerStats"]
+
+log = logging.getLogger("overture.worker")
+
+T = TypeVar("T")
+
+UNKNOWN_TASK = "UnknownTask"
+"""The error type of the failure a worker reports for a task it has no function for."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One claimed task attempt, as a :data:`Runner` gets it.
+
+    Attributes:
+        claimed: the queue entry and its lease.
+        envelope: the ``overture.task.requested`` CloudEvent.
+        request: its data: task, input, attempt number, idempotency key, deadline, reply.
+        definition: the app's definition of the task (None: the app does not define it).
+    """
+
+    claimed: ClaimedTask
+    envelope: Envelope
+    request: TaskRequest
+    definition: TaskDef | None
+
+
+Runner = Callable[[Attempt], Awaitable[NewRecord | None]]
+"""Runs one attempt and returns its result record (``overture.tasks.completed`` or
+``failed``), or None to finish nothing (the attempt is then left to its lease)."""
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """What a worker has done since it started (counts of attempts)."""
+
+    claimed: int = 0
+    skipped: int = 0
+    """Past their deadline, not a valid request, or a runner that returned no result:
+    nothing was finished (the attempt is left to its lease)."""
+    accepted: int = 0
+    """Results the queue accepted."""
+    ended: int = 0
+    """Results refused because the attempt was over (a duplicate, or the engine gave
+    the attempt up)."""
+    unknown: int = 0
+    failed_finishes: int = 0
+    """Results the queue could not take (storage or broker failure): the attempt is left
+    to its lease and runs again elsewhere."""
+    lost_leases: int = 0
+    abandoned: int = 0
+    """Still running when the grace period of a stop ran out."""
+
+
+def default_worker_id() -> str:
+    """``host:pid:random``: unique per worker, and says where it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def queues_of(app: App) -> list[str]:
+    """The queues of the app's tasks that have a function (what a worker serves by
+    default), in order of definition."""
+    return list(dict.fromkeys(t.queue for t in app.tasks if t.fn is not None))
+
+
+class Worker:
+    """Runs the task functions of ``app`` on the attempts published to ``backend``.
+
+    Use ``await worker.run()`` until :meth:`stop`, or ``async with worker:`` to run it in
+    the background for the block's duration (it stops, draining, when the block ends).
+
+    Args:
+        app: the tasks' definitions and functions.
+        backend: the backend whose task queue (``backend.tasks``) it claims from and
+            finishes into.
+        queues: the queues to serve; default: those of the app's tasks with a function.
+        concurrency: attempts run at once (also the number of threads for sync tasks).
+        lease: seconds an attempt is held per claim or heartbeat; a worker that dies
+            stops renewing it, and the attempt is handed to another worker after this.
+        worker_id: this worker's id in the queue (default: host, pid and a random part).
+        grace: seconds running attempts get to finish once :meth:`stop` is called.
+        poll: seconds between claims while nothing wakes it (attempts whose lease ran
+            out are found this way; new attempts wake it at once).
+        codec: reads requests and writes results (default: ``Codec(app)``).
+
+    Raises:
+        ConfigError: no queue to serve, or an option out of range.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        backend: Backend,
+        *,
+        queues: Iterable[str] | None = None,
+        concurrency: int = 8,
+        lease: float = 30.0,
+        worker_id: str | None = None,
+        grace: float = 5.0,
+        poll: float = 1.0,
+        codec: Codec | None = None,
+    ) -> None:
+        if isinstance(queues, str):
+            raise ConfigError(f"queues must be a list of names, not the string {queues!r}")
+        served = queues_of(app) if queues is None else list(dict.fromkeys(queues))
+        if not served:
+            raise ConfigError(
+                f"app {app.name!r} defines no task with a function, so a worker has no "
+                "queue to serve: define one with @app.task, or name the queues"
+            )
+        if not all(isinstance(q, str) and q for q in served):
+            raise ConfigError(f"queue names must be non-empty strings, not {served!r}")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigError(f"concurrency must be a positive integer, not {concurrency!r}")
+        for name, value in (("lease", lease), ("poll", poll)):
+            if not _finite(value) or value <= 0:
+                raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
+        if not _finite(grace) or grace < 0:
+            raise ConfigError(f"grace must be a number of seconds >= 0, not {grace!r}")
+        if worker_id is not None and (not isinstance(worker_id, str) or not worker_id):
+            raise ConfigError(f"worker_id must be a non-empty string, not {worker_id!r}")
+        if getattr(backend, "tasks", None) is None:
+            raise ConfigError(f"the backend {backend.url} has no task queue for workers")
+        self.app = app
+        self.backend = backend
+        self.queues = served
+        self.concurrency = concurrency
+        self.lease = float(lease)
+        self.worker_id = worker_id or default_worker_id()
+        self.grace = float(grace)
+        self.poll = float(poll)
+        self.codec = codec if codec is not None else Codec(app)
+        self.stats = WorkerStats()
+        self._claim_at = max(1, concurrency // 4)
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self._started = False
+        self._wake: asyncio.Event | None = None  # attempts may have been published
+        self._slot: asyncio.Event | None = None  # a running attempt ended
+        self._changed: asyncio.Event | None = None  # stats changed (wait_finished)
+        self._background: asyncio.Task[None] | None = None
+        self._threads: DaemonThreadPool | None = None
+        self._io: PortThreads | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Claim and run attempts until :meth:`stop`, then drain (see ``grace``).
+
+        Raises:
+            ConfigError: the worker was started before.
+        """
+        if self._started:
+            raise ConfigError("a worker runs once: create a new Worker to run again")
+        self._started = True
+        loop = self._loop = asyncio.get_running_loop()
+        self._wake, self._slot, self._changed = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        self._threads = DaemonThreadPool(self.concurrency, "overture-task")
+        self._io = PortThreads(self.concurrency + 2, "overture-worker-io")
+        queue = self.backend.tasks
+        wake = self._wake
+
+        def woken() -> None:  # from the queue's watcher thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed: we are done
+                loop.call_soon_threadsafe(wake.set)
+
+        unsubscribe = queue.subscribe(woken)
+        log.info(
+            "worker %s serving %s (concurrency %d, lease %gs)",
+            self.worker_id,
+            ", ".join(self.queues),
+            self.concurrency,
+            self.lease,
+        )
+        try:
+            await self._claim_loop()
+        except BaseException:  # cancelled, or a bug: no drain, the leases run out
+            self._abandon()
+            raise
+        finally:
+            unsubscribe()
+        await self._drain()
+
+    def stop(self) -> None:
+        """Stop claiming; running attempts get ``grace`` seconds to finish. Safe to call
+        from any thread, and before :meth:`run` (it then returns at once)."""
+        loop = self._loop
+        if loop is None:
+            self._stopping = True
+            return
+        with contextlib.suppress(RuntimeError):  # its loop is closed: it has stopped
+            loop.call_soon_threadsafe(self._stop_now)
+
+    def _stop_now(self) -> None:
+        self._stopping = True
+        for event in (self._wake, self._slot):
+            if event is not None:
+                event.set()
+
+    async def __aenter__(self) -> Worker:
+        self._background = asyncio.create_task(self.run(), name=f"overture-worker {self.worker_id}")
+        await asyncio.sleep(0)  # let it subscribe and claim before the block goes on
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+        if self._background is not None:
+            await self._background
+
+    async def until(self, predicate: Callable[[WorkerStats], bool]) -> None:
+        """Wait until ``predicate(worker.stats)`` holds (checked whenever the counts
+        change): a helper for tests and scripts; bound it with ``asyncio.timeout``."""
+        while not predicate(self.stats):
+            if self._changed is None:  # not running yet
+                await asyncio.sleep(0.01)
+                continue
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def wait_finished(self, count: int) -> None:
+        """Wait until ``count`` attempts in all have been finished or skipped (any
+        outcome); see :meth:`until`."""
+        await self.until(
+            lambda s: s.accepted + s.ended + s.unknown + s.skipped + s.failed_finishes >= count
+        )
+
+    # -- claiming -------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        assert self._wake is not None and self._slot is not None
+        queue = self.backend.tasks
+        while not self._stopping:
+            free = self.concurrency - len(self._running)
+            if free <= 0 or (self._running and free < self._claim_at):
+                # Busy: wait until a quarter of the slots are free, so that a loaded
+                # worker claims in groups (one claim is one write transaction, an
+                # fsync) rather than once per finished attempt.
+                self._slot.clear()
+                await self._slot.wait()
+                continue
+            self._wake.clear()
+            try:
+                claimed = await self._call(
+                    queue.claim, self.queues, self.worker_id, free, self.lease
+                )
+            except OvertureError as error:  # the file is locked, the broker is down...
+                log.error("claiming task attempts failed: %s; retrying in %gs", error, self.poll)
+                claimed = []
+            for task in claimed:
+                if self._stopping:
+                    break  # not started: its lease runs out, another worker takes it
+                if task.id in self._running:
+                    # Its lease lapsed while it ran here (a late heartbeat) and this
+                    # claim took it back, renewing the lease: it is still running.
+                    continue
+                self._start(task)
+            if len(claimed) < free and not self._stopping:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll)
+
+    def _start(self, task: ClaimedTask) -> None:
+        self._count("claimed")
+        running = asyncio.create_task(self._attempt(task), name=f"overture-task {task.id}")
+        self._running[task.id] = running
+
+        def ended(_: asyncio.Task[None]) -> None:
+            self._running.pop(task.id, None)
+            if self._slot is not None:
+                self._slot.set()
+
+        running.add_done_callback(ended)
+
+    async def _drain(self) -> None:
+        running = list(self._running.values())
+        if running:
+            log.info("stopping: %d attempt(s) running get %gs", len(running), self.grace)
+            _, pending = await asyncio.wait(running, timeout=self.grace)
+            if pending:
+                log.warning(
+                    "%d attempt(s) still running after %gs: abandoned to their leases "
+                    "(another worker runs them again)",
+                    len(pending),
+                    self.grace,
+                )
+                self._abandon()
+                await asyncio.gather(*pending, return_exceptions=True)
+        for pool in (self._threads, self._io):
+            if pool is not None:
+                pool.shutdown()
+        s = self.stats
+        log.info(
+            "worker %s stopped: %d attempt(s) claimed, %d result(s) accepted, %d refused "
+            "(the attempt was over), %d skipped, %d abandoned",
+            self.worker_id,
+            s.claimed,
+            s.accepted,
+            s.ended + s.unknown,
+            s.skipped,
+            s.abandoned,
+        )
+
+    def _abandon(self) -> None:
+        for running in list(self._running.values()):
+            if not running.done():
+                self.stats.abandoned += 1
+                running.cancel()
+
+    # -- one attempt ----------------------------------------------------------------------
+
+    async def _attempt(self, task: ClaimedTask) -> None:
+        try:
+            envelope, request = parse_request(self.codec, task.request)
+        except OvertureError as error:
+            # Nothing to answer: a result needs the request's reply address.
+            log.error(
+                "task attempt %s is not a valid request, left to its lease: %s", task.id, error
+            )
+            self._count("skipped")
+            return
+        if request.deadline is not None and request.deadline <= time.time():
+            log.info("skipped task attempt %s (%s): past its deadline", task.id, request.task)
+            self._count("skipped")
+            return
+        attempt = Attempt(task, envelope, request, self.app.task_def(request.task))
+        runner = self.runner_for(attempt.definition)
+        beat = asyncio.create_task(self._heartbeat(task.id), name=f"overture-heartbeat {task.id}")
+        try:
+            result = await runner(attempt)
+        except Exception:  # a runner's bug: no result, the attempt is left to its lease
+            log.exception("running task attempt %s (%s) failed", task.id, request.task)
+            result = None
+        finally:
+            beat.cancel()
+        if result is None:
+            self._count("skipped")
+            return
+        try:
+            outcome: FinishOutcome = await self._call(
+                self.backend.tasks.finish, task.id, self.worker_id, result
+            )
+        except Exception as error:  # one result lost must not stop the worker
+            log.error(
+                "finishing task attempt %s failed, left to its lease: %s",
+                task.id,
+                error,
+                exc_info=not isinstance(error, OvertureError),  # a bug: its traceback
+            )
+            self._count("failed_finishes")
+            return
+        if outcome != "accepted":
+            log.info("the result of task attempt %s was not taken: %s", task.id, outcome)
+        self._count(outcome)
+
+    def runner_for(self, definition: TaskDef | None) -> Runner:
+        """How this worker runs an attempt of ``definition``: the one place that choice is
+        made. The app's function if it has one; else a non-retryable failure naming the
+        task and this worker (a push task, ``url=``, is for a push dispatcher)."""
+        if definition is not None and definition.fn is not None:
+            return self._run_function
+        return self._refuse
+
+    async def _refuse(self, attempt: Attempt) -> NewRecord:
+        name = attempt.request.task
+        if attempt.definition is not None and attempt.definition.url is not None:
+            why = f"task {name!r} is a push task (url=), which this worker does not run"
+        else:
+            why = f"app {self.app.name!r} has no function for task {name!r}"
+        return failed(
+            self.codec,
+            attempt.envelope,
+            attempt.request,
+            UNKNOWN_TASK,
+            f"worker {self.worker_id} (queues {', '.join(self.queues)}): {why}",
+            retryable=False,
+        )
+
+    async def _run_function(self, attempt: Attempt) -> NewRecord:
+        assert attempt.definition is not None and attempt.definition.fn is not None
+        fn = attempt.definition.fn
+        codec, envelope, request = self.codec, attempt.envelope, attempt.request
+        try:
+            if inspect.iscoroutinefunction(fn):
+                output = await fn(request.input)
+            else:
+                output = await self._in_thread(fn, request.input)
+                if inspect.isawaitable(output):  # a def returning a coroutine
+                    output = await output
+        except TerminalError as error:
+            return failed(codec, envelope, request, _name(error), str(error), retryable=False)
+        except Exception as error:
+            return failed(codec, envelope, request, _name(error), str(error), retryable=True)
+        try:
+            return completed(codec, envelope, request, output)
+        except EventValidationError as error:
+            return failed(
+                codec,
+                envelope,
+                request,
+                "TypeError",
+                f"task {request.task!r} returned output that is not JSON: {error}",
+                retryable=False,
+            )
+
+    async def _heartbeat(self, task_id: str) -> None:
+        queue = self.backend.tasks
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            try:
+                kept = await self._call(queue.heartbeat, task_id, self.worker_id, self.lease)
+            except OvertureError as error:
+                log.warning("renewing the lease of task attempt %s failed: %s", task_id, error)
+                continue
+            if not kept:
+                log.warning(
+                    "lost the lease of task attempt %s (it ran out and another worker took "
+                    "the attempt, or the attempt ended); its result is still sent",
+                    task_id,
+                )
+                self.stats.lost_leases += 1
+                return
+
+    def _count(self, outcome: str) -> None:
+        setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
+        if self._changed is not None:
+            self._changed.set()
+
+    # -- threads --------------------------------------------------------------------------
+
+    async def _in_thread(self, fn: Callable[[Any], T], arg: Any) -> T:
+        assert self._threads is not None
+        return await on_pool(self._threads, lambda: fn(arg))
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        assert self._io is not None
+        return await on_pool(self._io, lambda: fn(*args))
+
+
+def _name(error: BaseException) -> str:
+    return type(error).__name__
+
+
+def _finite(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
