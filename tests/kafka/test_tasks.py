@@ -4,11 +4,21 @@ to workers through the queue's consumer group."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ResourceType,
+)
 
 from overture import protocol, tasks
 from overture.backends.kafka.backend import KafkaBackend
@@ -17,7 +27,7 @@ from overture.backends.kafka.queues import TaskTopics
 from overture.errors import BrokerUnavailable, ConfigError, Fenced
 from overture.ports import Batch, InstanceRow, partition_for
 
-from ..conftest import kafka_url
+from ..conftest import REPO_ROOT, kafka_url
 from .taskkit import CODEC, claim_until, engine_stores, on_partition, publish, request, task_records
 
 
@@ -52,9 +62,21 @@ def test_an_aborted_or_fenced_commit_publishes_no_attempt(kafka_bootstrap: str) 
     topics = TaskTopics(backend.settings, 2)
     committer = Committer(backend.settings, 2, 0, topics)
     try:
-        # the task is produced, then a changelog record too large for Kafka fails the
-        # transaction, which is aborted
-        huge = InstanceRow("i", "p", 1, None, "running", 0, 0.0, 0.0, "t", result="x" * 2_000_000)
+        # the task reaches the broker, whose changelog topic then refuses a record too
+        # large for it: the transaction fails and is aborted
+        resource = ConfigResource(
+            ResourceType.TOPIC,
+            backend.settings.changelog_topic,
+            incremental_configs=[
+                ConfigEntry(
+                    "max.message.bytes", "4096", incremental_operation=AlterConfigOpType.SET
+                )
+            ],
+        )
+        admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+        for future in admin.incremental_alter_configs([resource]).values():
+            future.result(10)
+        huge = InstanceRow("i", "p", 1, None, "running", 0, 0.0, 0.0, "t", result="x" * 20_000)
         aborted = request("aborted")
         with pytest.raises(BrokerUnavailable):
             committer.commit(
@@ -69,6 +91,10 @@ def test_an_aborted_or_fenced_commit_publishes_no_attempt(kafka_bootstrap: str) 
         successor.commit(Batch(group="engine", tasks={kept.id: kept}))
         assert [m.key() for m in task_records(backend, "q")] == [kept.id.encode()]
         successor.close()
+        # and a worker is handed only that one (its consumer reads committed records)
+        assert [t.id for t in claim_until(backend.tasks, 1)] == [kept.id]
+        time.sleep(0.5)
+        assert backend.tasks.claim(["q"], "w", 10, 30.0) == []
     finally:
         committer.close()
         backend.close()
@@ -192,3 +218,66 @@ def parsed(task: object) -> tuple[object, protocol.TaskRequest]:
 def result_of(task: object) -> object:
     envelope, message = parsed(task)
     return tasks.completed(CODEC, envelope, message, {"done": message.input})  # type: ignore[arg-type]
+
+
+def test_two_claimers_in_one_group_share_the_partitions(kafka_bootstrap: str) -> None:
+    url = kafka_url(kafka_bootstrap)
+    one, two = KafkaBackend(url), KafkaBackend(url)
+    try:
+        # both join the queue's group, which gives each one partition
+        def settled() -> bool:
+            one.tasks.claim(["q"], "w1", 1, 30.0)
+            two.tasks.claim(["q"], "w2", 1, 30.0)
+            first, second = one.tasks.assigned("q"), two.tasks.assigned("q")
+            return len(first) == len(second) == 1 and first != second
+
+        wait_for(settled, timeout=60)
+        mine = {1: one.tasks.assigned("q"), 2: two.tasks.assigned("q")}
+        attempts = [request(f"i{n}") for n in range(20)]
+        with engine_stores(url) as stores:
+            publish(stores[0], *attempts)
+        got: dict[int, list[str]] = {1: [], 2: []}
+        deadline = time.monotonic() + 30
+        while len(got[1]) + len(got[2]) < 20:
+            assert time.monotonic() < deadline
+            got[1] += [t.id for t in one.tasks.claim(["q"], "w1", 20, 30.0)]
+            got[2] += [t.id for t in two.tasks.claim(["q"], "w2", 20, 30.0)]
+            time.sleep(0.02)
+        assert sorted(got[1] + got[2]) == sorted(t.id for t in attempts)  # each once
+        for member in (1, 2):
+            assert got[member], "one member got nothing"
+            assert {partition_for(i, 2) for i in got[member]} <= set(mine[member])
+    finally:
+        one.close()
+        two.close()
+
+
+def test_a_claimer_killed_before_finishing_leaves_its_attempt_to_the_next(
+    kafka_bootstrap: str,
+) -> None:
+    url = kafka_url(kafka_bootstrap)
+    done = request(on_partition("finish", 0))
+    left = request(on_partition("left", 1))
+    with engine_stores(url) as stores:
+        publish(stores[0], done, left)
+    with subprocess.Popen(
+        [sys.executable, "-m", "tests.kafka.claimer", url, "2"],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as child:
+        try:
+            assert child.stdout is not None
+            line = child.stdout.readline()
+            assert line.split() == sorted([done.id, left.id]), line
+            os.kill(child.pid, signal.SIGKILL)
+        finally:
+            child.kill()
+    survivor = KafkaBackend(url)
+    try:
+        (again,) = claim_until(survivor.tasks, 1, worker="next", timeout=90)
+        assert again.id == left.id  # the finished one's offset was committed
+        time.sleep(1.0)
+        assert survivor.tasks.claim(["q"], "next", 10, 30.0) == []
+    finally:
+        survivor.close()
