@@ -1,0 +1,114 @@
+"""The Node.js worker of ``examples/node`` (kafkajs, a real ``node`` process) answers
+attempts an engine's commit published, as the task protocol says: result events on the
+events topic with the right id, key and partition, which the engine's reader reads."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from overture import protocol, tasks
+from overture.backends.kafka.backend import KafkaBackend
+from overture.binding import STRUCTURED_JSON
+
+from ..conftest import kafka_url
+from .taskkit import CODEC, engine_stores, publish, request, task_records
+from .test_tasks import committed_offsets, wait_for
+
+QUEUE = ("--queue", "q")
+
+
+def test_the_node_worker_answers_committed_attempts(
+    kafka_bootstrap: str, node_worker: Path
+) -> None:
+    url = kafka_url(kafka_bootstrap)
+    backend = KafkaBackend(url)
+    namespace = backend.settings.namespace
+    attempts = {
+        "echo": request("i1", task="echo", input={"a": [1, 2.5, "x"]}, key="k1", partition=1),
+        "notify": request(
+            "i2", seq=4, attempt=2, task="notify.rider", input={"rider_id": "r7"}, key="r7"
+        ),
+        "bad input": request("i3", task="notify.rider", input={}, key=None, partition=1),
+        "retryable": request("i4", task="unavailable", key="k4"),
+        "unknown": request("i5", task="no.such.task", key="k5", partition=1),
+        "expired": request("i6", task="echo", deadline=time.time() - 1),
+    }
+    with engine_stores(url) as stores:
+        publish(stores[0], *attempts.values())
+    worker = subprocess.Popen(
+        [
+            "node",
+            "kafka-worker.mjs",
+            "--brokers",
+            kafka_bootstrap,
+            "--namespace",
+            namespace,
+            *QUEUE,
+        ],
+        cwd=node_worker,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        results: dict[str, tuple[int, str | None, object]] = {}
+
+        def answered() -> bool:
+            for p in range(2):
+                for record in backend.log.read(p, 0, 100):
+                    assert record.error is None, record.error
+                    assert record.wire is not None
+                    assert ("content-type", STRUCTURED_JSON.encode()) in record.wire.headers
+                    envelope = CODEC.from_bytes(record.value)
+                    results[envelope.id] = (record.partition, record.key, envelope)
+            return len(results) >= 5
+
+        wait_for(answered, timeout=90)
+        # every offset committed once its result was sent (the expired one skipped)
+        ends: dict[int, int] = {}
+        for message in task_records(backend, "q"):
+            ends[message.partition()] = message.offset() + 1
+
+        def committed() -> bool:
+            offsets = committed_offsets(kafka_bootstrap, namespace, "q")
+            return all(offsets[p] == end for p, end in ends.items())
+
+        wait_for(committed)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        backend.close()
+
+    assert len(results) == 5  # no result for the attempt past its deadline
+    messages = {}
+    for name, attempt in attempts.items():
+        if name == "expired":
+            continue
+        partition, key, envelope = results[protocol.task_result_id(attempt.id)]
+        _, asked = tasks.parse_request(CODEC, attempt.request)
+        assert (partition, key) == (asked.reply.partition, asked.reply.partitionkey), name
+        assert envelope.partitionkey == asked.reply.partitionkey
+        assert envelope.source == "/overture/test" and envelope.subject == asked.task
+        message = protocol.parse_control(envelope.type, envelope.data)
+        assert (message.instance_id, message.seq, message.attempt) == (  # type: ignore[union-attr]
+            asked.instance_id,
+            asked.seq,
+            asked.attempt,
+        )
+        messages[name] = message
+    assert messages["echo"] == protocol.TaskCompletion(
+        instance_id="i1", seq=0, attempt=1, output={"a": [1, 2.5, "x"]}
+    )
+    notify = messages["notify"]
+    assert isinstance(notify, protocol.TaskCompletion)
+    assert notify.output == {"rider_id": "r7", "delivered": True, "notification": "i2:4"}
+    failures = {
+        name: (m.error.type, m.retryable)  # type: ignore[union-attr]
+        for name, m in messages.items()
+        if isinstance(m, protocol.TaskFailure)
+    }
+    assert failures == {
+        "bad input": ("BadInput", False),
+        "retryable": ("Error", True),
+        "unknown": ("UnknownTask", False),
+    }
