@@ -5,15 +5,19 @@ events topic with the right id, key and partition, which the engine's reader rea
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from pathlib import Path
+
+import orjson
 
 from overture import protocol, tasks
 from overture.backends.kafka.backend import KafkaBackend
 from overture.binding import STRUCTURED_JSON
+from overture.ports import partition_for
 
 from ..conftest import kafka_url
-from .taskkit import CODEC, engine_stores, publish, request, task_records
+from .taskkit import CODEC, claim_until, engine_stores, publish, request, task_records
 from .test_tasks import committed_offsets, wait_for
 
 QUEUE = ("--queue", "q")
@@ -112,3 +116,63 @@ def test_the_node_worker_answers_committed_attempts(
         "retryable": ("Error", True),
         "unknown": ("UnknownTask", False),
     }
+
+
+def test_python_and_node_workers_share_one_group(kafka_bootstrap: str, node_worker: Path) -> None:
+    # kafkajs names its assignor "RoundRobinAssigner", librdkafka "roundrobin": the
+    # worker registers it under librdkafka's name, so both can join the queue's group
+    url = kafka_url(kafka_bootstrap)
+    backend = KafkaBackend(url)
+    queue = backend.tasks
+    namespace = backend.settings.namespace
+    assert queue.claim(["q"], "py", 1, 30.0) == []
+    wait_for(lambda: queue.assigned("q") == [0, 1])
+    lines: list[dict[str, object]] = []
+    worker = subprocess.Popen(
+        [
+            "node",
+            "kafka-worker.mjs",
+            "--brokers",
+            kafka_bootstrap,
+            "--namespace",
+            namespace,
+            *QUEUE,
+        ],
+        cwd=node_worker,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert worker.stdout is not None
+    stdout = worker.stdout
+    reading = threading.Thread(target=lambda: lines.extend(orjson.loads(x) for x in stdout))
+    reading.start()
+    try:
+
+        def split() -> bool:
+            joined = [x for x in lines if x["event"] == "joined"]
+            return (
+                len(queue.assigned("q")) == 1
+                and bool(joined)
+                and joined[-1]["partitions"] == [1 - queue.assigned("q")[0]]
+            )
+
+        wait_for(split, timeout=60)
+        mine = queue.assigned("q")[0]
+        attempts = [request(f"i{n}", task="echo", input=n) for n in range(12)]
+        with engine_stores(url) as stores:
+            publish(stores[0], *attempts)
+        ours = [a for a in attempts if partition_for(a.id, 2) == mine]
+        theirs = {a.id for a in attempts} - {a.id for a in ours}
+        assert ours and theirs
+        for task in claim_until(queue, len(ours), worker="py"):
+            envelope, message = tasks.parse_request(CODEC, task.request)
+            assert queue.finish(task.id, "py", tasks.completed(CODEC, envelope, message, 0)) == (
+                "accepted"
+            )
+        wait_for(lambda: {x.get("id") for x in lines if x["event"] == "answered"} == theirs)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        reading.join(timeout=10)
+        stdout.close()
+        backend.close()
