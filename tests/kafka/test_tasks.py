@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
     AlterConfigOpType,
@@ -281,3 +281,26 @@ def test_a_claimer_killed_before_finishing_leaves_its_attempt_to_the_next(
         assert survivor.tasks.claim(["q"], "next", 10, 30.0) == []
     finally:
         survivor.close()
+
+
+def test_a_record_that_is_no_task_request_is_passed_over(kafka_bootstrap: str) -> None:
+    url = kafka_url(kafka_bootstrap)
+    backend = KafkaBackend(url)
+    namespace = backend.settings.namespace
+    try:
+        assert backend.tasks.claim(["q"], "w", 1, 30.0) == []  # creates the topic, joins
+        producer = Producer({"bootstrap.servers": kafka_bootstrap})
+        topic = protocol.tasks_topic(namespace, "q")
+        producer.produce(topic, b'{"type": "order.placed", "id": "e1"}', b"x", partition=0)
+        producer.produce(topic, b"not json", partition=0)
+        producer.flush(10)
+        real = request(on_partition("real", 0))
+        with engine_stores(url) as stores:
+            publish(stores[0], real)
+        (task,) = claim_until(backend.tasks, 1)
+        assert task.id == real.id
+        assert backend.tasks.finish(real.id, "w", result_of(real)) == "accepted"
+        # nothing holds the partition's offset back: it passes all three records
+        wait_for(lambda: committed_offsets(kafka_bootstrap, namespace, "q")[0] == 3)
+    finally:
+        backend.close()
