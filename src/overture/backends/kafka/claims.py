@@ -51,6 +51,7 @@ class _Attempt:
     token: int = 0
     """Which heap entry is this attempt's current lease (older ones are stale)."""
     finishing: bool = False
+    """A result is being written (or was: the attempt is over)."""
 
 
 @dataclass(slots=True)
@@ -193,6 +194,7 @@ class QueueConsumer:
                 attempt.finishing = False
 
     def _finished(self, attempt: _Attempt) -> None:
+        attempt.finishing = True  # for good: its lease entries in the heap are stale now
         if self._attempts.get(attempt.id) is attempt:
             del self._attempts[attempt.id]
         if attempt.part is not None:
