@@ -62,7 +62,7 @@ class KafkaTaskQueue:
         self._queues: dict[str, QueueConsumer] = {}
         self._lock = threading.Lock()
         self._wakers: list[Callable[[], None]] = []
-        self._producer: Producer | None = None
+        self._sender: _Sender | None = None
         self._rotation = itertools.count()
         self._closed = False
 
@@ -158,11 +158,11 @@ class KafkaTaskQueue:
             self._closed = True
             queues = list(self._queues.values())
             self._queues.clear()
-            producer, self._producer = self._producer, None
+            sender, self._sender = self._sender, None
         for queue in queues:
             queue.close()
-        if producer is not None:
-            producer.flush(SEND_TIMEOUT)
+        if sender is not None:
+            sender.close()
 
     def _served(self) -> list[QueueConsumer]:
         with self._lock:
@@ -196,18 +196,46 @@ class KafkaTaskQueue:
 
     def _send(self, result: NewRecord) -> None:
         with self._lock:
-            if self._producer is None:
-                self._producer = Producer(
-                    self._settings.config(
-                        **{
-                            "enable.idempotence": True,
-                            "acks": "all",
-                            "linger.ms": 1,
-                            "message.timeout.ms": int(SEND_TIMEOUT * 1000),
-                        }
-                    )
-                )
-            producer = self._producer
+            if self._sender is None:
+                self._sender = _Sender(self._settings, self._partitions)
+            sender = self._sender
+        sender.send(result)
+
+
+class _Sender:
+    """An idempotent producer of results, whose delivery reports a thread of its own
+    serves: each ``send`` waits for its record's acknowledgement only (a worker's threads
+    finishing at once do not wait for each other's, as with ``flush``)."""
+
+    def __init__(self, settings: KafkaSettings, partitions: int) -> None:
+        self._settings = settings
+        self._partitions = partitions
+        self._producer = Producer(
+            settings.config(
+                **{
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "linger.ms": 1,
+                    "message.timeout.ms": int(SEND_TIMEOUT * 1000),
+                }
+            )
+        )
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._serve, name="overture-task-results", daemon=True
+        )
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.05)
+
+    def send(self, result: NewRecord) -> None:
+        """Produce ``result`` where it belongs; return once the cluster acknowledged it.
+
+        Raises:
+            BrokerUnavailable: refused, or not acknowledged in time.
+        """
         done = threading.Event()
         errors: list[str] = []
 
@@ -219,7 +247,7 @@ class KafkaTaskQueue:
         placed = place_record(result, self._partitions, 0)
         try:
             send(
-                producer,
+                self._producer,
                 self._settings.events_topic,
                 placed.value,
                 placed.key,
@@ -229,14 +257,16 @@ class KafkaTaskQueue:
             )
         except KafkaException as exc:
             raise BrokerUnavailable(f"sending a task result failed: {exc.args[0].str()}") from exc
-        deadline = time.monotonic() + SEND_TIMEOUT + 5
-        while not done.is_set() and time.monotonic() < deadline:
-            producer.poll(0.01)  # serves whichever thread's delivery reports are due
-        if errors or not done.is_set():
+        if not done.wait(SEND_TIMEOUT + 5) or errors:
             reason = errors[0] if errors else "not acknowledged in time"
             raise BrokerUnavailable(
                 f"sending a task result to Kafka at {self._settings.bootstrap} failed: {reason}"
             )
+
+    def close(self) -> None:
+        self._producer.flush(SEND_TIMEOUT)
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def _check_worker(worker: object) -> None:
