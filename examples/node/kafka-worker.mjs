@@ -6,6 +6,7 @@
 // It serves the tasks below on one queue and prints one JSON line per thing it does.
 // A process calls them like any task: `await ctx.call("notify.rider", {...}, queue="notify")`.
 
+import { setTimeout as sleep } from 'node:timers/promises'
 import { parseArgs } from 'node:util'
 import { TaskError, runKafkaWorker } from './overture-kafka.mjs'
 
@@ -19,6 +20,11 @@ const handlers = {
   },
   // answers with its input: a smoke test of the round trip
   echo: async (input) => input,
+  // takes `seconds` seconds: a long task (the worker stays in its group meanwhile)
+  sleep: async ({ seconds }) => {
+    await sleep(seconds * 1000)
+    return { slept: seconds }
+  },
   // always fails, retryably: the engine's retry policy decides what happens next
   unavailable: async () => {
     throw new Error('the service is unavailable')
@@ -30,7 +36,8 @@ const { values } = parseArgs({
     brokers: { type: 'string', default: process.env.OVERTURE_KAFKA_BROKERS ?? '127.0.0.1:9092' },
     namespace: { type: 'string', default: 'overture' },
     queue: { type: 'string', default: 'default' },
-    concurrency: { type: 'string', default: '1' }
+    concurrency: { type: 'string', default: '1' },
+    'session-timeout': { type: 'string', default: '10000' } // ms
   }
 })
 
@@ -40,6 +47,7 @@ const worker = await runKafkaWorker({
   namespace: values.namespace,
   queue: values.queue,
   concurrency: Number(values.concurrency),
+  sessionTimeout: Number(values['session-timeout']),
   handlers,
   onEvent: log
 })

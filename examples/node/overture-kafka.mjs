@@ -114,7 +114,7 @@ async function runAttempt (handlers, request, heartbeat) {
  */
 export async function runKafkaWorker ({
   brokers, namespace = 'overture', queue = 'default', handlers, concurrency = 1,
-  clientId = 'overture-node-worker', onEvent = () => {}
+  sessionTimeout = 10000, clientId = 'overture-node-worker', onEvent = () => {}
 }) {
   const kafka = new Kafka({ clientId, brokers, logLevel: logLevel.WARN })
   // every result names its partition, so the partitioner never decides anything
@@ -126,7 +126,7 @@ export async function runKafkaWorker ({
   const consumer = kafka.consumer({
     groupId: workerGroup(namespace, queue),
     partitionAssigners: [roundRobin],
-    sessionTimeout: 10000,
+    sessionTimeout,
     heartbeatInterval: 1000,
     readUncommitted: false // only attempts of engine transactions that committed
   })
@@ -148,7 +148,16 @@ export async function runKafkaWorker ({
         // the engine has given this attempt up: its result would be dropped
         onEvent({ event: 'expired', id: event.id })
       } else {
-        const [type, data] = await runAttempt(handlers, event, heartbeat)
+        // kafkajs heartbeats to the group only between messages: without these, a task
+        // longer than the session timeout would get this member thrown out of the group
+        // and its attempt run again elsewhere
+        const beat = setInterval(() => heartbeat().catch(() => {}), 1000)
+        let type, data
+        try {
+          [type, data] = await runAttempt(handlers, event, heartbeat)
+        } finally {
+          clearInterval(beat)
+        }
         const result = resultEvent(event, type, data)
         await producer.send({
           topic: eventsTopic(namespace),

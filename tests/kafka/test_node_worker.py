@@ -20,7 +20,11 @@ from ..conftest import kafka_url
 from .taskkit import CODEC, claim_until, engine_stores, publish, request, task_records
 from .test_tasks import committed_offsets, wait_for
 
-QUEUE = ("--queue", "q")
+
+def worker_command(bootstrap: str, namespace: str, *extra: str) -> list[str]:
+    """``node kafka-worker.mjs`` serving queue ``q`` of ``namespace``."""
+    command = ["node", "kafka-worker.mjs", "--brokers", bootstrap, "--namespace", namespace]
+    return [*command, "--queue", "q", *extra]
 
 
 def test_the_node_worker_answers_committed_attempts(
@@ -42,15 +46,7 @@ def test_the_node_worker_answers_committed_attempts(
     with engine_stores(url) as stores:
         publish(stores[0], *attempts.values())
     worker = subprocess.Popen(
-        [
-            "node",
-            "kafka-worker.mjs",
-            "--brokers",
-            kafka_bootstrap,
-            "--namespace",
-            namespace,
-            *QUEUE,
-        ],
+        worker_command(kafka_bootstrap, namespace),
         cwd=node_worker,
         stdout=subprocess.DEVNULL,
     )
@@ -129,15 +125,7 @@ def test_python_and_node_workers_share_one_group(kafka_bootstrap: str, node_work
     wait_for(lambda: queue.assigned("q") == [0, 1])
     lines: list[dict[str, object]] = []
     worker = subprocess.Popen(
-        [
-            "node",
-            "kafka-worker.mjs",
-            "--brokers",
-            kafka_bootstrap,
-            "--namespace",
-            namespace,
-            *QUEUE,
-        ],
+        worker_command(kafka_bootstrap, namespace),
         cwd=node_worker,
         stdout=subprocess.PIPE,
         text=True,
@@ -170,6 +158,46 @@ def test_python_and_node_workers_share_one_group(kafka_bootstrap: str, node_work
                 "accepted"
             )
         wait_for(lambda: {x.get("id") for x in lines if x["event"] == "answered"} == theirs)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        reading.join(timeout=10)
+        stdout.close()
+        backend.close()
+
+
+def test_a_task_longer_than_the_session_timeout_runs_once(
+    kafka_bootstrap: str, node_worker: Path
+) -> None:
+    url = kafka_url(kafka_bootstrap, partitions=1)
+    backend = KafkaBackend(url)
+    namespace = backend.settings.namespace
+    long = request("i1", task="sleep", input={"seconds": 8})
+    after = request("i2", task="echo", input="next")
+    with engine_stores(url) as stores:
+        publish(stores[0], long, after)
+    lines: list[dict[str, object]] = []
+    worker = subprocess.Popen(
+        worker_command(kafka_bootstrap, namespace, "--session-timeout", "6000"),
+        cwd=node_worker,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert worker.stdout is not None
+    stdout = worker.stdout
+    reading = threading.Thread(target=lambda: lines.extend(orjson.loads(x) for x in stdout))
+    reading.start()
+    try:
+        answered = {protocol.task_result_id(t.id) for t in (long, after)}
+        wait_for(
+            lambda: {CODEC.from_bytes(r.value).id for r in backend.log.read(0, 0, 10)} == answered,
+            timeout=60,
+        )
+        time.sleep(1.0)
+        # it stayed in the group throughout (kafkajs heartbeats only between messages:
+        # the worker heartbeats while a task runs), so nothing ran twice
+        assert len(backend.log.read(0, 0, 10)) == 2
+        assert [x["event"] for x in lines].count("joined") == 1
     finally:
         worker.terminate()
         worker.wait(timeout=30)
