@@ -17,7 +17,8 @@ across processes, so :meth:`KafkaTaskQueue.finish`'s outcomes mean less than on 
 
 - ``"accepted"``: the result is on the events topic (acknowledged by the cluster).
 - ``"ended"``: this process knows the attempt is over here: it already took a result
-  for it, or its deadline passed before it was handed out. It does *not* know whether
+  for it (or is writing one at this moment), or its deadline passed before it was
+  handed out. It does *not* know whether
   the engine has ended the attempt for another reason (a result from another process,
   the instance cancelled): ``Batch.tasks[id] = None`` publishes nothing on Kafka.
 - ``"unknown"``: this process does not hold the attempt: never published, on a
