@@ -24,6 +24,7 @@ from overture import protocol, tasks
 from overture.backends.kafka.backend import KafkaBackend
 from overture.backends.kafka.group import Committer
 from overture.backends.kafka.queues import TaskTopics
+from overture.backends.kafka.taskqueue import KafkaTaskQueue
 from overture.errors import BrokerUnavailable, ConfigError, Fenced
 from overture.ports import Batch, InstanceRow, partition_for
 
@@ -303,4 +304,32 @@ def test_a_record_that_is_no_task_request_is_passed_over(kafka_bootstrap: str) -
         # nothing holds the partition's offset back: it passes all three records
         wait_for(lambda: committed_offsets(kafka_bootstrap, namespace, "q")[0] == 3)
     finally:
+        backend.close()
+
+
+def test_a_queue_holds_at_most_its_buffer_and_fetches_more_as_attempts_finish(
+    kafka_bootstrap: str,
+) -> None:
+    url = kafka_url(kafka_bootstrap)
+    backend = KafkaBackend(url)
+    queue = KafkaTaskQueue(backend.settings, 2, TaskTopics(backend.settings, 2), buffer=8)
+    try:
+        assert queue.claim(["q"], "w", 1, 30.0) == []
+        wait_for(lambda: queue.assigned("q") == [0, 1])
+        attempts = [request(f"i{n}") for n in range(60)]
+        with engine_stores(url) as stores:
+            publish(stores[0], *attempts)
+        seen: list[str] = []
+        deadline = time.monotonic() + 60
+        while len(seen) < 60:
+            assert time.monotonic() < deadline, f"{len(seen)} of 60"
+            time.sleep(0.3)  # time to fetch all there is room for
+            held = queue.claim(["q"], "w", 100, 30.0)
+            assert len(held) <= 8  # never more than the buffer
+            for task in held:
+                assert queue.finish(task.id, "w", result_of(task)) == "accepted"
+            seen += [t.id for t in held]
+        assert sorted(seen) == sorted(a.id for a in attempts)
+    finally:
+        queue.close()
         backend.close()

@@ -29,9 +29,11 @@ from .settings import KafkaSettings
 
 log = logging.getLogger("overture.kafka")
 
-PAUSE_AT = 2_000
-"""Attempts buffered in one queue (fetched, not finished) at which fetching pauses."""
-RESUME_AT = 500
+BUFFER = 2_000
+"""Attempts of one queue this process holds at most (fetched and not finished): at that
+many its consumer pauses, and it resumes once a quarter of them are left (backpressure:
+the rest wait in Kafka, where the group's other members can get them after a
+rebalance)."""
 _CLOSED_KEPT = 100_000
 """Ids of attempts finished here that are remembered, so a result sent twice (or a
 record fetched again after a rebalance) is recognized as over."""
@@ -91,8 +93,16 @@ def _attempt_of(request: bytes) -> tuple[str, float | None] | None:
 class QueueConsumer:
     """One queue's consumer, its fetching thread and its buffer of attempts."""
 
-    def __init__(self, settings: KafkaSettings, queue: str, wake: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        queue: str,
+        wake: Callable[[], None],
+        *,
+        buffer: int = BUFFER,
+    ) -> None:
         self.name = queue
+        self._buffer = buffer
         self.topic = check_queue(settings, queue)
         self._wake = wake
         self._lock = threading.Lock()
@@ -221,10 +231,12 @@ class QueueConsumer:
         try:
             while not self._stop.is_set():
                 self._commit(asynchronous=True)
-                self._backpressure()
+                room = self._backpressure()
+                # consume(n, timeout) waits for n records or the timeout: wait for the
+                # first only, then take what has already arrived, never more than fits
                 messages = self._consumer.consume(1, 0.05)
-                if messages:
-                    messages.extend(self._consumer.consume(499, 0))
+                if messages and room > 1:
+                    messages.extend(self._consumer.consume(min(room, 500) - 1, 0))
                 fresh = False
                 for message in messages:
                     fresh |= self._take(message)
@@ -290,17 +302,19 @@ class QueueConsumer:
                 heapq.heappop(self._leases)  # stale: drop it so it wakes nobody
             return False
 
-    def _backpressure(self) -> None:
+    def _backpressure(self) -> int:
+        """Pause or resume fetching; how many more attempts fit in the buffer."""
         with self._lock:
             size = len(self._attempts)
             parts = [TopicPartition(self.topic, p) for p in self._parts]
-        if not self._paused and size >= PAUSE_AT and parts:
+        if not self._paused and size >= self._buffer and parts:
             self._consumer.pause(parts)
             self._paused = True
-        elif self._paused and size < RESUME_AT:
+        elif self._paused and size <= self._buffer // 4:
             if parts:
                 self._consumer.resume(parts)
             self._paused = False
+        return self._buffer - size
 
     def _commit(self, *, asynchronous: bool, only: Sequence[int] | None = None) -> None:
         with self._lock:

@@ -43,7 +43,7 @@ from confluent_kafka import KafkaException, Producer
 from ... import protocol
 from ...errors import BrokerUnavailable, ConfigError
 from ...ports import ClaimedTask, FinishOutcome, NewRecord
-from .claims import QueueConsumer
+from .claims import BUFFER, QueueConsumer
 from .queues import TaskTopics
 from .settings import KafkaSettings
 from .writing import place_record, send
@@ -54,10 +54,14 @@ SEND_TIMEOUT = 30.0
 
 class KafkaTaskQueue:
     """The :class:`~overture.ports.TaskQueue` of a ``kafka://`` namespace (see the module
-    docstring): a consumer per queue, created by the first claim of that queue."""
+    docstring): a consumer per queue, created by the first claim of that queue, holding
+    at most ``buffer`` attempts of its queue (``claims.BUFFER``)."""
 
-    def __init__(self, settings: KafkaSettings, partitions: int, topics: TaskTopics) -> None:
+    def __init__(
+        self, settings: KafkaSettings, partitions: int, topics: TaskTopics, *, buffer: int = BUFFER
+    ) -> None:
         self._settings = settings
+        self._buffer = buffer
         self._partitions = partitions
         self._topics = topics
         self._queues: dict[str, QueueConsumer] = {}
@@ -186,7 +190,9 @@ class KafkaTaskQueue:
         with self._lock:
             served = self._queues.get(name)
             if served is None:
-                served = self._queues[name] = QueueConsumer(self._settings, name, self._wake)
+                served = self._queues[name] = QueueConsumer(
+                    self._settings, name, self._wake, buffer=self._buffer
+                )
             return served
 
     def _wake(self) -> None:
