@@ -333,3 +333,41 @@ def test_a_queue_holds_at_most_its_buffer_and_fetches_more_as_attempts_finish(
     finally:
         queue.close()
         backend.close()
+
+
+def test_attempts_held_through_a_rebalance(kafka_bootstrap: str) -> None:
+    url = kafka_url(kafka_bootstrap)
+    one, two = KafkaBackend(url), KafkaBackend(url)
+    namespace = one.settings.namespace
+    x, y = request(on_partition("x", 0)), request(on_partition("y", 1))
+    try:
+        assert one.tasks.claim(["q"], "w1", 1, 30.0) == []
+        wait_for(lambda: one.tasks.assigned("q") == [0, 1])
+        with engine_stores(url) as stores:
+            publish(stores[0], x, y)
+        assert {t.id for t in claim_until(one.tasks, 2, worker="w1")} == {x.id, y.id}
+        # a second member joins: the group takes both partitions back and gives one
+        # to each; the attempts stay with their worker here
+        assert two.tasks.claim(["q"], "w2", 1, 30.0) == []
+        wait_for(lambda: len(one.tasks.assigned("q")) == len(two.tasks.assigned("q")) == 1)
+        (kept,) = one.tasks.assigned("q")
+        mine, theirs = (x, y) if kept == 0 else (y, x)
+        # the attempt of the partition it kept is fetched again but not handed out twice
+        time.sleep(1.0)
+        assert one.tasks.claim(["q"], "w1", 10, 30.0) == []
+        assert one.tasks.heartbeat(mine.id, "w1", 30.0)
+        # and, running still, it holds its partition's offset back
+        assert committed_offsets(kafka_bootstrap, namespace, "q")[kept] < 1
+        # the other one is the new owner's now: at least once, it runs it too
+        (again,) = claim_until(two.tasks, 1, worker="w2")
+        assert again.id == theirs.id
+        # results are accepted from both (the engine keeps the first) ...
+        for task in (mine, theirs):
+            assert one.tasks.finish(task.id, "w1", result_of(task)) == "accepted"
+        assert two.tasks.finish(theirs.id, "w2", result_of(theirs)) == "accepted"
+        # ... and each partition's offset passes its attempt: the kept one's is joined
+        # to its worker's attempt again, so finishing it lets the offset advance
+        wait_for(lambda: committed_offsets(kafka_bootstrap, namespace, "q") == {0: 1, 1: 1})
+    finally:
+        one.close()
+        two.close()
