@@ -7,6 +7,8 @@
   a local copy, catching up to the current end before each answer. It is read-only (a
   :class:`~overture.ports.StateView`); engines commit through the partitions that
   :meth:`KafkaBackend.claim` hands them.
+- ``tasks`` is the task queues as workers take them: a consumer in each queue's worker
+  group (``taskqueue.py``); the engines publish the attempts (``group.Committer``).
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ from ...protocol import FINAL
 from ..memory import MemoryState
 from .changelog import restore
 from .group import CAPABILITIES, Membership
+from .queues import TaskTopics
 from .reading import high_watermarks, read_changelog, read_to_end, reader, record_of
 from .settings import KafkaSettings, parse
+from .taskqueue import KafkaTaskQueue
 from .topics import ensure_topics
 from .writing import place_record, send
 
@@ -54,6 +58,9 @@ class KafkaBackend:
         self.partitions = ensure_topics(self.settings)
         self.log = KafkaLog(self.settings, self.partitions)
         self.store = ChangelogView(self.settings, self.partitions)
+        self.tasks = KafkaTaskQueue(
+            self.settings, self.partitions, TaskTopics(self.settings, self.partitions)
+        )
 
     def claim(
         self,
@@ -105,6 +112,7 @@ class KafkaBackend:
         return unsubscribe
 
     def close(self) -> None:
+        self.tasks.close()
         self.log.close()
         self.store.close()
 

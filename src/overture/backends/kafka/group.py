@@ -52,6 +52,7 @@ from ...errors import BrokerUnavailable, Fenced
 from ...ports import Batch, Capabilities, EngineBackend, Record
 from ..memory import MemoryState
 from .changelog import records_of, restore
+from .queues import STRUCTURED_HEADERS, TaskTopics
 from .reading import read_changelog, reader, record_of
 from .settings import KafkaSettings
 from .writing import produce_record, send
@@ -144,6 +145,7 @@ class Membership:
         self._requests: deque[Callable[[], None]] = deque()
         self._stop = threading.Event()
         self._fetched: dict[int, int] = {}
+        self.task_topics = TaskTopics(settings, partitions)
         self._consumer = Consumer(
             settings.config(
                 **{
@@ -421,12 +423,20 @@ class Committer:
     Its transactional id is the partition's (``<group>.p<N>``), the same in every member:
     the member that takes a partition over initializes it, which fences the previous
     owner (a zombie's commits fail) and aborts the transaction that owner left open.
+
+    A batch's task attempts (``Batch.tasks``) go to their queues' topics in the same
+    transaction (``queues.py``), so a worker sees an attempt only once the batch that
+    scheduled it committed. An ended attempt (``None``) produces nothing: it carries no
+    queue to address a marker to, and the engine drops any result it receives for it.
     """
 
-    def __init__(self, settings: KafkaSettings, partitions: int, partition: int) -> None:
+    def __init__(
+        self, settings: KafkaSettings, partitions: int, partition: int, topics: TaskTopics
+    ) -> None:
         self.settings = settings
         self.partitions = partitions
         self.partition = partition
+        self.topics = topics
         self._transactional_id = f"{settings.group}.p{partition}"
         self._rr = itertools.count()
         self._producer = self._new_producer()
@@ -459,11 +469,20 @@ class Committer:
         changelog). Raises :class:`BrokerUnavailable` if it did not commit."""
         producer = self._producer
         settings = self.settings
+        # before the transaction begins: this may create a queue's topic (or refuse a
+        # queue name no topic can have), and nothing is open to abort if it fails
+        tasks = [
+            (task, self.topics.place(task.queue, task.id))
+            for task in batch.tasks.values()
+            if task is not None
+        ]
         try:
             producer.begin_transaction()
             for record in batch.appends:
                 topic = settings.internal_topic if record.internal else settings.events_topic
                 produce_record(producer, topic, record, self.partitions, next(self._rr))
+            for task, (topic, partition) in tasks:
+                send(producer, topic, task.request, task.id.encode(), partition, STRUCTURED_HEADERS)
             for key, value in records_of(batch):
                 send(producer, settings.changelog_topic, value, key, self.partition)
             self._finish(producer)
@@ -544,7 +563,9 @@ class PartitionBackend:
         self.partition = partition
         self.url = f"{membership.settings.url}#partition={partition}"
         self.log = _PartitionLog(membership, partition)
-        self.committer = Committer(membership.settings, membership.partitions, partition)
+        self.committer = Committer(
+            membership.settings, membership.partitions, partition, membership.task_topics
+        )
         self.store = _PartitionStore(membership, self.committer, partition)
 
     @property
