@@ -206,8 +206,9 @@ class App:
             raise ConfigError(f"a task needs a name outside {protocol.RESERVED_PREFIX!r}")
         if name in self._tasks:
             raise ConfigError(f"task {name!r} is already defined")
-        if queue is not None and not queue:
-            raise ConfigError(f"task {name!r}: a queue name must not be empty")
+        problem = None if queue is None else protocol.queue_problem(queue)
+        if problem is not None:
+            raise ConfigError(f"task {name!r}: {problem}")
         if timeout is not None and timeout <= timedelta(0):
             raise ConfigError(f"task {name!r}: timeout must be positive")
         if secret_env is not None and url is None:

@@ -43,6 +43,7 @@ __all__ = [
     "DLQ_REPLAY",
     "EXTENSIONS",
     "FINAL",
+    "MAX_QUEUE",
     "PARTITIONKEY",
     "PAYLOADCODEC",
     "RESERVED_PREFIX",
@@ -72,6 +73,7 @@ __all__ = [
     "internal_topic",
     "is_reserved",
     "parse_control",
+    "queue_problem",
     "task_attempt_id",
     "task_result_id",
     "tasks_topic",
@@ -157,6 +159,23 @@ false ends the task at once (the process sees ``ov.TaskFailed``), else the engin
 policy decides."""
 DEFAULT_QUEUE = "default"
 """The queue of a task that names none."""
+
+
+MAX_QUEUE = 200
+"""The longest queue name: with its namespace it must still be a Kafka topic name (249)."""
+
+
+def queue_problem(queue: object) -> str | None:
+    """What makes ``queue`` unusable as a task queue name (None: nothing). A queue is
+    a topic on Kafka, so the same rule holds on every backend: 1 to :data:`MAX_QUEUE`
+    ASCII letters, digits, ``.``, ``_`` and ``-``."""
+    if not isinstance(queue, str) or not queue:
+        return f"a task queue name must be a non-empty string, not {queue!r}"
+    if not all(c.isascii() and (c.isalnum() or c in "._-") for c in queue):
+        return f"task queue {queue!r} may hold only ASCII letters, digits, '.', '_' and '-'"
+    if len(queue) > MAX_QUEUE:
+        return f"task queue name of {len(queue)} characters is over the {MAX_QUEUE} allowed"
+    return None
 
 
 def task_attempt_id(instance_id: str, seq: int, attempt: int) -> str:

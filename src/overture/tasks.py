@@ -22,7 +22,12 @@ from .events import Envelope
 from .policies import Retry
 from .ports import NewRecord
 
-__all__ = ["TaskDef", "completed", "failed", "parse_request"]
+__all__ = [
+    "TaskDef",
+    "completed",
+    "failed",
+    "parse_request",
+]
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,7 @@ from .errors import ConfigError, EventValidationError, OvertureError, TerminalEr
 from .events import Envelope
 from .ports import Backend, ClaimedTask, FinishOutcome, NewRecord
 from .protocol import TaskRequest
+from .push import PushExecutor
 from .runtime.threads import DaemonThreadPool
 from .tasks import TaskDef, completed, failed, parse_request
 from .worker_threads import PortThreads, on_pool
@@ -116,9 +117,14 @@ def default_worker_id() -> str:
 
 
 def queues_of(app: App) -> list[str]:
-    """The queues of the app's tasks that have a function (what a worker serves by
-    default), in order of definition."""
-    return list(dict.fromkeys(t.queue for t in app.tasks if t.fn is not None))
+    """The queues of the app's tasks a worker can run, those with a function and push
+    tasks (what a worker serves by default), in order of definition."""
+    return list(dict.fromkeys(t.queue for t in app.tasks if runnable(t)))
+
+
+def runnable(definition: TaskDef) -> bool:
+    """Whether a Python worker runs this task: its function, or a push to its URL."""
+    return definition.fn is not None or definition.url is not None
 
 
 class Worker:
@@ -163,8 +169,8 @@ class Worker:
         served = queues_of(app) if queues is None else list(dict.fromkeys(queues))
         if not served:
             raise ConfigError(
-                f"app {app.name!r} defines no task with a function, so a worker has no "
-                "queue to serve: define one with @app.task, or name the queues"
+                f"app {app.name!r} defines no task with a function or a URL, so a worker has "
+                "no queue to serve: define one with @app.task, or name the queues"
             )
         if not all(isinstance(q, str) and q for q in served):
             raise ConfigError(f"queue names must be non-empty strings, not {served!r}")
@@ -188,6 +194,10 @@ class Worker:
         self.grace = float(grace)
         self.poll = float(poll)
         self.codec = codec if codec is not None else Codec(app)
+        pushed = [t for t in app.tasks if t.url is not None and t.queue in served]
+        # made now: a push task whose signing secret is missing fails the start, not
+        # its first attempt
+        self._push = PushExecutor(pushed, self.codec) if pushed else None
         self.stats = WorkerStats()
         self._claim_at = max(1, concurrency // 4)
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -238,7 +248,11 @@ class Worker:
             raise
         finally:
             unsubscribe()
-        await self._drain()
+        try:
+            await self._drain()
+        finally:
+            if self._push is not None:
+                await self._push.close()
 
     def stop(self) -> None:
         """Stop claiming; running attempts get ``grace`` seconds to finish. Safe to call
@@ -417,11 +431,18 @@ class Worker:
 
     def runner_for(self, definition: TaskDef | None) -> Runner:
         """How this worker runs an attempt of ``definition``: the one place that choice is
-        made. The app's function if it has one; else a non-retryable failure naming the
-        task and this worker (a push task, ``url=``, is for a push dispatcher)."""
+        made. The app's function if it has one; a push task (``url=``) is POSTed to its
+        URL (``overture.push``); else a non-retryable failure naming the task and this
+        worker."""
         if definition is not None and definition.fn is not None:
             return self._run_function
+        if definition is not None and definition.url is not None and self._push is not None:
+            return self._run_push
         return self._refuse
+
+    async def _run_push(self, attempt: Attempt) -> NewRecord:
+        assert self._push is not None
+        return await self._push.push(attempt.envelope, attempt.request, attempt.claimed.request)
 
     async def _refuse(self, attempt: Attempt) -> NewRecord:
         name = attempt.request.task

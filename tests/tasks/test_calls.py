@@ -7,6 +7,8 @@ from collections.abc import Collection
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 import overture as ov
 from overture import protocol, tasks
 from overture.backends import open_backend
@@ -301,3 +303,14 @@ async def test_the_callers_of_a_batchs_results_are_read_in_one_go() -> None:
     assert all(i.status == "completed" for i in client.instances())
     await engine.stop()
     client.close()
+
+
+@pytest.mark.parametrize("queue", ["", "has space", "ünïcode", "x" * 201, "a/b"])
+def test_a_queue_name_that_cannot_be_a_topic_is_refused_where_it_is_written(queue: str) -> None:
+    """A queue is a Kafka topic: a name no topic can have fails at @app.task and at
+    ctx.call on every backend, not later in a commit (where it would stop the loop)."""
+    app = ov.App("q")
+    with pytest.raises(ov.ConfigError, match="queue"):
+        app.task("t", queue=queue)
+    assert protocol.queue_problem("ok.queue_1-2") is None
+    assert protocol.queue_problem(queue) is not None

@@ -205,13 +205,14 @@ def worker(
 ) -> None:
     """Run the task functions of MODULE:APP on the attempts engines publish, until
     Ctrl-C or SIGTERM, then drain and exit 0. Run as many as you like."""
+    from ..worker import runnable
     from .serve import configure_logging
     from .working import work
 
     _check_log_level(log_level)
     refuse_memory(backend)
     app = load_app(app_path)
-    if not queue and not any(t.fn is not None for t in app.tasks):
+    if not queue and not any(runnable(t) for t in app.tasks):
         raise CliError(
             f"app {app.name!r} ({app_path}) defines no task with a function, so this worker "
             "would have nothing to run: define one with @app.task, or name the queues to "

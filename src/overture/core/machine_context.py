@@ -14,6 +14,7 @@ import orjson
 from ..errors import EventValidationError, OperationAbandoned, StepFailed
 from ..events import Envelope, Event, number_problem
 from ..policies import DEFAULT_RETRY, Retry
+from ..protocol import queue_problem
 from ..tracecontext import continue_trace, traceparent_problem
 from .commands import (
     Abandon,
@@ -103,8 +104,9 @@ class MachineContext(Context):
             raise ValueError(f"ctx.call({task!r}): timeout must be a positive timedelta")
         if retry is not None and not isinstance(retry, Retry):
             raise TypeError(f"ctx.call({task!r}): retry must be an ov.Retry, not {retry!r}")
-        if queue is not None and (not isinstance(queue, str) or not queue):
-            raise ValueError(f"ctx.call({task!r}): queue must be a non-empty str")
+        problem = None if queue is None else queue_problem(queue)
+        if problem is not None:
+            raise ValueError(f"ctx.call({task!r}): {problem}")
         try:
             payload = to_json(input)
             problem = number_problem(payload, "input")

@@ -42,12 +42,10 @@ def check_queue(settings: KafkaSettings, queue: object) -> str:
         ConfigError: not a non-empty string of letters, digits, ``.``, ``_``, ``-``, or
             too long for a topic name.
     """
-    if not isinstance(queue, str) or not queue:
-        raise ConfigError(f"a task queue name must be a non-empty string, not {queue!r}")
-    if not all(c.isascii() and (c.isalnum() or c in "._-") for c in queue):
-        raise ConfigError(
-            f"task queue {queue!r} cannot be a Kafka topic name: use letters, digits, . _ -"
-        )
+    problem = protocol.queue_problem(queue)
+    if problem is not None:
+        raise ConfigError(problem)
+    assert isinstance(queue, str)
     topic = protocol.tasks_topic(settings.namespace, queue)
     if len(topic) > _MAX_TOPIC:
         raise ConfigError(
