@@ -107,12 +107,12 @@ def test_an_invalid_queue_name_is_refused_before_the_transaction(kafka_bootstrap
     committer = Committer(backend.settings, 2, 0, TaskTopics(backend.settings, 2))
     try:
         bad = request("i1", queue="no/slashes")
-        with pytest.raises(ConfigError, match="cannot be a Kafka topic name"):
+        with pytest.raises(ConfigError, match="may hold only"):
             committer.commit(Batch(group="engine", tasks={bad.id: bad}))
         good = request("i2")
         committer.commit(Batch(group="engine", tasks={good.id: good}))  # the producer is fine
         assert [m.key() for m in task_records(backend, "q")] == [good.id.encode()]
-        with pytest.raises(ConfigError, match="cannot be a Kafka topic name"):
+        with pytest.raises(ConfigError, match="may hold only"):
             backend.tasks.claim(["a b"], "w", 1, 10.0)
     finally:
         committer.close()
