@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from pathlib import Path
 
@@ -88,6 +89,24 @@ async def test_openapi_documents_every_route_and_docs_page_loads(served: Served)
     docs = await served.http.get("/docs")
     assert docs.status_code == 200
     assert "/openapi.json" in docs.text
+
+
+async def test_the_docs_pages_load_nothing_from_outside(served: Served) -> None:
+    """/docs and /redoc work without internet: every script, style sheet and icon they
+    name is served by the API itself."""
+    for page in ("/docs", "/redoc"):
+        html = (await served.http.get(page)).text
+        assets = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", html)
+        assets += re.findall(r"""url:\s*["']([^"']+)["']""", html)
+        assert assets, page
+        for asset in assets:
+            assert asset.startswith("/"), f"{page} loads {asset} from outside"
+            answer = await served.http.get(asset)
+            assert answer.status_code == 200, asset
+    bundle = await served.http.get(
+        re.findall(r'src="([^"]+bundle[^"]*)"', (await served.http.get("/docs")).text)[0]
+    )
+    assert len(bundle.content) > 100_000  # the real Swagger UI, not a placeholder
 
 
 async def test_run_fails_and_drains_when_its_api_cannot_serve(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from .. import __version__
 from ..app import App
@@ -76,7 +77,9 @@ def create_api(
             if owned:
                 await client.close()
 
-    api = FastAPI(
+    # FastAPIOffline: /docs (Swagger UI) and /redoc with their assets served from the
+    # package, not a CDN (the machines that run Overture often reach no internet)
+    api = FastAPIOffline(
         title=f"Overture API: {app.name}",
         version=__version__,
         description="Send events, inspect and operate instances and dead letters. "
