@@ -191,7 +191,8 @@ class App:
         A task with a ``url`` is a push task: its attempts are POSTed to the URL, signed
         per Standard Webhooks with the secret in the environment variable ``secret_env``
         (the decorated function then only documents the input and output). It is
-        registered by this call, so ``app.task(name, url=...)`` alone defines it.
+        registered by this call, so ``app.task(name, url=..., secret_env=...)`` alone
+        defines it.
 
         Args:
             name: the task's name, e.g. ``"shipping.create"``.
@@ -213,6 +214,11 @@ class App:
             raise ConfigError(f"task {name!r}: timeout must be positive")
         if secret_env is not None and url is None:
             raise ConfigError(f"task {name!r}: secret_env= is for a push task (url=)")
+        if url is not None and not secret_env:
+            raise ConfigError(
+                f"task {name!r}: a push task needs secret_env=, the environment variable "
+                "holding its Standard Webhooks signing secret (every push is signed)"
+            )
 
         def definition(fn: Callable[[Any], Any] | None) -> TaskDef:
             return TaskDef(

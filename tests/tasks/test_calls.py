@@ -314,3 +314,18 @@ def test_a_queue_name_that_cannot_be_a_topic_is_refused_where_it_is_written(queu
         app.task("t", queue=queue)
     assert protocol.queue_problem("ok.queue_1-2") is None
     assert protocol.queue_problem(queue) is not None
+
+
+def test_a_push_task_must_name_its_signing_secret() -> None:
+    app = ov.App("p")
+    with pytest.raises(ov.ConfigError, match="secret_env"):
+        app.task("pay", url="http://127.0.0.1:1/pay")
+    with pytest.raises(ov.ConfigError, match="push task"):
+        app.task("pay", secret_env="S")
+    app.task("pay", url="http://127.0.0.1:1/pay", secret_env="S")
+    (definition,) = app.tasks
+    assert (definition.url, definition.secret_env, definition.fn) == (
+        "http://127.0.0.1:1/pay",
+        "S",
+        None,
+    )
