@@ -13,6 +13,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from overture import App
 from overture.backends import open_backend
 from overture.http import ApiServer, bind, create_api
 from overture.ports import Backend
@@ -52,10 +53,10 @@ async def started(server: ApiServer) -> None:
 
 @asynccontextmanager
 async def serving(
-    url: str, *, engine: bool = True, max_body: int | None = None
+    url: str, *, engine: bool = True, max_body: int | None = None, app: App = app
 ) -> AsyncIterator[Served]:
-    """The API of the test app on ``url`` (with an engine running next to it, in the
-    same loop, as ``overture run --http`` does)."""
+    """The API of ``app`` (the test shop by default) on ``url`` (with an engine running
+    next to it, in the same loop, as ``overture run --http`` does)."""
     backend = open_backend(url)
     host = None
     runner = None
