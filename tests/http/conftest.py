@@ -31,6 +31,7 @@ class Served:
     backend: Backend
     host: Host | None
     api: FastAPI
+    server: ApiServer
 
     def appends(self) -> int:
         """How many appends the API's client has made (each one commit)."""
@@ -80,7 +81,7 @@ async def serving(
         base = f"http://{server.address}"
         async with httpx.AsyncClient(base_url=base, timeout=30) as http:
             try:
-                yield Served(base, http, backend, host, api)
+                yield Served(base, http, backend, host, api, server)
             finally:
                 server.stop()
                 await serve

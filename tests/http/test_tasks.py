@@ -331,3 +331,14 @@ async def test_a_claim_hands_out_at_most_max_oldest_first(shop: Served) -> None:
         f"m-{n}" for n in range(5)
     ]
     assert len({t["id"] for t in got}) == 5
+
+
+async def test_a_stopping_server_answers_its_long_polls_at_once(tmp_path: Path) -> None:
+    async with serving(f"sqlite:///{tmp_path / 'stop.db'}", app=taskshop) as served:
+        poll = asyncio.create_task(claim(served, wait=20))
+        await asyncio.sleep(0.3)
+        began = time.monotonic()
+        served.server.stop()
+        reply = await asyncio.wait_for(poll, 5)
+        assert reply.status_code == 200 and reply.json() == {"tasks": []}
+        assert time.monotonic() - began < 1.5  # not cut off after the 3 s grace

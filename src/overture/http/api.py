@@ -93,4 +93,5 @@ def create_api(
         api.include_router(module.router(state))
     api.include_router(desk.router())
     api.state.overture = state
+    api.state.tasks = desk  # ApiServer.stop ends its long polls
     return api

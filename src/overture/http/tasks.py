@@ -119,11 +119,12 @@ class _Bell:
     def __init__(self, queue: TaskQueue) -> None:
         self._queue = queue
         self._event: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._unsubscribe: Callable[[], None] | None = None
 
     def current(self) -> asyncio.Event:
         if self._event is None:
-            loop = asyncio.get_running_loop()
+            loop = self._loop = asyncio.get_running_loop()
             self._event = asyncio.Event()
 
             def woken() -> None:  # any thread: the queue's watcher, a committer
@@ -137,6 +138,12 @@ class _Bell:
         if self._event is not None:
             self._event.set()
             self._event = asyncio.Event()
+
+    def ring(self) -> None:
+        """Wake every long poll (from any thread)."""
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                self._loop.call_soon_threadsafe(self._ring)
 
     def close(self) -> None:
         if self._unsubscribe is not None:
@@ -178,6 +185,13 @@ class TaskDesk:
         self._handouts = Handouts()
         self._bell = _Bell(self._queue)
         self._threads = PortThreads(PORT_THREADS, "overture-api-tasks")
+        self._stopping = False
+
+    def stop_polls(self) -> None:
+        """The server is stopping: long polls answer now (with what they have) instead of
+        being cut off when the shutdown's grace runs out. Safe from any thread."""
+        self._stopping = True
+        self._bell.ring()
 
     def close(self) -> None:
         """Unsubscribe from the queue and let the threads end."""
@@ -324,7 +338,7 @@ class TaskDesk:
             woken = self._bell.current() if body.wait > 0 else None
             claimed = await self._port(self._queue.claim, queues, body.worker, body.max, body.lease)
             left = end - loop.time()
-            if claimed or woken is None or left <= 0:
+            if claimed or woken is None or left <= 0 or self._stopping:
                 return claimed
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(woken.wait(), min(left, POLL))
