@@ -238,3 +238,19 @@ def test_on_kafka_engine_serve_and_node_worker(tmp_path: Path, kafka_bootstrap: 
 def _node_available() -> None:
     if subprocess.run(["node", "--version"], capture_output=True).returncode != 0:
         pytest.fail("these tests need Node.js 18+ (node) on the PATH")
+
+
+def test_run_http_serves_the_task_endpoints(tmp_path: Path) -> None:
+    # the API in the engine's own process (and no in-process Python worker)
+    url = f"sqlite:///{tmp_path / 'run.db'}"
+    port, log = free_port(), tmp_path / "run.log"
+    args = ("run", APP, "--backend", url, "--no-tasks", "--http", f"127.0.0.1:{port}")
+    with process(*args, log=log) as engine:
+        api = f"http://127.0.0.1:{port}"
+        ready(api, engine, log)
+        with node_worker(api, "--lease", "5", "--wait", "5") as node:
+            instance_id = start(api, "r-1", task="echo", amount=5)
+            assert result(api, instance_id) == {
+                "output": {"order_id": "r-1", "amount": 5, "seconds": 0.0}
+            }
+        assert len(node.events("completed")) == 1
