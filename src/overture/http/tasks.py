@@ -44,8 +44,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
-from .. import events, tasks
+from .. import events, protocol, tasks
 from ..errors import EventValidationError, MalformedEvent
+from ..events import Envelope
 from ..ports import ClaimedTask, NewRecord, TaskQueue
 from ..worker_threads import PortThreads, on_pool
 from . import binding
@@ -63,6 +64,7 @@ from .problems import ApiError
 from .state import ApiState
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 POLL = 1.0
 """Seconds between the claims of a long poll that nothing wakes: an attempt whose lease
@@ -201,7 +203,7 @@ class TaskDesk:
     async def _port(self, fn: Callable[..., T], *args: Any) -> T:
         return await on_pool(self._threads, lambda: fn(*args))
 
-    async def _parse(self, request: Request, model: type[BaseModel]) -> Any:
+    async def _parse(self, request: Request, model: type[M]) -> M:
         raw = await binding.read_body(request, self._state.max_body)
         value = binding.parse_json(raw, "the body")
         if not isinstance(value, dict):
@@ -343,7 +345,7 @@ class TaskDesk:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(woken.wait(), min(left, POLL))
 
-    def _request(self, task_id: str) -> tuple[Any, Any]:
+    def _request(self, task_id: str) -> tuple[Envelope, protocol.TaskRequest]:
         """The envelope and message of an attempt this process handed out.
 
         Raises:
@@ -356,8 +358,11 @@ class TaskDesk:
             raise ApiError(409, f"attempt {task_id!r} has ended: the result was dropped")
         try:
             return tasks.parse_request(self._codec, known.request)
-        except (MalformedEvent, EventValidationError) as error:  # not a request the engine made
-            raise ApiError(409, f"attempt {task_id!r} cannot be answered: {error}") from None
+        except (MalformedEvent, EventValidationError) as error:
+            # not a request this app's codec reads (another app's payload codec, say)
+            raise ApiError(
+                409, f"attempt {task_id!r} cannot be answered through this API: {error}"
+            ) from None
 
     async def _finish(self, task_id: str, worker: str, record: NewRecord) -> JSONResponse:
         outcome = await self._port(self._queue.finish, task_id, worker, record)
