@@ -13,6 +13,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from overture import App
 from overture.backends import open_backend
 from overture.http import ApiServer, bind, create_api
 from overture.ports import Backend
@@ -30,6 +31,7 @@ class Served:
     backend: Backend
     host: Host | None
     api: FastAPI
+    server: ApiServer
 
     def appends(self) -> int:
         """How many appends the API's client has made (each one commit)."""
@@ -52,10 +54,10 @@ async def started(server: ApiServer) -> None:
 
 @asynccontextmanager
 async def serving(
-    url: str, *, engine: bool = True, max_body: int | None = None
+    url: str, *, engine: bool = True, max_body: int | None = None, app: App = app
 ) -> AsyncIterator[Served]:
-    """The API of the test app on ``url`` (with an engine running next to it, in the
-    same loop, as ``overture run --http`` does)."""
+    """The API of ``app`` (the test shop by default) on ``url`` (with an engine running
+    next to it, in the same loop, as ``overture run --http`` does)."""
     backend = open_backend(url)
     host = None
     runner = None
@@ -79,7 +81,7 @@ async def serving(
         base = f"http://{server.address}"
         async with httpx.AsyncClient(base_url=base, timeout=30) as http:
             try:
-                yield Served(base, http, backend, host, api)
+                yield Served(base, http, backend, host, api, server)
             finally:
                 server.stop()
                 await serve

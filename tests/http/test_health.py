@@ -77,7 +77,17 @@ async def test_openapi_documents_every_route_and_docs_page_loads(served: Served)
         "/dead-letters/replay",
         "/healthz",
         "/readyz",
+        "/tasks/claim",
+        "/tasks/{task_id}/heartbeat",
+        "/tasks/{task_id}/complete",
+        "/tasks/{task_id}/fail",
     }
+    claim = spec["paths"]["/tasks/claim"]["post"]
+    schema = claim["requestBody"]["content"]["application/json"]["schema"]
+    assert set(schema["properties"]) == {"worker", "queues", "max", "lease", "wait"}
+    assert {"200", "400", "422"} <= set(claim["responses"])
+    complete = spec["paths"]["/tasks/{task_id}/complete"]["post"]
+    assert {"200", "404", "409", "422"} <= set(complete["responses"])
     events = spec["paths"]["/events"]["post"]
     assert set(events["requestBody"]["content"]) == {
         "application/json",

@@ -1,7 +1,8 @@
 """The API's app factory: one FastAPI app over an :class:`~overture.AsyncClient`.
 
 Each group of routes is a module with a ``router(state)`` factory (events, instances,
-dead letters, health); the task endpoints for HTTP workers will be one more. Every
+dead letters, health; the task endpoints for HTTP workers, ``tasks.TaskDesk``, also
+own the queue's long-poll subscription and the threads of their port calls). Every
 route reads and writes through the client, so the API is a front door like the CLI:
 no engine change, any number of API processes next to the engines, and concurrent
 ``POST /events`` requests share the client's group commit (each answered once its
@@ -26,7 +27,7 @@ from ..app import App
 from ..async_client import AsyncClient
 from ..errors import ConfigError
 from ..ports import Backend
-from . import deadletters, events, health, instances, problems
+from . import deadletters, events, health, instances, problems, tasks
 from .state import ApiState, Readiness
 
 DEFAULT_MAX_BODY = 1 << 20
@@ -69,11 +70,14 @@ def create_api(
         ready=ready or health.backend_answers(client),
     )
 
+    desk = tasks.TaskDesk(state)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         try:
             yield
         finally:
+            desk.close()
             if owned:
                 await client.close()
 
@@ -82,12 +86,15 @@ def create_api(
     api = FastAPIOffline(
         title=f"Overture API: {app.name}",
         version=__version__,
-        description="Send events, inspect and operate instances and dead letters. "
+        description="Send events, inspect and operate instances and dead letters, work "
+        "task attempts as an HTTP worker. "
         'Every error is JSON {"error": "..."}. See docs/http.md.',
         lifespan=lifespan,
     )
     problems.install(api)
     for module in (events, instances, deadletters, health):
         api.include_router(module.router(state))
+    api.include_router(desk.router())
     api.state.overture = state
+    api.state.tasks = desk  # ApiServer.stop ends its long polls
     return api

@@ -4,9 +4,11 @@ with ``JSONResponse``, skipping a second validation); the models document them."
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+from ..protocol import queue_problem
 
 
 class Problem(BaseModel):
@@ -123,3 +125,116 @@ class Replayed(BaseModel):
 class Health(BaseModel):
     status: str
     reason: str | None = None
+
+
+# -- the task endpoints (docs/protocol.md, "Over HTTP") ---------------------------------
+
+MAX_CLAIM = 100
+"""The most attempts one claim hands out."""
+MAX_LEASE = 3600.0
+"""The longest lease, in seconds."""
+MAX_CLAIM_WAIT = 30.0
+"""The longest long poll of a claim, in seconds."""
+MAX_WORKER = 200
+"""The longest worker name."""
+
+
+class _Body(BaseModel):
+    # strict: "10" is not a count and 1 is not a boolean; unknown members are refused
+    # (a misspelt "lease" must not silently become the default)
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+Worker = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_WORKER,
+        description="A name you choose, unique per worker process (`billing-7f3a`).",
+    ),
+]
+
+
+def _seconds(value: Any) -> Any:
+    # strict floats refuse integers, but a number of seconds may be either (not a bool)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds), Field(allow_inf_nan=False)]
+
+
+class ClaimBody(_Body):
+    """``POST /tasks/claim``."""
+
+    worker: Worker
+    queues: list[str] = Field(min_length=1, max_length=100, description="The queues served.")
+    max: int = Field(1, ge=1, le=MAX_CLAIM, description="The most attempts to hand out.")
+    lease: Seconds = Field(30.0, ge=1, le=MAX_LEASE, description="Seconds each lease lasts.")
+    wait: Seconds = Field(
+        0.0, ge=0, le=MAX_CLAIM_WAIT, description="Seconds to wait for attempts (long poll)."
+    )
+
+    @field_validator("queues")
+    @classmethod
+    def _queue_names(cls, queues: list[str]) -> list[str]:
+        for queue in queues:
+            problem = queue_problem(queue)
+            if problem is not None:
+                raise ValueError(problem)
+        return queues
+
+
+class HeartbeatBody(_Body):
+    """``POST /tasks/{id}/heartbeat``."""
+
+    worker: Worker
+    lease: Seconds = Field(30.0, ge=1, le=MAX_LEASE, description="Seconds from now.")
+
+
+class CompleteBody(_Body):
+    """``POST /tasks/{id}/complete``."""
+
+    worker: Worker
+    output: Any = Field(None, description="The task's result (any JSON; null if left out).")
+
+
+class TaskErrorBody(_Body):
+    type: str = Field(min_length=1, description="The kind of error (`CardDeclined`).")
+    message: str = Field(description="What happened, for people.")
+
+
+class FailBody(_Body):
+    """``POST /tasks/{id}/fail``."""
+
+    worker: Worker
+    error: TaskErrorBody
+    retryable: bool = Field(
+        True, description="false ends the call at once; else its retry policy decides."
+    )
+
+
+class ClaimedTaskOut(BaseModel):
+    id: str = Field(description="The attempt id (the request event's id).")
+    queue: str
+    lease_until: float = Field(description="Unix seconds: renew it before then.")
+    request: dict[str, Any] = Field(description="The request CloudEvent (structured JSON).")
+
+
+class Claimed(BaseModel):
+    """``POST /tasks/claim``: the attempts handed out (possibly none)."""
+
+    tasks: list[ClaimedTaskOut]
+
+
+class Lease(BaseModel):
+    """``POST /tasks/{id}/heartbeat``."""
+
+    lease_until: float = Field(description="Unix seconds.")
+
+
+class Finished(BaseModel):
+    """``POST /tasks/{id}/complete`` and ``/fail``: the result is on the log."""
+
+    status: str = Field(description='"accepted"')

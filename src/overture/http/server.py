@@ -80,6 +80,7 @@ class ApiServer:
             log_config=None,  # the process's logging configuration stays
         )
         self._server = _Server(config)
+        self._api = api
 
     @property
     def started(self) -> bool:
@@ -95,5 +96,10 @@ class ApiServer:
 
     def stop(self) -> None:
         """Ask the server to stop: it stops accepting, gives requests in flight
-        :data:`SHUTDOWN_GRACE` seconds, then :meth:`serve` returns."""
+        :data:`SHUTDOWN_GRACE` seconds, then :meth:`serve` returns. Task claims waiting
+        in a long poll answer at once with what they have (the instance result polls
+        are cut off after the grace)."""
         self._server.should_exit = True
+        desk = getattr(self._api.state, "tasks", None)
+        if desk is not None:
+            desk.stop_polls()
