@@ -30,6 +30,11 @@ from typing import Any, NamedTuple
 from ..errors import ConfigError
 from .threads import DaemonThreadPool
 
+# The loop's bookkeeping of its current task (what asyncio.current_task() answers),
+# public in all but name: asyncio's own eager tasks (3.12) use these two.
+_enter_task = asyncio.tasks._enter_task
+_leave_task = asyncio.tasks._leave_task
+
 log = logging.getLogger("overture.engine")
 
 
@@ -184,6 +189,66 @@ class Executor:
             context.run(_current.set, info)
             self._start_sync(fn, args, kwargs, info, timeout, done, context)
             return None
+        loop = asyncio.get_running_loop()
+        if _suspends(fn) is False:
+            return self._start_eager(fn, args, kwargs, info, timeout, done, context, loop)
+        # The task that continues the coroutine if it suspends exists before its first
+        # step and is the current task during it: code that remembers its task there
+        # (anyio's cancel scopes, so httpx; asyncio.timeout) finds the same one when it
+        # resumes. (Python 3.12's eager tasks do the same; 3.11 has none.) It costs a
+        # task per call, so a function seen to return without suspending is started
+        # without one from then on (``_start_eager``).
+        started: list[Any] = []
+
+        async def rest() -> Any:  # (what it awaits is made only once it runs)
+            coro, yielded = started
+            return await _with_timeout(_resume(coro, yielded, watch, info), timeout)
+
+        task = loop.create_task(rest(), context=context)
+        engine = asyncio.current_task(loop)
+        if watch is not None:
+            watch.enter(info)
+        if engine is not None:
+            _leave_task(loop, engine)
+        _enter_task(loop, task)
+        try:
+            coro, yielded = context.run(_begin, info, fn, args, kwargs)
+        except KeyboardInterrupt:
+            task.cancel()
+            raise
+        except BaseException as error:  # a step's failure, whatever a library raised
+            task.cancel()
+            return False, _as_exception(error)
+        finally:
+            _leave_task(loop, task)
+            if engine is not None:
+                _enter_task(loop, engine)
+            if watch is not None:
+                watch.leave()
+        _remember(fn, suspended=coro is not None)
+        if coro is None:
+            task.cancel()  # not started: it never runs a line
+            return True, yielded  # finished without suspending: its return value
+        started[:] = (coro, yielded)
+        self._track(task, done)
+        return None
+
+    def _start_eager(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        info: StepInfo,
+        timeout: float | None,
+        done: Done,
+        context: contextvars.Context,
+        loop: asyncio.AbstractEventLoop,
+    ) -> tuple[bool, Any] | None:
+        """Start a function that returned without suspending before, on the engine's
+        task. Should it suspend after all, it goes on in a task of its own (and gets one
+        from the start from then on): a task-bound construct it entered before that first
+        suspension fails this attempt, which is retried."""
+        watch = self.watch
         if watch is not None:
             watch.enter(info)
         try:
@@ -196,13 +261,13 @@ class Executor:
             if watch is not None:
                 watch.leave()
         if coro is None:
-            return True, yielded  # finished without suspending: its return value
+            return True, yielded
+        _remember(fn, suspended=True)
 
         async def rest() -> Any:
-            return await _resume(coro, yielded, watch, info)
+            return await _with_timeout(_resume(coro, yielded, watch, info), timeout)
 
-        loop = asyncio.get_running_loop()
-        self._track(loop.create_task(_with_timeout(rest(), timeout), context=context), done)
+        self._track(loop.create_task(rest(), context=context), done)
         return None
 
     def _run_inline(
@@ -513,6 +578,32 @@ def _as_exception(error: BaseException) -> Exception:
 
 
 _ASYNC: dict[Any, bool] = {}
+_SUSPENDS: dict[Any, bool] = {}
+
+
+def _code(fn: Callable[..., Any]) -> Any:
+    """What decides whether calls suspend: the code (a lambda made per call, a bound
+    method made per access share theirs), else the callable itself."""
+    return getattr(getattr(fn, "__func__", fn), "__code__", fn)
+
+
+def _suspends(fn: Callable[..., Any]) -> bool | None:
+    """Whether calls of ``fn`` suspended (True once one did), None if unknown."""
+    try:
+        return _SUSPENDS.get(_code(fn))
+    except TypeError:  # unhashable callable: always started in a task
+        return None
+
+
+def _remember(fn: Callable[..., Any], *, suspended: bool) -> None:
+    try:
+        key = _code(fn)
+        if suspended:
+            _SUSPENDS[key] = True
+        elif key not in _SUSPENDS and len(_SUSPENDS) < 10_000:
+            _SUSPENDS[key] = False
+    except TypeError:
+        pass
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
@@ -534,7 +625,10 @@ def _is_async(fn: Callable[..., Any]) -> bool:
 async def _with_timeout(awaitable: Any, limit: float | None) -> Any:
     if limit is None:
         return await awaitable
+    # asyncio.timeout, not wait_for: the step goes on in this very task (wait_for runs it
+    # in a task of its own on 3.11, which code that remembers its task would notice)
     try:
-        return await asyncio.wait_for(awaitable, limit)
+        async with asyncio.timeout(limit):
+            return await awaitable
     except TimeoutError:
         raise TimeoutError(f"timed out after {limit:g}s") from None
