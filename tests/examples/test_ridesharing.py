@@ -17,11 +17,12 @@ def test_the_first_acceptance_wins_and_the_trip_completes_with_the_fare(start: S
         rides.request("t1", ["ann", "bob", "cy"])
         rides.waiting_for("t1", "trip.picked_up")
         answers = wait_until(lambda: len(rides.answers()) == 3 and rides.answers(), "3 answers")
-        assert [(a["driver"], a["outcome"]) for a in answers] == [
-            ("bob", "accepted"),
-            ("cy", "accepted"),
-            ("ann", "ended"),  # her offer was withdrawn when cy won: her answer is refused
-        ]
+        outcomes = [(a["driver"], a["outcome"]) for a in answers]
+        # ann's offer was withdrawn when cy won: on SQLite the queue refuses her answer;
+        # on Kafka the queue only knows what this process did, so her answer reaches the
+        # log (docs/kafka.md) and the engine drops it
+        late = "ended" if rides.node_dir is None else "accepted"
+        assert outcomes == [("bob", "accepted"), ("cy", "accepted"), ("ann", late)]
         assert rides.effects("t1") == ["authorize"]  # the signed push reached the service
         rides.send("trip.picked_up", trip_id="t1")
         rides.send("trip.dropped_off", trip_id="t1", fare_cents=2310)
@@ -36,10 +37,9 @@ def test_the_first_acceptance_wins_and_the_trip_completes_with_the_fare(start: S
         assert notified["rider_id"] == "rider-t1" and notified["delivered"] is True
         if rides.node_dir is not None:  # answered by Node: it echoes the idempotency key
             assert notified["notification"].startswith(rides.instance("t1").id)  # type: ignore[union-attr]
-        abandoned = [
-            e for e in rides.client.journal(result_id(rides, "t1")) if e.get("op") == "abandon"
-        ]
-        assert abandoned  # ann's offer (and, at drop-off, the cancellation wait)
+        journal = rides.client.journal(result_id(rides, "t1"))
+        assert [e for e in journal if e.get("op") == "abandon"]  # ann's offer, at least
+        assert "ann" not in str([e for e in journal if e.get("k") == "res"])  # not applied
 
 
 def result_id(rides: object, trip_id: str) -> str:
