@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -101,7 +102,11 @@ def serve(backend_url: str, answers: dict[str, Answer], stop: threading.Event) -
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backend", default="sqlite:///overture.db")
+    parser.add_argument(
+        "--backend",
+        default=os.environ.get("OVERTURE_BACKEND", "sqlite:///overture.db"),
+        help="the backend URL (default: $OVERTURE_BACKEND, else sqlite:///overture.db)",
+    )
     parser.add_argument(
         "--answer", action="append", default=[], metavar="DRIVER=accept|decline[@SECONDS]"
     )
