@@ -4,8 +4,14 @@ real processes, on SQLite and on Kafka."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import httpx
 
+from ..conftest import REPO_ROOT
 from .conftest import Start
 from .ridekit import wait_until
 
@@ -13,7 +19,7 @@ from .ridekit import wait_until
 def test_the_first_acceptance_wins_and_the_trip_completes_with_the_fare(start: Start) -> None:
     with start() as rides:
         # bob declines (the trip keeps waiting), cy accepts, ann accepts too late
-        rides.start_drivers("bob=decline", "cy=accept@0.3", "ann=accept@2")
+        rides.start_drivers("bob=decline", "cy=accept@0.3", "ann=accept@3")
         rides.request("t1", ["ann", "bob", "cy"])
         rides.waiting_for("t1", "trip.picked_up")
         answers = wait_until(lambda: len(rides.answers()) == 3 and rides.answers(), "3 answers")
@@ -122,3 +128,33 @@ def test_the_trip_survives_an_engine_crash(start: Start) -> None:
             1500,
         )
         assert rides.effects("t5") == ["authorize", "capture"]  # each once
+
+
+def test_the_scripts_refuse_bad_command_lines(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "RIDESHARING_WEBHOOK_SECRET"}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    url = f"sqlite:///{tmp_path / 'rides.db'}"
+    for answer, problem in [
+        ("bob=maybe", "expected DRIVER=accept or DRIVER=decline[@SECONDS]"),
+        ("bob=accept@soon", "'soon' is not a number of seconds"),
+        ("bob=accept@-1", "the delay cannot be negative"),
+    ]:
+        done = run_module(
+            "examples.ridesharing_drivers", "--backend", url, "--answer", answer, env=env
+        )
+        assert done.returncode == 2 and problem in done.stderr, (answer, done.stderr)
+    done = run_module("examples.ridesharing_services", "--port", "0", env=env)
+    assert done.returncode == 2
+    assert "set RIDESHARING_WEBHOOK_SECRET" in done.stderr
+    assert not (tmp_path / "rides.db").exists()  # nothing was opened or written
+
+
+def run_module(module: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
