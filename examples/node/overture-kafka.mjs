@@ -14,6 +14,7 @@
 //   worker that dies before committing leaves the attempt to the next group member; the
 //   engine keeps the first result of an attempt and drops the others).
 
+import { setTimeout as sleep } from 'node:timers/promises'
 import { Kafka, PartitionAssigners, Partitioners, logLevel } from 'kafkajs'
 
 export const TASK_REQUESTED = 'overture.task.requested'
@@ -109,6 +110,38 @@ async function runAttempt (handlers, request, heartbeat) {
 }
 
 /**
+ * Make sure the queue's topic exists before subscribing to it, as Overture's own workers
+ * do (a topic is created on first use by whichever comes first, an engine publishing or a
+ * worker claiming; brokers should not auto-create topics): with the events topic's
+ * partition count, once the events topic exists (the app's first client or engine makes
+ * it). Losing the race to an engine creating it at the same moment is fine.
+ */
+async function ensureTopic (kafka, namespace, topic, onEvent) {
+  const admin = kafka.admin()
+  await admin.connect()
+  try {
+    for (let told = false; ; told = true) {
+      const topics = await admin.listTopics()
+      if (topics.includes(topic)) return
+      if (topics.includes(eventsTopic(namespace))) {
+        const { topics: [events] } = await admin.fetchTopicMetadata({
+          topics: [eventsTopic(namespace)]
+        })
+        await admin.createTopics({
+          topics: [{ topic, numPartitions: events.partitions.length }],
+          waitForLeaders: true
+        })
+        return
+      }
+      if (!told) onEvent({ event: 'waiting', topic: eventsTopic(namespace) })
+      await sleep(500)
+    }
+  } finally {
+    await admin.disconnect()
+  }
+}
+
+/**
  * Serve `queue`: run `handlers[task](input, info)` for each attempt and answer it.
  * Returns `{ stop }` once the consumer runs; `onEvent` hears what happens (for logs).
  */
@@ -131,6 +164,7 @@ export async function runKafkaWorker ({
     readUncommitted: false // only attempts of engine transactions that committed
   })
   const topic = tasksTopic(namespace, queue)
+  await ensureTopic(kafka, namespace, topic, onEvent)
   await producer.connect()
   await consumer.connect()
   consumer.on(consumer.events.GROUP_JOIN, ({ payload }) =>
