@@ -210,6 +210,7 @@ class Worker:
         self._background: asyncio.Task[None] | None = None
         self._threads: DaemonThreadPool | None = None
         self._io: PortThreads | None = None
+        self._shut = False  # the pools were shut down
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -242,15 +243,18 @@ class Worker:
             self.lease,
         )
         try:
-            await self._claim_loop()
-        except BaseException:  # cancelled, or a bug: no drain, the leases run out
-            self._abandon()
-            raise
-        finally:
-            unsubscribe()
-        try:
+            try:
+                await self._claim_loop()
+            except BaseException:  # cancelled, or a bug: no drain, the leases run out
+                self._abandon()
+                raise
+            finally:
+                unsubscribe()
             await self._drain()
         finally:
+            # on every way out (a cancelled run too): idle threads would wait for work
+            # forever, and the push client would keep its connections
+            self._shut_pools()
             if self._push is not None:
                 await self._push.close()
 
@@ -362,9 +366,7 @@ class Worker:
                 )
                 self._abandon()
                 await asyncio.gather(*pending, return_exceptions=True)
-        for pool in (self._threads, self._io):
-            if pool is not None:
-                pool.shutdown()
+        self._shut_pools()
         s = self.stats
         log.info(
             "worker %s stopped: %d attempt(s) claimed, %d result(s) accepted, %d refused "
@@ -376,6 +378,15 @@ class Worker:
             s.skipped,
             s.abandoned,
         )
+
+    def _shut_pools(self) -> None:
+        """Let the threads end once their calls return (a second call does nothing)."""
+        if self._shut:
+            return
+        self._shut = True
+        for pool in (self._threads, self._io):
+            if pool is not None:
+                pool.shutdown()
 
     def _abandon(self) -> None:
         for running in list(self._running.values()):
