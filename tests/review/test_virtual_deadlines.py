@@ -3,9 +3,10 @@
 Workers and the task queues compare a request's ``deadline`` with wall time
 (``time.time()``), while the engine computes it from its own clock. With a
 ``VirtualClock`` behind the wall clock every attempt with a timeout looks expired to
-them: SQLite never hands it out and the Python worker skips it, so the call can only
-time out. (The default ``VirtualClock()`` starts at 1.8e9, 2027-01-15: until that day
-the two happen to agree, then every such test breaks.)
+them: SQLite never handed it out and the Python worker skipped it, so the call could
+only time out. (The default ``VirtualClock()`` starts at 1.8e9, 2027-01-15: until that
+day the two happened to agree.) Requests now carry wall time; the engine keeps its own
+deadline in its clock.
 """
 
 from __future__ import annotations
@@ -39,10 +40,6 @@ def timed_app() -> ov.App:
     return app
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="request deadlines are in engine (virtual) time, workers compare wall time",
-)
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 async def test_a_timed_call_completes_under_a_virtual_clock_behind_wall_time(
     kind: str, tmp_path: Path
@@ -61,3 +58,17 @@ async def test_a_timed_call_completes_under_a_virtual_clock_behind_wall_time(
                 if done.status != "running":
                     break
         assert (done.status, done.result) == ("completed", {"done": {"n": 1}})
+
+
+async def test_the_engine_still_gives_up_at_its_own_virtual_deadline() -> None:
+    app = timed_app()
+    async with Harness(app, clock=VirtualClock(BEHIND)) as h:
+        h.client.send("go", {"n": 1}, key="k")
+        await h.idle()
+        (instance,) = h.client.instances()
+        assert len(h.backend.tasks.claim(["default"], "w", 1, 30.0)) == 1
+        await h.advance(29.9)
+        assert [e for e in h.client.journal(instance.id) if e["k"] == "retry"] == []
+        await h.advance(0.1)  # no result by the deadline, in the engine's time
+        (retry,) = [e for e in h.client.journal(instance.id) if e["k"] == "retry"]
+        assert retry["err"]["type"] == "TaskTimeout"
