@@ -19,7 +19,8 @@ How an attempt runs:
   engine keeps the first result of an attempt;
 - output becomes ``overture.task.completed``; an exception ``overture.task.failed``,
   retryable unless it is a :class:`~overture.TerminalError` (output that is not JSON is a
-  non-retryable ``TypeError``).
+  non-retryable ``TypeError``; a result the log refuses, larger than Kafka accepts, a
+  non-retryable ``ResultRefused``: sent again, it would only be refused again).
 
 Slots are independent: a slow attempt holds its own slot only. :meth:`Worker.stop` stops
 claiming and gives running attempts ``grace`` seconds; the ones still running then are
@@ -48,7 +49,7 @@ from typing import Any, TypeVar
 
 from .app import App
 from .codec import Codec
-from .errors import ConfigError, EventValidationError, OvertureError, TerminalError
+from .errors import ConfigError, EventError, EventValidationError, OvertureError, TerminalError
 from .events import Envelope
 from .ports import Backend, ClaimedTask, FinishOutcome, NewRecord
 from .protocol import TaskRequest
@@ -65,6 +66,9 @@ T = TypeVar("T")
 
 UNKNOWN_TASK = "UnknownTask"
 """The error type of the failure a worker reports for a task it has no function for."""
+RESULT_REFUSED = "ResultRefused"
+"""The error type of the failure a worker reports when the log refuses an attempt's
+result itself (on Kafka: larger than the cluster accepts), a non-retryable one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,9 +428,25 @@ class Worker:
             self._count("skipped")
             return
         try:
-            outcome: FinishOutcome = await self._call(
-                self.backend.tasks.finish, task.id, self.worker_id, result
-            )
+            try:
+                outcome: FinishOutcome = await self._call(
+                    self.backend.tasks.finish, task.id, self.worker_id, result
+                )
+            except EventError as error:
+                # the log refuses this result itself (larger than Kafka takes): sent again
+                # it would be refused again, so the attempt fails, saying why
+                log.error("the result of task attempt %s was refused: %s", task.id, error)
+                refused = failed(
+                    self.codec,
+                    envelope,
+                    request,
+                    RESULT_REFUSED,
+                    f"worker {self.worker_id}: {error}",
+                    retryable=False,
+                )
+                outcome = await self._call(
+                    self.backend.tasks.finish, task.id, self.worker_id, refused
+                )
         except Exception as error:  # one result lost must not stop the worker
             log.error(
                 "finishing task attempt %s failed, left to its lease: %s",
