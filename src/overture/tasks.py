@@ -17,8 +17,9 @@ from typing import Any
 
 from . import protocol
 from .codec import Codec
-from .errors import MalformedEvent
-from .events import Envelope
+from .core.values import to_json
+from .errors import EventValidationError, MalformedEvent
+from .events import Envelope, number_problem
 from .policies import Retry
 from .ports import NewRecord
 
@@ -100,9 +101,20 @@ def completed(
 ) -> NewRecord:
     """The ``overture.task.completed`` record answering an attempt with ``output`` (JSON).
 
+    Models, dataclasses and datetimes are converted, as a step's result is; numbers JSON
+    would not carry exactly are refused, as in ``ctx.call``'s input (orjson would write
+    NaN as ``null``).
+
     Raises:
-        EventValidationError: ``output`` is not JSON.
+        EventValidationError: ``output`` is not JSON (nothing is built).
     """
+    try:
+        output = to_json(output)
+    except Exception as error:  # pydantic's serialization error names the type
+        raise EventValidationError(f"the task's output is not JSON: {error}") from None
+    problem = number_problem(output, "output")
+    if problem is not None:
+        raise EventValidationError(f"the task's output is not JSON: {problem}")
     data = {
         "instance_id": message.instance_id,
         "seq": message.seq,

@@ -19,7 +19,8 @@ How an attempt runs:
   engine keeps the first result of an attempt;
 - output becomes ``overture.task.completed``; an exception ``overture.task.failed``,
   retryable unless it is a :class:`~overture.TerminalError` (output that is not JSON is a
-  non-retryable ``TypeError``).
+  non-retryable ``TypeError``; a result the log refuses, larger than Kafka accepts, a
+  non-retryable ``ResultRefused``: sent again, it would only be refused again).
 
 Slots are independent: a slow attempt holds its own slot only. :meth:`Worker.stop` stops
 claiming and gives running attempts ``grace`` seconds; the ones still running then are
@@ -48,7 +49,7 @@ from typing import Any, TypeVar
 
 from .app import App
 from .codec import Codec
-from .errors import ConfigError, EventValidationError, OvertureError, TerminalError
+from .errors import ConfigError, EventError, EventValidationError, OvertureError, TerminalError
 from .events import Envelope
 from .ports import Backend, ClaimedTask, FinishOutcome, NewRecord
 from .protocol import TaskRequest
@@ -65,6 +66,9 @@ T = TypeVar("T")
 
 UNKNOWN_TASK = "UnknownTask"
 """The error type of the failure a worker reports for a task it has no function for."""
+RESULT_REFUSED = "ResultRefused"
+"""The error type of the failure a worker reports when the log refuses an attempt's
+result itself (on Kafka: larger than the cluster accepts), a non-retryable one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +214,7 @@ class Worker:
         self._background: asyncio.Task[None] | None = None
         self._threads: DaemonThreadPool | None = None
         self._io: PortThreads | None = None
+        self._shut = False  # the pools were shut down
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -242,15 +247,18 @@ class Worker:
             self.lease,
         )
         try:
-            await self._claim_loop()
-        except BaseException:  # cancelled, or a bug: no drain, the leases run out
-            self._abandon()
-            raise
-        finally:
-            unsubscribe()
-        try:
+            try:
+                await self._claim_loop()
+            except BaseException:  # cancelled, or a bug: no drain, the leases run out
+                self._abandon()
+                raise
+            finally:
+                unsubscribe()
             await self._drain()
         finally:
+            # on every way out (a cancelled run too): idle threads would wait for work
+            # forever, and the push client would keep its connections
+            self._shut_pools()
             if self._push is not None:
                 await self._push.close()
 
@@ -362,9 +370,7 @@ class Worker:
                 )
                 self._abandon()
                 await asyncio.gather(*pending, return_exceptions=True)
-        for pool in (self._threads, self._io):
-            if pool is not None:
-                pool.shutdown()
+        self._shut_pools()
         s = self.stats
         log.info(
             "worker %s stopped: %d attempt(s) claimed, %d result(s) accepted, %d refused "
@@ -376,6 +382,15 @@ class Worker:
             s.skipped,
             s.abandoned,
         )
+
+    def _shut_pools(self) -> None:
+        """Let the threads end once their calls return (a second call does nothing)."""
+        if self._shut:
+            return
+        self._shut = True
+        for pool in (self._threads, self._io):
+            if pool is not None:
+                pool.shutdown()
 
     def _abandon(self) -> None:
         for running in list(self._running.values()):
@@ -413,9 +428,25 @@ class Worker:
             self._count("skipped")
             return
         try:
-            outcome: FinishOutcome = await self._call(
-                self.backend.tasks.finish, task.id, self.worker_id, result
-            )
+            try:
+                outcome: FinishOutcome = await self._call(
+                    self.backend.tasks.finish, task.id, self.worker_id, result
+                )
+            except EventError as error:
+                # the log refuses this result itself (larger than Kafka takes): sent again
+                # it would be refused again, so the attempt fails, saying why
+                log.error("the result of task attempt %s was refused: %s", task.id, error)
+                refused = failed(
+                    self.codec,
+                    envelope,
+                    request,
+                    RESULT_REFUSED,
+                    f"worker {self.worker_id}: {error}",
+                    retryable=False,
+                )
+                outcome = await self._call(
+                    self.backend.tasks.finish, task.id, self.worker_id, refused
+                )
         except Exception as error:  # one result lost must not stop the worker
             log.error(
                 "finishing task attempt %s failed, left to its lease: %s",

@@ -10,6 +10,7 @@ input); SQLite and Kafka join once their queues land.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -110,3 +111,9 @@ class Worker:
         self, attempt: Attempt, error_type: str, message: str, *, retryable: bool = True
     ) -> FinishOutcome:
         return self.finish(attempt, self.failed(attempt, error_type, message, retryable=retryable))
+
+
+def wall_deadline(deadline: float | None, timeout: float) -> bool:
+    """Whether a request's deadline is ``timeout`` seconds from now on the wall clock
+    (requests carry wall time for workers, whatever clock the engine runs)."""
+    return deadline is not None and abs(deadline - (time.time() + timeout)) < 5.0

@@ -19,7 +19,7 @@ from overture.ports import InstanceSnapshot
 from overture.runtime.engine import Engine
 from overture.testing import Harness, VirtualClock
 
-from .conftest import Factory, Worker
+from .conftest import Factory, Worker, wall_deadline
 
 START = 1_800_000_000.0  # the virtual clock's start
 
@@ -130,7 +130,7 @@ async def test_the_calls_options_override_the_task_definition(harness: Factory) 
         assert worker.claim(("slow", "default")) == []
         attempt = worker.one(("fast",))
         assert attempt.request.queue == "fast"
-        assert attempt.request.deadline == START + 5
+        assert wall_deadline(attempt.request.deadline, 5)
 
 
 async def test_the_task_definition_gives_queue_timeout_and_retry(harness: Factory) -> None:
@@ -150,7 +150,7 @@ async def test_the_task_definition_gives_queue_timeout_and_retry(harness: Factor
         await h.idle()
         worker = Worker(h)
         attempt = worker.one(("shipping",))
-        assert attempt.request.deadline == START + 60
+        assert wall_deadline(attempt.request.deadline, 60)
         worker.fail(attempt, "Boom", "no")  # retryable, but the definition allows one attempt
         await h.idle()
         assert h.client.instances()[0].status == "failed"

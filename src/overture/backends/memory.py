@@ -422,8 +422,11 @@ class MemoryTaskQueue:
                 return "unknown"
             if not attempt.open:
                 return "ended"
-            self._backend._append_locked([result])
             attempt.open = False
+            if self._backend._append_locked([result]) == [None]:
+                # a result with this id is on the log already (written by another path):
+                # this one is a duplicate, and the attempt is over all the same (as SQLite)
+                return "ended"
         self._backend._wake()
         return "accepted"
 

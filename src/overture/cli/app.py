@@ -214,9 +214,9 @@ def worker(
     app = load_app(app_path)
     if not queue and not any(runnable(t) for t in app.tasks):
         raise CliError(
-            f"app {app.name!r} ({app_path}) defines no task with a function, so this worker "
-            "would have nothing to run: define one with @app.task, or name the queues to "
-            "serve with --queue",
+            f"app {app.name!r} ({app_path}) defines no task with a function or a URL, so "
+            "this worker would have nothing to run: define one with @app.task, or name the "
+            "queues to serve with --queue",
             EXIT_USAGE,
         )
     if queue is not None and not all(queue):

@@ -144,7 +144,16 @@ def binary_event(headers: Any, body: bytes) -> dict[str, Any]:
                 f"{lower[3:]!r} (its extensions: {PARTITIONKEY}, {TRACEPARENT}, {TENANT})",
                 field=lower,
             )
-        out[attribute] = unquote(value)
+        try:
+            # strict: the default would store U+FFFD in place of bytes that are no UTF-8
+            out[attribute] = unquote(value, errors="strict")
+        except UnicodeDecodeError:
+            raise ApiError(
+                400,
+                f"header {lower!r}: its percent-encoded bytes are not UTF-8 (CloudEvents "
+                "percent-encodes UTF-8)",
+                field=lower,
+            ) from None
     missing = [f"ce-{name}" for name in REQUIRED if not out.get(name)]
     if missing:
         raise ApiError(

@@ -280,6 +280,12 @@ class Instances:
         todo = list(commands)
         while todo:
             command = todo.pop(0)
+            if isinstance(command, m.ScheduleStep | m.ScheduleTask) and _abandoned(
+                machine, command, todo
+            ):
+                # abandoned before it started (in the same stretch of code): started now,
+                # a step's function would run for an operation the code had given up
+                continue
             if isinstance(command, m.ScheduleStep):
                 done, value = self._work.start_step(stage, command.call, now)
                 if done:
@@ -525,3 +531,18 @@ async def _unregistered(ctx: Any, event: Any) -> None:
     """The code of a version this app does not have: never run, since such an instance
     is parked as stuck the moment it is loaded (``Machine.park``)."""
     raise RuntimeError("instances of unregistered versions are parked, never run")
+
+
+def _abandoned(
+    machine: m.Machine, command: m.ScheduleStep | m.ScheduleTask, todo: list[m.Command]
+) -> bool:
+    """Whether the commands still to carry out abandon the operation ``command`` starts."""
+    seq = command.call.seq
+    still = (
+        machine.pending_step(seq)
+        if isinstance(command, m.ScheduleStep)
+        else machine.pending_task(seq)
+    )
+    if still is not None:  # the common case, at once: the code still waits for it
+        return False
+    return any(isinstance(c, m.Abandon) and c.seq == seq for c in todo)

@@ -31,6 +31,8 @@ the calls its machines issue); :class:`Tasks` applies results and due rows to in
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from .. import protocol
@@ -67,13 +69,21 @@ class Attempts:
     """
 
     def __init__(
-        self, app: App, codec: Codec, work: Work, observer: Observer, stats: dict[str, int]
+        self,
+        app: App,
+        codec: Codec,
+        work: Work,
+        observer: Observer,
+        stats: dict[str, int],
+        *,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._app = app
         self._codec = codec
         self._work = work
         self._observer = observer
         self._stats = stats
+        self._wall = wall
 
     def options(self, call: m.TaskCall) -> tuple[str, Retry, float | None]:
         """The queue, retry policy and attempt timeout of a call: its own, else the task
@@ -92,7 +102,12 @@ class Attempts:
         """Publish attempt ``attempt`` of a call with this batch: its queue entry and its
         row, due at the attempt's deadline."""
         queue, _, timeout = self.options(call)
-        deadline = None if timeout is None else now + timeout
+        # The request's deadline is read by workers and queues, which compare it with the
+        # wall clock (they run in real time), so it is wall time, even when the engine
+        # runs a virtual clock (a test's): in engine time, a virtual clock behind the wall
+        # made every attempt look expired to them (none ever ran). The engine's own
+        # deadline, the row's due time below, is in its clock. (Equal on a real clock.)
+        deadline = None if timeout is None else self._wall() + timeout
         attempt_id = protocol.task_attempt_id(call.instance_id, call.seq, attempt)
         # protocol.TaskRequest's fields, as a dict: built from values the engine made
         # itself, so validating them again would only cost time (every worker parses it
@@ -123,7 +138,7 @@ class Attempts:
         stage.batch.tasks[attempt_id] = TaskRecord(
             attempt_id, queue, self._codec.to_bytes(envelope), deadline
         )
-        due = NO_DEADLINE if deadline is None else deadline
+        due = NO_DEADLINE if timeout is None else now + timeout
         row = WorkRow(
             call.idempotency_key,
             "task",

@@ -38,10 +38,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from ... import protocol
-from ...errors import BrokerUnavailable, ConfigError
+from ...errors import BrokerUnavailable, ConfigError, EventValidationError
 from ...ports import ClaimedTask, FinishOutcome, NewRecord
 from .claims import BUFFER, QueueConsumer
 from .queues import TaskTopics
@@ -245,10 +245,12 @@ class _Sender:
         """
         done = threading.Event()
         errors: list[str] = []
+        too_large: list[bool] = []
 
         def report(error: Any, message: Any) -> None:
             if error is not None:
                 errors.append(error.str())
+                too_large.append(error.code() in _TOO_LARGE)
             done.set()
 
         placed = place_record(result, self._partitions, 0)
@@ -263,8 +265,13 @@ class _Sender:
                 report,
             )
         except KafkaException as exc:
-            raise BrokerUnavailable(f"sending a task result failed: {exc.args[0].str()}") from exc
+            error = exc.args[0]
+            if error.code() in _TOO_LARGE:
+                raise _refused(result, error.str()) from exc
+            raise BrokerUnavailable(f"sending a task result failed: {error.str()}") from exc
         if not done.wait(SEND_TIMEOUT + 5) or errors:
+            if any(too_large):
+                raise _refused(result, errors[0])
             reason = errors[0] if errors else "not acknowledged in time"
             raise BrokerUnavailable(
                 f"sending a task result to Kafka at {self._settings.bootstrap} failed: {reason}"
@@ -274,6 +281,19 @@ class _Sender:
         self._producer.flush(SEND_TIMEOUT)
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+_TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE})
+"""The errors of a record larger than the broker (or the producer) accepts."""
+
+
+def _refused(result: NewRecord, reason: str) -> EventValidationError:
+    """A result the cluster will never take, however often it is sent: sending it again
+    would only run the attempt again and again (the worker answers with a failure)."""
+    return EventValidationError(
+        f"the task result ({len(result.value)} bytes) is larger than the Kafka cluster "
+        f"accepts: {reason}"
+    )
 
 
 def _check_worker(worker: object) -> None:
