@@ -256,6 +256,12 @@ class TaskQueue(Protocol):
         one. A result from a worker whose lease ran out is still accepted while the
         attempt is open (the engine keeps the first result of an attempt)."""
 
+    def request(self, task_id: str) -> bytes | None:
+        """The request of a published attempt, open or ended (``TaskRecord.request``), so
+        that any process answering for a worker (an HTTP API process other than the one
+        whose claim handed the attempt out) can build its result; None if this queue does
+        not know it (on Kafka: knows only the attempts this process's consumers hold)."""
+
     def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
         """Call ``wake`` (from any thread) when attempts may have been published; a hint
         for long polls, not a guarantee. Returns the unsubscribe function."""

@@ -183,6 +183,19 @@ def test_finish_of_an_attempt_never_published_is_unknown(queue_subject: Subject)
     assert queue_subject.backend.log.find_event(protocol.task_result_id(never.id)) is None
 
 
+def test_the_request_of_an_attempt_is_found_by_its_id_open_or_ended(
+    queue_subject: Subject,
+) -> None:
+    """What lets any HTTP API process build the result of any attempt."""
+    queue = queue_subject.backend.tasks
+    record, other = attempt(1), attempt(2)
+    publish(queue_subject, record, other)
+    assert queue.request(record.id) == record.request
+    end(queue_subject, other)
+    assert queue.request(other.id) == other.request
+    assert queue.request(attempt(9).id) is None
+
+
 def test_bad_arguments_are_refused_and_change_nothing(queue_subject: Subject) -> None:
     queue = queue_subject.backend.tasks
     record, other = attempt(1), attempt(2)

@@ -180,7 +180,7 @@ async def test_unknown_and_ended_attempts_write_nothing(shop: Served) -> None:
     ):
         reply = await shop.http.post(f"/tasks/{unknown}/{action}", json=body)
         assert reply.status_code == 404, reply.text
-        assert reply.json()["error"].startswith(f"no attempt {unknown!r} was handed out")
+        assert reply.json()["error"].startswith(f"no attempt {unknown!r} is known here")
     assert shop.log_size() == size
     done = await shop.http.post(path(task, "complete"), json={"worker": WORKER, "output": 1})
     assert done.status_code == 200

@@ -160,6 +160,8 @@ def test_claim_heartbeat_finish_and_lease_expiry(kafka_bootstrap: str) -> None:
         by_id = {t.id: t for t in held}
         assert by_id[a.id].request == a.request and by_id[a.id].queue == "q"
         assert queue.claim(["q"], "w2", 10, 30.0) == []  # all held
+        assert queue.request(a.id) == a.request  # held here: any answer can be built
+        assert queue.request("task:elsewhere:1:1") is None
         assert queue.finish(past.id, "w1", result_of(past)) == "ended"
 
         # heartbeats: only the holder's renews

@@ -430,6 +430,11 @@ class MemoryTaskQueue:
         self._backend._wake()
         return "accepted"
 
+    def request(self, task_id: str) -> bytes | None:
+        with self._lock:
+            attempt = self._attempts.get(task_id)
+            return None if attempt is None else attempt.record.request
+
     def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
         with self._lock:
             self._watchers.append(wake)

@@ -8,19 +8,16 @@ result is built) and hands it to ``TaskQueue.finish``. ``docs/protocol.md`` ("Ov
 HTTP") is the contract these routes implement.
 
 Finding the request again. ``complete`` and ``fail`` name only the attempt id, but the
-result needs the request (its ``source``, ``reply``, ``traceparent``, ``tenant``). The
-port has no lookup of an attempt by id, so this module keeps the requests it handed out
-(:class:`Handouts`): an attempt is answered through the API process that handed it out.
+result needs the request (its ``source``, ``reply``, ``traceparent``, ``tenant``). This
+module keeps the requests it handed out (:class:`Handouts`) and otherwise asks the queue
+(``TaskQueue.request``): on SQLite any API process finds any attempt, so a worker may
+answer through another process than the one it claimed from; on Kafka only the member
+of the queue's worker group that holds an attempt has it (and only it can finish it).
 Rejected: rebuilding the request from the id (it gives the instance, the call and the
 attempt, but the reply, trace and tenant live only in the request; reading them from
 the engine's journal would make the API a second author of what ``runtime/tasks.py``
-publishes, and on Kafka the changelog the API follows may lag the queue); having the
-worker send the request back (it would let a worker rewrite the result's reply and
-tenant). On Kafka the rule is the port's own: only the member of the queue's worker
-group that holds an attempt can finish it. On SQLite a lookup in the queue would lift
-it; until the port has one, a worker keeps talking to the API process it claimed from
-(what a worker configured with one URL does anyway; behind a load balancer, make it
-sticky).
+publishes); having the worker send the request back (it would let a worker rewrite the
+result's reply and tenant).
 
 Every port call blocks (SQLite's write lock and fsync, a Kafka acknowledgement), so each
 runs in a daemon thread (``worker_threads.PortThreads``, the Python worker's), never on
@@ -76,8 +73,8 @@ PORT_THREADS = 32
 """The most port calls in flight at once (finishes issued together share a SQLite
 transaction)."""
 
-_404 = "no attempt {id!r} was handed out by this API process (check the id: an attempt is "
-_404 += "answered through the API process whose claim returned it)"
+_404 = "no attempt {id!r} is known here (check the id; on Kafka an attempt is answered "
+_404 += "through the API process whose claim returned it)"
 
 
 @dataclass(slots=True)
@@ -270,9 +267,7 @@ class TaskDesk:
         async def heartbeat(task_id: str, request: Request) -> JSONResponse:
             """Extend ``worker``'s lease of the attempt by ``lease`` seconds from now."""
             body: HeartbeatBody = await self._parse(request, HeartbeatBody)
-            known = self._handouts.get(task_id)
-            if known is None:
-                raise ApiError(404, _404.format(id=task_id))
+            known = await self._known(task_id)
             if known.request is None:
                 raise ApiError(409, f"attempt {task_id!r} has ended: stop working on it")
             until = time.time() + body.lease  # before the port's: never later than it
@@ -298,7 +293,7 @@ class TaskDesk:
             """Answer the attempt with ``output``: its ``overture.task.completed`` result
             is appended to the log and the claim ends."""
             body: CompleteBody = await self._parse(request, CompleteBody)
-            envelope, message = self._request(task_id)
+            envelope, message = await self._request(task_id)
             try:
                 record = tasks.completed(self._codec, envelope, message, body.output)
             except EventValidationError as error:
@@ -318,7 +313,7 @@ class TaskDesk:
             """Answer the attempt with a failure: ``retryable`` false ends the call at
             once (the process gets ``ov.TaskFailed``), else its retry policy decides."""
             body: FailBody = await self._parse(request, FailBody)
-            envelope, message = self._request(task_id)
+            envelope, message = await self._request(task_id)
             record = tasks.failed(
                 self._codec,
                 envelope,
@@ -345,15 +340,29 @@ class TaskDesk:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(woken.wait(), min(left, POLL))
 
-    def _request(self, task_id: str) -> tuple[Envelope, protocol.TaskRequest]:
-        """The envelope and message of an attempt this process handed out.
+    async def _known(self, task_id: str) -> _Handout:
+        """What this process knows of an attempt: what its own claim handed out, else
+        what the queue has (another API process's claim handed it out; on Kafka only
+        the attempts this process's consumers hold).
 
         Raises:
-            ApiError: 404 not handed out here, 409 it has ended.
+            ApiError: 404 the attempt is unknown here.
         """
         known = self._handouts.get(task_id)
-        if known is None:
+        if known is not None:
+            return known
+        raw = await self._port(self._queue.request, task_id)
+        if raw is None:
             raise ApiError(404, _404.format(id=task_id))
+        return _Handout(raw, "")
+
+    async def _request(self, task_id: str) -> tuple[Envelope, protocol.TaskRequest]:
+        """The envelope and message of an attempt.
+
+        Raises:
+            ApiError: 404 unknown, 409 it has ended.
+        """
+        known = await self._known(task_id)
         if known.request is None:
             raise ApiError(409, f"attempt {task_id!r} has ended: the result was dropped")
         try:

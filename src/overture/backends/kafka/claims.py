@@ -185,6 +185,12 @@ class QueueConsumer:
             self._lease(attempt, time.time() + lease)
             return True
 
+    def request(self, task_id: str) -> bytes | None:
+        """The request of an attempt this queue's consumer holds (None: not held)."""
+        with self._lock:
+            attempt = self._attempts.get(task_id)
+            return None if attempt is None else attempt.request
+
     def begin_finish(self, task_id: str) -> _Attempt | FinishOutcome | None:
         """The attempt, now being finished; an outcome if it cannot be; None: not ours."""
         with self._lock:

@@ -137,6 +137,14 @@ class KafkaTaskQueue:
             return "accepted"
         return "unknown"
 
+    def request(self, task_id: str) -> bytes | None:
+        """Known only for the attempts this process's consumers hold."""
+        for queue in self._served():
+            found = queue.request(task_id)
+            if found is not None:
+                return found
+        return None
+
     def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
         """``wake`` is called when attempts arrived or a lease ran out (in a queue this
         process has claimed from)."""

@@ -295,6 +295,11 @@ class SqliteTaskQueue:
             return "ended"
         return "accepted"
 
+    def request(self, task_id: str) -> bytes | None:
+        """See ``ports.TaskQueue.request``: any attempt published to this file."""
+        rows = self._backend._query("SELECT request FROM tasks WHERE id = ?", (task_id,))
+        return bytes(rows[0][0]) if rows else None
+
     def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
         """See ``ports.TaskQueue.subscribe``: woken by the engine's commits that publish
         attempts (``Doorbell.watch_tasks``)."""
