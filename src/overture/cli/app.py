@@ -124,6 +124,14 @@ def run(
             help="Do not run the app's tasks in this process (leave them to `overture worker`).",
         ),
     ] = False,
+    max_open_tasks: Annotated[
+        int,
+        typer.Option(
+            "--max-open-tasks",
+            min=1,
+            help="Most open task attempts per queue; further calls wait, in order.",
+        ),
+    ] = 10_000,
     log_level: LogLevel = "INFO",
 ) -> None:
     """Run an engine for MODULE:APP until Ctrl-C or SIGTERM, then drain and exit 0.
@@ -146,7 +154,10 @@ def run(
                 app,
                 backend,
                 options=EngineOptions(
-                    cache_size=cache_size, batch_size=batch_size, threads=threads
+                    cache_size=cache_size,
+                    batch_size=batch_size,
+                    threads=threads,
+                    max_open_tasks_per_queue=max_open_tasks,
                 ),
                 partitions=partitions,
                 grace=grace,
