@@ -37,12 +37,18 @@ from .workloads import order
 APP = "benchmarks.task_apps:app"
 
 
+PROFILE = os.environ.get("OVERTURE_BENCH_PROFILE")
+"""A directory: run the engine and worker processes under cProfile, writing
+``<dir>/engine.prof`` and ``<dir>/worker.prof`` (``python -m benchmarks.profiling``)."""
+
+
 def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    overture = str(Path(sys.executable).with_name("overture"))
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [overture, *args, "--log-level", "WARNING"], stdout=out, stderr=subprocess.STDOUT
-        )
+    command = [sys.executable, "-m", "overture.cli", *args, "--log-level", "WARNING"]
+    if PROFILE:
+        out = str(Path(PROFILE) / f"{args[0].replace('run', 'engine')}.prof")
+        command[1:1] = ["-m", "cProfile", "-o", out]
+    with log.open("wb") as out_file:
+        return subprocess.Popen(command, stdout=out_file, stderr=subprocess.STDOUT)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
