@@ -1,7 +1,11 @@
-"""W5: W1 with its three steps as remote tasks, in three processes.
+"""W5 and W6: W1 with its three steps as remote tasks, in separate processes.
 
+W5:
 ``overture run --no-tasks`` (the engine), one ``overture worker`` (the tasks, from
-``benchmarks/task_apps.py``) and this process as the client, which sends as C1 does:
+``benchmarks/task_apps.py``) and this process as the client. W6 (``--workload w6``):
+the steps are push tasks (``benchmarks/push_apps.py``), POSTed by the worker inside
+``overture run`` to a local uvicorn endpoint in its own process. The client sends as C1
+does:
 
 - *load*: ``CONCURRENCY`` instances in flight (each sends one ``order.placed`` and awaits
   its result through the client, then the next); throughput = N / (first send -> last
@@ -9,6 +13,7 @@
 - *serial*: one at a time with the synchronous client, ``client.start(e).result()``.
 
     .venv/bin/python -m benchmarks.tasks_bench -n 5000 --iterations 200 --repeat 3
+    .venv/bin/python -m benchmarks.tasks_bench --workload w6 -n 5000 --repeat 3
 
 SQLite only here (WAL, ``synchronous=FULL``); a fresh database file per repeat.
 """
@@ -17,8 +22,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import contextlib
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -29,12 +37,12 @@ from typing import Any
 
 import overture as ov
 
-from . import stats
+from . import push_apps, stats, task_apps
 from .client_observed import CONCURRENCY
-from .task_apps import app
 from .workloads import order
 
-APP = "benchmarks.task_apps:app"
+APPS = {"w5": "benchmarks.task_apps:app", "w6": "benchmarks.push_apps:app"}
+PUSH_SECRET = "whsec_" + base64.b64encode(b"overture-w6-benchmark-secret!!").decode()
 
 
 PROFILE = os.environ.get("OVERTURE_BENCH_PROFILE")
@@ -42,13 +50,27 @@ PROFILE = os.environ.get("OVERTURE_BENCH_PROFILE")
 ``<dir>/engine.prof`` and ``<dir>/worker.prof`` (``python -m benchmarks.profiling``)."""
 
 
-def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "overture.cli", *args, "--log-level", "WARNING"]
-    if PROFILE:
+def _spawn(args: list[str], log: Path, module: str = "overture.cli") -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", module, *args]
+    if module == "overture.cli":
+        command += ["--log-level", "WARNING"]
+    if PROFILE and module == "overture.cli":
         out = str(Path(PROFILE) / f"{args[0].replace('run', 'engine')}.prof")
         command[1:1] = ["-m", "cProfile", "-o", out]
+    env = {**os.environ, push_apps.SECRET_ENV: PUSH_SECRET}
     with log.open("wb") as out_file:
-        return subprocess.Popen(command, stdout=out_file, stderr=subprocess.STDOUT)
+        return subprocess.Popen(command, stdout=out_file, stderr=subprocess.STDOUT, env=env)
+
+
+def _wait_listening(port: int, proc: subprocess.Popen[bytes], limit: float = 30.0) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("the push endpoint exited")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError("the push endpoint did not listen")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -60,7 +82,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-async def _load(url: str, n: int, warmup: int, limit: float) -> dict[str, Any]:
+async def _load(app: ov.App, url: str, n: int, warmup: int, limit: float) -> dict[str, Any]:
     client = ov.AsyncClient(url, app=app)
     try:
         await _in_flight(client, [f"w{i}" for i in range(warmup)], limit)
@@ -91,7 +113,7 @@ async def _in_flight(client: ov.AsyncClient, keys: list[str], limit: float) -> l
     return out
 
 
-def _serial(url: str, iterations: int, warmup: int, timeout: float) -> dict[str, Any]:
+def _serial(app: ov.App, url: str, iterations: int, warmup: int, timeout: float) -> dict[str, Any]:
     latency = []
     with ov.Client(url, app=app) as client:
         for i in range(warmup + iterations):
@@ -105,30 +127,79 @@ def _serial(url: str, iterations: int, warmup: int, timeout: float) -> dict[str,
     }
 
 
-def run_once(n: int, iterations: int, warmup: int, timeout: float) -> dict[str, Any]:
-    """One repeat: a fresh database, the engine and worker processes, load then serial."""
-    with tempfile.TemporaryDirectory(prefix="ov-w5-") as tmp:
-        url = f"sqlite:///{Path(tmp) / 'w5.db'}"
-        engine = _spawn(["run", APP, "--no-tasks", "--backend", url], Path(tmp) / "engine.log")
-        worker = _spawn(
-            ["worker", APP, "--concurrency", str(CONCURRENCY), "--backend", url],
-            Path(tmp) / "worker.log",
-        )
+def run_once(workload: str, n: int, iterations: int, warmup: int, timeout: float) -> dict[str, Any]:
+    """One repeat: a fresh database, the engine and worker (W5) or endpoint (W6)
+    processes, load then serial."""
+    with tempfile.TemporaryDirectory(prefix=f"ov-{workload}-") as tmp:
+        url = f"sqlite:///{Path(tmp) / 'bench.db'}"
+        procs = []
         try:
-            result = asyncio.run(_load(url, n, warmup, timeout))
-            result.update(_serial(url, iterations, warmup, timeout))
+            if workload == "w5":
+                app = task_apps.app
+                procs.append(
+                    _spawn(
+                        ["run", APPS[workload], "--no-tasks", "--backend", url],
+                        Path(tmp) / "engine.log",
+                    )
+                )
+                procs.append(
+                    _spawn(
+                        [
+                            "worker",
+                            APPS[workload],
+                            "--concurrency",
+                            str(CONCURRENCY),
+                            "--backend",
+                            url,
+                        ],
+                        Path(tmp) / "worker.log",
+                    )
+                )
+            else:
+                app = push_apps.app
+                port = push_apps.PORT
+                endpoint = _spawn(
+                    [
+                        "benchmarks.push_apps:endpoint",
+                        "--port",
+                        str(port),
+                        "--log-level",
+                        "warning",
+                        "--no-access-log",
+                    ],
+                    Path(tmp) / "endpoint.log",
+                    module="uvicorn",
+                )
+                procs.append(endpoint)
+                _wait_listening(port, endpoint)
+                procs.append(
+                    _spawn(
+                        [
+                            "run",
+                            APPS[workload],
+                            "--task-concurrency",
+                            str(CONCURRENCY),
+                            "--backend",
+                            url,
+                        ],
+                        Path(tmp) / "engine.log",
+                    )
+                )
+            result = asyncio.run(_load(app, url, n, warmup, timeout))
+            result.update(_serial(app, url, iterations, warmup, timeout))
         except BaseException:
-            for name in ("engine", "worker"):
-                sys.stderr.write((Path(tmp) / f"{name}.log").read_text()[-2000:])
+            for log in Path(tmp).glob("*.log"):
+                sys.stderr.write(f"--- {log.name}\n{log.read_text()[-2000:]}")
             raise
         finally:
-            _stop(worker)
-            _stop(engine)
+            for proc in reversed(procs):
+                _stop(proc)
     return result
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", choices=sorted(APPS), default="w5")
     parser.add_argument("-n", type=int, default=5000)
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=50)
@@ -138,11 +209,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     runs = []
     for r in range(args.repeat):
-        runs.append(run_once(args.n, args.iterations, args.warmup, args.timeout))
+        runs.append(run_once(args.workload, args.n, args.iterations, args.warmup, args.timeout))
         print(f"repeat {r + 1}: {json.dumps(runs[-1])}", flush=True)
     median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
     print(
-        f"W5 sqlite median of {len(runs)} (load average {os.getloadavg()[0]:.2f}): "
+        f"{args.workload.upper()} sqlite median of {len(runs)} "
+        f"(load average {os.getloadavg()[0]:.2f}): "
         f"{median['throughput']:.0f} instances/s, load p50 {median['p50_ms']:.1f} ms "
         f"p99 {median['p99_ms']:.1f} ms; one at a time p50 {median['serial_p50_ms']:.2f} ms "
         f"p99 {median['serial_p99_ms']:.2f} ms"

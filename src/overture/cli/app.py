@@ -124,6 +124,14 @@ def run(
             help="Do not run the app's tasks in this process (leave them to `overture worker`).",
         ),
     ] = False,
+    task_concurrency: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Task attempts the in-process worker runs at once (as `overture worker "
+            "--concurrency`).",
+        ),
+    ] = 8,
     max_open_tasks: Annotated[
         int,
         typer.Option(
@@ -164,6 +172,7 @@ def run(
                 http=sock,
                 max_body=max_body,
                 tasks=not no_tasks,
+                task_concurrency=task_concurrency,
             )
         )
     except KeyboardInterrupt:  # only before the signal handlers are installed
