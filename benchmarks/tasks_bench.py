@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -127,11 +128,17 @@ def _serial(app: ov.App, url: str, iterations: int, warmup: int, timeout: float)
     }
 
 
-def run_once(workload: str, n: int, iterations: int, warmup: int, timeout: float) -> dict[str, Any]:
+def run_once(
+    workload: str, n: int, iterations: int, warmup: int, timeout: float, kafka: str | None = None
+) -> dict[str, Any]:
     """One repeat: a fresh database, the engine and worker (W5) or endpoint (W6)
     processes, load then serial."""
     with tempfile.TemporaryDirectory(prefix=f"ov-{workload}-") as tmp:
-        url = f"sqlite:///{Path(tmp) / 'bench.db'}"
+        url = (
+            f"sqlite:///{Path(tmp) / 'bench.db'}"
+            if kafka is None
+            else f"kafka://{kafka}/w5-{uuid.uuid4().hex[:12]}"  # a fresh namespace
+        )
         procs = []
         try:
             if workload == "w5":
@@ -206,14 +213,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--kafka", metavar="HOST:PORT", help="run on this Kafka broker instead of SQLite"
+    )
     args = parser.parse_args(argv)
     runs = []
     for r in range(args.repeat):
-        runs.append(run_once(args.workload, args.n, args.iterations, args.warmup, args.timeout))
+        runs.append(
+            run_once(args.workload, args.n, args.iterations, args.warmup, args.timeout, args.kafka)
+        )
         print(f"repeat {r + 1}: {json.dumps(runs[-1])}", flush=True)
     median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
     print(
-        f"{args.workload.upper()} sqlite median of {len(runs)} "
+        f"{args.workload.upper()} {'kafka' if args.kafka else 'sqlite'} median of {len(runs)} "
         f"(load average {os.getloadavg()[0]:.2f}): "
         f"{median['throughput']:.0f} instances/s, load p50 {median['p50_ms']:.1f} ms "
         f"p99 {median['p99_ms']:.1f} ms; one at a time p50 {median['serial_p50_ms']:.2f} ms "
