@@ -108,6 +108,15 @@ def test_run_unknown_app_is_a_usage_error(invoke: Invoke, orders: ModuleType) ->
     failed(invoke("run", APP, "--log-level", "chatty"), code=2)
 
 
+@pytest.mark.parametrize("option", ["--max-open-tasks", "--task-concurrency"])
+def test_run_refuses_a_task_bound_below_one(
+    invoke: Invoke, orders: ModuleType, option: str
+) -> None:
+    result = invoke("run", APP, option, "0")
+    assert result.exit_code == 2
+    assert f"Invalid value for '{option}'" in result.stderr
+
+
 def test_run_module_that_fails_to_import(
     invoke: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -147,7 +147,7 @@ async def test_task_rows_survive_restarts_through_timeout_and_backoff(harness: F
         await h.restart()
         await h.advance(10)  # the reloaded backoff row publishes attempt 2
         (second,) = task_rows(h).values()
-        assert second.attempt == 2 and second.payload == b"published"
+        assert second.attempt == 2 and second.payload == b"published:default"
         answer(h, first, "stale")  # attempt 1's late result
         await h.idle()
         (instance,) = h.client.instances()

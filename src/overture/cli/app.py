@@ -124,6 +124,22 @@ def run(
             help="Do not run the app's tasks in this process (leave them to `overture worker`).",
         ),
     ] = False,
+    task_concurrency: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Task attempts the in-process worker runs at once (as `overture worker "
+            "--concurrency`).",
+        ),
+    ] = 8,
+    max_open_tasks: Annotated[
+        int,
+        typer.Option(
+            "--max-open-tasks",
+            min=1,
+            help="Most open task attempts per queue; further calls wait, in order.",
+        ),
+    ] = 10_000,
     log_level: LogLevel = "INFO",
 ) -> None:
     """Run an engine for MODULE:APP until Ctrl-C or SIGTERM, then drain and exit 0.
@@ -146,13 +162,17 @@ def run(
                 app,
                 backend,
                 options=EngineOptions(
-                    cache_size=cache_size, batch_size=batch_size, threads=threads
+                    cache_size=cache_size,
+                    batch_size=batch_size,
+                    threads=threads,
+                    max_open_tasks_per_queue=max_open_tasks,
                 ),
                 partitions=partitions,
                 grace=grace,
                 http=sock,
                 max_body=max_body,
                 tasks=not no_tasks,
+                task_concurrency=task_concurrency,
             )
         )
     except KeyboardInterrupt:  # only before the signal handlers are installed

@@ -46,6 +46,7 @@ async def serve(
     partitions: int | None,
     grace: float = 5.0,
     tasks: bool = True,
+    task_concurrency: int = 8,
     http: socket.socket | None = None,
     max_body: int | None = None,
 ) -> None:
@@ -63,6 +64,7 @@ async def serve(
             requested; steps still running then are abandoned and run again after the
             next start, attempts are left to their leases.
         tasks: also run a worker for the app's tasks that have a function (if any).
+        task_concurrency: attempts that worker runs at once (``Worker.concurrency``).
         http: serve the HTTP API on this bound socket, on this loop (``--http``).
         max_body: the API's request body limit in bytes (default 1 MiB).
 
@@ -78,7 +80,11 @@ async def serve(
         return
     try:
         # before the engine starts: a backend without a task queue is refused at once
-        worker = Worker(app, backend, grace=grace) if tasks and queues_of(app) else None
+        worker = (
+            Worker(app, backend, grace=grace, concurrency=task_concurrency)
+            if tasks and queues_of(app)
+            else None
+        )
         host = Host(app, backend, options=options)
         api = None if http is None else engine_api(app, backend, host, http, max_body=max_body)
         await host.start()

@@ -119,6 +119,7 @@ class Engine:
             "folded": 0,
             "task_attempts": 0,
             "task_results_dropped": 0,
+            "task_attempts_waited": 0,
         }
         log, store, observer = backend.log, backend.store, options.observer
         consumed = options.partitions
@@ -137,7 +138,9 @@ class Engine:
         dead_letters = DeadLetters(codec, store, in_flight, observer)
         self._work = Work(app, codec, self.executor, dead_letters, observer, self._wake.set)
         self._waits = Waits(index, self._work, remote)
-        attempts = Attempts(app, codec, self._work, observer, self.stats)
+        attempts = self._attempts = Attempts(
+            app, codec, self._work, observer, self.stats, options.max_open_tasks_per_queue
+        )
         self._instances = Instances(
             app,
             codec,
@@ -219,7 +222,9 @@ class Engine:
         try:
             self._loop.load()
             self._waits.load(store.waits())
-            self._work.load(store.work())
+            work = store.work()
+            self._work.load(work)
+            self._attempts.load(work)
             self._instances.load_active(store.active_instances())
         except BaseException:
             release()

@@ -56,6 +56,12 @@ class EngineOptions:
     at most this long and the batch at most four times this in all; a call still running
     then reports in a later batch. 0 or None: never wait."""
 
+    max_open_tasks_per_queue: int = 10_000
+    """Most open attempts (published, not yet ended) the engine keeps on each task
+    queue. Calls beyond it wait durably, in the order they were made, and are published
+    as open attempts end (``runtime/backpressure.py``), so a burst of calls does not
+    flood the queue its workers read."""
+
     observer: Observer = NO_OBSERVER
     """Told of batches, instances, step attempts, commits, dead letters, timers and
     rebalances (``runtime/observer.py``); the default does nothing."""
@@ -63,6 +69,7 @@ class EngineOptions:
     def __post_init__(self) -> None:
         _count("cache_size", self.cache_size, 0)
         _count("batch_size", self.batch_size, 1)
+        _count("max_open_tasks_per_queue", self.max_open_tasks_per_queue, 1)
         _count("threads", self.threads, 1, "the step thread pool needs at least one thread")
         if self.gc_threshold is not None:
             _count("gc_threshold", self.gc_threshold, 1)

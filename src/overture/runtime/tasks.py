@@ -10,7 +10,10 @@ it. The row is in one of two states, kept in its payload:
   row is due at the attempt's deadline (far in the future when it has none), when the
   attempt is given up as a retryable ``TaskTimeout`` failure;
 - *backoff* (``work.TASK_BACKOFF``): attempt ``n`` waits for its retry delay; when the
-  row comes due the attempt is published, with a fresh deadline.
+  row comes due the attempt is published, with a fresh deadline;
+- *waiting* (``work.TASK_WAITING``): attempt ``n`` waits for room on its queue, which has
+  ``max_open_tasks_per_queue`` open attempts already (``runtime/backpressure.py``); it is
+  published, with a fresh deadline, when earlier open attempts end, oldest call first.
 
 Only the current attempt's first result counts: a result is applied if the row is
 published with the result's attempt number and its deadline has not passed, and every
@@ -42,10 +45,11 @@ from ..core import machine as m
 from ..events import Envelope
 from ..policies import DEFAULT_RETRY, Retry
 from ..ports import InstanceRow, TaskRecord, WorkRow
+from .backpressure import OpenTasks, published_payload, waiting_payload
 from .instances import Instances
 from .observer import Observer
 from .staging import Live, Stage
-from .work import TASK_BACKOFF, TASK_PUBLISHED, Work
+from .work import TASK_BACKOFF, TASK_PUBLISHED, TASK_WAITING, Work, task_state
 
 log = logging.getLogger("overture.engine")
 
@@ -65,7 +69,8 @@ class Attempts:
         codec: turns a request into the bytes workers read.
         work: holds the task rows.
         observer: told of every attempt published.
-        stats: the engine's counters (``task_attempts``).
+        stats: the engine's counters (``task_attempts``, ``task_attempts_waited``).
+        max_open: most open attempts per queue (``max_open_tasks_per_queue``).
     """
 
     def __init__(
@@ -75,6 +80,7 @@ class Attempts:
         work: Work,
         observer: Observer,
         stats: dict[str, int],
+        max_open: int = 10_000,
         *,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -84,6 +90,18 @@ class Attempts:
         self._observer = observer
         self._stats = stats
         self._wall = wall
+        self.open = OpenTasks(max_open, work.release, work.get)
+        work.task_ended = self.open.ended
+
+    def load(self, rows: list[WorkRow]) -> None:
+        """Count the open attempts and line up the waiting calls of the stored rows (at
+        start, after ``Work.load``), releasing the oldest that fit."""
+
+        def queue_for(row: WorkRow) -> str:  # a row stored before rows named their queue
+            definition = self._app.task_def(row.name or "")
+            return protocol.DEFAULT_QUEUE if definition is None else definition.queue
+
+        self.open.load(rows, queue_for)
 
     def options(self, call: m.TaskCall) -> tuple[str, Retry, float | None]:
         """The queue, retry policy and attempt timeout of a call: its own, else the task
@@ -97,11 +115,37 @@ class Attempts:
         return queue, retry, timeout
 
     def publish(
-        self, stage: Stage, instance: InstanceRow, call: m.TaskCall, attempt: int, now: float
+        self,
+        stage: Stage,
+        instance: InstanceRow,
+        call: m.TaskCall,
+        attempt: int,
+        now: float,
+        *,
+        released: bool = False,
     ) -> None:
         """Publish attempt ``attempt`` of a call with this batch: its queue entry and its
-        row, due at the attempt's deadline."""
+        row, due at the attempt's deadline; or, when its queue is full (or earlier calls
+        wait for it), its waiting row. ``released``: a waiting row whose turn came."""
         queue, _, timeout = self.options(call)
+        if not released and not self.open.may_open(queue):
+            ordinal = self.open.wait(call.idempotency_key, queue)
+            payload = waiting_payload(ordinal, queue)
+            self._work.put(
+                stage,
+                WorkRow(
+                    call.idempotency_key,
+                    "task",
+                    NO_DEADLINE,
+                    attempt,
+                    call.instance_id,
+                    call.seq,
+                    call.task,
+                    payload,
+                ),
+            )
+            self._stats["task_attempts_waited"] += 1
+            return
         # The request's deadline is read by workers and queues, which compare it with the
         # wall clock (they run in real time), so it is wall time, even when the engine
         # runs a virtual clock (a test's): in engine time, a virtual clock behind the wall
@@ -147,9 +191,10 @@ class Attempts:
             call.instance_id,
             call.seq,
             call.task,
-            TASK_PUBLISHED,
+            published_payload(queue),
         )
         self._work.put(stage, row)
+        self.open.opened(row.id, queue)
         self._stats["task_attempts"] += 1
         self._observer.task_published(call.task, attempt, call.instance_id, queue)
 
@@ -214,7 +259,7 @@ class Tasks:
         if (
             row is None
             or row.kind != "task"
-            or row.payload != TASK_PUBLISHED
+            or task_state(row) != TASK_PUBLISHED
             or row.attempt != message.attempt
         ):
             if row is None and not self._instances.holds(message.instance_id):
@@ -259,18 +304,27 @@ class Tasks:
         return None
 
     def due(self, stage: Stage, row: WorkRow, now: float) -> None:
-        """A task row came due: publish the attempt that waited for its backoff, or give
-        up the published one whose deadline passed."""
+        """A task row came due: publish the attempt that waited for its backoff or for
+        room on its queue, or give up the published one whose deadline passed."""
         assert row.instance_id is not None and row.seq is not None  # a task row's
+        kind = task_state(row)
+        # a released waiting row holds its room until it publishes or goes
+        released = kind == TASK_WAITING and self._attempts.open.is_released(row.id)
+        if kind == TASK_WAITING and not released:
+            return  # not its turn (cannot happen: a waiting row is due only when released)
         live = self._instances.live(stage, row.instance_id, now, stuck=True)
         if live is not None and live.machine.stuck_reason is not None:
-            return  # parked: the row stays stored, and runs after a fixed restart
+            # parked: the row stays stored, and runs after a fixed restart; a released
+            # one gives its room to the next in line
+            if released:
+                self._attempts.open.ended(row)
+            return
         call = None if live is None else live.machine.pending_task(row.seq)
         if live is None or call is None:
             self._work.clear(stage, row.id)
             return
-        if row.payload == TASK_BACKOFF:
-            self._attempts.publish(stage, live.row, call, row.attempt, now)
+        if kind in (TASK_BACKOFF, TASK_WAITING):
+            self._attempts.publish(stage, live.row, call, row.attempt, now, released=released)
             return
         # (worded from the row alone: the definition's timeout may have changed since)
         message = f"attempt {row.attempt} got no result by its deadline"

@@ -11,6 +11,7 @@ an instance is ``Instances``' job.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Callable
 from time import monotonic
@@ -34,6 +35,15 @@ TASK_PUBLISHED = b"published"
 """The payload of a task row whose attempt is on its queue (``runtime/tasks.py``)."""
 TASK_BACKOFF = b"backoff"
 """The payload of a task row whose attempt waits for its retry delay."""
+TASK_WAITING = b"waiting"
+"""The state of a task row whose attempt waits for room on its queue
+(``runtime/backpressure.py``)."""
+
+
+def task_state(row: WorkRow) -> bytes:
+    """A task row's state: ``TASK_PUBLISHED``, ``TASK_BACKOFF`` or ``TASK_WAITING`` (a
+    published or waiting row's payload also names its queue, after a colon)."""
+    return (row.payload or b"").split(b":", 1)[0]
 
 
 class Work:
@@ -68,6 +78,9 @@ class Work:
         self._inflight: set[str] = set()
         self._outcomes: deque[Outcome] = deque()
         self._stopping = False
+        self.task_ended: Callable[[WorkRow], None] = lambda row: None
+        """Told of every task row whose state ends (``end_attempt``): the engine's
+        ``OpenTasks`` counts the open attempts of each queue with it."""
 
     # -- state -------------------------------------------------------------------------
 
@@ -156,10 +169,20 @@ class Work:
     def end_attempt(self, stage: Stage, row: WorkRow) -> None:
         """End the queue entry of a task row's published attempt (none for other rows):
         no worker claims it any more and the queue refuses a result for it."""
-        if row.kind == "task" and row.payload == TASK_PUBLISHED:
+        if row.kind != "task":
+            return
+        if task_state(row) == TASK_PUBLISHED:
             assert row.instance_id is not None and row.seq is not None  # a task row's
             attempt_id = protocol.task_attempt_id(row.instance_id, row.seq, row.attempt)
             stage.batch.tasks[attempt_id] = None
+        self.task_ended(row)
+
+    def release(self, work_id: str) -> None:
+        """Make a waiting task row due at once, in memory only: its stored row keeps its
+        far-future due time, and a restart releases it again if it still waits."""
+        row = self._queue.get(work_id)
+        if row is not None:
+            self._queue.put(dataclasses.replace(row, due=0.0))
 
     def reschedule(self, stage: Stage, row: WorkRow, due: float) -> None:
         """The next attempt of ``row``, due at ``due``."""
