@@ -40,7 +40,7 @@ async def test_the_first_acceptance_wins_and_the_other_offers_are_withdrawn(
         h.client.send("trip.requested", {"drivers": ["ann", "bob", "cy"]}, key="t1")
         await h.idle()
         worker = Worker(h)
-        by_driver = {a.request.input["driver"]: a for a in worker.claim()}
+        by_driver = {a.request.input["driver"]: a for a in worker.claim(expect=3)}
         assert sorted(by_driver) == ["ann", "bob", "cy"]
         worker.complete(by_driver["bob"], {"accepted": False})  # a decline: keep waiting
         await h.idle()
@@ -67,7 +67,7 @@ async def test_an_abandoned_offer_stays_abandoned_after_a_restart(harness: Facto
         h.client.send("trip.requested", {"drivers": ["ann", "bob"]}, key="t1")
         await h.idle()
         worker = Worker(h)
-        by_driver = {a.request.input["driver"]: a for a in worker.claim()}
+        by_driver = {a.request.input["driver"]: a for a in worker.claim(expect=2)}
         worker.complete(by_driver["ann"], {"accepted": True})
         await h.idle()
         await h.restart()
@@ -127,7 +127,7 @@ async def test_first_prefers_the_earliest_argument_among_finished_ones(harness: 
         h.client.send("go", {}, key="k")
         await h.idle()
         worker = Worker(h)
-        for attempt in worker.claim():
+        for attempt in worker.claim(expect=2):
             worker.complete(attempt, attempt.request.task)
         await h.idle()
         (instance,) = h.client.instances()
