@@ -106,6 +106,10 @@ class Worker:
         """The queue learns when the engine ends an attempt: it is not claimable any
         more and a result for it is refused (``"ended"``). Not on Kafka (no end marker:
         only a result taken by this process ends an attempt here)."""
+        self.late = "ended" if self.sees_ends else "accepted"
+        """What ``finish`` answers to a result for an attempt the engine ended and this
+        process did not finish: ``"ended"`` (refused, nothing written); on Kafka
+        ``"accepted"`` (written to the log, where the engine drops it)."""
         self._partitions = h.backend.log.partitions
 
     def claim(

@@ -51,7 +51,9 @@ async def test_the_first_acceptance_wins_and_the_other_offers_are_withdrawn(
         # ann's offer was withdrawn when cy won, while the trip goes on: her answer is
         # refused, and nothing is left to claim
         assert h.client.instance(instance.id).status == "waiting"
-        assert worker.complete(by_driver["ann"], {"accepted": True}) == "ended"
+        assert worker.complete(by_driver["ann"], {"accepted": True}) == worker.late
+        await h.idle()
+        assert h.client.instance(instance.id).status == "waiting"  # (Kafka: dropped)
         assert worker.claim() == []
         h.client.send("trip.completed", {}, key="t1")
         await h.idle()
@@ -71,7 +73,7 @@ async def test_an_abandoned_offer_stays_abandoned_after_a_restart(harness: Facto
         worker.complete(by_driver["ann"], {"accepted": True})
         await h.idle()
         await h.restart()
-        assert worker.complete(by_driver["bob"], {"accepted": True}) == "ended"
+        assert worker.complete(by_driver["bob"], {"accepted": True}) == worker.late
         assert worker.claim() == []
         h.client.send("trip.completed", {}, key="t1")
         await h.idle()
