@@ -17,16 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 import overture as ov
-from overture import protocol
-from overture.ports import NewRecord
 
 from ..conftest import kafka_url
 from ..tasks.test_worker_cli import Proc
-from .task_app import EFFECTS_ENV, effects
+from .task_app import EFFECTS_ENV, app, effects
 
 APP = "tests.durability.task_app:app"
 LEASE = "1"
@@ -140,8 +137,6 @@ def run(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Run]:
     env = {k: v for k, v in os.environ.items() if k not in ("OVERTURE_BACKEND", "OVERTURE_BROKER")}
     env.update(NO_COLOR="1", PYTHONFAULTHANDLER="1")
     env[EFFECTS_ENV] = str(tmp_path / "effects.txt")
-    from .task_app import app
-
     client = ov.Client(url, app=app)
     scenario = Run(url, tmp_path, env, client)
     try:
