@@ -9,7 +9,7 @@ is chosen by the job's ``mode``:
 - ``quick``: nothing;
 - ``hang_once``: the first run of a call hangs (its worker is to be killed);
 - ``slow``: sleeps ``seconds``;
-- ``slow_first``: attempt 1 sleeps ``seconds`` (past its deadline), later ones do not.
+- ``slow_first``: attempt 1 sleeps ``seconds`` (past its deadline), later ones ``then``.
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ def effect(data: dict[str, Any]) -> dict[str, Any]:
             time.sleep(120)
     elif mode == "slow" or (mode == "slow_first" and info.attempt == 1):
         time.sleep(float(data["seconds"]))
+    elif mode == "slow_first":
+        time.sleep(float(data.get("then", 0)))
     return {"job": data["job"], "step": data["step"], "attempt": info.attempt}
 
 

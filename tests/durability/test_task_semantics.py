@@ -237,12 +237,15 @@ def test_results_that_arrive_while_the_engine_is_down_are_applied_once(run: Run)
 
 def test_duplicate_and_late_results_are_ignored(run: Run) -> None:
     """A result sent again (past the log's dedup of ids) changes nothing; a result of an
-    attempt given up at its deadline, arriving after the retry's result, is dropped (on
-    SQLite the queue refuses it; on Kafka it reaches the log and the engine drops it)."""
+    attempt given up at its deadline, arriving while the retry runs, is dropped (on
+    SQLite the queue refuses it; on Kafka it reaches the log and the engine drops it).
+
+    Timeline of ``late``: attempt 1 runs 4 s, its deadline is at 3 s; attempt 2 starts
+    about 0.2 s later and runs 1.5 s, so attempt 1's result comes in the middle of it."""
     engine, one, two = run.engine(), run.worker("w1"), run.worker("w2")
     run.ready(engine, one, two)
     run.settled(one, two)
-    (late,) = run.send(1, prefix="late", mode="slow_first", seconds=4, timeout=2)
+    (late,) = run.send(1, prefix="late", mode="slow_first", seconds=4, then=1.5, timeout=3)
     (dup,) = run.send(1, prefix="dup")
     instances = run.completed([late, dup])
     # the retry's result won: attempt 1 was still running on a worker
@@ -269,6 +272,16 @@ def test_duplicate_and_late_results_are_ignored(run: Run) -> None:
             break
         assert time.monotonic() < deadline, "attempt 1 never finished"
         time.sleep(0.1)
+    if run.kafka:  # it reached the log before the retry's result, as the timeline says
+        order = [
+            e.envelope.id
+            for e in run.client.events(type=protocol.TASK_COMPLETED)
+            if e.envelope is not None and e.envelope.data["instance_id"] == late_id
+        ]
+        assert order == [
+            first_result,
+            protocol.task_result_id(protocol.task_attempt_id(late_id, 1, 2)),
+        ]
 
     # the duplicate: dup's result again, as any producer could send it
     (dup_result,) = [
