@@ -111,8 +111,7 @@ async def test_failures_say_whether_to_retry(
     backend: SqliteBackend, task: str, error_type: str, retryable: bool, message: str
 ) -> None:
     record = attempt_record(task, input="go")
-    # (t.push's attempt on "default", whose worker does not serve its queue "pushes")
-    async with Worker(app, backend, worker_id="w-7", queues=["default"]) as worker:
+    async with Worker(app, backend, worker_id="w-7") as worker:
         publish(backend, record)
         await _finished(worker, 1)
     event = _result(backend, record.id)
@@ -181,11 +180,9 @@ async def test_a_lost_lease_is_logged_and_the_result_still_sent(
 async def test_an_attempt_past_its_deadline_is_skipped(backend: SqliteBackend) -> None:
     """The SQLite queue does not hand out such attempts any more; a queue that does (or
     a deadline passing between claim and start) meets the worker's own check."""
+    record = attempt_record("t.counted", queue="aside", input=0.0, deadline=time.time() + 0.2)
+    publish(backend, record)
     async with Worker(app, backend) as worker:  # serves other queues than "aside"
-        # (published once the worker is made: making its push client takes a while)
-        deadline = time.time() + 0.2
-        record = attempt_record("t.counted", queue="aside", input=0.0, deadline=deadline)
-        publish(backend, record)
         (claimed,) = backend.tasks.claim(["aside"], "test", 1, 30.0)
         await asyncio.sleep(0.3)
         await worker._attempt(claimed)
@@ -258,8 +255,7 @@ def test_bad_options_are_refused(backend: SqliteBackend) -> None:
 
 
 def test_default_queues_are_those_of_tasks_with_a_function(backend: SqliteBackend) -> None:
-    # t.push's queue too: a worker runs push tasks
-    assert Worker(app, backend).queues == ["default", "effects", "pushes"]
+    assert Worker(app, backend).queues == ["default", "effects"]  # not t.push's alone
 
 
 async def test_a_worker_runs_once(backend: SqliteBackend) -> None:

@@ -163,7 +163,7 @@ def test_run_runs_the_tasks_in_process_unless_told_not_to(
     plain = attempt_record("t.echo", instance="plain", input=1)
     engine = Proc(tmp_path, "run", "run", APP, "--backend", url, env=env)
     try:
-        engine.wait_for("serving default, effects, pushes in this process")
+        engine.wait_for("serving default, effects in this process")
         publish(backend, plain)
         assert orjson.loads(_wait_result(backend, plain.id))["data"]["output"] == {"echo": 1}
         assert engine.stop() == 0

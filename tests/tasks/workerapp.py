@@ -104,13 +104,7 @@ def side_effect(value: Any) -> str:
     return f"run {runs}"
 
 
-PUSH_SECRET_ENV = "OVERTURE_TEST_WORKERAPP_PUSH_SECRET"
-# A worker serves push tasks too and checks their secret when it is made, so the app's
-# push task needs one (set here: the worker subprocesses import this module as well).
-os.environ.setdefault(PUSH_SECRET_ENV, "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
-
-# on a queue of its own: a worker of "default" does not run it (see test_worker.py)
-app.task("t.push", url="http://127.0.0.1:9/never", queue="pushes", secret_env=PUSH_SECRET_ENV)
+app.task("t.push", url="http://127.0.0.1:9/never")
 
 
 @app.task("t.async_counted")
