@@ -151,12 +151,10 @@ async def test_a_slow_attempt_does_not_block_the_other_slots(backend: SqliteBack
 
 async def test_heartbeats_keep_a_long_attempt_leased(backend: SqliteBackend) -> None:
     record = attempt_record("t.sleep", input=1.0)
-    # (queue "default" only: making a worker that serves a push task blocks the loop
-    # they share for longer than the lease, while it builds its HTTP client)
-    async with Worker(app, backend, lease=0.3, poll=0.05, queues=["default"]) as first:
+    async with Worker(app, backend, lease=0.3, poll=0.05) as first:
         publish(backend, record)
         await asyncio.sleep(0.2)
-        async with Worker(app, backend, lease=0.3, poll=0.05, queues=["default"]) as second:
+        async with Worker(app, backend, lease=0.3, poll=0.05) as second:
             await _finished(first, 1)
     assert first.stats.accepted == 1 and first.stats.lost_leases == 0
     assert second.stats.claimed == 0  # never re-delivered while renewed
