@@ -104,7 +104,11 @@ def side_effect(value: Any) -> str:
     return f"run {runs}"
 
 
-app.task("t.push", url="http://127.0.0.1:9/never")
+# a push task whose endpoint refuses connections (nothing listens on port 9); its secret
+# is set here so that every process importing the app (a worker subprocess too) has it
+PUSH_SECRET_ENV = "OVERTURE_TEST_WORKERAPP_PUSH_SECRET"
+os.environ.setdefault(PUSH_SECRET_ENV, "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+app.task("t.push", url="http://127.0.0.1:9/never", secret_env=PUSH_SECRET_ENV)
 
 
 @app.task("t.async_counted")
