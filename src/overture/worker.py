@@ -17,6 +17,8 @@ How an attempt runs:
 - the lease is renewed every ``lease / 3`` seconds while it runs; a lost lease (it ran
   out and another worker claimed the attempt) is logged and the result still sent: the
   engine keeps the first result of an attempt;
+- inside the function ``overture.current_step()`` gives the call's idempotency key (the
+  same for every attempt), the attempt, the instance and the task's name, as in a step;
 - output becomes ``overture.task.completed``; an exception ``overture.task.failed``,
   retryable unless it is a :class:`~overture.TerminalError` (output that is not JSON is a
   non-retryable ``TypeError``; a result the log refuses, larger than Kafka accepts, a
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import logging
 import math
@@ -54,6 +57,7 @@ from .events import Envelope
 from .ports import Backend, ClaimedTask, FinishOutcome, NewRecord
 from .protocol import TaskRequest
 from .push import PushExecutor
+from .runtime.executor import StepInfo, set_current_step
 from .runtime.threads import DaemonThreadPool
 from .tasks import TaskDef, completed, failed, parse_request
 from .worker_threads import PortThreads, on_pool
@@ -494,6 +498,12 @@ class Worker:
         assert attempt.definition is not None and attempt.definition.fn is not None
         fn = attempt.definition.fn
         codec, envelope, request = self.codec, attempt.envelope, attempt.request
+        # the function can key its side effects by the call's idempotency key, as a step
+        # does (``ov.current_step()``); this coroutine is the attempt's own asyncio task,
+        # so the value stays with it
+        set_current_step(
+            StepInfo(request.idempotency_key, request.attempt, request.instance_id, request.task)
+        )
         try:
             if inspect.iscoroutinefunction(fn):
                 output = await fn(request.input)
@@ -544,7 +554,8 @@ class Worker:
 
     async def _in_thread(self, fn: Callable[[Any], T], arg: Any) -> T:
         assert self._threads is not None
-        return await on_pool(self._threads, lambda: fn(arg))
+        context = contextvars.copy_context()  # current_step() in the thread too
+        return await on_pool(self._threads, lambda: context.run(fn, arg))
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         assert self._io is not None

@@ -19,7 +19,7 @@ from overture.ports import InstanceSnapshot
 from overture.runtime.engine import Engine
 from overture.testing import Harness, VirtualClock
 
-from .conftest import Factory, Worker, wall_deadline
+from .conftest import Factory, Worker, stat, wall_deadline
 
 START = 1_800_000_000.0  # the virtual clock's start
 
@@ -74,7 +74,7 @@ async def test_a_call_completes_with_the_workers_output(harness: Factory) -> Non
         # applying the result ended the attempt: nothing to claim, a second answer refused
         assert worker.claim() == []
         assert worker.complete(attempt, "again") == "ended"
-        assert h.engine.stats["task_attempts"] == 1
+        assert stat(h, "task_attempts") == 1
 
 
 async def test_the_request_inherits_the_triggers_tenant_and_trace(harness: Factory) -> None:
@@ -169,7 +169,7 @@ async def test_gather_of_several_calls_returns_outputs_in_argument_order(
         h.client.send("go", {}, key="k")
         await h.idle()
         worker = Worker(h)
-        attempts = worker.claim()
+        attempts = worker.claim(expect=3)
         assert sorted(a.request.input for a in attempts) == [1, 2, 3]
         for attempt in reversed(attempts):  # answered in another order
             worker.complete(attempt, attempt.request.input * 2)
@@ -209,7 +209,7 @@ async def test_an_input_that_is_not_json_fails_at_the_call_and_publishes_nothing
         )
         assert "nan is not a JSON number" in instance.result[1]
         assert Worker(h).claim() == []
-        assert h.engine.stats["task_attempts"] == 0
+        assert stat(h, "task_attempts") == 0
         assert [e for e in h.client.journal(instance.id) if e["k"] == "cmd"] == []
 
 
@@ -223,14 +223,14 @@ async def test_forced_replay_of_a_finished_instance_publishes_nothing(harness: F
         await h.idle()
         (instance,) = h.client.instances()
         journal = h.client.journal(instance.id)
-        attempts = h.engine.stats["task_attempts"]
+        attempts = stat(h, "task_attempts")
 
         definition = app.definition(instance.process, instance.version)
         assert definition is not None
         replayed = m.Machine(definition.spec, instance.id, instance.key)
         assert replayed.replay(journal) == []  # no command: nothing scheduled again
         assert (replayed.status, replayed.result) == ("completed", {"shipment": "T-1"})
-        assert h.engine.stats["task_attempts"] == attempts
+        assert stat(h, "task_attempts") == attempts
         assert worker.claim() == []
 
 

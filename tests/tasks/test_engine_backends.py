@@ -1,7 +1,8 @@
 """The engine's side of remote tasks on the durable backends (SQLite; Kafka on a real
-broker), before their task queues exist: the task rows an engine commits are the
-attempts, and a worker that writes its result straight to the log (as a Kafka worker
-does: the events topic, the instance's key and partition) is enough to drive them.
+broker) without a task queue: the task rows an engine commits are the attempts, and a
+worker that writes its result straight to the log (as a Kafka worker does: the events
+topic, the instance's key and partition) is enough to drive them. (The same tests
+through the queues are in the other modules here, on every backend.)
 
 What this pins there: task rows survive a restart (on Kafka: restored from the
 changelog), a result reaches the partition of its instance and is applied once, a

@@ -74,6 +74,29 @@ async def test_sync_and_async_tasks_complete(backend: SqliteBackend) -> None:
     assert worker.stats.claimed == 2 and worker.stats.accepted == 2
 
 
+async def test_a_task_function_knows_its_idempotency_key_and_attempt(
+    backend: SqliteBackend,
+) -> None:
+    """``ov.current_step()`` inside a task function, as inside a step: the call's
+    idempotency key (the same for every attempt), the attempt, the instance, the task;
+    and nothing outside it."""
+    records = [
+        attempt_record("t.whoami", instance="i", seq=3, attempt=2),
+        attempt_record("t.async_whoami", instance="j", seq=5, attempt=1),
+        attempt_record("t.async_whoami", instance="k", seq=1, attempt=4),
+    ]
+    async with Worker(app, backend, concurrency=3) as worker:
+        publish(backend, *records)
+        await _finished(worker, 3)
+        assert ov.current_step() is None  # it never leaks into the worker's own context
+    outputs = [_result(backend, r.id) for r in records]
+    assert [o["data"]["output"] if o else None for o in outputs] == [
+        ["i:3", 2, "i", "t.whoami"],
+        ["j:5", 1, "j", "t.async_whoami"],
+        ["k:1", 4, "k", "t.async_whoami"],
+    ]
+
+
 @pytest.mark.parametrize(
     ("task", "error_type", "retryable", "message"),
     [

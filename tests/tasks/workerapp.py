@@ -30,6 +30,25 @@ async def async_echo(value: Any) -> Any:
     return {"async": value}
 
 
+def _whoami() -> list[Any]:
+    info = ov.current_step()
+    assert info is not None, "no current_step() in a task function"
+    return [info.idempotency_key, info.attempt, info.instance_id, info.name]
+
+
+@app.task("t.whoami")
+def whoami(value: Any) -> Any:
+    """The attempt's ``ov.current_step()`` (a sync task: run in a thread)."""
+    return _whoami()
+
+
+@app.task("t.async_whoami")
+async def async_whoami(value: Any) -> Any:
+    """The same, on the loop (across a suspension)."""
+    await asyncio.sleep(0.01)
+    return _whoami()
+
+
 @app.task("t.fail")
 def fail(value: Any) -> Any:
     raise ValueError(f"cannot {value}")

@@ -58,8 +58,16 @@ _current: contextvars.ContextVar[StepInfo | None] = contextvars.ContextVar(
 
 
 def current_step() -> StepInfo | None:
-    """Inside a running step or handler: its :class:`StepInfo`; elsewhere ``None``."""
+    """Inside a running step, handler or task function (run by a Python worker): its
+    :class:`StepInfo`; elsewhere ``None``."""
     return _current.get()
+
+
+def set_current_step(info: StepInfo) -> None:
+    """Make ``info`` what :func:`current_step` returns in the current context: the worker
+    calls it in the asyncio task of one attempt (whose context is that task's own copy),
+    before it runs the task function there or in a thread with a copy of it."""
+    _current.set(info)
 
 
 Done = Callable[[bool, Any], None]
