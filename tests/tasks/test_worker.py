@@ -152,11 +152,11 @@ async def test_a_slow_attempt_does_not_block_the_other_slots(backend: SqliteBack
 async def test_heartbeats_keep_a_long_attempt_leased(backend: SqliteBackend) -> None:
     # two leases' worth of running, renewed every third of one (a lease long enough that
     # a loaded machine's scheduling delays do not make a renewal late)
-    record = attempt_record("t.sleep", input=2.0)
-    async with Worker(app, backend, lease=1.0, poll=0.05) as first:
+    record = attempt_record("t.sleep", input=4.0)
+    async with Worker(app, backend, lease=2.0, poll=0.05) as first:
         publish(backend, record)
         await asyncio.sleep(0.2)
-        async with Worker(app, backend, lease=1.0, poll=0.05) as second:
+        async with Worker(app, backend, lease=2.0, poll=0.05) as second:
             await _finished(first, 1)
     assert first.stats.accepted == 1 and first.stats.lost_leases == 0
     assert second.stats.claimed == 0  # never re-delivered while renewed
