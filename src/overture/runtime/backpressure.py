@@ -3,12 +3,12 @@
 An engine that calls faster than its workers finish would otherwise fill a queue without
 bound (every attempt a queue entry, claimed oldest first, so a late one waits behind all
 of them anyway). Past the bound a call still gets its durable task row, in a third state
-(``work.TASK_WAITING``): its attempt is not on the queue yet. When an open attempt of the
+(``work.TASK_QUEUED``): its attempt is not on the queue yet. When an open attempt of the
 queue ends (its result applied, its deadline passed, its instance ended), the oldest
 waiting row is *released*: due at once, so the next due-work scan publishes it with a
 fresh deadline (the time it waited is not part of its attempt).
 
-The row's payload names its queue and its place in line (``waiting:<ordinal>:<queue>``),
+The row's payload names its queue and its place in line (``queued:<ordinal>:<queue>``),
 so a restart rebuilds the line in the same order from the stored rows; a published row's
 payload names its queue (``published:<queue>``) so the open attempts are counted again
 too. Nothing here is staged: the counts and the line are derived from the rows, and a
@@ -25,7 +25,7 @@ import heapq
 from collections.abc import Callable, Iterable
 
 from ..ports import WorkRow
-from .work import TASK_PUBLISHED, TASK_WAITING, task_state
+from .work import TASK_PUBLISHED, TASK_QUEUED, task_state
 
 Release = Callable[[str], None]
 """Makes the work row of that id due at once (``Work.release``)."""
@@ -39,7 +39,7 @@ def published_payload(queue: str) -> bytes:
 def waiting_payload(ordinal: int, queue: str) -> bytes:
     """The payload of a task row whose attempt waits, ``ordinal``-th in line, for room
     on ``queue``."""
-    return b"%s:%d:%s" % (TASK_WAITING, ordinal, queue.encode())
+    return b"%s:%d:%s" % (TASK_QUEUED, ordinal, queue.encode())
 
 
 def queue_of(row: WorkRow) -> str | None:
@@ -48,7 +48,7 @@ def queue_of(row: WorkRow) -> str | None:
     parts = (row.payload or b"").split(b":", 2)
     if parts[0] == TASK_PUBLISHED and len(parts) == 2:
         return parts[1].decode()
-    if parts[0] == TASK_WAITING and len(parts) == 3:
+    if parts[0] == TASK_QUEUED and len(parts) == 3:
         return parts[2].decode()
     return None
 
@@ -92,7 +92,7 @@ class OpenTasks:
             kind = task_state(row)
             if kind == TASK_PUBLISHED:
                 self.opened(row.id, queue_of(row) or queue_for(row))
-            elif kind == TASK_WAITING:
+            elif kind == TASK_QUEUED:
                 ordinal = ordinal_of(row)
                 self._next = max(self._next, ordinal + 1)
                 heapq.heappush(self._line.setdefault(queue_of(row) or "", []), (ordinal, row.id))
@@ -170,6 +170,6 @@ class OpenTasks:
         return (
             row is not None
             and row.kind == "task"
-            and task_state(row) == TASK_WAITING
+            and task_state(row) == TASK_QUEUED
             and row_id not in self._released
         )

@@ -11,7 +11,7 @@ it. The row is in one of two states, kept in its payload:
   attempt is given up as a retryable ``TaskTimeout`` failure;
 - *backoff* (``work.TASK_BACKOFF``): attempt ``n`` waits for its retry delay; when the
   row comes due the attempt is published, with a fresh deadline;
-- *waiting* (``work.TASK_WAITING``): attempt ``n`` waits for room on its queue, which has
+- *waiting* (``work.TASK_QUEUED``): attempt ``n`` waits for room on its queue, which has
   ``max_open_tasks_per_queue`` open attempts already (``runtime/backpressure.py``); it is
   published, with a fresh deadline, when earlier open attempts end, oldest call first.
 
@@ -49,7 +49,7 @@ from .backpressure import OpenTasks, published_payload, waiting_payload
 from .instances import Instances
 from .observer import Observer
 from .staging import Live, Stage
-from .work import TASK_BACKOFF, TASK_PUBLISHED, TASK_WAITING, Work, task_state
+from .work import TASK_BACKOFF, TASK_PUBLISHED, TASK_QUEUED, Work, task_state
 
 log = logging.getLogger("overture.engine")
 
@@ -309,8 +309,8 @@ class Tasks:
         assert row.instance_id is not None and row.seq is not None  # a task row's
         kind = task_state(row)
         # a released waiting row holds its room until it publishes or goes
-        released = kind == TASK_WAITING and self._attempts.open.is_released(row.id)
-        if kind == TASK_WAITING and not released:
+        released = kind == TASK_QUEUED and self._attempts.open.is_released(row.id)
+        if kind == TASK_QUEUED and not released:
             return  # not its turn (cannot happen: a waiting row is due only when released)
         live = self._instances.live(stage, row.instance_id, now, stuck=True)
         if live is not None and live.machine.stuck_reason is not None:
@@ -323,7 +323,7 @@ class Tasks:
         if live is None or call is None:
             self._work.clear(stage, row.id)
             return
-        if kind in (TASK_BACKOFF, TASK_WAITING):
+        if kind in (TASK_BACKOFF, TASK_QUEUED):
             self._attempts.publish(stage, live.row, call, row.attempt, now, released=released)
             return
         # (worded from the row alone: the definition's timeout may have changed since)

@@ -35,13 +35,13 @@ TASK_PUBLISHED = b"published"
 """The payload of a task row whose attempt is on its queue (``runtime/tasks.py``)."""
 TASK_BACKOFF = b"backoff"
 """The payload of a task row whose attempt waits for its retry delay."""
-TASK_WAITING = b"waiting"
+TASK_QUEUED = b"queued"
 """The state of a task row whose attempt waits for room on its queue
 (``runtime/backpressure.py``)."""
 
 
 def task_state(row: WorkRow) -> bytes:
-    """A task row's state: ``TASK_PUBLISHED``, ``TASK_BACKOFF`` or ``TASK_WAITING`` (a
+    """A task row's state: ``TASK_PUBLISHED``, ``TASK_BACKOFF`` or ``TASK_QUEUED`` (a
     published or waiting row's payload also names its queue, after a colon)."""
     return (row.payload or b"").split(b":", 1)[0]
 
