@@ -15,8 +15,9 @@ from overture.backends.kafka.backend import KafkaBackend
 from overture.backends.kafka.group import PartitionBackend
 from overture.backends.kafka.reading import read_to_end, reader
 from overture.codec import Codec
-from overture.events import Envelope
 from overture.ports import Batch, ClaimedTask, EngineBackend, TaskQueue, TaskRecord, partition_for
+
+from ..tasks.attempts import attempt_record
 
 CODEC = Codec()
 
@@ -33,28 +34,20 @@ def request(
     key: str | None = "k1",
     partition: int = 0,
 ) -> TaskRecord:
-    """The queue entry of one attempt, as an engine publishes it."""
-    attempt_id = protocol.task_attempt_id(instance, seq, attempt)
-    message = protocol.TaskRequest(
-        task=task,
-        queue=queue,
-        input=input,
-        instance_id=instance,
+    """The queue entry of one attempt, as an engine publishes it (``attempt_record``
+    with this module's defaults)."""
+    return attempt_record(
+        task,
+        instance=instance,
         seq=seq,
         attempt=attempt,
-        idempotency_key=f"{instance}:{seq}",
+        queue=queue,
+        input=input,
         deadline=deadline,
-        reply=protocol.Reply(partitionkey=key, partition=partition),
-    )
-    envelope = Envelope(
-        type=protocol.TASK_REQUESTED,
-        data=message.model_dump(mode="json"),
-        id=attempt_id,
-        source="/overture/test",
-        subject=task,
         partitionkey=key,
+        partition=partition,
+        source="/overture/test",
     )
-    return TaskRecord(attempt_id, queue, CODEC.to_bytes(envelope), deadline)
 
 
 def on_partition(prefix: str, partition: int, partitions: int = 2) -> str:

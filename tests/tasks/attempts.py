@@ -23,6 +23,7 @@ def attempt_record(
     deadline: float | None = None,
     partitionkey: str | None = "k1",
     partition: int = 0,
+    source: str = "overture/test-engine",
 ) -> TaskRecord:
     """The queue entry of one attempt: its ``overture.task.requested`` CloudEvent."""
     attempt_id = protocol.task_attempt_id(instance, seq, attempt)
@@ -41,7 +42,7 @@ def attempt_record(
         type=protocol.TASK_REQUESTED,
         data=message.model_dump(mode="json"),
         id=attempt_id,
-        source="overture/test-engine",
+        source=source,
         subject=task,
         partitionkey=partitionkey,
     )

@@ -248,15 +248,7 @@ class MemoryBackend(MemoryState):
             return self._event_ids.get(event_id)
 
     def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
-        with self._lock:
-            self._watchers.append(wake)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if wake in self._watchers:
-                    self._watchers.remove(wake)
-
-        return unsubscribe
+        return _watch(self._lock, self._watchers, wake)
 
     def _wake(self) -> None:
         for wake in list(self._watchers):
@@ -436,15 +428,24 @@ class MemoryTaskQueue:
             return None if attempt is None else attempt.record.request
 
     def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
-        with self._lock:
-            self._watchers.append(wake)
+        return _watch(self._lock, self._watchers, wake)
 
-        def unsubscribe() -> None:
-            with self._lock:
-                if wake in self._watchers:
-                    self._watchers.remove(wake)
 
-        return unsubscribe
+def _watch(
+    lock: threading.Lock | threading.RLock,
+    watchers: list[Callable[[], None]],
+    wake: Callable[[], None],
+) -> Callable[[], None]:
+    """Add ``wake`` to ``watchers`` (guarded by ``lock``); returns its removal."""
+    with lock:
+        watchers.append(wake)
+
+    def unsubscribe() -> None:
+        with lock:
+            if wake in watchers:
+                watchers.remove(wake)
+
+    return unsubscribe
 
 
 def _check_claimant(worker: str, lease: float) -> None:
