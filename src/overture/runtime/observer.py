@@ -17,7 +17,8 @@ the measured cost of the no-op calls on W1 is within noise (docs/architecture.md
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 
 class Observer:
@@ -76,3 +77,51 @@ class Observer:
 
 NO_OBSERVER = Observer()
 """The default observer (shared: it has no state), so default options compare equal."""
+
+
+def _hooks() -> list[str]:
+    return [name for name in vars(Observer) if not name.startswith("_")]
+
+
+def combine(*observers: Observer) -> Observer:
+    """One observer telling each of ``observers`` in turn (metrics and traces, say).
+
+    A hook none of them overrides stays the base class's no-op, and one that only one of
+    them overrides is that observer's own bound method: combining costs nothing on the
+    hooks that are not shared. With no observer (or only no-op ones) this is
+    :data:`NO_OBSERVER`; with one, that observer itself.
+    """
+    chosen = [o for o in observers if any(_overrides(o, name) for name in _hooks())]
+    if not chosen:
+        return NO_OBSERVER
+    if len(chosen) == 1:
+        return chosen[0]
+    return _Combined(chosen)
+
+
+def _overrides(observer: Observer, name: str) -> bool:
+    return getattr(type(observer), name) is not getattr(Observer, name)
+
+
+class _Combined(Observer):
+    """What :func:`combine` builds for two or more observers."""
+
+    def __init__(self, observers: list[Observer]) -> None:
+        self.observers = tuple(observers)
+        for name in _hooks():
+            methods = [getattr(o, name) for o in observers if _overrides(o, name)]
+            if len(methods) == 1:
+                setattr(self, name, methods[0])
+            elif methods:
+                setattr(self, name, _fan_out(methods))
+
+    def __repr__(self) -> str:
+        return f"combine({', '.join(map(repr, self.observers))})"
+
+
+def _fan_out(methods: list[Callable[..., None]]) -> Callable[..., None]:
+    def call(*args: Any) -> None:
+        for method in methods:
+            method(*args)
+
+    return call
