@@ -219,20 +219,33 @@ class SqliteBackend:
                 raise
             raise translated from error
 
-    def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    def _write(self, fn: Callable[[sqlite3.Connection], Any], *, fsync: bool = True) -> Any:
         """Run ``fn`` in one BEGIN IMMEDIATE transaction (the whole of it is retried on
-        SQLITE_BUSY by busy_timeout at BEGIN, never halfway)."""
+        SQLITE_BUSY by busy_timeout at BEGIN, never halfway).
+
+        ``fsync=False`` commits without waiting for the disk (``synchronous=NORMAL``),
+        for writes a crash may lose without harm (a task lease: the attempt is handed
+        out again). WAL frames are written in order and every later ``fsync`` covers the
+        earlier ones, so what a crash loses is a tail of such writes, never a hole, and
+        the file stays consistent.
+        """
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
+        if not fsync:
+            conn.execute("PRAGMA synchronous=NORMAL")
         try:
-            result = fn(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            # SQLite may already have rolled back (SQLITE_FULL, SQLITE_IOERR); a failed
-            # COMMIT may leave the transaction open: never leave it open either way.
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                # SQLite may already have rolled back (SQLITE_FULL, SQLITE_IOERR); a failed
+                # COMMIT may leave the transaction open: never leave it open either way.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        finally:
+            if not fsync:
+                conn.execute("PRAGMA synchronous=FULL")
         return result
 
     # -- Log ----------------------------------------------------------------------------
