@@ -22,7 +22,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from ...errors import ConfigError, MalformedEvent
 from ...ports import ClaimedTask, FinishOutcome, NewRecord, TaskRecord
@@ -30,8 +30,6 @@ from ...protocol import TASK_COMPLETED, TASK_FAILED, task_result_id
 
 if TYPE_CHECKING:
     from .backend import SqliteBackend
-
-T = TypeVar("T")
 
 TASKS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks(
@@ -102,11 +100,16 @@ class _Pending:
     """One caller's write (a claim, a heartbeat or a finish) waiting for its group's
     transaction."""
 
-    __slots__ = ("error", "fsync", "lead", "result", "wake", "write")
+    __slots__ = ("error", "finish", "fsync", "lead", "result", "wake", "write")
 
-    def __init__(self, write: Callable[[sqlite3.Connection], object], fsync: bool) -> None:
-        self.write = write
-        self.fsync = fsync  # a finish must be on the disk before it is answered
+    def __init__(
+        self,
+        write: Callable[[sqlite3.Connection], object] | None,
+        finish: tuple[str, NewRecord] | None = None,
+    ) -> None:
+        self.write = write  # a claim's or a heartbeat's statements
+        self.finish = finish  # or a finish: (attempt id, result), done with the group's
+        self.fsync = finish is not None  # a result must be on the disk before it is answered
         self.wake = threading.Event()
         self.lead = False  # this caller commits the next group
         self.result: object = None
@@ -162,7 +165,7 @@ class SqliteTaskQueue:
 
         # A lease a crash loses costs nothing: the attempt is handed out again (at least
         # once per attempt), so a claim does not wait for an fsync of its own.
-        claimed: list[ClaimedTask] = self._grouped(take, fsync=False)
+        claimed: list[ClaimedTask] = self._grouped(_Pending(take))
         return claimed
 
     @staticmethod
@@ -198,7 +201,7 @@ class SqliteTaskQueue:
             )
             return cur.rowcount == 1
 
-        kept: bool = self._grouped(extend, fsync=False)  # a lease, as a claim's
+        kept: bool = self._grouped(_Pending(extend))  # a lease, as a claim's: no fsync
         return kept
 
     def finish(self, task_id: str, worker: str, result: NewRecord) -> FinishOutcome:
@@ -225,14 +228,10 @@ class SqliteTaskQueue:
                 f"the result of task attempt {task_id!r} must be a {TASK_COMPLETED!r} or "
                 f"{TASK_FAILED!r} event, not {result.event_type!r}; nothing was written"
             )
-
-        def end(c: sqlite3.Connection) -> FinishOutcome:
-            return self._end(c, task_id, result)
-
-        outcome: FinishOutcome = self._grouped(end, fsync=True)
+        outcome: FinishOutcome = self._grouped(_Pending(None, (task_id, result)))
         return outcome
 
-    def _grouped(self, write: Callable[[sqlite3.Connection], T], *, fsync: bool) -> T:
+    def _grouped(self, pending: _Pending) -> Any:
         """Run ``write`` in a transaction shared with the writes other threads make at
         the same time (claims, heartbeats and finishes alike), and return what it
         returned once that transaction is committed.
@@ -241,11 +240,12 @@ class SqliteTaskQueue:
         share the next one, so a worker with many slots pays one transaction for a group
         of results and the claim of the next attempts, rather than one each (a single
         finish: ~0.5 ms, nearly all of it the fsync). The group is fsynced if any of its
-        writes needs it (a finish). Each leader commits one group, so no caller serves
-        the others for long. A group that fails is redone one write per transaction, so
-        only a bad one fails.
+        writes needs it (a finish). The group's finishes are done together, a few
+        statements for all of them: each statement is a moment the thread may wait for
+        the GIL while it holds the file's write lock. Each leader commits one group, so
+        no caller serves the others for long. A group that fails is redone one write per
+        transaction, so only a bad one fails.
         """
-        pending = _Pending(write, fsync)
         with self._grouping:
             self._queue.append(pending)
             pending.lead = not self._leading
@@ -256,7 +256,7 @@ class SqliteTaskQueue:
             self._lead()
         if pending.error is not None:
             raise pending.error
-        return pending.result  # type: ignore[return-value]  # what ``write`` returned
+        return pending.result
 
     def _lead(self) -> None:
         """Commit every waiting write (the leader's own among them) in one transaction,
@@ -287,7 +287,9 @@ class SqliteTaskQueue:
         backend = self._backend
 
         def run(c: sqlite3.Connection) -> list[object]:
-            return [one.write(c) for one in group]
+            finishes = [one.finish for one in group if one.finish is not None]
+            ended = iter(self._end(c, finishes) if finishes else ())
+            return [next(ended) if one.write is None else one.write(c) for one in group]
 
         with backend._lock, backend._writing():
             results: list[object] = backend._write(run, fsync=any(one.fsync for one in group))
@@ -296,18 +298,42 @@ class SqliteTaskQueue:
         if "accepted" in results:
             backend.ring()  # the engine applies the results
 
-    def _end(self, c: sqlite3.Connection, task_id: str, result: NewRecord) -> FinishOutcome:
-        row = c.execute("SELECT ended FROM tasks WHERE id = ?", (task_id,)).fetchone()
-        if row is None:
-            return "unknown"
-        if row[0]:
-            return "ended"
-        c.execute("UPDATE tasks SET ended = 1, worker = NULL WHERE id = ?", (task_id,))
-        if self._backend._append(c, [result]) == [None]:
-            # a result with this id is on the log already (written by another path):
-            # this one is a duplicate, and the attempt is over all the same
-            return "ended"
-        return "accepted"
+    def _end(
+        self, c: sqlite3.Connection, finishes: Sequence[tuple[str, NewRecord]]
+    ) -> list[FinishOutcome]:
+        """End the open attempts among ``finishes`` and append their results, as if one
+        after the other: an attempt never published is ``"unknown"``, one already over
+        (or finished earlier in this list) ``"ended"``."""
+        ids = list(dict.fromkeys(task_id for task_id, _ in finishes))
+        ended: dict[str, int] = {}
+        for start in range(0, len(ids), 500):  # under SQLite's bound-parameter limit
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            ended.update(c.execute(f"SELECT id, ended FROM tasks WHERE id IN ({marks})", chunk))
+        outcomes: list[FinishOutcome] = []
+        taken: list[int] = []  # where in ``finishes`` the attempts to end are
+        for i, (task_id, _) in enumerate(finishes):
+            state = ended.get(task_id)
+            if state is None:
+                outcomes.append("unknown")
+            elif state:
+                outcomes.append("ended")
+            else:
+                ended[task_id] = 1  # a second result for it in this group is "ended"
+                taken.append(i)
+                outcomes.append("accepted")
+        if taken:
+            c.executemany(
+                "UPDATE tasks SET ended = 1, worker = NULL WHERE id = ?",
+                [(finishes[i][0],) for i in taken],
+            )
+            appended = self._backend._append(c, [finishes[i][1] for i in taken])
+            for i, where in zip(taken, appended, strict=True):
+                if where is None:
+                    # a result with this id is on the log already (written by another
+                    # path): this one is a duplicate, and the attempt is over all the same
+                    outcomes[i] = "ended"
+        return outcomes
 
     def request(self, task_id: str) -> bytes | None:
         """See ``ports.TaskQueue.request``: any attempt published to this file."""
