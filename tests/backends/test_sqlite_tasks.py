@@ -17,7 +17,7 @@ from overture import protocol
 from overture.backends.sqlite import SqliteBackend
 from overture.backends.sqlite.tasks import _ANY, _CANDIDATES
 from overture.codec import Codec
-from overture.ports import Batch, DeadLetter
+from overture.ports import Batch, DeadLetter, NewRecord
 from overture.tasks import completed, parse_request
 
 from ..tasks.attempts import attempt_record, publish, soon
@@ -226,6 +226,108 @@ def test_concurrent_finishes_share_transactions_and_each_gets_its_own_outcome(
         )
         assert backend._query("SELECT ended FROM tasks WHERE id = ?", (refused,)) == [(0,)]
     finally:
+        backend.close()
+
+
+def test_claims_heartbeats_and_finishes_at_once_share_one_transaction(tmp_path: Path) -> None:
+    """The writes that queue up while one transaction runs share the next one, whatever
+    they are: a group of finishes, a heartbeat and another worker's claim is one
+    transaction of a few statements, fsynced because it holds results, and each caller
+    gets its own answer, as if its call had run alone."""
+    path = tmp_path / "mixed.db"
+    backend = _open(path)
+    queue = backend.tasks
+    try:
+        records = [attempt_record(instance=f"m{i}") for i in range(23)]
+        publish(backend, *records)
+        held = queue.claim(["default"], "w1", 20, 30.0)  # the other 3 are left to claim
+        results = {}
+        for task in held:
+            envelope, message = parse_request(CODEC, task.request)
+            results[task.id] = completed(CODEC, envelope, message, task.id)
+        first, over, beating, *finishing = [task.id for task in held]
+        assert queue.finish(over, "w1", results[over]) == "accepted"  # over before the group
+        statements: list[str] = []
+        backend._conn.set_trace_callback(statements.append)
+        answers: dict[str, object] = {}
+        stray = NewRecord(  # a result for an attempt never published
+            results[first].key,
+            results[first].value,
+            protocol.task_result_id("task:none:1:1"),
+            results[first].event_type,
+        )
+
+        def call(name: str, fn: object, *args: object) -> None:
+            answers[name] = fn(*args)  # type: ignore[operator]
+
+        calls = [("lead", queue.finish, first, "w1", results[first])]
+        calls += [(t, queue.finish, t, "w1", results[t]) for t in finishing]
+        calls += [
+            ("again", queue.finish, finishing[0], "w1", results[finishing[0]]),
+            ("over", queue.finish, over, "w1", results[over]),
+            ("unknown", queue.finish, "task:none:1:1", "w1", stray),
+            ("beat", queue.heartbeat, beating, "w1", 30.0),
+            ("claim", queue.claim, ["default"], "w2", 10, 30.0),
+        ]
+        threads = [threading.Thread(target=call, args=c) for c in calls]
+        with backend._lock:  # the first finish leads and waits here; the others queue
+            threads[0].start()
+            while not queue._leading:
+                time.sleep(0.001)
+            for thread in threads[1:]:
+                thread.start()
+            while len(queue._queue) < len(calls) - 1:
+                time.sleep(0.001)
+        for thread in threads:
+            thread.join(30)
+        backend._conn.set_trace_callback(None)
+        assert answers["lead"] == "accepted"
+        assert all(answers[t] == "accepted" for t in finishing)
+        assert answers["again"] == "ended"  # a second result of an attempt in one group
+        assert answers["over"] == "ended"
+        assert answers["unknown"] == "unknown"
+        assert answers["beat"] is True
+        claimed = answers["claim"]
+        assert isinstance(claimed, list)
+        assert sorted(t.id for t in claimed) == sorted(r.id for r in records[20:])
+        begins = [i for i, sql in enumerate(statements) if sql == "BEGIN IMMEDIATE"]
+        assert len(begins) == 2  # the leader's own finish, then all the others at once
+        group = statements[begins[1] :]
+        # the group's finishes look their attempts up and find the log's head once for
+        # all of them, not once each (the trace shows each row of an executemany)
+        lookups = [sql for sql in group if sql.startswith("SELECT") and "FROM tasks" in sql]
+        assert len(lookups) == 2, lookups  # the finishes' look, the claim's walk
+        assert sum(sql.startswith("SELECT max(id) FROM log") for sql in group) == 1
+        assert "PRAGMA synchronous=NORMAL" not in statements  # results are fsynced
+        on_log = {orjson.loads(r.value)["id"] for r in backend.log.read(0, 0, 1000)}
+        assert on_log == {protocol.task_result_id(t) for t in [first, over, *finishing]}
+    finally:
+        backend.close()
+
+
+def test_a_lease_alone_is_committed_without_waiting_for_the_disk(tmp_path: Path) -> None:
+    """A claim or a heartbeat alone commits at ``synchronous=NORMAL`` (a lease a crash
+    loses only hands the attempt out again), a finish at ``FULL``, and the connection is
+    left at ``FULL`` for the engine's commits."""
+    path = tmp_path / "lease.db"
+    backend = _open(path)
+    try:
+        publish(backend, attempt_record())
+        statements: list[str] = []
+        backend._conn.set_trace_callback(statements.append)
+        (task,) = backend.tasks.claim(["default"], "w", 1, 30.0)
+        assert backend.tasks.heartbeat(task.id, "w", 30.0)
+        assert statements.count("PRAGMA synchronous=NORMAL") == 2
+        assert backend._conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+        statements.clear()
+        envelope, message = parse_request(CODEC, task.request)
+        assert backend.tasks.finish(task.id, "w", completed(CODEC, envelope, message, 1)) == (
+            "accepted"
+        )
+        assert "PRAGMA synchronous=NORMAL" not in statements
+        assert backend._conn.execute("PRAGMA synchronous").fetchone() == (2,)
+    finally:
+        backend._conn.set_trace_callback(None)
         backend.close()
 
 

@@ -4,6 +4,9 @@ One ``tasks`` row per attempt (``Batch.tasks``), written by the engine's commit 
 claimed by workers with leases, every one of them a short ``BEGIN IMMEDIATE``
 transaction on the same file (the engine and any number of ``overture worker``
 processes). Times are wall-clock (``time.time()``): leases are compared across processes.
+The claims, heartbeats and finishes of one process that arrive together share one
+transaction (``SqliteTaskQueue._grouped``); one that holds only leases is not fsynced
+(a lease a power loss takes back only hands its attempt out again), one with results is.
 
 A row is never deleted here: when the engine ends an attempt (it applied a result, gave
 the attempt up at its deadline, or its instance ended), or when a worker's result for it
