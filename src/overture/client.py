@@ -6,7 +6,6 @@ import base64
 import binascii
 import time
 import warnings
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -231,10 +230,7 @@ class Client:
 
     def instance_counts(self, *, process: str | None = None) -> dict[tuple[str, str], int]:
         """How many instances each (process, status) has, optionally of one process."""
-        counts: Counter[tuple[str, str]] = Counter(
-            (r.process, r.status) for r in self.backend.store.instances(process=process, limit=ALL)
-        )
-        return dict(sorted(counts.items()))
+        return dict(sorted(self.backend.store.count_instances(process=process).items()))
 
     def find_instances(
         self,

@@ -385,6 +385,9 @@ class StateView(Protocol):
         ``query.limit`` rows; pass the last row's ``(created, id)`` as ``before`` for the
         next page)."""
 
+    def count_instances(self, *, process: str | None = None) -> dict[tuple[str, str], int]:
+        """How many instances each (process, status) has, counted in the store."""
+
     def instance_activity(self, since: float, width: float) -> list[ActivityRow]:
         """Instances started (by ``created``), completed and failed (by ``updated``)
         per bucket of ``width`` seconds from ``since`` until now, oldest first; buckets

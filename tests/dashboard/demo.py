@@ -48,9 +48,7 @@ def charge(order_id: str) -> str:
     return f"ch-{order_id}"
 
 
-@app.process(
-    trigger=OrderPlaced, key="order_id", name="fulfil", waits=[Approved], emits=[Shipped]
-)
+@app.process(trigger=OrderPlaced, key="order_id", name="fulfil", waits=[Approved], emits=[Shipped])
 async def fulfil(ctx: ov.Context, order: OrderPlaced) -> dict[str, object]:
     """Reserve, charge (retried), wait for approval of a large order, ship."""
     reservation = await ctx.step(reserve, order.order_id)
@@ -71,7 +69,13 @@ async def deliver(ctx: ov.Context, shipped: Shipped) -> str:
     return f"delivered {shipped.order_id}"
 
 
+_notes_refused: set[str] = set()
+
+
 @app.on(Note)
 async def noted(event: Note) -> None:
-    if event.text.startswith("fail"):
+    """Refuses a note starting with "fail" the first time (it is dead-lettered); its
+    replay goes through."""
+    if event.text.startswith("fail") and event.text not in _notes_refused:
+        _notes_refused.add(event.text)
         raise ov.TerminalError(f"refused note {event.text!r}")

@@ -137,6 +137,10 @@ class MemoryState:
             page = queries.find(self._instances.values(), query)
         return [_copy_instance(r) for r in page]
 
+    def count_instances(self, *, process: str | None = None) -> dict[tuple[str, str], int]:
+        with self._lock:
+            return queries.counts(self._instances.values(), process)
+
     def instance_activity(self, since: float, width: float) -> list[ActivityRow]:
         with self._lock:
             return queries.activity(

@@ -9,6 +9,7 @@ its indexes, and the conformance suite holds all of them to the same results.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable
 
 from ..ports import ActivityRow, InstanceQuery, InstanceRow
@@ -53,3 +54,10 @@ def activity(
             column = 1 if row.status == finished[0] else 2
             counts.setdefault(math.floor((row.updated - since) / width), [0, 0, 0])[column] += 1
     return [ActivityRow(since + bucket * width, *counts[bucket]) for bucket in sorted(counts)]
+
+
+def counts(rows: Iterable[InstanceRow], process: str | None) -> dict[tuple[str, str], int]:
+    """How many of ``rows`` each (process, status) has (of one process if given)."""
+    return dict(
+        Counter((r.process, r.status) for r in rows if process is None or r.process == process)
+    )

@@ -90,6 +90,8 @@ def router(state: ApiState) -> APIRouter:
     async def page(active: str, build: Callable[[], Awaitable[Response]]) -> Response:
         try:
             return await build()
+        except _Forbidden as error:
+            return render("error.html", 403, active=active, title="Forbidden", message=str(error))
         except BadRequest as error:
             return render("error.html", 400, active=active, title="Bad request", message=str(error))
         except NotFound as error:

@@ -71,6 +71,8 @@ class Timeline:
     bars: list[Bar]
     ticks: list[Tick]
     height: float
+    start: str = ""
+    """When the first entry happened (the axis counts from it)."""
     width: int = WIDTH
     label: int = LABEL
 
@@ -202,8 +204,7 @@ def _layout(bars: list[Bar], now: float) -> Timeline:
         for mark in bar.marks:
             mark.x = x_of(mark.x)
     ticks = [Tick(x_of(first + span * i / 4), "+" + seconds(span * i / 4)) for i in range(5)]
-    ticks[0].text = _when(first)
-    return Timeline(bars, ticks, TOP + len(bars) * ROW + 10)
+    return Timeline(bars, ticks, TOP + len(bars) * ROW + 10, start=_when(first))
 
 
 def _when(t: Any) -> str:

@@ -331,6 +331,10 @@ class ChangelogView:
         self.refresh()
         return self._state.find_instances(query)
 
+    def count_instances(self, *, process: str | None = None) -> dict[tuple[str, str], int]:
+        self.refresh()
+        return self._state.count_instances(process=process)
+
     def instance_activity(self, since: float, width: float) -> list[ActivityRow]:
         self.refresh()
         return self._state.instance_activity(since, width)

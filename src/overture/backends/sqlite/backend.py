@@ -513,6 +513,16 @@ class SqliteBackend:
         sql += " ORDER BY created DESC, id DESC LIMIT ?"
         return [instance_of(r) for r in self._query(sql, (*args, query.limit))]
 
+    def count_instances(self, *, process: str | None = None) -> dict[tuple[str, str], int]:
+        if process is None:
+            rows = self._query("SELECT process, status, COUNT(*) FROM instances GROUP BY 1, 2")
+        else:
+            rows = self._query(
+                "SELECT process, status, COUNT(*) FROM instances WHERE process = ? GROUP BY 1, 2",
+                (process,),
+            )
+        return {(p, s): n for p, s, n in rows}
+
     def instance_activity(self, since: float, width: float) -> list[ActivityRow]:
         counts: dict[int, list[int]] = {}
         for bucket, n in self._query(
