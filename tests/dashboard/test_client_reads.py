@@ -69,7 +69,7 @@ def test_find_instances_pages_newest_first_with_filters(backend: Backend) -> Non
             "i18",
         ]
         recent = client.find_instances(
-            created_from=datetime.fromtimestamp(NOW - 300, UTC), created_to=datetime.now(UTC)
+            created_from=datetime.fromtimestamp(NOW - 310, UTC), created_to=datetime.now(UTC)
         )
         assert [i.id for i in recent.instances] == ["i29", "i28", "i27", "i26", "i25"]
         assert [i.id for i in client.find_instances(search="i1").instances] == [
@@ -86,9 +86,9 @@ def test_find_instances_pages_newest_first_with_filters(backend: Backend) -> Non
 
 def test_activity_and_counts_come_from_the_store(backend: Backend) -> None:
     with Client(backend) as client:
-        since = datetime.fromtimestamp(NOW - 600, UTC)
+        since = datetime.fromtimestamp(NOW - 610, UTC)
         rows = client.instance_activity(since=since, width=timedelta(minutes=5))
-        assert sum(r.started for r in rows) == 10  # created in the last 10 minutes
+        assert sum(r.started for r in rows) == 10  # created since (i20 to i29)
         # finished in that time: i21, i24, i27 completed; i22, i25, i28 failed
         assert sum(r.completed for r in rows) == 3 and sum(r.failed for r in rows) == 3
         assert [r.start for r in rows] == sorted(r.start for r in rows)
@@ -111,7 +111,7 @@ async def test_the_async_client_answers_the_same(backend: Backend) -> None:
             f"i{n:02d}" for n in range(29, 9, -1)
         ]
         assert (await client.instance_counts()) == client.sync.instance_counts()
-        since = datetime.fromtimestamp(NOW - 600, UTC)
+        since = datetime.fromtimestamp(NOW - 610, UTC)
         assert await client.instance_activity(since=since) == client.sync.instance_activity(
             since=since
         )
