@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from .app import App
 from .backends import DEFAULT_URL, renamed_broker
-from .client import Client, Instance, LoggedEvent, _instance
+from .client import Client, Instance, InstancePage, LoggedEvent, _instance
 from .codec import Codec
 from .events import Envelope, Event
 from .groupcommit import Positions
 from .handles import AsyncStarted, started_by
-from .ports import Backend, DeadLetter, InstanceRow, NewRecord
+from .ports import ActivityRow, Backend, DeadLetter, InstanceRow, NewRecord
 
 T = TypeVar("T")
 
@@ -203,6 +203,42 @@ class AsyncClient:
         return await self._run(
             lambda: self.sync.instances(process=process, status=status, limit=limit)
         )
+
+    async def instance_counts(self, *, process: str | None = None) -> dict[tuple[str, str], int]:
+        """How many instances each (process, status) has (see :meth:`Client.instance_counts`)."""
+        return await self._run(lambda: self.sync.instance_counts(process=process))
+
+    async def find_instances(
+        self,
+        *,
+        process: str | None = None,
+        status: str | None = None,
+        key: str | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        search: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> InstancePage:
+        """A page of instances, newest first (see :meth:`Client.find_instances`)."""
+        return await self._run(
+            lambda: self.sync.find_instances(
+                process=process,
+                status=status,
+                key=key,
+                created_from=created_from,
+                created_to=created_to,
+                search=search,
+                cursor=cursor,
+                limit=limit,
+            )
+        )
+
+    async def instance_activity(
+        self, *, since: datetime, width: timedelta = timedelta(minutes=1)
+    ) -> list[ActivityRow]:
+        """Started/completed/failed per bucket (see :meth:`Client.instance_activity`)."""
+        return await self._run(lambda: self.sync.instance_activity(since=since, width=width))
 
     async def instance(self, instance_id: str) -> Instance:
         """One instance by id or unique short form (see :meth:`Client.instance`)."""

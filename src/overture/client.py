@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import time
 import warnings
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import orjson
 
 from . import protocol
 from .app import App
@@ -19,7 +22,7 @@ from .errors import ConfigError, MalformedEvent, NotFound
 from .events import Envelope, Event
 from .groupcommit import GroupCommitter
 from .handles import Started, started_by
-from .ports import Backend, DeadLetter, NewRecord
+from .ports import ActivityRow, Backend, DeadLetter, InstanceQuery, NewRecord
 from .protocol import FINAL as FINAL
 from .protocol import Status
 from .results import Results
@@ -45,6 +48,16 @@ class Instance:
     trigger_id: str
     result: Any
     error: Any
+
+
+@dataclass(frozen=True, slots=True)
+class InstancePage:
+    """One page of :meth:`Client.find_instances`."""
+
+    instances: list[Instance]
+    """Newest first."""
+    cursor: str | None
+    """Pass it as ``cursor`` for the next (older) page; ``None`` on the last page."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,10 +230,66 @@ class Client:
 
     def instance_counts(self, *, process: str | None = None) -> dict[tuple[str, str], int]:
         """How many instances each (process, status) has, optionally of one process."""
-        counts: Counter[tuple[str, str]] = Counter(
-            (r.process, r.status) for r in self.backend.store.instances(process=process, limit=ALL)
+        return dict(sorted(self.backend.store.count_instances(process=process).items()))
+
+    def find_instances(
+        self,
+        *,
+        process: str | None = None,
+        status: str | None = None,
+        key: str | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        search: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> InstancePage:
+        """A page of instances, newest first, answered by the store's indexes (quick on
+        millions of rows): every filter given must hold.
+
+        Args:
+            created_from: only instances created at or after it.
+            created_to: only instances created before it.
+            search: an instance id, the start of one, or a key.
+            cursor: the ``cursor`` of the previous page (instances created meanwhile do
+                not shift the pages: they are newer than every page after the first).
+            limit: instances per page.
+
+        Raises:
+            ConfigError: ``cursor`` is not one this method made, or ``limit`` is not a
+                positive integer.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigError(f"limit must be a positive integer, not {limit!r}")
+        query = InstanceQuery(
+            process=process,
+            status=None if status is None else str(status),
+            key=key,
+            created_from=None if created_from is None else _unix(created_from),
+            created_to=None if created_to is None else _unix(created_to),
+            search=search or None,
+            before=None if cursor is None else _decode_cursor(cursor),
+            limit=limit + 1,  # one more says whether there is a next page
         )
-        return dict(sorted(counts.items()))
+        rows = self.backend.store.find_instances(query)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = _encode_cursor(rows[-1].created, rows[-1].id) if more else None
+        return InstancePage([_instance(r) for r in rows], next_cursor)
+
+    def instance_activity(
+        self, *, since: datetime, width: timedelta = timedelta(minutes=1)
+    ) -> list[ActivityRow]:
+        """Instances started, completed and failed per ``width`` from ``since`` until
+        now, counted in the store (oldest bucket first; empty buckets left out).
+
+        Raises:
+            ConfigError: ``width`` is not positive.
+        """
+        seconds = width.total_seconds()
+        if seconds <= 0:
+            raise ConfigError(f"width must be positive, not {width}")
+        return self.backend.store.instance_activity(_unix(since), seconds)
 
     def instance(self, instance_id: str) -> Instance:
         """One instance by id; a unique prefix or suffix of at least 6 characters also
@@ -407,3 +476,29 @@ def _instance(row: Any) -> Instance:
         row.result,
         row.error,
     )
+
+
+def _unix(moment: datetime) -> float:
+    """Unix time of ``moment`` (a naive datetime is taken as UTC)."""
+    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _encode_cursor(created: float, instance_id: str) -> str:
+    # the stored float itself, not the Instance's datetime (rounded to microseconds), so
+    # the next page starts exactly after this row
+    raw = orjson.dumps([created, instance_id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        created, last = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not isinstance(created, int | float) or isinstance(created, bool):
+            raise ValueError
+        if not isinstance(last, str):
+            raise ValueError
+    except (binascii.Error, ValueError, TypeError):  # JSONDecodeError is a ValueError
+        raise ConfigError(
+            f"invalid cursor {cursor!r}: pass the cursor of a previous page"
+        ) from None
+    return float(created), last

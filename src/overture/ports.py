@@ -135,6 +135,37 @@ class InstanceRow:
     journal_len: int = 0
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstanceQuery:
+    """Which instances :meth:`StateView.find_instances` returns: every filter given
+    must hold; rows come newest first (by ``created``, then ``id``, both descending)."""
+
+    process: str | None = None
+    status: str | None = None
+    key: str | None = None
+    created_from: float | None = None
+    """Unix time: only instances created at or after it."""
+    created_to: float | None = None
+    """Unix time: only instances created before it."""
+    search: str | None = None
+    """An instance id, an id's prefix, or a key: rows matching any of the three."""
+    before: tuple[float, str] | None = None
+    """A page's keyset cursor: only rows after (older than) this ``(created, id)``."""
+    limit: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityRow:
+    """Instances started, completed and failed in one time bucket
+    (:meth:`StateView.instance_activity`)."""
+
+    start: float
+    """The bucket's first moment (Unix time)."""
+    started: int
+    completed: int
+    failed: int
+
+
 @dataclass(frozen=True, slots=True)
 class WaitRow:
     event_type: str
@@ -348,6 +379,19 @@ class StateView(Protocol):
 
     def active_instances(self) -> list[tuple[str, str | None]]:
         """(id, key) of every instance that has not finished."""
+
+    def find_instances(self, query: InstanceQuery) -> list[InstanceRow]:
+        """One page of the instances ``query`` selects, newest first (at most
+        ``query.limit`` rows; pass the last row's ``(created, id)`` as ``before`` for the
+        next page)."""
+
+    def count_instances(self, *, process: str | None = None) -> dict[tuple[str, str], int]:
+        """How many instances each (process, status) has, counted in the store."""
+
+    def instance_activity(self, since: float, width: float) -> list[ActivityRow]:
+        """Instances started (by ``created``), completed and failed (by ``updated``)
+        per bucket of ``width`` seconds from ``since`` until now, oldest first; buckets
+        with nothing in them are left out."""
 
     def waits(self) -> list[WaitRow]: ...
 

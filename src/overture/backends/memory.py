@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import ConfigError, EngineBusy, MalformedEvent
 from ..ports import (
+    ActivityRow,
     Batch,
     Capabilities,
     Claim,
@@ -24,6 +25,7 @@ from ..ports import (
     EngineBackend,
     FinishOutcome,
     InboxRow,
+    InstanceQuery,
     InstanceRow,
     InstanceSnapshot,
     NewRecord,
@@ -34,7 +36,8 @@ from ..ports import (
     WorkRow,
     partition_for,
 )
-from ..protocol import FINAL, TASK_COMPLETED, TASK_FAILED, task_result_id
+from ..protocol import FINAL, TASK_COMPLETED, TASK_FAILED, Status, task_result_id
+from . import queries
 from .embedded import claim_whole
 
 
@@ -128,6 +131,21 @@ class MemoryState:
             ]
         rows.sort(key=lambda r: (r.created, r.id))
         return rows[:limit]
+
+    def find_instances(self, query: InstanceQuery) -> list[InstanceRow]:
+        with self._lock:
+            page = queries.find(self._instances.values(), query)
+        return [_copy_instance(r) for r in page]
+
+    def count_instances(self, *, process: str | None = None) -> dict[tuple[str, str], int]:
+        with self._lock:
+            return queries.counts(self._instances.values(), process)
+
+    def instance_activity(self, since: float, width: float) -> list[ActivityRow]:
+        with self._lock:
+            return queries.activity(
+                self._instances.values(), since, width, (Status.COMPLETED, Status.FAILED)
+            )
 
     def active_instances(self) -> list[tuple[str, str | None]]:
         with self._lock:

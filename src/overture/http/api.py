@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from .. import __version__
+from .. import __version__, dashboard
 from ..app import App
 from ..async_client import AsyncClient
 from ..errors import ConfigError
@@ -95,6 +95,7 @@ def create_api(
     for module in (events, instances, deadletters, health):
         api.include_router(module.router(state))
     api.include_router(desk.router())
+    api.include_router(dashboard.router(state))  # the web UI at /ui/
     api.state.overture = state
     api.state.tasks = desk  # ApiServer.stop ends its long polls
     return api

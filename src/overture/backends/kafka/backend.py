@@ -23,8 +23,10 @@ from confluent_kafka import KafkaException, Producer, TopicPartition
 
 from ...errors import BrokerUnavailable, EventError
 from ...ports import (
+    ActivityRow,
     DeadLetter,
     EngineBackend,
+    InstanceQuery,
     InstanceRow,
     InstanceSnapshot,
     NewRecord,
@@ -324,6 +326,18 @@ class ChangelogView:
     ) -> list[InstanceRow]:
         self.refresh()
         return self._state.instances(process=process, status=status, limit=limit)
+
+    def find_instances(self, query: InstanceQuery) -> list[InstanceRow]:
+        self.refresh()
+        return self._state.find_instances(query)
+
+    def count_instances(self, *, process: str | None = None) -> dict[tuple[str, str], int]:
+        self.refresh()
+        return self._state.count_instances(process=process)
+
+    def instance_activity(self, since: float, width: float) -> list[ActivityRow]:
+        self.refresh()
+        return self._state.instance_activity(since, width)
 
     def active_instances(self) -> list[tuple[str, str | None]]:
         self.refresh()

@@ -16,12 +16,14 @@ import orjson
 from ...binding import dump_headers
 from ...errors import ConfigError, EngineBusy, StorageReplaced
 from ...ports import (
+    ActivityRow,
     Batch,
     Capabilities,
     Claim,
     DeadLetter,
     EngineBackend,
     InboxRow,
+    InstanceQuery,
     InstanceRow,
     InstanceSnapshot,
     NewRecord,
@@ -29,7 +31,7 @@ from ...ports import (
     WaitRow,
     WorkRow,
 )
-from ...protocol import FINAL
+from ...protocol import FINAL, Status
 from ..embedded import claim_whole
 from .document import (
     APPLY_DOCUMENT,
@@ -70,6 +72,8 @@ CREATE TABLE IF NOT EXISTS instances(
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS instances_by_status ON instances(status, created);
 CREATE INDEX IF NOT EXISTS instances_by_process ON instances(process, created);
+CREATE INDEX IF NOT EXISTS instances_by_created ON instances(created);
+CREATE INDEX IF NOT EXISTS instances_by_key ON instances(key, created) WHERE key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS journal(
   instance_id TEXT NOT NULL, pos INTEGER NOT NULL, entries BLOB NOT NULL,
   PRIMARY KEY(instance_id, pos)) WITHOUT ROWID;
@@ -488,6 +492,66 @@ class SqliteBackend:
         sql += " ORDER BY created, id LIMIT ?"
         return [instance_of(r) for r in self._query(sql, (*args, limit))]
 
+    def find_instances(self, query: InstanceQuery) -> list[InstanceRow]:
+        # Every filter is a range of one of the indexes (each ends in created, and the
+        # primary key id is in every index of a WITHOUT ROWID table), so a page of the
+        # newest rows is a short index walk whatever the table's size.
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (
+            ("process", query.process),
+            ("status", query.status),
+            ("key", query.key),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if query.created_from is not None:
+            where.append("created >= ?")
+            args.append(query.created_from)
+        if query.created_to is not None:
+            where.append("created < ?")
+            args.append(query.created_to)
+        if query.search:
+            # an id prefix as a range of the primary key (LIKE would scan: ids may hold
+            # % and _), or exactly a key
+            where.append("((id >= ? AND id < ?) OR key = ?)")
+            args.extend((query.search, _successor(query.search), query.search))
+        if query.before is not None:
+            where.append("(created, id) < (?, ?)")
+            args.extend(query.before)
+        sql = "SELECT * FROM instances"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created DESC, id DESC LIMIT ?"
+        return [instance_of(r) for r in self._query(sql, (*args, query.limit))]
+
+    def count_instances(self, *, process: str | None = None) -> dict[tuple[str, str], int]:
+        if process is None:
+            rows = self._query("SELECT process, status, COUNT(*) FROM instances GROUP BY 1, 2")
+        else:
+            rows = self._query(
+                "SELECT process, status, COUNT(*) FROM instances WHERE process = ? GROUP BY 1, 2",
+                (process,),
+            )
+        return {(p, s): n for p, s, n in rows}
+
+    def instance_activity(self, since: float, width: float) -> list[ActivityRow]:
+        counts: dict[int, list[int]] = {}
+        for bucket, n in self._query(
+            "SELECT CAST((created - ?) / ? AS INTEGER) AS b, COUNT(*) FROM instances "
+            "WHERE created >= ? GROUP BY b",
+            (since, width, since),
+        ):
+            counts.setdefault(bucket, [0, 0, 0])[0] += n
+        for status, bucket, n in self._query(
+            "SELECT status, CAST((updated - ?) / ? AS INTEGER) AS b, COUNT(*) FROM instances "
+            "WHERE status IN (?, ?) AND updated >= ? GROUP BY status, b",
+            (since, width, Status.COMPLETED, Status.FAILED, since),
+        ):
+            counts.setdefault(bucket, [0, 0, 0])[1 if status == Status.COMPLETED else 2] += n
+        return [ActivityRow(since + b * width, *counts[b]) for b in sorted(counts)]
+
     def active_instances(self) -> list[tuple[str, str | None]]:
         return [
             (r[0], r[1])
@@ -581,3 +645,12 @@ def _after_prefix(prefix: bytes) -> bytes | None:
     if not stripped:
         return None
     return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+def _successor(prefix: str) -> str:
+    """The smallest string after every string that starts with ``prefix`` (a prefix of
+    only U+10FFFF has none below it: then one more of it, past every real id)."""
+    stripped = prefix.rstrip("\U0010ffff")
+    if not stripped:
+        return prefix + "\U0010ffff"
+    return stripped[:-1] + chr(ord(stripped[-1]) + 1)
