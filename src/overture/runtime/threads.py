@@ -135,7 +135,9 @@ class DaemonThreadPool:
         clock = time.monotonic
         with self._lock:
             while not self._closed:
-                if not self._active:
+                # (a woken idle thread counts: it is active as soon as it runs, and _add,
+                # which woke it, expects the watcher to be looking)
+                if not self._active and not self._wakeups:
                     self._watching = False
                     self._watch.wait()  # woken by _add when threads are active again
                     continue
