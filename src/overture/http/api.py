@@ -21,13 +21,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
+from prometheus_client import CollectorRegistry
 
 from .. import __version__, dashboard
 from ..app import App
 from ..async_client import AsyncClient
 from ..errors import ConfigError
 from ..ports import Backend
-from . import deadletters, events, health, instances, problems, tasks
+from . import deadletters, events, health, instances, metrics, problems, tasks
 from .state import ApiState, Readiness
 
 DEFAULT_MAX_BODY = 1 << 20
@@ -40,6 +41,7 @@ def create_api(
     *,
     ready: Readiness | None = None,
     max_body: int = DEFAULT_MAX_BODY,
+    metrics_registry: CollectorRegistry | None = None,
 ) -> FastAPI:
     """The HTTP API of ``app`` on ``backend``.
 
@@ -50,6 +52,8 @@ def create_api(
             use (left open).
         ready: the readiness check of ``/readyz`` (default: the backend answers a read).
         max_body: the largest request body accepted, in bytes (413 beyond).
+        metrics_registry: also served on ``/metrics``: the registry of the engine's
+            ``MetricsObserver`` when the API runs beside it (the store's gauges always).
 
     Raises:
         ConfigError: ``max_body`` is not a positive integer, or the client is of another
@@ -96,6 +100,7 @@ def create_api(
         api.include_router(module.router(state))
     api.include_router(desk.router())
     api.include_router(dashboard.router(state))  # the web UI at /ui/
+    api.include_router(metrics.router(state, metrics_registry))
     api.state.overture = state
     api.state.tasks = desk  # ApiServer.stop ends its long polls
     return api
