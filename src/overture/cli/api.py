@@ -21,6 +21,8 @@ from .common import (
 )
 
 if TYPE_CHECKING:  # imported when a command runs: `overture send` stays quick to start
+    from prometheus_client import CollectorRegistry
+
     from ..app import App
     from ..http import ApiServer
     from ..ports import Backend
@@ -34,8 +36,8 @@ MaxBodyOption = Annotated[
 ]
 
 
-def parse_address(value: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` for an IPv6 address) of ``--http``.
+def parse_address(value: str, option: str = "--http") -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for an IPv6 address) of ``--http`` (or ``option``).
 
     Raises:
         CliError: (usage) not of that form, or the port is not 0-65535.
@@ -45,7 +47,7 @@ def parse_address(value: str) -> tuple[str, int]:
         host = host[1:-1]
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise CliError(
-            f"--http {value!r} must look like HOST:PORT (e.g. 127.0.0.1:8080)", EXIT_USAGE
+            f"{option} {value!r} must look like HOST:PORT (e.g. 127.0.0.1:8080)", EXIT_USAGE
         )
     return host, int(port)
 
@@ -58,16 +60,29 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def engine_api(
-    app: App, backend: Backend, host: Host, sock: socket.socket, *, max_body: int | None = None
+    app: App,
+    backend: Backend,
+    host: Host,
+    sock: socket.socket,
+    *,
+    max_body: int | None = None,
+    metrics: CollectorRegistry | None = None,
 ) -> ApiServer:
     """The API server of ``overture run --http``: ready while ``host`` owns its
-    partitions and consumes them (:attr:`Host.unready`)."""
+    partitions and consumes them (:attr:`Host.unready`); its ``/metrics`` includes the
+    engine's ``metrics`` registry, if given."""
     from ..http import DEFAULT_MAX_BODY, ApiServer, create_api
 
     async def ready() -> str | None:
         return host.unready
 
-    api = create_api(app, backend, ready=ready, max_body=max_body or DEFAULT_MAX_BODY)
+    api = create_api(
+        app,
+        backend,
+        ready=ready,
+        max_body=max_body or DEFAULT_MAX_BODY,
+        metrics_registry=metrics,
+    )
     return ApiServer(api, sock, log_level="warning")
 
 

@@ -117,6 +117,15 @@ def run(
         ),
     ] = None,
     max_body: api.MaxBodyOption = 1 << 20,
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics",
+            metavar="HOST:PORT",
+            help="Also serve Prometheus metrics at http://HOST:PORT/metrics "
+            "(docs/observability.md).",
+        ),
+    ] = None,
     no_tasks: Annotated[
         bool,
         typer.Option(
@@ -152,6 +161,7 @@ def run(
     _check_log_level(log_level)
     refuse_memory(backend)
     address = None if http is None else api.parse_address(http)
+    metrics_address = None if metrics is None else api.parse_address(metrics, "--metrics")
     app = load_app(app_path)
     sock = None if address is None else api.listen(*address)
     # After loading: a command line that fails leaves the process's logging untouched.
@@ -171,6 +181,7 @@ def run(
                 grace=grace,
                 http=sock,
                 max_body=max_body,
+                metrics=metrics_address,
                 tasks=not no_tasks,
                 task_concurrency=task_concurrency,
             )

@@ -15,12 +15,16 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 
 from ..app import App
 from ..backends import open_backend
+from ..client import Client
 from ..errors import BrokerUnavailable, OvertureError
+from ..observe.metrics import MetricsObserver, MetricsServer, joined, store_registry
 from ..ports import Backend
 from ..runtime.host import Host
+from ..runtime.observer import combine
 from ..runtime.options import EngineOptions
 from ..worker import Worker, queues_of
 from .api import engine_api
@@ -49,6 +53,7 @@ async def serve(
     task_concurrency: int = 8,
     http: socket.socket | None = None,
     max_body: int | None = None,
+    metrics: tuple[str, int] | None = None,
 ) -> None:
     """Run an engine for ``app`` on ``url`` until SIGINT/SIGTERM, then drain and return.
 
@@ -67,6 +72,9 @@ async def serve(
         task_concurrency: attempts that worker runs at once (``Worker.concurrency``).
         http: serve the HTTP API on this bound socket, on this loop (``--http``).
         max_body: the API's request body limit in bytes (default 1 MiB).
+        metrics: also serve Prometheus metrics at ``http://HOST:PORT/metrics`` from a
+            thread of its own (``--metrics``); with ``http`` or ``metrics`` the engine
+            keeps them (``observe.metrics``), and the API's ``/metrics`` has them too.
 
     Raises:
         EngineBusy: another engine already owns the embedded database.
@@ -78,6 +86,7 @@ async def serve(
     if backend is None:
         log.info("stopped before the broker answered")
         return
+    exporter: MetricsServer | None = None
     try:
         # before the engine starts: a backend without a task queue is refused at once
         worker = (
@@ -85,8 +94,23 @@ async def serve(
             if tasks and queues_of(app)
             else None
         )
+        observer = None if http is None and metrics is None else MetricsObserver()
+        if observer is not None:
+            options = replace(options, observer=combine(options.observer, observer))
+        registry = None if observer is None else observer.registry
         host = Host(app, backend, options=options)
-        api = None if http is None else engine_api(app, backend, host, http, max_body=max_body)
+        api = (
+            None
+            if http is None
+            else engine_api(app, backend, host, http, max_body=max_body, metrics=registry)
+        )
+        if metrics is not None and registry is not None:
+            store = store_registry(Client(backend, app=app))
+            try:
+                exporter = MetricsServer(metrics, joined(registry, store))
+            except OSError as e:
+                raise CliError(f"--metrics {metrics[0]}:{metrics[1]}: cannot listen: {e}") from e
+            stderr_line(f"overture: metrics at http://{exporter.address}/metrics")
         await host.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -158,6 +182,8 @@ async def serve(
         why = "see the log" if error is None else f"{type(error).__name__}: {error}"
         raise CliError(f"the {part} stopped ({why}); the engine was drained")
     finally:
+        if exporter is not None:
+            exporter.close()
         backend.close()
 
 

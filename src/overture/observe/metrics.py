@@ -21,7 +21,13 @@ import time
 from collections import Counter as Tally
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -219,6 +225,43 @@ def store_registry(client: Client) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(StoreCollector(client))
     return registry
+
+
+class _Joined(Collector):
+    def __init__(self, registries: tuple[CollectorRegistry, ...]) -> None:
+        self.registries = registries
+
+    def collect(self) -> Iterator[Metric]:
+        for registry in self.registries:
+            yield from registry.collect()
+
+
+def joined(*registries: CollectorRegistry) -> CollectorRegistry:
+    """One registry exposing every metric of ``registries`` (read at each scrape)."""
+    registry = CollectorRegistry()
+    registry.register(_Joined(registries))
+    return registry
+
+
+class MetricsServer:
+    """``GET /metrics`` of ``registry`` at ``address`` (``HOST:PORT``), served from a
+    daemon thread of its own (``overture run --metrics``), until :meth:`close`.
+
+    Raises:
+        OSError: the address cannot be bound (in use, not local): at once, not later.
+    """
+
+    def __init__(self, address: tuple[str, int], registry: CollectorRegistry) -> None:
+        host, port = address
+        self._server, self._thread = start_http_server(port, addr=host, registry=registry)
+        self.address = f"{host}:{self._server.server_port}"
+        """Where it listens (the real port when 0 was asked for)."""
+
+    def close(self) -> None:
+        """Stop serving and release the port."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
 
 
 def exposition(*registries: CollectorRegistry) -> bytes:
