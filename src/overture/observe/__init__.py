@@ -1,0 +1,1 @@
+"""Observability: what an engine, a worker or the HTTP API tells operators (logs...)."""
