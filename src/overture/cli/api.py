@@ -15,6 +15,8 @@ from .common import (
     EXIT_USAGE,
     BackendOption,
     CliError,
+    LogFormatOption,
+    check_log_format,
     handle_errors,
     refuse_memory,
     stderr_line,
@@ -104,6 +106,7 @@ def register(cli: typer.Typer) -> None:
         log_level: Annotated[
             str, typer.Option(help=f"Logging level on stderr: {', '.join(LOG_LEVELS)}.")
         ] = "INFO",
+        log_format: LogFormatOption = "text",
     ) -> None:
         """Serve the HTTP API of MODULE:APP (events, instances, dead letters) until Ctrl-C
         or SIGTERM; any number of them can run next to the engines. See docs/http.md."""
@@ -115,10 +118,11 @@ def register(cli: typer.Typer) -> None:
                 f"invalid --log-level {log_level!r} (choose from {', '.join(LOG_LEVELS)})",
                 EXIT_USAGE,
             )
+        log_format = check_log_format(log_format)
         refuse_memory(backend)
         app = load_app(app_path)
         sock = listen(host, port)
-        configure_logging(log_level)
+        configure_logging(log_level, log_format)
         try:
             asyncio.run(_serve(app, backend, sock, max_body=max_body))
         except KeyboardInterrupt:  # only before the signal handlers are installed

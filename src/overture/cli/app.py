@@ -24,6 +24,8 @@ from .common import (
     EXIT_USAGE,
     BackendOption,
     CliError,
+    LogFormatOption,
+    check_log_format,
     handle_errors,
     normalize_option,
     open_client,
@@ -150,6 +152,7 @@ def run(
         ),
     ] = 10_000,
     log_level: LogLevel = "INFO",
+    log_format: LogFormatOption = "text",
 ) -> None:
     """Run an engine for MODULE:APP until Ctrl-C or SIGTERM, then drain and exit 0.
 
@@ -159,13 +162,14 @@ def run(
     from .serve import configure_logging, serve
 
     _check_log_level(log_level)
+    log_format = check_log_format(log_format)
     refuse_memory(backend)
     address = None if http is None else api.parse_address(http)
     metrics_address = None if metrics is None else api.parse_address(metrics, "--metrics")
     app = load_app(app_path)
     sock = None if address is None else api.listen(*address)
     # After loading: a command line that fails leaves the process's logging untouched.
-    configure_logging(log_level)
+    configure_logging(log_level, log_format)
     try:
         asyncio.run(
             serve(
@@ -233,6 +237,7 @@ def worker(
     ] = 5.0,
     backend: BackendOption = DEFAULT_BACKEND,
     log_level: LogLevel = "INFO",
+    log_format: LogFormatOption = "text",
 ) -> None:
     """Run the task functions of MODULE:APP on the attempts engines publish, until
     Ctrl-C or SIGTERM, then drain and exit 0. Run as many as you like."""
@@ -241,6 +246,7 @@ def worker(
     from .working import work
 
     _check_log_level(log_level)
+    log_format = check_log_format(log_format)
     refuse_memory(backend)
     app = load_app(app_path)
     if not queue and not any(runnable(t) for t in app.tasks):
@@ -252,7 +258,7 @@ def worker(
         )
     if queue is not None and not all(queue):
         raise CliError("--queue needs a non-empty queue name", EXIT_USAGE)
-    configure_logging(log_level)
+    configure_logging(log_level, log_format)
     try:
         asyncio.run(
             work(

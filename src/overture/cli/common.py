@@ -147,3 +147,29 @@ def open_client(url: str, *, app: App | None = None, must_exist: bool = True) ->
 def stderr_line(message: str) -> None:
     """Print an informational line on stderr (stdout stays machine-readable)."""
     print(message, file=sys.stderr, flush=True)
+
+
+# -- --log-format (run, serve, worker) -------------------------------------------------------
+
+LOG_FORMATS = ("text", "json")
+"""The values ``--log-format`` accepts (json: :mod:`overture.observe.logs`)."""
+
+LogFormatOption = Annotated[
+    str,
+    typer.Option(
+        "--log-format",
+        help="How log lines on stderr look: text, or json (one JSON object per line, with "
+        "instance_id, step, trace_id and span_id when known; docs/observability.md).",
+    ),
+]
+"""The ``--log-format`` option of the commands that run something (run, serve, worker)."""
+
+
+def check_log_format(log_format: str) -> str:
+    """``log_format`` in lower case, or a usage error naming the choices."""
+    if log_format.lower() not in LOG_FORMATS:
+        raise CliError(
+            f"invalid --log-format {log_format!r} (choose from {', '.join(LOG_FORMATS)})",
+            EXIT_USAGE,
+        )
+    return log_format.lower()

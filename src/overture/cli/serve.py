@@ -35,11 +35,17 @@ log = logging.getLogger("overture.cli")
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
-def configure_logging(level: str) -> None:
-    """Log to stderr at ``level`` (stdout is left to command output)."""
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """Log to stderr at ``level`` (stdout is left to command output), as text lines or,
+    with ``log_format="json"``, one JSON object per line (:mod:`overture.observe.logs`)."""
     # force=True: a user's module may have called basicConfig at import time; the command
     # line wins.
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT, force=True)
+    if log_format == "json":
+        from ..observe.logs import JsonFormatter
+
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
 
 
 async def serve(

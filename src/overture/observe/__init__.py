@@ -2,5 +2,5 @@
 
 ``runtime/`` never imports this package: the engine passes plain values to its
 :class:`~overture.runtime.observer.Observer`, and the observers here turn them into
-Prometheus metrics (``metrics``).
+Prometheus metrics (``metrics``); ``logs`` formats log lines as JSON (``--log-format json``).
 """
