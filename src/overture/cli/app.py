@@ -18,7 +18,7 @@ from .. import __version__
 from ..client import ALL, Client
 from ..errors import NotFound
 from ..protocol import Status
-from . import api, render
+from . import api, render, top
 from .common import (
     DEFAULT_BACKEND,
     EXIT_USAGE,
@@ -52,6 +52,7 @@ dlq = typer.Typer(help="Inspect and replay the dead-letter queue.", no_args_is_h
 cli.add_typer(dlq, name="dlq")
 cli.add_typer(dev, name="dev")
 api.register(cli)  # overture serve
+top.register(cli)  # overture top
 
 STATUSES = tuple(Status)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
