@@ -34,6 +34,7 @@ from .common import (
 )
 from .dev import dev
 from .loading import load_app
+from .progress import progress
 from .sending import parse_data, parse_lines, publish, read_data
 
 cli = typer.Typer(
@@ -543,12 +544,15 @@ def dlq_replay(
             typer.echo(f"replay of dead letter {letter_id} requested as event {request}")
             return
         count = 0
-        for letter in client.dead_letters():
-            try:
-                client.replay_dead_letter(letter.id)
-            except NotFound:
-                continue  # replayed (and removed) by the engine meanwhile
-            count += 1
+        letters = client.dead_letters()
+        with progress(len(letters), "requesting replays") as advance:
+            for letter in letters:
+                advance(1)
+                try:
+                    client.replay_dead_letter(letter.id)
+                except NotFound:
+                    continue  # replayed (and removed) by the engine meanwhile
+                count += 1
     typer.echo(f"replay of {count} dead letter{'s' if count != 1 else ''} requested")
 
 

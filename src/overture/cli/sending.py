@@ -10,6 +10,7 @@ from ..client import Client
 from ..errors import EventError
 from ..events import Envelope, loads_exact, number_problem
 from .common import CliError
+from .progress import progress
 
 CHUNK = 1000
 """Events per ``Client.send_many`` call: each chunk is one atomic append (one SQLite
@@ -123,16 +124,18 @@ def publish(client: Client, envelopes: list[Envelope], *, reserved: bool = False
         CliError: a chunk failed; the message says how many earlier chunks went out.
     """
     sent = 0
-    for start in range(0, len(envelopes), CHUNK):
-        chunk = envelopes[start : start + CHUNK]
-        try:
-            client.send_many(chunk, reserved=reserved)
-        except Exception as error:
-            raise CliError(
-                f"publishing failed after {sent} of {len(envelopes)} events "
-                f"({type(error).__name__}: {error}); the first {sent} were published"
-            ) from error
-        sent += len(chunk)
+    with progress(len(envelopes), "publishing") as advance:
+        for start in range(0, len(envelopes), CHUNK):
+            chunk = envelopes[start : start + CHUNK]
+            try:
+                client.send_many(chunk, reserved=reserved)
+            except Exception as error:
+                raise CliError(
+                    f"publishing failed after {sent} of {len(envelopes)} events "
+                    f"({type(error).__name__}: {error}); the first {sent} were published"
+                ) from error
+            sent += len(chunk)
+            advance(len(chunk))
     return sent
 
 
