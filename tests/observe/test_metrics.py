@@ -157,3 +157,30 @@ async def test_a_scrape_of_the_api_passes_promtool(tmp_path: Path) -> None:
         text=True,
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.parametrize("cache_size", [0, 100])
+async def test_cache_hits_and_replays_are_counted(url: str, cache_size: int) -> None:
+    """The same workload: with a cache every later input finds its instance there; with
+    none (``cache_size=0``) each later batch replays the journal so far."""
+    metrics = MetricsObserver()
+    clock = VirtualClock()
+    async with Harness(
+        workload_app([]), url, clock=clock, observer=metrics, cache_size=cache_size
+    ) as h:
+        h.client.send("go", {}, key="a")
+        await h.idle()
+        clock.advance(10)
+        await h.idle()
+        clock.advance(34)
+        await h.idle()
+        assert h.client.instances()[0].status == "completed"
+    got = samples(exposition(metrics.registry).decode())
+    label = (("process", "proc"),)
+    hits = got.get(("overture_instance_cache_hits_total", label), 0.0)
+    replays = got.get(("overture_instance_replays_total", label), 0.0)
+    entries = got.get(("overture_instance_replayed_entries_total", label), 0.0)
+    if cache_size:
+        assert hits >= 2 and replays == 0 and entries == 0
+    else:  # each later batch (the retry, the timer) replays; a batch's own inputs hit
+        assert replays >= 2 and entries >= 2 * replays

@@ -140,6 +140,24 @@ class MetricsObserver(Observer):
             "How late durable timers fired after they were due.",
             registry=r,
         )
+        self.cache_hits = Counter(
+            "overture_instance_cache_hits",
+            "Inputs that found their instance in the engine's cache.",
+            ["process"],
+            registry=r,
+        )
+        self.replays = Counter(
+            "overture_instance_replays",
+            "Instances rebuilt by replaying their journal (evicted, or after a restart).",
+            ["process"],
+            registry=r,
+        )
+        self.replayed_entries = Counter(
+            "overture_instance_replayed_entries",
+            "Journal entries replayed to rebuild instances.",
+            ["process"],
+            registry=r,
+        )
         # publication times of outstanding task attempts, for their duration; bounded by
         # the attempts outstanding (an entry leaves when its attempt ends)
         self._published: dict[tuple[str, str, int], float] = {}
@@ -189,6 +207,13 @@ class MetricsObserver(Observer):
 
     def timer_fired(self, instance_id: str, lateness: float) -> None:
         self.lateness.observe(max(lateness, 0.0))
+
+    def instance_loaded(self, instance_id: str, process: str, replayed: int | None) -> None:
+        if replayed is None:
+            self.cache_hits.labels(process).inc()
+        else:
+            self.replays.labels(process).inc()
+            self.replayed_entries.labels(process).inc(replayed)
 
     def __repr__(self) -> str:
         return "MetricsObserver()"

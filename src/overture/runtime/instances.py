@@ -160,6 +160,7 @@ class Instances:
             live = self._load(stage, iid, now)
         else:
             self._cache.move_to_end(iid)
+            self._observer.instance_loaded(iid, live.row.process, None)
         if live is None or live.machine.final:
             return None
         if live.machine.stuck_reason is not None and not stuck:
@@ -186,6 +187,7 @@ class Instances:
             return live
         machine = m.Machine(definition.spec, iid, row.key, keep_journal=False, codec=self._codec)
         commands = machine.replay(snapshot.journal)
+        self._observer.instance_loaded(iid, row.process, len(snapshot.journal))
         inbox = list(snapshot.inbox)
         for batch in (self._in_flight(), stage.batch):  # oldest first
             if batch is None:

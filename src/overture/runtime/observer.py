@@ -74,6 +74,12 @@ class Observer:
     def rebalance(self, assigned: Sequence[int], revoked: Sequence[int]) -> None:
         """The host was assigned or had revoked these partitions (Kafka)."""
 
+    # -- the instance cache (metrics: cache hits and replays) --
+
+    def instance_loaded(self, instance_id: str, process: str, replayed: int | None) -> None:
+        """An input reached a live instance: found in the cache (``replayed`` None) or
+        rebuilt by replaying ``replayed`` journal entries (evicted, or after a restart)."""
+
 
 NO_OBSERVER = Observer()
 """The default observer (shared: it has no state), so default options compare equal."""
