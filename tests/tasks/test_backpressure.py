@@ -187,3 +187,32 @@ async def test_a_cancelled_waiting_call_gives_its_place_up(harness: Factory) -> 
 def test_a_bound_below_one_is_refused(value: Any) -> None:
     with pytest.raises(ConfigError, match="max_open_tasks_per_queue"):
         EngineOptions(max_open_tasks_per_queue=value)
+
+
+async def test_the_open_attempts_gauge_follows_the_queue_and_a_restart(
+    harness: Factory,
+) -> None:
+    from overture.observe.metrics import MetricsObserver
+
+    metrics = MetricsObserver()
+
+    def gauge(queue: str) -> float:
+        value = metrics.registry.get_sample_value("overture_task_attempts_open", {"queue": queue})
+        return -1.0 if value is None else value
+
+    async with harness(call_app(), observer=metrics) as h:
+        send(h, LIMIT + 2)
+        send(h, 1, first=100, trigger="other")
+        await h.idle()
+        assert (gauge("default"), gauge("other")) == (LIMIT, 1)
+        worker = Worker(h)
+        first = worker.claim(limit=100)
+        worker.complete(next(a for a in first if a.request.input == {"n": 0}), "done")
+        await h.idle()
+        assert gauge("default") == LIMIT  # one ended, the oldest waiting one opened
+        metrics_after = MetricsObserver()
+        metrics = metrics_after
+    async with harness(call_app(), observer=metrics_after) as h:
+        await h.idle()
+        # a new engine counts the open attempts again from the stored rows
+        assert (gauge("default"), gauge("other")) == (LIMIT, 1)

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     start_http_server,
@@ -140,6 +141,12 @@ class MetricsObserver(Observer):
             "How late durable timers fired after they were due.",
             registry=r,
         )
+        self.tasks_open_gauge = Gauge(
+            "overture_task_attempts_open",
+            "Remote task attempts open (published, not ended) per queue, in this engine.",
+            ["queue"],
+            registry=r,
+        )
         self.cache_hits = Counter(
             "overture_instance_cache_hits",
             "Inputs that found their instance in the engine's cache.",
@@ -207,6 +214,9 @@ class MetricsObserver(Observer):
 
     def timer_fired(self, instance_id: str, lateness: float) -> None:
         self.lateness.observe(max(lateness, 0.0))
+
+    def tasks_open(self, queue: str, count: int) -> None:
+        self.tasks_open_gauge.labels(queue).set(count)
 
     def instance_loaded(self, instance_id: str, process: str, replayed: int | None) -> None:
         if replayed is None:

@@ -25,6 +25,7 @@ import heapq
 from collections.abc import Callable, Iterable
 
 from ..ports import WorkRow
+from .observer import NO_OBSERVER, Observer
 from .work import TASK_PUBLISHED, TASK_QUEUED, task_state
 
 Release = Callable[[str], None]
@@ -66,9 +67,17 @@ class OpenTasks:
         release: makes a waiting row due at once.
         rows: looks a work row up by id (``Work.get``): a line entry whose row went (its
             instance ended) or changed is skipped.
+        observer: told of each queue's open attempts whenever their number changes.
     """
 
-    def __init__(self, limit: int, release: Release, rows: Callable[[str], WorkRow | None]) -> None:
+    def __init__(
+        self,
+        limit: int,
+        release: Release,
+        rows: Callable[[str], WorkRow | None],
+        observer: Observer = NO_OBSERVER,
+    ) -> None:
+        self._observer = observer
         self._limit = limit
         self._release = release
         self._rows = rows
@@ -122,7 +131,8 @@ class OpenTasks:
         if self._released.pop(row_id, None) is not None:
             self._held[queue] -= 1  # the room it held is its open attempt's now
         self._open[row_id] = queue
-        self._count[queue] = self._count.get(queue, 0) + 1
+        count = self._count[queue] = self._count.get(queue, 0) + 1
+        self._observer.tasks_open(queue, count)
 
     def ended(self, row: WorkRow) -> None:
         """A task row's current state ended (``Work.end_attempt``): an open attempt
@@ -131,6 +141,7 @@ class OpenTasks:
         queue = self._open.pop(row.id, None)
         if queue is not None:
             self._count[queue] -= 1
+            self._observer.tasks_open(queue, self._count[queue])
             self._fill(queue)
             return
         queue = self._released.pop(row.id, None)

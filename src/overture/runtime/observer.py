@@ -74,6 +74,13 @@ class Observer:
     def rebalance(self, assigned: Sequence[int], revoked: Sequence[int]) -> None:
         """The host was assigned or had revoked these partitions (Kafka)."""
 
+    # -- gauges (metrics) --
+
+    def tasks_open(self, queue: str, count: int) -> None:
+        """``count`` task attempts are open (published, not ended) on ``queue`` now: told
+        whenever the number changes, also while the open attempts are counted again from
+        the stored rows at start."""
+
     # -- the instance cache (metrics: cache hits and replays) --
 
     def instance_loaded(self, instance_id: str, process: str, replayed: int | None) -> None:

@@ -90,7 +90,7 @@ class Attempts:
         self._observer = observer
         self._stats = stats
         self._wall = wall
-        self.open = OpenTasks(max_open, work.release, work.get)
+        self.open = OpenTasks(max_open, work.release, work.get, observer)
         work.task_ended = self.open.ended
 
     def load(self, rows: list[WorkRow]) -> None:
