@@ -385,6 +385,28 @@ class Client:
                         yield LoggedEvent(part, rec.offset, None, rec.value, str(error))
                 offset = records[-1].offset + 1
 
+    def lag(self, *, group: str | None = None) -> dict[int, int]:
+        """Records of each partition not yet consumed by the engines: the log's end
+        minus the offset their consumer group committed (0: caught up).
+
+        Args:
+            group: the engines' consumer group (default: that of the client's app's
+                engines, ``engine:<app name>``, unless ``EngineOptions.group`` changed it).
+
+        Raises:
+            ConfigError: neither an app (``Client(app=...)``) nor a group was given.
+
+        On Kafka the end counts the transaction markers too, so a caught-up partition
+        may show 1.
+        """
+        if group is None:
+            if self.app is None:
+                raise ConfigError("lag needs the app (Client(app=...)) or a consumer group")
+            group = f"engine:{self.app.name}"
+        committed = self.backend.store.offsets(group)
+        log = self.backend.log
+        return {p: max(log.end_offset(p) - committed.get(p, 0), 0) for p in range(log.partitions)}
+
     def dead_letters(self) -> list[DeadLetter]:
         """Everything parked in the dead-letter queue, with reason and original bytes."""
         return self.backend.store.dead_letters()

@@ -184,3 +184,24 @@ async def test_cache_hits_and_replays_are_counted(url: str, cache_size: int) -> 
         assert hits >= 2 and replays == 0 and entries == 0
     else:  # each later batch (the retry, the timer) replays; a batch's own inputs hit
         assert replays >= 2 and entries >= 2 * replays
+
+
+def test_consumer_lag_counts_what_the_engines_have_not_consumed(url: str) -> None:
+    app = workload_app([])
+    with ov.Client(url, app=app) as client:
+        assert client.lag() == {0: 0}
+        for n in range(3):
+            client.send("audit", {"n": n}, key=f"k{n}")
+        assert client.lag() == {0: 3}
+        got = samples(exposition(store_registry(client)).decode())
+        assert got[("overture_consumer_lag", (("partition", "0"),))] == 3
+
+        async def consume() -> None:
+            async with Harness(app, url) as h:
+                await h.idle()
+
+        asyncio.run(consume())
+        assert client.lag() == {0: 0}
+        assert client.lag(group="engine:someone-else") == {0: 3}
+    with ov.Client(url) as appless, pytest.raises(ov.ConfigError, match="needs the app"):
+        appless.lag()

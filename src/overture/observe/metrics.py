@@ -230,8 +230,9 @@ class MetricsObserver(Observer):
 
 
 class StoreCollector(Collector):
-    """Gauges read from the store at each scrape: instances by status per process, and
-    the dead letters parked by source."""
+    """Gauges read from the store at each scrape: instances by status per process, the
+    dead letters parked by source, and (for a client of the app) the engines' consumer
+    lag per partition."""
 
     def __init__(self, client: Client) -> None:
         self.client = client
@@ -253,6 +254,15 @@ class StoreCollector(Collector):
         for source, count in sorted(Tally(d.source for d in self.client.dead_letters()).items()):
             parked.add_metric([source], count)
         yield parked
+        if self.client.app is not None:  # the engines' group is the app's
+            lag = GaugeMetricFamily(
+                "overture_consumer_lag",
+                "Log records per partition the engines have not consumed yet.",
+                labels=["partition"],
+            )
+            for partition, behind in self.client.lag().items():
+                lag.add_metric([str(partition)], behind)
+            yield lag
 
 
 def store_registry(client: Client) -> CollectorRegistry:
