@@ -66,6 +66,7 @@ async def test_serve_readiness_is_the_backend_answering(tmp_path: Path) -> None:
 async def test_openapi_documents_every_route_and_docs_page_loads(served: Served) -> None:
     spec = (await served.http.get("/openapi.json")).json()
     assert set(spec["paths"]) == {
+        "/metrics",
         "/events",
         "/instances",
         "/instances/{instance_id}",
