@@ -6,12 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ports import ActivityRow
+from ..protocol import Status
 
 WIDTH = 720
 HEIGHT = 180
 LEFT = 40
 BOTTOM = 24
-SERIES = ("started", "completed", "failed")
+SERIES = ("started", str(Status.COMPLETED), str(Status.FAILED))
 
 
 @dataclass(slots=True)
