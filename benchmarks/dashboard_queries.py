@@ -5,8 +5,11 @@ instance rows (written straight into the ``instances`` table in one transaction,
 takes seconds rather than the hours an engine would need to start them), then times each
 filter of the Instances page, twice: the store query alone (``Client.find_instances``)
 and the whole page (``GET /ui/instances``, rendered by the API in-process over an ASGI
-transport). Each is repeated and reported as median and max in milliseconds. The file is
-kept (``--file``) so the fill happens once.
+transport). Each is repeated and reported as median and max in milliseconds. Then the
+same for the overview: its two store reads (``Client.instance_counts``, the per-minute
+``Client.instance_activity`` of the last hour), the whole ``GET /ui/`` page and a
+``GET /metrics`` scrape (whose store gauges read the same counts). The file is kept
+(``--file``) so the fill happens once.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import sqlite3
 import statistics
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +154,24 @@ async def _page_times(
     return out
 
 
+async def _overview_times(url: str, repeats: int) -> dict[str, tuple[float, float]]:
+    api = create_api(App("bench"), url)
+    transport = httpx.ASGITransport(app=api)
+    out = {}
+    async with httpx.AsyncClient(transport=transport, base_url="http://bench") as http:
+        for path in ("/ui/", "/metrics"):
+            samples = []
+            for i in range(repeats + 1):
+                began = time.perf_counter()
+                response = await http.get(path)
+                elapsed = (time.perf_counter() - began) * 1000
+                assert response.status_code == 200, response.text[:500]
+                if i:
+                    samples.append(elapsed)
+            out[f"GET {path}"] = (statistics.median(samples), max(samples))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -175,6 +196,22 @@ def main() -> None:
                 lambda kw=kwargs: client.find_instances(limit=50, **kw), args.repeats
             )
             print(f"{name:32} {median:10.2f} ms {worst:7.2f} ms")
+        # the overview's chart: the last hour of the file, per minute
+        hour = datetime.fromtimestamp(START + args.rows - 3600, UTC)
+        reads: dict[str, Callable[[], Any]] = {
+            "instance_counts": client.instance_counts,
+            "instance_activity (1 h/min)": lambda: client.instance_activity(
+                since=hour, width=timedelta(minutes=1)
+            ),
+        }
+        print(f"\n{'overview read':32} {'store median':>13} {'store max':>10}")
+        for name, read in reads.items():
+            median, worst = timed(read, args.repeats)
+            print(f"{name:32} {median:10.2f} ms {worst:7.2f} ms")
+    overview = asyncio.run(_overview_times(url, args.repeats))
+    print(f"\n{'overview and scrape':32} {'median':>13} {'max':>10}")
+    for name, (median, worst) in overview.items():
+        print(f"{name:32} {median:10.2f} ms {worst:7.2f} ms")
     pages = asyncio.run(_page_times(url, all_cases, args.repeats))
     print(f"\n{'GET /ui/instances (whole page)':32} {'median':>13} {'max':>10}")
     for name, (median, worst) in pages.items():

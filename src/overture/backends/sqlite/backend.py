@@ -33,10 +33,13 @@ from ...ports import (
 )
 from ...protocol import FINAL, Status
 from ..embedded import claim_whole
+from .counts import FINISHED_SQL, OBJECTS, STARTED_SQL, install
+from .counts import counts as stored_counts
 from .document import (
     APPLY_DOCUMENT,
     DLQ_SELECT,
     DOCUMENT_VIEW,
+    INSTANCE_UPSERT,
     MASK,
     SHIFT,
     as_is,
@@ -177,7 +180,7 @@ class SqliteBackend:
     def _needs_schema(conn: sqlite3.Connection) -> bool:
         """Whether the file lacks a table or column of this release (read-only check)."""
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-        if not tables >= _TABLES:
+        if not tables >= _TABLES | OBJECTS:
             return True
         have = {row[1] for row in conn.execute("PRAGMA table_info(dlq)")}
         return (
@@ -200,6 +203,7 @@ class SqliteBackend:
                 conn.execute(f"ALTER TABLE dlq ADD COLUMN {column} {kind}")
         conn.execute("INSERT OR IGNORE INTO meta VALUES('partitions', ?)", (str(partitions),))
         conn.execute("INSERT OR IGNORE INTO meta VALUES('format', '1')")
+        install(conn)  # the instance counts (filled here for a file from before them)
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
@@ -358,7 +362,7 @@ class SqliteBackend:
             )
         if b.instances:
             c.executemany(
-                "INSERT OR REPLACE INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                INSTANCE_UPSERT,
                 [instance_fields(r, dump_json) for r in b.instances.values()],
             )
         if b.journal:
@@ -527,28 +531,15 @@ class SqliteBackend:
         return [instance_of(r) for r in self._query(sql, (*args, query.limit))]
 
     def count_instances(self, *, process: str | None = None) -> dict[tuple[str, str], int]:
-        if process is None:
-            rows = self._query("SELECT process, status, COUNT(*) FROM instances GROUP BY 1, 2")
-        else:
-            rows = self._query(
-                "SELECT process, status, COUNT(*) FROM instances WHERE process = ? GROUP BY 1, 2",
-                (process,),
-            )
-        return {(p, s): n for p, s, n in rows}
+        # kept by triggers in instance_counts (counts.py): a few rows, not a scan
+        with self._read_lock:
+            return stored_counts(self._reader, process)
 
     def instance_activity(self, since: float, width: float) -> list[ActivityRow]:
         counts: dict[int, list[int]] = {}
-        for bucket, n in self._query(
-            "SELECT CAST((created - ?) / ? AS INTEGER) AS b, COUNT(*) FROM instances "
-            "WHERE created >= ? GROUP BY b",
-            (since, width, since),
-        ):
+        for bucket, n in self._query(STARTED_SQL, (since, width, since)):
             counts.setdefault(bucket, [0, 0, 0])[0] += n
-        for status, bucket, n in self._query(
-            "SELECT status, CAST((updated - ?) / ? AS INTEGER) AS b, COUNT(*) FROM instances "
-            "WHERE status IN (?, ?) AND updated >= ? GROUP BY status, b",
-            (since, width, Status.COMPLETED, Status.FAILED, since),
-        ):
+        for status, bucket, n in self._query(FINISHED_SQL, (since, width, since)):
             counts.setdefault(bucket, [0, 0, 0])[1 if status == Status.COMPLETED else 2] += n
         return [ActivityRow(since + b * width, *counts[b]) for b in sorted(counts)]
 

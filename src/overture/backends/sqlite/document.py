@@ -163,7 +163,32 @@ def state_document(b: Batch, partitions: int, now: float) -> str | None:
     return None if "\\u0000" in document else document
 
 
-def _rows(table: str, path: str, columns: int, blobs: Collection[int] = ()) -> str:
+_INSTANCE_COLUMNS = (
+    "id",
+    "process",
+    "version",
+    "key",
+    "status",
+    "part",
+    "created",
+    "updated",
+    "trigger_id",
+    "result",
+    "error",
+    "journal_len",
+)
+# An instance row is written by upsert, an update in place: the counting triggers
+# (counts.py) then fire only when its status changes, and a REPLACE's delete (which
+# fires no delete trigger unless recursive_triggers is on) is never relied on.
+_UPSERT_INSTANCE = " ON CONFLICT(id) DO UPDATE SET " + ", ".join(
+    f"{c} = excluded.{c}" for c in _INSTANCE_COLUMNS[1:]
+)
+INSTANCE_UPSERT = "INSERT INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,?)" + _UPSERT_INSTANCE
+
+
+def _rows(
+    table: str, path: str, columns: int, blobs: Collection[int] = (), *, upsert: str = ""
+) -> str:
     """``INSERT OR REPLACE`` into ``table`` of the rows at ``path`` of the state document.
     Element ``i`` of a row fills column ``i``; ``blobs`` columns become BLOBs: a JSON
     string element gives its text, an array element its JSON text (byte for byte what
@@ -174,7 +199,10 @@ def _rows(table: str, path: str, columns: int, blobs: Collection[int] = ()) -> s
         else f"json_extract(value, '$[{i}]')"
         for i in range(columns)
     )
-    return f"INSERT OR REPLACE INTO {table} SELECT {values} FROM json_each(NEW.doc, '{path}');"
+    rows = f"SELECT {values} FROM json_each(NEW.doc, '{path}')"
+    if upsert:  # WHERE true: without it, SQLite would parse ON CONFLICT as a join's ON
+        return f"INSERT INTO {table} {rows} WHERE true{upsert};"
+    return f"INSERT OR REPLACE INTO {table} {rows};"
 
 
 # Appended records: offsets continue each partition's log densely, in the document's
@@ -223,7 +251,7 @@ CREATE TEMP TRIGGER IF NOT EXISTS state_document_apply
 INSTEAD OF INSERT ON state_document BEGIN
   {_APPEND_ROWS}
   {_rows("offsets", "$.o", 3)}
-  {_rows("instances", "$.i", 12, blobs=(9, 10))}
+  {_rows("instances", "$.i", 12, blobs=(9, 10), upsert=_UPSERT_INSTANCE)}
   {_rows("journal", "$.j", 3, blobs=(2,))}
   DELETE FROM waits WHERE id IN (SELECT value FROM json_each(NEW.doc, '$.wd'));
   {_rows("waits", "$.wa", 5)}

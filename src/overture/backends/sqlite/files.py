@@ -23,6 +23,8 @@ def connect(path: str) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")  # fsync at every commit: durable across power loss
     conn.execute(f"PRAGMA busy_timeout={int(BUSY_SECONDS * 1000)}")
     conn.execute("PRAGMA journal_size_limit=67108864")
+    # a REPLACE of an instance row fires the counting delete trigger (counts.py)
+    conn.execute("PRAGMA recursive_triggers=ON")
     return conn
 
 
