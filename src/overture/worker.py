@@ -115,6 +115,9 @@ class WorkerStats:
     """Results the queue could not take (storage or broker failure): the attempt is left
     to its lease and runs again elsewhere."""
     lost_leases: int = 0
+    failed_heartbeats: int = 0
+    """Lease renewals that raised (the port failed): logged, and retried a third of a
+    lease later; three in a row are logged as an error (the lease has run out)."""
     abandoned: int = 0
     """Still running when the grace period of a stop ran out."""
 
@@ -333,8 +336,13 @@ class Worker:
                 claimed = await self._call(
                     queue.claim, self.queues, self.worker_id, free, self.lease
                 )
-            except OvertureError as error:  # the file is locked, the broker is down...
-                log.error("claiming task attempts failed: %s; retrying in %gs", error, self.poll)
+            except Exception as error:  # the file is locked, the broker is down, a bug...
+                log.error(
+                    "claiming task attempts failed: %s; retrying in %gs",
+                    error,
+                    self.poll,
+                    exc_info=not isinstance(error, OvertureError),  # a bug: its traceback
+                )
                 claimed = []
             for task in claimed:
                 if self._stopping:
@@ -529,13 +537,30 @@ class Worker:
 
     async def _heartbeat(self, task_id: str) -> None:
         queue = self.backend.tasks
+        failures = 0  # in a row
         while True:
             await asyncio.sleep(self.lease / 3)
             try:
                 kept = await self._call(queue.heartbeat, task_id, self.worker_id, self.lease)
-            except OvertureError as error:
-                log.warning("renewing the lease of task attempt %s failed: %s", task_id, error)
+            except Exception as error:
+                # Any failure of the port (a locked file, a broker away, a bug below it)
+                # must not end the renewals: the attempt runs on, and a lease lapsed
+                # meanwhile is taken back by the next heartbeat that gets through (as
+                # long as no other worker claimed the attempt in between).
+                failures += 1
+                self._count("failed_heartbeats")
+                lapsed = failures >= 3  # three renewals missed: a lease's worth
+                log.log(
+                    logging.ERROR if lapsed else logging.WARNING,
+                    "renewing the lease of task attempt %s failed (%d time(s) in a row%s): %s",
+                    task_id,
+                    failures,
+                    "; its lease has run out: another worker may run it again" if lapsed else "",
+                    error,
+                    exc_info=not isinstance(error, OvertureError),  # a bug: its traceback
+                )
                 continue
+            failures = 0
             if not kept:
                 log.warning(
                     "lost the lease of task attempt %s (it ran out and another worker took "

@@ -177,6 +177,46 @@ async def test_a_lost_lease_is_logged_and_the_result_still_sent(
     assert "lost the lease" in caplog.text
 
 
+async def test_a_heartbeat_that_raises_is_logged_and_the_renewals_go_on(
+    backend: SqliteBackend, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The port raising something other than an OvertureError (here SQLite's own
+    IntegrityError, from a trigger refusing every renewal) must not end the heartbeats:
+    each failure is logged, three in a row as an error, and once renewals get through
+    again the lease is held again."""
+    record = attempt_record("t.sleep", input=3.0)
+    conn = sqlite3.connect(tmp_path / "w.db")
+    conn.execute(
+        "CREATE TRIGGER refuse_renewal BEFORE UPDATE OF lease_until ON tasks "
+        "WHEN OLD.worker IS NOT NULL AND NEW.worker IS OLD.worker "
+        "BEGIN SELECT RAISE(ABORT, 'no renewal'); END"
+    )
+    conn.commit()
+    try:
+        # poll=30: no claim of its own takes the lapsed attempt back meanwhile
+        async with Worker(app, backend, lease=0.3, poll=30.0) as worker:
+            publish(backend, record)
+            async with asyncio.timeout(10):
+                await worker.until(lambda s: s.failed_heartbeats >= 4)
+            conn.execute("DROP TRIGGER refuse_renewal")
+            conn.commit()
+            deadline = time.monotonic() + 10.0
+            while True:  # a renewal gets through: the lease runs into the future again
+                (until,) = conn.execute(
+                    "SELECT lease_until FROM tasks WHERE id = ?", (record.id,)
+                ).fetchone()
+                if until > time.time():
+                    break
+                assert time.monotonic() < deadline, "the heartbeats stopped"
+                await asyncio.sleep(0.05)
+            await _finished(worker, 1)
+    finally:
+        conn.close()
+    assert worker.stats.accepted == 1 and worker.stats.lost_leases == 0
+    assert "IntegrityError" in caplog.text  # a bug below the port: its traceback
+    assert "3 time(s) in a row; its lease has run out" in caplog.text
+
+
 async def test_an_attempt_past_its_deadline_is_skipped(backend: SqliteBackend) -> None:
     """The SQLite queue does not hand out such attempts any more; a queue that does (or
     a deadline passing between claim and start) meets the worker's own check."""
