@@ -155,6 +155,26 @@ def test_finish_appends_the_result_and_ends_the_claim(queue_subject: Subject) ->
     assert sum(ends) == 1
 
 
+def test_a_result_must_go_to_the_partition_its_request_names(queue_subject: Subject) -> None:
+    """The request says reply.partition 1: a result for partition 2, or for none (its
+    key would pick one), is refused and writes nothing; the attempt stays open, so the
+    right result is still taken."""
+    from dataclasses import replace
+
+    backend = queue_subject.backend
+    record = attempt(1)
+    publish(queue_subject, record)
+    (claimed,) = backend.tasks.claim(["default"], "w1", 1, 30.0)
+    for partition, said in ((2, "not 2"), (None, "not no partition")):
+        wrong = replace(result(record), partition=partition)
+        with pytest.raises(MalformedEvent, match=f"must go to partition 1 .*{said}"):
+            backend.tasks.finish(claimed.id, "w1", wrong)
+    assert [backend.log.end_offset(p) for p in range(backend.log.partitions)] == [0] * 4
+    assert backend.tasks.finish(claimed.id, "w1", result(record)) == "accepted"
+    stored = backend.log.find_event(protocol.task_result_id(record.id))
+    assert stored is not None and stored.partition == 1
+
+
 def test_a_result_from_a_worker_whose_lease_ran_out_is_accepted(queue_subject: Subject) -> None:
     queue = queue_subject.backend.tasks
     record = attempt(1)

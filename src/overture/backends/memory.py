@@ -39,6 +39,7 @@ from ..ports import (
 from ..protocol import FINAL, TASK_COMPLETED, TASK_FAILED, Status, task_result_id
 from . import queries
 from .embedded import claim_whole
+from .replies import check_reply
 
 
 class MemoryState:
@@ -430,6 +431,7 @@ class MemoryTaskQueue:
             attempt = self._attempts.get(task_id)
             if attempt is None:
                 return "unknown"
+            check_reply(task_id, attempt.record.request, result)  # as SQLite
             if not attempt.open:
                 return "ended"
             attempt.open = False

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import ConfigError, MalformedEvent
 from ...ports import ClaimedTask, FinishOutcome, NewRecord, TaskRecord
 from ...protocol import TASK_COMPLETED, TASK_FAILED, task_result_id
+from ..replies import check_reply
 
 if TYPE_CHECKING:
     from .backend import SqliteBackend
@@ -216,8 +217,8 @@ class SqliteTaskQueue:
         Raises:
             ConfigError: an empty worker id.
             MalformedEvent: ``result`` is not this attempt's result (its event id must be
-                ``protocol.task_result_id(task_id)``, its type completed or failed);
-                nothing is written.
+                ``protocol.task_result_id(task_id)``, its type completed or failed, its
+                partition the request's ``reply.partition``); nothing is written.
         """
         _check_worker(worker)
         expected = task_result_id(task_id)
@@ -231,6 +232,7 @@ class SqliteTaskQueue:
                 f"the result of task attempt {task_id!r} must be a {TASK_COMPLETED!r} or "
                 f"{TASK_FAILED!r} event, not {result.event_type!r}; nothing was written"
             )
+        check_reply(task_id, self.request(task_id), result)
         outcome: FinishOutcome = self._grouped(_Pending(None, (task_id, result)))
         return outcome
 
