@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from . import protocol
 from .codec import Codec
 from .core.values import to_json
@@ -27,6 +29,7 @@ __all__ = [
     "TaskDef",
     "completed",
     "failed",
+    "invalid_request",
     "parse_request",
 ]
 
@@ -143,3 +146,63 @@ def failed(
         "retryable": retryable,
     }
     return _result(codec, request, message, protocol.TASK_FAILED, data)
+
+
+INVALID_REQUEST = "InvalidTaskRequest"
+"""The error type of the failure a worker answers a request it cannot parse with."""
+
+
+def invalid_request(
+    codec: Codec, task_id: str, raw: bytes, reason: str, *, source: str
+) -> NewRecord:
+    """The non-retryable ``overture.task.failed`` record ending attempt ``task_id``, whose
+    request ``raw`` could not be parsed (``reason``): unanswered, the attempt would be
+    handed out again at every lease expiry, forever.
+
+    Built from what can still be read: the instance, call and attempt from the attempt's
+    id (``protocol.task_attempt_id``), the reply's partition key and partition from the
+    request's JSON where they are there. A result the engine cannot match to an instance
+    (an id of another form, no readable reply on a partitioned log) is dead-lettered by
+    the engine with the reason, so the bad request is kept in sight either way.
+    """
+    instance_id, seq, attempt = task_id, 0, 1
+    if task_id.startswith("task:"):
+        head, _, tail = task_id[len("task:") :].rpartition(":")
+        instance, _, call = head.rpartition(":")
+        if instance and call.isdigit() and tail.isdigit() and int(tail) >= 1:
+            instance_id, seq, attempt = instance, int(call), int(tail)
+    key: str | None = None
+    partition = 0
+    event_source = source
+    try:
+        event: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        event = None
+    if isinstance(event, dict):
+        if isinstance(event.get("source"), str) and event["source"]:
+            event_source = event["source"]
+        data = event.get("data")
+        reply = data.get("reply") if isinstance(data, dict) else None
+        if isinstance(reply, dict):
+            if isinstance(reply.get("partitionkey"), str):
+                key = reply["partitionkey"]
+            if isinstance(reply.get("partition"), int) and not isinstance(
+                reply.get("partition"), bool
+            ):
+                partition = max(reply["partition"], 0)
+    envelope = Envelope(
+        type=protocol.TASK_FAILED,
+        data={
+            "instance_id": instance_id,
+            "seq": seq,
+            "attempt": attempt,
+            "error": {"type": INVALID_REQUEST, "message": f"invalid task request: {reason}"},
+            "retryable": False,
+        },
+        id=protocol.task_result_id(task_id),
+        source=event_source,
+        partitionkey=key,
+    )
+    return NewRecord(
+        key, codec.to_bytes(envelope), envelope.id, protocol.TASK_FAILED, partition=partition
+    )

@@ -59,7 +59,7 @@ from .protocol import TaskRequest
 from .push import PushExecutor
 from .runtime.executor import StepInfo, set_current_step
 from .runtime.threads import DaemonThreadPool
-from .tasks import TaskDef, completed, failed, parse_request
+from .tasks import TaskDef, completed, failed, invalid_request, parse_request
 from .worker_threads import PortThreads, on_pool
 
 __all__ = ["Attempt", "Runner", "Worker", "WorkerStats"]
@@ -103,8 +103,11 @@ class WorkerStats:
 
     claimed: int = 0
     skipped: int = 0
-    """Past their deadline, not a valid request, or a runner that returned no result:
-    nothing was finished (the attempt is left to its lease)."""
+    """Past their deadline, or a runner that returned no result: nothing was finished
+    (the attempt is left to its lease)."""
+    invalid: int = 0
+    """Requests that could not be parsed: each answered with a non-retryable failure
+    (``tasks.INVALID_REQUEST``), so it ends instead of coming back at every lease expiry."""
     accepted: int = 0
     """Results the queue accepted."""
     ended: int = 0
@@ -416,11 +419,19 @@ class Worker:
         try:
             envelope, request = parse_request(self.codec, task.request)
         except OvertureError as error:
-            # Nothing to answer: a result needs the request's reply address.
+            # Left to its lease, it would come back at every expiry, forever: it is
+            # answered with a non-retryable failure built from what can be read (the
+            # engine fails the call, or dead-letters the result it cannot place).
             log.error(
-                "task attempt %s is not a valid request, left to its lease: %s", task.id, error
+                "task attempt %s is not a valid request, answered with a non-retryable failure: %s",
+                task.id,
+                error,
             )
-            self._count("skipped")
+            self._count("invalid")
+            answer = invalid_request(
+                self.codec, task.id, task.request, str(error), source=f"/{self.app.name}"
+            )
+            await self._finish(task, answer, None)
             return
         if request.deadline is not None and request.deadline <= time.time():
             log.info("skipped task attempt %s (%s): past its deadline", task.id, request.task)
@@ -439,19 +450,31 @@ class Worker:
         if result is None:
             self._count("skipped")
             return
+        await self._finish(task, result, (envelope, request))
+
+    async def _finish(
+        self,
+        task: ClaimedTask,
+        result: NewRecord,
+        parsed: tuple[Envelope, TaskRequest] | None,
+    ) -> None:
+        """Hand ``result`` to the queue and count the outcome (``parsed``: the request,
+        to answer with a failure if the log refuses the result itself)."""
         try:
             try:
                 outcome: FinishOutcome = await self._call(
                     self.backend.tasks.finish, task.id, self.worker_id, result
                 )
             except EventError as error:
+                if parsed is None:
+                    raise
                 # the log refuses this result itself (larger than Kafka takes): sent again
                 # it would be refused again, so the attempt fails, saying why
                 log.error("the result of task attempt %s was refused: %s", task.id, error)
                 refused = failed(
                     self.codec,
-                    envelope,
-                    request,
+                    parsed[0],
+                    parsed[1],
                     RESULT_REFUSED,
                     f"worker {self.worker_id}: {error}",
                     retryable=False,

@@ -17,6 +17,7 @@ import overture as ov
 from overture import protocol
 from overture.backends import open_backend
 from overture.backends.sqlite import SqliteBackend
+from overture.ports import TaskRecord
 from overture.worker import UNKNOWN_TASK, Worker
 
 from . import workerapp
@@ -215,6 +216,44 @@ async def test_a_heartbeat_that_raises_is_logged_and_the_renewals_go_on(
     assert worker.stats.accepted == 1 and worker.stats.lost_leases == 0
     assert "IntegrityError" in caplog.text  # a bug below the port: its traceback
     assert "3 time(s) in a row; its lease has run out" in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+async def test_a_request_that_does_not_parse_is_answered_once_and_not_handed_out_again(
+    kind: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Left to its lease, an unparsable request came back at every expiry, forever: it
+    is answered with a non-retryable failure, so the attempt ends."""
+    url = f"sqlite:///{tmp_path / 'bad.db'}" if kind == "sqlite" else f"memory://{tmp_path.name}"
+    opened = open_backend(url, partitions=4)
+    good = attempt_record("t.echo", instance="fine")
+    envelope = orjson.loads(attempt_record("t.echo", instance="half", partition=3).request)
+    del envelope["data"]["task"]  # readable JSON with a reply, but not a TaskRequest
+    half = TaskRecord(envelope["id"], "default", orjson.dumps(envelope))
+    garbage = TaskRecord(protocol.task_attempt_id("lost", 2, 1), "default", b"\xff not json")
+    try:
+        async with Worker(app, opened, lease=0.2, poll=0.05) as worker:
+            publish(opened, half, garbage, good)
+            async with asyncio.timeout(10):
+                await worker.until(lambda s: s.invalid == 2 and s.accepted == 3)
+            await asyncio.sleep(0.5)  # past two leases: nothing is handed out again
+        assert worker.stats.claimed == 3 and worker.stats.failed_finishes == 0
+        assert opened.tasks.claim(["default"], "another", 5, 30.0) == []
+        answer = opened.log.find_event(protocol.task_result_id(half.id))
+        assert answer is not None and answer.partition == 3  # its reply's partition
+        event = orjson.loads(answer.value)
+        assert event["type"] == protocol.TASK_FAILED
+        assert event["partitionkey"] == "k1"
+        assert event["data"]["instance_id"] == "half" and event["data"]["retryable"] is False
+        assert event["data"]["error"]["type"] == "InvalidTaskRequest"
+        assert "task" in event["data"]["error"]["message"]
+        lost = opened.log.find_event(protocol.task_result_id(garbage.id))
+        assert lost is not None
+        data = orjson.loads(lost.value)["data"]
+        assert (data["instance_id"], data["seq"], data["attempt"]) == ("lost", 2, 1)
+        assert "not a valid request, answered" in caplog.text
+    finally:
+        opened.close()
 
 
 async def test_an_attempt_past_its_deadline_is_skipped(backend: SqliteBackend) -> None:

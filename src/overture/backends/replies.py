@@ -28,7 +28,7 @@ def reply_partition(request: bytes) -> int | None:
     data = event.get("data") if isinstance(event, dict) else None
     reply = data.get("reply") if isinstance(data, dict) else None
     partition = reply.get("partition") if isinstance(reply, dict) else None
-    if isinstance(partition, bool) or not isinstance(partition, int):
+    if isinstance(partition, bool) or not isinstance(partition, int) or partition < 0:
         return None
     return partition
 
