@@ -1,8 +1,10 @@
 """Structured logs: ``--log-format json`` writes one JSON object per line.
 
 Each line has ``time`` (UTC, ISO 8601 with milliseconds), ``level``, ``logger`` and
-``message``; inside a running step, handler or task function also ``instance_id`` (for a
-process step) and ``step`` (from :func:`overture.current_step`); when an OpenTelemetry
+``message``; inside a running step, handler or task function also ``instance_id`` and
+``process`` (for a process step: the instance and its process's name), ``step`` and
+``attempt`` (from :func:`overture.current_step`; the engine's own lines about a step,
+written outside it, carry the same fields); when an OpenTelemetry
 span is current, ``trace_id`` and ``span_id`` (32 and 16 hex digits); when the record
 carries an exception, ``exception`` (its formatted traceback). Fields passed with
 ``extra=`` that are plain JSON values are kept as they are.
@@ -19,7 +21,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from ..runtime.executor import current_step
+from ..runtime.executor import PROCESS_FIELD, current_step
 
 # Attributes every LogRecord has: not copied as extra fields.
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -51,13 +53,23 @@ class JsonFormatter(logging.Formatter):
         if step is not None:
             if step.instance_id is not None:
                 entry["instance_id"] = step.instance_id
+            if step.process is not None:
+                entry["process"] = step.process
             entry["step"] = step.name
             entry["attempt"] = step.attempt
+        named = getattr(record, PROCESS_FIELD, None)
+        if isinstance(named, str) and "process" not in entry:  # an engine line's
+            entry["process"] = named
         ids = _span_ids()
         if ids is not None:
             entry["trace_id"], entry["span_id"] = ids
         for key, value in vars(record).items():
-            if key not in _STANDARD and key not in entry and isinstance(value, _PLAIN):
+            if (
+                key not in _STANDARD
+                and key != PROCESS_FIELD
+                and key not in entry
+                and isinstance(value, _PLAIN)
+            ):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

@@ -50,6 +50,9 @@ class StepInfo(NamedTuple):
     instance_id: str | None
     """The process instance, or None for a handler."""
     name: str
+    process: str | None = None
+    """The name of the instance's process (None for a handler, and for a task function
+    run by a worker: a task request names the instance, not its process)."""
 
 
 _current: contextvars.ContextVar[StepInfo | None] = contextvars.ContextVar(
@@ -61,6 +64,24 @@ def current_step() -> StepInfo | None:
     """Inside a running step, handler or task function (run by a Python worker): its
     :class:`StepInfo`; elsewhere ``None``."""
     return _current.get()
+
+
+PROCESS_FIELD = "process_name"
+"""The ``extra=`` name of an instance's process on a log record; JSON log lines write it
+as ``process``."""
+
+
+def log_fields(info: StepInfo) -> dict[str, Any]:
+    """``info`` as the ``extra=`` of an engine log line about the step, written from
+    outside the step's own context (a watchdog, a timer): JSON log lines then name the
+    instance, its process, the step and the attempt as a line from inside the step does."""
+    fields: dict[str, Any] = {"step": info.name, "attempt": info.attempt}
+    if info.instance_id is not None:
+        fields["instance_id"] = info.instance_id
+    if info.process is not None:
+        # not "process": every LogRecord has that already (the OS process id)
+        fields[PROCESS_FIELD] = info.process
+    return fields
 
 
 def set_current_step(info: StepInfo) -> None:
@@ -348,6 +369,7 @@ class Executor:
                     info.instance_id,
                     info.attempt,
                     time.monotonic() - call.started,
+                    extra=log_fields(info),
                 )
                 return True
             try:
@@ -448,6 +470,7 @@ class Executor:
             info.instance_id,
             info.attempt,
             limit,
+            extra=log_fields(info),
         )
         call.done(False, TimeoutError(f"timed out after {limit:g}s"))
 
@@ -555,6 +578,7 @@ class LoopWatch:
                     info.instance_id,
                     info.attempt,
                     now - since,
+                    extra=log_fields(info),
                 )
 
 

@@ -22,6 +22,7 @@ from ..core import machine as m
 from ..core.values import describe_error, to_json
 from ..events import Envelope, Event
 from ..ports import Batch, InboxRow, InstanceRow, NewRecord, Store, WaitRow, WorkRow
+from .executor import PROCESS_FIELD
 from .observer import Observer
 from .staging import Live, Outcome, Stage
 from .waits import Waits
@@ -289,7 +290,9 @@ class Instances:
                 # a step's function would run for an operation the code had given up
                 continue
             if isinstance(command, m.ScheduleStep):
-                done, value = self._work.start_step(stage, command.call, now)
+                done, value = self._work.start_step(
+                    stage, command.call, now, process=live.row.process
+                )
                 if done:
                     todo.extend(machine.resolve(command.call.seq, now, ok=value))
             elif isinstance(command, m.ScheduleTask):
@@ -337,6 +340,7 @@ class Instances:
                 "--app) validate such events and derive their key",
                 process,
                 event_type,
+                extra={PROCESS_FIELD: process},
             )
 
     def _abandon(self, stage: Stage, iid: str, seq: int) -> None:
@@ -396,10 +400,10 @@ class Instances:
         if live is not None and live.machine.stuck_reason is not None:
             return  # parked: the step runs again once the code is fixed
         call = None if live is None else live.machine.pending_step(row.seq)
-        if call is None:
+        if live is None or call is None:
             self._work.clear(stage, row.id)
             return
-        self._work.attempt_step(row, call)
+        self._work.attempt_step(row, call, process=live.row.process)
 
     def store_eager(self, stage: Stage, outcome: Outcome, now: float) -> None:
         """Give a reported eager first attempt its stored row (see ``Work.store_eager``)."""

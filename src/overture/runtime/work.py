@@ -198,7 +198,9 @@ class Work:
 
     # -- steps -------------------------------------------------------------------------
 
-    def start_step(self, stage: Stage, call: m.StepCall, now: float) -> tuple[bool, Any]:
+    def start_step(
+        self, stage: Stage, call: m.StepCall, now: float, *, process: str | None = None
+    ) -> tuple[bool, Any]:
         """The first attempt of a new step.
 
         An async step that returns without suspending (the common trivial step) never
@@ -213,7 +215,7 @@ class Work:
             self.put(stage, WorkRow(work_id, "step", now, 1, iid, call.seq, name))
             return False, None
         observer = self._observer
-        info = StepInfo(work_id, 1, iid, name)
+        info = StepInfo(work_id, 1, iid, name, process)
         observer.step_started(name, 1, iid)
         began = monotonic()
 
@@ -244,10 +246,10 @@ class Work:
             self._outcomes.append(Outcome(work_id, 1, eager[0], eager[1], True, began))
         return False, None
 
-    def attempt_step(self, row: WorkRow, call: m.StepCall) -> None:
+    def attempt_step(self, row: WorkRow, call: m.StepCall, *, process: str | None = None) -> None:
         """Start an attempt of a stored step row (a retry, or a step reloaded at start)."""
         assert row.instance_id is not None  # a step row belongs to an instance
-        info = StepInfo(call.idempotency_key, row.attempt, row.instance_id, call.name)
+        info = StepInfo(call.idempotency_key, row.attempt, row.instance_id, call.name, process)
         self._inflight.add(row.id)
         began = monotonic()
         self._observer.step_started(call.name, row.attempt, row.instance_id)
