@@ -373,3 +373,51 @@ def test_attempts_held_through_a_rebalance(kafka_bootstrap: str) -> None:
     finally:
         one.close()
         two.close()
+
+
+def test_a_claim_in_flight_when_the_queue_closes_leaves_no_consumer_behind(
+    kafka_bootstrap: str,
+) -> None:
+    """A first claim of a queue looks its topic up (slow: a request to the broker) before
+    it makes the queue's consumer; a close() meanwhile must not be outlived by a
+    consumer made after it, never closed, whose group membership would hold the queue's
+    partitions for as long as the process lives. The real broker, the threads ordered
+    by a hook around the real topic lookup."""
+    import threading
+
+    url = kafka_url(kafka_bootstrap)
+    backend = KafkaBackend(url)
+    queue = backend.tasks
+    assert isinstance(queue, KafkaTaskQueue)
+    looking, closed = threading.Event(), threading.Event()
+    lookup = queue._topics.partitions
+
+    def partitions(name: str) -> int:
+        looking.set()
+        assert closed.wait(30)
+        return lookup(name)
+
+    queue._topics.partitions = partitions  # type: ignore[method-assign]
+    outcome: list[BaseException | object] = []
+
+    def claim() -> None:
+        try:
+            outcome.append(queue.claim(["late"], "w", 1, 30.0))
+        except BaseException as error:  # the outcome is asserted below
+            outcome.append(error)
+
+    claimer = threading.Thread(target=claim)
+    claimer.start()
+    try:
+        assert looking.wait(30)
+        backend.close()
+        closed.set()
+        claimer.join(60)
+    finally:
+        closed.set()
+    (result,) = outcome
+    assert isinstance(result, ConfigError) and "closed" in str(result)
+    assert queue._queues == {}
+    assert not [t for t in threading.enumerate() if t.name == "overture-tasks-late"]
+    with pytest.raises(ConfigError, match="closed"):
+        queue._send(result_of(request("i9")))  # type: ignore[arg-type]

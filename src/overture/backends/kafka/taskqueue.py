@@ -196,6 +196,11 @@ class KafkaTaskQueue:
             return served
         self._topics.partitions(name)  # a missing topic is created before subscribing
         with self._lock:
+            # close() may have run while the topic was looked up: a consumer made now
+            # would never be closed (its group membership would hold the queue's
+            # partitions, and the attempts on them, for as long as this process lives)
+            if self._closed:
+                raise ConfigError("the task queue was closed")
             served = self._queues.get(name)
             if served is None:
                 served = self._queues[name] = QueueConsumer(
@@ -211,6 +216,8 @@ class KafkaTaskQueue:
 
     def _send(self, result: NewRecord) -> None:
         with self._lock:
+            if self._closed:  # a producer made after close() would never be flushed
+                raise ConfigError("the task queue was closed: the result was not sent")
             if self._sender is None:
                 self._sender = _Sender(self._settings, self._partitions)
             sender = self._sender
