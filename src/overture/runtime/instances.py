@@ -71,6 +71,7 @@ class Instances:
         self._waits = waits
         self._in_flight = in_flight
         self._observer = observer
+        self._traces = observer.traces
         self._stats = stats
         self._cache: OrderedDict[str, Live] = OrderedDict()
         # running instances by key (lists: almost always one per key)
@@ -278,6 +279,9 @@ class Instances:
         stage.dirty[live.machine.instance_id] = live
         machine = live.machine
         iid = machine.instance_id
+        traces = self._traces
+        if traces:
+            self._observer.segment_resumed(iid, live.row.process, live.row.version, machine.trace)
         # A worklist, not recursion: a step applied at once yields the next commands.
         todo = list(commands)
         while todo:
@@ -304,6 +308,8 @@ class Instances:
                 stage.batch.appends.append(
                     NewRecord(env.partitionkey, self._codec.to_bytes(env), env.id, env.type)
                 )
+                if traces:
+                    self._observer.emitted(iid, env)
             elif isinstance(command, m.Abandon):
                 self._abandon(stage, iid, command.seq)
             elif isinstance(command, m.Finished):
@@ -399,6 +405,12 @@ class Instances:
         if call is None:
             self._work.clear(stage, row.id)
             return
+        if self._traces:  # a retry, or a step run again after a restart: in a segment
+            assert live is not None
+            self._observer.segment_resumed(
+                row.instance_id, live.row.process, live.row.version, live.machine.trace
+            )
+            stage.dirty[row.instance_id] = live  # so that its segment_flushed comes
         self._work.attempt_step(row, call)
 
     def store_eager(self, stage: Stage, outcome: Outcome, now: float) -> None:
@@ -458,8 +470,11 @@ class Instances:
         """Write the batch's dirty instances as journal chunks and instance rows;
         ``updated`` is their new update time (after the steps this batch ran)."""
         batch = stage.batch
+        traces = self._traces
         for iid, live in stage.dirty.items():
             machine, row = live.machine, live.row
+            if traces:
+                self._observer.segment_flushed(iid, machine.status, machine.steps_running())
             entries = machine.take_entries()
             if entries:
                 batch.journal.append((iid, row.journal_len, entries))
