@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .tracing_support import EXPORTER, RECORDER, SAMPLER, provider
+from .tracing_support import EXPORTER, RECORDER, SAMPLER, installed
 
 
 @pytest.fixture
@@ -16,12 +16,12 @@ def spans() -> Iterator[list[object]]:
     read ``EXPORTER.get_finished_spans()``."""
     from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
-    provider()
     EXPORTER.clear()
     RECORDER.started = RECORDER.ended = 0
     RECORDER.on = True
     try:
-        yield []
+        with installed():
+            yield []
     finally:
         RECORDER.on = False
         SAMPLER.inner = ALWAYS_ON

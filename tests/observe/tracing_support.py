@@ -1,14 +1,17 @@
 """The process-wide OpenTelemetry set-up the tracing tests share.
 
 OpenTelemetry lets a process set its global tracer provider once, and the clients and
-workers trace through the global one; so one SDK provider is set for the whole test
-session, its spans kept in memory only while a test asks for them (``Recorder``), and
-its sampler switchable per test (``Switch``), without leaking spans into other tests.
+workers trace through the global one (they trace whenever one is set); so one SDK
+provider serves every tracing test, made global for the test alone (``installed``: the
+API's module global set and put back, since ``set_tracer_provider`` refuses a second
+call and other tests must see no provider), its spans kept in memory while a test
+records (``Recorder``) and its sampler switchable per test (``Switch``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import trace
@@ -75,10 +78,20 @@ _provider: TracerProvider | None = None
 
 
 def provider() -> TracerProvider:
-    """The session's global SDK provider (set the first time)."""
+    """The tests' SDK provider (made the first time)."""
     global _provider
     if _provider is None:
         _provider = TracerProvider(sampler=SAMPLER)
         _provider.add_span_processor(RECORDER)
-        trace.set_tracer_provider(_provider)
     return _provider
+
+
+@contextmanager
+def installed() -> Iterator[TracerProvider]:
+    """The tests' provider as the global one inside the block, none after it."""
+    chosen = provider()
+    trace._TRACER_PROVIDER = chosen  # type: ignore[attr-defined]
+    try:
+        yield chosen
+    finally:
+        trace._TRACER_PROVIDER = None  # type: ignore[attr-defined]
