@@ -45,11 +45,14 @@ def incoming(traceparent: str | None) -> Any:
 
 @contextmanager
 def _incoming(tracing: Any, traceparent: str) -> Iterator[None]:
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
+
     context = tracing._remote(traceparent)
-    if context is None:
+    if context is None or trace.get_current_span().get_span_context().is_valid:
+        # (FastAPI's own telemetry already made the request's span, from the header)
         yield
         return
-    from opentelemetry import context as otel_context
 
     token = otel_context.attach(context)
     try:
