@@ -406,12 +406,22 @@ class TracingObserver(Observer):
 # -- clients and workers ---------------------------------------------------------------
 
 
+_global: tuple[TracerProvider, trace.Tracer] | None = None
+
+
 def _global_tracer() -> trace.Tracer | None:
+    """The tracer of the global SDK provider (None: no SDK provider is set)."""
+    global _global
     provider = trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):
         return None  # no SDK provider set: clients do not trace
+    cached = _global
+    if cached is not None and cached[0] is provider:
+        return cached[1]
     install_ids(provider)
-    return provider.get_tracer(TRACER_NAME)
+    tracer = provider.get_tracer(TRACER_NAME)
+    _global = provider, tracer
+    return tracer
 
 
 class SendSpans:

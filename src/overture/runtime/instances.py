@@ -473,8 +473,9 @@ class Instances:
         traces = self._traces
         for iid, live in stage.dirty.items():
             machine, row = live.machine, live.row
-            if traces:
-                self._observer.segment_flushed(iid, machine.status, machine.steps_running())
+            if traces:  # (a parked instance's steps run no more: its segment ends)
+                busy = machine.stuck_reason is None and machine.steps_running()
+                self._observer.segment_flushed(iid, machine.status, busy)
             entries = machine.take_entries()
             if entries:
                 batch.journal.append((iid, row.journal_len, entries))
