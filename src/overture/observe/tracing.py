@@ -125,6 +125,22 @@ def _remote(traceparent: str | None) -> otel_context.Context | None:
     return None if parent is None else trace.set_span_in_context(NonRecordingSpan(parent))
 
 
+def _unsampled(
+    context: otel_context.Context | None,
+) -> tuple[Span, otel_context.Context] | None:
+    """The parent span and its context when the parent is valid and not sampled: under
+    parent-based sampling (the SDK's default and ``parentbased_*``) its children are not
+    sampled either, so the parent's non-recording span stands for each of them and the
+    SDK is not called at all (a 1% sampling ratio then costs close to nothing)."""
+    if context is None:
+        return None
+    span = trace.get_current_span(context)
+    span_context = span.get_span_context()
+    if span_context.is_valid and not span_context.trace_flags.sampled:
+        return span, context
+    return None
+
+
 def _cut(value: str) -> str:
     return value if len(value) <= MAX_ATTRIBUTE else value[:MAX_ATTRIBUTE]
 
@@ -160,9 +176,9 @@ class _Attempt:
 
     __slots__ = ("context", "span")
 
-    def __init__(self, span: Span) -> None:
+    def __init__(self, span: Span, context: otel_context.Context | None = None) -> None:
         self.span = span
-        self.context = trace.set_span_in_context(span)
+        self.context = trace.set_span_in_context(span) if context is None else context
 
     def enter(self) -> None:
         # in the attempt's own context copy (discarded with it): never detached
@@ -211,10 +227,13 @@ class TracingObserver(Observer):
     # -- consuming ----------------------------------------------------------------------
 
     def record_routing(self, envelope: Envelope, partition: int, offset: int) -> None:
+        parent = _remote(envelope.traceparent)
+        unsampled = _unsampled(parent)
+        if unsampled is not None:
+            self._consume = unsampled
+            return
         span = self._tracer.start_span(
-            f"process {envelope.type}",
-            context=_remote(envelope.traceparent),
-            kind=SpanKind.CONSUMER,
+            f"process {envelope.type}", context=parent, kind=SpanKind.CONSUMER
         )
         if span.is_recording():
             span.set_attributes(
@@ -224,7 +243,6 @@ class TracingObserver(Observer):
                     "messaging.operation.name": "process",
                     "messaging.destination.name": _cut(envelope.type),
                     "messaging.destination.partition.id": str(partition),
-                    "messaging.kafka.offset": offset,
                     **_event_attributes(envelope),
                 }
             )
@@ -260,6 +278,12 @@ class TracingObserver(Observer):
         previous = self._last.get(instance_id)
         if previous is not None:
             links.append(Link(previous, {"overture.link": "previous segment"}))
+        unsampled = _unsampled(parent)
+        if unsampled is not None:  # (the common case at a low sampling ratio: no span)
+            self._segments[instance_id] = _Segment(
+                unsampled[0], unsampled[1], trigger, None if consume is None else consume[0]
+            )
+            return
         span = self._tracer.start_span(
             f"run {process}", context=parent, kind=SpanKind.INTERNAL, links=links
         )
@@ -351,6 +375,9 @@ class TracingObserver(Observer):
         links: list[Link] = []
         if target is None:  # an untraced instance: a span of its segment's trace
             parent = None if segment is None else segment.context
+            unsampled = _unsampled(parent)
+            if unsampled is not None:
+                return unsampled[0]
             return self._tracer.start_span(
                 f"send {destination}", context=parent, kind=SpanKind.PRODUCER
             )
@@ -365,6 +392,8 @@ class TracingObserver(Observer):
             parent = trace.set_span_in_context(NonRecordingSpan(origin))
             if segment is not None:
                 links.append(Link(segment.span.get_span_context()))
+        if not target.trace_flags.sampled:
+            return None  # its trace is not sampled: no span to make (its flags travel on)
         token = _next_span_id.set(target.span_id)
         try:
             return self._tracer.start_span(
@@ -390,6 +419,9 @@ class TracingObserver(Observer):
             parent = self._consume[1]
         else:
             parent = _remote(trace_parent)
+        unsampled = _unsampled(parent)
+        if unsampled is not None:
+            return _Attempt(*unsampled)
         span = self._tracer.start_span(f"{kind} {name}", context=parent, kind=SpanKind.INTERNAL)
         if span.is_recording():
             span.set_attributes(
