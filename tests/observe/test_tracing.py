@@ -303,3 +303,52 @@ async def test_a_sampled_parent_is_obeyed_even_when_new_traces_are_not(spans: ob
         await h.idle()
     names = {s.name for s in EXPORTER.get_finished_spans()}
     assert {"send go", "process go", "run proc", "step work", "send went"} <= names
+
+
+async def test_each_task_attempt_is_a_span_of_its_own_with_its_error(spans: object) -> None:
+    app = ov.App("tasked")
+    runs: list[int] = []
+
+    @app.task("flaky")
+    def flaky(args: dict[str, Any]) -> str:
+        runs.append(1)
+        if len(runs) == 1:
+            raise RuntimeError("the first attempt fails")
+        return "ok"
+
+    @app.process(trigger="go")
+    async def proc(ctx: ov.Context, event: ov.Event) -> Any:
+        return await ctx.call("flaky", {}, retry=RETRY)
+
+    clock = VirtualClock()
+    async with (
+        Harness(app, clock=clock, observer=TracingObserver()) as h,
+        Worker(app, h.backend, poll=0.05),
+    ):
+        h.client.send("go", {}, traceparent=TRIGGER)
+        async with asyncio.timeout(20):
+            while [i.status for i in h.client.instances()] != ["completed"]:
+                await h.idle()
+                clock.advance(1)  # the retry's backoff, once the failure is applied
+                await asyncio.sleep(0.01)
+    finished = EXPORTER.get_finished_spans()
+    sends = sorted(
+        by_name(finished, "send default"),
+        key=lambda s: dict(s.attributes or {})["overture.attempt"],
+    )
+    assert [dict(s.attributes or {})["overture.attempt"] for s in sends] == [1, 2]
+    assert len({sid(s) for s in sends}) == 2
+    # attempt 1's request continues the call's traceparent; a retry gets one of its own
+    assert f"{sid(sends[0]):016x}" != TRIGGER[36:52]
+    worked = {parent_of(s): s for s in by_name(finished, "process default")}
+    assert set(worked) == {sid(s) for s in sends}
+    first, second = worked[sid(sends[0])], worked[sid(sends[1])]
+    assert first.status.status_code is StatusCode.ERROR
+    assert [e.name for e in first.events] == ["exception"]
+    assert dict(first.attributes or {})["overture.attempt"] == 1
+    assert second.status.status_code is not StatusCode.ERROR
+    # each result is consumed as the child of the worker's span that produced it
+    results = by_name(finished, "process overture.task.failed") + by_name(
+        finished, "process overture.task.completed"
+    )
+    assert {parent_of(s) for s in results} == {sid(first), sid(second)}

@@ -381,17 +381,11 @@ class TracingObserver(Observer):
             return self._tracer.start_span(
                 f"send {destination}", context=parent, kind=SpanKind.PRODUCER
             )
-        if segment is not None and segment.span.get_span_context().trace_id == target.trace_id:
-            parent = segment.context
-        else:
-            # resumed by an input of another trace: the message continues its trigger's
-            # (the core derived its traceparent from it), linked to the segment
-            origin = None if segment is None else parse(segment.trigger)
-            if origin is None or origin.trace_id != target.trace_id:
-                return None
-            parent = trace.set_span_in_context(NonRecordingSpan(origin))
-            if segment is not None:
-                links.append(Link(segment.span.get_span_context()))
+        parent = self._parent_in(instance_id, segment, target.trace_id)
+        if parent is None:
+            return None
+        if segment is not None and parent is not segment.context:
+            links.append(Link(segment.span.get_span_context()))
         if not target.trace_flags.sampled:
             return None  # its trace is not sampled: no span to make (its flags travel on)
         token = _next_span_id.set(target.span_id)
@@ -401,6 +395,24 @@ class TracingObserver(Observer):
             )
         finally:
             _next_span_id.reset(token)
+
+    def _parent_in(
+        self, instance_id: str, segment: _Segment | None, trace_id: int
+    ) -> otel_context.Context | None:
+        """The parent of a message in trace ``trace_id`` (the one its traceparent names):
+        the open segment when it is of that trace; else the instance's last segment (a
+        task attempt published at the end of a backoff, with no segment open); else the
+        trigger's context (a segment resumed by an input of another trace: the message
+        continues its trigger's trace, linked to the segment); None if none is."""
+        if segment is not None and segment.span.get_span_context().trace_id == trace_id:
+            return segment.context
+        last = self._last.get(instance_id)
+        if last is not None and last.trace_id == trace_id:
+            return trace.set_span_in_context(NonRecordingSpan(last))
+        origin = None if segment is None else parse(segment.trigger)
+        if origin is not None and origin.trace_id == trace_id:
+            return trace.set_span_in_context(NonRecordingSpan(origin))
+        return None
 
     # -- attempts -----------------------------------------------------------------------
 
