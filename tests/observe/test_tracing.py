@@ -352,3 +352,22 @@ async def test_each_task_attempt_is_a_span_of_its_own_with_its_error(spans: obje
         finished, "process overture.task.completed"
     )
     assert {parent_of(s) for s in results} == {sid(first), sid(second)}
+
+
+async def test_combined_with_metrics_both_observe(spans: object) -> None:
+    from prometheus_client import generate_latest
+
+    from overture.observe.metrics import MetricsObserver
+    from overture.runtime.observer import combine
+
+    metrics = MetricsObserver()
+    observer = combine(metrics, TracingObserver())
+    assert observer.traces
+    async with Harness(replay_app(), observer=observer) as h:
+        h.client.send("go", {"k": "a"}, key="a", traceparent=TRIGGER)
+        await h.idle()
+    assert len(by_name(EXPORTER.get_finished_spans(), "step work")) == 1
+    assert (
+        'overture_instances_started_total{process="proc"} 1.0'
+        in generate_latest(metrics.registry).decode()
+    )
