@@ -150,7 +150,7 @@ def _options(args: argparse.Namespace, step: Plan, units: list[report.Unit]) -> 
     profile = None
     if args.profile and step.mode in ("load", "drain") and step.workload in MODES.keys() | {"w3"}:
         os.makedirs(args.profile, exist_ok=True)
-        name = f"{step.workload}-{step.mode}-{step.backend}-r{step.repeat}.prof"
+        name = f"{'-'.join(step.key)}-r{step.repeat}.prof"
         profile = os.path.abspath(os.path.join(args.profile, name))
     batch = args.baseline_batch
     if batch is None:
