@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 
+from opentelemetry import trace
+
 import overture as ov
 from overture.observe.tracing import TracingObserver
 from overture.ports import partition_for
@@ -32,8 +34,11 @@ def hop_app(other: str) -> ov.App:
         ctx.emit("order.moved", {"order": event.data["order"]}, key=other)
         return "sent"
 
-    @app.process(trigger="order.moved")
+    @app.process(trigger="order.moved", key=lambda e: other, waits=["order.paid"])
     async def there(ctx: ov.Context, event: ov.Event) -> str:
+        # a wait for a key of the first partition: a subscription there, the event
+        # forwarded here (a second hop between the partitions' engines)
+        await ctx.wait_for("order.paid", key=event.data["order"])
         return "arrived"
 
     return app
@@ -50,7 +55,18 @@ async def test_a_trace_follows_an_event_to_another_partitions_engine(
             observer = TracingObserver(messaging_system="kafka")
             async with Harness(hop_app(other), kafka_url(kafka_bootstrap), observer=observer) as h:
                 assert len(h.host.engines) == 2  # one engine per partition
-                h.client.send("order.placed", {"order": first}, key=first)
+                tracer = trace.get_tracer("test")
+                with tracer.start_as_current_span("checkout") as checkout:
+                    h.client.send("order.placed", {"order": first}, key=first)
+                async with asyncio.timeout(60):
+                    while "waiting" not in {i.status for i in h.client.instances()}:
+                        await h.idle()
+                        await asyncio.sleep(0.05)
+                    await h.idle()
+                # later, in the same business flow
+                context = trace.set_span_in_context(checkout)
+                with tracer.start_as_current_span("pay", context=context):
+                    h.client.send("order.paid", {"order": first}, key=first)
                 async with asyncio.timeout(60):
                     while {i.status for i in h.client.instances()} != {"completed"} or len(
                         h.client.instances()
@@ -76,5 +92,15 @@ async def test_a_trace_follows_an_event_to_another_partitions_engine(
     }
     assert partitions == {str(partition_for(first, 2)), str(partition_for(other, 2))}
     assert dict(consumed.attributes or {})["messaging.system"] == "kafka"
-    assert by_name["run there"].parent is not None
-    assert by_name["run there"].parent.span_id == consumed.context.span_id  # type: ignore[union-attr]
+    runs = sorted((s for s in finished if s.name == "run there"), key=lambda s: s.start_time or 0)
+    assert len(runs) == 2
+    assert runs[0].parent is not None and consumed.context is not None
+    assert runs[0].parent.span_id == consumed.context.span_id
+    # the paid event, sent on the first partition, forwarded to the waiting instance's:
+    # the delivery's consume span continues the paid event's trace
+    paid = by_name["send order.paid"]
+    delivered = by_name["process overture.wait.deliver"]
+    assert paid.context is not None and delivered.parent is not None
+    assert delivered.parent.span_id == paid.context.span_id
+    assert delivered.context is not None and runs[1].parent is not None
+    assert runs[1].parent.span_id == delivered.context.span_id

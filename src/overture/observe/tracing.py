@@ -49,6 +49,7 @@ from opentelemetry.trace import (
     TraceFlags,
 )
 
+from .. import protocol
 from ..errors import ConfigError
 from ..events import Envelope
 from ..runtime.observer import Observer
@@ -59,6 +60,10 @@ MAX_ATTRIBUTE = 256
 """Longest string attribute value written (longer ones are cut: bounded attributes)."""
 REMEMBERED_SEGMENTS = 10_000
 """Instances whose last segment is remembered, to link the next one to it."""
+
+_BOOKKEEPING = frozenset({protocol.WAIT_SUBSCRIBE, protocol.WAIT_UNSUBSCRIBE})
+"""Control events that only move a subscription between partitions (no instance runs for
+them): no span, they are not part of any business flow."""
 
 _next_span_id: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "overture_next_span_id", default=None
@@ -227,6 +232,9 @@ class TracingObserver(Observer):
     # -- consuming ----------------------------------------------------------------------
 
     def record_routing(self, envelope: Envelope, partition: int, offset: int) -> None:
+        if envelope.type in _BOOKKEEPING:
+            self._consume = None
+            return
         parent = _remote(envelope.traceparent)
         unsampled = _unsampled(parent)
         if unsampled is not None:
