@@ -174,7 +174,10 @@ def test_run_exports_one_trace_per_flow_over_otlp_http(tmp_path: Path) -> None:
     # the request's server span when FastAPI makes one); the send span is the event's
     assert ancestors(header["send order.placed"])[-1] == HEADER_PARENT
     assert header["process order.placed"]["parent"] == header["send order.placed"]["id"]
-    assert header["process order.placed"]["attributes"]["messaging.operation.type"] == "process"
+    consumed = header["process order.placed"]["attributes"]
+    assert consumed["messaging.operation.type"] == "process"
+    assert consumed["messaging.consumer.group.name"] == "engine:httpshop"
+    assert consumed["messaging.system"] == "overture"
 
     own = of("by-attribute")
     assert {s["trace"] for s in own.values()} == {OWN_TRACE}

@@ -111,7 +111,8 @@ async def serve(
             from ..observe.tracing import TracingObserver
 
             system = "kafka" if url.startswith("kafka://") else "overture"
-            tracer = TracingObserver(messaging_system=system, consumer_group=options.group)
+            group = options.group or f"engine:{app.name}"  # (the engine's default)
+            tracer = TracingObserver(messaging_system=system, consumer_group=group)
             options = replace(options, observer=combine(options.observer, tracer))
         host = Host(app, backend, options=options)
         api = (
