@@ -1,8 +1,9 @@
-"""Traces over OTLP/HTTP from a real ``overture run --http`` process configured only by
-``OTEL_*`` variables, to a real receiver on 127.0.0.1 (a small HTTP server decoding the
-protobuf export requests with ``opentelemetry-proto``): events POSTed with a
-``traceparent`` header, with one of their own, and with none, each followed from the
-API's send span to the engine's consume and run spans in one trace."""
+"""Traces over OTLP/HTTP from real ``overture run --http`` and ``overture worker``
+processes configured only by ``OTEL_*`` variables, to a real receiver on 127.0.0.1 (a
+small HTTP server decoding the protobuf export requests with ``opentelemetry-proto``):
+events POSTed with a ``traceparent`` header, with one of their own, and with none, each
+followed from the API's send span to the engine's consume and run spans in one trace; a
+task attempt followed into the worker process and back."""
 
 from __future__ import annotations
 
@@ -59,13 +60,16 @@ class Receiver:
 
     def take(self, request: ExportTraceServiceRequest) -> None:
         for resource_spans in request.resource_spans:
+            service = ""
             for attribute in resource_spans.resource.attributes:
                 if attribute.key == "service.name":
-                    self.services.add(attribute.value.string_value)
+                    service = attribute.value.string_value
+                    self.services.add(service)
             for scope in resource_spans.scope_spans:
                 for span in scope.spans:
                     self.spans.append(
                         {
+                            "service": service,
                             "name": span.name,
                             "trace": span.trace_id.hex(),
                             "id": span.span_id.hex(),
@@ -193,3 +197,68 @@ def test_run_exports_one_trace_per_flow_over_otlp_http(tmp_path: Path) -> None:
     assert ancestors(untraced["send order.placed"])[-1] == ""  # the API began the trace
     assert len({s["trace"] for s in untraced.values()}) == 1
     assert untraced["process order.placed"]["parent"] == untraced["send order.placed"]["id"]
+
+
+def test_a_task_run_by_an_overture_worker_process_continues_the_engines_trace(
+    tmp_path: Path,
+) -> None:
+    """``overture run --no-tasks`` and ``overture worker``, two processes configured by the
+    same variables: the worker's span of the attempt is the child of the engine's send
+    span of the request, and the engine's consume of the result the worker span's child."""
+    port = free_port()
+    url = f"sqlite:///{tmp_path / 'traced.db'}"
+    app = "tests.observe.tracedapp:app"
+    with receiving() as receiver:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OVERTURE_"))}
+        env.update(NO_COLOR="1", OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url,
+                   OTEL_BSP_SCHEDULE_DELAY="100")  # fmt: skip
+        commands = [
+            ["run", app, "--backend", url, "--no-tasks", "--http", f"127.0.0.1:{port}"],
+            ["worker", app, "--backend", url],
+        ]
+        logs = [tmp_path / "engine.log", tmp_path / "worker.log"]
+        procs = []
+        for args, log in zip(commands, logs, strict=True):
+            with log.open("w") as out:
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "overture.cli", *args],
+                        cwd=REPO_ROOT,
+                        env=env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+        try:
+            api = f"http://127.0.0.1:{port}"
+            ready(api, procs[0], logs[0])
+            reply = httpx.post(
+                f"{api}/events",
+                params={"start": "true"},
+                headers={"ce-id": "t1", "ce-source": "/t", "ce-type": "order.placed",
+                         "ce-specversion": "1.0",
+                         "traceparent": f"00-{HEADER_TRACE}-{HEADER_PARENT}-01"},
+                json={"order": "t1"},
+            )  # fmt: skip
+            assert reply.status_code == 202, reply.text
+            (instance,) = reply.json()["instances"]
+            result = httpx.get(
+                f"{api}/instances/{instance}/result", params={"wait": 30}, timeout=40
+            )
+            assert result.status_code == 200, result.text
+        finally:
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            codes = [proc.wait(timeout=60) for proc in procs]
+        assert codes == [0, 0], [log.read_text() for log in logs]
+    spans = [s for s in receiver.spans if s["trace"] == HEADER_TRACE]
+    named = {(s["service"], s["name"]): s for s in spans}
+    request = named[("tracedapp", "send default")]
+    worked = named[("tracedapp-worker", "process default")]
+    result_span = named[("tracedapp", "process overture.task.completed")]
+    assert worked["parent"] == request["id"]
+    assert result_span["parent"] == worked["id"]
+    assert worked["attributes"]["overture.task.name"] == "charge"
+    runs = [s for s in spans if s["name"] == "run order"]
+    assert len(runs) == 2  # until the call; from its result to the end
+    assert {r["parent"] for r in runs} >= {result_span["id"]}
