@@ -100,7 +100,7 @@ def router(state: ApiState) -> APIRouter:
             envelopes.append(envelope)
         # the request's own W3C trace context (its traceparent header) is the parent of
         # the events' send spans when tracing is on
-        with tracehooks.incoming(request.headers.get("traceparent")):
+        with tracehooks.incoming(request.headers.get(protocol.TRACEPARENT)):
             if start:
                 return await _start(state, envelopes[0], process)
             ids = await state.client.send_many(envelopes)

@@ -52,6 +52,8 @@ from opentelemetry.trace import (
 from .. import protocol
 from ..errors import ConfigError
 from ..events import Envelope
+from ..protocol import FINAL
+from ..protocol import Status as InstanceStatus
 from ..runtime.observer import Observer
 from ..tracecontext import traceparent_problem
 
@@ -323,11 +325,11 @@ class TracingObserver(Observer):
         if span.is_recording():
             if status is not None:
                 span.set_attribute("overture.instance.status", str(status))
-            if status == "failed" or status == "stuck":
+            if status in (InstanceStatus.FAILED, InstanceStatus.STUCK):
                 span.set_status(Status(StatusCode.ERROR, f"instance {status}"))
         span.end()
         last = self._last
-        if status in ("completed", "failed", "cancelled"):
+        if status in FINAL:
             last.pop(instance_id, None)
             return
         last[instance_id] = span.get_span_context()
