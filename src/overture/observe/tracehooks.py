@@ -1,7 +1,9 @@
 """Where the clients, the HTTP API and the workers ask for spans, without importing
 OpenTelemetry: a global tracer provider can only have been set by a program that imported
 ``opentelemetry.trace``, so until that module is loaded these hooks cost one dictionary
-look-up and import nothing (Overture runs without OpenTelemetry installed).
+look-up and import nothing (Overture runs without OpenTelemetry installed). Once it is
+(FastAPI imports the API itself), a send asks the API for the global provider and makes
+spans only when it is the SDK's.
 """
 
 from __future__ import annotations
@@ -16,14 +18,24 @@ if TYPE_CHECKING:
     from .tracing import SendSpans
 
 
+_found: Any = None
+_missing = False  # the SDK is not installed (a failed import is not cached by Python)
+
+
 def _tracing() -> Any:
     """:mod:`overture.observe.tracing` when OpenTelemetry is in use, else None."""
-    if "opentelemetry.trace" not in sys.modules:
+    global _found, _missing
+    if _found is not None:
+        return _found
+    if _missing or "opentelemetry.trace" not in sys.modules:
         return None
     try:
         from . import tracing
-    except ImportError:  # the API without the SDK: nothing to trace with
+    except ImportError:
+        # the API without the SDK (FastAPI imports the API): nothing to trace with
+        _missing = True
         return None
+    _found = tracing
     return tracing
 
 
