@@ -16,6 +16,7 @@ from rich.console import Console
 
 from . import profiling, report
 from .measure import Options
+from .observing import OBSERVE
 from .runner import run_unit
 
 WORKLOADS = ("w1", "w1sync", "w1inline", "c1", "w2", "w3", "w4", "m1", "baseline")
@@ -49,6 +50,13 @@ class Plan:
     mode: str
     backend: str
     repeat: int
+    observe: str = "off"
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """The report's unit: the backend named with its observer unless ``off``."""
+        label = self.backend if self.observe == "off" else f"{self.backend}+{self.observe}"
+        return self.workload, self.mode, label
 
 
 def _csv(value: str, allowed: tuple[str, ...]) -> list[str]:
@@ -79,10 +87,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per measurement")
     p.add_argument("--tracemalloc", action="store_true", help="M1: top allocation sites")
     p.add_argument("--quick", action="store_true", help="small N, 1 repeat (smoke test)")
+    p.add_argument(
+        "--observe",
+        default="off",
+        help=f"the engine's observers to compare, {','.join(OBSERVE)} (benchmarks/observing.py)",
+    )
     args = p.parse_args(argv)
     try:
         args.workloads = _csv(args.workloads, WORKLOADS)
         args.backends = _csv(args.backends, BACKENDS)
+        args.observe = _csv(args.observe, OBSERVE)
     except argparse.ArgumentTypeError as exc:
         p.error(str(exc))
     quick = args.quick
@@ -122,7 +136,11 @@ def plan(args: argparse.Namespace) -> list[Plan]:
             for backend in args.backends:
                 if workload in SQLITE_ONLY and backend != "sqlite":
                     continue
-                out += [Plan(workload, mode, backend, r) for mode in MODES.get(workload, ("load",))]
+                for observe in args.observe:
+                    out += [
+                        Plan(workload, mode, backend, r, observe)
+                        for mode in MODES.get(workload, ("load",))
+                    ]
     if "baseline" in args.workloads:
         out += [Plan("baseline", "load", "sqlite", r) for r in range(1, args.repeat + 1)]
     return out
@@ -132,7 +150,7 @@ def _options(args: argparse.Namespace, step: Plan, units: list[report.Unit]) -> 
     profile = None
     if args.profile and step.mode in ("load", "drain") and step.workload in MODES.keys() | {"w3"}:
         os.makedirs(args.profile, exist_ok=True)
-        name = f"{step.workload}-{step.mode}-{step.backend}-r{step.repeat}.prof"
+        name = f"{'-'.join(step.key)}-r{step.repeat}.prof"
         profile = os.path.abspath(os.path.join(args.profile, name))
     batch = args.baseline_batch
     if batch is None:
@@ -152,6 +170,7 @@ def _options(args: argparse.Namespace, step: Plan, units: list[report.Unit]) -> 
         profile=profile,
         timeout=args.timeout,
         tracemalloc=args.tracemalloc,
+        observe=step.observe,
     )
 
 
@@ -166,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     with report.progress_bar(console) as progress:
         task = progress.add_task("starting", total=len(steps))
         for step in steps:
-            key = (step.workload, step.mode, step.backend)
+            key = step.key
             unit = units.setdefault(key, report.Unit(*key, n=instances(args, step.workload)))
             progress.update(task, description=f"{unit.name} (repeat {step.repeat})")
             result = run_unit(_options(args, step, list(units.values())), workdir)

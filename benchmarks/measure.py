@@ -26,7 +26,7 @@ import overture as ov
 from overture.backends import open_backend
 from overture.ports import Backend
 
-from . import stats
+from . import observing, stats
 from .probe import CommitProbe
 from .producer import LocalProducer, RemoteProducer, Sent, send
 from .workloads import APPS, order, payment, w4_app
@@ -50,6 +50,7 @@ class Options:
     profile: str | None = None  # write a cProfile .prof of the timed phase here
     timeout: float = 300.0
     tracemalloc: bool = False  # M1: trace allocations while instances start (slow)
+    observe: str = "off"  # the engine's observer (benchmarks/observing.py)
 
 
 IDLE_WINDOW = 2.0  # W4: seconds of CPU accounting while every instance sleeps
@@ -76,7 +77,9 @@ class Bench:
         self.url = url
         self.backend = broker
         self.probe = CommitProbe(broker, track_work=opts.workload in ("w3", "w4"))
-        self.engine = ov.Engine(make_app(opts), broker, cache_size=10_000)
+        self.engine = ov.Engine(
+            make_app(opts), broker, cache_size=10_000, observer=observing.observer(opts.observe)
+        )
         self.task: asyncio.Task[None] | None = None
         self.started = 0.0  # when the engine was started
 

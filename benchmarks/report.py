@@ -386,6 +386,9 @@ def print_report(console: Console, units: list[Unit], meta: dict[str, Any]) -> N
     line = ratio_line(units)
     if line:
         console.print(line)
+    overhead = overhead_table(units)
+    if overhead is not None:
+        console.print(overhead)
 
 
 def write_json(path: str, units: list[Unit], meta: dict[str, Any]) -> None:
@@ -418,3 +421,39 @@ def progress_bar(console: Console) -> Progress:
         console=console,
         transient=True,
     )
+
+
+def overhead_table(units: list[Unit]) -> Table | None:
+    """``--observe``: each observed unit's median throughput and p50 latency against the
+    same measurement with the observer off (units whose backend is ``BACKEND+OBSERVE``)."""
+    plain = {(u.workload, u.mode, u.backend): u for u in units if "+" not in u.backend}
+    rows = []
+    for unit in units:
+        if "+" not in unit.backend:
+            continue
+        backend, observe = unit.backend.split("+", 1)
+        off = plain.get((unit.workload, unit.mode, backend))
+        if off is None or not off.ok or not unit.ok:
+            continue
+        on_m, off_m = unit.medians(), off.medians()
+        if "throughput" not in on_m or "throughput" not in off_m:
+            continue
+        rows.append((unit, observe, on_m, off_m))
+    if not rows:
+        return None
+    table = Table(title="Observer overhead (medians; ratio = with / off)")
+    for header in ("Measurement", "Observer"):
+        table.add_column(header)
+    for header in ("off ev/s", "with ev/s", "throughput ratio", "off p50 ms", "with p50 ms"):
+        table.add_column(header, justify="right")
+    for unit, observe, on_m, off_m in rows:
+        table.add_row(
+            f"{unit.workload}-{unit.mode}-{unit.backend.split('+')[0]}",
+            observe,
+            _num(off_m["throughput"]),
+            _num(on_m["throughput"]),
+            _num(on_m["throughput"] / off_m["throughput"], 3),
+            _num(off_m.get("p50_ms", math.nan), 1),
+            _num(on_m.get("p50_ms", math.nan), 1),
+        )
+    return table

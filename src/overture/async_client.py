@@ -22,6 +22,7 @@ from .codec import Codec
 from .events import Envelope, Event
 from .groupcommit import Positions
 from .handles import AsyncStarted, started_by
+from .observe import tracehooks
 from .ports import ActivityRow, Backend, DeadLetter, InstanceRow, NewRecord
 
 T = TypeVar("T")
@@ -88,7 +89,7 @@ class AsyncClient:
                 concurrent sends are unaffected).
         """
         envelope = self.envelope(event, data, key=key, reserved=reserved, **attributes)
-        await self._append(self.sync.codec.records([envelope]))  # envelope() checked it
+        await self._traced_append([envelope])  # envelope() checked it
         return envelope.id
 
     def envelope(
@@ -112,7 +113,21 @@ class AsyncClient:
         codec = self.sync.codec
         for envelope in batch:
             codec.check(envelope, reserved=reserved)
-        await self._append(codec.records(batch))
+        return await self._traced_append(batch)
+
+    async def _traced_append(self, batch: list[Envelope]) -> list[str]:
+        """Append checked events, in PRODUCER spans when a tracer provider is set."""
+        traced = tracehooks.send_spans(batch)
+        if traced is None:
+            await self._append(self.sync.codec.records(batch))
+            return [e.id for e in batch]
+        batch, spans = traced
+        try:
+            await self._append(self.sync.codec.records(batch))
+        except BaseException as error:
+            spans.end(error)
+            raise
+        spans.end()
         return [e.id for e in batch]
 
     async def send_raw(self, value: bytes, *, key: str | None = None) -> tuple[int, int]:
@@ -135,7 +150,7 @@ class AsyncClient:
         :meth:`Client.start`)."""
         envelope = self.envelope(event, data, key=key, **attributes)
         ids = started_by(self.app, envelope, process)
-        await self._append(self.sync.codec.records([envelope]))  # envelope() checked it
+        await self._traced_append([envelope])  # envelope() checked it
         return AsyncStarted(self, envelope.id, ids)
 
     async def _append(self, records: list[NewRecord]) -> Positions:

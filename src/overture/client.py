@@ -22,6 +22,7 @@ from .errors import ConfigError, MalformedEvent, NotFound
 from .events import Envelope, Event
 from .groupcommit import GroupCommitter
 from .handles import Started, started_by
+from .observe import tracehooks
 from .ports import ActivityRow, Backend, DeadLetter, InstanceQuery, NewRecord
 from .protocol import FINAL as FINAL
 from .protocol import Status
@@ -209,7 +210,17 @@ class Client:
         batch = list(envelopes)
         for envelope in batch:
             self.codec.check(envelope, reserved=reserved)
-        self._sends.append(self.codec.records(batch))
+        traced = tracehooks.send_spans(batch)
+        if traced is None:
+            self._sends.append(self.codec.records(batch))
+            return [e.id for e in batch]
+        batch, spans = traced
+        try:
+            self._sends.append(self.codec.records(batch))
+        except BaseException as error:
+            spans.end(error)
+            raise
+        spans.end()
         return [e.id for e in batch]
 
     def send_raw(self, value: bytes, *, key: str | None = None) -> tuple[int, int]:

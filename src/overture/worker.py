@@ -54,6 +54,7 @@ from .app import App
 from .codec import Codec
 from .errors import ConfigError, EventError, EventValidationError, OvertureError, TerminalError
 from .events import Envelope
+from .observe import tracehooks
 from .ports import Backend, ClaimedTask, FinishOutcome, NewRecord
 from .protocol import TaskRequest
 from .push import PushExecutor
@@ -437,16 +438,23 @@ class Worker:
             log.info("skipped task attempt %s (%s): past its deadline", task.id, request.task)
             self._count("skipped")
             return
-        attempt = Attempt(task, envelope, request, self.app.task_def(request.task))
-        runner = self.runner_for(attempt.definition)
+        runner = self.runner_for(self.app.task_def(request.task))
         beat = asyncio.create_task(self._heartbeat(task.id), name=f"overture-heartbeat {task.id}")
-        try:
-            result = await runner(attempt)
-        except Exception:  # a runner's bug: no result, the attempt is left to its lease
-            log.exception("running task attempt %s (%s) failed", task.id, request.task)
-            result = None
-        finally:
-            beat.cancel()
+        # with tracing, the attempt runs in its CONSUMER span (this coroutine is the
+        # attempt's own task: the span is current for it alone), and the request it
+        # answers carries that span's traceparent, so the result continues the trace
+        with tracehooks.task_span(envelope, request.queue, request.task, request.attempt) as (
+            envelope,
+            _,
+        ):
+            attempt = Attempt(task, envelope, request, self.app.task_def(request.task))
+            try:
+                result = await runner(attempt)
+            except Exception:  # a runner's bug: no result, the attempt is left to its lease
+                log.exception("running task attempt %s (%s) failed", task.id, request.task)
+                result = None
+            finally:
+                beat.cancel()
         if result is None:
             self._count("skipped")
             return
@@ -543,8 +551,10 @@ class Worker:
                 if inspect.isawaitable(output):  # a def returning a coroutine
                     output = await output
         except TerminalError as error:
+            tracehooks.record_error(error)
             return failed(codec, envelope, request, _name(error), str(error), retryable=False)
         except Exception as error:
+            tracehooks.record_error(error)
             return failed(codec, envelope, request, _name(error), str(error), retryable=True)
         try:
             return completed(codec, envelope, request, output)

@@ -16,10 +16,12 @@ from .common import (
     BackendOption,
     CliError,
     LogFormatOption,
+    TraceOption,
     check_log_format,
     handle_errors,
     refuse_memory,
     stderr_line,
+    tracing,
 )
 
 if TYPE_CHECKING:  # imported when a command runs: `overture send` stays quick to start
@@ -107,6 +109,7 @@ def register(cli: typer.Typer) -> None:
             str, typer.Option(help=f"Logging level on stderr: {', '.join(LOG_LEVELS)}.")
         ] = "INFO",
         log_format: LogFormatOption = "text",
+        trace: TraceOption = None,
     ) -> None:
         """Serve the HTTP API of MODULE:APP (events, instances, dead letters) until Ctrl-C
         or SIGTERM; any number of them can run next to the engines. See docs/http.md."""
@@ -124,7 +127,8 @@ def register(cli: typer.Typer) -> None:
         sock = listen(host, port)
         configure_logging(log_level, log_format)
         try:
-            asyncio.run(_serve(app, backend, sock, max_body=max_body))
+            with tracing(trace, f"{app.name}-api"):
+                asyncio.run(_serve(app, backend, sock, max_body=max_body))
         except KeyboardInterrupt:  # only before the signal handlers are installed
             raise typer.Exit(130) from None
 

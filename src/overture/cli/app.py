@@ -25,12 +25,14 @@ from .common import (
     BackendOption,
     CliError,
     LogFormatOption,
+    TraceOption,
     check_log_format,
     handle_errors,
     normalize_option,
     open_client,
     refuse_memory,
     stderr_line,
+    tracing,
 )
 from .dev import dev
 from .loading import load_app
@@ -155,6 +157,7 @@ def run(
     ] = 10_000,
     log_level: LogLevel = "INFO",
     log_format: LogFormatOption = "text",
+    trace: TraceOption = None,
 ) -> None:
     """Run an engine for MODULE:APP until Ctrl-C or SIGTERM, then drain and exit 0.
 
@@ -173,25 +176,27 @@ def run(
     # After loading: a command line that fails leaves the process's logging untouched.
     configure_logging(log_level, log_format)
     try:
-        asyncio.run(
-            serve(
-                app,
-                backend,
-                options=EngineOptions(
-                    cache_size=cache_size,
-                    batch_size=batch_size,
-                    threads=threads,
-                    max_open_tasks_per_queue=max_open_tasks,
-                ),
-                partitions=partitions,
-                grace=grace,
-                http=sock,
-                max_body=max_body,
-                metrics=metrics_address,
-                tasks=not no_tasks,
-                task_concurrency=task_concurrency,
+        with tracing(trace, app.name) as traced:
+            asyncio.run(
+                serve(
+                    app,
+                    backend,
+                    options=EngineOptions(
+                        cache_size=cache_size,
+                        batch_size=batch_size,
+                        threads=threads,
+                        max_open_tasks_per_queue=max_open_tasks,
+                    ),
+                    partitions=partitions,
+                    grace=grace,
+                    http=sock,
+                    max_body=max_body,
+                    metrics=metrics_address,
+                    tasks=not no_tasks,
+                    task_concurrency=task_concurrency,
+                    trace=traced,
+                )
             )
-        )
     except KeyboardInterrupt:  # only before the signal handlers are installed
         raise typer.Exit(130) from None
 
@@ -240,6 +245,7 @@ def worker(
     backend: BackendOption = DEFAULT_BACKEND,
     log_level: LogLevel = "INFO",
     log_format: LogFormatOption = "text",
+    trace: TraceOption = None,
 ) -> None:
     """Run the task functions of MODULE:APP on the attempts engines publish, until
     Ctrl-C or SIGTERM, then drain and exit 0. Run as many as you like."""
@@ -262,16 +268,17 @@ def worker(
         raise CliError("--queue needs a non-empty queue name", EXIT_USAGE)
     configure_logging(log_level, log_format)
     try:
-        asyncio.run(
-            work(
-                app,
-                backend,
-                queues=queue or None,
-                concurrency=concurrency,
-                lease=lease,
-                grace=grace,
+        with tracing(trace, f"{app.name}-worker"):
+            asyncio.run(
+                work(
+                    app,
+                    backend,
+                    queues=queue or None,
+                    concurrency=concurrency,
+                    lease=lease,
+                    grace=grace,
+                )
             )
-        )
     except KeyboardInterrupt:  # only before the signal handlers are installed
         raise typer.Exit(130) from None
 

@@ -7,10 +7,11 @@ path) into one line on stderr and a non-zero exit code.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Annotated, NoReturn, ParamSpec, TypeVar
 
 import typer
@@ -173,3 +174,68 @@ def check_log_format(log_format: str) -> str:
             EXIT_USAGE,
         )
     return log_format.lower()
+
+
+# -- --trace (run, serve, worker) ------------------------------------------------------------
+
+TraceOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--trace/--no-trace",
+        help="OpenTelemetry traces, configured by the OTEL_* variables (default: on when "
+        "OTEL_TRACES_EXPORTER or an OTEL_EXPORTER_OTLP_*ENDPOINT is set; needs "
+        "overture[otel]; docs/observability.md).",
+        show_default=False,
+    ),
+]
+"""The ``--trace/--no-trace`` option of the commands that run something."""
+
+_TRACE_VARIABLES = (
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+)
+
+
+def trace_wanted(flag: bool | None) -> bool:
+    """Whether to trace: ``--trace`` / ``--no-trace``, else the environment (an exporter
+    or an OTLP endpoint set, ``OTEL_TRACES_EXPORTER`` not ``none``, ``OTEL_SDK_DISABLED``
+    not ``true``). Read without importing OpenTelemetry."""
+    if flag is not None:
+        return flag
+    env = os.environ
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    if env.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
+        return False
+    return any(env.get(name, "").strip() for name in _TRACE_VARIABLES)
+
+
+@contextlib.contextmanager
+def tracing(flag: bool | None, service_name: str) -> Iterator[bool]:
+    """Set the global tracer provider from the ``OTEL_*`` variables for the block when
+    tracing is wanted, and flush its spans at the end; yields whether it traces.
+
+    Raises:
+        CliError: tracing is asked for and OpenTelemetry is not installed, or an
+            ``OTEL_*`` value is not supported.
+    """
+    if not trace_wanted(flag):
+        yield False
+        return
+    try:
+        from ..observe import tracing as otel
+    except ImportError as error:
+        raise CliError(
+            f"tracing was asked for (--trace or OTEL_* variables) but OpenTelemetry is not "
+            f"installed ({error}): pip install 'overture[otel]'",
+            EXIT_USAGE,
+        ) from None
+    try:
+        provider = otel.configure(service_name=service_name)
+    except ConfigError as error:
+        raise CliError(str(error), EXIT_USAGE) from None
+    try:
+        yield True
+    finally:
+        otel.shutdown(provider)

@@ -60,6 +60,7 @@ async def serve(
     http: socket.socket | None = None,
     max_body: int | None = None,
     metrics: tuple[str, int] | None = None,
+    trace: bool = False,
 ) -> None:
     """Run an engine for ``app`` on ``url`` until SIGINT/SIGTERM, then drain and return.
 
@@ -81,6 +82,8 @@ async def serve(
         metrics: also serve Prometheus metrics at ``http://HOST:PORT/metrics`` from a
             thread of its own (``--metrics``); with ``http`` or ``metrics`` the engine
             keeps them (``observe.metrics``), and the API's ``/metrics`` has them too.
+        trace: the engine traces (``observe.tracing.TracingObserver`` on the global
+            tracer provider, which the command set from the ``OTEL_*`` variables).
 
     Raises:
         EngineBusy: another engine already owns the embedded database.
@@ -104,6 +107,13 @@ async def serve(
         if observer is not None:
             options = replace(options, observer=combine(options.observer, observer))
         registry = None if observer is None else observer.registry
+        if trace:
+            from ..observe.tracing import TracingObserver
+
+            system = "kafka" if url.startswith("kafka://") else "overture"
+            group = options.group or f"engine:{app.name}"  # (the engine's default)
+            tracer = TracingObserver(messaging_system=system, consumer_group=group)
+            options = replace(options, observer=combine(options.observer, tracer))
         host = Host(app, backend, options=options)
         api = (
             None

@@ -342,6 +342,15 @@ class Machine:
 
     # -- queries ------------------------------------------------------------------------
 
+    @property
+    def trace(self) -> str | None:
+        """The ``traceparent`` of the event that started the instance (None: it had none)."""
+        return self._trace
+
+    def steps_running(self) -> bool:
+        """Whether a step of the instance is scheduled and not resolved yet."""
+        return any(p.call is not None for p in self._pending.values())
+
     def pending_step(self, seq: int) -> StepCall | None:
         pending = self._pending.get(seq)
         return None if pending is None else pending.call

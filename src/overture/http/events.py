@@ -12,6 +12,7 @@ from .. import protocol
 from ..codec import Codec
 from ..errors import ConfigError, EventValidationError, MalformedEvent, UnknownEventType
 from ..events import Envelope
+from ..observe import tracehooks
 from . import binding
 from .models import Accepted, Problem
 from .problems import ApiError, from_overture
@@ -97,9 +98,12 @@ def router(state: ApiState) -> APIRouter:
                 raise ApiError(400, f"{what}: id {envelope.id!r} is already in this batch")
             seen.add(envelope.id)
             envelopes.append(envelope)
-        if start:
-            return await _start(state, envelopes[0], process)
-        ids = await state.client.send_many(envelopes)
+        # the request's own W3C trace context (its traceparent header) is the parent of
+        # the events' send spans when tracing is on
+        with tracehooks.incoming(request.headers.get(protocol.TRACEPARENT)):
+            if start:
+                return await _start(state, envelopes[0], process)
+            ids = await state.client.send_many(envelopes)
         return JSONResponse({"ids": ids}, status_code=202)
 
     return routes

@@ -166,6 +166,7 @@ class Engine:
             dead_letters,
             tasks,
             self.stats,
+            observer,
         )
         self._loop.add(
             Processes(

@@ -201,14 +201,18 @@ class Executor:
         done: Done,
         *,
         inline: bool = False,
+        enter: Callable[[], None] | None = None,
     ) -> tuple[bool, Any] | None:
         """Start a call. An async call that ends without suspending (a trivial step), or
         an ``inline`` sync call, returns its outcome ``(ok, value_or_exception)`` at once
         and never calls ``done``; every other call returns None and reports through
-        ``done`` later."""
+        ``done`` later. ``enter`` is run first in the call's context (the tracing
+        observer makes the attempt's span current there)."""
         # Each call runs in its own copy of the context, so whatever it sets (the step
         # info, logging or tracing context) stays with it and never leaks into the engine.
         context = contextvars.copy_context()
+        if enter is not None:
+            context.run(enter)
         watch = self.watch
         if watch is not None and watch.thread is None:
             watch.start()

@@ -72,6 +72,7 @@ class Instances:
         self._waits = waits
         self._in_flight = in_flight
         self._observer = observer
+        self._traces = observer.traces
         self._stats = stats
         self._cache: OrderedDict[str, Live] = OrderedDict()
         # running instances by key (lists: almost always one per key)
@@ -279,6 +280,9 @@ class Instances:
         stage.dirty[live.machine.instance_id] = live
         machine = live.machine
         iid = machine.instance_id
+        traces = self._traces
+        if traces:
+            self._observer.segment_resumed(iid, live.row.process, live.row.version, machine.trace)
         # A worklist, not recursion: a step applied at once yields the next commands.
         todo = list(commands)
         while todo:
@@ -307,6 +311,8 @@ class Instances:
                 stage.batch.appends.append(
                     NewRecord(env.partitionkey, self._codec.to_bytes(env), env.id, env.type)
                 )
+                if traces:
+                    self._observer.emitted(iid, env)
             elif isinstance(command, m.Abandon):
                 self._abandon(stage, iid, command.seq)
             elif isinstance(command, m.Finished):
@@ -403,6 +409,11 @@ class Instances:
         if live is None or call is None:
             self._work.clear(stage, row.id)
             return
+        if self._traces:  # a retry, or a step run again after a restart: in a segment
+            self._observer.segment_resumed(
+                row.instance_id, live.row.process, live.row.version, live.machine.trace
+            )
+            stage.dirty[row.instance_id] = live  # so that its segment_flushed comes
         self._work.attempt_step(row, call, process=live.row.process)
 
     def store_eager(self, stage: Stage, outcome: Outcome, now: float) -> None:
@@ -462,8 +473,12 @@ class Instances:
         """Write the batch's dirty instances as journal chunks and instance rows;
         ``updated`` is their new update time (after the steps this batch ran)."""
         batch = stage.batch
+        traces = self._traces
         for iid, live in stage.dirty.items():
             machine, row = live.machine, live.row
+            if traces:  # (a parked instance's steps run no more: its segment ends)
+                busy = machine.stuck_reason is None and machine.steps_running()
+                self._observer.segment_flushed(iid, machine.status, busy)
             entries = machine.take_entries()
             if entries:
                 batch.journal.append((iid, row.journal_len, entries))

@@ -18,11 +18,31 @@ the measured cost of the no-op calls on W1 is within noise (docs/architecture.md
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+if TYPE_CHECKING:
+    from ..events import Envelope
+
+
+class AttemptTrace(Protocol):
+    """What :meth:`Observer.attempt_trace` returns for one step, handler or task attempt:
+    the tracing observer's span of it."""
+
+    def enter(self) -> None:
+        """Make the attempt's span the current trace context of the calling context (the
+        executor calls it inside the attempt's own context copy, so it never leaks)."""
+
+    def end(self, ok: bool, error: BaseException | None) -> None:
+        """The attempt ended (``error``: its exception when it failed, if known)."""
 
 
 class Observer:
     """No-op base class of observers; override what you need."""
+
+    traces: ClassVar[bool] = False
+    """Whether this observer wants the trace hooks below (``record_routing`` to
+    ``task_requested``): the runtime calls them, and builds their arguments, only for an
+    observer that sets this (the tracing observer), so they cost nothing otherwise."""
 
     def batch_consumed(self, partition: int, records: int) -> None:
         """``records`` log records of ``partition`` were read into the batch being staged."""
@@ -87,13 +107,58 @@ class Observer:
         """An input reached a live instance: found in the cache (``replayed`` None) or
         rebuilt by replaying ``replayed`` journal entries (evicted, or after a restart)."""
 
+    # -- traces (called only when ``traces`` is true) --
+
+    def record_routing(self, envelope: Envelope, partition: int, offset: int) -> None:
+        """The engine starts routing this decoded record (at ``partition``/``offset``):
+        whatever it starts, resumes or schedules until :meth:`record_routed` is its work."""
+
+    def record_routed(self) -> None:
+        """The record told last to :meth:`record_routing` is routed."""
+
+    def segment_resumed(
+        self, instance_id: str, process: str, version: int, trigger: str | None
+    ) -> None:
+        """An input (its trigger, an event, a timer, a step outcome, a task result, a
+        cancel) makes the instance run its code; ``trigger``: the traceparent of the
+        event that started it. Called before each run of its code, several times in one
+        segment (until :meth:`segment_flushed` says it blocked)."""
+
+    def segment_flushed(self, instance_id: str, status: str, busy: bool) -> None:
+        """The instance's changes of this batch are staged: ``busy`` when a step of it is
+        still running (its segment goes on), else it blocks (waits for an event, a timer,
+        a task) or has finished, with ``status``."""
+
+    def emitted(self, instance_id: str, envelope: Envelope) -> None:
+        """The instance emitted this event (with the batch being staged; never for an
+        emit replayed from its journal)."""
+
+    def task_requested(self, instance_id: str, queue: str, envelope: Envelope) -> None:
+        """The instance published a task attempt's request to ``queue``."""
+
+    def attempt_trace(
+        self,
+        kind: str,
+        name: str,
+        attempt: int,
+        instance_id: str | None,
+        trace: str | None,
+    ) -> AttemptTrace | None:
+        """An attempt begins (``kind``: ``"step"`` with its instance, or ``"handler"``
+        with the traceparent of its event): its span, or None."""
+        return None
+
 
 NO_OBSERVER = Observer()
 """The default observer (shared: it has no state), so default options compare equal."""
 
 
 def _hooks() -> list[str]:
-    return [name for name in vars(Observer) if not name.startswith("_")]
+    return [
+        name
+        for name, value in vars(Observer).items()
+        if not name.startswith("_") and callable(value)
+    ]
 
 
 def combine(*observers: Observer) -> Observer:
@@ -121,6 +186,7 @@ class _Combined(Observer):
 
     def __init__(self, observers: list[Observer]) -> None:
         self.observers = tuple(observers)
+        self.traces = any(o.traces for o in observers)  # type: ignore[misc]
         for name in _hooks():
             methods = [getattr(o, name) for o in observers if _overrides(o, name)]
             if len(methods) == 1:
@@ -132,9 +198,13 @@ class _Combined(Observer):
         return f"combine({', '.join(map(repr, self.observers))})"
 
 
-def _fan_out(methods: list[Callable[..., None]]) -> Callable[..., None]:
-    def call(*args: Any) -> None:
+def _fan_out(methods: list[Callable[..., Any]]) -> Callable[..., Any]:
+    def call(*args: Any) -> Any:
+        result = None  # (attempt_trace: the first span returned wins)
         for method in methods:
-            method(*args)
+            value = method(*args)
+            if result is None:
+                result = value
+        return result
 
     return call

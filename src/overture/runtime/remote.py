@@ -82,7 +82,15 @@ class RemoteWaits:
             "seq": wait.seq,
             "event": self._codec.to_journal(envelope),
         }
-        self._send(stage, protocol.WAIT_DELIVER, data, key=None, partition=wait.home)
+        # carrying the event's trace context: the delivery continues the event's trace
+        self._send(
+            stage,
+            protocol.WAIT_DELIVER,
+            data,
+            key=None,
+            partition=wait.home,
+            traceparent=envelope.traceparent,
+        )
 
     def receive(
         self, stage: Stage, message: protocol.Control, envelope: Envelope
@@ -127,8 +135,9 @@ class RemoteWaits:
         *,
         key: str | None,
         partition: int | None = None,
+        traceparent: str | None = None,
     ) -> None:
-        envelope = Envelope(type=kind, data=data, partitionkey=key)
+        envelope = Envelope(type=kind, data=data, partitionkey=key, traceparent=traceparent)
         value = self._codec.to_bytes(envelope)
         stage.batch.appends.append(
             NewRecord(key, value, None, kind, partition=partition, internal=True)

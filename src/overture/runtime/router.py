@@ -25,6 +25,7 @@ from ..events import Envelope
 from ..ports import NewRecord, Record, Store
 from .deadletters import DeadLetters, record_of
 from .instances import Instances
+from .observer import NO_OBSERVER, Observer
 from .remote import RemoteWaits
 from .staging import Stage
 from .tasks import Tasks
@@ -43,6 +44,7 @@ class Router:
         partitions: how many partitions the log has.
         instances, work, waits, remote, dead_letters, tasks: the objects records feed.
         stats: the engine's counters (``rekeyed``).
+        observer: told of each record routed, when it ``traces``.
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class Router:
         dead_letters: DeadLetters,
         tasks: Tasks,
         stats: dict[str, int],
+        observer: Observer = NO_OBSERVER,
     ) -> None:
         self._app = app
         self._codec = codec
@@ -70,13 +73,26 @@ class Router:
         self._dead_letters = dead_letters
         self._tasks = tasks
         self._stats = stats
+        self._observer = observer
 
     def route_all(self, stage: Stage, records: Sequence[Record], now: float) -> None:
         """Route the records of one partition, in offset order."""
         envelopes = [self._decode(record) for record in records]
         self._prefetch(stage, envelopes)
+        observer = self._observer
+        if not observer.traces:
+            for record, envelope in zip(records, envelopes, strict=True):
+                self.route(stage, record, now, envelope)
+            return
         for record, envelope in zip(records, envelopes, strict=True):
-            self.route(stage, record, now, envelope)
+            if isinstance(envelope, Envelope):
+                observer.record_routing(envelope, record.partition, record.offset)
+                try:
+                    self.route(stage, record, now, envelope)
+                finally:
+                    observer.record_routed()
+            else:
+                self.route(stage, record, now, envelope)
 
     def _prefetch(self, stage: Stage, envelopes: list[Envelope | MalformedEvent]) -> None:
         """Read in bulk what routing these records will need from the store: which of

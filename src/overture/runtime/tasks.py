@@ -45,6 +45,7 @@ from ..core import machine as m
 from ..events import Envelope
 from ..policies import DEFAULT_RETRY, Retry
 from ..ports import InstanceRow, TaskRecord, WorkRow
+from ..tracecontext import continue_trace
 from .backpressure import OpenTasks, published_payload, waiting_payload
 from .instances import Instances
 from .observer import Observer
@@ -176,7 +177,11 @@ class Attempts:
             source=f"/{self._app.name}",
             subject=call.task,
             time=datetime.fromtimestamp(now, UTC),
-            traceparent=call.traceparent,
+            # a retry continues the call's trace with a parent of its own (the attempt's
+            # send span), so that each attempt is one span
+            traceparent=(
+                call.traceparent if attempt == 1 else continue_trace(call.traceparent, attempt_id)
+            ),
             tenant=call.tenant,
         )
         stage.batch.tasks[attempt_id] = TaskRecord(
@@ -197,6 +202,8 @@ class Attempts:
         self.open.opened(row.id, queue)
         self._stats["task_attempts"] += 1
         self._observer.task_published(call.task, attempt, call.instance_id, queue)
+        if self._observer.traces:
+            self._observer.task_requested(call.instance_id, queue, envelope)
 
     def back_off(self, stage: Stage, row: WorkRow, due: float) -> None:
         """End the published attempt of ``row`` and schedule the next one for ``due``."""

@@ -28,7 +28,7 @@ from ..events import Envelope
 from ..ports import WorkRow
 from .deadletters import DeadLetters
 from .executor import Done, Executor, StepInfo
-from .observer import Observer
+from .observer import AttemptTrace, Observer
 from .staging import Outcome, Stage
 
 TASK_PUBLISHED = b"published"
@@ -71,6 +71,7 @@ class Work:
         self._executor = executor
         self._dead_letters = dead_letters
         self._observer = observer
+        self._traces = observer.traces
         self._wake = wake
         self._queue = WorkQueue()
         # The rows whose attempt runs: a row stays "in flight" until its outcome is
@@ -139,12 +140,21 @@ class Work:
         return row
 
     def _reporter(
-        self, work_id: str, attempt: int, info: StepInfo, began: float, *, stored: bool = True
+        self,
+        work_id: str,
+        attempt: int,
+        info: StepInfo,
+        began: float,
+        trace: AttemptTrace | None = None,
+        *,
+        stored: bool = True,
     ) -> Done:
         observer = self._observer
 
         def done(ok: bool, value: Any) -> None:
             observer.step_finished(info.name, attempt, info.instance_id, ok, monotonic() - began)
+            if trace is not None:
+                trace.end(ok, None if ok else value)
             self.report(Outcome(work_id, attempt, ok, value, stored, began))
 
         return done
@@ -217,18 +227,30 @@ class Work:
         observer = self._observer
         info = StepInfo(work_id, 1, iid, name, process)
         observer.step_started(name, 1, iid)
+        trace = observer.attempt_trace("step", name, 1, iid, None) if self._traces else None
         began = monotonic()
 
         def done(ok: bool, value: Any) -> None:  # for a call that suspended
             observer.step_finished(name, 1, iid, ok, monotonic() - began)
+            if trace is not None:
+                trace.end(ok, None if ok else value)
             self.report(Outcome(work_id, 1, ok, value, True, began))
 
         # (the hot path of every trivial step: no work row is made unless it is stored)
         eager = self._executor.start(
-            call.fn, call.args, call.kwargs, info, call.timeout, done, inline=call.inline
+            call.fn,
+            call.args,
+            call.kwargs,
+            info,
+            call.timeout,
+            done,
+            inline=call.inline,
+            enter=None if trace is None else trace.enter,
         )
         if eager is not None:
             observer.step_finished(name, 1, iid, eager[0], monotonic() - began)
+            if trace is not None:
+                trace.end(eager[0], None if eager[0] else eager[1])
             if eager[0]:
                 try:
                     value = to_json(eager[1])
@@ -252,10 +274,23 @@ class Work:
         info = StepInfo(call.idempotency_key, row.attempt, row.instance_id, call.name, process)
         self._inflight.add(row.id)
         began = monotonic()
-        self._observer.step_started(call.name, row.attempt, row.instance_id)
-        done = self._reporter(row.id, row.attempt, info, began)
+        observer = self._observer
+        observer.step_started(call.name, row.attempt, row.instance_id)
+        trace = (
+            observer.attempt_trace("step", call.name, row.attempt, row.instance_id, None)
+            if self._traces
+            else None
+        )
+        done = self._reporter(row.id, row.attempt, info, began, trace)
         outcome = self._executor.start(
-            call.fn, call.args, call.kwargs, info, call.timeout, done, inline=call.inline
+            call.fn,
+            call.args,
+            call.kwargs,
+            info,
+            call.timeout,
+            done,
+            inline=call.inline,
+            enter=None if trace is None else trace.enter,
         )
         if outcome is not None:
             done(*outcome)
@@ -308,9 +343,25 @@ class Work:
         info = StepInfo(f"{handler.name}:{event.envelope.id}", attempt, None, handler.name)
         self._inflight.add(row.id)
         began = monotonic()
-        self._observer.step_started(handler.name, attempt, None)
-        done = self._reporter(row.id, attempt, info, began)
-        outcome = self._executor.start(handler.fn, (event,), {}, info, None, done)
+        observer = self._observer
+        observer.step_started(handler.name, attempt, None)
+        trace = (
+            observer.attempt_trace(
+                "handler", handler.name, attempt, None, event.envelope.traceparent
+            )
+            if self._traces
+            else None
+        )
+        done = self._reporter(row.id, attempt, info, began, trace)
+        outcome = self._executor.start(
+            handler.fn,
+            (event,),
+            {},
+            info,
+            None,
+            done,
+            enter=None if trace is None else trace.enter,
+        )
         if outcome is not None:
             done(*outcome)
 
