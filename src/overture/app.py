@@ -20,6 +20,7 @@ from .core.machine import ProcessSpec
 from .errors import ConfigError
 from .events import Event
 from .policies import DEFAULT_RETRY, Retry
+from .streams.operator import StreamDef
 from .tasks import TaskDef
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -97,6 +98,7 @@ class App:
         self._handlers: dict[str, list[HandlerDef]] = {}
         self._handler_names: dict[str, HandlerDef] = {}
         self._tasks: dict[str, TaskDef] = {}
+        self._streams: dict[str, StreamDef] = {}  # stream operators by name (streams/)
 
     # -- registration -------------------------------------------------------------------
 
@@ -240,6 +242,31 @@ class App:
             return fn
 
         return register
+
+    # -- streams: operators (streams/operator.py) ----------------------------------------
+
+    def add_stream(self, definition: StreamDef) -> None:
+        """Register a stream operator (``@app.window`` and ``@app.pattern`` call this).
+
+        Raises:
+            ConfigError: another operator has the same name.
+        """
+        name = definition.name
+        if not name:
+            raise ConfigError("a stream operator needs a name")
+        if name in self._streams:
+            raise ConfigError(f"stream operator {name!r} is defined twice")
+        for source in definition.operator.sources:
+            self._declare(source)
+        self._streams[name] = definition
+
+    @property
+    def streams(self) -> list[StreamDef]:
+        """The registered stream operators, in registration order."""
+        return list(self._streams.values())
+
+    def stream(self, name: str) -> StreamDef | None:
+        return self._streams.get(name)
 
     # -- lookups used by the runtime and the client ---------------------------------------
 
