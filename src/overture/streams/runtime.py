@@ -152,7 +152,9 @@ class Streams:
         self._codec = codec
         self._store = store
         self._partitions = partitions
-        self._owned = list(owned)
+        # on Kafka the internal topic's partition p is the logical partition
+        # ``partitions + p``: a key's state belongs to the partition p either way
+        self._owned = sorted({p % partitions for p in owned})
         self._dead_letters = dead_letters
         self._stats = stats
         for name in ("stream_rekeyed", "stream_late", "stream_results"):
@@ -193,7 +195,7 @@ class Streams:
     def consume(self, stage: Stage, records: Sequence[Record], now: float) -> None:
         by_type = self._by_type
         touched: set[str] = set()
-        partition = records[0].partition if records else 0
+        partition = records[0].partition % self._partitions if records else 0
         for record in records:
             if record.error is not None:
                 continue  # the router dead-letters what the log could not read
@@ -280,8 +282,9 @@ class Streams:
         except Exception as error:
             self._unusable(stage, dl_id, name, error, envelope, record, now)
             return
-        home = partition_for(key, self._partitions, record.partition)
-        if home != record.partition:
+        partition = record.partition % self._partitions
+        home = partition_for(key, self._partitions, partition)
+        if home != partition:
             # keyed otherwise in the log: the key's state lives on the partition of its
             # operator key, so the event goes there, atomically with this batch's offsets
             forwarded = Envelope(
@@ -331,7 +334,8 @@ class Streams:
         now: float,
         touched: set[str],
     ) -> None:
-        operator, name, partition = definition.operator, definition.name, record.partition
+        operator, name = definition.operator, definition.name
+        partition = record.partition % self._partitions
         dl_id = f"stream:{name}:{partition}:{record.offset}"
         try:
             time = event_time(event, operator.time_field)
