@@ -38,6 +38,10 @@ from .runtime.clock import SystemClock, VirtualClock
 from .runtime.engine import Engine
 from .runtime.executor import StepInfo, current_step
 
+# streams: windows and aggregations (issue 13)
+from .streams.aggregates import Count, CountDistinct, Last, Max, Mean, Min, Reduce, Sum, TopK
+from .streams.windows import Hopping, Session, Sliding, Tumbling, WindowResult
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -78,4 +82,22 @@ __all__ = [
     "WaitTimeout",
     "__version__",
     "current_step",
+]
+
+# streams: windows and aggregations (issue 13)
+__all__ += [
+    "Count",
+    "CountDistinct",
+    "Hopping",
+    "Last",
+    "Max",
+    "Mean",
+    "Min",
+    "Reduce",
+    "Session",
+    "Sliding",
+    "Sum",
+    "TopK",
+    "Tumbling",
+    "WindowResult",
 ]

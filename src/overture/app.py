@@ -8,10 +8,10 @@ events of them, by the codec (``overture.codec.Codec``, whose ``Contracts`` prot
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from . import protocol
 from .codec import PayloadCodec
@@ -20,6 +20,10 @@ from .core.machine import ProcessSpec
 from .errors import ConfigError
 from .events import Event
 from .policies import DEFAULT_RETRY, Retry
+from .streams.aggregates import Aggregation
+from .streams.operator import StreamDef
+from .streams.time import seconds
+from .streams.windows import Emit, WindowOperator, WindowSpec
 from .tasks import TaskDef
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -97,6 +101,7 @@ class App:
         self._handlers: dict[str, list[HandlerDef]] = {}
         self._handler_names: dict[str, HandlerDef] = {}
         self._tasks: dict[str, TaskDef] = {}
+        self._streams: dict[str, StreamDef] = {}  # stream operators by name (streams/)
 
     # -- registration -------------------------------------------------------------------
 
@@ -240,6 +245,105 @@ class App:
             return fn
 
         return register
+
+    # -- streams: operators (streams/operator.py) ----------------------------------------
+
+    def add_stream(self, definition: StreamDef) -> None:
+        """Register a stream operator (``@app.window`` and ``@app.pattern`` call this).
+
+        Raises:
+            ConfigError: another operator has the same name.
+        """
+        name = definition.name
+        if not name:
+            raise ConfigError("a stream operator needs a name")
+        if name in self._streams:
+            raise ConfigError(f"stream operator {name!r} is defined twice")
+        for source in definition.operator.sources:
+            self._declare(source)
+        self._streams[name] = definition
+
+    def window(
+        self,
+        *,
+        source: type[Event] | str | Sequence[type[Event] | str],
+        key: Callable[[Any], Any] | str,
+        window: WindowSpec,
+        aggregate: Mapping[str, Aggregation],
+        grace: timedelta = timedelta(0),
+        emit: Emit = "on_close",
+        idle: timedelta | Literal["default"] | None = "default",
+        time_field: str | None = None,
+        on_late: Callable[[Any], Any] | None = None,
+        retry: Retry | None = None,
+        name: str | None = None,
+    ) -> Callable[[F], F]:
+        """Register a windowed aggregation: its callback gets a ``WindowResult`` and
+        returns an event, a list of events or None (see docs/streams.md).
+
+        Args:
+            source: the event class or type name read (or several).
+            key: the data field giving the window key, or a callable of the event;
+                events keyed otherwise in the log are re-keyed by it.
+            window: ``Tumbling(size)``, ``Hopping(size, every)``, ``Sliding(size)`` or
+                ``Session(gap)``.
+            aggregate: the aggregations by name (``WindowResult.values`` keys).
+            grace: event-time lateness accepted; the watermark is the newest event time
+                seen on the partition minus this.
+            emit: ``"on_close"`` (once, when the watermark passes the window's end) or
+                ``"every_update"`` (each event that changes a window).
+            idle: after this much engine-clock time the watermark of a silent partition
+                follows the clock (``now - idle - grace``), so the last windows close;
+                default: the grace, at least one second; None: only events move it.
+            time_field: the data field with the event time (ISO-8601 or epoch seconds);
+                default the CloudEvents ``time``.
+            on_late: called with each late event.
+            retry: how a raising callback is tried again before its result is
+                dead-lettered (default: as handlers).
+            name: the operator's name (default: the function's name); ``client.window``
+                and ``overture windows`` use it.
+
+        Raises:
+            ConfigError: an invalid option.
+        """
+        sources = [source] if isinstance(source, str | type) else list(source)
+        if not sources:
+            raise ConfigError("source= needs at least one event type")
+        types = tuple(self._resolve(s)[0] for s in sources)
+        grace_s = seconds(grace, "grace", positive=False)
+        if idle == "default":
+            idle_s: float | None = max(grace_s, 1.0)
+        elif idle is None:
+            idle_s = None
+        else:
+            idle_s = seconds(idle, "idle", positive=False)
+
+        def register(fn: F) -> F:
+            if not callable(fn):
+                raise ConfigError("@app.window decorates a function")
+            operator = WindowOperator(
+                name=name or fn.__name__,
+                sources=types,
+                key=key,
+                window=window,
+                aggregate=aggregate,
+                grace=grace_s,
+                idle=idle_s,
+                time_field=time_field,
+                emit=emit,
+            )
+            self.add_stream(StreamDef(operator, fn, on_late, retry or DEFAULT_RETRY))
+            return fn
+
+        return register
+
+    @property
+    def streams(self) -> list[StreamDef]:
+        """The registered stream operators, in registration order."""
+        return list(self._streams.values())
+
+    def stream(self, name: str) -> StreamDef | None:
+        return self._streams.get(name)
 
     # -- lookups used by the runtime and the client ---------------------------------------
 

@@ -288,6 +288,14 @@ class AsyncClient:
             if not batch:
                 await asyncio.sleep(poll)
 
+    async def window(self, name: str, key: str | None = None) -> list[Any]:
+        """``Client.window``: the open windows of stream operator ``name``."""
+        return await self._run(self.sync.window, name, key)
+
+    async def late_events(self, name: str) -> int:
+        """``Client.late_events``: how many events operator ``name`` dropped as late."""
+        return await self._run(self.sync.late_events, name)
+
     async def dead_letters(self) -> list[DeadLetter]:
         """Everything parked in the dead-letter queue."""
         return await self._run(self.sync.dead_letters)

@@ -27,6 +27,7 @@ from .ports import ActivityRow, Backend, DeadLetter, InstanceQuery, NewRecord
 from .protocol import FINAL as FINAL
 from .protocol import Status
 from .results import Results
+from .streams.query import view as stream_view
 
 MIN_SHORT_ID = 6
 """The shortest prefix or suffix :meth:`Client.instance` accepts for an instance id."""
@@ -417,6 +418,23 @@ class Client:
         committed = self.backend.store.offsets(group)
         log = self.backend.log
         return {p: max(log.end_offset(p) - committed.get(p, 0), 0) for p in range(log.partitions)}
+
+    def window(self, name: str, key: str | None = None) -> list[Any]:
+        """The open windows of stream operator ``name`` (of one key, or of all), as
+        ``WindowResult``s with their current values, from the committed state.
+
+        Raises:
+            ConfigError: the client has no app.
+            NotFound: the app has no operator ``name``.
+        """
+        return stream_view(self._streams(), self.backend.store, name, key).open
+
+    def late_events(self, name: str) -> int:
+        """How many events stream operator ``name`` dropped as late (every partition)."""
+        return stream_view(self._streams(), self.backend.store, name, None).late
+
+    def _streams(self) -> list[Any] | None:
+        return None if self.app is None else self.app.streams
 
     def dead_letters(self) -> list[DeadLetter]:
         """Everything parked in the dead-letter queue, with reason and original bytes."""

@@ -190,6 +190,11 @@ def task_result_id(attempt_id: str) -> str:
     return f"{attempt_id}:result"
 
 
+STREAM_REKEYED = "overture.stream.rekeyed"
+"""An event a stream operator re-keyed to the partition owning its operator key (data:
+``operator``, ``key``, ``event`` in structured form); only the streams runtime reads it."""
+
+
 def is_reserved(event_type: str) -> bool:
     """Whether ``event_type`` is a control event type (the ``overture.`` namespace)."""
     return event_type.startswith(RESERVED_PREFIX)

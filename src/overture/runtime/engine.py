@@ -35,6 +35,7 @@ from ..codec import Codec
 from ..core.correlation import WaitIndex
 from ..errors import ConfigError
 from ..ports import Backend, EngineBackend
+from ..streams.runtime import Streams
 from . import gcpolicy
 from .clock import Clock, SystemClock
 from .deadletters import DeadLetters
@@ -180,6 +181,20 @@ class Engine:
                 self.stats,
             )
         )
+        # Stream operators (windows, patterns): a participant only when the app has some.
+        self._streams: Streams | None = None
+        if app.streams:
+            self._streams = Streams(
+                app.name,
+                app.streams,
+                codec,
+                store,
+                log.partitions,
+                list(range(log.partitions)) if consumed is None else consumed,
+                dead_letters,
+                self.stats,
+            )
+            self._loop.add(self._streams)
         self._stopping = False
         self._started = False
         self._running = False
@@ -227,6 +242,8 @@ class Engine:
             self._work.load(work)
             self._attempts.load(work)
             self._instances.load_active(store.active_instances())
+            if self._streams is not None:
+                self._streams.load()
         except BaseException:
             release()
             raise
@@ -314,7 +331,7 @@ class Engine:
                 if await self._iterate():
                     continue
                 await self._idle()
-                await self.clock.wait(self._wake, self._work.next_due())
+                await self.clock.wait(self._wake, self._next_due())
         finally:
             self._stop_starting()
             try:
@@ -338,11 +355,20 @@ class Engine:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            due = self._work.next_due()
+            due = self._next_due()
             if self.has_unread() or (due is not None and due <= self.clock.now()):
                 continue
             return
         raise RuntimeError("engine did not become idle")
+
+    def _next_due(self) -> float | None:
+        """When the next piece of work (or an idle stream window) is due."""
+        due = self._work.next_due()
+        if self._streams is not None:
+            streams = self._streams.next_due()
+            if streams is not None:
+                due = streams if due is None else min(due, streams)
+        return due
 
     async def _iterate(self, read_log: bool = True) -> bool:
         """One iteration of the loop at the clock's current time."""

@@ -131,6 +131,8 @@ class Router:
         if isinstance(envelope, MalformedEvent):
             self._dead_letters.add(stage, position, "decode", str(envelope), None, record, now)
             return
+        if envelope.type == protocol.STREAM_REKEYED:
+            return  # the streams runtime's own (streams/runtime.py)
         if protocol.is_reserved(envelope.type):
             self._control(stage, envelope, record, now)
             return
