@@ -339,6 +339,11 @@ class Batch:
     """Task attempts published to their queues (``TaskQueue``), by attempt id; ``None``
     ends an attempt (a result was applied, its deadline passed, its instance ended): no
     worker claims it any more and a result for it is refused."""
+    expired: list[str] = field(default_factory=list)
+    """Finished instances to delete wholly, past their retention (``runtime/retention.py``):
+    the instance row, its journal, waits, work rows, buffered inbox events and ended task
+    attempts. Applied after every other change of the batch, so nothing of theirs that
+    the batch also wrote survives."""
 
     def empty(self) -> bool:
         return not (
@@ -352,6 +357,7 @@ class Batch:
             or self.dead_letters
             or self.state
             or self.tasks
+            or self.expired
         )
 
 
@@ -394,6 +400,11 @@ class StateView(Protocol):
         with nothing in them are left out."""
 
     def waits(self) -> list[WaitRow]: ...
+
+    def expired(self, before: float, limit: int) -> tuple[list[str], float | None]:
+        """At most ``limit`` ids of finished instances (completed, failed, cancelled)
+        whose finish time (``updated``) is at or before ``before``, and the earliest finish time
+        of the finished instances that remain after those (``None``: none remains)."""
 
     def work(self) -> list[WorkRow]: ...
 

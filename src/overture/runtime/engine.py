@@ -45,6 +45,7 @@ from .observer import Observer
 from .options import EngineOptions
 from .processes import Processes
 from .remote import RemoteWaits
+from .retention import Retention
 from .router import Router
 from .tasks import Attempts, Tasks
 from .waits import Waits
@@ -120,6 +121,7 @@ class Engine:
             "task_attempts": 0,
             "task_results_dropped": 0,
             "task_attempts_waited": 0,
+            "expired": 0,
         }
         log, store, observer = backend.log, backend.store, options.observer
         consumed = options.partitions
@@ -179,6 +181,12 @@ class Engine:
                 self.stats,
             )
         )
+        self._retention: Retention | None = None
+        if options.retention is not None:
+            self._retention = Retention(
+                store, options.retention, self._instances, in_flight, self.stats
+            )
+            self._loop.add(self._retention)
         self._stopping = False
         self._started = False
         self._running = False
@@ -313,7 +321,7 @@ class Engine:
                 if await self._iterate():
                     continue
                 await self._idle()
-                await self.clock.wait(self._wake, self._work.next_due())
+                await self.clock.wait(self._wake, self._next_due())
         finally:
             self._stop_starting()
             try:
@@ -337,11 +345,20 @@ class Engine:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            due = self._work.next_due()
+            due = self._next_due()
             if self.has_unread() or (due is not None and due <= self.clock.now()):
                 continue
             return
         raise RuntimeError("engine did not become idle")
+
+    def _next_due(self) -> float | None:
+        """Engine time of the earliest due work or retention pass."""
+        due = self._work.next_due()
+        if self._retention is not None:
+            expiry = self._retention.next_due()
+            if expiry is not None and (due is None or expiry < due):
+                due = expiry
+        return due
 
     async def _iterate(self, read_log: bool = True) -> bool:
         """One iteration of the loop at the clock's current time."""
