@@ -51,6 +51,9 @@ class MemoryState:
         self._offsets: dict[str, dict[int, int]] = {}
         self._instances: dict[str, InstanceRow] = {}
         self._journals: dict[str, list[dict[str, Any]]] = {}
+        # start positions of each journal's chunks: the Kafka changelog keys a chunk by
+        # it, and a deleted instance's tombstones must name every one
+        self._chunks: dict[str, list[int]] = {}
         # by (type, key, instance, seq): a deletion need not know a wait's ``home``
         self._waits: dict[tuple[str, str | None, str, int], WaitRow] = {}
         self._work: dict[str, WorkRow] = {}
@@ -74,6 +77,9 @@ class MemoryState:
                 journal = self._journals.setdefault(iid, [])
                 del journal[pos:]
                 journal.extend(entries)
+                starts = self._chunks.setdefault(iid, [])
+                starts[:] = [p for p in starts if p < pos]
+                starts.append(pos)
             for wait, present in batch.waits.items():
                 ident = (wait.event_type, wait.key, wait.instance_id, wait.seq)
                 if present:
@@ -93,6 +99,7 @@ class MemoryState:
         for iid in gone:
             self._instances.pop(iid, None)
             self._journals.pop(iid, None)
+            self._chunks.pop(iid, None)
         waits = [k for k, w in self._waits.items() if w.instance_id in gone]
         for wait in waits:
             del self._waits[wait]
@@ -100,6 +107,20 @@ class MemoryState:
             doomed = [k for k, v in table.items() if v.instance_id in gone]
             for k in doomed:
                 del table[k]
+
+    def belongings(
+        self, instance_ids: Collection[str]
+    ) -> tuple[list[tuple[str, int]], list[WaitRow], list[str], list[str]]:
+        """What is stored of these instances: (instance, chunk start) of their journal
+        chunks, their waits, the ids of their work rows and of their inbox rows (the
+        Kafka changelog's tombstones for ``Batch.expired``)."""
+        wanted = set(instance_ids)
+        with self._lock:
+            chunks = [(i, pos) for i in instance_ids for pos in self._chunks.get(i, ())]
+            waits = [w for w in self._waits.values() if w.instance_id in wanted]
+            work = [k for k, w in self._work.items() if w.instance_id in wanted]
+            inbox = [k for k, r in self._inbox.items() if r.instance_id in wanted]
+        return chunks, waits, work, inbox
 
     def _apply_state(self, changes: dict[StateKey, bytes | None]) -> None:
         for (namespace, key), value in changes.items():

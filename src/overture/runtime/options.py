@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from ..errors import ConfigError
+from ..retention import DEFAULT_RETENTION
 from .observer import NO_OBSERVER, Observer
 
 
@@ -63,7 +64,7 @@ class EngineOptions:
     as open attempts end (``runtime/backpressure.py``), so a burst of calls does not
     flood the queue its workers read."""
 
-    retention: timedelta | None = timedelta(days=7)
+    retention: timedelta | None = DEFAULT_RETENTION
     """How long a finished instance (completed, failed, cancelled) is kept, counted from
     its finish on the engine clock; then the engine deletes it with its journal, waits,
     work rows, buffered events and ended task attempts (``runtime/retention.py``).
