@@ -344,6 +344,12 @@ class Batch:
     the instance row, its journal, waits, work rows, buffered inbox events and ended task
     attempts. Applied after every other change of the batch, so nothing of theirs that
     the batch also wrote survives."""
+    trim_log: float | None = None
+    """Delete log records appended before this time (their timestamp) that every
+    consumer group has committed past, a bounded number per partition, never the newest
+    record of a partition (it carries the partition's next offset) nor the trigger of an
+    unfinished instance. SQLite applies it; the memory log keeps everything (tests); on
+    Kafka the events topic's ``retention.ms`` does it."""
 
     def empty(self) -> bool:
         return not (
@@ -358,6 +364,7 @@ class Batch:
             or self.state
             or self.tasks
             or self.expired
+            or self.trim_log is not None
         )
 
 

@@ -101,8 +101,8 @@ class Retention:
         unseen = self._unseen
         if unseen is not None and self._in_flight() is unseen[0]:
             self._due = unseen[1] if self._due is None else min(self._due, unseen[1])
-        if not ids:
-            return False
+        # the log's old consumed records go with the same passes (SQLite; see Batch)
+        stage.batch.trim_log = now - self._seconds
         stage.batch.expired.extend(ids)
         self._staged = stage.batch
         return True

@@ -411,6 +411,8 @@ class SqliteBackend:
             apply_tasks(c, b.tasks, time.time())
         if b.expired:
             _delete_instances(c, b.expired)
+        if b.trim_log is not None:
+            _trim_log(c, b.trim_log, self._partitions)
 
     @staticmethod
     def _apply(
@@ -706,3 +708,38 @@ def _delete_instances(c: sqlite3.Connection, instance_ids: list[str]) -> None:
         "DELETE FROM tasks WHERE id >= ? AND id < ? AND ended = 1",
         [(f"task:{iid}:", f"task:{iid};") for iid in instance_ids],
     )
+
+
+LOG_TRIM_LIMIT = 2000
+"""Most log records one pass deletes per partition: a range of the primary key, so the
+write lock is held for a few milliseconds (docs/benchmarks.md, retention)."""
+
+
+def _trim_log(c: sqlite3.Connection, before: float, partitions: int) -> int:
+    """Delete old consumed log records (``Batch.trim_log``); returns how many."""
+    committed: dict[int, dict[str, int]] = {}
+    groups = set()
+    for grp, part, off in c.execute("SELECT grp, part, off FROM offsets"):
+        groups.add(grp)
+        committed.setdefault(part, {})[grp] = off
+    deleted = 0
+    for part in range(partitions):
+        passed = committed.get(part, {})
+        if not groups or len(passed) < len(groups):
+            continue  # a group that has not committed here has not read anything of it
+        low, high = part << SHIFT, (part + 1) << SHIFT
+        top = c.execute("SELECT max(id) FROM log WHERE id >= ? AND id < ?", (low, high))
+        newest = top.fetchone()[0]
+        if newest is None:
+            continue
+        # below every group's next offset, and below the newest record: appends number
+        # the next record from the newest one, so it must stay
+        end = min(low | min(passed.values()), newest)
+        cursor = c.execute(
+            "DELETE FROM log WHERE id IN (SELECT id FROM log WHERE id >= ? AND id < ? "
+            "AND ts < ? AND (event_id IS NULL OR event_id NOT IN (SELECT trigger_id FROM "
+            "instances WHERE status NOT IN (?, ?, ?))) ORDER BY id LIMIT ?)",
+            (low, end, before, *_FINAL, LOG_TRIM_LIMIT),
+        )
+        deleted += cursor.rowcount
+    return deleted
