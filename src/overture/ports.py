@@ -461,6 +461,10 @@ class Capabilities:
     remote: bool
     """Calls wait for the network: an asyncio caller runs them in a worker thread
     instead of on its event loop."""
+    trims_log: bool = False
+    """``Batch.trim_log`` deletes old consumed log records (SQLite). Where False the log
+    keeps them (memory) or the broker's topic retention deletes them (Kafka), and the
+    engine's retention passes run only when an instance expires."""
 
 
 @runtime_checkable

@@ -184,7 +184,12 @@ class Engine:
         self._retention: Retention | None = None
         if options.retention is not None:
             self._retention = Retention(
-                store, options.retention, self._instances, in_flight, self.stats
+                store,
+                options.retention,
+                self._instances,
+                in_flight,
+                self.stats,
+                trims_log=backend.capabilities.trims_log,
             )
             self._loop.add(self._retention)
         self._stopping = False

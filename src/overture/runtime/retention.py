@@ -29,6 +29,7 @@ every deleted id, kept forever, would be exactly the unbounded growth retention 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Collection, Sequence
 from datetime import timedelta
 
@@ -36,6 +37,10 @@ from ..core.status import FINAL
 from ..ports import Record, StateView
 from .instances import Instances
 from .staging import Stage
+
+LOG_PASS_EVERY = 60.0
+"""Seconds (engine clock) between passes on a backend that trims its log, even when no
+instance expires: the log of a busy handler-only app must shrink too."""
 
 PASS_LIMIT = 200
 """Most instances one pass deletes (one engine batch): small enough that the batch's
@@ -51,6 +56,8 @@ class Retention:
         instances: the live instances (a deleted one leaves their cache).
         in_flight: the batch being committed, if any (the loop's).
         stats: the engine's counters (``expired``).
+        trims_log: the store applies ``Batch.trim_log`` (passes then run at least every
+            ``LOG_PASS_EVERY`` seconds).
         limit: most instances per pass.
     """
 
@@ -62,6 +69,7 @@ class Retention:
         in_flight: Callable[[], object | None],
         stats: dict[str, int],
         *,
+        trims_log: bool = False,
         limit: int = PASS_LIMIT,
     ) -> None:
         self._store = store
@@ -70,6 +78,8 @@ class Retention:
         self._in_flight = in_flight
         self._stats = stats
         self._limit = limit
+        self._trims_log = trims_log
+        self._log_due = -math.inf
         self._due: float | None = -math.inf  # the first pass runs at once (after a start)
         self._staged: object | None = None  # the batch holding the last pass's deletions
         # the last sealed batch and the expiry of the first instance it finishes: until
@@ -77,8 +87,11 @@ class Retention:
         self._unseen: tuple[object, float] | None = None
 
     def next_due(self) -> float | None:
-        """Engine time of the next pass (``None``: nothing finished is stored)."""
-        return self._due
+        """Engine time of the next pass (``None``: nothing finished is stored and the
+        log is not trimmed here)."""
+        if not self._trims_log:
+            return self._due
+        return self._log_due if self._due is None else min(self._due, self._log_due)
 
     # -- Participant -----------------------------------------------------------------------
 
@@ -89,7 +102,8 @@ class Retention:
         pass
 
     def advance(self, stage: Stage, now: float) -> bool:
-        if self._due is None or self._due > now:
+        due = self.next_due()
+        if due is None or due > now:
             return False
         staged = self._staged
         if staged is not None and self._in_flight() is staged:
@@ -101,8 +115,15 @@ class Retention:
         unseen = self._unseen
         if unseen is not None and self._in_flight() is unseen[0]:
             self._due = unseen[1] if self._due is None else min(self._due, unseen[1])
-        # the log's old consumed records go with the same passes (SQLite; see Batch)
-        stage.batch.trim_log = now - self._seconds
+        # The log's old consumed records go with the same passes (SQLite; see Batch).
+        # Their timestamps are the wall clock's at append, so they are judged by the
+        # earlier of the two clocks: a virtual clock set ahead (tests) must not make
+        # the whole log look old.
+        if self._trims_log:
+            stage.batch.trim_log = min(now, time.time()) - self._seconds
+            self._log_due = now + LOG_PASS_EVERY
+        elif not ids:
+            return False
         stage.batch.expired.extend(ids)
         self._staged = stage.batch
         return True

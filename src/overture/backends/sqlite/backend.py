@@ -136,6 +136,7 @@ class SqliteBackend:
         commit="thread",  # the fsync must not stall the engine's loop
         partitioned=False,
         remote=False,
+        trims_log=True,  # Batch.trim_log: _trim_log
     )
     owned = None
 
