@@ -20,6 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import overture as ov
@@ -51,6 +52,7 @@ class Options:
     timeout: float = 300.0
     tracemalloc: bool = False  # M1: trace allocations while instances start (slow)
     observe: str = "off"  # the engine's observer (benchmarks/observing.py)
+    retention: float | None = None  # seconds finished instances are kept; None: forever
 
 
 IDLE_WINDOW = 2.0  # W4: seconds of CPU accounting while every instance sleeps
@@ -77,8 +79,13 @@ class Bench:
         self.url = url
         self.backend = broker
         self.probe = CommitProbe(broker, track_work=opts.workload in ("w3", "w4"))
+        kept = None if opts.retention is None else timedelta(seconds=opts.retention)
         self.engine = ov.Engine(
-            make_app(opts), broker, cache_size=10_000, observer=observing.observer(opts.observe)
+            make_app(opts),
+            broker,
+            cache_size=10_000,
+            observer=observing.observer(opts.observe),
+            retention=kept,
         )
         self.task: asyncio.Task[None] | None = None
         self.started = 0.0  # when the engine was started
@@ -152,6 +159,9 @@ async def measure(opts: Options) -> Result:
         info: Result = {"durability": _durability(bench.backend, opts.backend)}
         if opts.mode == "load":
             info.update(await _load(bench))
+            info["expired"] = bench.engine.stats["expired"]
+            if bench.url.startswith("sqlite:///"):
+                info["file_mb"] = _file_mb(bench.url.removeprefix("sqlite:///"))
         elif opts.mode == "serial":
             info.update(await _serial(bench))
         elif opts.mode == "drain" and opts.workload.startswith("w1"):
@@ -161,6 +171,11 @@ async def measure(opts: Options) -> Result:
         info["engine_stats"] = dict(bench.engine.stats)
     info["peak_rss_mb"] = stats.peak_rss_mb()
     return info
+
+
+def _file_mb(path: str) -> float:
+    """Size of a SQLite database with its WAL, in MiB."""
+    return sum(os.path.getsize(p) for p in (path, f"{path}-wal") if os.path.exists(p)) / (1 << 20)
 
 
 # -- load: N instances as fast as the producer can send them ----------------------------------

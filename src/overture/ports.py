@@ -339,6 +339,17 @@ class Batch:
     """Task attempts published to their queues (``TaskQueue``), by attempt id; ``None``
     ends an attempt (a result was applied, its deadline passed, its instance ended): no
     worker claims it any more and a result for it is refused."""
+    expired: list[str] = field(default_factory=list)
+    """Finished instances to delete wholly, past their retention (``runtime/retention.py``):
+    the instance row, its journal, waits, work rows, buffered inbox events and ended task
+    attempts. Applied after every other change of the batch, so nothing of theirs that
+    the batch also wrote survives."""
+    trim_log: float | None = None
+    """Delete log records appended before this time (their timestamp) that every
+    consumer group has committed past, a bounded number per partition, never the newest
+    record of a partition (it carries the partition's next offset) nor the trigger of an
+    unfinished instance. SQLite applies it; the memory log keeps everything (tests); on
+    Kafka the events topic's ``retention.ms`` does it."""
 
     def empty(self) -> bool:
         return not (
@@ -352,6 +363,8 @@ class Batch:
             or self.dead_letters
             or self.state
             or self.tasks
+            or self.expired
+            or self.trim_log is not None
         )
 
 
@@ -394,6 +407,11 @@ class StateView(Protocol):
         with nothing in them are left out."""
 
     def waits(self) -> list[WaitRow]: ...
+
+    def expired(self, before: float, limit: int) -> tuple[list[str], float | None]:
+        """At most ``limit`` ids of finished instances (completed, failed, cancelled)
+        whose finish time (``updated``) is at or before ``before``, and the earliest finish time
+        of the finished instances that remain after those (``None``: none remains)."""
 
     def work(self) -> list[WorkRow]: ...
 
@@ -443,6 +461,10 @@ class Capabilities:
     remote: bool
     """Calls wait for the network: an asyncio caller runs them in a worker thread
     instead of on its event loop."""
+    trims_log: bool = False
+    """``Batch.trim_log`` deletes old consumed log records (SQLite). Where False the log
+    keeps them (memory) or the broker's topic retention deletes them (Kafka), and the
+    engine's retention passes run only when an instance expires."""
 
 
 @runtime_checkable

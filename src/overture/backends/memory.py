@@ -7,6 +7,7 @@ so are the task attempts it publishes or ends (:class:`MemoryTaskQueue`).
 
 from __future__ import annotations
 
+import heapq
 import math
 import threading
 import time
@@ -51,12 +52,19 @@ class MemoryState:
         self._offsets: dict[str, dict[int, int]] = {}
         self._instances: dict[str, InstanceRow] = {}
         self._journals: dict[str, list[dict[str, Any]]] = {}
+        # start positions of each journal's chunks: the Kafka changelog keys a chunk by
+        # it, and a deleted instance's tombstones must name every one
+        self._chunks: dict[str, list[int]] = {}
         # by (type, key, instance, seq): a deletion need not know a wait's ``home``
         self._waits: dict[tuple[str, str | None, str, int], WaitRow] = {}
         self._work: dict[str, WorkRow] = {}
         self._inbox: dict[str, InboxRow] = {}
         self._dlq: dict[str, DeadLetter] = {}
         self._state: dict[str, dict[bytes, bytes]] = {}  # keyed state, by namespace
+        # (finish time, id) of finished instances, oldest first, for ``expired``: entries
+        # of deleted (or rewritten) rows stay until they reach the top and are dropped
+        # there, so a commit pays one push per instance it finishes and nothing more.
+        self._finished: list[tuple[float, str]] = []
 
     def apply(self, batch: Batch) -> None:
         """Apply a batch's state changes and offsets (not its appends)."""
@@ -64,10 +72,15 @@ class MemoryState:
             self._offsets.setdefault(batch.group, {}).update(batch.offsets)
             for iid, row in batch.instances.items():
                 self._instances[iid] = _copy_instance(row)
+                if row.status in FINAL:
+                    heapq.heappush(self._finished, (row.updated, iid))
             for iid, pos, entries in batch.journal:
                 journal = self._journals.setdefault(iid, [])
                 del journal[pos:]
                 journal.extend(entries)
+                starts = self._chunks.setdefault(iid, [])
+                starts[:] = [p for p in starts if p < pos]
+                starts.append(pos)
             for wait, present in batch.waits.items():
                 ident = (wait.event_type, wait.key, wait.instance_id, wait.seq)
                 if present:
@@ -79,6 +92,36 @@ class MemoryState:
             _apply(self._dlq, batch.dead_letters)
             if batch.state:
                 self._apply_state(batch.state)
+            if batch.expired:
+                self._delete(set(batch.expired))
+
+    def _delete(self, gone: set[str]) -> None:
+        """Delete these instances and everything of theirs (``Batch.expired``)."""
+        for iid in gone:
+            self._instances.pop(iid, None)
+            self._journals.pop(iid, None)
+            self._chunks.pop(iid, None)
+        waits = [k for k, w in self._waits.items() if w.instance_id in gone]
+        for wait in waits:
+            del self._waits[wait]
+        for table in (self._work, self._inbox):
+            doomed = [k for k, v in table.items() if v.instance_id in gone]
+            for k in doomed:
+                del table[k]
+
+    def belongings(
+        self, instance_ids: Collection[str]
+    ) -> tuple[list[tuple[str, int]], list[WaitRow], list[str], list[str]]:
+        """What is stored of these instances: (instance, chunk start) of their journal
+        chunks, their waits, the ids of their work rows and of their inbox rows (the
+        Kafka changelog's tombstones for ``Batch.expired``)."""
+        wanted = set(instance_ids)
+        with self._lock:
+            chunks = [(i, pos) for i in instance_ids for pos in self._chunks.get(i, ())]
+            waits = [w for w in self._waits.values() if w.instance_id in wanted]
+            work = [k for k, w in self._work.items() if w.instance_id in wanted]
+            inbox = [k for k, r in self._inbox.items() if r.instance_id in wanted]
+        return chunks, waits, work, inbox
 
     def _apply_state(self, changes: dict[StateKey, bytes | None]) -> None:
         for (namespace, key), value in changes.items():
@@ -155,6 +198,28 @@ class MemoryState:
     def waits(self) -> list[WaitRow]:
         with self._lock:
             return list(self._waits.values())
+
+    def expired(self, before: float, limit: int) -> tuple[list[str], float | None]:
+        with self._lock:
+            heap, rows = self._finished, self._instances
+            taken: list[tuple[float, str]] = []
+            ids: list[str] = []
+            following: float | None = None
+            while heap:
+                updated, iid = heap[0]
+                row = rows.get(iid)
+                if row is None or row.status not in FINAL or row.updated != updated:
+                    heapq.heappop(heap)  # deleted or rewritten since it was pushed
+                    continue
+                if updated > before or len(ids) >= limit:
+                    following = updated
+                    break
+                taken.append(heapq.heappop(heap))
+                if not ids or ids[-1] != iid:
+                    ids.append(iid)
+            for entry in taken:  # still stored until the deletion commits
+                heapq.heappush(heap, entry)
+            return ids, following
 
     def work(self) -> list[WorkRow]:
         with self._lock:
@@ -282,6 +347,8 @@ class MemoryBackend(MemoryState):
             self.apply(batch)
             if batch.tasks:
                 self.tasks.apply(batch.tasks)
+            if batch.expired:
+                self.tasks.forget(batch.expired)
         if batch.appends:
             self._wake()
         if batch.tasks and any(record is not None for record in batch.tasks.values()):
@@ -371,6 +438,13 @@ class MemoryTaskQueue:
                     self._attempts[task_id] = _Attempt(record)
             elif known is not None:
                 known.open = False
+
+    def forget(self, instance_ids: Collection[str]) -> None:
+        """Drop the ended attempts of deleted instances (under the backend's lock)."""
+        prefixes = tuple(f"task:{iid}:" for iid in instance_ids)
+        doomed = [k for k, a in self._attempts.items() if not a.open and k.startswith(prefixes)]
+        for k in doomed:
+            del self._attempts[k]
 
     def wake(self) -> None:
         for wake in list(self._watchers):

@@ -16,7 +16,7 @@ import typer
 
 from .. import __version__
 from ..client import ALL, Client
-from ..errors import NotFound
+from ..errors import ConfigError, NotFound
 from ..protocol import Status
 from . import api, render, top, windows
 from .common import (
@@ -156,6 +156,15 @@ def run(
             help="Most open task attempts per queue; further calls wait, in order.",
         ),
     ] = 10_000,
+    retention: Annotated[
+        str,
+        typer.Option(
+            "--retention",
+            metavar="DURATION",
+            help="How long finished instances are kept before the engine deletes them "
+            "(e.g. 12h, 7d; 0: none; forever). docs/retention.md.",
+        ),
+    ] = "7d",
     log_level: LogLevel = "INFO",
     log_format: LogFormatOption = "text",
     trace: TraceOption = None,
@@ -164,9 +173,14 @@ def run(
 
     The app's tasks (@app.task with a function) run in the same process too, unless
     --no-tasks."""
+    from ..retention import parse_retention
     from ..runtime.options import EngineOptions
     from .serve import configure_logging, serve
 
+    try:
+        kept = parse_retention(retention)
+    except ConfigError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
     _check_log_level(log_level)
     log_format = check_log_format(log_format)
     refuse_memory(backend)
@@ -187,6 +201,7 @@ def run(
                         batch_size=batch_size,
                         threads=threads,
                         max_open_tasks_per_queue=max_open_tasks,
+                        retention=kept,
                     ),
                     partitions=partitions,
                     grace=grace,

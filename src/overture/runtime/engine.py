@@ -46,6 +46,7 @@ from .observer import Observer
 from .options import EngineOptions
 from .processes import Processes
 from .remote import RemoteWaits
+from .retention import Retention
 from .router import Router
 from .tasks import Attempts, Tasks
 from .waits import Waits
@@ -121,6 +122,7 @@ class Engine:
             "task_attempts": 0,
             "task_results_dropped": 0,
             "task_attempts_waited": 0,
+            "expired": 0,
         }
         log, store, observer = backend.log, backend.store, options.observer
         consumed = options.partitions
@@ -195,6 +197,17 @@ class Engine:
                 self.stats,
             )
             self._loop.add(self._streams)
+        self._retention: Retention | None = None
+        if options.retention is not None:
+            self._retention = Retention(
+                store,
+                options.retention,
+                self._instances,
+                in_flight,
+                self.stats,
+                trims_log=backend.capabilities.trims_log,
+            )
+            self._loop.add(self._retention)
         self._stopping = False
         self._started = False
         self._running = False
@@ -362,12 +375,16 @@ class Engine:
         raise RuntimeError("engine did not become idle")
 
     def _next_due(self) -> float | None:
-        """When the next piece of work (or an idle stream window) is due."""
+        """When the next piece of work, idle stream window or retention pass is due."""
         due = self._work.next_due()
         if self._streams is not None:
             streams = self._streams.next_due()
             if streams is not None:
                 due = streams if due is None else min(due, streams)
+        if self._retention is not None:
+            expiry = self._retention.next_due()
+            if expiry is not None and (due is None or expiry < due):
+                due = expiry
         return due
 
     async def _iterate(self, read_log: bool = True) -> bool:

@@ -541,6 +541,13 @@ class Instances:
         for iid, live in spared:
             self._cache[iid] = live
 
+    def forget(self, instance_ids: Iterable[str]) -> None:
+        """Drop deleted instances (``runtime/retention.py``) from the cache."""
+        for iid in instance_ids:
+            live = self._cache.pop(iid, None)
+            if live is not None:
+                live.machine.close()
+
     def close(self) -> None:
         """Drop every cached instance (the engine stops or is abandoned)."""
         for live in self._cache.values():

@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 from ..errors import ConfigError
+from ..retention import DEFAULT_RETENTION
 from .observer import NO_OBSERVER, Observer
 
 
@@ -62,6 +64,12 @@ class EngineOptions:
     as open attempts end (``runtime/backpressure.py``), so a burst of calls does not
     flood the queue its workers read."""
 
+    retention: timedelta | None = DEFAULT_RETENTION
+    """How long a finished instance (completed, failed, cancelled) is kept, counted from
+    its finish on the engine clock; then the engine deletes it with its journal, waits,
+    work rows, buffered events and ended task attempts (``runtime/retention.py``).
+    ``timedelta(0)``: deleted as soon as it finished; None: kept forever."""
+
     observer: Observer = NO_OBSERVER
     """Told of batches, instances, step attempts, commits, dead letters, timers and
     rebalances (``runtime/observer.py``); the default does nothing."""
@@ -81,6 +89,12 @@ class EngineOptions:
         ):
             raise ConfigError(
                 f"sync_fold must be a number of seconds >= 0 (or None), not {self.sync_fold!r}"
+            )
+        if self.retention is not None and not (
+            isinstance(self.retention, timedelta) and self.retention >= timedelta(0)
+        ):
+            raise ConfigError(
+                f"retention must be a timedelta >= 0 (or None: forever), not {self.retention!r}"
             )
         if self.group is not None and (not isinstance(self.group, str) or not self.group):
             raise ConfigError(f"group must be a non-empty name (or None), not {self.group!r}")

@@ -347,6 +347,10 @@ class ChangelogView:
         self.refresh()
         return self._state.waits()
 
+    def expired(self, before: float, limit: int) -> tuple[list[str], float | None]:
+        self.refresh()
+        return self._state.expired(before, limit)
+
     def work(self) -> list[WorkRow]:
         self.refresh()
         return self._state.work()

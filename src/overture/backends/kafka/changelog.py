@@ -54,8 +54,13 @@ def _dead_letter_fields(fields: list[Any]) -> list[Any]:
     return fields
 
 
-def records_of(batch: Batch) -> list[ChangelogRecord]:
-    """The changelog records of one partition's batch (its appends are not state)."""
+def records_of(batch: Batch, state: MemoryState | None = None) -> list[ChangelogRecord]:
+    """The changelog records of one partition's batch (its appends are not state).
+
+    ``state``: the partition's state before the batch, which names the keys of the
+    instances the batch deletes (``Batch.expired``): each gets a tombstone, so that
+    compaction removes every record of theirs and a restore no longer reads them.
+    """
     dumps = orjson.dumps
     out: list[ChangelogRecord] = []
     # One record per (group, logical partition): a batch that consumed only some of the
@@ -98,8 +103,20 @@ def records_of(batch: Batch) -> list[ChangelogRecord]:
                 fields[_DL_HEADERS] = [[n, _b64(v)] for n, v in letter.headers]
             value = dumps(fields)
         out.append((dumps(["d", dl_id]), value))
-    for (namespace, key), state in batch.state.items():
-        out.append((state_key(namespace, key), None if state is None else bytes(state)))
+    for (namespace, key), entry in batch.state.items():
+        out.append((state_key(namespace, key), None if entry is None else bytes(entry)))
+    if batch.expired:
+        if state is None:
+            raise ValueError("a batch that deletes instances needs the state it deletes from")
+        chunks, their_waits, their_work, their_inbox = state.belongings(batch.expired)
+        out += ((dumps(["j", iid, pos]), None) for iid, pos in chunks)
+        out += (
+            (dumps(["w", w.event_type, w.key, w.instance_id, w.seq]), None) for w in their_waits
+        )
+        out += ((dumps(["k", work_id]), None) for work_id in their_work)
+        out += ((dumps(["b", inbox_id]), None) for inbox_id in their_inbox)
+        # the instance's own tombstone last: a reader that sees it deletes the rest too
+        out += ((dumps(["i", iid]), None) for iid in batch.expired)
     return out
 
 
@@ -132,6 +149,8 @@ def restore(records: Iterable[ChangelogRecord], state: MemoryState | None = None
         elif kind == "i":
             if value is not None:
                 batch.instances[key[1]] = InstanceRow(*value)
+            else:  # deleted past its retention: with everything of its own
+                batch.expired.append(key[1])
         elif kind == "j":
             if value is not None:
                 chunks.append((key[1], key[2], value))

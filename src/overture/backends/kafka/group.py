@@ -464,9 +464,10 @@ class Committer:
             ) from exc
         return producer
 
-    def commit(self, batch: Batch) -> None:
+    def commit(self, batch: Batch, state: MemoryState | None = None) -> None:
         """One transaction: the batch's events, its changelog records, its offsets (in the
-        changelog). Raises :class:`BrokerUnavailable` if it did not commit."""
+        changelog); ``state`` (the partition's, before the batch) names the keys of the
+        instances it deletes. Raises :class:`BrokerUnavailable` if it did not commit."""
         producer = self._producer
         settings = self.settings
         # before the transaction begins: this may create a queue's topic (or refuse a
@@ -483,7 +484,7 @@ class Committer:
                 produce_record(producer, topic, record, self.partitions, next(self._rr))
             for task, (topic, partition) in tasks:
                 send(producer, topic, task.request, task.id.encode(), partition, STRUCTURED_HEADERS)
-            for key, value in records_of(batch):
+            for key, value in records_of(batch, state):
                 send(producer, settings.changelog_topic, value, key, self.partition)
             self._finish(producer)
         except BaseException as exc:
@@ -636,6 +637,6 @@ class _PartitionStore(MemoryState):
         self._partition = partition
 
     def commit(self, batch: Batch) -> None:
-        self._committer.commit(batch)
+        self._committer.commit(batch, self)
         self.apply(batch)
         self._membership.committed(batch.offsets)

@@ -33,7 +33,7 @@ from ...ports import (
 )
 from ...protocol import FINAL, Status
 from ..embedded import claim_whole
-from .counts import FINISHED_SQL, OBJECTS, STARTED_SQL, install
+from .counts import FINISHED_INDEX, FINISHED_SQL, OBJECTS, STARTED_SQL, install
 from .counts import counts as stored_counts
 from .document import (
     APPLY_DOCUMENT,
@@ -58,6 +58,8 @@ from .files import connect, environment_error, identity, storage_error
 from .tasks import TASKS_SCHEMA, SqliteTaskQueue, apply_tasks, check_tasks
 
 _FINAL = tuple(sorted(FINAL))  # as SQL parameters
+_FINISHED = "status IN ('cancelled', 'completed', 'failed')"
+"""The WHERE term of the ``instances_finished`` index (the same text as in ``_SCHEMA``)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -98,6 +100,10 @@ CREATE TABLE IF NOT EXISTS state(
   ns TEXT NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL,
   PRIMARY KEY(ns, key)) WITHOUT ROWID;
 """
+# Finished instances by finish time (for finished rows ``updated`` is the finish: a
+# final status is never written again): retention finds its candidates in it, the
+# overview's chart its per-minute counts (``counts.FINISHED_INDEX``).
+_SCHEMA += FINISHED_INDEX + "\n"
 _SCHEMA += TASKS_SCHEMA
 _DLQ_ADDED = (("raw_key", "BLOB"), ("headers", "TEXT"))
 """Columns of ``dlq`` that databases written before them lack (added on open)."""
@@ -130,6 +136,7 @@ class SqliteBackend:
         commit="thread",  # the fsync must not stall the engine's loop
         partitioned=False,
         remote=False,
+        trims_log=True,  # Batch.trim_log: _trim_log
     )
     owned = None
 
@@ -404,6 +411,10 @@ class SqliteBackend:
         )
         if b.tasks:
             apply_tasks(c, b.tasks, time.time())
+        if b.expired:
+            _delete_instances(c, b.expired)
+        if b.trim_log is not None:
+            _trim_log(c, b.trim_log, self._partitions)
 
     @staticmethod
     def _apply(
@@ -554,6 +565,27 @@ class SqliteBackend:
     def waits(self) -> list[WaitRow]:
         return [WaitRow(*r) for r in self._query("SELECT etype, key, instance_id, seq FROM waits")]
 
+    def expired(self, before: float, limit: int) -> tuple[list[str], float | None]:
+        # One ordered range scan of ``instances_finished`` per final status, each of at
+        # most limit + 1 rows, merged: the oldest finished instances of all three, and the
+        # finish time of the first one not taken. No sort of every finished row.
+        oldest: list[tuple[float, str]] = []
+        for status in _FINAL:
+            oldest += (
+                (r[1], r[0])
+                for r in self._query(
+                    # the index's own WHERE term, verbatim: SQLite uses a partial index
+                    # only for a query whose WHERE contains it
+                    "SELECT id, updated FROM instances INDEXED BY instances_finished "
+                    f"WHERE {_FINISHED} AND status = ? ORDER BY updated LIMIT ?",
+                    (status, limit + 1),
+                )
+            )
+        oldest.sort()
+        ids = [iid for updated, iid in oldest[:limit] if updated <= before]
+        rest = oldest[len(ids) :]
+        return ids, (rest[0][0] if rest else None)
+
     def work(self) -> list[WorkRow]:
         return [
             WorkRow(*r)
@@ -645,3 +677,58 @@ def _successor(prefix: str) -> str:
     if not stripped:
         return prefix + "\U0010ffff"
     return stripped[:-1] + chr(ord(stripped[-1]) + 1)
+
+
+def _delete_instances(c: sqlite3.Connection, instance_ids: list[str]) -> None:
+    """Delete these instances and everything of theirs (``Batch.expired``), inside the
+    commit's transaction: one statement per table for the whole list."""
+    ids = orjson.dumps(instance_ids).decode()
+    chosen = "SELECT value FROM json_each(?)"
+    c.execute(f"DELETE FROM instances WHERE id IN ({chosen})", (ids,))
+    c.execute(f"DELETE FROM journal WHERE instance_id IN ({chosen})", (ids,))
+    c.execute(f"DELETE FROM inbox WHERE instance_id IN ({chosen})", (ids,))
+    # waits and work have no index by instance: they hold live state only (small), and
+    # one scan each per batch of deletions is cheaper than an index paid on every commit
+    c.execute(f"DELETE FROM waits WHERE instance_id IN ({chosen})", (ids,))
+    c.execute(f"DELETE FROM work WHERE instance_id IN ({chosen})", (ids,))
+    # ended attempts only (an open one would be a bug upstream: leave it visible); the
+    # ids are "task:<instance>:<seq>:<attempt>", a range of the unique index on id
+    c.executemany(
+        "DELETE FROM tasks WHERE id >= ? AND id < ? AND ended = 1",
+        [(f"task:{iid}:", f"task:{iid};") for iid in instance_ids],
+    )
+
+
+LOG_TRIM_LIMIT = 2000
+"""Most log records one pass deletes per partition: a range of the primary key, so the
+write lock is held for a few milliseconds (docs/benchmarks.md, retention)."""
+
+
+def _trim_log(c: sqlite3.Connection, before: float, partitions: int) -> int:
+    """Delete old consumed log records (``Batch.trim_log``); returns how many."""
+    committed: dict[int, dict[str, int]] = {}
+    groups = set()
+    for grp, part, off in c.execute("SELECT grp, part, off FROM offsets"):
+        groups.add(grp)
+        committed.setdefault(part, {})[grp] = off
+    deleted = 0
+    for part in range(partitions):
+        passed = committed.get(part, {})
+        if not groups or len(passed) < len(groups):
+            continue  # a group that has not committed here has not read anything of it
+        low, high = part << SHIFT, (part + 1) << SHIFT
+        top = c.execute("SELECT max(id) FROM log WHERE id >= ? AND id < ?", (low, high))
+        newest = top.fetchone()[0]
+        if newest is None:
+            continue
+        # below every group's next offset, and below the newest record: appends number
+        # the next record from the newest one, so it must stay
+        end = min(low | min(passed.values()), newest)
+        cursor = c.execute(
+            "DELETE FROM log WHERE id IN (SELECT id FROM log WHERE id >= ? AND id < ? "
+            "AND ts < ? AND (event_id IS NULL OR event_id NOT IN (SELECT trigger_id FROM "
+            "instances WHERE status NOT IN (?, ?, ?))) ORDER BY id LIMIT ?)",
+            (low, end, before, *_FINAL, LOG_TRIM_LIMIT),
+        )
+        deleted += cursor.rowcount
+    return deleted

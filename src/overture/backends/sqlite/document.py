@@ -114,10 +114,11 @@ def state_document(b: Batch, partitions: int, now: float) -> str | None:
     string (SQLite's JSON functions end a string there). Events that decoded never hold
     such bytes, so the engine's batches practically always take the document. Bound as
     text: SQLite 3.45+ would read a BLOB as JSONB."""
-    if b.dead_letters or b.state:
+    if b.dead_letters or b.state or b.expired or b.trim_log is not None:
         # Keyed state is bytes (the document would need SQLite 3.41's unhex to carry
         # them): a batch with state goes row by row. The engine's own rows stay on the
-        # document path.
+        # document path. Deletions of expired instances (``Batch.expired``) go row by
+        # row too: a few hundred ids per pass, rare next to the engine's batches.
         return None
     doc: dict[str, Any] = {}
     try:
