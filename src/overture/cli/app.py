@@ -18,7 +18,7 @@ from .. import __version__
 from ..client import ALL, Client
 from ..errors import NotFound
 from ..protocol import Status
-from . import api, render, top
+from . import api, render, top, windows
 from .common import (
     DEFAULT_BACKEND,
     EXIT_USAGE,
@@ -54,6 +54,7 @@ cli.add_typer(dlq, name="dlq")
 cli.add_typer(dev, name="dev")
 api.register(cli)  # overture serve
 top.register(cli)  # overture top
+windows.register(cli)  # overture windows (streams)
 
 STATUSES = tuple(Status)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

@@ -152,7 +152,9 @@ class Streams:
         self._codec = codec
         self._store = store
         self._partitions = partitions
-        self._owned = list(owned)
+        # on Kafka the internal topic's partition p is the logical partition
+        # ``partitions + p``: a key's state belongs to the partition p either way
+        self._owned = sorted({p % partitions for p in owned})
         self._dead_letters = dead_letters
         self._stats = stats
         for name in ("stream_rekeyed", "stream_late", "stream_results"):
@@ -174,8 +176,9 @@ class Streams:
             for partition in self._owned:
                 part = self._parts[(name, partition)] = _Partition()
                 raw = self._store.get(ns, watermark_key(partition))
-                if raw is not None:
-                    part.watermark = float(orjson.loads(raw))
+                mark = None if raw is None else orjson.loads(raw)
+                if isinstance(mark, int | float):
+                    part.watermark = float(mark)
                 raw = self._store.get(ns, late_key(partition))
                 if raw is not None:
                     part.late = int(orjson.loads(raw))
@@ -193,7 +196,7 @@ class Streams:
     def consume(self, stage: Stage, records: Sequence[Record], now: float) -> None:
         by_type = self._by_type
         touched: set[str] = set()
-        partition = records[0].partition if records else 0
+        partition = records[0].partition % self._partitions if records else 0
         for record in records:
             if record.error is not None:
                 continue  # the router dead-letters what the log could not read
@@ -226,9 +229,11 @@ class Streams:
             for partition in self._owned:
                 part = self._parts[(name, partition)]
                 at = part.next_wake()
-                if at is None or at > clock_mark or clock_mark <= part.watermark:
+                # the very expression next_due() waits for: no float rounding may leave
+                # the engine woken for a window this then declines to close
+                if at is None or now < at + operator.idle + operator.grace:
                     continue
-                part.watermark = clock_mark
+                part.watermark = max(part.watermark, clock_mark, at)
                 part.dirty = True
                 self._fire(stage, definition, partition, now)
                 did = True
@@ -280,8 +285,9 @@ class Streams:
         except Exception as error:
             self._unusable(stage, dl_id, name, error, envelope, record, now)
             return
-        home = partition_for(key, self._partitions, record.partition)
-        if home != record.partition:
+        partition = record.partition % self._partitions
+        home = partition_for(key, self._partitions, partition)
+        if home != partition:
             # keyed otherwise in the log: the key's state lives on the partition of its
             # operator key, so the event goes there, atomically with this batch's offsets
             forwarded = Envelope(
@@ -331,7 +337,8 @@ class Streams:
         now: float,
         touched: set[str],
     ) -> None:
-        operator, name, partition = definition.operator, definition.name, record.partition
+        operator, name = definition.operator, definition.name
+        partition = record.partition % self._partitions
         dl_id = f"stream:{name}:{partition}:{record.offset}"
         try:
             time = event_time(event, operator.time_field)

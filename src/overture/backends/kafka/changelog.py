@@ -58,10 +58,11 @@ def records_of(batch: Batch) -> list[ChangelogRecord]:
     """The changelog records of one partition's batch (its appends are not state)."""
     dumps = orjson.dumps
     out: list[ChangelogRecord] = []
-    if batch.offsets:
-        out.append(
-            (dumps(["o", batch.group]), dumps({str(p): o for p, o in batch.offsets.items()}))
-        )
+    # One record per (group, logical partition): a batch that consumed only some of the
+    # engine's logical partitions (only the internal topic's, say) must not hide, once
+    # compacted or restored, the offset it did not move.
+    for p, o in batch.offsets.items():
+        out.append((dumps(["o", batch.group, p]), dumps({str(p): o})))
     for iid, row in batch.instances.items():
         out.append((dumps(["i", iid]), dumps([getattr(row, f) for f in InstanceRow.__slots__])))
     for iid, pos, entries in batch.journal:

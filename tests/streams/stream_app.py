@@ -1,0 +1,30 @@
+"""The app the streams crash tests run in a real ``overture run`` process: ticks counted
+per key in 10-second tumbling windows, each closed window emitting one event."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import overture as ov
+
+app = ov.App("ticks")
+
+
+class Tick(ov.Event, type="tick"):
+    sensor: str
+    at: float
+
+
+@app.window(
+    source=Tick,
+    key="sensor",
+    window=ov.Tumbling(timedelta(seconds=10)),
+    aggregate={"n": ov.Count()},
+    time_field="at",
+    idle=None,
+)
+def counts(result: ov.WindowResult) -> ov.Event:
+    return ov.Event.of(
+        "window.counted",
+        {"key": result.key, "start": result.start.timestamp(), "n": result.values["n"]},
+    )

@@ -1,0 +1,93 @@
+"""kill -9 of a real ``overture run`` on SQLite, at random moments while windows close:
+afterwards every window's result was emitted exactly once, with the exact count."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import overture as ov
+
+from .stream_app import Tick
+
+ROOT = Path(__file__).resolve().parents[2]
+T0 = 1_800_000_000.0
+EVENTS = 6000
+KEYS = 30
+
+
+def start_engine(url: str, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    with log.open("ab") as stderr:
+        return subprocess.Popen(
+            [
+                *(sys.executable, "-m", "overture.cli", "run", "tests.streams.stream_app:app"),
+                *("--backend", url, "--batch-size", "40", "--log-level", "WARNING"),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+
+
+def results(client: ov.Client) -> list[ov.LoggedEvent]:
+    return client.events(type="window.counted", limit=10 * EVENTS)
+
+
+@pytest.mark.timeout(240)
+def test_kill_9_mid_stream_emits_each_window_once_with_exact_counts(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'engine.db'}"
+    log = tmp_path / "engine.log"
+    rng = random.Random(7)
+    ticks = [(f"k{rng.randrange(KEYS)}", T0 + i * 0.1) for i in range(EVENTS)]
+    expected = Counter((key, (at - T0) // 10 * 10 + T0) for key, at in ticks)
+    with ov.Client(url) as client:
+        for start in range(0, EVENTS, 500):
+            client.send_many(
+                client.envelope(Tick(sensor=k, at=at)) for k, at in ticks[start : start + 500]
+            )
+        client.send(Tick(sensor="flush", at=T0 + 10 * EVENTS))  # closes every window
+        kills = 0
+        engine = start_engine(url, log)
+        try:
+            for round_no in range(4):
+                target = (round_no + 1) * len(expected) // 6
+                deadline = time.monotonic() + 60
+                while len(results(client)) < target and time.monotonic() < deadline:
+                    assert engine.poll() is None, log.read_text()[-3000:]
+                    time.sleep(0.01)
+                time.sleep(rng.uniform(0.0, 0.05))
+                done = len(results(client))
+                engine.send_signal(signal.SIGKILL)
+                engine.wait(timeout=10)
+                kills += 0 < done < len(expected)
+                engine = start_engine(url, log)
+            deadline = time.monotonic() + 120
+            while len(results(client)) < len(expected) and time.monotonic() < deadline:
+                assert engine.poll() is None, log.read_text()[-3000:]
+                time.sleep(0.1)
+            time.sleep(0.5)  # anything extra (a duplicate) would land by now
+        finally:
+            engine.send_signal(signal.SIGTERM)
+            code = engine.wait(timeout=30)
+        assert code == 0, log.read_text()[-3000:]
+        assert kills >= 3, f"only {kills} kills landed mid-stream"
+        emitted = results(client)
+        got = Counter()
+        for event in emitted:
+            assert event.envelope is not None
+            data = event.envelope.data
+            got[(data["key"], data["start"])] += data["n"]
+        assert len(emitted) == len(expected), "a window's result was emitted twice or lost"
+        assert len({e.envelope.id for e in emitted if e.envelope}) == len(emitted)
+        assert got == expected
+        assert client.dead_letters() == []
