@@ -165,3 +165,28 @@ async def test_missing_key_and_raising_callback_are_dead_lettered(make: Make) ->
         assert any("ValueError: never works" in r for r in reasons)
         assert calls.count("bad") == 3
         assert emitted(h, "ab") == [{"k": "good"}]
+
+
+async def test_a_silent_sensor_raises_one_alert_after_its_last_reading(make: Make) -> None:
+    app = ov.App("coldchain")
+
+    @app.pattern(
+        ov.begin("reading").not_followed_by("reading").within(timedelta(minutes=2)),
+        key="sensor",
+        time_field="at",
+        idle=timedelta(seconds=1),
+    )
+    def silent(match: ov.Match) -> ov.Event:
+        last = match["reading"][0]
+        return ov.Event.of("sensor.silent", {"sensor": match.key, "last": last.data["at"]})
+
+    async with make(app) as h:
+        for at in (0, 30, 60, 90):
+            h.client.send(ov.Event.of("reading", {"sensor": "s1", "at": T0 + at}))
+        await h.idle()
+        await h.advance(120 + 1 + 60)  # 2 minutes after the first reading: still talking
+        assert emitted(h, "sensor.silent") == []
+        await h.advance(60)  # 2 minutes (and the idle second) after the last one
+        assert emitted(h, "sensor.silent") == [{"sensor": "s1", "last": T0 + 90}]
+        await h.advance(600)
+        assert len(emitted(h, "sensor.silent")) == 1
