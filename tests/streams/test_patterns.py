@@ -81,6 +81,8 @@ async def test_abandoned_cart_fires_by_the_engine_clock_not_when_paid(make: Make
         h.client.send(PaymentSucceeded(cart_id="c2", at=T0 + 60))
         await h.idle()
         assert seen == []
+        # the open partial match is queryable: c1 waits at stage 1 (c2's was cancelled)
+        assert [(p["key"], p["stage"]) for p in h.client.window("abandoned")] == [("c1", 1)]
         await h.advance(3600 + 5 - 1)  # clock watermark T0 + 3599: c1's deadline not reached
         assert seen == []
         await h.advance(2)  # T0 + 3601 >= c1's deadline (T0 + 3601)

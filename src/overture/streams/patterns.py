@@ -249,6 +249,7 @@ class PatternOperator(Operator):
     def describe(self, key: str, state: bytes) -> list[Any]:
         return [
             {
+                "key": key,
                 "stage": len(p["ev"]),
                 "start": as_datetime(p["ev"][0]["t"]).isoformat(),
                 "events": [r["e"]["id"] for r in p["ev"]],
