@@ -192,3 +192,32 @@ async def test_a_silent_sensor_raises_one_alert_after_its_last_reading(make: Mak
         assert emitted(h, "sensor.silent") == [{"sensor": "s1", "last": T0 + 90}]
         await h.advance(600)
         assert len(emitted(h, "sensor.silent")) == 1
+
+
+async def test_a_raising_where_dead_letters_and_late_events_are_counted(make: Make) -> None:
+    app = ov.App("strict")
+    late: list[int] = []
+
+    def positive(event: ov.Event) -> bool:
+        return bool(event.data["amount"] > 0)  # KeyError without "amount"
+
+    @app.pattern(
+        ov.begin("a", where=positive).followed_by("b"),
+        key="k",
+        time_field="at",
+        idle=None,
+        on_late=lambda e: late.append(e.data["i"]),
+    )
+    def ab(match: ov.Match) -> ov.Event:
+        return ov.Event.of("ab", {"k": match.key})
+
+    async with make(app) as h:
+        h.client.send(ov.Event.of("a", {"k": "x", "at": T0}))  # where raises
+        h.client.send(ov.Event.of("a", {"k": "x", "amount": 1, "at": T0 + 1}))
+        h.client.send(ov.Event.of("b", {"k": "x", "at": T0 + 5}))
+        h.client.send(ov.Event.of("b", {"k": "x", "i": 7, "at": T0 + 2}))  # behind: late
+        await h.idle()
+        letters = h.client.dead_letters()
+        assert len(letters) == 1 and "where of stage 0 failed: KeyError" in letters[0].reason
+        assert emitted(h, "ab") == [{"k": "x"}]
+        assert late == [7] and h.client.late_events("ab") == 1
