@@ -22,12 +22,19 @@ STREAM_WINDOWS = {  # streams: windows and aggregations (issue 13)
 }
 
 
+STREAM_PATTERNS = {"Match", "Pattern", "begin"}  # streams: event patterns (issue 13)
+
+
+def test_stream_patterns_are_exported() -> None:
+    assert set(ov.__all__) >= STREAM_PATTERNS
+
+
 def test_stream_windows_are_exported() -> None:
     assert set(ov.__all__) >= STREAM_WINDOWS
 
 
 def test_public_api_is_exactly_this() -> None:
-    assert sorted(set(ov.__all__) - STREAM_WINDOWS) == [
+    assert sorted(set(ov.__all__) - STREAM_WINDOWS - STREAM_PATTERNS) == [
         "App",
         "AsyncClient",
         "Client",

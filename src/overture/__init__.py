@@ -40,6 +40,9 @@ from .runtime.executor import StepInfo, current_step
 
 # streams: windows and aggregations (issue 13)
 from .streams.aggregates import Count, CountDistinct, Last, Max, Mean, Min, Reduce, Sum, TopK
+
+# streams: event patterns (issue 13)
+from .streams.patterns import Match, Pattern, begin
 from .streams.windows import Hopping, Session, Sliding, Tumbling, WindowResult
 
 __version__ = "0.1.0"
@@ -101,3 +104,6 @@ __all__ += [
     "Tumbling",
     "WindowResult",
 ]
+
+# streams: event patterns (issue 13)
+__all__ += ["Match", "Pattern", "begin"]

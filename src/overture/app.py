@@ -22,6 +22,7 @@ from .events import Event
 from .policies import DEFAULT_RETRY, Retry
 from .streams.aggregates import Aggregation
 from .streams.operator import StreamDef
+from .streams.patterns import Pattern, PatternOperator
 from .streams.time import seconds
 from .streams.windows import Emit, WindowOperator, WindowSpec
 from .tasks import TaskDef
@@ -331,6 +332,68 @@ class App:
                 idle=idle_s,
                 time_field=time_field,
                 emit=emit,
+            )
+            self.add_stream(StreamDef(operator, fn, on_late, retry or DEFAULT_RETRY))
+            return fn
+
+        return register
+
+    def pattern(
+        self,
+        pattern: Pattern,
+        *,
+        key: Callable[[Any], Any] | str,
+        grace: timedelta = timedelta(0),
+        idle: timedelta | Literal["default"] | None = "default",
+        time_field: str | None = None,
+        on_late: Callable[[Any], Any] | None = None,
+        retry: Retry | None = None,
+        name: str | None = None,
+    ) -> Callable[[F], F]:
+        """Register an event pattern (``ov.begin(...)``): its callback gets an ``ov.Match``
+        and returns an event, a list of events or None (see docs/streams.md "Patterns").
+
+        Args:
+            pattern: built with ``ov.begin(T).followed_by(...)...``.
+            key: the data field giving the pattern key, or a callable of the event.
+            grace: event-time lateness accepted (the watermark trails the newest time).
+            idle: after this much engine-clock silence the watermark of a partition
+                follows the clock (so absence patterns fire); default: the grace, at
+                least one second; None: only events move it.
+            time_field: the data field with the event time; default CloudEvents ``time``.
+            on_late: called with each late event.
+            retry: how a raising callback is tried again before its match is
+                dead-lettered (default: as handlers).
+            name: the operator's name (default: the function's name).
+
+        Raises:
+            ConfigError: an invalid pattern or option.
+        """
+        if not isinstance(pattern, Pattern):
+            raise ConfigError("@app.pattern needs a pattern built with ov.begin(...)")
+        classes: dict[str, type[Event]] = {}
+        for stage in pattern.stages:
+            type_name, cls = self._resolve(stage.type)
+            classes[type_name] = cls
+        grace_s = seconds(grace, "grace", positive=False)
+        if idle == "default":
+            idle_s: float | None = max(grace_s, 1.0)
+        elif idle is None:
+            idle_s = None
+        else:
+            idle_s = seconds(idle, "idle", positive=False)
+
+        def register(fn: F) -> F:
+            if not callable(fn):
+                raise ConfigError("@app.pattern decorates a function")
+            operator = PatternOperator(
+                name=name or fn.__name__,
+                pattern=pattern,
+                key=key,
+                grace=grace_s,
+                idle=idle_s,
+                time_field=time_field,
+                classes=classes,
             )
             self.add_stream(StreamDef(operator, fn, on_late, retry or DEFAULT_RETRY))
             return fn
