@@ -311,18 +311,10 @@ class App:
         if not sources:
             raise ConfigError("source= needs at least one event type")
         types = tuple(self._resolve(s)[0] for s in sources)
-        grace_s = seconds(grace, "grace", positive=False)
-        if idle == "default":
-            idle_s: float | None = max(grace_s, 1.0)
-        elif idle is None:
-            idle_s = None
-        else:
-            idle_s = seconds(idle, "idle", positive=False)
+        grace_s, idle_s = _stream_times(grace, idle)
 
-        def register(fn: F) -> F:
-            if not callable(fn):
-                raise ConfigError("@app.window decorates a function")
-            operator = WindowOperator(
+        def operator(fn: Callable[..., Any]) -> WindowOperator:
+            return WindowOperator(
                 name=name or fn.__name__,
                 sources=types,
                 key=key,
@@ -333,10 +325,8 @@ class App:
                 time_field=time_field,
                 emit=emit,
             )
-            self.add_stream(StreamDef(operator, fn, on_late, retry or DEFAULT_RETRY))
-            return fn
 
-        return register
+        return self._stream_decorator("@app.window", operator, on_late, retry)
 
     def pattern(
         self,
@@ -375,18 +365,10 @@ class App:
         for stage in pattern.stages:
             type_name, cls = self._resolve(stage.type)
             classes[type_name] = cls
-        grace_s = seconds(grace, "grace", positive=False)
-        if idle == "default":
-            idle_s: float | None = max(grace_s, 1.0)
-        elif idle is None:
-            idle_s = None
-        else:
-            idle_s = seconds(idle, "idle", positive=False)
+        grace_s, idle_s = _stream_times(grace, idle)
 
-        def register(fn: F) -> F:
-            if not callable(fn):
-                raise ConfigError("@app.pattern decorates a function")
-            operator = PatternOperator(
+        def operator(fn: Callable[..., Any]) -> PatternOperator:
+            return PatternOperator(
                 name=name or fn.__name__,
                 pattern=pattern,
                 key=key,
@@ -395,7 +377,23 @@ class App:
                 time_field=time_field,
                 classes=classes,
             )
-            self.add_stream(StreamDef(operator, fn, on_late, retry or DEFAULT_RETRY))
+
+        return self._stream_decorator("@app.pattern", operator, on_late, retry)
+
+    def _stream_decorator(
+        self,
+        what: str,
+        operator: Callable[[Callable[..., Any]], Any],
+        on_late: Callable[[Any], Any] | None,
+        retry: Retry | None,
+    ) -> Callable[[F], F]:
+        """The decorator of ``@app.window`` and ``@app.pattern``: the function becomes the
+        callback of the operator made for it."""
+
+        def register(fn: F) -> F:
+            if not callable(fn):
+                raise ConfigError(f"{what} decorates a function")
+            self.add_stream(StreamDef(operator(fn), fn, on_late, retry or DEFAULT_RETRY))
             return fn
 
         return register
@@ -476,3 +474,16 @@ class App:
                 f"{cls.__name__}"
             )
         self._events[cls.event_type] = cls
+
+
+def _stream_times(
+    grace: timedelta, idle: timedelta | Literal["default"] | None
+) -> tuple[float, float | None]:
+    """A stream operator's grace and idle timeout in seconds: idle defaults to the grace,
+    at least one second; None (only events move the watermark) stays None."""
+    grace_s = seconds(grace, "grace", positive=False)
+    if idle == "default":
+        return grace_s, max(grace_s, 1.0)
+    if idle is None:
+        return grace_s, None
+    return grace_s, seconds(idle, "idle", positive=False)

@@ -4,37 +4,24 @@ a restart finishes the work and deletes the rest."""
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import overture as ov
 
+from ..engine_process import overture_run, stop
 from .crash_app import Job
 
-ROOT = Path(__file__).resolve().parents[2]
 JOBS = 6000
 KILLS = 4
 
 
 def _engine(url: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
-    with log.open("ab") as stderr:
-        return subprocess.Popen(
-            [
-                *(sys.executable, "-m", "overture.cli", "run", "tests.retention.crash_app:app"),
-                *("--backend", url, "--retention", "0", "--log-level", "WARNING"),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
+    return overture_run("tests.retention.crash_app:app", url, log, "--retention", "0")
 
 
 def _count(db: Path, sql: str) -> int:
@@ -110,7 +97,6 @@ def test_kill9_during_deletion_passes_leaves_no_half_deleted_instance(tmp_path: 
             assert time.monotonic() < deadline, (_deleted(db), log.read_text())
             time.sleep(0.1)
     finally:
-        engine.send_signal(signal.SIGTERM)
-        engine.wait(60)
+        stop(engine, log, 60)
     assert _check_whole(db) == {"instances": 0, "journal": 0}
     assert _count(db, "SELECT count(*) FROM work") == 0

@@ -3,11 +3,9 @@ afterwards every window's result was emitted exactly once, with the exact count.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -16,27 +14,16 @@ import pytest
 
 import overture as ov
 
+from ..engine_process import overture_run, stop
 from .stream_app import Tick
 
-ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_800_000_000.0
 EVENTS = 6000
 KEYS = 30
 
 
 def start_engine(url: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
-    with log.open("ab") as stderr:
-        return subprocess.Popen(
-            [
-                *(sys.executable, "-m", "overture.cli", "run", "tests.streams.stream_app:app"),
-                *("--backend", url, "--batch-size", "40", "--log-level", "WARNING"),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
+    return overture_run("tests.streams.stream_app:app", url, log, "--batch-size", "40")
 
 
 def results(client: ov.Client) -> list[ov.LoggedEvent]:
@@ -77,8 +64,7 @@ def test_kill_9_mid_stream_emits_each_window_once_with_exact_counts(tmp_path: Pa
                 time.sleep(0.1)
             time.sleep(0.5)  # anything extra (a duplicate) would land by now
         finally:
-            engine.send_signal(signal.SIGTERM)
-            code = engine.wait(timeout=30)
+            code = stop(engine, log)
         assert code == 0, log.read_text()[-3000:]
         assert kills >= 3, f"only {kills} kills landed mid-stream"
         emitted = results(client)
