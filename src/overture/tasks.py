@@ -184,8 +184,8 @@ def invalid_request(
         data = event.get("data")
         reply = data.get("reply") if isinstance(data, dict) else None
         if isinstance(reply, dict):
-            if isinstance(reply.get("partitionkey"), str):
-                key = reply["partitionkey"]
+            if isinstance(reply.get(protocol.PARTITIONKEY), str):
+                key = reply[protocol.PARTITIONKEY]
             if isinstance(reply.get("partition"), int) and not isinstance(
                 reply.get("partition"), bool
             ):

@@ -33,7 +33,7 @@ from ...ports import (
 )
 from ...protocol import FINAL, Status
 from ..embedded import claim_whole
-from .counts import FINISHED_INDEX, FINISHED_SQL, OBJECTS, STARTED_SQL, install
+from .counts import FINISHED_IN, FINISHED_INDEX, FINISHED_SQL, OBJECTS, STARTED_SQL, install
 from .counts import counts as stored_counts
 from .document import (
     APPLY_DOCUMENT,
@@ -58,7 +58,7 @@ from .files import connect, environment_error, identity, storage_error
 from .tasks import TASKS_SCHEMA, SqliteTaskQueue, apply_tasks, check_tasks
 
 _FINAL = tuple(sorted(FINAL))  # as SQL parameters
-_FINISHED = "status IN ('cancelled', 'completed', 'failed')"
+_FINISHED = FINISHED_IN
 """The WHERE term of the ``instances_finished`` index (the same text as in ``_SCHEMA``)."""
 
 _SCHEMA = """

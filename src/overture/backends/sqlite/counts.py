@@ -25,15 +25,24 @@ and the first trigger).
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 
-FINISHED_IN = "status IN ('cancelled', 'completed', 'failed')"
+from ...protocol import FINAL, Status
+
+
+def _in(statuses: Iterable[str]) -> str:
+    """``status IN (...)`` as literal text (a partial index matches only literal terms)."""
+    return "status IN (" + ", ".join(f"'{s}'" for s in sorted(statuses)) + ")"
+
+
+FINISHED_IN = _in(FINAL)
 """The partial index's condition, written exactly as in the index: SQLite uses a partial
 index only for a query whose WHERE contains this very term (a bound parameter would not
 prove it)."""
 
 FINISHED_INDEX = (
     "CREATE INDEX IF NOT EXISTS instances_finished ON instances(status, updated) "
-    "WHERE status IN ('cancelled', 'completed', 'failed');"
+    f"WHERE {FINISHED_IN};"
 )
 """Finished instances by status and time: the overview's chart of completed and failed
 per minute, and retention's sweep of old finished instances (the same definition)."""
@@ -118,7 +127,7 @@ STARTED_SQL = (
 
 FINISHED_SQL = (
     "SELECT status, CAST((updated - ?) / ? AS INTEGER) AS b, COUNT(*) FROM instances "
-    f"WHERE {FINISHED_IN} AND status IN ('completed', 'failed') AND updated >= ? "
+    f"WHERE {FINISHED_IN} AND {_in((Status.COMPLETED, Status.FAILED))} AND updated >= ? "
     "GROUP BY status, b"
 )
 """Completed and failed per bucket: two ranges of ``instances_finished`` (by status,
