@@ -4,10 +4,12 @@ log file (read back when an assertion fails), stdout dropped, this checkout impo
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 RUNNING = b"running; Ctrl-C to stop"  # written once its signal handlers are installed
@@ -50,3 +52,39 @@ def stop(proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> int:
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     return proc.wait(timeout=timeout)
+
+
+def kill_while_producing(
+    start: Callable[[], subprocess.Popen[bytes]],
+    log: Path,
+    produced: Callable[[], int],
+    total: int,
+    rng: random.Random,
+    rounds: int = 4,
+) -> tuple[int, int]:
+    """Start an engine, kill -9 it ``rounds`` times at random moments while ``produced()``
+    climbs toward ``total`` (restarting it after each kill), let the last one finish, then
+    stop it. Returns (kills that landed mid-way, the last engine's exit code)."""
+    kills = 0
+    engine = start()
+    try:
+        for round_no in range(rounds):
+            target = (round_no + 1) * total // (rounds + 2)
+            deadline = time.monotonic() + 60
+            while produced() < target and time.monotonic() < deadline:
+                assert engine.poll() is None, log.read_text()[-3000:]
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.05))
+            done = produced()
+            engine.send_signal(signal.SIGKILL)
+            engine.wait(timeout=10)
+            kills += 0 < done < total
+            engine = start()
+        deadline = time.monotonic() + 120
+        while produced() < total and time.monotonic() < deadline:
+            assert engine.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.1)
+        time.sleep(0.5)  # anything extra (a duplicate) would land by now
+    finally:
+        code = stop(engine, log)
+    return kills, code

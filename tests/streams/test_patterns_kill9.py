@@ -4,9 +4,7 @@ afterwards every match was emitted exactly once and no event was used twice."""
 from __future__ import annotations
 
 import random
-import signal
 import subprocess
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import pytest
 
 import overture as ov
 
-from ..engine_process import overture_run, stop
+from ..engine_process import kill_while_producing, overture_run
 
 T0 = 1_800_000_000.0
 PAIRS = 3000
@@ -50,28 +48,9 @@ def test_kill_9_mid_stream_emits_each_match_once(tmp_path: Path) -> None:
     with ov.Client(url) as client:
         for start in range(0, len(events), 500):
             client.send_many(client.envelope(e) for e in events[start : start + 500])
-        kills = 0
-        engine = start_engine(url, log)
-        try:
-            for round_no in range(4):
-                target = (round_no + 1) * len(expected) // 6
-                deadline = time.monotonic() + 60
-                while len(results(client)) < target and time.monotonic() < deadline:
-                    assert engine.poll() is None, log.read_text()[-3000:]
-                    time.sleep(0.01)
-                time.sleep(rng.uniform(0.0, 0.05))
-                done = len(results(client))
-                engine.send_signal(signal.SIGKILL)
-                engine.wait(timeout=10)
-                kills += 0 < done < len(expected)
-                engine = start_engine(url, log)
-            deadline = time.monotonic() + 120
-            while len(results(client)) < len(expected) and time.monotonic() < deadline:
-                assert engine.poll() is None, log.read_text()[-3000:]
-                time.sleep(0.1)
-            time.sleep(0.5)  # anything extra (a duplicate) would land by now
-        finally:
-            code = stop(engine, log)
+        kills, code = kill_while_producing(
+            lambda: start_engine(url, log), log, lambda: len(results(client)), len(expected), rng
+        )
         assert code == 0, log.read_text()[-3000:]
         assert kills >= 3, f"only {kills} kills landed mid-stream"
         emitted = results(client)
