@@ -58,8 +58,6 @@ from .files import connect, environment_error, identity, storage_error
 from .tasks import TASKS_SCHEMA, SqliteTaskQueue, apply_tasks, check_tasks
 
 _FINAL = tuple(sorted(FINAL))  # as SQL parameters
-_FINISHED = FINISHED_IN
-"""The WHERE term of the ``instances_finished`` index (the same text as in ``_SCHEMA``)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -577,7 +575,7 @@ class SqliteBackend:
                     # the index's own WHERE term, verbatim: SQLite uses a partial index
                     # only for a query whose WHERE contains it
                     "SELECT id, updated FROM instances INDEXED BY instances_finished "
-                    f"WHERE {_FINISHED} AND status = ? ORDER BY updated LIMIT ?",
+                    f"WHERE {FINISHED_IN} AND status = ? ORDER BY updated LIMIT ?",
                     (status, limit + 1),
                 )
             )
