@@ -225,3 +225,34 @@ async def test_a_rebalance_moves_waiting_instances_to_the_other_member(
         await first.stop()
         await second.stop()
         client.close()
+
+
+async def test_idle_waits_until_the_changelog_is_visible_to_readers(
+    kafka_bootstrap: str,
+) -> None:
+    """A transaction reports its commit before the cluster has written its markers; until
+    then a client's view (which reads to the last stable offset) would miss the engines'
+    last commit. ``Harness.idle`` must not return in that window: here a transaction on an
+    owned changelog partition is held open, and caught_up() stays false until it commits."""
+    url = kafka_url(kafka_bootstrap)
+    async with Harness(make_app(), url) as h:
+        h.client.send(OrderPlaced(order_id="o1"))
+        await h.idle()
+        membership = h.host._membership
+        assert membership is not None and await asyncio.to_thread(membership.caught_up)
+        backend = h.backend
+        assert isinstance(backend, KafkaBackend)
+        settings = backend.settings
+        producer = Producer(settings.config(**{"transactional.id": f"{url}-held"}))
+        producer.init_transactions(30)
+        producer.begin_transaction()
+        producer.produce(settings.changelog_topic, b"{}", b'["zz"]', partition=0)
+        producer.flush(10)
+        assert not await asyncio.to_thread(membership.caught_up)
+        producer.abort_transaction(30)
+        for _ in range(100):  # the abort marker lands a moment later
+            if await asyncio.to_thread(membership.caught_up):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("caught_up() stayed false after the transaction ended")

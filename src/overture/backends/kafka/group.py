@@ -161,7 +161,8 @@ class Membership:
                 }
             )
         )
-        self._watermarks: Any = None  # a second consumer for caught_up()
+        self._watermarks: Any = None  # a second and a third consumer for caught_up()
+        self._stable: Any = None
         self._thread = threading.Thread(target=self._run, name="overture-kafka-fetch", daemon=True)
         self._last_error = 0.0
 
@@ -181,8 +182,9 @@ class Membership:
         self._stop.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join()
-        if self._watermarks is not None:
-            self._watermarks.close()
+        for extra in (self._watermarks, self._stable):
+            if extra is not None:
+                extra.close()
 
     @property
     def assigned(self) -> list[int]:
@@ -241,24 +243,38 @@ class Membership:
             self._consumer.commit(offsets=tps, asynchronous=True)
 
     def caught_up(self) -> bool:
-        """Whether everything committed to the assigned partitions so far was fetched."""
+        """Whether everything committed to the assigned partitions so far was fetched, and
+        the changelog records of the assigned partitions are visible to every reader.
+
+        A transaction reports its commit before the cluster has written its markers, and
+        until then the last stable offset does not show its records yet: the fetch is
+        compared with the high watermark, and the changelog's last stable offset must have
+        reached its high watermark (a client's view reads to the last stable offset, so
+        without this it could miss the engines' last commit)."""
         with self._lock:
-            logical = [lp for p in self._backends for lp in (p, self.partitions + p)]
+            owned = list(self._backends)
+            logical = [lp for p in owned for lp in (p, self.partitions + p)]
             fetched = {lp: self._fetched.get(lp, -1) for lp in logical}
         if self._watermarks is None:
-            # The high watermark, not the last stable offset: a transaction reports its
-            # commit before the cluster has written its markers, and until then the last
-            # stable offset would not show its records yet.
             self._watermarks = reader(self.settings, "watermarks", committed=False)
-        for lp, fetched_to in fetched.items():
-            tp = self._tp(lp)
-            try:
-                high = self._watermarks.get_watermark_offsets(tp, timeout=10, cached=False)[1]
-            except KafkaException:
-                return False
-            if fetched_to < high:
-                return False
+            self._stable = reader(self.settings, "stable")
+        changelog = self.settings.changelog_topic
+        try:
+            for lp, fetched_to in fetched.items():
+                if fetched_to < self._end(self._watermarks, self._tp(lp)):
+                    return False
+            for p in owned:
+                tp = TopicPartition(changelog, p)
+                if self._end(self._stable, tp) < self._end(self._watermarks, tp):
+                    return False
+        except KafkaException:
+            return False
         return True
+
+    @staticmethod
+    def _end(consumer: Any, tp: TopicPartition) -> int:
+        """The end of ``tp`` as ``consumer`` sees it (its isolation level decides which)."""
+        return int(consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1])
 
     # -- the fetching thread -------------------------------------------------------------------
 
