@@ -319,6 +319,15 @@ class TracingObserver(Observer):
         if segment is not None:
             self._end_segment(instance_id, segment, status)
 
+    def instances_released(self, instance_ids: Sequence[str]) -> None:
+        segments = self._segments
+        for instance_id in instance_ids:
+            segment = segments.get(instance_id)
+            if segment is not None:
+                if segment.span.is_recording():
+                    segment.span.set_attribute("overture.segment.end", "engine stopped")
+                self._end_segment(instance_id, segment, None)
+
     def _end_segment(self, instance_id: str, segment: _Segment, status: str | None) -> None:
         del self._segments[instance_id]
         span = segment.span
