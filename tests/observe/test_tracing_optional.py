@@ -141,3 +141,33 @@ def test_when_the_commands_trace(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert trace_wanted(flag) is expected
+
+
+def test_the_api_imported_by_fastapi_does_not_load_the_sdk_on_a_send() -> None:
+    """FastAPI imports the OpenTelemetry API; with no SDK provider set, a client's send in
+    that process imports neither the SDK nor Overture's tracing module."""
+    script = textwrap.dedent(
+        """
+        import sys
+        import fastapi
+        import overture as ov
+
+        assert "opentelemetry.trace" in sys.modules  # (FastAPI's own import)
+        with ov.Client("memory://sdkless") as client:
+            client.send("go", {})
+        loaded = [m for m in ("opentelemetry.sdk.trace", "overture.observe.tracing")
+                  if m in sys.modules]
+        assert not loaded, loaded
+        print("sent")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "sent"
