@@ -8,10 +8,11 @@
   ``OTEL_TRACES_SAMPLER`` sets it); the load's events carry no traceparent (the producer
   does not trace), so each consume span is a root and 1 in 100 traces is recorded.
 
-Spans go as ``overture run`` sends them: a ``BatchSpanProcessor`` (the SDK's default
-queue and batch sizes) into the OTLP/HTTP exporter (protobuf), to a local receiver in a
-process of its own (:mod:`benchmarks.otlp_sink`), so the engine's process pays for making,
-batching, encoding and sending the spans, and the receiver's decoding is not counted.
+Spans go as ``overture run`` sends them: a ``BatchSpanProcessor`` (Overture's queue and
+batch sizes, ``tracing.batch_processor``) into the OTLP/HTTP exporter (protobuf), to a
+local receiver in a process of its own (:mod:`benchmarks.otlp_sink`), so the engine's
+process pays for making, batching, encoding and sending the spans, and the receiver's
+decoding is not counted.
 :meth:`Observing.close` flushes them and reports ``spans_exported`` (what the receiver
 got: spans the batch processor dropped on a full queue would be missing there).
 """
@@ -44,10 +45,9 @@ class Observing:
             raise ValueError(f"unknown --observe {kind!r}; choose from {', '.join(OBSERVE)}")
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 
-        from overture.observe.tracing import TracingObserver
+        from overture.observe.tracing import TracingObserver, batch_processor
 
         from .otlp_sink import Sink
 
@@ -55,7 +55,7 @@ class Observing:
         sampler = ALWAYS_ON if kind == "trace" else ParentBased(TraceIdRatioBased(0.01))
         self._provider = TracerProvider(sampler=sampler)
         self._provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=self._sink.endpoint))
+            batch_processor(OTLPSpanExporter(endpoint=self._sink.endpoint))
         )
         self.observer = TracingObserver(self._provider)
 

@@ -294,17 +294,19 @@ class TracingObserver(Observer):
                 unsampled[0], unsampled[1], trigger, None if consume is None else consume[0]
             )
             return
+        # (the attributes given at the start: the SDK cleans them once, without the lock
+        # and the second pass set_attributes costs; its parent is sampled, or it is a root)
         span = self._tracer.start_span(
-            f"run {process}", context=parent, kind=SpanKind.INTERNAL, links=links
+            f"run {process}",
+            context=parent,
+            kind=SpanKind.INTERNAL,
+            links=links,
+            attributes={
+                "overture.process.name": _cut(process),
+                "overture.process.version": version,
+                "overture.instance.id": _cut(instance_id),
+            },
         )
-        if span.is_recording():
-            span.set_attributes(
-                {
-                    "overture.process.name": _cut(process),
-                    "overture.process.version": version,
-                    "overture.instance.id": _cut(instance_id),
-                }
-            )
         self._segments[instance_id] = _Segment(
             span,
             trace.set_span_in_context(span),
@@ -453,16 +455,15 @@ class TracingObserver(Observer):
         unsampled = _unsampled(parent)
         if unsampled is not None:
             return _Attempt(*unsampled)
-        span = self._tracer.start_span(f"{kind} {name}", context=parent, kind=SpanKind.INTERNAL)
-        if span.is_recording():
-            span.set_attributes(
-                {
-                    f"overture.{kind}.name": _cut(name),
-                    "overture.attempt": attempt,
-                }
-            )
-            if instance_id is not None:
-                span.set_attribute("overture.instance.id", _cut(instance_id))
+        attributes: dict[str, Any] = {
+            f"overture.{kind}.name": _cut(name),
+            "overture.attempt": attempt,
+        }
+        if instance_id is not None:
+            attributes["overture.instance.id"] = _cut(instance_id)
+        span = self._tracer.start_span(
+            f"{kind} {name}", context=parent, kind=SpanKind.INTERNAL, attributes=attributes
+        )
         return _Attempt(span)
 
 
@@ -603,18 +604,40 @@ def wanted(environ: Any = None) -> bool:
     return any(env.get(name, "").strip() for name in _EXPORTER_VARIABLES)
 
 
+QUEUE_SIZE = 16_384
+"""Spans the batch processor holds before it drops (``OTEL_BSP_MAX_QUEUE_SIZE``, whose
+SDK default of 2,048 dropped spans when a batch of 500 W1 instances, 2,500 spans, ended
+at once while the export thread was encoding the last one)."""
+EXPORT_BATCH = 2_048
+"""Spans per export request (``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``; the SDK's default 512)."""
+
+
+def batch_processor(exporter: Any) -> Any:
+    """A ``BatchSpanProcessor`` of ``exporter`` with Overture's queue and batch sizes,
+    unless ``OTEL_BSP_MAX_QUEUE_SIZE`` / ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` say otherwise
+    (the other ``OTEL_BSP_*`` variables are the SDK's to read)."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    env = os.environ
+    queue = None if env.get("OTEL_BSP_MAX_QUEUE_SIZE") else QUEUE_SIZE
+    batch = None if env.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") else EXPORT_BATCH
+    if queue is None and batch is not None:  # the batch may not exceed the queue
+        batch = None
+    return BatchSpanProcessor(exporter, max_queue_size=queue, max_export_batch_size=batch)
+
+
 def configure(*, service_name: str | None = None) -> TracerProvider:
     """Set the global tracer provider from the ``OTEL_*`` variables, as the SDK reads
     them (resource and ``OTEL_SERVICE_NAME``, ``OTEL_TRACES_SAMPLER``/``_ARG``, the OTLP
     exporter's endpoint, headers and timeout), with a ``BatchSpanProcessor`` per exporter
-    named in ``OTEL_TRACES_EXPORTER`` (default ``otlp``: OTLP over HTTP/protobuf;
-    ``console`` also). Call :func:`shutdown` before exiting, to flush.
+    named in ``OTEL_TRACES_EXPORTER`` (:func:`batch_processor`; default ``otlp``: OTLP
+    over HTTP/protobuf; ``console`` also). Call :func:`shutdown` before exiting, to flush.
 
     Raises:
         ConfigError: an exporter that is not ``otlp``, ``console`` or ``none``.
     """
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
     env = os.environ
     attributes = {}
@@ -633,9 +656,9 @@ def configure(*, service_name: str | None = None) -> TracerProvider:
         if name == "otlp":
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+            provider.add_span_processor(batch_processor(OTLPSpanExporter()))
         elif name == "console":
-            provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+            provider.add_span_processor(batch_processor(ConsoleSpanExporter()))
         else:
             raise ConfigError(
                 f"OTEL_TRACES_EXPORTER={name!r} is not supported: use otlp (OTLP over "
