@@ -8,6 +8,7 @@ open across the wait; replay makes no span twice; sampling is obeyed and carried
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -416,3 +417,49 @@ async def test_spans_still_open_when_the_engine_stops_are_ended(url: str, spans:
     segment = one(finished, "run proc")
     assert dict(segment.attributes or {})["overture.segment.end"] == "engine stopped"
     assert parent_of(attempt) == sid(segment)
+
+
+def test_the_batch_processor_holds_a_burst_of_spans_without_dropping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A commit of 500 W1 instances ends 2,500 spans at once while the exporter is busy
+    with the previous batch: none is dropped (the SDK's 2,048-span queue dropped them);
+    ``OTEL_BSP_MAX_QUEUE_SIZE`` still decides when set."""
+    import threading
+    from collections.abc import Sequence
+
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    from overture.observe.tracing import batch_processor
+
+    def burst(n: int) -> int:
+        busy = threading.Event()
+        exported: list[ReadableSpan] = []
+
+        class Slow(SpanExporter):
+            def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+                exported.extend(spans)
+                if any(s.name == "first" for s in spans):
+                    busy.set()
+                    time.sleep(0.3)  # the queue fills behind this export
+                return SpanExportResult.SUCCESS
+
+        provider = TracerProvider()
+        provider.add_span_processor(batch_processor(Slow()))
+        tracer = provider.get_tracer("burst")
+        tracer.start_span("first").end()
+        assert busy.wait(10)
+        for _ in range(n):
+            tracer.start_span("burst").end()
+        provider.force_flush()
+        provider.shutdown()
+        return len(exported) - 1
+
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "10")
+    monkeypatch.delenv("OTEL_BSP_MAX_QUEUE_SIZE", raising=False)
+    monkeypatch.delenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", raising=False)
+    assert burst(3000) == 3000
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "100")
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "50")
+    assert burst(3000) < 3000
