@@ -148,6 +148,13 @@ def _unsampled(
     return None
 
 
+def _dropped(span: Span) -> bool:
+    """Whether ``span`` (a parent we hold) is valid and not sampled: :func:`_unsampled`
+    without looking the span up in its context."""
+    span_context = span.get_span_context()
+    return span_context.is_valid and not span_context.trace_flags.sampled
+
+
 def _cut(value: str) -> str:
     return value if len(value) <= MAX_ATTRIBUTE else value[:MAX_ATTRIBUTE]
 
@@ -277,6 +284,9 @@ class TracingObserver(Observer):
                 return  # the same segment goes on (a step outcome, a timer while it runs)
             # a new input reached it while its segment was open: that one ends here
             self._end_segment(instance_id, segment, None)
+        if consume is not None and _dropped(consume[0]):  # (1% sampling: no span)
+            self._segments[instance_id] = _Segment(consume[0], consume[1], trigger, consume[0])
+            return
         parent = consume[1] if consume is not None else _remote(trigger)
         links = []
         origin = parse(trigger)
@@ -447,7 +457,12 @@ class TracingObserver(Observer):
     ) -> _Attempt:
         if instance_id is not None:
             segment = self._segments.get(instance_id)
-            parent = None if segment is None else segment.context
+            if segment is None:
+                parent = None
+            elif _dropped(segment.span):  # (1% sampling: the common case, no span)
+                return _Attempt(segment.span, segment.context)
+            else:
+                parent = segment.context
         elif self._consume is not None:
             parent = self._consume[1]
         else:
