@@ -316,11 +316,23 @@ class MetricsObserver(Observer):
         self._count(self._batches, partition)
         self._count(self._records, partition, records)
 
+    # (the hooks called per instance and per step spell _count and _observe out: a call
+    # less each, a third of what they cost)
+
     def instance_started(self, instance_id: str, process: str) -> None:
-        self._count(self._started, process)
+        values = self._started.values
+        if process in values:
+            values[process] += 1
+        else:
+            self._count(self._started, process)
 
     def instance_finished(self, instance_id: str, process: str, status: str) -> None:
-        self._count(self._finished, (process, str(status)))
+        key = (process, str(status))
+        values = self._finished.values
+        if key in values:
+            values[key] += 1
+        else:
+            self._count(self._finished, key)
 
     def instance_parked(self, instance_id: str, process: str, reason: str) -> None:
         self._count(self._parked, process)
@@ -328,7 +340,13 @@ class MetricsObserver(Observer):
     def step_finished(
         self, name: str, attempt: int, instance_id: str | None, ok: bool, duration: float
     ) -> None:
-        self._observe(self._steps, (name, "ok" if ok else "error"), duration)
+        steps = self._steps
+        key = (name, "ok" if ok else "error")
+        figures = steps.values.get(key)
+        if figures is None:
+            figures = steps.new(key)
+        figures[bisect_left(steps.bounds, duration)] += 1
+        figures[-1] += duration
         if attempt > 1:
             self._count(self._step_retries, name)
 
