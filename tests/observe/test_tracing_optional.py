@@ -36,6 +36,20 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
+def _python(script: str) -> str:
+    """What ``script`` printed, run by this Python without any ``OTEL_*`` variable."""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 def test_overture_runs_without_opentelemetry(tmp_path: Path) -> None:
     script = NO_OTEL + textwrap.dedent(
         """
@@ -70,16 +84,7 @@ def test_overture_runs_without_opentelemetry(tmp_path: Path) -> None:
         asyncio.run(main())
         """
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=REPO_ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "ran 2"
+    assert _python(script) == "ran 2"
 
 
 @pytest.mark.parametrize("how", ["--trace", "OTEL_TRACES_EXPORTER"])
@@ -161,13 +166,4 @@ def test_the_api_imported_by_fastapi_does_not_load_the_sdk_on_a_send() -> None:
         print("sent")
         """
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=REPO_ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "sent"
+    assert _python(script) == "sent"
