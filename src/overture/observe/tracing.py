@@ -183,6 +183,7 @@ class _Segment:
     context: otel_context.Context
     trigger: str | None
     cause: Span | None  # the consume span that opened it (None: a timer, a step outcome)
+    dropped: bool = False  # its span is valid and not sampled (_dropped), told once
 
 
 class _Attempt:
@@ -285,7 +286,9 @@ class TracingObserver(Observer):
             # a new input reached it while its segment was open: that one ends here
             self._end_segment(instance_id, segment, None)
         if consume is not None and _dropped(consume[0]):  # (1% sampling: no span)
-            self._segments[instance_id] = _Segment(consume[0], consume[1], trigger, consume[0])
+            self._segments[instance_id] = _Segment(
+                consume[0], consume[1], trigger, consume[0], dropped=True
+            )
             return
         parent = consume[1] if consume is not None else _remote(trigger)
         links = []
@@ -301,7 +304,11 @@ class TracingObserver(Observer):
         unsampled = _unsampled(parent)
         if unsampled is not None:  # (the common case at a low sampling ratio: no span)
             self._segments[instance_id] = _Segment(
-                unsampled[0], unsampled[1], trigger, None if consume is None else consume[0]
+                unsampled[0],
+                unsampled[1],
+                trigger,
+                None if consume is None else consume[0],
+                dropped=True,
             )
             return
         # (the attributes given at the start: the SDK cleans them once, without the lock
@@ -322,6 +329,7 @@ class TracingObserver(Observer):
             trace.set_span_in_context(span),
             trigger,
             None if consume is None else consume[0],
+            dropped=_dropped(span),  # (a root the sampler did not sample)
         )
 
     def segment_flushed(self, instance_id: str, status: str, busy: bool) -> None:
@@ -459,7 +467,7 @@ class TracingObserver(Observer):
             segment = self._segments.get(instance_id)
             if segment is None:
                 parent = None
-            elif _dropped(segment.span):  # (1% sampling: the common case, no span)
+            elif segment.dropped:  # (1% sampling: the common case, no span)
                 return _Attempt(segment.span, segment.context)
             else:
                 parent = segment.context
