@@ -300,6 +300,9 @@ async def test_unsampled_work_records_nothing_and_carries_its_flags(spans: objec
         await h.idle()
         emitted = [e.envelope.traceparent for e in h.client.events() if e.envelope.type == "went"]
     assert EXPORTER.get_finished_spans() == ()
+    # below an unsampled parent the engine never calls the SDK (only the client's own
+    # send spans asked the sampler; "b" got the unsampled root traceparent from its send)
+    assert set(SAMPLER.asked) == {"send go"}
     # the unsampled flags travel on; the root trace the client began does too
     assert sorted(t[-2:] for t in emitted if t is not None) == ["00", "00"]
 
