@@ -71,6 +71,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     p.add_argument("--workloads", default=",".join(WORKLOADS), help=",".join(WORKLOADS))
     p.add_argument("--backends", default="memory,sqlite", help="memory,sqlite")
+    p.add_argument(
+        "--modes",
+        default=",".join(ALL_MODES),
+        help=f"{','.join(ALL_MODES)}: only these measurements of W1/W2 (drain = engine-only)",
+    )
     p.add_argument("-n", type=int, default=None, help="instances per W1/W2/W3 run (5000)")
     p.add_argument("--timer-n", type=int, default=None, help="W4 instances (10000)")
     p.add_argument("--memory-n", type=int, default=None, help="M1 instances (100000)")
@@ -96,6 +101,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     try:
         args.workloads = _csv(args.workloads, WORKLOADS)
         args.backends = _csv(args.backends, BACKENDS)
+        args.modes = _csv(args.modes, ALL_MODES)
         args.observe = _csv(args.observe, OBSERVE)
     except argparse.ArgumentTypeError as exc:
         p.error(str(exc))
@@ -116,6 +122,7 @@ MODES = {
     "c1": ("load", "serial"),
     "w2": ("load", "serial"),
 }
+ALL_MODES = ("load", "drain", "serial")
 SQLITE_ONLY = {"c1"}  # a client in another process needs a broker processes share
 
 
@@ -140,6 +147,7 @@ def plan(args: argparse.Namespace) -> list[Plan]:
                     out += [
                         Plan(workload, mode, backend, r, observe)
                         for mode in MODES.get(workload, ("load",))
+                        if workload not in MODES or mode in args.modes
                     ]
     if "baseline" in args.workloads:
         out += [Plan("baseline", "load", "sqlite", r) for r in range(1, args.repeat + 1)]

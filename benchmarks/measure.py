@@ -80,15 +80,17 @@ class Bench:
         self.backend = broker
         self.probe = CommitProbe(broker, track_work=opts.workload in ("w3", "w4"))
         kept = None if opts.retention is None else timedelta(seconds=opts.retention)
+        self.observing = observing.Observing(opts.observe)
         self.engine = ov.Engine(
             make_app(opts),
             broker,
             cache_size=10_000,
-            observer=observing.observer(opts.observe),
+            observer=self.observing.observer,
             retention=kept,
         )
         self.task: asyncio.Task[None] | None = None
         self.started = 0.0  # when the engine was started
+        self.cpu_started = 0.0  # this process's CPU seconds then (stats.cpu_seconds)
 
     async def until(self, predicate: Callable[[], bool], what: str) -> None:
         """Wait on the loop (5 ms polls of in-memory counters) for ``predicate``."""
@@ -120,6 +122,7 @@ async def running(opts: Options) -> AsyncIterator[Bench]:
         send(client, "order", [f"o{i}" for i in range(opts.n)], opts.chunk)
     await bench.engine.start()
     bench.started = time.time()
+    bench.cpu_started = stats.cpu_seconds()
     bench.task = asyncio.create_task(bench.engine.run())
     try:
         yield bench
@@ -157,6 +160,7 @@ async def measure(opts: Options) -> Result:
     """Run the measurement ``opts`` describes; returns flat metrics."""
     async with running(opts) as bench:
         info: Result = {"durability": _durability(bench.backend, opts.backend)}
+        n = 0
         if opts.mode == "load":
             info.update(await _load(bench))
             info["expired"] = bench.engine.stats["expired"]
@@ -169,6 +173,11 @@ async def measure(opts: Options) -> Result:
         else:
             raise ValueError(f"unsupported mode {opts.mode!r} for {opts.workload}")
         info["engine_stats"] = dict(bench.engine.stats)
+        n = bench.probe.finished  # (warm-up included)
+    observed = bench.observing.close()
+    if "spans_exported" in observed:
+        observed["spans_per_instance"] = observed["spans_exported"] / n
+    info.update(observed)
     info["peak_rss_mb"] = stats.peak_rss_mb()
     return info
 
@@ -202,8 +211,10 @@ async def _load(bench: Bench) -> Result:
         base_stats = dict(bench.engine.stats)
         profiler = _start_profile(bench)
         kind = "payment" if opts.workload == "w2" else "order"
+        cpu_before = stats.cpu_seconds()
         sent = await asyncio.to_thread(producer.send, kind, keys, opts.chunk, opts.rate)
         await bench.until(lambda: probe.finished >= base_finished + opts.n, "completions")
+        cpu = stats.cpu_seconds() - cpu_before
         _stop_profile(bench, profiler)
     finally:
         await asyncio.to_thread(producer.close)
@@ -232,6 +243,8 @@ async def _load(bench: Bench) -> Result:
         "records_per_batch": (bench.engine.stats["records"] - base_stats["records"])
         / max(1, bench.engine.stats["batches"] - base_stats["batches"]),
         "producer": "process" if isinstance(producer, RemoteProducer) else "thread",
+        # the engine process's CPU per instance (a thread producer's counts too)
+        "cpu_us": cpu * 1e6 / opts.n,
     }
     if starts is not None:
         out["start_rate"] = opts.n / (probe.last_wait - starts.first)
@@ -260,10 +273,12 @@ async def _drain(bench: Bench) -> Result:
     probe, n = bench.probe, bench.opts.n
     profiler = _start_profile(bench)
     await bench.until(lambda: probe.finished >= n, "completions")
+    cpu = stats.cpu_seconds() - bench.cpu_started
     _stop_profile(bench, profiler)
     last = max(d.committed for d in probe.done.values())
     return {
         "drain_throughput": n / (last - bench.started),
+        "drain_cpu_us": cpu * 1e6 / n,
         "drain_instances_per_commit": probe.instance_rows / max(1, probe.commits),
         "drain_commit_ms_mean": stats.ms(probe.commit_seconds / max(1, probe.commits)),
     }

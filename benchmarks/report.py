@@ -424,8 +424,10 @@ def progress_bar(console: Console) -> Progress:
 
 
 def overhead_table(units: list[Unit]) -> Table | None:
-    """``--observe``: each observed unit's median throughput and p50 latency against the
-    same measurement with the observer off (units whose backend is ``BACKEND+OBSERVE``)."""
+    """``--observe``: each observed unit's median throughput, CPU per instance and p50
+    latency against the same measurement with the observer off (units whose backend is
+    ``BACKEND+OBSERVE``). CPU (user + system of the engine's process over the timed phase,
+    every thread) is steadier than throughput on a shared machine."""
     plain = {(u.workload, u.mode, u.backend): u for u in units if "+" not in u.backend}
     rows = []
     for unit in units:
@@ -435,7 +437,7 @@ def overhead_table(units: list[Unit]) -> Table | None:
         off = plain.get((unit.workload, unit.mode, backend))
         if off is None or not off.ok or not unit.ok:
             continue
-        on_m, off_m = unit.medians(), off.medians()
+        on_m, off_m = _overhead_figures(unit.medians()), _overhead_figures(off.medians())
         if "throughput" not in on_m or "throughput" not in off_m:
             continue
         rows.append((unit, observe, on_m, off_m))
@@ -444,16 +446,40 @@ def overhead_table(units: list[Unit]) -> Table | None:
     table = Table(title="Observer overhead (medians; ratio = with / off)")
     for header in ("Measurement", "Observer"):
         table.add_column(header)
-    for header in ("off ev/s", "with ev/s", "throughput ratio", "off p50 ms", "with p50 ms"):
+    headers = (
+        "off ev/s",
+        "with ev/s",
+        "throughput ratio",
+        "off CPU µs/inst",
+        "with CPU µs/inst",
+        "CPU ratio",
+        "off p50 ms",
+        "with p50 ms",
+    )
+    for header in headers:
         table.add_column(header, justify="right")
     for unit, observe, on_m, off_m in rows:
+        cpu_on, cpu_off = on_m.get("cpu_us", math.nan), off_m.get("cpu_us", math.nan)
         table.add_row(
             f"{unit.workload}-{unit.mode}-{unit.backend.split('+')[0]}",
             observe,
             _num(off_m["throughput"]),
             _num(on_m["throughput"]),
             _num(on_m["throughput"] / off_m["throughput"], 3),
+            _num(cpu_off),
+            _num(cpu_on),
+            _num(cpu_on / cpu_off if cpu_off else math.nan, 3),
             _num(off_m.get("p50_ms", math.nan), 1),
             _num(on_m.get("p50_ms", math.nan), 1),
         )
     return table
+
+
+def _overhead_figures(medians: dict[str, Any]) -> dict[str, Any]:
+    """A drain's figures under the load's names (its throughput and CPU per instance)."""
+    if "drain_throughput" in medians:
+        return {
+            "throughput": medians["drain_throughput"],
+            "cpu_us": medians.get("drain_cpu_us", math.nan),
+        }
+    return medians

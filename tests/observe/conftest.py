@@ -19,6 +19,7 @@ def spans() -> Iterator[list[object]]:
     EXPORTER.clear()
     RECORDER.started = RECORDER.ended = 0
     RECORDER.on = True
+    SAMPLER.asked.clear()
     try:
         with installed():
             yield []

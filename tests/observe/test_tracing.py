@@ -8,6 +8,7 @@ open across the wait; replay makes no span twice; sampling is obeyed and carried
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRat
 from opentelemetry.trace import SpanKind, StatusCode
 
 import overture as ov
+from overture.backends import open_backend
 from overture.observe.tracing import TracingObserver
 from overture.testing import Harness, VirtualClock
 from overture.worker import Worker
@@ -154,21 +156,27 @@ async def test_one_trace_follows_the_flow_across_every_hop(url: str, spans: obje
     assert attributes["messaging.message.id"] == attributes["cloudevents.event_id"]
 
     segments = sorted(by_name(finished, "run order"), key=lambda s: s.start_time or 0)
-    assert len(segments) == 3  # trigger → task call; task result → wait; payment → end
-    first, second, third = segments
+    # trigger → the step's backoff; its timer → task call; task result → wait; payment → end
+    assert len(segments) == 4
+    first, retried, second, third = segments
     assert parent_of(first) == sid(consume)
     assert dict(first.attributes or {})["overture.instance.id"] == _id_of(segments)
-    # blocked on its task call (still running), then on the wait
+    # blocked on the backoff's timer and its task call (still running), then on the wait
     assert dict(first.attributes or {})["overture.instance.status"] == "running"
+    assert dict(retried.attributes or {})["overture.instance.status"] == "running"
     assert dict(second.attributes or {})["overture.instance.status"] == "waiting"
     assert dict(third.attributes or {})["overture.instance.status"] == "completed"
     # a segment ends when the instance blocks: none overlaps the next
-    assert (first.end_time or 0) <= (second.start_time or 0)
+    assert (first.end_time or 0) <= (retried.start_time or 0)
+    assert (retried.end_time or 0) <= (second.start_time or 0)
     assert (second.end_time or 0) <= (third.start_time or 0)
+    # the timer's segment continues the trigger's context, linked to the one before
+    assert parent_of(retried) == sid(send)
+    assert {link.context.span_id for link in retried.links} == {sid(first)}
 
     attempts = sorted(by_name(finished, "step flaky"), key=lambda s: s.start_time or 0)
     assert [dict(a.attributes or {})["overture.attempt"] for a in attempts] == [1, 2]
-    assert [parent_of(a) for a in attempts] == [sid(first), sid(first)]
+    assert [parent_of(a) for a in attempts] == [sid(first), sid(retried)]
     assert attempts[0].status.status_code is StatusCode.ERROR
     assert [e.name for e in attempts[0].events] == ["exception"]
     assert attempts[1].status.status_code is not StatusCode.ERROR
@@ -177,7 +185,7 @@ async def test_one_trace_follows_the_flow_across_every_hop(url: str, spans: obje
 
     # the task: the request's send span, the worker's span, the result consumed
     request = one(finished, "send default")
-    assert request.kind is SpanKind.PRODUCER and parent_of(request) == sid(first)
+    assert request.kind is SpanKind.PRODUCER and parent_of(request) == sid(retried)
     worked = one(finished, "process default")
     assert worked.kind is SpanKind.CONSUMER and parent_of(worked) == sid(request)
     assert seen["task_span"].span_id == sid(worked)
@@ -186,7 +194,7 @@ async def test_one_trace_follows_the_flow_across_every_hop(url: str, spans: obje
     assert parent_of(second) == sid(result)
     # a resumed segment links to the trigger and to the previous segment
     linked = {link.context.span_id for link in second.links}
-    assert sid(first) in linked
+    assert sid(retried) in linked
 
     # the emit: its span id is the parent id in the emitted event's traceparent
     produced = one(finished, "send order.accepted")
@@ -292,6 +300,9 @@ async def test_unsampled_work_records_nothing_and_carries_its_flags(spans: objec
         await h.idle()
         emitted = [e.envelope.traceparent for e in h.client.events() if e.envelope.type == "went"]
     assert EXPORTER.get_finished_spans() == ()
+    # below an unsampled parent the engine never calls the SDK (only the client's own
+    # send spans asked the sampler; "b" got the unsampled root traceparent from its send)
+    assert set(SAMPLER.asked) == {"send go"}
     # the unsampled flags travel on; the root trace the client began does too
     assert sorted(t[-2:] for t in emitted if t is not None) == ["00", "00"]
 
@@ -371,3 +382,87 @@ async def test_combined_with_metrics_both_observe(spans: object) -> None:
         'overture_instances_started_total{process="proc"} 1.0'
         in generate_latest(metrics.registry).decode()
     )
+
+
+async def test_spans_still_open_when_the_engine_stops_are_ended(url: str, spans: object) -> None:
+    """A step still running at stop (beyond the grace): its attempt span ends failed, its
+    segment ends marked so; nothing is left open (the attempt runs again after restart)."""
+    app = ov.App("stopped")
+    release = asyncio.Event()
+
+    running_now = asyncio.Event()
+
+    async def slow() -> str:
+        running_now.set()
+        await release.wait()
+        return "late"
+
+    @app.process(trigger="go")
+    async def proc(ctx: ov.Context, event: ov.Event) -> Any:
+        return await ctx.step(slow, name="slow")
+
+    backend = open_backend(url)
+    engine = ov.Engine(app, backend, observer=TracingObserver())  # running, as in overture run
+    ov.Client(backend, app=app).send("go", {}, traceparent=TRIGGER)
+    await engine.start()
+    running = asyncio.create_task(engine.run())
+    async with asyncio.timeout(10):
+        await running_now.wait()
+    await engine.stop(grace=0)
+    await running
+    backend.close()
+    release.set()
+    assert RECORDER.started == RECORDER.ended
+    finished = EXPORTER.get_finished_spans()
+    attempt = one(finished, "step slow")
+    assert attempt.status.status_code is StatusCode.ERROR
+    assert "engine stopped" in (attempt.status.description or "")
+    segment = one(finished, "run proc")
+    assert dict(segment.attributes or {})["overture.segment.end"] == "engine stopped"
+    assert parent_of(attempt) == sid(segment)
+
+
+def test_the_batch_processor_holds_a_burst_of_spans_without_dropping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A commit of 500 W1 instances ends 2,500 spans at once while the exporter is busy
+    with the previous batch: none is dropped (the SDK's 2,048-span queue dropped them);
+    ``OTEL_BSP_MAX_QUEUE_SIZE`` still decides when set."""
+    import threading
+    from collections.abc import Sequence
+
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    from overture.observe.tracing import batch_processor
+
+    def burst(n: int) -> int:
+        busy = threading.Event()
+        exported: list[ReadableSpan] = []
+
+        class Slow(SpanExporter):
+            def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+                exported.extend(spans)
+                if any(s.name == "first" for s in spans):
+                    busy.set()
+                    time.sleep(0.3)  # the queue fills behind this export
+                return SpanExportResult.SUCCESS
+
+        provider = TracerProvider()
+        provider.add_span_processor(batch_processor(Slow()))
+        tracer = provider.get_tracer("burst")
+        tracer.start_span("first").end()
+        assert busy.wait(10)
+        for _ in range(n):
+            tracer.start_span("burst").end()
+        provider.force_flush()
+        provider.shutdown()
+        return len(exported) - 1
+
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "10")
+    monkeypatch.delenv("OTEL_BSP_MAX_QUEUE_SIZE", raising=False)
+    monkeypatch.delenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", raising=False)
+    assert burst(3000) == 3000
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "100")
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "50")
+    assert burst(3000) < 3000

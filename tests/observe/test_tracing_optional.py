@@ -36,6 +36,20 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
+def _python(script: str) -> str:
+    """What ``script`` printed, run by this Python without any ``OTEL_*`` variable."""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 def test_overture_runs_without_opentelemetry(tmp_path: Path) -> None:
     script = NO_OTEL + textwrap.dedent(
         """
@@ -70,16 +84,7 @@ def test_overture_runs_without_opentelemetry(tmp_path: Path) -> None:
         asyncio.run(main())
         """
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=REPO_ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "ran 2"
+    assert _python(script) == "ran 2"
 
 
 @pytest.mark.parametrize("how", ["--trace", "OTEL_TRACES_EXPORTER"])
@@ -141,3 +146,24 @@ def test_when_the_commands_trace(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert trace_wanted(flag) is expected
+
+
+def test_the_api_imported_by_fastapi_does_not_load_the_sdk_on_a_send() -> None:
+    """FastAPI imports the OpenTelemetry API; with no SDK provider set, a client's send in
+    that process imports neither the SDK nor Overture's tracing module."""
+    script = textwrap.dedent(
+        """
+        import sys
+        import fastapi
+        import overture as ov
+
+        assert "opentelemetry.trace" in sys.modules  # (FastAPI's own import)
+        with ov.Client("memory://sdkless") as client:
+            client.send("go", {})
+        loaded = [m for m in ("opentelemetry.sdk.trace", "overture.observe.tracing")
+                  if m in sys.modules]
+        assert not loaded, loaded
+        print("sent")
+        """
+    )
+    assert _python(script) == "sent"

@@ -33,6 +33,8 @@ class Switch(Sampler):
 
     def __init__(self) -> None:
         self.inner: Sampler = ALWAYS_ON
+        self.asked: list[str] = []
+        """The names of the spans it was asked about (the SDK was called for them)."""
 
     def should_sample(
         self,
@@ -44,6 +46,7 @@ class Switch(Sampler):
         links: Sequence[Link] | None = None,
         trace_state: Any = None,
     ) -> SamplingResult:
+        self.asked.append(name)
         return self.inner.should_sample(
             parent_context, trace_id, name, kind, attributes, links, trace_state
         )

@@ -17,7 +17,7 @@ instance and the private ``_set_running_loop``; ``ctx.gather`` covers the need.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Container, Coroutine
 from typing import Any, NoReturn, TypeVar
 
 from ..codec import Codec
@@ -347,9 +347,10 @@ class Machine:
         """The ``traceparent`` of the event that started the instance (None: it had none)."""
         return self._trace
 
-    def steps_running(self) -> bool:
-        """Whether a step of the instance is scheduled and not resolved yet."""
-        return any(p.call is not None for p in self._pending.values())
+    def steps_running(self, besides: Container[int] = ()) -> bool:
+        """Whether a step of the instance is scheduled and not resolved yet (one of
+        ``besides`` not counted)."""
+        return any(p.call is not None and s not in besides for s, p in self._pending.items())
 
     def pending_step(self, seq: int) -> StepCall | None:
         pending = self._pending.get(seq)

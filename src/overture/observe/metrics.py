@@ -18,20 +18,23 @@ outcome, partition), never instance ids.
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections import Counter as Tally
 from collections.abc import Iterator
+from itertools import accumulate
 from typing import Any
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-    start_http_server,
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client import metrics as prometheus_metrics
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 from ..client import Client
 from ..runtime.observer import Observer
@@ -39,8 +42,115 @@ from ..runtime.observer import Observer
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The content type of the text exposition format (what ``/metrics`` answers)."""
 
-BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+BATCH_BUCKETS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 """Buckets of the commit batch sizes (rows, appends): counts, not seconds."""
+DEFAULT_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0
+)  # fmt: skip
+"""Buckets of the durations, in seconds: ``prometheus_client``'s default (+Inf implied)."""
+
+
+class _Metric:
+    """One metric family's figures as plain numbers, by label values.
+
+    ``values`` maps the label values (one string for one label, a tuple for several, ``()``
+    for none; an int partition is made a string at scrape time) to a number (counter,
+    gauge) or, for a histogram, to a list of per-bucket counts (not cumulative; the last
+    bucket is +Inf) followed by the sum. ``created`` holds each child's creation time, as
+    ``prometheus_client`` exposes it (``_created``).
+    """
+
+    __slots__ = ("bounds", "created", "documentation", "kind", "labels", "name", "values")
+
+    def __init__(
+        self,
+        kind: str,
+        name: str,
+        documentation: str,
+        labels: tuple[str, ...] = (),
+        bounds: tuple[float, ...] = (),
+    ) -> None:
+        self.kind = kind
+        self.name = name
+        self.documentation = documentation
+        self.labels = labels
+        self.bounds = bounds  # a histogram's upper bounds, +Inf left out
+        self.values: dict[Any, Any] = {}
+        self.created: dict[Any, float] = {}
+        if not labels and kind != "gauge":  # exposed at zero from the start, as before
+            self.new(())
+
+    def new(self, key: Any) -> Any:
+        """The figures of a new child ``key`` (zero), remembered with its creation time."""
+        self.created[key] = time.time()
+        value: Any = [0] * (len(self.bounds) + 2) if self.kind == "histogram" else 0
+        self.values[key] = value
+        return value
+
+    def family(self, created: bool) -> Metric:
+        """The family as the registry exposes it (read at each scrape)."""
+        if self.kind == "counter":
+            counter = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+            stamps = self.created
+            for key, value in list(self.values.items()):
+                counter.add_metric(_label_values(key), value, stamps[key] if created else None)
+            return counter
+        if self.kind == "gauge":
+            gauge = GaugeMetricFamily(self.name, self.documentation, labels=self.labels)
+            for key, value in list(self.values.items()):
+                gauge.add_metric(_label_values(key), value)
+            return gauge
+        histogram = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
+        edges = [*map(floatToGoString, self.bounds), "+Inf"]
+        for key, figures in list(self.values.items()):
+            figures = list(figures)  # one copy: the buckets' total is the count it shows
+            labels = _label_values(key)
+            histogram.add_metric(
+                labels, list(zip(edges, accumulate(figures[:-1]), strict=True)), figures[-1]
+            )
+            if created:
+                histogram.samples.append(
+                    Sample(
+                        self.name + "_created",
+                        dict(zip(self.labels, labels, strict=True)),
+                        self.created[key],
+                    )
+                )
+        return histogram
+
+    def described(self) -> Metric:
+        """The family without samples (the registry's duplicate check)."""
+        kinds = {
+            "counter": CounterMetricFamily,
+            "gauge": GaugeMetricFamily,
+            "histogram": HistogramMetricFamily,
+        }
+        family: Metric = kinds[self.kind](self.name, self.documentation, labels=self.labels)
+        return family
+
+
+def _label_values(key: Any) -> list[str]:
+    if isinstance(key, tuple):
+        return [str(value) for value in key]
+    return [str(key)]
+
+
+class _Collector(Collector):
+    """What the registry reads a :class:`MetricsObserver`'s figures through."""
+
+    def __init__(self, metrics: list[_Metric]) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        # PROMETHEUS_DISABLE_CREATED_SERIES and disable_created_metrics(), as its own
+        # metrics obey them (the flag has no public reader)
+        created = bool(getattr(prometheus_metrics, "_use_created", True))
+        for metric in self.metrics:
+            yield metric.family(created)
+
+    def describe(self) -> Iterator[Metric]:
+        for metric in self.metrics:
+            yield metric.described()
 
 
 class MetricsObserver(Observer):
@@ -48,193 +158,233 @@ class MetricsObserver(Observer):
 
     Pass it as ``EngineOptions(observer=MetricsObserver())`` (or combined with others by
     ``observer.combine``) and serve :attr:`registry` (:func:`exposition`).
+
+    The hooks count into plain ints and floats (a dictionary update each, a ``bisect``
+    for a histogram's bucket) on the engine's thread; a scrape reads them through a
+    custom collector, in another thread maybe. Rejected design: ``prometheus_client``'s
+    ``Counter``/``Histogram`` updated in the hooks: a lock and a value object per update,
+    and a lock per bucket, cost about a tenth of a W1 instance's CPU
+    (docs/benchmarks.md). Without a lock, a scrape racing an observation may show its
+    count one ahead of its sum; each histogram's +Inf bucket and count are one copy's.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = CollectorRegistry() if registry is None else registry
         """The registry holding these metrics (a new one by default, not the global)."""
-        r = self.registry
-        self.batches = Counter(
+        seconds = DEFAULT_BUCKETS
+        self._batches = _Metric(
+            "counter",
             "overture_batches_consumed",
             "Batches of log records consumed.",
-            ["partition"],
-            registry=r,
+            ("partition",),
         )
-        self.records = Counter(
+        self._records = _Metric(
+            "counter",
             "overture_records_consumed",
             "Log records (events) read into a batch.",
-            ["partition"],
-            registry=r,
+            ("partition",),
         )
-        self.started = Counter(
-            "overture_instances_started", "Instances started by a trigger.", ["process"], registry=r
+        self._started = _Metric(
+            "counter", "overture_instances_started", "Instances started by a trigger.", ("process",)
         )
-        self.finished = Counter(
+        self._finished = _Metric(
+            "counter",
             "overture_instances_finished",
             "Instances that reached a final status (completed, failed, cancelled).",
-            ["process", "status"],
-            registry=r,
+            ("process", "status"),
         )
-        self.parked = Counter(
-            "overture_instances_parked", "Instances parked as stuck.", ["process"], registry=r
+        self._parked = _Metric(
+            "counter", "overture_instances_parked", "Instances parked as stuck.", ("process",)
         )
-        self.steps = Histogram(
+        self._steps = _Metric(
+            "histogram",
             "overture_step_attempt_duration_seconds",
             "Duration of step (or handler) attempts until the engine took their outcome.",
-            ["step", "outcome"],
-            registry=r,
+            ("step", "outcome"),
+            seconds,
         )
-        self.step_retries = Counter(
+        self._step_retries = _Metric(
+            "counter",
             "overture_step_retries",
             "Step attempts after the first (retries).",
-            ["step"],
-            registry=r,
+            ("step",),
         )
-        self.tasks_published = Counter(
+        self._tasks_published = _Metric(
+            "counter",
             "overture_task_attempts_published",
             "Remote task attempts published to their queue.",
-            ["task", "queue"],
-            registry=r,
+            ("task", "queue"),
         )
-        self.task_retries = Counter(
+        self._task_retries = _Metric(
+            "counter",
             "overture_task_retries",
             "Task attempts after the first (retries).",
-            ["task"],
-            registry=r,
+            ("task",),
         )
-        self.tasks = Histogram(
+        self._tasks = _Metric(
+            "histogram",
             "overture_task_attempt_duration_seconds",
             "Duration of remote task attempts, from publication to the result the engine"
             " applied (attempts published by this process only).",
-            ["task", "outcome"],
-            registry=r,
+            ("task", "outcome"),
+            seconds,
         )
-        self.tasks_finished = Counter(
+        self._tasks_finished = _Metric(
+            "counter",
             "overture_task_attempts_finished",
             "Remote task attempts ended (completed, failed, timed out).",
-            ["task", "outcome"],
-            registry=r,
+            ("task", "outcome"),
         )
-        self.results_dropped = Counter(
+        self._results_dropped = _Metric(
+            "counter",
             "overture_task_results_dropped",
             "Task results that changed nothing (stale, duplicate, late).",
-            registry=r,
         )
-        self.commits = Histogram(
+        self._commits = _Metric(
+            "histogram",
             "overture_commit_duration_seconds",
             "Duration of batch commits until durable.",
-            registry=r,
+            bounds=seconds,
         )
-        self.commit_rows = Histogram(
-            "overture_commit_rows", "State rows per commit.", buckets=BATCH_BUCKETS, registry=r
+        self._commit_rows = _Metric(
+            "histogram", "overture_commit_rows", "State rows per commit.", bounds=BATCH_BUCKETS
         )
-        self.commit_appends = Histogram(
+        self._commit_appends = _Metric(
+            "histogram",
             "overture_commit_appends",
             "Events appended per commit.",
-            buckets=BATCH_BUCKETS,
-            registry=r,
+            bounds=BATCH_BUCKETS,
         )
-        self.dead_letters = Counter(
-            "overture_dead_letters", "Inputs dead-lettered.", ["source"], registry=r
+        self._dead_letters = _Metric(
+            "counter", "overture_dead_letters", "Inputs dead-lettered.", ("source",)
         )
-        self.lateness = Histogram(
+        self._lateness = _Metric(
+            "histogram",
             "overture_timer_lateness_seconds",
             "How late durable timers fired after they were due.",
-            registry=r,
+            bounds=seconds,
         )
-        self.tasks_open_gauge = Gauge(
+        self._tasks_open = _Metric(
+            "gauge",
             "overture_task_attempts_open",
             "Remote task attempts open (published, not ended) per queue, in this engine.",
-            ["queue"],
-            registry=r,
+            ("queue",),
         )
-        self.cache_hits = Counter(
+        self._cache_hits = _Metric(
+            "counter",
             "overture_instance_cache_hits",
             "Inputs that found their instance in the engine's cache.",
-            ["process"],
-            registry=r,
+            ("process",),
         )
-        self.replays = Counter(
+        self._replays = _Metric(
+            "counter",
             "overture_instance_replays",
             "Instances rebuilt by replaying their journal (evicted, or after a restart).",
-            ["process"],
-            registry=r,
+            ("process",),
         )
-        self.replayed_entries = Counter(
+        self._replayed_entries = _Metric(
+            "counter",
             "overture_instance_replayed_entries",
             "Journal entries replayed to rebuild instances.",
-            ["process"],
-            registry=r,
+            ("process",),
+        )
+        self.registry.register(
+            _Collector([m for m in vars(self).values() if isinstance(m, _Metric)])
         )
         # publication times of outstanding task attempts, for their duration; bounded by
         # the attempts outstanding (an entry leaves when its attempt ends)
         self._published: dict[tuple[str, str, int], float] = {}
-        # the labelled children of the hooks called per instance or per step, looked up
-        # once: ``labels()`` costs a lock and a tuple per call, twice what the update does
-        self._children: dict[tuple[object, ...], Any] = {}
+
+    @staticmethod
+    def _count(metric: _Metric, key: Any, amount: float = 1) -> None:
+        values = metric.values
+        if key in values:
+            values[key] += amount
+        else:
+            metric.new(key)
+            values[key] += amount
+
+    @staticmethod
+    def _observe(metric: _Metric, key: Any, amount: float) -> None:
+        figures = metric.values.get(key)
+        if figures is None:
+            figures = metric.new(key)
+        figures[bisect_left(metric.bounds, amount)] += 1
+        figures[-1] += amount
 
     def batch_consumed(self, partition: int, records: int) -> None:
-        self.batches.labels(str(partition)).inc()
-        self.records.labels(str(partition)).inc(records)
+        self._count(self._batches, partition)
+        self._count(self._records, partition, records)
 
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (metric, *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+    # (the hooks called per instance and per step spell _count and _observe out: a call
+    # less each, a third of what they cost)
 
     def instance_started(self, instance_id: str, process: str) -> None:
-        self._child(self.started, process).inc()
+        values = self._started.values
+        if process in values:
+            values[process] += 1
+        else:
+            self._count(self._started, process)
 
     def instance_finished(self, instance_id: str, process: str, status: str) -> None:
-        self._child(self.finished, process, str(status)).inc()
+        key = (process, str(status))
+        values = self._finished.values
+        if key in values:
+            values[key] += 1
+        else:
+            self._count(self._finished, key)
 
     def instance_parked(self, instance_id: str, process: str, reason: str) -> None:
-        self.parked.labels(process).inc()
+        self._count(self._parked, process)
 
     def step_finished(
         self, name: str, attempt: int, instance_id: str | None, ok: bool, duration: float
     ) -> None:
-        self._child(self.steps, name, "ok" if ok else "error").observe(duration)
+        steps = self._steps
+        key = (name, "ok" if ok else "error")
+        figures = steps.values.get(key)
+        if figures is None:
+            figures = steps.new(key)
+        figures[bisect_left(steps.bounds, duration)] += 1
+        figures[-1] += duration
         if attempt > 1:
-            self._child(self.step_retries, name).inc()
+            self._count(self._step_retries, name)
 
     def task_published(self, task: str, attempt: int, instance_id: str, queue: str) -> None:
-        self.tasks_published.labels(task, queue).inc()
+        self._count(self._tasks_published, (task, queue))
         if attempt > 1:
-            self.task_retries.labels(task).inc()
+            self._count(self._task_retries, task)
         self._published[(instance_id, task, attempt)] = time.monotonic()
 
     def task_finished(self, task: str, attempt: int, instance_id: str, outcome: str) -> None:
-        self.tasks_finished.labels(task, outcome).inc()
+        self._count(self._tasks_finished, (task, outcome))
         start = self._published.pop((instance_id, task, attempt), None)
         if start is not None:  # published before a restart: its start is unknown
-            self.tasks.labels(task, outcome).observe(time.monotonic() - start)
+            self._observe(self._tasks, (task, outcome), time.monotonic() - start)
 
     def task_result_dropped(self, attempt_id: str, reason: str) -> None:
-        self.results_dropped.inc()
+        self._results_dropped.values[()] += 1
 
     def commit_finished(self, rows: int, appends: int, duration: float) -> None:
-        self.commits.observe(duration)
-        self.commit_rows.observe(rows)
-        self.commit_appends.observe(appends)
+        self._observe(self._commits, (), duration)
+        self._observe(self._commit_rows, (), rows)
+        self._observe(self._commit_appends, (), appends)
 
     def dead_letter(self, dead_letter_id: str, source: str, reason: str) -> None:
-        self.dead_letters.labels(source).inc()
+        self._count(self._dead_letters, source)
 
     def timer_fired(self, instance_id: str, lateness: float) -> None:
-        self.lateness.observe(max(lateness, 0.0))
+        self._observe(self._lateness, (), max(lateness, 0.0))
 
     def tasks_open(self, queue: str, count: int) -> None:
-        self.tasks_open_gauge.labels(queue).set(count)
+        self._tasks_open.values[queue] = count
 
     def instance_loaded(self, instance_id: str, process: str, replayed: int | None) -> None:
         if replayed is None:
-            self._child(self.cache_hits, process).inc()
+            self._count(self._cache_hits, process)
         else:
-            self._child(self.replays, process).inc()
-            self._child(self.replayed_entries, process).inc(replayed)
+            self._count(self._replays, process)
+            self._count(self._replayed_entries, process, replayed)
 
     def __repr__(self) -> str:
         return "MetricsObserver()"

@@ -148,6 +148,13 @@ def _unsampled(
     return None
 
 
+def _dropped(span: Span) -> bool:
+    """Whether ``span`` (a parent we hold) is valid and not sampled: :func:`_unsampled`
+    without looking the span up in its context."""
+    span_context = span.get_span_context()
+    return span_context.is_valid and not span_context.trace_flags.sampled
+
+
 def _cut(value: str) -> str:
     return value if len(value) <= MAX_ATTRIBUTE else value[:MAX_ATTRIBUTE]
 
@@ -176,6 +183,7 @@ class _Segment:
     context: otel_context.Context
     trigger: str | None
     cause: Span | None  # the consume span that opened it (None: a timer, a step outcome)
+    dropped: bool = False  # its span is valid and not sampled (_dropped), told once
 
 
 class _Attempt:
@@ -277,6 +285,11 @@ class TracingObserver(Observer):
                 return  # the same segment goes on (a step outcome, a timer while it runs)
             # a new input reached it while its segment was open: that one ends here
             self._end_segment(instance_id, segment, None)
+        if consume is not None and _dropped(consume[0]):  # (1% sampling: no span)
+            self._segments[instance_id] = _Segment(
+                consume[0], consume[1], trigger, consume[0], dropped=True
+            )
+            return
         parent = consume[1] if consume is not None else _remote(trigger)
         links = []
         origin = parse(trigger)
@@ -291,25 +304,32 @@ class TracingObserver(Observer):
         unsampled = _unsampled(parent)
         if unsampled is not None:  # (the common case at a low sampling ratio: no span)
             self._segments[instance_id] = _Segment(
-                unsampled[0], unsampled[1], trigger, None if consume is None else consume[0]
+                unsampled[0],
+                unsampled[1],
+                trigger,
+                None if consume is None else consume[0],
+                dropped=True,
             )
             return
+        # (the attributes given at the start: the SDK cleans them once, without the lock
+        # and the second pass set_attributes costs; its parent is sampled, or it is a root)
         span = self._tracer.start_span(
-            f"run {process}", context=parent, kind=SpanKind.INTERNAL, links=links
+            f"run {process}",
+            context=parent,
+            kind=SpanKind.INTERNAL,
+            links=links,
+            attributes={
+                "overture.process.name": _cut(process),
+                "overture.process.version": version,
+                "overture.instance.id": _cut(instance_id),
+            },
         )
-        if span.is_recording():
-            span.set_attributes(
-                {
-                    "overture.process.name": _cut(process),
-                    "overture.process.version": version,
-                    "overture.instance.id": _cut(instance_id),
-                }
-            )
         self._segments[instance_id] = _Segment(
             span,
             trace.set_span_in_context(span),
             trigger,
             None if consume is None else consume[0],
+            dropped=_dropped(span),  # (a root the sampler did not sample)
         )
 
     def segment_flushed(self, instance_id: str, status: str, busy: bool) -> None:
@@ -318,6 +338,15 @@ class TracingObserver(Observer):
         segment = self._segments.get(instance_id)
         if segment is not None:
             self._end_segment(instance_id, segment, status)
+
+    def instances_released(self, instance_ids: Sequence[str]) -> None:
+        segments = self._segments
+        for instance_id in instance_ids:
+            segment = segments.get(instance_id)
+            if segment is not None:
+                if segment.span.is_recording():
+                    segment.span.set_attribute("overture.segment.end", "engine stopped")
+                self._end_segment(instance_id, segment, None)
 
     def _end_segment(self, instance_id: str, segment: _Segment, status: str | None) -> None:
         del self._segments[instance_id]
@@ -436,7 +465,12 @@ class TracingObserver(Observer):
     ) -> _Attempt:
         if instance_id is not None:
             segment = self._segments.get(instance_id)
-            parent = None if segment is None else segment.context
+            if segment is None:
+                parent = None
+            elif segment.dropped:  # (1% sampling: the common case, no span)
+                return _Attempt(segment.span, segment.context)
+            else:
+                parent = segment.context
         elif self._consume is not None:
             parent = self._consume[1]
         else:
@@ -444,16 +478,15 @@ class TracingObserver(Observer):
         unsampled = _unsampled(parent)
         if unsampled is not None:
             return _Attempt(*unsampled)
-        span = self._tracer.start_span(f"{kind} {name}", context=parent, kind=SpanKind.INTERNAL)
-        if span.is_recording():
-            span.set_attributes(
-                {
-                    f"overture.{kind}.name": _cut(name),
-                    "overture.attempt": attempt,
-                }
-            )
-            if instance_id is not None:
-                span.set_attribute("overture.instance.id", _cut(instance_id))
+        attributes: dict[str, Any] = {
+            f"overture.{kind}.name": _cut(name),
+            "overture.attempt": attempt,
+        }
+        if instance_id is not None:
+            attributes["overture.instance.id"] = _cut(instance_id)
+        span = self._tracer.start_span(
+            f"{kind} {name}", context=parent, kind=SpanKind.INTERNAL, attributes=attributes
+        )
         return _Attempt(span)
 
 
@@ -594,18 +627,40 @@ def wanted(environ: Any = None) -> bool:
     return any(env.get(name, "").strip() for name in _EXPORTER_VARIABLES)
 
 
+QUEUE_SIZE = 16_384
+"""Spans the batch processor holds before it drops (``OTEL_BSP_MAX_QUEUE_SIZE``, whose
+SDK default of 2,048 dropped spans when a batch of 500 W1 instances, 2,500 spans, ended
+at once while the export thread was encoding the last one)."""
+EXPORT_BATCH = 2_048
+"""Spans per export request (``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``; the SDK's default 512)."""
+
+
+def batch_processor(exporter: Any) -> Any:
+    """A ``BatchSpanProcessor`` of ``exporter`` with Overture's queue and batch sizes,
+    unless ``OTEL_BSP_MAX_QUEUE_SIZE`` / ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` say otherwise
+    (the other ``OTEL_BSP_*`` variables are the SDK's to read)."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    env = os.environ
+    queue = None if env.get("OTEL_BSP_MAX_QUEUE_SIZE") else QUEUE_SIZE
+    batch = None if env.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") else EXPORT_BATCH
+    if queue is None and batch is not None:  # the batch may not exceed the queue
+        batch = None
+    return BatchSpanProcessor(exporter, max_queue_size=queue, max_export_batch_size=batch)
+
+
 def configure(*, service_name: str | None = None) -> TracerProvider:
     """Set the global tracer provider from the ``OTEL_*`` variables, as the SDK reads
     them (resource and ``OTEL_SERVICE_NAME``, ``OTEL_TRACES_SAMPLER``/``_ARG``, the OTLP
     exporter's endpoint, headers and timeout), with a ``BatchSpanProcessor`` per exporter
-    named in ``OTEL_TRACES_EXPORTER`` (default ``otlp``: OTLP over HTTP/protobuf;
-    ``console`` also). Call :func:`shutdown` before exiting, to flush.
+    named in ``OTEL_TRACES_EXPORTER`` (:func:`batch_processor`; default ``otlp``: OTLP
+    over HTTP/protobuf; ``console`` also). Call :func:`shutdown` before exiting, to flush.
 
     Raises:
         ConfigError: an exporter that is not ``otlp``, ``console`` or ``none``.
     """
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
     env = os.environ
     attributes = {}
@@ -624,9 +679,9 @@ def configure(*, service_name: str | None = None) -> TracerProvider:
         if name == "otlp":
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+            provider.add_span_processor(batch_processor(OTLPSpanExporter()))
         elif name == "console":
-            provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+            provider.add_span_processor(batch_processor(ConsoleSpanExporter()))
         else:
             raise ConfigError(
                 f"OTEL_TRACES_EXPORTER={name!r} is not supported: use otlp (OTLP over "

@@ -308,7 +308,9 @@ class Engine:
         self._work.stop_starting()
 
     def _release(self) -> None:
-        """Let go of the instances, the doorbell, the backend and the GC setting."""
+        """Let go of the instances, the doorbell, the backend and the GC setting (and end
+        the spans of what was still running)."""
+        self._work.end_traces()
         self._instances.close()
         unsubscribe, self._unsubscribe = self._unsubscribe, None
         if unsubscribe is not None:

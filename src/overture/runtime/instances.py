@@ -409,6 +409,7 @@ class Instances:
         if live is None or call is None:
             self._work.clear(stage, row.id)
             return
+        live.backoff.discard(row.seq)
         if self._traces:  # a retry, or a step run again after a restart: in a segment
             self._observer.segment_resumed(
                 row.instance_id, live.row.process, live.row.version, live.machine.trace
@@ -460,6 +461,7 @@ class Instances:
         if call.retry.retryable(error, row.attempt):
             due = now + call.retry.delay(row.attempt)
             live.machine.note_retry(row.seq, row.attempt, described, due, now)
+            live.backoff.add(row.seq)
             stage.dirty[row.instance_id] = live
             self._work.reschedule(stage, row, due)
             return
@@ -476,8 +478,9 @@ class Instances:
         traces = self._traces
         for iid, live in stage.dirty.items():
             machine, row = live.machine, live.row
-            if traces:  # (a parked instance's steps run no more: its segment ends)
-                busy = machine.stuck_reason is None and machine.steps_running()
+            if traces:  # (a parked instance's steps run no more, a backing-off one waits for
+                # its timer: either segment ends)
+                busy = machine.stuck_reason is None and machine.steps_running(live.backoff)
                 self._observer.segment_flushed(iid, machine.status, busy)
             entries = machine.take_entries()
             if entries:
@@ -549,7 +552,10 @@ class Instances:
                 live.machine.close()
 
     def close(self) -> None:
-        """Drop every cached instance (the engine stops or is abandoned)."""
+        """Drop every cached instance (the engine stops or is abandoned); a trace
+        segment still open for one of them ends."""
+        if self._traces and self._cache:
+            self._observer.instances_released(list(self._cache))
         for live in self._cache.values():
             live.machine.close()
         self._cache.clear()

@@ -129,6 +129,10 @@ class Observer:
         still running (its segment goes on), else it blocks (waits for an event, a timer,
         a task) or has finished, with ``status``."""
 
+    def instances_released(self, instance_ids: Sequence[str]) -> None:
+        """The engine let go of these cached instances (it stopped, or was abandoned):
+        whatever is still open for them ends (a segment whose step was still running)."""
+
     def emitted(self, instance_id: str, envelope: Envelope) -> None:
         """The instance emitted this event (with the batch being staged; never for an
         emit replayed from its journal)."""

@@ -26,6 +26,9 @@ class Live:
     machine: m.Machine
     row: InstanceRow
     inbox: list[InboxRow] = field(default_factory=list)
+    backoff: set[int] = field(default_factory=set)
+    """Its steps (by seq) waiting out a retry's backoff: it is blocked on their timers,
+    so its trace segment ends (a step's next attempt runs in a segment of its own)."""
 
 
 @dataclass(slots=True)

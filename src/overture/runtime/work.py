@@ -31,6 +31,9 @@ from .executor import Done, Executor, StepInfo
 from .observer import AttemptTrace, Observer
 from .staging import Outcome, Stage
 
+STOPPED = "the engine stopped before the attempt ended (it runs again after a restart)"
+"""The error of an attempt span ended by the engine's stop (``Work.end_traces``)."""
+
 TASK_PUBLISHED = b"published"
 """The payload of a task row whose attempt is on its queue (``runtime/tasks.py``)."""
 TASK_BACKOFF = b"backoff"
@@ -77,6 +80,9 @@ class Work:
         # The rows whose attempt runs: a row stays "in flight" until its outcome is
         # applied (not merely reported), so the due-work scan cannot start a second one.
         self._inflight: set[str] = set()
+        # the spans of the attempts running (tracing only), ended by their outcome, or by
+        # end_traces when the engine stops first
+        self._attempt_traces: dict[str, AttemptTrace] = {}
         self._outcomes: deque[Outcome] = deque()
         self._stopping = False
         self.task_ended: Callable[[WorkRow], None] = lambda row: None
@@ -150,14 +156,25 @@ class Work:
         stored: bool = True,
     ) -> Done:
         observer = self._observer
+        traces = self._attempt_traces
+        if trace is not None:
+            traces[work_id] = trace
 
         def done(ok: bool, value: Any) -> None:
             observer.step_finished(info.name, attempt, info.instance_id, ok, monotonic() - began)
-            if trace is not None:
+            if trace is not None and traces.pop(work_id, None) is not None:
                 trace.end(ok, None if ok else value)
             self.report(Outcome(work_id, attempt, ok, value, stored, began))
 
         return done
+
+    def end_traces(self) -> None:
+        """End the spans of the attempts still running when the engine let go of them (it
+        stopped, or was abandoned): they end failed, as the attempt runs again after a
+        restart; an outcome reported later ends nothing twice."""
+        traces, self._attempt_traces = self._attempt_traces, {}
+        for trace in traces.values():
+            trace.end(False, RuntimeError(STOPPED))
 
     # -- rows --------------------------------------------------------------------------
 
@@ -229,13 +246,16 @@ class Work:
         observer.step_started(name, 1, iid)
         trace = observer.attempt_trace("step", name, 1, iid, None) if self._traces else None
         began = monotonic()
+        traces = self._attempt_traces
 
         def done(ok: bool, value: Any) -> None:  # for a call that suspended
             observer.step_finished(name, 1, iid, ok, monotonic() - began)
-            if trace is not None:
+            if trace is not None and traces.pop(work_id, None) is not None:
                 trace.end(ok, None if ok else value)
             self.report(Outcome(work_id, 1, ok, value, True, began))
 
+        if trace is not None:  # ended with its outcome, or at stop if it runs on
+            traces[work_id] = trace
         # (the hot path of every trivial step: no work row is made unless it is stored)
         eager = self._executor.start(
             call.fn,
@@ -249,7 +269,7 @@ class Work:
         )
         if eager is not None:
             observer.step_finished(name, 1, iid, eager[0], monotonic() - began)
-            if trace is not None:
+            if trace is not None and traces.pop(work_id, None) is not None:
                 trace.end(eager[0], None if eager[0] else eager[1])
             if eager[0]:
                 try:
