@@ -41,10 +41,10 @@ class Decoder:
         key = (first.partition, first.offset, len(records))
         decoded = stage.decoded.get(key)
         if decoded is None:
-            decoded = stage.decoded[key] = [self.decode(record) for record in records]
+            decoded = stage.decoded[key] = [self.envelope_of(record) for record in records]
         return decoded
 
-    def decode(self, record: Record) -> Envelope | MalformedEvent:
+    def envelope_of(self, record: Record) -> Envelope | MalformedEvent:
         """One record's envelope, or why it is not one (not memoized)."""
         if record.error is not None:  # the log could not make an event of what arrived
             return MalformedEvent(record.error)

@@ -128,7 +128,7 @@ class Router:
         decoded: Envelope | MalformedEvent | None = None,
     ) -> None:
         """Route one record (``decoded``: its envelope, if already decoded)."""
-        envelope = self._decoder.decode(record) if decoded is None else decoded
+        envelope = self._decoder.envelope_of(record) if decoded is None else decoded
         position = f"{record.partition}:{record.offset}"
         if isinstance(envelope, MalformedEvent):
             self._dead_letters.add(stage, position, "decode", str(envelope), None, record, now)
@@ -286,6 +286,7 @@ class Router:
             )
             return
         self._work.replay_handler(stage, dl_id, handler, letter.value, now)
+
 
 _TASK_RESULTS = frozenset({protocol.TASK_COMPLETED, protocol.TASK_FAILED})
 

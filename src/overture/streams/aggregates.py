@@ -127,7 +127,6 @@ class Sum(Aggregation):
 
     field: str
 
-
     def __post_init__(self) -> None:
         _check_field(self.field, "Sum")
 
@@ -206,7 +205,6 @@ class Mean(Aggregation):
     """The arithmetic mean of a numeric data field (None for no event)."""
 
     field: str
-
 
     def __post_init__(self) -> None:
         _check_field(self.field, "Mean")

@@ -299,15 +299,15 @@ class Streams:
     ) -> None:
         operator = definition.operator
         name = definition.name
-        dl_id = f"stream:{name}:{record.partition}:{record.offset}"
         try:
             key = operator.key_of(event)
         except Exception as error:
+            dl_id = f"stream:{name}:{record.partition}:{record.offset}"
             self._unusable(stage, dl_id, name, error, envelope, record, now)
             return
-        partition = record.partition % self._partitions
-        home = partition_for(key, self._partitions, partition)
-        if home != partition:
+        partitions = self._partitions
+        partition = record.partition % partitions
+        if partitions > 1 and partition_for(key, partitions, partition) != partition:
             # keyed otherwise in the log: the key's state lives on the partition of its
             # operator key, so the event goes there, atomically with this batch's offsets
             forwarded = Envelope(
@@ -359,10 +359,10 @@ class Streams:
     ) -> None:
         operator, name = definition.operator, definition.name
         partition = record.partition % self._partitions
-        dl_id = f"stream:{name}:{partition}:{record.offset}"
         try:
             time = event_time(event, operator.time_field)
         except OperatorInputError as error:
+            dl_id = f"stream:{name}:{partition}:{record.offset}"
             self._unusable(stage, dl_id, name, error, envelope, record, now)
             return
         part = self._parts[(name, partition)]
@@ -371,6 +371,7 @@ class Streams:
         try:
             step = operator.on_event(state, key, event, time, watermark)
         except Exception as error:
+            dl_id = f"stream:{name}:{partition}:{record.offset}"
             self._unusable(stage, dl_id, name, error, envelope, record, now)
             return
         if watermark != part.watermark:

@@ -187,9 +187,7 @@ class WindowOperator(Operator):
         self._aggs = list(aggregate.values())
         # Sliding windows compute their aggregations when a window is emitted: they always
         # work on a copy (see on_event)
-        self._in_place = not isinstance(window, Sliding) and all(
-            agg.total for agg in self._aggs
-        )
+        self._in_place = not isinstance(window, Sliding) and all(agg.total for agg in self._aggs)
         if isinstance(window, Tumbling):
             self._size = self._every = seconds(window.size, "size")
         elif isinstance(window, Hopping):
@@ -335,9 +333,10 @@ class WindowOperator(Operator):
         """Remove the windows whose end the watermark reached, with their results (for
         ``on_close``), oldest end first; prune a sliding window's old events."""
         windows: list[list[Any]] = doc["w"]
-        closing = sorted((w for w in windows if w[1] <= watermark), key=lambda w: (w[1], w[0]))
+        closing = [w for w in windows if w[1] <= watermark]
         outputs = []
         if closing:
+            closing.sort(key=lambda w: (w[1], w[0]))
             if self.emit == "on_close":
                 outputs = [self._output(key, doc, w, "") for w in closing]
             doc["w"] = [w for w in windows if w[1] > watermark]
