@@ -23,8 +23,8 @@ import math
 import os
 import re
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 from datetime import UTC, datetime
+from functools import lru_cache
 from time import time_ns
 from typing import Any, ClassVar, Self
 
