@@ -95,6 +95,12 @@ class Stage:
         self.decoded: dict[tuple[int, int, int], list[Envelope | MalformedEvent]] = {}
         self.events: dict[tuple[int, int], Event] = {}
 
+    def consumed(self) -> None:
+        """Every participant has consumed the records read: what was decoded of them
+        for sharing (``runtime/decoding.py``) is let go."""
+        self.decoded.clear()
+        self.events.clear()
+
     def put_state(self, namespace: str, key: bytes, value: bytes) -> None:
         """Stage a keyed-state entry (``runtime/keyed.py``), committed with this batch.
 
