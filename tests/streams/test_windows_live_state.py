@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
+from benchmarks.streams import make_app  # the benchmark's job: Count per key, 10 s windows
 
 import overture as ov
 from overture.codec import Codec
@@ -20,23 +21,6 @@ from overture.streams.runtime import _EMIT_NAMESPACE, derived_id, namespace
 from overture.testing import Harness
 
 T0 = 1_800_000_000.0
-
-
-def count_app(seen: list[ov.WindowResult]) -> ov.App:
-    app = ov.App("live")
-
-    @app.window(
-        source="view",
-        key="user",
-        window=ov.Tumbling(timedelta(seconds=10)),
-        aggregate={"n": ov.Count()},
-        time_field="at",
-        idle=None,
-    )
-    def views(result: ov.WindowResult) -> None:
-        seen.append(result)
-
-    return app
 
 
 def view(user: str, at: float) -> ov.Event:
@@ -60,41 +44,40 @@ def committed(h: Harness) -> list[Batch]:
 async def test_a_key_changed_by_many_events_is_written_once_with_the_offsets(
     tmp_path: Path,
 ) -> None:
-    seen: list[ov.WindowResult] = []
-    async with Harness(count_app(seen), f"sqlite:///{tmp_path / 'l.db'}") as h:
+    async with Harness(make_app(), f"sqlite:///{tmp_path / 'l.db'}") as h:
         batches = committed(h)
         h.client.send_many(h.client.envelope(view("u1", t)) for t in (1, 2, 3, 4, 5))
         h.client.send_many(h.client.envelope(view("u2", t)) for t in (1, 2))
         await h.idle()
         stream = [b for b in batches if b.offsets]
         assert len(stream) == 1, "the seven events are one batch"
-        entries = {k: v for (ns, k), v in stream[0].state.items() if ns == namespace("views")}
+        entries = {k: v for (ns, k), v in stream[0].state.items() if ns == namespace("counts")}
         assert sorted(k for k in entries if k.startswith(b"k:")) == [
             b"k:00000:u1",
             b"k:00000:u2",
         ]
         counts = {k: orjson.loads(v)["w"][0][2] for k, v in entries.items() if b":u" in k}
         assert counts == {b"k:00000:u1": [5], b"k:00000:u2": [2]}
-        assert [w.values for w in h.client.window("views", "u1")] == [{"n": 5}]
+        assert [w.values for w in h.client.window("counts", "u1")] == [{"n": 5}]
 
 
 async def test_state_changed_in_place_in_a_later_batch_survives_a_restart(
     tmp_path: Path,
 ) -> None:
-    seen: list[ov.WindowResult] = []
-    async with Harness(count_app(seen), f"sqlite:///{tmp_path / 'l.db'}") as h:
+    async with Harness(make_app(), f"sqlite:///{tmp_path / 'l.db'}") as h:
         h.client.send(view("u1", 1))
         await h.idle()
         h.client.send(view("u1", 2))  # the same live document, changed in place
         await h.idle()
         h.client.send(view("u1", 3))
         await h.idle()
-        assert [w.values for w in h.client.window("views", "u1")] == [{"n": 3}]
+        assert [w.values for w in h.client.window("counts", "u1")] == [{"n": 3}]
         await h.restart()
         h.client.send(view("u1", 4))
         h.client.send(view("u2", 12))  # closes [0, 10)
         await h.idle()
-        assert [(w.key, w.values) for w in seen] == [("u1", {"n": 4})]
+        results = [e.envelope.data for e in h.client.events(type="counted") if e.envelope]
+        assert results == [{"user": "u1", "n": 4}]
 
 
 def reduce_app(seen: list[ov.WindowResult]) -> ov.App:
@@ -182,14 +165,13 @@ class CountingCodec(Codec):
 
 
 async def test_a_record_the_router_and_a_window_read_is_decoded_once(tmp_path: Path) -> None:
-    seen: list[ov.WindowResult] = []
-    app = count_app(seen)
+    app = make_app()
     codec = CountingCodec(app)
     async with Harness(app, f"sqlite:///{tmp_path / 'd.db'}", codec=codec) as h:
         h.client.send_many(h.client.envelope(view(f"u{i}", i)) for i in range(5))
         before = codec.decoded
         await h.idle()
-        assert [w.values for w in h.client.window("views", "u3")] == [{"n": 1}]
+        assert [w.values for w in h.client.window("counts", "u3")] == [{"n": 1}]
         # five records consumed: the router (every record) and the window share each
         # one's envelope and typed event
         assert codec.decoded - before == 5
