@@ -173,7 +173,7 @@ async def test_a_record_the_router_and_a_window_read_is_decoded_once(tmp_path: P
         await h.idle()
         assert [w.values for w in h.client.window("counts", "u3")] == [{"n": 1}]
         # five records consumed: the router (every record) and the window share each
-        # one's envelope and typed event
+        # one's envelope
         assert codec.decoded - before == 5
 
 

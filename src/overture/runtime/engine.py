@@ -158,7 +158,7 @@ class Engine:
             self.stats,
         )
         tasks = Tasks(attempts, self._work, self._instances, observer, self.stats)
-        decoder = Decoder(codec, {t for d in app.streams for t in d.operator.sources})
+        decoder = Decoder(codec)
         router = Router(
             app,
             decoder,

@@ -154,10 +154,7 @@ class Router:
         triggers = self._app.triggers(envelope.type)
         sole = len(triggers) == 1
         try:
-            if sole:
-                event = self._codec.event(m.private_copy(envelope))
-            else:  # shared with the stream operators reading it (runtime/decoding.py)
-                event = self._decoder.event(stage, record, envelope)
+            event = self._codec.event(m.private_copy(envelope) if sole else envelope)
         except EventError as error:
             self._dead_letters.add(stage, position, "validate", str(error), envelope, record, now)
             return

@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 
 from ..core import machine as m
 from ..errors import MalformedEvent
-from ..events import Envelope, Event
+from ..events import Envelope
 from ..ports import Batch, InboxRow, InstanceRow, InstanceSnapshot, WaitRow, WorkRow
 
 K = TypeVar("K")
@@ -91,15 +91,13 @@ class Stage:
         self.snapshots: dict[str, InstanceSnapshot] = {}  # evicted instances, read in bulk
         self.dirty: dict[str, Live] = {}  # instances whose rows this batch writes
         # what ``runtime/decoding.py`` made of the consumed records, shared by every
-        # participant: envelopes by (partition, first offset, count), events by position
+        # participant: envelopes by (partition, first offset, count)
         self.decoded: dict[tuple[int, int, int], list[Envelope | MalformedEvent]] = {}
-        self.events: dict[tuple[int, int], Event] = {}
 
     def consumed(self) -> None:
         """Every participant has consumed the records read: what was decoded of them
         for sharing (``runtime/decoding.py``) is let go."""
         self.decoded.clear()
-        self.events.clear()
 
     def put_state(self, namespace: str, key: bytes, value: bytes) -> None:
         """Stage a keyed-state entry (``runtime/keyed.py``), committed with this batch.

@@ -28,7 +28,7 @@ commit with the batch's offsets however many events of the key the batch held. A
 restarted engine reads them again (on Kafka, restored from the changelog on assignment).
 
 Records are decoded once per batch for every participant (``runtime/decoding.py``): the
-router and this runtime share each record's envelope and typed event.
+router and this runtime share each record's envelope.
 
 Idle partitions: an operator with ``idle`` set also moves the partition's watermark with
 the engine clock, ``max(event watermark, now - idle - grace)``, at the moment that closes
@@ -133,8 +133,8 @@ class Streams:
     Args:
         app_name: the app's name (part of every emitted event's id and source).
         streams: the registered operators.
-        decoder: decodes records and makes typed events (once per batch, shared with
-            the router); its codec encodes emitted events.
+        decoder: decodes records (once per batch, shared with the router); its codec
+            makes typed events and encodes emitted events.
         keyed: keyed state through the batches not committed yet (its store is read at
             start).
         partitions: how many partitions the log has (re-keying).
@@ -220,7 +220,7 @@ class Streams:
             if not definitions:
                 continue
             try:
-                event = self._decoder.event(stage, record, envelope)
+                event = self._codec.event(envelope)
             except EventError:
                 continue  # invalid for its contract: dead-lettered by the router
             for definition in definitions:
