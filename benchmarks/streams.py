@@ -4,7 +4,9 @@
 advancing so that windows keep closing as the stream goes on: ``K`` events per 10 s of
 event time by default, each key about once per window), then one engine drains the log;
 reported: events/s of the drain, window results emitted, and the state bytes per open
-window (the JSON a key's open windows take in keyed state). Not a timed test.
+window (the JSON a key's open windows take in keyed state), and the drain's CPU seconds
+(every thread of the process) per 100,000 events, steadier than events/s on a shared
+machine. Not a timed test.
 
     .venv/bin/python -m benchmarks.streams --events 1000000 --keys 10000
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import tempfile
 import time
 from datetime import timedelta
@@ -56,17 +59,23 @@ def fill(url: str, events: int, keys: int, per_window: int) -> None:
             )
 
 
-async def drain(url: str) -> tuple[float, dict[str, int], int, int]:
+def cpu_seconds() -> float:
+    """CPU time of this process so far, every thread (the commit's included)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def drain(url: str) -> tuple[float, float, dict[str, int], int, int]:
     app = make_app()
     backend = open_backend(url)
     engine = ov.Engine(app, backend, batch_size=2000)  # type: ignore[arg-type]
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), cpu_seconds()
     await engine.run_until_idle(max_iterations=10_000_000)
-    elapsed = time.perf_counter() - began
+    elapsed, cpu = time.perf_counter() - began, cpu_seconds() - cpu
     entries = backend.store.scan(namespace("counts"), b"k:")  # type: ignore[attr-defined]
     size = sum(len(v) for _, v in entries)
     await engine.stop(0)
-    return elapsed, dict(engine.stats), len(entries), size
+    return elapsed, cpu, dict(engine.stats), len(entries), size
 
 
 def main() -> None:
@@ -81,9 +90,11 @@ def main() -> None:
     began = time.perf_counter()
     fill(url, args.events, args.keys, args.per_window or args.keys)
     print(f"filled {args.events:,} events in {time.perf_counter() - began:.1f} s")
-    elapsed, stats, open_keys, size = asyncio.run(drain(url))
+    elapsed, cpu, stats, open_keys, size = asyncio.run(drain(url))
     print(f"drained {stats['records']:,} records in {elapsed:.1f} s: "
           f"{args.events / elapsed:,.0f} events/s")  # fmt: skip
+    # steadier than events/s on a shared machine: CPU (all threads) per 100,000 events
+    print(f"CPU: {cpu:.1f} s, {cpu * 100_000 / args.events:.2f} s per 100k events")
     print(f"window results: {stats['stream_results']:,}; late: {stats['stream_late']}")
     if open_keys:
         print(f"open at the end: {open_keys:,} keys, {size / open_keys:.0f} state bytes per key")

@@ -90,6 +90,31 @@ def test_append_deduplicates_event_ids_as_declared_and_finds_them(subject: Subje
     assert log.find_event("nope") is None
 
 
+def test_an_event_id_repeated_in_one_append_or_commit_is_written_once(subject: Subject) -> None:
+    if not subject.backend.capabilities.dedups_event_ids:
+        pytest.skip("this backend appends a repeated id again (declared)")
+    log = subject.backend.log
+    out = log.append(
+        [
+            NewRecord("k", event(1, "r1"), event_id="r1"),
+            NewRecord("k", event(2, "r1"), event_id="r1"),  # the same id: not written
+            NewRecord("k", event(3, "r2"), event_id="r2"),
+        ]
+    )
+    assert out[0] is not None and out[1] is None
+    assert out[2] == (out[0][0], out[0][1] + 1), "the offsets stay contiguous"
+    # a commit written row by row (it carries keyed state) skips known ids the same way
+    batch = Batch("g")
+    batch.appends.extend(
+        [NewRecord("k", event(4, "r2"), "r2", "t"), NewRecord("k", event(5, "r3"), "r3", "t")]
+    )
+    batch.state[("ns", b"key")] = b"value"
+    subject.engine().store.commit(batch)
+    records = log.read(out[0][0], out[0][1], 10)
+    assert [data(r.value) for r in records] == [1, 3, 5]
+    assert [r.offset for r in records] == [out[0][1] + i for i in range(3)]
+
+
 def test_read_respects_offset_and_limit(subject: Subject) -> None:
     log = subject.backend.log
     log.append([NewRecord("k", event(i)) for i in range(10)])

@@ -39,6 +39,7 @@ from ..streams.runtime import Streams
 from . import gcpolicy
 from .clock import Clock, SystemClock
 from .deadletters import DeadLetters
+from .decoding import Decoder
 from .executor import Executor
 from .instances import Instances
 from .loop import PartitionLoop
@@ -157,9 +158,10 @@ class Engine:
             self.stats,
         )
         tasks = Tasks(attempts, self._work, self._instances, observer, self.stats)
+        decoder = Decoder(codec)
         router = Router(
             app,
-            codec,
+            decoder,
             store,
             log.partitions,
             self._instances,
@@ -189,7 +191,7 @@ class Engine:
             self._streams = Streams(
                 app.name,
                 app.streams,
-                codec,
+                decoder,
                 store,
                 log.partitions,
                 list(range(log.partitions)) if consumed is None else consumed,

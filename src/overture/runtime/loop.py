@@ -170,6 +170,7 @@ class PartitionLoop:
             self._observer.batch_consumed(part, len(records))
             for participant in self._participants:
                 participant.consume(stage, records, now)
+            stage.consumed()
             self._positions[part] = records[-1].offset + 1
             stage.batch.offsets[part] = self._positions[part]
             self._stats["records"] += len(records)

@@ -18,12 +18,12 @@ from typing import Any
 
 from .. import protocol
 from ..app import App
-from ..codec import Codec
 from ..core import machine as m
 from ..errors import EventError, MalformedEvent
 from ..events import Envelope
 from ..ports import NewRecord, Record, Store
 from .deadletters import DeadLetters, record_of
+from .decoding import Decoder
 from .instances import Instances
 from .observer import NO_OBSERVER, Observer
 from .remote import RemoteWaits
@@ -40,6 +40,7 @@ class Router:
 
     Args:
         app: the application (triggers, handlers, event contracts).
+        decoder: decodes the records (once per batch, shared with the stream operators).
         store: what prefetching reads (which triggers already started an instance).
         partitions: how many partitions the log has.
         instances, work, waits, remote, dead_letters, tasks: the objects records feed.
@@ -50,7 +51,7 @@ class Router:
     def __init__(
         self,
         app: App,
-        codec: Codec,
+        decoder: Decoder,
         store: Store,
         partitions: int,
         instances: Instances,
@@ -63,7 +64,8 @@ class Router:
         observer: Observer = NO_OBSERVER,
     ) -> None:
         self._app = app
-        self._codec = codec
+        self._decoder = decoder
+        self._codec = decoder.codec
         self._store = store
         self._partitions = partitions
         self._instances = instances
@@ -77,7 +79,7 @@ class Router:
 
     def route_all(self, stage: Stage, records: Sequence[Record], now: float) -> None:
         """Route the records of one partition, in offset order."""
-        envelopes = [self._decode(record) for record in records]
+        envelopes = self._decoder.envelopes(stage, records)
         self._prefetch(stage, envelopes)
         observer = self._observer
         if not observer.traces:
@@ -126,7 +128,7 @@ class Router:
         decoded: Envelope | MalformedEvent | None = None,
     ) -> None:
         """Route one record (``decoded``: its envelope, if already decoded)."""
-        envelope = self._decode(record) if decoded is None else decoded
+        envelope = self._decoder.envelope_of(record) if decoded is None else decoded
         position = f"{record.partition}:{record.offset}"
         if isinstance(envelope, MalformedEvent):
             self._dead_letters.add(stage, position, "decode", str(envelope), None, record, now)
@@ -281,14 +283,6 @@ class Router:
             )
             return
         self._work.replay_handler(stage, dl_id, handler, letter.value, now)
-
-    def _decode(self, record: Record) -> Envelope | MalformedEvent:
-        if record.error is not None:  # the log could not make an event of what arrived
-            return MalformedEvent(record.error)
-        try:
-            return self._codec.from_bytes(record.value)
-        except MalformedEvent as error:
-            return error
 
 
 _TASK_RESULTS = frozenset({protocol.TASK_COMPLETED, protocol.TASK_FAILED})

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from ..core import machine as m
+from ..errors import MalformedEvent
+from ..events import Envelope
 from ..ports import Batch, InboxRow, InstanceRow, InstanceSnapshot, WaitRow, WorkRow
 
 K = TypeVar("K")
@@ -91,6 +93,14 @@ class Stage:
         self.existing: set[str] = set()  # of those, instances already in the store
         self.snapshots: dict[str, InstanceSnapshot] = {}  # evicted instances, read in bulk
         self.dirty: dict[str, Live] = {}  # instances whose rows this batch writes
+        # what ``runtime/decoding.py`` made of the consumed records, shared by every
+        # participant: envelopes by (partition, first offset, count)
+        self.decoded: dict[tuple[int, int, int], list[Envelope | MalformedEvent]] = {}
+
+    def consumed(self) -> None:
+        """Every participant has consumed the records read: what was decoded of them
+        for sharing (``runtime/decoding.py``) is let go."""
+        self.decoded.clear()
 
     def put_state(self, namespace: str, key: bytes, value: bytes) -> None:
         """Stage a keyed-state entry (``runtime/keyed.py``), committed with this batch.

@@ -28,6 +28,12 @@ class Aggregation(ABC):
     mergeable = True
     """Whether :meth:`merge` works (session windows need it)."""
 
+    total = False
+    """True if :meth:`add` and :meth:`merge` never raise and never change the
+    accumulators they are given (they return new ones): the window operator then folds
+    events into a key's live state directly, instead of into a copy kept only once every
+    step succeeded."""
+
     @abstractmethod
     def extract(self, data: Any) -> Any:
         """What this aggregation takes from one event's data (JSON).
@@ -73,6 +79,21 @@ def _hashable(data: Any, name: str) -> Any:
     return value
 
 
+_INT_RANGE = (-(2**63), 2**64 - 1)
+"""The integers the state's JSON (orjson) can hold."""
+
+
+def _storable(value: Any) -> Any:
+    """``value``, refused if it is an integer the stored state could not hold.
+
+    Raises:
+        OperatorInputError: an integer sum grew past 64 bits.
+    """
+    if type(value) is int and not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
+        raise OperatorInputError(f"the sum {value} no longer fits in 64 bits")
+    return value
+
+
 def _check_field(field: Any, what: str) -> None:
     if not isinstance(field, str) or not field:
         raise ConfigError(f"{what} needs the name of a data field")
@@ -81,6 +102,8 @@ def _check_field(field: Any, what: str) -> None:
 @dataclass(frozen=True, slots=True)
 class Count(Aggregation):
     """The number of events in the window."""
+
+    total = True
 
     def extract(self, data: Any) -> Any:
         return None
@@ -114,10 +137,10 @@ class Sum(Aggregation):
         return 0
 
     def add(self, acc: Any, value: Any, time: float) -> Any:
-        return acc + value
+        return _storable(acc + value)
 
     def merge(self, a: Any, b: Any) -> Any:
-        return a + b
+        return _storable(a + b)
 
     def result(self, acc: Any) -> Any:
         return acc
@@ -128,6 +151,8 @@ class Min(Aggregation):
     """The smallest value of a numeric data field (None for no event)."""
 
     field: str
+
+    total = True
 
     def __post_init__(self) -> None:
         _check_field(self.field, "Min")
@@ -153,6 +178,8 @@ class Max(Aggregation):
     """The largest value of a numeric data field (None for no event)."""
 
     field: str
+
+    total = True
 
     def __post_init__(self) -> None:
         _check_field(self.field, "Max")
@@ -189,10 +216,10 @@ class Mean(Aggregation):
         return [0, 0]
 
     def add(self, acc: Any, value: Any, time: float) -> Any:
-        return [acc[0] + value, acc[1] + 1]
+        return [_storable(acc[0] + value), acc[1] + 1]
 
     def merge(self, a: Any, b: Any) -> Any:
-        return [a[0] + b[0], a[1] + b[1]]
+        return [_storable(a[0] + b[0]), a[1] + b[1]]
 
     def result(self, acc: Any) -> Any:
         return acc[0] / acc[1] if acc[1] else None
@@ -208,6 +235,8 @@ class CountDistinct(Aggregation):
     """The number of distinct values of a data field (exact: the values are kept)."""
 
     field: str
+
+    total = True
 
     def __post_init__(self) -> None:
         _check_field(self.field, "CountDistinct")
@@ -235,6 +264,8 @@ class TopK(Aggregation):
 
     field: str
     k: int
+
+    total = True
 
     def __post_init__(self) -> None:
         _check_field(self.field, "TopK")
@@ -269,6 +300,8 @@ class Last(Aggregation):
     at the same time, the last to arrive); None for no event."""
 
     field: str
+
+    total = True
 
     def __post_init__(self) -> None:
         _check_field(self.field, "Last")

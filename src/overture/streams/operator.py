@@ -22,7 +22,7 @@ What the runtime does with one event of a type in :attr:`Operator.sources`:
    already includes it. ``grace`` is folded into the watermark: an operator compares
    event times and window ends with ``watermark`` directly.
 4. ``step = operator.on_event(state, key, event, t, watermark)`` where ``state`` is the
-   key's stored bytes (``None``: nothing stored). The runtime stores ``step.state``
+   key's state (its live form, below; ``None``: nothing stored). The runtime stores ``step.state``
    (``None`` deletes the key's entry: the state is bounded because an operator returns
    ``None`` once nothing can change any more), calls the callback once per output in
    ``step.outputs``, in order, and counts the event as late if ``step.late`` (it then
@@ -50,6 +50,15 @@ a crash emits the same ids, which the log's dedup makes exactly once.
 State bytes are the operator's own format (the runtime never looks inside): make it
 versioned so a later release can read it. Operators must be deterministic: the same
 state, event and watermark give the same step.
+
+Live state: the runtime keeps each key's state in memory in the operator's *live* form,
+``operator.load(stored bytes)``, hands that form to ``on_event``, ``on_watermark``,
+``wake_at`` and ``describe``, and turns it back into bytes with ``operator.dump`` only
+when the batch is sealed, once per key the batch changed (not once per event). The
+default live form is the bytes themselves (``load`` and ``dump`` return what they are
+given). An operator with a richer live form (the window operator's decoded document) may
+change the object it is given in place and return it as ``step.state``; if ``on_event``
+raises, the object must be left as it was (the event is dead-lettered, nothing changed).
 
 Registering: the app keeps one :class:`StreamDef` per operator (``App.add_stream``,
 ``App.streams``); ``@app.window`` and ``@app.pattern`` build them.
@@ -86,8 +95,10 @@ class Output:
 class Step:
     """What an operator made of an event or a watermark for one key."""
 
-    state: bytes | None
-    """The key's new state; ``None`` deletes it (nothing can change it any more)."""
+    state: Any | None
+    """The key's new state in its live form (see the module docstring: bytes unless the
+    operator's ``load`` says otherwise); ``None`` deletes it (nothing can change it any
+    more)."""
     outputs: tuple[Output, ...] = ()
     """Results, in the order the callback is to see them."""
     late: bool = False
@@ -115,6 +126,16 @@ class Operator(ABC):
     idle: float | None
     time_field: str | None
 
+    def load(self, stored: bytes) -> Any:
+        """The live form of a key's stored state (default: the bytes themselves)."""
+        return stored
+
+    def dump(self, state: Any) -> bytes:
+        """The bytes stored for a key's live state (default: the live form is bytes)."""
+        if type(state) is not bytes:
+            raise TypeError(f"{type(self).__name__} state is bytes, not {type(state).__name__}")
+        return state
+
     @abstractmethod
     def key_of(self, event: Event) -> str:
         """The operator key of ``event``.
@@ -125,7 +146,7 @@ class Operator(ABC):
 
     @abstractmethod
     def on_event(
-        self, state: bytes | None, key: str, event: Event, time: float, watermark: float
+        self, state: Any | None, key: str, event: Event, time: float, watermark: float
     ) -> Step:
         """Fold one event of ``key`` (event time ``time``) into the key's state.
 
@@ -134,16 +155,16 @@ class Operator(ABC):
         """
 
     @abstractmethod
-    def on_watermark(self, state: bytes, key: str, watermark: float) -> Step:
+    def on_watermark(self, state: Any, key: str, watermark: float) -> Step:
         """React to the watermark reaching ``wake_at(state)`` with no event of the key:
         close what ends at or before ``watermark``, fire what times out."""
 
     @abstractmethod
-    def wake_at(self, state: bytes) -> float | None:
+    def wake_at(self, state: Any) -> float | None:
         """The watermark at which :meth:`on_watermark` must be called, or None."""
 
     @abstractmethod
-    def describe(self, key: str, state: bytes) -> list[Any]:
+    def describe(self, key: str, state: Any) -> list[Any]:
         """What is open for the key now (``client.window``: the open windows' results),
         as JSON-ready values."""
 

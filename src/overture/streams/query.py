@@ -53,7 +53,7 @@ def view(
         elif entry.startswith(b"k:"):
             k = entry[len(b"k:00000:") :].decode()
             if key is None or k == key:
-                found.extend(operator.describe(k, value))
+                found.extend(operator.describe(k, operator.load(value)))
     return StreamView([_typed(item) for item in found], late)
 
 

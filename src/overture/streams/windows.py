@@ -144,7 +144,9 @@ class WindowOperator(Operator):
 
     State of a key (JSON): ``{"v": 1, "w": [[start, end, [acc...], updates], ...]}``
     (open windows by start), plus ``"e": [[time, [input...]], ...]`` (its recent events)
-    for ``Sliding``.
+    for ``Sliding``. Its live form (``load``) is that document decoded, folded into in
+    place when every aggregation is ``total`` (else into a copy, kept once every ``add``
+    succeeded), and encoded again only when the runtime seals a batch that changed it.
     """
 
     def __init__(
@@ -183,6 +185,9 @@ class WindowOperator(Operator):
         self._key = key_function(key)
         self._names = list(aggregate)
         self._aggs = list(aggregate.values())
+        # Sliding windows compute their aggregations when a window is emitted: they always
+        # work on a copy (see on_event)
+        self._in_place = not isinstance(window, Sliding) and all(agg.total for agg in self._aggs)
         if isinstance(window, Tumbling):
             self._size = self._every = seconds(window.size, "size")
         elif isinstance(window, Hopping):
@@ -197,12 +202,25 @@ class WindowOperator(Operator):
     def key_of(self, event: Event) -> str:
         return self._key(event)
 
+    def load(self, stored: bytes) -> dict[str, Any]:
+        return self._load(stored)
+
+    def dump(self, state: Any) -> bytes:
+        return orjson.dumps(state)
+
     def on_event(
-        self, state: bytes | None, key: str, event: Event, time: float, watermark: float
+        self, state: Any | None, key: str, event: Event, time: float, watermark: float
     ) -> Step:
         data = event.envelope.data
         inputs = [agg.extract(data) for agg in self._aggs]  # may raise: nothing changed yet
-        doc = self._load(state)
+        if state is None:
+            doc = self._load(None)
+        elif self._in_place:
+            doc = state  # nothing below raises: the live state itself
+        else:
+            # an aggregation that may change its accumulator, or a sliding window (whose
+            # results are computed as it goes): a copy, kept only if all went well
+            doc = orjson.loads(orjson.dumps(state))
         outputs = self._close(doc, key, watermark)
         if isinstance(self.window, Sliding):
             late, changed = self._slide(doc, time, inputs, watermark)
@@ -214,18 +232,18 @@ class WindowOperator(Operator):
             for window in changed:
                 window[3] += 1
                 outputs.append(self._output(key, doc, window, f":{window[3]}"))
-        return Step(self._dump(doc), tuple(outputs), late)
+        return Step(self._live(doc), tuple(outputs), late)
 
-    def on_watermark(self, state: bytes, key: str, watermark: float) -> Step:
-        doc = self._load(state)
+    def on_watermark(self, state: Any, key: str, watermark: float) -> Step:
+        doc = state
         outputs = self._close(doc, key, watermark)
-        return Step(self._dump(doc), tuple(outputs))
+        return Step(self._live(doc), tuple(outputs))
 
-    def wake_at(self, state: bytes) -> float | None:
-        return self._wake(self._load(state))
+    def wake_at(self, state: Any) -> float | None:
+        return self._wake(state)
 
-    def describe(self, key: str, state: bytes) -> list[Any]:
-        doc = self._load(state)
+    def describe(self, key: str, state: Any) -> list[Any]:
+        doc = state
         return [
             {
                 "key": key,
@@ -245,20 +263,25 @@ class WindowOperator(Operator):
         size, every = self._size, self._every
         windows: list[list[Any]] = doc["w"]
         by_start = {w[0]: w for w in windows}
-        changed = []
+        folded: list[tuple[list[Any], list[Any], bool]] = []
         index = math.floor((time - size) / every) + 1  # the first start > time - size
         while (start := index * every) <= time:  # multiples, not sums: no float drift
             index += 1
             end = start + size
             if end > watermark and start <= time < end:
                 window = by_start.get(start)
+                new = window is None
                 if window is None:
                     window = [start, end, [agg.initial() for agg in self._aggs], 0]
-                    windows.append(window)
-                    by_start[start] = window
-                self._fold(window, inputs, time)
-                changed.append(window)
-        windows.sort(key=lambda w: w[0])
+                folded.append((window, self._folded(window, inputs, time), new))
+        # every accumulator made (an add may raise): only now is the state changed
+        for window, accs, new in folded:
+            window[2] = accs
+            if new:
+                windows.append(window)
+        if any(new for _, _, new in folded):
+            windows.sort(key=lambda w: w[0])
+        changed = [window for window, _, _ in folded]
         return not changed, changed
 
     def _sessionize(
@@ -279,8 +302,10 @@ class WindowOperator(Operator):
                 agg.merge(a, b) for agg, a, b in zip(self._aggs, merged[2], w[2], strict=True)
             ]
             merged[3] += w[3]
+        merged[2] = self._folded(merged, inputs, time)
+        # every accumulator made (a merge or add may raise): only now is the state changed
+        for w in touching:
             windows.remove(w)
-        self._fold(merged, inputs, time)
         windows.append(merged)
         windows.sort(key=lambda w: w[0])
         return False, [merged]
@@ -308,9 +333,10 @@ class WindowOperator(Operator):
         """Remove the windows whose end the watermark reached, with their results (for
         ``on_close``), oldest end first; prune a sliding window's old events."""
         windows: list[list[Any]] = doc["w"]
-        closing = sorted((w for w in windows if w[1] <= watermark), key=lambda w: (w[1], w[0]))
+        closing = [w for w in windows if w[1] <= watermark]
         outputs = []
         if closing:
+            closing.sort(key=lambda w: (w[1], w[0]))
             if self.emit == "on_close":
                 outputs = [self._output(key, doc, w, "") for w in closing]
             doc["w"] = [w for w in windows if w[1] > watermark]
@@ -327,8 +353,10 @@ class WindowOperator(Operator):
             ends.append(doc["e"][0][0] + self._size)  # when its oldest event can go
         return min(ends) if ends else None
 
-    def _fold(self, window: list[Any], inputs: list[Any], time: float) -> None:
-        window[2] = [
+    def _folded(self, window: list[Any], inputs: list[Any], time: float) -> list[Any]:
+        """The window's accumulators with the event folded in (new ones: a window's own
+        are left as they are)."""
+        return [
             agg.add(acc, v, time) for agg, acc, v in zip(self._aggs, window[2], inputs, strict=True)
         ]
 
@@ -362,7 +390,8 @@ class WindowOperator(Operator):
             doc.setdefault("e", [])
         return doc
 
-    def _dump(self, doc: dict[str, Any]) -> bytes | None:
+    def _live(self, doc: dict[str, Any]) -> dict[str, Any] | None:
+        """The key's state after a step: None once nothing is open (the entry goes)."""
         if not doc["w"] and not doc.get("e"):
             return None
-        return orjson.dumps(doc)
+        return doc
