@@ -206,7 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     with ov.Client(f"sqlite:///{db}", app=app) as client:
         for e in streamdemo.emitted(client, RecommendationsUpdated)[-len(VISITS) :]:
             assert isinstance(e, RecommendationsUpdated)
-            print(f"recommendations of {e.user_id}: {list(zip(e.categories, e.activity))}")
+            ranked = list(zip(e.categories, e.activity, strict=True))
+            print(f"recommendations of {e.user_id}: {ranked}")
         for i in client.instances(process="follow_up"):
             print(f"follow-up of {i.key}: {i.result}")
     print(f"database: {db}")
