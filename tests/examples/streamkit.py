@@ -7,14 +7,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from examples.streamdemo import emitted
 
 from ..conftest import REPO_ROOT
 
-__all__ = ["T0", "at", "emitted", "run_demo"]
+__all__ = ["T0", "at", "emitted", "run_demo", "settled"]
+
+T = TypeVar("T")
 
 T0 = 1_800_000_000.0
 """Where ``VirtualClock`` starts: event times are given relative to it."""
@@ -38,3 +43,12 @@ def run_demo(module: str, db: Path) -> str:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
+
+
+def settled(read: Callable[[], T], timeout: float = 10.0) -> T:
+    """``read()`` once it returns something truthy: on Kafka a client's view of the
+    state follows the changelog, a moment behind the engine's commit."""
+    deadline = time.monotonic() + timeout
+    while not (value := read()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return value

@@ -12,7 +12,7 @@ import overture as ov
 from examples import personalization as pz
 
 from ..test_examples import Factory
-from .streamkit import T0, at, emitted, run_demo
+from .streamkit import T0, at, emitted, run_demo, settled
 
 GRACE = pz.GRACE.total_seconds()
 NOW = 2700
@@ -74,7 +74,7 @@ async def test_recommendations_follow_the_sliding_window_and_the_follow_up_uses_
         assert sorted(got, key=lambda g: g[0]) == reference(events)
         assert got[-1][1] == [["shoes", 3], ["jackets", 2], ["headphones", 1]]  # no kayaks
 
-        [follow_up] = h.client.instances(process="follow_up")
+        [follow_up] = settled(lambda: h.client.instances(process="follow_up"))
         assert follow_up.status == "completed"
         assert follow_up.result == {
             "order_id": "o-1",
@@ -104,7 +104,7 @@ async def test_without_fresh_recommendations_the_follow_up_recommends_bestseller
             )
         )
         await h.idle()
-        [waiting] = h.client.instances()
+        [waiting] = settled(h.client.instances)
         assert waiting.status == "waiting"
         await h.advance(pz.FRESH_TIMEOUT.total_seconds())
         done = h.client.instance(waiting.id)

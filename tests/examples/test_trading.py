@@ -11,7 +11,7 @@ import overture as ov
 from examples import trading as tr
 
 from ..test_examples import Factory
-from .streamkit import T0, at, emitted, run_demo
+from .streamkit import T0, at, emitted, run_demo, settled
 
 
 def session() -> list[tr.Trade]:
@@ -94,7 +94,7 @@ async def test_the_risk_officer_resumes_a_halted_symbol(harness: Factory) -> Non
         h.client.send_many(t.envelope for t in session() if t.symbol == "ACME")
         await h.idle()
         await h.advance(60)
-        [check] = h.client.instances(process="risk_check")
+        [check] = settled(lambda: h.client.instances(process="risk_check"))
         assert check.status == "waiting"
         h.client.send(tr.RiskCleared(symbol="ACME", officer="r.ortiz"))
         await h.idle()
