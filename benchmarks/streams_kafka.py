@@ -25,7 +25,7 @@ and both run exactly once (Overture: Kafka transactions, always; Quix:
 ``processing_guarantee="exactly-once"``, its default ``commit_interval`` of 5 s).
 
     bash benchmarks/peers/setup.sh quix          # .venv-peers with quixstreams
-    .venv/bin/python -m benchmarks.streams_kafka                       # 1M events, 3 repeats
+    .venv/bin/python -m benchmarks.streams_kafka        # 1M events, 3 repeats (~20 min)
     .venv/bin/python -m benchmarks.streams_kafka --events 100000 --repeat 1 --systems overture
 
 The broker is ``overture.devkafka``'s (state in ``.overture/bench-kafka``), started unless
@@ -69,7 +69,6 @@ from .kafka import proc_cpu
 ROOT = Path(__file__).resolve().parent.parent
 PEER_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
 QUIX = ROOT / "benchmarks" / "peers" / "quix_streams.py"
-T0 = 1_800_000_000.0
 WINDOW = 10.0
 SYSTEMS = ("overture", "quix")
 
@@ -134,7 +133,10 @@ class Topics:
                 ),
             ]
         else:
-            topics = [NewTopic(self.input, self.partitions, 1), NewTopic(self.output, self.partitions, 1)]
+            topics = [
+                NewTopic(self.input, self.partitions, 1),
+                NewTopic(self.output, self.partitions, 1),
+            ]
         for future in admin.create_topics(topics).values():
             future.result()
 
@@ -147,12 +149,20 @@ class Records:
     def __init__(self, system: str, partitions: int) -> None:
         self.system = system
         self.partitions = partitions
-        envelope = ov.Event.of("view", {"user": "u", "at": T0}, key="u").envelope
+        envelope = ov.Event.of("view", {"user": "u", "at": 0.0}, key="u").envelope
         _, headers, _ = to_binary(Codec().to_bytes(envelope))
         self._headers = [(k, v) for k, v in headers or [] if k not in ("ce_id", "ce_partitionkey")]
         self._run = uuid.uuid4().hex[:8]
 
-    def produce(self, producer: Producer, topic: str, i: int, user: str, at: float) -> None:
+    def produce(
+        self,
+        producer: Producer,
+        topic: str,
+        i: int,
+        user: str,
+        at: float,
+        on_delivery: Callable[[Any, Any], None] | None = None,
+    ) -> None:
         value = orjson.dumps({"user": user, "at": at})
         partition = partition_for(user, self.partitions)
         key = user.encode()
@@ -164,11 +174,15 @@ class Records:
                         ("ce_id", f"{self._run}-{i}".encode()),
                         ("ce_partitionkey", key),
                     ]
-                    producer.produce(topic, value, key, partition=partition, headers=headers)
+                    producer.produce(
+                        topic, value, key, partition=partition, headers=headers,
+                        on_delivery=on_delivery,
+                    )  # fmt: skip
                 else:
                     producer.produce(
-                        topic, value, key, partition=partition, timestamp=int(at * 1000)
-                    )
+                        topic, value, key, partition=partition, timestamp=int(at * 1000),
+                        on_delivery=on_delivery,
+                    )  # fmt: skip
                 return
             except BufferError:
                 producer.poll(0.05)
@@ -188,16 +202,25 @@ def producer_for(bootstrap: str) -> Producer:
     )
 
 
-def prefill(topics: Topics, events: int, keys: int) -> None:
+def prefill(topics: Topics, events: int, keys: int, per_window: int) -> None:
+    """``events`` events, ``per_window`` per 10 s of event time, keys in turn; the times
+    end a minute ago (brokers refuse record timestamps far in the future)."""
     records = Records(topics.system, topics.partitions)
     producer = producer_for(topics.bootstrap)
-    step = WINDOW / keys
+    step = WINDOW / per_window
+    t0 = (time.time() - 60 - events * step) // WINDOW * WINDOW
+    failed: list[str] = []
+
+    def delivered(error: Any, _message: Any) -> None:
+        if error is not None:
+            failed.append(str(error))
+
     for i in range(events):
-        records.produce(producer, topics.input, i, f"u{i % keys}", T0 + i * step)
+        records.produce(producer, topics.input, i, f"u{i % keys}", t0 + i * step, delivered)
         if i % 10_000 == 0:
             producer.poll(0)
-    if producer.flush(120) != 0:
-        raise RuntimeError("the producer could not deliver every event")
+    if producer.flush(120) != 0 or failed:
+        raise RuntimeError(f"the producer could not deliver every event: {failed[:3]}")
 
 
 # -- the system under test ----------------------------------------------------------------
@@ -206,15 +229,19 @@ def prefill(topics: Topics, events: int, keys: int) -> None:
 class System:
     """One system's process (its own session, stopped by its pid)."""
 
-    def __init__(self, topics: Topics, log: Path, guarantee: str) -> None:
+    def __init__(self, topics: Topics, log: Path, guarantee: str, batch: int | None) -> None:
         self.topics = topics
         self.log = log
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        }
         self.state = Path(tempfile.mkdtemp(prefix="quix-state-"))
         if topics.system == "overture":
             cmd = [
                 sys.executable, "-m", "overture.cli", "run", "benchmarks.streams_kafka:app",
                 "--backend", topics.url, "--log-level", "WARNING", "--no-tasks",
+                *(["--batch-size", str(batch)] if batch else []),
             ]  # fmt: skip
         else:
             if not PEER_PYTHON.exists():
@@ -318,7 +345,7 @@ class Results(threading.Thread):
                     continue
                 if overture:
                     headers = message.headers() or []
-                    if (b"counted" not in (v for k, v in headers if k == "ce_type")):
+                    if b"counted" not in (v for k, v in headers if k == "ce_type"):
                         continue
                     data = orjson.loads(message.value())
                     end, n = float(data["end"]), int(data["n"])
@@ -383,14 +410,20 @@ class Latency:
     bytes_per_open_window: float
 
 
-def throughput(system_name: str, args: argparse.Namespace, bootstrap: str, logs: Path) -> Throughput:
+def throughput(
+    system_name: str, args: argparse.Namespace, bootstrap: str, logs: Path
+) -> Throughput:
     topics = Topics(system_name, bootstrap, args.partitions)
     topics.create()
-    prefill(topics, args.events, args.keys)
-    expected = (args.events // args.keys - 1) * args.keys
+    prefill(topics, args.events, args.keys, args.per_window)
+    # every window but the last of each key closes: the windows' events less the last's
+    windows = args.events // args.per_window
+    expected = (windows - 1) * min(args.keys, args.per_window)
     results = Results(topics)
     results.start()
-    system = System(topics, logs / f"{system_name}-throughput.log", args.quix_guarantee)
+    system = System(
+        topics, logs / f"{system_name}-throughput.log", args.quix_guarantee, args.batch_size
+    )
     _results[id(system)] = results
     try:
         cpu0 = system.cpu()
@@ -404,7 +437,8 @@ def throughput(system_name: str, args: argparse.Namespace, bootstrap: str, logs:
     if not complete:
         print(f"  {system_name}: only {len(seen):,} of {expected:,} window results", flush=True)
     span = seen[-1] - seen[0] if len(seen) > 1 else float("nan")
-    per_s = (args.events - args.keys) / span if complete else float("nan")
+    # the first result comes once the first window's events are in
+    per_s = (args.events - args.per_window) / span if complete else float("nan")
     return Throughput(
         system_name, args.events, len(seen), per_s, cpu / args.events * 100_000, peak / 2**20
     )
@@ -415,7 +449,9 @@ def latency(system_name: str, args: argparse.Namespace, bootstrap: str, logs: Pa
     topics.create()
     results = Results(topics)
     results.start()
-    system = System(topics, logs / f"{system_name}-latency.log", args.quix_guarantee)
+    system = System(
+        topics, logs / f"{system_name}-latency.log", args.quix_guarantee, args.batch_size
+    )
     _results[id(system)] = results
     try:
         system.wait_stable()
@@ -464,13 +500,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--keys", type=int, default=10_000)
+    parser.add_argument(
+        "--per-window", type=int, default=100_000, help="events per 10 s of event time"
+    )
     parser.add_argument("--partitions", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--rate", type=int, default=5_000, help="paced producer, events/s")
+    parser.add_argument("--rate", type=int, default=2_000, help="paced producer, events/s")
     parser.add_argument("--seconds", type=float, default=40.0, help="paced producer's run")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--skip", default="", help="throughput and/or latency to leave out")
     parser.add_argument("--quix-guarantee", default="exactly-once")
+    parser.add_argument("--batch-size", type=int, default=None, help="overture run's (default)")
     parser.add_argument("--state-dir", default=".overture/bench-kafka")
     args = parser.parse_args()
     systems = [s for s in args.systems.split(",") if s]
@@ -510,9 +550,10 @@ def main() -> None:
             print(f"{s:9} {median([t['events_per_s'] for t in ts]):>10,.0f} events/s  "
                   f"CPU {median([t['cpu_per_100k'] for t in ts]):.1f} s/100k events")  # fmt: skip
         if ls:
+            memory = median([x["bytes_per_open_window"] for x in ls])
             print(f"{s:9} latency p50 {median([x['p50_ms'] for x in ls]):.0f} ms, "
                   f"p99 {median([x['p99_ms'] for x in ls]):.0f} ms, "
-                  f"{median([x['bytes_per_open_window'] for x in ls]):.0f} B/open window")  # fmt: skip
+                  f"{memory:.0f} B per open window")  # fmt: skip
 
 
 if __name__ == "__main__":
