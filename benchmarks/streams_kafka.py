@@ -362,28 +362,22 @@ class Results(threading.Thread):
         self.consumer.close()
 
 
-def wait_until(done: Callable[[], bool], system: System, timeout: float, stall: float) -> bool:
-    """Until ``done()``; False once nothing new came for ``stall`` seconds or at the
+def wait_until(
+    done: Callable[[], bool], results: Results, system: System, timeout: float, stall: float
+) -> bool:
+    """Until ``done()``; False once no result came for ``stall`` seconds, or at the
     timeout."""
     deadline = time.monotonic() + timeout
     last, last_change = -1, time.monotonic()
     while not done():
         system.check()
         now = time.monotonic()
-        progress = len(system_results(system))
-        if progress != last:
-            last, last_change = progress, now
+        if len(results.seen) != last:
+            last, last_change = len(results.seen), now
         if now > deadline or now - last_change > stall:
             return False
         time.sleep(0.2)
     return True
-
-
-_results: dict[int, Results] = {}
-
-
-def system_results(system: System) -> list[float]:
-    return _results[id(system)].seen
 
 
 # -- the measurements -------------------------------------------------------------------
@@ -410,6 +404,13 @@ class Latency:
     bytes_per_open_window: float
 
 
+def start(topics: Topics, args: argparse.Namespace, log: Path) -> tuple[Results, System]:
+    """The results' follower, then the system, on ``topics``."""
+    results = Results(topics)
+    results.start()
+    return results, System(topics, log, args.quix_guarantee, args.batch_size)
+
+
 def throughput(
     system_name: str, args: argparse.Namespace, bootstrap: str, logs: Path
 ) -> Throughput:
@@ -419,15 +420,10 @@ def throughput(
     # every window but the last of each key closes: the windows' events less the last's
     windows = args.events // args.per_window
     expected = (windows - 1) * min(args.keys, args.per_window)
-    results = Results(topics)
-    results.start()
-    system = System(
-        topics, logs / f"{system_name}-throughput.log", args.quix_guarantee, args.batch_size
-    )
-    _results[id(system)] = results
+    results, system = start(topics, args, logs / f"{system_name}-throughput.log")
     try:
         cpu0 = system.cpu()
-        complete = wait_until(lambda: len(results.seen) >= expected, system, 1800, 60)
+        complete = wait_until(lambda: len(results.seen) >= expected, results, system, 1800, 60)
         cpu = system.cpu() - cpu0
         peak = system.rss("VmHWM")
     finally:
@@ -447,12 +443,7 @@ def throughput(
 def latency(system_name: str, args: argparse.Namespace, bootstrap: str, logs: Path) -> Latency:
     topics = Topics(system_name, bootstrap, args.partitions)
     topics.create()
-    results = Results(topics)
-    results.start()
-    system = System(
-        topics, logs / f"{system_name}-latency.log", args.quix_guarantee, args.batch_size
-    )
-    _results[id(system)] = results
+    results, system = start(topics, args, logs / f"{system_name}-latency.log")
     try:
         system.wait_stable()
         time.sleep(2)
@@ -473,7 +464,7 @@ def latency(system_name: str, args: argparse.Namespace, bootstrap: str, logs: Pa
         # every window that the last events closed, seen
         closed = int((time.time() - began) // WINDOW)
         wait_until(lambda: len(results.seen) >= closed * min(args.keys, args.rate * WINDOW) * 0.99,
-                   system, 60, 20)  # fmt: skip
+                   results, system, 60, 20)  # fmt: skip
     finally:
         system.stop()
         results.stop()
