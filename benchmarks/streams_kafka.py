@@ -36,6 +36,7 @@ it runs, stopped at the end only if started here. Results: a table, and JSON in
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import shutil
@@ -229,7 +230,9 @@ def prefill(topics: Topics, events: int, keys: int, per_window: int) -> None:
 class System:
     """One system's process (its own session, stopped by its pid)."""
 
-    def __init__(self, topics: Topics, log: Path, guarantee: str, batch: int | None) -> None:
+    def __init__(
+        self, topics: Topics, log: Path, guarantee: str, commit_interval: float, batch: int | None
+    ) -> None:
         self.topics = topics
         self.log = log
         env = {
@@ -250,6 +253,7 @@ class System:
                 str(PEER_PYTHON), str(QUIX), "--bootstrap", topics.bootstrap,
                 "--input", topics.input, "--output", topics.output, "--group", topics.group,
                 "--state-dir", str(self.state), "--guarantee", guarantee,
+                "--commit-interval", str(commit_interval),
             ]  # fmt: skip
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
@@ -296,6 +300,15 @@ class System:
             time.sleep(0.5)
         raise RuntimeError(f"{self.topics.system}: its group never became stable")
 
+    def state_bytes(self) -> tuple[int, int]:
+        """(entries, bytes) of the system's window state as stored: Overture's keyed
+        state of ``counts`` in the changelog (its newest values), Quix's RocksDB
+        directory (files on disk, its log and manifest included)."""
+        if self.topics.system == "quix":
+            files = [p for p in self.state.rglob("*") if p.is_file()]
+            return 0, sum(p.stat().st_size for p in files)
+        return changelog_state(self.topics)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -305,6 +318,42 @@ class System:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         shutil.rmtree(self.state, ignore_errors=True)
+
+
+def changelog_state(topics: Topics) -> tuple[int, int]:
+    """(entries, value bytes) of the ``counts`` window's keys in the changelog."""
+    topic = protocol.changelog_topic(topics.name)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": topics.bootstrap,
+            "group.id": f"{topics.name}.bench-state",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    ends = {
+        p: consumer.get_watermark_offsets(TopicPartition(topic, p))[1]
+        for p in range(topics.partitions)
+    }
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(topics.partitions)])
+    prefix = b'["s","stream:counts","' + base64.b64encode(b"k:")[:2]
+    latest: dict[bytes, int] = {}
+    done: set[int] = {p for p, end in ends.items() if end == 0}
+    deadline = time.monotonic() + 60
+    while len(done) < topics.partitions and time.monotonic() < deadline:
+        for message in consumer.consume(num_messages=10_000, timeout=0.5):
+            if message.error() is not None:
+                continue
+            key, value = message.key() or b"", message.value()
+            if key.startswith(prefix):
+                if value is None:
+                    latest.pop(key, None)
+                else:
+                    latest[key] = len(value)
+            if (message.offset() or 0) + 1 >= ends[message.partition() or 0]:
+                done.add(message.partition() or 0)
+    consumer.close()
+    return len(latest), sum(latest.values())
 
 
 # -- the results ------------------------------------------------------------------------
@@ -402,13 +451,18 @@ class Latency:
     p99_ms: float
     max_ms: float
     bytes_per_open_window: float
+    """RSS with the windows open minus RSS before the first event, per open window."""
+    stored_bytes_per_window: float
+    """The window state as stored (changelog / RocksDB files), per open window."""
 
 
 def start(topics: Topics, args: argparse.Namespace, log: Path) -> tuple[Results, System]:
     """The results' follower, then the system, on ``topics``."""
     results = Results(topics)
     results.start()
-    return results, System(topics, log, args.quix_guarantee, args.batch_size)
+    return results, System(
+        topics, log, args.quix_guarantee, args.quix_commit_interval, args.batch_size
+    )
 
 
 def throughput(
@@ -461,6 +515,7 @@ def latency(system_name: str, args: argparse.Namespace, bootstrap: str, logs: Pa
             producer.poll(0)
         producer.flush(60)
         open_rss = system.rss()
+        entries, stored = system.state_bytes()
         # every window that the last events closed, seen
         closed = int((time.time() - began) // WINDOW)
         wait_until(lambda: len(results.seen) >= closed * min(args.keys, args.rate * WINDOW) * 0.99,
@@ -479,6 +534,7 @@ def latency(system_name: str, args: argparse.Namespace, bootstrap: str, logs: Pa
         lat[min(len(lat) - 1, int(len(lat) * 0.99))],
         lat[-1],
         (open_rss - base) / args.keys,
+        stored / (entries or args.keys),
     )
 
 
@@ -501,6 +557,9 @@ def main() -> None:
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--skip", default="", help="throughput and/or latency to leave out")
     parser.add_argument("--quix-guarantee", default="exactly-once")
+    parser.add_argument(
+        "--quix-commit-interval", type=float, default=5.0, help="seconds (Quix's default: 5)"
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="overture run's (default)")
     parser.add_argument("--state-dir", default=".overture/bench-kafka")
     args = parser.parse_args()
@@ -527,7 +586,8 @@ def main() -> None:
                     out["latency"].append(asdict(lat))
                     print(f"[{r + 1}] {s} latency at {lat.rate:,}/s: p50 {lat.p50_ms:.0f} ms, "
                           f"p99 {lat.p99_ms:.0f} ms, max {lat.max_ms:.0f} ms, "
-                          f"{lat.bytes_per_open_window:.0f} B per open window, "
+                          f"{lat.bytes_per_open_window:.0f} B RSS and "
+                          f"{lat.stored_bytes_per_window:.0f} B stored per open window, "
                           f"{lat.results:,} results", flush=True)  # fmt: skip
     finally:
         if broker.started:
