@@ -113,7 +113,11 @@ app = ov.App("coldchain")
     source=TemperatureRead,
     key="container_id",
     window=ov.Hopping(timedelta(minutes=5), timedelta(minutes=1)),
-    aggregate={"mean": ov.Mean("celsius"), "readings": ov.Count(), "at": ov.Last("location")},
+    aggregate={
+        "mean": ov.Mean("celsius"),
+        "readings": ov.Count(),
+        "location": ov.Last("location"),  # where the container was at the window's end
+    },
     grace=GRACE,
     time_field="at",
 )
@@ -125,7 +129,7 @@ def overheating(result: ov.WindowResult) -> ContainerOverheated | None:
         container_id=result.key,
         mean_celsius=round(mean, 2),
         readings=readings,
-        location=result.values["at"],
+        location=result.values["location"],
         window_start=result.start,
         window_end=result.end,
     )
