@@ -562,6 +562,7 @@ def main() -> None:
     )
     parser.add_argument("--batch-size", type=int, default=None, help="overture run's (default)")
     parser.add_argument("--state-dir", default=".overture/bench-kafka")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     systems = [s for s in args.systems.split(",") if s]
     for s in systems:
@@ -571,7 +572,11 @@ def main() -> None:
     logs = ROOT / "benchmarks" / "results" / f"streams-kafka-{stamp}"
     logs.mkdir(parents=True, exist_ok=True)
     broker = start_broker(ROOT / args.state_dir, timeout=180, progress=print)
-    out: dict[str, Any] = {"args": vars(args), "throughput": [], "latency": []}
+    out: dict[str, Any] = {
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "throughput": [],
+        "latency": [],
+    }
     try:
         for r in range(args.repeat):
             for s in systems:
@@ -593,6 +598,8 @@ def main() -> None:
         if broker.started:
             stop_broker(ROOT / args.state_dir)
         (logs / "results.json").write_text(json.dumps(out, indent=2))
+        if args.json is not None:
+            args.json.write_text(json.dumps(out, indent=2, default=str))
     print(f"\nmedians of {args.repeat} (results: {logs / 'results.json'})")
     for s in systems:
         ts = [t for t in out["throughput"] if t["system"] == s]
