@@ -75,3 +75,31 @@ def test_quick_w1_sync_and_inline_memory_report_throughput(tmp_path: Path) -> No
     assert set(runs) == {(w, m) for w in ("w1sync", "w1inline") for m in ("load", "drain")}
     for (_, mode), median in runs.items():
         assert median["throughput" if mode == "load" else "drain_throughput"] > 0
+
+
+def test_streams_on_kafka_counts_every_window_and_measures_latency(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """``benchmarks.streams_kafka`` on the tests' broker, Overture's side (Quix Streams
+    lives in ``.venv-peers``, which CI does not have), tiny N."""
+    out = tmp_path / "streams.json"
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "benchmarks.streams_kafka", "--systems", "overture"),
+            *("--events", "4000", "--keys", "100", "--per-window", "1000", "--repeat", "1"),
+            *("--rate", "400", "--seconds", "12", "--state-dir", ".overture/test-kafka"),
+            *("--json", str(out)),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(out.read_text())
+    [throughput] = doc["throughput"]
+    assert throughput["results"] == 3 * 100  # 4 windows of 100 keys, the last one open
+    assert throughput["events_per_s"] > 0
+    [latency] = doc["latency"]
+    assert latency["results"] >= 100 and latency["p99_ms"] >= latency["p50_ms"] > 0
+    assert 0 < latency["stored_bytes_per_window"] < 1000

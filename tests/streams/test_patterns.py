@@ -221,3 +221,38 @@ async def test_a_raising_where_dead_letters_and_late_events_are_counted(make: Ma
         assert len(letters) == 1 and "where of stage 0 failed: KeyError" in letters[0].reason
         assert emitted(h, "ab") == [{"k": "x"}]
         assert late == [7] and h.client.late_events("ab") == 1
+
+
+@pytest.mark.parametrize(
+    ("skip", "expected"), [(False, [(1, 4), (2, 5), (3, 7)]), (True, [(1, 4), (6, 7)])]
+)
+async def test_skip_past_last_makes_a_burst_one_match(
+    make: Make, skip: bool, expected: list[tuple[int, int]]
+) -> None:
+    def app_of(skip: bool) -> ov.App:
+        app = ov.App("bursts")
+        pattern = ov.begin("a").followed_by("b").within(timedelta(seconds=10))
+
+        @app.pattern(pattern.skip_past_last() if skip else pattern, key="k", time_field="at")
+        def ab(match: ov.Match) -> ov.Event:
+            a, b = match["a"][0], match["b"][0]
+            return ov.Event.of("ab", {"a": a.data["n"], "b": b.data["n"]})
+
+        return app
+
+    # a1 a2 a3 b4 b5 a6 b7: by default each b takes the oldest waiting a; skipping past
+    # the last event, a match drops every other partial match (a2, a3), so b5 finds none
+    events = [("a", 1), ("a", 2), ("a", 3), ("b", 4), ("b", 5), ("a", 6), ("b", 7)]
+    async with make(app_of(skip)) as h:
+        for kind, n in events:
+            h.client.send(ov.Event.of(kind, {"k": "x", "n": n, "at": T0 + n}))
+        await h.idle()
+        assert [(e["a"], e["b"]) for e in emitted(h, "ab")] == expected
+
+
+def test_skip_past_last_is_refused_for_an_absence() -> None:
+    absence = ov.begin("a").not_followed_by("b").within(timedelta(seconds=1))
+    with pytest.raises(ov.ConfigError, match="skip_past_last is for patterns completed"):
+        absence.skip_past_last()
+    with pytest.raises(ov.ConfigError, match="skip_past_last is for patterns completed"):
+        ov.begin("a").skip_past_last().not_followed_by("b")

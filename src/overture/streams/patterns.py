@@ -15,7 +15,9 @@ Semantics (docs/streams.md "Patterns"):
 - **Contiguity**: skip-till-next-match: events in between that fit no stage are ignored.
 - **Consumption**: an event is used by at most one partial match (the oldest that
   accepts it); if none does and it fits the first stage, it begins a new one. After a
-  match its events are gone: no two matches share an event.
+  match its events are gone: no two matches share an event. With ``skip_past_last()``
+  every other partial match of the key is dropped too (they all began before the match's
+  last event), so one burst matches once.
 - **within**: the whole match, from its first event's time. A partial match that can no
   longer complete (the watermark passed ``first + within``) is dropped.
 - **Absence** (``not_followed_by``, last stage, needs ``within``): the match completes
@@ -80,6 +82,7 @@ class Pattern:
 
     stages: tuple[Stage, ...]
     within_s: float | None = None
+    skip_past_last_event: bool = False
 
     def followed_by(
         self,
@@ -101,6 +104,10 @@ class Pattern:
     ) -> Pattern:
         """Then *no* event of ``type`` until ``first + within``: must be the last stage."""
         self._open()
+        if self.skip_past_last_event:
+            raise ConfigError(
+                "skip_past_last is for patterns completed by an event, not not_followed_by"
+            )
         return replace(self, stages=(*self.stages, _stage(type, where, name, absent=True)))
 
     def times(self, n: int) -> Pattern:
@@ -114,6 +121,17 @@ class Pattern:
     def within(self, duration: timedelta) -> Pattern:
         """The whole match must fit in ``duration`` from its first event."""
         return replace(self, within_s=seconds(duration, "within"))
+
+    def skip_past_last(self) -> Pattern:
+        """After a match, drop every other partial match of the key (they all began
+        before the match's last event), so a burst of events that fits the pattern many
+        times over matches once: the next match begins after this one (Flink's
+        ``SKIP_PAST_LAST_EVENT``). For patterns that end with ``followed_by``."""
+        if self.stages[-1].absent:
+            raise ConfigError(
+                "skip_past_last is for patterns completed by an event, not not_followed_by"
+            )
+        return replace(self, skip_past_last_event=True)
 
     def _open(self) -> None:
         if self.stages and self.stages[-1].absent:
@@ -227,6 +245,8 @@ class PatternOperator(Operator):
                     outputs.append(self._output(key, partial, time))
                     continue
             kept.append(partial)
+        if outputs and self.pattern.skip_past_last_event:
+            kept = []  # each began before this event, the match's last
         if not used and etype == self.stages[0].type_name and self._where(0, event, key, None):
             partial = {"ev": [record]}
             if len(self.stages) == 1:
