@@ -17,7 +17,7 @@
 Event time is each trade's ``at`` (the exchange's timestamp), with half a second of grace.
 
 Run it, on a fresh SQLite file, with a real ``overture run`` (the demo sends 40 seconds of
-two symbols' trades: ACME moves 2.6%, GLOBEX has one stray print)::
+two symbols' trades: ACME jumps from about 100 to 102.6, GLOBEX has one stray print)::
 
     python -m examples.trading
 
