@@ -64,10 +64,8 @@ def run(
     """
     url = f"sqlite:///{db}"
     log = db.with_suffix(".engine.log")
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
+    paths = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     with log.open("wb") as stderr:
         engine = subprocess.Popen(
             [sys.executable, "-m", "overture.cli", "run", app_ref, "--backend", url],

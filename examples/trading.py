@@ -10,12 +10,14 @@
   happened in: a single stray print (a fat finger) leaves the bar near the old price and
   the check clears the move; a bar confirming the move halts the symbol (a durable step
   calling the exchange gateway, ``trading.halted``) for :data:`HALT`, or until a risk
-  officer sends ``risk.cleared``, then resumes it (``trading.resumed``).
+  officer sends ``risk.cleared``, then resumes it (``trading.resumed``). Each move gets a
+  check of its own: a second move of a halted symbol halts it again and resumes it after
+  its own :data:`HALT` (a real gateway's halt and resume are idempotent calls).
 
 Event time is each trade's ``at`` (the exchange's timestamp), with half a second of grace.
 
 Run it, on a fresh SQLite file, with a real ``overture run`` (the demo sends 40 seconds of
-two symbols' trades: ACME moves 2.6%, GLOBEX has one stray print)::
+two symbols' trades: ACME jumps from about 100 to 102.6, GLOBEX has one stray print)::
 
     python -m examples.trading
 
