@@ -59,14 +59,23 @@ async def test_list_filters_by_process_status_key_and_time(served: Served) -> No
     assert await ids(created_before=created) == [done]
 
 
+async def started(served: Served, order_id: str) -> str:
+    """Start one instance and wait until it is stored: instances list in the order they
+    were created, and ones the engine starts in the same batch share a creation time
+    (they then list by id), so the test's order is made certain by one batch each."""
+    instance_id = await start(served, order_id)
+    await settled(served, instance_id, "completed")
+    return instance_id
+
+
 async def test_cursor_pages_are_stable_under_inserts(served: Served) -> None:
-    first = [await start(served, f"p{n}") for n in range(5)]
+    first = [await started(served, f"p{n}") for n in range(5)]
     reply = await served.http.get("/instances", params={"limit": 2})
     page = reply.json()
     assert [i["id"] for i in page["instances"]] == first[:2]
     cursor = page["next_cursor"]
     assert isinstance(cursor, str)
-    later = [await start(served, f"q{n}") for n in range(2)]  # inserted between two pages
+    later = [await started(served, f"q{n}") for n in range(2)]  # inserted between two pages
     seen = list(first[:2])
     while cursor is not None:
         reply = await served.http.get("/instances", params={"limit": 2, "cursor": cursor})
