@@ -12,6 +12,7 @@ import pytest
 import overture as ov
 from overture.backends import open_backend
 from overture.client import Client
+from overture.errors import ConfigError
 from overture.runtime.engine import Engine
 from overture.runtime.host import Host
 from overture.runtime.options import EngineOptions
@@ -116,3 +117,8 @@ def test_an_engine_on_a_kafka_client_backend_says_to_use_a_host(kafka_bootstrap:
             ov.Engine(ov.App("k"), backend)
     finally:
         backend.close()
+
+
+def test_an_engine_given_a_url_says_to_open_the_backend() -> None:
+    with pytest.raises(ConfigError, match=r"open_backend\('memory://x'\)"):
+        ov.Engine(ov.App("x"), "memory://x")  # type: ignore[arg-type]

@@ -95,6 +95,11 @@ class Engine:
         options: EngineOptions | None = None,
         **keywords: Unpack[EngineKeywords],
     ) -> None:
+        if isinstance(backend, str):
+            raise ConfigError(
+                f"Engine takes a backend object, not the URL {backend!r}: "
+                f"Engine(app, overture.backends.open_backend({backend!r}))"
+            )
         if not isinstance(backend, EngineBackend):
             # a kafka:// client backend: without this, the first use would fail deep
             # inside with an AttributeError
