@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import cProfile
 import os
+import resource
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -53,6 +54,7 @@ class Options:
     tracemalloc: bool = False  # M1: trace allocations while instances start (slow)
     observe: str = "off"  # the engine's observer (benchmarks/observing.py)
     retention: float | None = None  # seconds finished instances are kept; None: forever
+    sample: float = 0.0  # load: seconds between samples of the file size (0: none)
 
 
 IDLE_WINDOW = 2.0  # W4: seconds of CPU accounting while every instance sleeps
@@ -89,6 +91,7 @@ class Bench:
         )
         self.task: asyncio.Task[None] | None = None
         self.started = 0.0  # when the engine was started
+        self.samples: list[list[float]] = []  # _sample's rows
 
     async def until(self, predicate: Callable[[], bool], what: str) -> None:
         """Wait on the loop (5 ms polls of in-memory counters) for ``predicate``."""
@@ -202,8 +205,14 @@ async def _load(bench: Bench) -> Result:
         base_stats = dict(bench.engine.stats)
         profiler = _start_profile(bench)
         kind = "payment" if opts.workload == "w2" else "order"
-        sent = await asyncio.to_thread(producer.send, kind, keys, opts.chunk, opts.rate)
-        await bench.until(lambda: probe.finished >= base_finished + opts.n, "completions")
+        cpu_before = _cpu_seconds()
+        sampler = asyncio.create_task(_sample(bench, base_finished))
+        try:
+            sent = await asyncio.to_thread(producer.send, kind, keys, opts.chunk, opts.rate)
+            await bench.until(lambda: probe.finished >= base_finished + opts.n, "completions")
+        finally:
+            sampler.cancel()
+        cpu = _cpu_seconds() - cpu_before
         _stop_profile(bench, profiler)
     finally:
         await asyncio.to_thread(producer.close)
@@ -232,11 +241,39 @@ async def _load(bench: Bench) -> Result:
         "records_per_batch": (bench.engine.stats["records"] - base_stats["records"])
         / max(1, bench.engine.stats["batches"] - base_stats["batches"]),
         "producer": "process" if isinstance(producer, RemoteProducer) else "thread",
+        # this process: the engine (its loop, commit and step threads) and the probe; a
+        # process producer's CPU is its own
+        "cpu_ms_per_instance": cpu * 1000 / opts.n,
     }
+    if bench.samples:
+        out["samples"] = bench.samples
     if starts is not None:
         out["start_rate"] = opts.n / (probe.last_wait - starts.first)
         out["rss_mb_per_1k_waiting"] = (stats.peak_rss_mb() - rss_before) * 1000 / opts.n
     return out
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _sample(bench: Bench, base_finished: int) -> None:
+    """Every ``opts.sample`` seconds: (seconds, instances finished, deleted, file MiB)."""
+    if bench.opts.sample <= 0 or not bench.url.startswith("sqlite:///"):
+        return
+    path = bench.url.removeprefix("sqlite:///")
+    started = time.monotonic()
+    while True:
+        bench.samples.append(
+            [
+                round(time.monotonic() - started, 1),
+                bench.probe.finished - base_finished,
+                bench.engine.stats["expired"],
+                round(_file_mb(path), 1),
+            ]
+        )
+        await asyncio.sleep(bench.opts.sample)
 
 
 async def _warm_up(bench: Bench, producer: LocalProducer | RemoteProducer) -> None:
