@@ -32,6 +32,7 @@ import statistics
 import threading
 import time
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -87,10 +88,7 @@ def sqlite(
         f"{'file MB':>9}{'deleted':>10}"
     )
     for name, runs in results.items():
-
-        def med(key: str, runs: list[dict[str, Any]] = runs) -> float:
-            return statistics.median(float(r[key]) for r in runs)
-
+        med = _median(runs)
         print(
             f"{name:<16}{med('throughput'):>9.0f}{med('p50_ms'):>9.0f}{med('p99_ms'):>9.0f}"
             f"{med('cpu_ms_per_instance'):>13.3f}{med('file_mb'):>9.1f}{med('expired'):>10.0f}"
@@ -102,6 +100,11 @@ def sqlite(
             f"{name}: " + "  ".join(f"{t:.0f}s {f:,.0f} {d:,.0f} {mb:.0f}" for t, f, d, mb in rows)
         )
     return results
+
+
+def _median(runs: Sequence[Mapping[str, Any]]) -> Callable[[str], float]:
+    """The median of a metric over ``runs``."""
+    return lambda key: statistics.median(float(r[key]) for r in runs)
 
 
 # -- Kafka ------------------------------------------------------------------------------------
@@ -253,10 +256,7 @@ def kafka(n: int, repeat: int, settle: float, state_dir: Path) -> dict[str, list
         f"{'MiB':>7}{f'records +{settle:g}s':>16}{'tombstones':>12}{'MiB':>7}{'read s':>8}"
     )
     for name, runs in results.items():
-
-        def med(key: str, runs: list[dict[str, float]] = runs) -> float:
-            return statistics.median(r[key] for r in runs)
-
+        med = _median(runs)
         print(
             f"{name:<14}{med('throughput'):>9.0f}{med('cpu_ms_per_instance'):>13.3f}"
             f"{med('done_records'):>16,.0f}{med('done_mib'):>7.1f}{med('settled_records'):>16,.0f}"

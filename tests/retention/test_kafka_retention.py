@@ -21,7 +21,6 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 from typer.testing import CliRunner
 
-import overture as ov
 from overture.backends.kafka.backend import KafkaBackend
 from overture.backends.kafka.reading import read_changelog, reader
 from overture.backends.kafka.settings import KafkaSettings, parse
@@ -33,6 +32,7 @@ from overture.testing import Harness
 
 from ..conftest import kafka_url
 from ..engine_process import overture_run, stop
+from .test_engine_retention import OrderPlaced, PaymentReceived, shop
 
 DAY_MS = 86_400_000
 
@@ -153,31 +153,6 @@ def test_overture_topics_refuses_an_embedded_backend(tmp_path: Path) -> None:
 # -- a restore after retention -----------------------------------------------------------------
 
 
-class OrderPlaced(ov.Event, type="order.placed", key="order_id"):
-    order_id: str
-
-
-class PaymentReceived(ov.Event, type="payment.received", key="order_id"):
-    order_id: str
-
-
-def _shop() -> ov.App:
-    app = ov.App("shop")
-
-    def check(order_id: str) -> str:
-        return order_id
-
-    @app.process(trigger=OrderPlaced, key="order_id", waits=[PaymentReceived])
-    async def fulfil(ctx: ov.Context, order: OrderPlaced) -> str:
-        await ctx.step(check, order.order_id)
-        await ctx.step(check, order.order_id)
-        if order.order_id.startswith("slow"):
-            await ctx.wait_for(PaymentReceived, timeout=timedelta(days=30))
-        return "shipped"
-
-    return app
-
-
 COMPACT_SOON = {
     "segment.ms": "2000",
     "min.cleanable.dirty.ratio": "0.01",
@@ -227,7 +202,7 @@ async def test_a_restore_after_retention_reads_fewer_changelog_records(
     )
     done = [f"o{i}" for i in range(60)]
     live = [f"slow{i}" for i in range(5)]
-    async with Harness(_shop(), url, retention=timedelta(hours=1)) as h:
+    async with Harness(shop(), url, retention=timedelta(hours=1)) as h:
         for key in done + live:
             h.client.send(OrderPlaced(order_id=key))
         await h.idle()
@@ -263,7 +238,7 @@ async def test_a_restore_after_retention_reads_fewer_changelog_records(
             assert all(store.instance(i.id) is None for i in finished)
             assert {w.key for w in store.waits()} == set(live)
             for key in live:  # and they still work
-                h.client.send(PaymentReceived(order_id=key))
+                h.client.send(PaymentReceived(order_id=key, amount=1))
             await h.idle()
             deadline = time.monotonic() + 15  # readers see a commit once its markers are
             while _statuses(fresh) != dict.fromkeys(live, Status.COMPLETED):
