@@ -53,7 +53,7 @@ KEEP_UP = 2
 previous pass: deletion keeps pace with completion (and catches up a backlog) while each
 pass's deletions stay proportional to the work the engine's batches already do. (A fixed
 200 per pass, with one pass in flight at a time, deleted about 250 instances a second:
-a W1 run of 1,000,000 on SQLite with a 1-minute retention ended with about 740,000
+a W1 run of 1,000,000 on SQLite with a 1-minute retention ended with about 750,000
 instances past their retention still in the file; docs/retention.md.)"""
 
 
