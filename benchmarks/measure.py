@@ -53,6 +53,7 @@ class Options:
     tracemalloc: bool = False  # M1: trace allocations while instances start (slow)
     observe: str = "off"  # the engine's observer (benchmarks/observing.py)
     retention: float | None = None  # seconds finished instances are kept; None: forever
+    sample: float = 0.0  # load: seconds between samples of the file size (0: none)
 
 
 IDLE_WINDOW = 2.0  # W4: seconds of CPU accounting while every instance sleeps
@@ -91,6 +92,7 @@ class Bench:
         self.task: asyncio.Task[None] | None = None
         self.started = 0.0  # when the engine was started
         self.cpu_started = 0.0  # this process's CPU seconds then (stats.cpu_seconds)
+        self.samples: list[list[float]] = []  # _sample's rows
 
     async def until(self, predicate: Callable[[], bool], what: str) -> None:
         """Wait on the loop (5 ms polls of in-memory counters) for ``predicate``."""
@@ -212,8 +214,12 @@ async def _load(bench: Bench) -> Result:
         profiler = _start_profile(bench)
         kind = "payment" if opts.workload == "w2" else "order"
         cpu_before = stats.cpu_seconds()
-        sent = await asyncio.to_thread(producer.send, kind, keys, opts.chunk, opts.rate)
-        await bench.until(lambda: probe.finished >= base_finished + opts.n, "completions")
+        sampler = asyncio.create_task(_sample(bench, base_finished))
+        try:
+            sent = await asyncio.to_thread(producer.send, kind, keys, opts.chunk, opts.rate)
+            await bench.until(lambda: probe.finished >= base_finished + opts.n, "completions")
+        finally:
+            sampler.cancel()
         cpu = stats.cpu_seconds() - cpu_before
         _stop_profile(bench, profiler)
     finally:
@@ -243,13 +249,34 @@ async def _load(bench: Bench) -> Result:
         "records_per_batch": (bench.engine.stats["records"] - base_stats["records"])
         / max(1, bench.engine.stats["batches"] - base_stats["batches"]),
         "producer": "process" if isinstance(producer, RemoteProducer) else "thread",
-        # the engine process's CPU per instance (a thread producer's counts too)
+        # the engine process's CPU per instance: its loop, commit and step threads and
+        # the probe (a thread producer's counts too; a process producer's is its own)
         "cpu_us": cpu * 1e6 / opts.n,
     }
+    if bench.samples:
+        out["samples"] = bench.samples
     if starts is not None:
         out["start_rate"] = opts.n / (probe.last_wait - starts.first)
         out["rss_mb_per_1k_waiting"] = (stats.peak_rss_mb() - rss_before) * 1000 / opts.n
     return out
+
+
+async def _sample(bench: Bench, base_finished: int) -> None:
+    """Every ``opts.sample`` seconds: (seconds, instances finished, deleted, file MiB)."""
+    if bench.opts.sample <= 0 or not bench.url.startswith("sqlite:///"):
+        return
+    path = bench.url.removeprefix("sqlite:///")
+    started = time.monotonic()
+    while True:
+        bench.samples.append(
+            [
+                round(time.monotonic() - started, 1),
+                bench.probe.finished - base_finished,
+                bench.engine.stats["expired"],
+                round(_file_mb(path), 1),
+            ]
+        )
+        await asyncio.sleep(bench.opts.sample)
 
 
 async def _warm_up(bench: Bench, producer: LocalProducer | RemoteProducer) -> None:

@@ -7,6 +7,7 @@ per session by ``kafka_bootstrap``), each test in a fresh namespace of two parti
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -20,8 +21,11 @@ from overture.devkafka import start_broker, stop_broker
 from overture.testing import Harness
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-KAFKA_STATE_DIR = REPO_ROOT / ".overture" / "test-kafka"
-"""The state directory of the broker the Kafka tests share."""
+KAFKA_STATE_DIR = Path(
+    os.environ.get("OVERTURE_TEST_KAFKA_DIR") or REPO_ROOT / ".overture" / "test-kafka"
+)
+"""The state directory of the broker the Kafka tests share (``OVERTURE_TEST_KAFKA_DIR``:
+another checkout's, as ``scripts/mutants`` gives its scratch copies)."""
 KAFKA_START_TIMEOUT = 180.0
 """Seconds the broker may take to become ready (a loaded 2-core machine is slow)."""
 

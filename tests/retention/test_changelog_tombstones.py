@@ -2,7 +2,7 @@
 tombstone for every key of its own, a follower of the changelog drops it, and once
 compaction has run a restore reads fewer records and no longer sees it.
 
-(A test against the real broker is not written yet: see docs/retention.md, "Not yet".)
+(The same on a real broker, with its compaction: ``test_kafka_retention.py``.)
 """
 
 from __future__ import annotations

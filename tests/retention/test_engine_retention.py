@@ -193,3 +193,23 @@ async def test_deletion_goes_in_small_passes(make: Make) -> None:
         assert h.client.instances() == []
         assert h.engine.stats["expired"] == 450
         assert h.engine.stats["batches"] - batches >= 3  # 200 + 200 + 50
+
+
+async def test_deletion_keeps_pace_with_completion_under_load(make: Make) -> None:
+    """A load of 3,000 instances finishing in batches of up to 500: with retention 0 the
+    passes delete them alongside (up to twice what finished since the previous pass), so
+    deleting them all adds only a few batches to what the load itself takes, where passes
+    of a fixed 200 would add one batch per 200 instances, 15."""
+
+    async def batches(retention: timedelta | None) -> int:
+        async with make(retention, batch_size=500) as h:
+            for n in range(3000):
+                h.client.send(OrderPlaced(order_id=f"o{n}"))
+            await h.idle()
+            assert h.engine.stats["finished"] == 3000
+            assert h.engine.stats["expired"] == (0 if retention is None else 3000)
+            return h.engine.stats["batches"]
+
+    deleted = await batches(timedelta(0))  # first: it leaves nothing to the next engine
+    kept = await batches(None)
+    assert deleted - kept <= 5, (kept, deleted)

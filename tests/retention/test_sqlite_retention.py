@@ -76,7 +76,7 @@ async def test_the_file_stops_growing_once_retention_applies(tmp_path: Path) -> 
     db = tmp_path / "size.db"
     sizes = []
     async with Harness(shop(), f"sqlite:///{db}", retention=timedelta(0), clock=_clock()) as h:
-        for cycle in range(6):
+        for cycle in range(8):
             h.client.send_many(
                 [OrderPlaced(order_id=f"c{cycle}-{n}").envelope for n in range(2000)]
             )
@@ -86,10 +86,12 @@ async def test_the_file_stops_growing_once_retention_applies(tmp_path: Path) -> 
             with sqlite3.connect(db) as c:
                 c.execute("PRAGMA wal_checkpoint(PASSIVE)")
             sizes.append(db.stat().st_size)
-    # the first cycles grow the file to its working size; after that freed pages are
-    # reused: four more cycles of 2,000 instances add less than 2% to it (without
-    # retention each cycle adds about as much as the first)
-    assert sizes[-1] - sizes[1] < sizes[1] * 0.02, sizes
+    # the first cycle grows the file to its working size; after that freed pages are
+    # reused: seven more cycles of 2,000 instances keep it within 10% of that (the
+    # high-water mark moves a little with how many finished instances wait for a pass at
+    # the busiest moment, which the batches' timing varies; without retention each
+    # cycle adds about as much as the first, 100%)
+    assert max(sizes) < sizes[0] * 1.10, sizes
     with sqlite3.connect(db) as c:
         assert c.execute("SELECT count(*) FROM journal").fetchone()[0] == 0
         assert c.execute("SELECT count(*) FROM log").fetchone()[0] < 10

@@ -5,24 +5,35 @@ from __future__ import annotations
 
 import threading
 import warnings
+from datetime import timedelta
 from typing import TypeVar
 from urllib.parse import urlparse
 
 from ..errors import ConfigError
 from ..ports import Backend
+from ..retention import DEFAULT_RETENTION
 
 DEFAULT_URL = "sqlite:///overture.db"
 _memory: dict[str, Backend] = {}
 _memory_lock = threading.Lock()
 
 
-def open_backend(url: str, *, partitions: int | None = None) -> Backend:
+def open_backend(
+    url: str,
+    *,
+    partitions: int | None = None,
+    retention: timedelta | None = DEFAULT_RETENTION,
+) -> Backend:
     """Open the backend a URL names.
 
     ``memory://[name]`` is shared by every opener in the same Python process;
     ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` is a file (created on demand).
     ``kafka://host:port[/namespace][?partitions=N&replication=R]`` is a Kafka cluster.
     ``partitions`` applies when the log is created; an existing log keeps its count.
+    ``retention`` is how long the engines keep finished instances (``None``: forever); on
+    Kafka the topics Overture creates get a ``retention.ms`` derived from it, and existing
+    ones are checked against it when an engine starts (docs/kafka.md, "Retention"). The
+    embedded backends keep nothing by age: their engine deletes (``EngineOptions``).
     """
     parsed = urlparse(url)
     if parsed.scheme == "memory":
@@ -44,7 +55,7 @@ def open_backend(url: str, *, partitions: int | None = None) -> Backend:
     if parsed.scheme == "kafka":
         from .kafka.backend import KafkaBackend
 
-        return KafkaBackend(url, partitions=partitions)
+        return KafkaBackend(url, partitions=partitions, retention=retention)
     raise ConfigError(
         f"unknown backend URL {url!r}: use sqlite:///path.db, memory:// or kafka://host:port"
     )

@@ -16,6 +16,7 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import timedelta
 
 from ..app import App
 from ..backends import open_backend
@@ -23,6 +24,7 @@ from ..client import Client
 from ..errors import BrokerUnavailable, OvertureError
 from ..observe.metrics import MetricsObserver, MetricsServer, joined, store_registry
 from ..ports import Backend
+from ..retention import DEFAULT_RETENTION
 from ..runtime.host import Host
 from ..runtime.observer import combine
 from ..runtime.options import EngineOptions
@@ -91,7 +93,7 @@ async def serve(
         CliError: the engine, the worker or the API stopped on its own (the traceback is
             logged).
     """
-    backend = await open_until_signal(url, partitions)
+    backend = await open_until_signal(url, partitions, options.retention)
     if backend is None:
         log.info("stopped before the broker answered")
         return
@@ -203,7 +205,9 @@ async def serve(
         backend.close()
 
 
-async def open_until_signal(url: str, partitions: int | None) -> Backend | None:
+async def open_until_signal(
+    url: str, partitions: int | None, retention: timedelta | None = DEFAULT_RETENTION
+) -> Backend | None:
     """:func:`_open`, given up at once on SIGINT/SIGTERM (then ``None``): waiting for a
     cluster that is down must not make Ctrl-C wait for a connection timeout."""
     stop = asyncio.Event()
@@ -211,7 +215,7 @@ async def open_until_signal(url: str, partitions: int | None) -> Backend | None:
     signals = (signal.SIGINT, signal.SIGTERM)
     for sig in signals:
         loop.add_signal_handler(sig, _on_signal, sig, stop)
-    opener = asyncio.create_task(_open(url, partitions), name="overture-connect")
+    opener = asyncio.create_task(_open(url, partitions, retention), name="overture-connect")
     stopper = asyncio.create_task(stop.wait(), name="overture-signal")
     try:
         await asyncio.wait({opener, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -231,7 +235,7 @@ async def open_until_signal(url: str, partitions: int | None) -> Backend | None:
     return None
 
 
-async def _open(url: str, partitions: int | None) -> Backend:
+async def _open(url: str, partitions: int | None, retention: timedelta | None) -> Backend:
     """Open the backend; a Kafka cluster that does not answer is retried (with the reason
     logged) until it does, so engines can be started before the cluster is up."""
     if url.startswith("kafka:"):
@@ -239,7 +243,9 @@ async def _open(url: str, partitions: int | None) -> Backend:
     pause = 1.0
     while True:
         try:
-            return await _in_daemon_thread(lambda: open_backend(url, partitions=partitions))
+            return await _in_daemon_thread(
+                lambda: open_backend(url, partitions=partitions, retention=retention)
+            )
         except BrokerUnavailable as error:
             log.error("%s; retrying in %.0fs", error, pause)
             await asyncio.sleep(pause)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -35,6 +36,7 @@ from ...ports import (
     WorkRow,
 )
 from ...protocol import FINAL
+from ...retention import DEFAULT_RETENTION
 from ..memory import MemoryState
 from .changelog import restore
 from .group import CAPABILITIES, Membership
@@ -42,7 +44,7 @@ from .queues import TaskTopics
 from .reading import high_watermarks, read_changelog, read_to_end, reader, record_of
 from .settings import KafkaSettings, parse
 from .taskqueue import KafkaTaskQueue
-from .topics import ensure_topics
+from .topics import ensure_topics, warn_mismatches
 from .writing import place_record, send
 
 SEND_TIMEOUT = 30.0
@@ -54,8 +56,23 @@ class KafkaBackend:
 
     capabilities = CAPABILITIES
 
-    def __init__(self, url: str, *, partitions: int | None = None) -> None:
-        self.settings = parse(url, partitions=partitions)
+    def __init__(
+        self,
+        url: str,
+        *,
+        partitions: int | None = None,
+        retention: timedelta | None = DEFAULT_RETENTION,
+    ) -> None:
+        """Open the namespace, creating its missing topics.
+
+        Args:
+            partitions: partitions of the topics to create (existing ones must match).
+            retention: how long the engines keep finished instances (``None``: forever):
+                the topics this creates get a ``retention.ms`` derived from it, and an
+                engine's :meth:`claim` checks the existing topics against it
+                (``topics.py``).
+        """
+        self.settings = parse(url, partitions=partitions, retention=retention)
         self.url = url
         self.partitions = ensure_topics(self.settings)
         self.log = KafkaLog(self.settings, self.partitions)
@@ -72,7 +89,10 @@ class KafkaBackend:
         on_failure: Callable[[BaseException], None],
     ) -> Membership:
         """Become a member of the engine group (see :class:`Membership`): each assigned
-        partition is handed over as a :class:`PartitionBackend`."""
+        partition is handed over as a :class:`PartitionBackend`. First the existing topics
+        are checked against what this backend would create them with: each difference is
+        logged as a warning, and nothing is changed (``topics.warn_mismatches``)."""
+        warn_mismatches(self.settings)
         membership = Membership(
             self.settings, self.partitions, group_key, on_assign, on_revoke, on_failure
         )

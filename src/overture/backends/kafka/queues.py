@@ -6,7 +6,9 @@ the batch's transaction, and a worker's claim subscribes to it; both ask
 ``auto.create.topics.enable`` is off on the dev broker, as it should be in production:
 a typo must not create a topic). A new topic gets the events topic's partition count; one
 that exists (say, made by an operator with more partitions for more workers) is used as
-it is, so the partition count is always asked of the cluster, never assumed.
+it is, so the partition count is always asked of the cluster, never assumed. A new topic
+gets the events topic's ``retention.ms`` (``topics.wanted_configs``): attempts age out as
+events do.
 
 A request record is the ``overture.task.requested`` CloudEvent in *structured* mode (the
 CloudEvents Kafka binding): the value is the event's JSON, ``content-type`` is
@@ -28,6 +30,7 @@ from ... import protocol
 from ...errors import BrokerUnavailable, ConfigError
 from ...ports import partition_for
 from .settings import KafkaSettings
+from .topics import wanted_configs
 
 STRUCTURED_HEADERS = [("content-type", b"application/cloudevents+json")]
 """The headers of a task request record (CloudEvents structured content mode)."""
@@ -99,6 +102,7 @@ class TaskTopics:
             topic,
             num_partitions=self._partitions,
             replication_factor=self._settings.replication,
+            config=wanted_configs(self._settings, topic),
         )
         future = admin.create_topics([new], request_timeout=self._timeout)[topic]
         try:

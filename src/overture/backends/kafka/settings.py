@@ -7,6 +7,9 @@
   compacted ``<namespace>.changelog``; the engines form the group ``<namespace>.engine``.
   One app per namespace.
 - ``partitions`` / ``replication`` apply when Overture creates the topics (defaults 6 / 1).
+- The retention the backend is opened with (``open_backend(url, retention=)``, ``overture
+  run --retention``) sets the ``retention.ms`` of the topics Overture creates, and is what
+  an engine checks existing topics against (``topics.py``).
 
 Client properties (TLS, SASL/SCRAM, client ids, timeouts: any librdkafka setting) come from
 a properties file named by ``OVERTURE_KAFKA_CONFIG`` (``key=value`` lines, ``#`` comments)
@@ -20,12 +23,14 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from ... import protocol
 from ...errors import ConfigError
+from ...retention import DEFAULT_RETENTION
 
 CONFIG_FILE_ENV = "OVERTURE_KAFKA_CONFIG"
 ENV_PREFIX = "OVERTURE_KAFKA_"
@@ -75,6 +80,9 @@ class KafkaSettings:
     """Replication factor of the topics Overture creates."""
     client: dict[str, str] = field(default_factory=dict)
     """librdkafka properties for every client (security, client ids, …)."""
+    retention: timedelta | None = DEFAULT_RETENTION
+    """How long the engines keep finished instances (``None``: forever): the topics
+    Overture creates get a ``retention.ms`` derived from it (``topics.wanted_configs``)."""
 
     @property
     def events_topic(self) -> str:
@@ -100,8 +108,14 @@ class KafkaSettings:
         return out
 
 
-def parse(url: str, *, partitions: int | None = None) -> KafkaSettings:
-    """Settings from a ``kafka://`` URL and the environment.
+def parse(
+    url: str,
+    *,
+    partitions: int | None = None,
+    retention: timedelta | None = DEFAULT_RETENTION,
+) -> KafkaSettings:
+    """Settings from a ``kafka://`` URL and the environment; ``retention`` is the engines'
+    (:attr:`KafkaSettings.retention`).
 
     Raises:
         ConfigError: a malformed URL, option or properties file.
@@ -128,7 +142,9 @@ def parse(url: str, *, partitions: int | None = None) -> KafkaSettings:
         raise ConfigError(f"bad number in {url!r}: {exc}") from exc
     if (count is not None and count < 1) or replication < 1:
         raise ConfigError(f"partitions and replication must be at least 1 in {url!r}")
-    return KafkaSettings(url, parsed.netloc, namespace, count, replication, client_properties())
+    return KafkaSettings(
+        url, parsed.netloc, namespace, count, replication, client_properties(), retention
+    )
 
 
 def client_properties(environ: dict[str, str] | None = None) -> dict[str, str]:
