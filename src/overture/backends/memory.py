@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError, EngineBusy, MalformedEvent
+from ..errors import ConfigError, EngineBusy, MalformedEvent, NotFound
 from ..ports import (
     ActivityRow,
     Batch,
@@ -39,7 +39,7 @@ from ..ports import (
 )
 from ..protocol import FINAL, TASK_COMPLETED, TASK_FAILED, Status, task_result_id
 from . import queries
-from .embedded import claim_whole
+from .embedded import claim_whole, missing_letters
 from .replies import check_reply
 
 
@@ -65,6 +65,8 @@ class MemoryState:
         # of deleted (or rewritten) rows stay until they reach the top and are dropped
         # there, so a commit pays one push per instance it finishes and nothing more.
         self._finished: list[tuple[float, str]] = []
+        # (created, id) of dead letters, the same way, for ``expired_dead_letters``
+        self._letters: list[tuple[float, str]] = []
 
     def apply(self, batch: Batch) -> None:
         """Apply a batch's state changes and offsets (not its appends)."""
@@ -90,6 +92,9 @@ class MemoryState:
             _apply(self._work, batch.work)
             _apply(self._inbox, batch.inbox)
             _apply(self._dlq, batch.dead_letters)
+            for dl_id, letter in batch.dead_letters.items():
+                if letter is not None:
+                    heapq.heappush(self._letters, (letter.created, dl_id))
             if batch.state:
                 self._apply_state(batch.state)
             if batch.expired:
@@ -241,6 +246,25 @@ class MemoryState:
         with self._lock:
             return self._dlq.get(dead_letter_id)
 
+    def expired_dead_letters(self, before: float, limit: int) -> tuple[list[str], float | None]:
+        with self._lock:
+            heap, letters = self._letters, self._dlq
+            taken: list[tuple[float, str]] = []
+            following: float | None = None
+            while heap:
+                created, dl_id = heap[0]
+                letter = letters.get(dl_id)
+                if letter is None or letter.created != created:
+                    heapq.heappop(heap)  # deleted or replaced since it was pushed
+                    continue
+                if created > before or len(taken) >= limit:
+                    following = created
+                    break
+                taken.append(heapq.heappop(heap))
+            for entry in taken:  # still stored until the deletion commits
+                heapq.heappush(heap, entry)
+            return list(dict.fromkeys(i for _, i in taken)), following
+
     def get(self, namespace: str, key: bytes) -> bytes | None:
         with self._lock:
             entries = self._state.get(namespace)
@@ -268,6 +292,7 @@ class MemoryBackend(MemoryState):
         commit="inline",  # a commit only updates dicts: no reason to leave the loop
         partitioned=False,
         remote=False,
+        deletes_dead_letters=True,
     )
     owned = None
 
@@ -358,6 +383,16 @@ class MemoryBackend(MemoryState):
             if finished:
                 for wake in list(self._finished_watchers):
                     wake(finished)
+
+    def delete_dead_letters(self, ids: Sequence[str] | None) -> list[str]:
+        with self._lock:
+            wanted = list(self._dlq) if ids is None else list(dict.fromkeys(ids))
+            missing = [i for i in wanted if i not in self._dlq]
+            if missing:
+                raise NotFound(missing_letters(missing))
+            for dl_id in wanted:
+                del self._dlq[dl_id]
+            return wanted
 
     def watch_finished(self, wake: Callable[[list[str] | None], None]) -> Callable[[], None]:
         """Call ``wake`` with the ids of the instances each commit finishes (from the
