@@ -51,7 +51,9 @@ cli = typer.Typer(
     # every subcommand inherits it: ``--broker`` (hidden) is read as ``--backend``
     context_settings={"token_normalize_func": normalize_option},
 )
-dlq = typer.Typer(help="Inspect and replay the dead-letter queue.", no_args_is_help=True)
+dlq = typer.Typer(
+    help="Inspect, replay and delete the dead-letter queue.", no_args_is_help=True
+)
 cli.add_typer(dlq, name="dlq")
 cli.add_typer(dev, name="dev")
 api.register(cli)  # overture serve
@@ -577,6 +579,37 @@ def dlq_replay(
                     continue  # replayed (and removed) by the engine meanwhile
                 count += 1
     typer.echo(f"replay of {count} dead letter{'s' if count != 1 else ''} requested")
+
+
+@dlq.command("delete")
+@handle_errors
+def dlq_delete(
+    letter_ids: Annotated[
+        list[str] | None, typer.Argument(metavar="ID...", help="Dead letter ids.")
+    ] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Delete every dead letter.")] = False,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why (logged by whoever deletes them).")
+    ] = None,
+    backend: BackendOption = DEFAULT_BACKEND,
+) -> None:
+    """Delete dead letters for good: all the IDs given, or none if one is unknown."""
+    if letter_ids and all_:
+        raise CliError("give dead letter IDs or --all, not both", EXIT_USAGE)
+    if not letter_ids and not all_:
+        raise CliError("give dead letter IDs, or --all", EXIT_USAGE)
+    with open_client(backend) as client:
+        outcome = client.delete_dead_letters(letter_ids or None, all=all_, reason=reason)
+    count = len(outcome.ids)
+    letters = f"{count} dead letter{'s' if count != 1 else ''}"
+    if outcome.done:
+        typer.echo(f"deleted {letters}" + (f": {', '.join(outcome.ids)}" if count else ""))
+    else:
+        typer.echo(
+            f"deletion of {letters} requested from their engines "
+            f"(events {', '.join(outcome.requests)}); each engine deletes its partition's "
+            "in one transaction"
+        )
 
 
 # -- demo ----------------------------------------------------------------------------------
