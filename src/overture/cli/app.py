@@ -51,9 +51,7 @@ cli = typer.Typer(
     # every subcommand inherits it: ``--broker`` (hidden) is read as ``--backend``
     context_settings={"token_normalize_func": normalize_option},
 )
-dlq = typer.Typer(
-    help="Inspect, replay and delete the dead-letter queue.", no_args_is_help=True
-)
+dlq = typer.Typer(help="Inspect, replay and delete the dead-letter queue.", no_args_is_help=True)
 cli.add_typer(dlq, name="dlq")
 cli.add_typer(dev, name="dev")
 api.register(cli)  # overture serve
