@@ -165,6 +165,15 @@ def run(
             "(e.g. 12h, 7d; 0: none; forever). docs/retention.md.",
         ),
     ] = "7d",
+    dlq_retention: Annotated[
+        str,
+        typer.Option(
+            "--dlq-retention",
+            metavar="DURATION",
+            help="How long dead letters are kept before the engine deletes them (same "
+            "forms as --retention; default forever: until replayed or deleted).",
+        ),
+    ] = "forever",
     log_level: LogLevel = "INFO",
     log_format: LogFormatOption = "text",
     trace: TraceOption = None,
@@ -179,6 +188,7 @@ def run(
 
     try:
         kept = parse_retention(retention)
+        letters_kept = parse_retention(dlq_retention, option="--dlq-retention")
     except ConfigError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     _check_log_level(log_level)
@@ -202,6 +212,7 @@ def run(
                         threads=threads,
                         max_open_tasks_per_queue=max_open_tasks,
                         retention=kept,
+                        dlq_retention=letters_kept,
                     ),
                     partitions=partitions,
                     grace=grace,
