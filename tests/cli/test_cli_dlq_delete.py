@@ -3,7 +3,6 @@ SQLite (one transaction, engine running or not) and Kafka (the engine's transact
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -14,11 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import Invoke, failed, ok
 
 import overture as ov
 from overture.errors import ConfigError, NotFound
 from overture.testing import Harness
-from cli_helpers import Invoke, failed, ok
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ async def test_dead_letters_are_deleted_after_the_dlq_retention(url: str) -> Non
         await h.advance(HOUR / 2)
         h.client.send_raw(b"junk 2")
         await h.idle()
-        first, second = sorted(h.client.dead_letters(), key=lambda d: d.created)
+        _, second = sorted(h.client.dead_letters(), key=lambda d: d.created)
         await h.advance(HOUR / 2 - 1)  # just before the first one's hour
         assert len(h.client.dead_letters()) == 2
         await h.advance(2)
