@@ -18,7 +18,7 @@ from .. import __version__
 from ..client import ALL, Client
 from ..errors import ConfigError, NotFound
 from ..protocol import Status
-from . import api, render, top, windows
+from . import api, gc, render, top, windows
 from .common import (
     DEFAULT_BACKEND,
     EXIT_USAGE,
@@ -57,6 +57,7 @@ cli.add_typer(dev, name="dev")
 api.register(cli)  # overture serve
 top.register(cli)  # overture top
 windows.register(cli)  # overture windows (streams)
+gc.register(cli)  # overture gc (retention on demand)
 
 STATUSES = tuple(Status)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

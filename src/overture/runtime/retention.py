@@ -36,13 +36,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import timedelta
+from typing import Protocol
 
 from .. import retention as kept
 from ..core.status import FINAL
 from ..ports import Batch, Record, StateView
-from .instances import Instances
 from .keyed import KeyedState
 from .staging import Stage
 
@@ -53,6 +53,13 @@ instance expires: the log of a busy handler-only app must shrink too."""
 PASS_LIMIT = 200
 """Most instances one pass deletes (one engine batch): small enough that the batch's
 commit stays close to an ordinary one, so deletion never stalls the engine's commits."""
+
+
+class Forgets(Protocol):
+    """What retention needs of the live instances: to drop the deleted ones from the
+    cache (``Instances``; ``overture gc``, which runs with no engine, has none)."""
+
+    def forget(self, instance_ids: Iterable[str]) -> None: ...
 
 
 class Retention:
@@ -79,7 +86,7 @@ class Retention:
         self,
         store: StateView,
         retention: timedelta | None,
-        instances: Instances,
+        instances: Forgets,
         in_flight: Callable[[], Batch | None],
         stats: dict[str, int],
         state: KeyedState,
@@ -113,6 +120,16 @@ class Retention:
         # the last sealed batch and the expiry of the first instance it finishes: until
         # that batch has committed, the store cannot report those instances
         self._unseen: tuple[object, float] | None = None
+
+    def pass_now(self, stage: Stage, now: float) -> bool:
+        """Stage a pass now, whatever is due (``overture gc``: one pass per call, the log
+        trimmed by each); False: nothing to delete was found."""
+        self._staged = None
+        self._due = -math.inf if self._keeps else None
+        self._log_due = -math.inf
+        if self._letter_seconds is not None:
+            self._letters_due = -math.inf
+        return self.advance(stage, now)
 
     def next_due(self) -> float | None:
         """Engine time of the next pass (``None``: nothing finished is stored and the
