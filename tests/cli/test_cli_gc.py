@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import Invoke, failed, ok
+from tests.conftest import kafka_url
 
 import overture as ov
 from overture.backends import open_backend
 from overture.runtime.clock import SystemClock
 from overture.runtime.options import EngineOptions
 from overture.testing import Harness
-from tests.conftest import kafka_url
 
 
 def app() -> ov.App:
