@@ -3,6 +3,7 @@ halfway through, refused beside a running engine), a report of what is pending o
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -127,7 +128,7 @@ async def test_gc_refuses_while_an_engine_runs(tmp_path: Path) -> None:
     backend = open_backend(url)
     release = backend.engine_lock()  # what a running engine holds
     try:
-        code, out, err = run("gc", "--retention", "0", "--backend", url)
+        code, _, err = run("gc", "--retention", "0", "--backend", url)
     finally:
         release()
         backend.close()
@@ -173,6 +174,10 @@ async def test_kill_9_in_the_middle_of_gc_leaves_nothing_half_deleted(tmp_path: 
     db = tmp_path / "kill.db"
     url = f"sqlite:///{db}"
     await fill(url, 4000)
+    await asyncio.to_thread(kill_while_collecting, db, url)
+
+
+def kill_while_collecting(db: Path, url: str) -> None:
     left = [4000]
     for delay in (0.0, 0.01, 0.03):
         proc = overture("gc", "--retention", "0", "--backend", url)
