@@ -91,9 +91,10 @@ async def test_the_file_stops_growing_once_retention_applies(tmp_path: Path) -> 
                 c.execute("PRAGMA wal_checkpoint(PASSIVE)")
             sizes.append(db.stat().st_size)
     # the first cycles grow the file to its working size; after that freed pages are
-    # reused: four more cycles of 2,000 instances add less than 2% to it (without
-    # retention each cycle adds about as much as the first)
-    assert sizes[-1] - sizes[1] < sizes[1] * 0.02, sizes
+    # reused (and returned: an incremental vacuum after passes, so the size varies
+    # below that working size): four more cycles of 2,000 instances do not grow it
+    # (without retention each cycle adds about as much as the first)
+    assert max(sizes[2:]) <= max(sizes[:2]) * 1.10, sizes
     with sqlite3.connect(db) as c:
         assert c.execute("SELECT count(*) FROM journal").fetchone()[0] == 0
         assert c.execute("SELECT count(*) FROM log").fetchone()[0] < 10
