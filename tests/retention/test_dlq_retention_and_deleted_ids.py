@@ -13,6 +13,7 @@ import overture as ov
 from overture import retention as kept
 from overture.runtime.options import EngineOptions
 from overture.testing import Harness
+from tests.conftest import kafka_url
 
 HOUR = 3600.0
 
@@ -61,7 +62,16 @@ async def test_dead_letters_are_kept_by_default_even_with_retention_0(url: str) 
         assert h.client.instances() == []  # the instance went at once
 
 
-async def test_a_deleted_id_is_reported_as_deleted_after_the_retention(url: str) -> None:
+@pytest.fixture(params=["memory", "sqlite", "kafka"])
+def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "kafka":
+        return kafka_url(request.getfixturevalue("kafka_bootstrap"))
+    return "memory://dlqret" if request.param == "memory" else f"sqlite:///{tmp_path / 'r.db'}"
+
+
+async def test_a_deleted_id_is_reported_as_deleted_after_the_retention(any_url: str) -> None:
+    """On Kafka too: the remembered id is keyed state, in the changelog the clients follow."""
+    url = any_url
     async with Harness(app(), url, options=EngineOptions(retention=timedelta(hours=1))) as h:
         h.client.send("order.placed", {"id": "a"})
         await h.idle()
