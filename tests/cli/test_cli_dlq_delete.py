@@ -4,16 +4,13 @@ SQLite (one transaction, engine running or not) and Kafka (the engine's transact
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import Invoke, failed, ok
+from cli_helpers import Invoke, failed, ok, spawn
 
 import overture as ov
 from overture.errors import ConfigError, NotFound
@@ -108,25 +105,15 @@ def _count(path: Path) -> int:
         conn.close()
 
 
-def _overture(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "overture.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "NO_COLOR": "1", "OVERTURE_BACKEND": ""},
-    )
-
-
 def test_the_command_deletes_with_no_engine_running(tmp_path: Path) -> None:
     db = tmp_path / "x.db"
     _fill(db, 5)
-    proc = _overture("dlq", "delete", "0:1", "0:3", "--backend", f"sqlite:///{db}")
+    proc = spawn("dlq", "delete", "0:1", "0:3", "--backend", f"sqlite:///{db}")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert out.strip() == "deleted 2 dead letters: 0:1, 0:3"
     assert _count(db) == 3
-    proc = _overture("dlq", "delete", "0:0", "0:1", "--backend", f"sqlite:///{db}")
+    proc = spawn("dlq", "delete", "0:0", "0:1", "--backend", f"sqlite:///{db}")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1
     assert err.strip() == "error: no dead letter(s) '0:1'; nothing was deleted"
@@ -144,7 +131,7 @@ def test_kill_9_during_a_delete_leaves_all_or_none(tmp_path: Path) -> None:
             for leftover in tmp_path.glob("x.db*"):
                 leftover.unlink()
             _fill(db, n)
-        proc = _overture("dlq", "delete", "--all", "--backend", f"sqlite:///{db}")
+        proc = spawn("dlq", "delete", "--all", "--backend", f"sqlite:///{db}")
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)

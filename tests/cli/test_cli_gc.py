@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from cli_helpers import Invoke, failed, ok
+from cli_helpers import Invoke, failed, ok, spawn
 from tests.conftest import kafka_url
 
 import overture as ov
@@ -48,18 +45,8 @@ async def fill(url: str, n: int, *, waiting: int = 0) -> None:
         await h.idle()
 
 
-def overture(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "overture.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "NO_COLOR": "1", "OVERTURE_BACKEND": ""},
-    )
-
-
 def run(*args: str) -> tuple[int, str, str]:
-    proc = overture(*args)
+    proc = spawn(*args)
     out, err = proc.communicate(timeout=120)
     return proc.returncode, out, err
 
@@ -180,7 +167,7 @@ async def test_kill_9_in_the_middle_of_gc_leaves_nothing_half_deleted(tmp_path: 
 def kill_while_collecting(db: Path, url: str) -> None:
     left = [4000]
     for delay in (0.0, 0.01, 0.03):
-        proc = overture("gc", "--retention", "0", "--backend", url)
+        proc = spawn("gc", "--retention", "0", "--backend", url)
         deadline = time.monotonic() + 60
         # kill it once its passes have begun (a pass committed), a little later each time
         while counts(db)["instances"] == left[-1] and proc.poll() is None:

@@ -76,7 +76,12 @@ def _size(db: Path) -> int:
     return db.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
 
 
-async def test_the_file_stops_growing_once_retention_applies(tmp_path: Path) -> None:
+async def test_the_file_stops_growing_once_retention_applies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # every deleting commit tidies (not once a second): the size at each measurement
+    # does not depend on how the cycles fall against the clock
+    monkeypatch.setattr(sqlite_backend, "TIDY_EVERY", 0.0)
     db = tmp_path / "size.db"
     sizes = []
     async with Harness(shop(), f"sqlite:///{db}", retention=timedelta(0), clock=_clock()) as h:
@@ -106,10 +111,13 @@ def _file_and_wal(db: Path) -> tuple[int, int]:
     return db.stat().st_size, (wal.stat().st_size if wal.exists() else 0)
 
 
-async def test_file_and_wal_stay_flat_with_no_checkpoint_by_hand(tmp_path: Path) -> None:
+async def test_file_and_wal_stay_flat_with_no_checkpoint_by_hand(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The engine's own tidying (incremental vacuum, PASSIVE checkpoints after passes)
     keeps the file and its WAL flat over repeated cycles with retention 0; nothing is
     done by hand."""
+    monkeypatch.setattr(sqlite_backend, "TIDY_EVERY", 0.0)  # as in the test above
     db = tmp_path / "flat.db"
     files, wals = [], []
     async with Harness(shop(), f"sqlite:///{db}", retention=timedelta(0), clock=_clock()) as h:

@@ -205,26 +205,12 @@ class MemoryState:
             return list(self._waits.values())
 
     def expired(self, before: float, limit: int) -> tuple[list[str], float | None]:
+        def finished(iid: str) -> float | None:
+            row = self._instances.get(iid)
+            return None if row is None or row.status not in FINAL else row.updated
+
         with self._lock:
-            heap, rows = self._finished, self._instances
-            taken: list[tuple[float, str]] = []
-            ids: list[str] = []
-            following: float | None = None
-            while heap:
-                updated, iid = heap[0]
-                row = rows.get(iid)
-                if row is None or row.status not in FINAL or row.updated != updated:
-                    heapq.heappop(heap)  # deleted or rewritten since it was pushed
-                    continue
-                if updated > before or len(ids) >= limit:
-                    following = updated
-                    break
-                taken.append(heapq.heappop(heap))
-                if not ids or ids[-1] != iid:
-                    ids.append(iid)
-            for entry in taken:  # still stored until the deletion commits
-                heapq.heappush(heap, entry)
-            return ids, following
+            return _oldest(self._finished, finished, before, limit)
 
     def work(self) -> list[WorkRow]:
         with self._lock:
@@ -247,23 +233,12 @@ class MemoryState:
             return self._dlq.get(dead_letter_id)
 
     def expired_dead_letters(self, before: float, limit: int) -> tuple[list[str], float | None]:
+        def created(dl_id: str) -> float | None:
+            letter = self._dlq.get(dl_id)
+            return None if letter is None else letter.created
+
         with self._lock:
-            heap, letters = self._letters, self._dlq
-            taken: list[tuple[float, str]] = []
-            following: float | None = None
-            while heap:
-                created, dl_id = heap[0]
-                letter = letters.get(dl_id)
-                if letter is None or letter.created != created:
-                    heapq.heappop(heap)  # deleted or replaced since it was pushed
-                    continue
-                if created > before or len(taken) >= limit:
-                    following = created
-                    break
-                taken.append(heapq.heappop(heap))
-            for entry in taken:  # still stored until the deletion commits
-                heapq.heappush(heap, entry)
-            return list(dict.fromkeys(i for _, i in taken)), following
+            return _oldest(self._letters, created, before, limit)
 
     def get(self, namespace: str, key: bytes) -> bytes | None:
         with self._lock:
@@ -582,6 +557,35 @@ def _check_claimant(worker: str, lease: float) -> None:
         raise ConfigError(f"a worker id is a non-empty str, not {worker!r}")
     if isinstance(lease, bool) or not isinstance(lease, int | float) or not 0 < lease < math.inf:
         raise ConfigError(f"a lease is a positive, finite number of seconds, not {lease!r}")
+
+
+def _oldest(
+    heap: list[tuple[float, str]],
+    stamp: Callable[[str], float | None],
+    before: float,
+    limit: int,
+) -> tuple[list[str], float | None]:
+    """At most ``limit`` ids of ``heap`` (time, id), oldest first, whose time is at or
+    before ``before``, and the time of the first one left (``None``: none). An entry
+    whose id's current ``stamp`` differs (deleted or rewritten since it was pushed) is
+    dropped on the way; the ones taken stay (still stored until their deletion commits)."""
+    taken: list[tuple[float, str]] = []
+    ids: list[str] = []
+    following: float | None = None
+    while heap:
+        at, key = heap[0]
+        if stamp(key) != at:
+            heapq.heappop(heap)
+            continue
+        if at > before or len(ids) >= limit:
+            following = at
+            break
+        taken.append(heapq.heappop(heap))
+        if not ids or ids[-1] != key:
+            ids.append(key)
+    for entry in taken:
+        heapq.heappush(heap, entry)
+    return ids, following
 
 
 def _apply(table: dict[str, Any], changes: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ import typer
 
 from .. import __version__
 from ..client import ALL, Client
-from ..errors import ConfigError, NotFound
+from ..errors import NotFound
 from ..protocol import Status
 from . import api, gc, render, top, windows
 from .common import (
@@ -31,6 +31,7 @@ from .common import (
     normalize_option,
     open_client,
     refuse_memory,
+    retentions,
     stderr_line,
     tracing,
 )
@@ -183,15 +184,10 @@ def run(
 
     The app's tasks (@app.task with a function) run in the same process too, unless
     --no-tasks."""
-    from ..retention import parse_retention
     from ..runtime.options import EngineOptions
     from .serve import configure_logging, serve
 
-    try:
-        kept = parse_retention(retention)
-        letters_kept = parse_retention(dlq_retention, option="--dlq-retention")
-    except ConfigError as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
+    kept, letters_kept = retentions(retention, dlq_retention)
     _check_log_level(log_level)
     log_format = check_log_format(log_format)
     refuse_memory(backend)

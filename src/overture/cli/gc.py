@@ -36,19 +36,19 @@ from ..backends import open_backend
 from ..backends.sqlite import SqliteBackend
 from ..backends.sqlite.files import connect
 from ..backends.sqlite.hygiene import FileSize, file_size, incremental, tidy, vacuum
-from ..errors import ConfigError, EngineBusy
+from ..errors import EngineBusy
 from ..ports import Backend, StateView
-from ..retention import DEFAULT_RETENTION, describe_retention, parse_retention
+from ..retention import DEFAULT_RETENTION, describe_retention
 from ..runtime.keyed import KeyedState
 from ..runtime.retention import Retention
 from ..runtime.staging import Stage
 from .common import (
     DEFAULT_BACKEND,
-    EXIT_USAGE,
     BackendOption,
     CliError,
     handle_errors,
     refuse_memory,
+    retentions,
 )
 
 MAX_PASSES = 1_000_000
@@ -194,11 +194,7 @@ def register(cli: typer.Typer) -> None:
     ) -> None:
         """Run a retention pass now and print what it freed (rows and bytes). SQLite
         only with no engine running; on Kafka it reports what the engines have pending."""
-        try:
-            kept = parse_retention(retention)
-            letters = parse_retention(dlq_retention, option="--dlq-retention")
-        except ConfigError as exc:
-            raise CliError(str(exc), EXIT_USAGE) from None
+        kept, letters = retentions(retention, dlq_retention)
         refuse_memory(backend)
         opened: Backend = open_backend(backend)
         try:
