@@ -8,9 +8,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 import overture as ov
 from overture import retention as kept
+from overture.cli import cli
 from overture.runtime.options import EngineOptions
 from overture.testing import Harness
 from tests.conftest import kafka_url
@@ -84,6 +86,10 @@ async def test_a_deleted_id_is_reported_as_deleted_after_the_retention(any_url: 
         )
         with pytest.raises(ov.NotFound, match=r"^no instance 'never-was'"):
             h.client.instance("never-was")
+        if url.startswith("sqlite"):  # the command says it too (exit 1)
+            shown = CliRunner().invoke(cli, ["show", instance.id, "--backend", url])
+            assert shown.exit_code == 1
+            assert "not found (deleted after the retention of 1h" in shown.stderr
 
 
 async def test_the_deleted_ids_kept_are_bounded_in_number(
