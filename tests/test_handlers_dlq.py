@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 
 import overture as ov
+from overture import protocol
 from overture.events import Envelope, encode
 
 from .conftest import Factory
@@ -169,3 +170,24 @@ async def test_untyped_events_may_carry_any_json_data(harness: Factory) -> None:
         await h.idle()
         assert seen == [[1, 2]]
         assert h.client.dead_letters() == []
+
+
+async def test_an_engine_deletes_the_dead_letters_an_overture_dlq_delete_names(
+    harness: Factory,
+) -> None:
+    """How a Kafka client deletes (the engines own the letters there), on every backend:
+    the letters named, in one batch; an id that is gone is skipped (logged). The event
+    goes to the letters' partition (here the one of key "k")."""
+    async with harness(ov.App("empty")) as h:
+        for n in range(3):
+            h.client.send_raw(f"junk {n}".encode(), key="k")
+        await h.idle()
+        first, second, third = sorted(d.id for d in h.client.dead_letters())
+        h.client.send(
+            protocol.DLQ_DELETE,
+            {"ids": [first, third, "gone"], "reason": "test"},
+            key="k",
+            reserved=True,
+        )
+        await h.idle()
+        assert [d.id for d in h.client.dead_letters()] == [second]

@@ -11,13 +11,14 @@ the network.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from .app import App
 from .backends import DEFAULT_URL, renamed_broker
-from .client import Client, Instance, InstancePage, LoggedEvent, _instance
+from .client import Client, DeadLettersDeleted, Instance, InstancePage, LoggedEvent, _instance
 from .codec import Codec
 from .events import Envelope, Event
 from .groupcommit import Positions
@@ -307,6 +308,18 @@ class AsyncClient:
     async def replay_dead_letter(self, dead_letter_id: str) -> str:
         """Ask the engine to retry a dead letter."""
         return await asyncio.to_thread(self.sync.replay_dead_letter, dead_letter_id)
+
+    async def delete_dead_letters(
+        self,
+        ids: Iterable[str] | None = None,
+        *,
+        all: bool = False,
+        reason: str | None = None,
+    ) -> DeadLettersDeleted:
+        """``Client.delete_dead_letters``: delete dead letters (all or none)."""
+        return await asyncio.to_thread(
+            functools.partial(self.sync.delete_dead_letters, ids, all=all, reason=reason)
+        )
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)``: inline on a local backend, in a worker thread on a remote one."""

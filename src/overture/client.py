@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import time
 import warnings
 from collections.abc import Iterable, Iterator
@@ -16,6 +17,7 @@ import orjson
 from . import protocol
 from .app import App
 from .backends import DEFAULT_URL, open_backend, renamed_broker
+from .backends.embedded import missing_letters
 from .codec import Codec
 from .core import journal as jr
 from .errors import ConfigError, MalformedEvent, NotFound
@@ -27,6 +29,7 @@ from .ports import ActivityRow, Backend, DeadLetter, InstanceQuery, NewRecord
 from .protocol import FINAL as FINAL
 from .protocol import Status
 from .results import Results
+from .retention import DELETED, deleted_message
 from .streams.query import view as stream_view
 
 MIN_SHORT_ID = 6
@@ -63,6 +66,23 @@ class InstancePage:
 
 
 @dataclass(frozen=True, slots=True)
+class DeadLettersDeleted:
+    """What :meth:`Client.delete_dead_letters` did."""
+
+    ids: list[str]
+    """The dead letters deleted (or, where ``requests`` is not empty, to be deleted)."""
+    requests: list[str]
+    """The ids of the ``overture.dlq.delete`` events sent to the engines that own the
+    letters (Kafka: one per partition, each applied in one engine transaction); empty
+    where the letters are already deleted (SQLite, memory: one transaction)."""
+
+    @property
+    def done(self) -> bool:
+        """Whether the letters are deleted already (not merely requested)."""
+        return not self.requests
+
+
+@dataclass(frozen=True, slots=True)
 class LoggedEvent:
     """An event read back from the log, with its position."""
 
@@ -71,6 +91,9 @@ class LoggedEvent:
     envelope: Envelope | None
     raw: bytes
     error: str | None = None
+
+
+_dlq_log = logging.getLogger("overture.dlq")
 
 
 class Client:
@@ -329,6 +352,9 @@ class Client:
                     "give more characters"
                 )
         if row is None:
+            gone = self.backend.store.get(DELETED, instance_id.encode())
+            if gone is not None:  # deleted by retention (the last DELETED_KEPT per engine)
+                raise NotFound(deleted_message(instance_id, gone))
             hint = (
                 f" (a prefix or suffix needs at least {MIN_SHORT_ID} characters)"
                 if len(instance_id) < MIN_SHORT_ID
@@ -486,6 +512,73 @@ class Client:
         self.backend.log.append([record])
         return envelope.id
 
+    def delete_dead_letters(
+        self,
+        ids: Iterable[str] | None = None,
+        *,
+        all: bool = False,
+        reason: str | None = None,
+    ) -> DeadLettersDeleted:
+        """Delete dead letters for good: those ``ids`` names, or every one (``all``).
+        Either all of them are deleted or none: an unknown id deletes nothing.
+
+        On SQLite and memory they are deleted in one transaction of the store, now
+        (an engine running or not). On Kafka the letters are the engines' changelog:
+        one ``overture.dlq.delete`` event per partition asks its engine, which deletes
+        them in one transaction (changelog tombstones); ``requests`` names the events.
+        ``reason`` is logged by whoever deletes (this client, or the engine).
+
+        Raises:
+            NotFound: an id names no dead letter (the message lists them); nothing
+                was deleted.
+            ConfigError: neither or both of ``ids`` and ``all``, or no id.
+        """
+        if (ids is None) == (not all):
+            raise ConfigError("give dead letter ids or all=True, not both or neither")
+        wanted = None if ids is None else list(dict.fromkeys(ids))
+        if wanted is not None and (not wanted or not all_text(wanted)):
+            raise ConfigError("give at least one dead letter id (non-empty strings)")
+        backend = self.backend
+        if backend.capabilities.deletes_dead_letters:
+            deleted = backend.delete_dead_letters(wanted)
+            if deleted:
+                _dlq_log.info("deleted dead letters %s (reason: %s)", deleted, reason)
+            return DeadLettersDeleted(deleted, [])
+        letters = {letter.id: letter for letter in backend.store.dead_letters()}
+        if wanted is None:
+            wanted = list(letters)
+        missing = [i for i in wanted if i not in letters]
+        if missing:
+            raise NotFound(missing_letters(missing))
+        # one request per partition whose engine holds some of them (a keyless or
+        # re-keyed event's letter is not necessarily where its key points: its
+        # ``partition`` says where it is)
+        groups: dict[tuple[int | None, str | None], list[str]] = {}
+        for dl_id in wanted:
+            letter = letters[dl_id]
+            where = letter.key if letter.partition is None else None
+            groups.setdefault((letter.partition, where), []).append(dl_id)
+        records, requests = [], []
+        for (partition, key), group in groups.items():
+            envelope = Envelope(
+                type=protocol.DLQ_DELETE,
+                data={"ids": group, "reason": reason},
+                partitionkey=key if key is not None else letters[group[0]].key,
+            )
+            records.append(
+                NewRecord(
+                    envelope.partitionkey,
+                    self.codec.to_bytes(envelope),
+                    envelope.id,
+                    envelope.type,
+                    partition,
+                )
+            )
+            requests.append(envelope.id)
+        if records:
+            backend.log.append(records)
+        return DeadLettersDeleted(wanted, requests)
+
     def wait(self, instance_id: str, *, timeout: float = 30.0) -> Instance:
         """Block until the instance has finished (completed, failed or cancelled), woken
         by the commit that finishes it. ``instance_id`` may be a short form (see
@@ -502,6 +595,11 @@ class Client:
             return self.instance(instance_id).id
         except NotFound:
             return instance_id  # not started yet: wait for exactly this id
+
+
+def all_text(values: list[Any]) -> bool:
+    """Whether every value is a non-empty string."""
+    return all(isinstance(v, str) and v for v in values)
 
 
 def _key_of(cls: type[Event], data: dict[str, Any] | None) -> str | None:

@@ -419,6 +419,11 @@ class StateView(Protocol):
 
     def dead_letter(self, dead_letter_id: str) -> DeadLetter | None: ...
 
+    def expired_dead_letters(self, before: float, limit: int) -> tuple[list[str], float | None]:
+        """At most ``limit`` ids of dead letters created at or before ``before``, oldest
+        first, and the creation time of the oldest one left after those (``None``: none
+        is left): ``--dlq-retention``'s candidates."""
+
     def get(self, namespace: str, key: bytes) -> bytes | None:
         """The value of a keyed-state entry, ``None`` if there is none."""
 
@@ -465,6 +470,11 @@ class Capabilities:
     """``Batch.trim_log`` deletes old consumed log records (SQLite). Where False the log
     keeps them (memory) or the broker's topic retention deletes them (Kafka), and the
     engine's retention passes run only when an instance expires."""
+    deletes_dead_letters: bool = False
+    """``Backend.delete_dead_letters`` deletes in one transaction of the store, engine
+    running or not (the embedded backends: the engine keeps no dead letter in memory
+    beyond the batch it commits). Where False the engines own the dead letters (Kafka:
+    their changelog) and a client asks them with ``overture.dlq.delete``."""
 
 
 @runtime_checkable
@@ -549,6 +559,17 @@ class Backend(Protocol):
         """Call ``wake`` (from any thread) with the ids of the instances each commit
         finishes, or with ``None`` when something may have finished unseen (the caller
         re-reads what it waits for). Returns the unsubscribe function."""
+
+    def delete_dead_letters(self, ids: Sequence[str] | None) -> list[str]:
+        """Delete these dead letters (``None``: every one) in one transaction; returns
+        the ids deleted.
+
+        Raises:
+            NotFound: an id names no dead letter (the message lists them); nothing was
+                deleted.
+            ConfigError: the backend does not delete dead letters itself
+                (``Capabilities.deletes_dead_letters`` is False: ask its engines).
+        """
 
     def claim(
         self,

@@ -40,6 +40,7 @@ from .errors import EventValidationError
 __all__ = [
     "CANCEL",
     "DEFAULT_QUEUE",
+    "DLQ_DELETE",
     "DLQ_REPLAY",
     "EXTENSIONS",
     "FINAL",
@@ -57,6 +58,7 @@ __all__ = [
     "WAIT_UNSUBSCRIBE",
     "Cancel",
     "Control",
+    "DlqDelete",
     "DlqReplay",
     "Reply",
     "Status",
@@ -141,6 +143,10 @@ CANCEL = "overture.cancel"
 """Cancel an instance: ``{"instance_id": str}``."""
 DLQ_REPLAY = "overture.dlq.replay"
 """Route a dead letter again (or re-run its handler): ``{"id": str}``."""
+DLQ_DELETE = "overture.dlq.delete"
+"""Delete dead letters of the partition it is sent to: ``{"ids": [str, ...], "reason":
+str | null}`` (how ``Client.delete_dead_letters`` deletes on a backend whose engines own
+the dead letters, Kafka; the embedded backends delete in one transaction of the file)."""
 WAIT_SUBSCRIBE = "overture.wait.subscribe"
 """To the partition of a wait's key: keep a wait for an instance of partition ``home``."""
 WAIT_UNSUBSCRIBE = "overture.wait.unsubscribe"
@@ -216,6 +222,13 @@ class DlqReplay(_Message):
     """``overture.dlq.replay``"""
 
     id: str = Field(min_length=1)
+
+
+class DlqDelete(_Message):
+    """``overture.dlq.delete``"""
+
+    ids: list[str] = Field(min_length=1)
+    reason: str | None = None
 
 
 class WaitSubscribe(_Message):
@@ -302,6 +315,7 @@ class TaskFailure(_Message):
 Control = (
     Cancel
     | DlqReplay
+    | DlqDelete
     | WaitSubscribe
     | WaitUnsubscribe
     | WaitDeliver
@@ -314,6 +328,7 @@ Control = (
 MESSAGES: dict[str, type[Control]] = {
     CANCEL: Cancel,
     DLQ_REPLAY: DlqReplay,
+    DLQ_DELETE: DlqDelete,
     WAIT_SUBSCRIBE: WaitSubscribe,
     WAIT_UNSUBSCRIBE: WaitUnsubscribe,
     WAIT_DELIVER: WaitDeliver,

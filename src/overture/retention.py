@@ -9,7 +9,7 @@ error.
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from .errors import ConfigError
 
@@ -50,3 +50,43 @@ def describe_retention(retention: timedelta | None) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{seconds:g}s"
+
+
+# -- deleted ids ---------------------------------------------------------------------------
+#
+# The ids of the instances retention deleted are remembered in keyed state, so that a
+# client asking for one can say it was deleted rather than never existed. Bounded twice:
+# an id is dropped by the first pass one more retention after its deletion, and each
+# engine (one per partition on Kafka, one for the file on SQLite) keeps at most
+# DELETED_KEPT of them (a FIFO ring, ``runtime/retention.py``, the oldest dropped first).
+
+DELETED = "overture.deleted"
+"""Keyed-state namespace: instance id (UTF-8) -> :func:`deleted_entry`."""
+DELETED_RING = "overture.deleted.ring"
+"""Keyed-state namespace of the ring: ``be32(owner)`` -> its head and tail (the next
+slot number to write, the oldest one held: two ``be64``); ``be32(owner) + be32(slot
+% DELETED_KEPT)`` -> ``"<deleted at> <id>"`` (UTF-8)."""
+DELETED_KEPT = 100_000
+"""Deleted ids one engine remembers (the newest ones): about 10 MB of SQLite rows, and
+two changelog records each on Kafka."""
+
+
+def deleted_entry(at: float, retention: float) -> bytes:
+    """What is kept of a deleted instance: when (engine clock) and under which retention."""
+    return f"{at!r} {retention!r}".encode()
+
+
+def read_deleted(value: bytes) -> tuple[float, timedelta]:
+    """(deleted at, retention) back from :func:`deleted_entry`."""
+    at, retention = value.decode().split()
+    return float(at), timedelta(seconds=float(retention))
+
+
+def deleted_message(instance_id: str, value: bytes) -> str:
+    """``Client.instance``'s answer for an id retention deleted."""
+    at, retention = read_deleted(value)
+    moment = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return (
+        f"instance {instance_id!r} not found (deleted after the retention of "
+        f"{describe_retention(retention)}, at {moment})"
+    )

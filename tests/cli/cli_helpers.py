@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -60,3 +63,15 @@ def instance_for(client: ov.Client, event_id: str, timeout: float = 20.0) -> ov.
                 return instance
         assert time.monotonic() < deadline, f"no instance for event {event_id}"
         time.sleep(0.02)
+
+
+def spawn(*args: str) -> subprocess.Popen[str]:
+    """``overture ARGS`` as a process of its own (text pipes, colours off), for tests of
+    a command as users run it, a kill -9 included."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "overture.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "NO_COLOR": "1", "OVERTURE_BACKEND": ""},
+    )

@@ -241,3 +241,35 @@ async def test_processes_page_static_assets_and_no_outside_urls(shop: Served) ->
     for path in ("/ui/", "/ui/instances", "/ui/events", "/ui/dead-letters", "/ui/processes"):
         html = (await shop.http.get(path)).text
         assert re.findall(r'(?:src|href)="(?:https?:)?//', html) == [], path
+
+
+async def test_dead_letters_deleted_from_the_page(shop: Served) -> None:
+    client = client_of(shop)
+    for n in range(3):
+        await client.send_raw(f"junk {n}".encode())
+
+    async def parked() -> bool:
+        return len(await client.dead_letters()) == 3
+
+    await settle(shop, parked, "three dead letters")
+    html = (await shop.http.get("/ui/dead-letters")).text
+    assert 'formaction="/ui/dead-letters/delete"' in html and "for good?" in html
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    unknown = await shop.http.post("/ui/dead-letters/delete", content=b"id=nope", headers=form)
+    assert unknown.status_code == 404 and "nothing was deleted" in unknown.text
+    nothing = await shop.http.post("/ui/dead-letters/delete", content=b"", headers=form)
+    assert nothing.status_code == 400 and "select the dead letters to delete" in nothing.text
+    first, *rest = sorted(d.id for d in await client.dead_letters())
+    one = await shop.http.post(
+        "/ui/dead-letters/delete", content=f"only={first}".encode(), headers=form
+    )
+    assert one.status_code == 303 and one.headers["location"].endswith("deleted=1")
+    assert sorted(d.id for d in await client.dead_letters()) == rest
+    page = await shop.http.get(one.headers["location"])
+    assert "Deleted 1 dead letter(s)." in page.text
+    (reason,) = {d.reason for d in await client.dead_letters()}
+    everything = await shop.http.post(
+        "/ui/dead-letters/delete", content=f"reason={reason}".encode(), headers=form
+    )
+    assert everything.status_code == 303 and everything.headers["location"].endswith("deleted=2")
+    assert await client.dead_letters() == []

@@ -53,3 +53,34 @@ async def test_list_show_and_replay_dead_letters(served: Served) -> None:
     assert reply.status_code == 202, reply.text
     assert {r["id"] for r in reply.json()["requested"]} <= {decode["id"], handler["id"]}
     assert served.log_size() > before + 1
+
+
+async def test_delete_one_several_or_all_dead_letters(served: Served) -> None:
+    with ov.Client(served.backend) as client:
+        for n in range(4):
+            client.send_raw(f"not an event {n}".encode())
+    ids = sorted(letter["id"] for letter in await letters(served, 4))
+
+    reply = await served.http.delete(f"/dead-letters/{ids[0]}", params={"reason": "junk"})
+    assert reply.status_code == 200, reply.text
+    assert reply.json() == {"deleted": [ids[0]], "requests": []}
+    assert (await served.http.get(f"/dead-letters/{ids[0]}")).status_code == 404
+    reply = await served.http.delete(f"/dead-letters/{ids[0]}")
+    assert reply.status_code == 404
+    assert repr(ids[0]) in reply.json()["error"]
+
+    # all or none: an unknown id deletes nothing
+    reply = await served.http.post("/dead-letters/delete", json={"ids": [ids[1], "nope"]})
+    assert reply.status_code == 404
+    assert "'nope'" in reply.json()["error"] and "nothing was deleted" in reply.json()["error"]
+    assert len(await letters(served, 3)) == 3
+    for body in ({}, {"ids": [ids[1]], "all": True}, {"ids": [""]}, {"ids": "x"}, {"x": 1}):
+        reply = await served.http.post("/dead-letters/delete", json=body)
+        assert reply.status_code == 400, (body, reply.text)
+    assert len(await letters(served, 3)) == 3
+
+    reply = await served.http.post("/dead-letters/delete", json={"ids": [ids[1], ids[2]]})
+    assert reply.status_code == 200 and reply.json()["deleted"] == [ids[1], ids[2]]
+    reply = await served.http.post("/dead-letters/delete", json={"all": True, "reason": "x"})
+    assert reply.status_code == 200 and reply.json()["deleted"] == [ids[3]]
+    assert (await served.http.get("/dead-letters")).json() == {"dead_letters": []}

@@ -76,6 +76,7 @@ async def test_openapi_documents_every_route_and_docs_page_loads(served: Served)
         "/dead-letters/{letter_id}",
         "/dead-letters/{letter_id}/replay",
         "/dead-letters/replay",
+        "/dead-letters/delete",
         "/healthz",
         "/readyz",
         "/tasks/claim",
@@ -83,6 +84,12 @@ async def test_openapi_documents_every_route_and_docs_page_loads(served: Served)
         "/tasks/{task_id}/complete",
         "/tasks/{task_id}/fail",
     }
+    assert {"200", "202", "404"} <= set(
+        spec["paths"]["/dead-letters/{letter_id}"]["delete"]["responses"]
+    )
+    bulk = spec["paths"]["/dead-letters/delete"]["post"]
+    schema = bulk["requestBody"]["content"]["application/json"]["schema"]
+    assert set(schema["properties"]) == {"ids", "all", "reason"}
     claim = spec["paths"]["/tasks/claim"]["post"]
     schema = claim["requestBody"]["content"]["application/json"]["schema"]
     assert set(schema["properties"]) == {"worker", "queues", "max", "lease", "wait"}

@@ -9,9 +9,14 @@ the same door.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from ..ports import Claim, EngineBackend
+
+
+def missing_letters(ids: Sequence[str]) -> str:
+    """What ``delete_dead_letters`` says of ids that name no dead letter."""
+    return f"no dead letter(s) {', '.join(map(repr, ids))}; nothing was deleted"
 
 
 class WholeLog:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError, EngineBusy, MalformedEvent
+from ..errors import ConfigError, EngineBusy, MalformedEvent, NotFound
 from ..ports import (
     ActivityRow,
     Batch,
@@ -39,7 +39,7 @@ from ..ports import (
 )
 from ..protocol import FINAL, TASK_COMPLETED, TASK_FAILED, Status, task_result_id
 from . import queries
-from .embedded import claim_whole
+from .embedded import claim_whole, missing_letters
 from .replies import check_reply
 
 
@@ -65,6 +65,8 @@ class MemoryState:
         # of deleted (or rewritten) rows stay until they reach the top and are dropped
         # there, so a commit pays one push per instance it finishes and nothing more.
         self._finished: list[tuple[float, str]] = []
+        # (created, id) of dead letters, the same way, for ``expired_dead_letters``
+        self._letters: list[tuple[float, str]] = []
 
     def apply(self, batch: Batch) -> None:
         """Apply a batch's state changes and offsets (not its appends)."""
@@ -90,6 +92,9 @@ class MemoryState:
             _apply(self._work, batch.work)
             _apply(self._inbox, batch.inbox)
             _apply(self._dlq, batch.dead_letters)
+            for dl_id, letter in batch.dead_letters.items():
+                if letter is not None:
+                    heapq.heappush(self._letters, (letter.created, dl_id))
             if batch.state:
                 self._apply_state(batch.state)
             if batch.expired:
@@ -200,26 +205,12 @@ class MemoryState:
             return list(self._waits.values())
 
     def expired(self, before: float, limit: int) -> tuple[list[str], float | None]:
+        def finished(iid: str) -> float | None:
+            row = self._instances.get(iid)
+            return None if row is None or row.status not in FINAL else row.updated
+
         with self._lock:
-            heap, rows = self._finished, self._instances
-            taken: list[tuple[float, str]] = []
-            ids: list[str] = []
-            following: float | None = None
-            while heap:
-                updated, iid = heap[0]
-                row = rows.get(iid)
-                if row is None or row.status not in FINAL or row.updated != updated:
-                    heapq.heappop(heap)  # deleted or rewritten since it was pushed
-                    continue
-                if updated > before or len(ids) >= limit:
-                    following = updated
-                    break
-                taken.append(heapq.heappop(heap))
-                if not ids or ids[-1] != iid:
-                    ids.append(iid)
-            for entry in taken:  # still stored until the deletion commits
-                heapq.heappush(heap, entry)
-            return ids, following
+            return _oldest(self._finished, finished, before, limit)
 
     def work(self) -> list[WorkRow]:
         with self._lock:
@@ -240,6 +231,14 @@ class MemoryState:
     def dead_letter(self, dead_letter_id: str) -> DeadLetter | None:
         with self._lock:
             return self._dlq.get(dead_letter_id)
+
+    def expired_dead_letters(self, before: float, limit: int) -> tuple[list[str], float | None]:
+        def created(dl_id: str) -> float | None:
+            letter = self._dlq.get(dl_id)
+            return None if letter is None else letter.created
+
+        with self._lock:
+            return _oldest(self._letters, created, before, limit)
 
     def get(self, namespace: str, key: bytes) -> bytes | None:
         with self._lock:
@@ -268,6 +267,7 @@ class MemoryBackend(MemoryState):
         commit="inline",  # a commit only updates dicts: no reason to leave the loop
         partitioned=False,
         remote=False,
+        deletes_dead_letters=True,
     )
     owned = None
 
@@ -358,6 +358,16 @@ class MemoryBackend(MemoryState):
             if finished:
                 for wake in list(self._finished_watchers):
                     wake(finished)
+
+    def delete_dead_letters(self, ids: Sequence[str] | None) -> list[str]:
+        with self._lock:
+            wanted = list(self._dlq) if ids is None else list(dict.fromkeys(ids))
+            missing = [i for i in wanted if i not in self._dlq]
+            if missing:
+                raise NotFound(missing_letters(missing))
+            for dl_id in wanted:
+                del self._dlq[dl_id]
+            return wanted
 
     def watch_finished(self, wake: Callable[[list[str] | None], None]) -> Callable[[], None]:
         """Call ``wake`` with the ids of the instances each commit finishes (from the
@@ -547,6 +557,35 @@ def _check_claimant(worker: str, lease: float) -> None:
         raise ConfigError(f"a worker id is a non-empty str, not {worker!r}")
     if isinstance(lease, bool) or not isinstance(lease, int | float) or not 0 < lease < math.inf:
         raise ConfigError(f"a lease is a positive, finite number of seconds, not {lease!r}")
+
+
+def _oldest(
+    heap: list[tuple[float, str]],
+    stamp: Callable[[str], float | None],
+    before: float,
+    limit: int,
+) -> tuple[list[str], float | None]:
+    """At most ``limit`` ids of ``heap`` (time, id), oldest first, whose time is at or
+    before ``before``, and the time of the first one left (``None``: none). An entry
+    whose id's current ``stamp`` differs (deleted or rewritten since it was pushed) is
+    dropped on the way; the ones taken stay (still stored until their deletion commits)."""
+    taken: list[tuple[float, str]] = []
+    ids: list[str] = []
+    following: float | None = None
+    while heap:
+        at, key = heap[0]
+        if stamp(key) != at:
+            heapq.heappop(heap)
+            continue
+        if at > before or len(ids) >= limit:
+            following = at
+            break
+        taken.append(heapq.heappop(heap))
+        if not ids or ids[-1] != key:
+            ids.append(key)
+    for entry in taken:
+        heapq.heappush(heap, entry)
+    return ids, following
 
 
 def _apply(table: dict[str, Any], changes: dict[str, Any]) -> None:

@@ -16,9 +16,9 @@ import typer
 
 from .. import __version__
 from ..client import ALL, Client
-from ..errors import ConfigError, NotFound
+from ..errors import NotFound
 from ..protocol import Status
-from . import api, render, top, topics, windows
+from . import api, gc, render, top, topics, windows
 from .common import (
     DEFAULT_BACKEND,
     EXIT_USAGE,
@@ -31,6 +31,7 @@ from .common import (
     normalize_option,
     open_client,
     refuse_memory,
+    retentions,
     stderr_line,
     tracing,
 )
@@ -51,13 +52,14 @@ cli = typer.Typer(
     # every subcommand inherits it: ``--broker`` (hidden) is read as ``--backend``
     context_settings={"token_normalize_func": normalize_option},
 )
-dlq = typer.Typer(help="Inspect and replay the dead-letter queue.", no_args_is_help=True)
+dlq = typer.Typer(help="Inspect, replay and delete the dead-letter queue.", no_args_is_help=True)
 cli.add_typer(dlq, name="dlq")
 cli.add_typer(dev, name="dev")
 api.register(cli)  # overture serve
 top.register(cli)  # overture top
 windows.register(cli)  # overture windows (streams)
 topics.register(cli)  # overture topics (Kafka)
+gc.register(cli)  # overture gc (retention on demand)
 
 STATUSES = tuple(Status)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -166,6 +168,15 @@ def run(
             "(e.g. 12h, 7d; 0: none; forever). docs/retention.md.",
         ),
     ] = "7d",
+    dlq_retention: Annotated[
+        str,
+        typer.Option(
+            "--dlq-retention",
+            metavar="DURATION",
+            help="How long dead letters are kept before the engine deletes them (same "
+            "forms as --retention; default forever: until replayed or deleted).",
+        ),
+    ] = "forever",
     log_level: LogLevel = "INFO",
     log_format: LogFormatOption = "text",
     trace: TraceOption = None,
@@ -174,14 +185,10 @@ def run(
 
     The app's tasks (@app.task with a function) run in the same process too, unless
     --no-tasks."""
-    from ..retention import parse_retention
     from ..runtime.options import EngineOptions
     from .serve import configure_logging, serve
 
-    try:
-        kept = parse_retention(retention)
-    except ConfigError as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
+    kept, letters_kept = retentions(retention, dlq_retention)
     _check_log_level(log_level)
     log_format = check_log_format(log_format)
     refuse_memory(backend)
@@ -203,6 +210,7 @@ def run(
                         threads=threads,
                         max_open_tasks_per_queue=max_open_tasks,
                         retention=kept,
+                        dlq_retention=letters_kept,
                     ),
                     partitions=partitions,
                     grace=grace,
@@ -578,6 +586,37 @@ def dlq_replay(
                     continue  # replayed (and removed) by the engine meanwhile
                 count += 1
     typer.echo(f"replay of {count} dead letter{'s' if count != 1 else ''} requested")
+
+
+@dlq.command("delete")
+@handle_errors
+def dlq_delete(
+    letter_ids: Annotated[
+        list[str] | None, typer.Argument(metavar="ID...", help="Dead letter ids.")
+    ] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Delete every dead letter.")] = False,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why (logged by whoever deletes them).")
+    ] = None,
+    backend: BackendOption = DEFAULT_BACKEND,
+) -> None:
+    """Delete dead letters for good: all the IDs given, or none if one is unknown."""
+    if letter_ids and all_:
+        raise CliError("give dead letter IDs or --all, not both", EXIT_USAGE)
+    if not letter_ids and not all_:
+        raise CliError("give dead letter IDs, or --all", EXIT_USAGE)
+    with open_client(backend) as client:
+        outcome = client.delete_dead_letters(letter_ids or None, all=all_, reason=reason)
+    count = len(outcome.ids)
+    letters = f"{count} dead letter{'s' if count != 1 else ''}"
+    if outcome.done:
+        typer.echo(f"deleted {letters}" + (f": {', '.join(outcome.ids)}" if count else ""))
+    else:
+        typer.echo(
+            f"deletion of {letters} requested from their engines "
+            f"(events {', '.join(outcome.requests)}); each engine deletes its partition's "
+            "in one transaction"
+        )
 
 
 # -- demo ----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Annotated, NoReturn, ParamSpec, TypeVar
 
 import typer
@@ -239,3 +240,20 @@ def tracing(flag: bool | None, service_name: str) -> Iterator[bool]:
         yield True
     finally:
         otel.shutdown(provider)
+
+
+def retentions(retention: str, dlq_retention: str) -> tuple[timedelta | None, timedelta | None]:
+    """``--retention`` and ``--dlq-retention`` parsed (``overture run``, ``overture gc``).
+
+    Raises:
+        CliError: either is not a retention (exit code 2, the accepted forms named).
+    """
+    from ..retention import parse_retention
+
+    try:
+        return (
+            parse_retention(retention),
+            parse_retention(dlq_retention, option="--dlq-retention"),
+        )
+    except ConfigError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None

@@ -299,7 +299,7 @@ def router(state: ApiState) -> APIRouter:
     async def dead_letters(request: Request) -> Response:
         async def build() -> Response:
             q = request.query_params
-            _only(q.keys(), {"replayed"})
+            _only(q.keys(), {"replayed", "deleted", "delete_requested"})
             letters = await client.dead_letters()
             groups: dict[str, list[Any]] = {}
             for letter in letters:
@@ -311,6 +311,8 @@ def router(state: ApiState) -> APIRouter:
                 groups=sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])),
                 total=len(letters),
                 replayed=q.get("replayed"),
+                deleted=q.get("deleted"),
+                delete_requested=q.get("delete_requested"),
             )
 
         return await page("dead-letters", build)
@@ -318,26 +320,7 @@ def router(state: ApiState) -> APIRouter:
     @routes.post("/ui/dead-letters/replay")
     async def replay(request: Request) -> Response:
         async def build() -> Response:
-            _same_origin(request)
-            form = parse_qs((await request.body()).decode("utf-8", "replace"))
-            letters = await client.dead_letters()
-            if form.get("only"):
-                ids = form["only"][:1]
-            elif form.get("reason"):
-                reason = form["reason"][0]
-                ids = [letter.id for letter in letters if letter.reason == reason]
-                if not ids:
-                    raise BadRequest(f"reason: no dead letter has the reason {reason!r}")
-            elif form.get("id"):
-                ids = list(dict.fromkeys(form["id"]))
-            else:
-                raise BadRequest("select the dead letters to replay (none was selected)")
-            known = {letter.id for letter in letters}
-            missing = [i for i in ids if i not in known]
-            if missing:
-                raise NotFound(
-                    f"no dead letter(s) {', '.join(map(repr, missing))}; nothing was replayed"
-                )
+            ids = await _chosen(request, "replay")
             replayed = 0
             for letter_id in ids:
                 try:
@@ -348,6 +331,40 @@ def router(state: ApiState) -> APIRouter:
             return RedirectResponse(f"/ui/dead-letters?replayed={replayed}", status_code=303)
 
         return await page("dead-letters", build)
+
+    @routes.post("/ui/dead-letters/delete")
+    async def delete(request: Request) -> Response:
+        async def build() -> Response:
+            ids = await _chosen(request, "delete")
+            outcome = await client.delete_dead_letters(ids, reason="deleted on the dashboard")
+            word = "deleted" if outcome.done else "delete_requested"
+            return RedirectResponse(f"/ui/dead-letters?{word}={len(outcome.ids)}", status_code=303)
+
+        return await page("dead-letters", build)
+
+    async def _chosen(request: Request, verb: str) -> list[str]:
+        """The dead letters a form of the page names: one (``only``), every one with a
+        reason, or the checked ones; all of them must exist (else nothing is done)."""
+        _same_origin(request)
+        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+        letters = await client.dead_letters()
+        if form.get("only"):
+            ids = form["only"][:1]
+        elif form.get("reason"):
+            reason = form["reason"][0]
+            ids = [letter.id for letter in letters if letter.reason == reason]
+            if not ids:
+                raise BadRequest(f"reason: no dead letter has the reason {reason!r}")
+        elif form.get("id"):
+            ids = list(dict.fromkeys(form["id"]))
+        else:
+            raise BadRequest(f"select the dead letters to {verb} (none was selected)")
+        known = {letter.id for letter in letters}
+        missing = [i for i in ids if i not in known]
+        if missing:
+            done = "replayed" if verb == "replay" else "deleted"
+            raise NotFound(f"no dead letter(s) {', '.join(map(repr, missing))}; nothing was {done}")
+        return ids
 
     # -- processes ----------------------------------------------------------------------------
 

@@ -116,6 +116,23 @@ class ReplayRequest(BaseModel):
     all: bool = False
 
 
+class DeleteRequest(BaseModel):
+    """``POST /dead-letters/delete``: some letters by id, or every one; all or none."""
+
+    model_config = ConfigDict(extra="forbid")
+    ids: list[str] | None = None
+    all: bool = False
+    reason: str | None = None
+
+
+class Deleted(BaseModel):
+    """The dead letters deleted (200), or whose deletion their engines were asked for
+    (202, Kafka: ``requests`` names the ``overture.dlq.delete`` events)."""
+
+    deleted: list[str]
+    requests: list[str]
+
+
 class Replayed(BaseModel):
     """The replay requests sent: (dead letter id, request event id) pairs."""
 

@@ -129,6 +129,7 @@ class Engine:
             "task_results_dropped": 0,
             "task_attempts_waited": 0,
             "expired": 0,
+            "dead_letters_expired": 0,
         }
         log, store, observer = backend.log, backend.store, options.observer
         consumed = options.partitions
@@ -205,14 +206,17 @@ class Engine:
             )
             self._loop.add(self._streams)
         self._retention: Retention | None = None
-        if options.retention is not None:
+        if options.retention is not None or options.dlq_retention is not None:
             self._retention = Retention(
                 store,
                 options.retention,
                 self._instances,
                 in_flight,
                 self.stats,
+                self._loop.state,
+                owner=min(consumed) if consumed else 0,
                 trims_log=backend.capabilities.trims_log,
+                dlq_retention=options.dlq_retention,
             )
             self._loop.add(self._retention)
         self._stopping = False

@@ -70,6 +70,11 @@ class EngineOptions:
     work rows, buffered events and ended task attempts (``runtime/retention.py``).
     ``timedelta(0)``: deleted as soon as it finished; None: kept forever."""
 
+    dlq_retention: timedelta | None = None
+    """How long a dead letter is kept, counted from when it was parked (engine clock);
+    then the engine's retention passes delete it. None (the default): kept until
+    replayed or deleted (``overture dlq delete``)."""
+
     observer: Observer = NO_OBSERVER
     """Told of batches, instances, step attempts, commits, dead letters, timers and
     rebalances (``runtime/observer.py``); the default does nothing."""
@@ -95,6 +100,13 @@ class EngineOptions:
         ):
             raise ConfigError(
                 f"retention must be a timedelta >= 0 (or None: forever), not {self.retention!r}"
+            )
+        if self.dlq_retention is not None and not (
+            isinstance(self.dlq_retention, timedelta) and self.dlq_retention >= timedelta(0)
+        ):
+            raise ConfigError(
+                "dlq_retention must be a timedelta >= 0 (or None: until replayed or deleted), "
+                f"not {self.dlq_retention!r}"
             )
         if self.group is not None and (not isinstance(self.group, str) or not self.group):
             raise ConfigError(f"group must be a non-empty name (or None), not {self.group!r}")

@@ -17,6 +17,12 @@ time of the oldest finished instance left, and every batch that finishes an inst
 brings the next pass forward to that finish time plus the retention. An idle engine
 therefore wakes exactly when the next instance expires (``next_due``), not on a poll.
 
+Dead letters (``EngineOptions.dlq_retention``, default forever) older than their
+retention are deleted by the same passes, at most ``limit`` per pass, in the same batch.
+The ids of deleted instances are remembered, a bounded number per engine (a ring in
+keyed state, ``overture/retention.py``), so that a client can say "deleted after the
+retention of 7d" instead of "not found".
+
 Dedup of triggers after deletion: the instance id derives from the trigger's id
 (``core/identity.py``), so while the instance is stored a re-delivered trigger finds it
 and starts nothing. Once deleted, the engine has no memory of it: a trigger delivered
@@ -31,12 +37,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import timedelta
+from typing import Protocol
 
+from .. import retention as kept
 from ..core.status import FINAL
-from ..ports import Record, StateView
-from .instances import Instances
+from ..ports import Batch, Record, StateView
+from .keyed import KeyedState
 from .staging import Stage
 
 LOG_PASS_EVERY = 60.0
@@ -57,40 +65,67 @@ a W1 run of 1,000,000 on SQLite with a 1-minute retention ended with about 750,0
 instances past their retention still in the file; docs/retention.md.)"""
 
 
+class Forgets(Protocol):
+    """What retention needs of the live instances: to drop the deleted ones from the
+    cache (``Instances``; ``overture gc``, which runs with no engine, has none)."""
+
+    def forget(self, instance_ids: Iterable[str]) -> None: ...
+
+
 class Retention:
     """Deletes finished instances past the retention (a loop ``Participant``).
 
     Args:
-        store: where candidates are found (``StateView.expired``).
-        retention: how long a finished instance is kept.
+        store: where candidates are found (``StateView.expired``,
+            ``expired_dead_letters``).
+        retention: how long a finished instance is kept (None: forever).
         instances: the live instances (a deleted one leaves their cache).
         in_flight: the batch being committed, if any (the loop's).
-        stats: the engine's counters (``expired``).
+        stats: the engine's counters (``expired``, ``dead_letters_expired``).
+        state: the loop's keyed state (the ring of deleted ids).
+        owner: names this engine's ring (its first partition: on Kafka an engine's
+            partition, so rings of several engines never share a key).
         trims_log: the store applies ``Batch.trim_log`` (passes then run at least every
             ``LOG_PASS_EVERY`` seconds).
-        limit: most instances per pass.
+        limit: most instances (and most dead letters) per pass.
+        dlq_retention: how long a dead letter is kept (None: until replayed or deleted).
+        remembered: most deleted ids the ring keeps (default ``DELETED_KEPT``).
     """
 
     def __init__(
         self,
         store: StateView,
-        retention: timedelta,
-        instances: Instances,
-        in_flight: Callable[[], object | None],
+        retention: timedelta | None,
+        instances: Forgets,
+        in_flight: Callable[[], Batch | None],
         stats: dict[str, int],
+        state: KeyedState,
         *,
+        owner: int = 0,
         trims_log: bool = False,
         limit: int = PASS_LIMIT,
+        dlq_retention: timedelta | None = None,
+        remembered: int | None = None,
     ) -> None:
         self._store = store
-        self._seconds = retention.total_seconds()
+        self._keeps = retention is not None
+        self._seconds = math.inf if retention is None else retention.total_seconds()
+        self._letter_seconds = None if dlq_retention is None else dlq_retention.total_seconds()
+        self._state = state
+        self._owner = owner.to_bytes(4, "big")
+        self._remembered = kept.DELETED_KEPT if remembered is None else remembered
+        # engine time of the next dead-letter pass (None: none stored, or kept forever)
+        self._letters_due: float | None = None if dlq_retention is None else -math.inf
+        # when the oldest remembered deleted id is due to be dropped (None: none held)
+        self._ring_due: float | None = -math.inf if retention is not None else None
         self._instances = instances
         self._in_flight = in_flight
         self._stats = stats
         self._limit = limit
         self._trims_log = trims_log
         self._log_due = -math.inf
-        self._due: float | None = -math.inf  # the first pass runs at once (after a start)
+        # the first pass runs at once (after a start)
+        self._due: float | None = -math.inf if retention is not None else None
         self._staged: object | None = None  # the batch holding the last pass's deletions
         # the last sealed batch and the expiry of the first instance it finishes: until
         # that batch has committed, the store cannot report those instances
@@ -99,12 +134,23 @@ class Retention:
         # due: the load a pass has to keep pace with)
         self._finished = 0
 
+    def pass_now(self, stage: Stage, now: float) -> bool:
+        """Stage a pass now, whatever is due (``overture gc``: one pass per call, the log
+        trimmed by each); False: nothing to delete was found."""
+        self._staged = None
+        self._due = -math.inf if self._keeps else None
+        self._log_due = -math.inf
+        if self._letter_seconds is not None:
+            self._letters_due = -math.inf
+        return self.advance(stage, now)
+
     def next_due(self) -> float | None:
         """Engine time of the next pass (``None``: nothing finished is stored and the
         log is not trimmed here)."""
-        if not self._trims_log:
-            return self._due
-        return self._log_due if self._due is None else min(self._due, self._log_due)
+        due = [d for d in (self._due, self._letters_due, self._ring_due) if d is not None]
+        if self._trims_log and self._keeps:
+            due.append(self._log_due)
+        return min(due, default=None)
 
     # -- Participant -----------------------------------------------------------------------
 
@@ -120,29 +166,55 @@ class Retention:
             self._finished = 0  # (a backlog found later goes in passes of the floor)
             return False
         staged = self._staged
-        if staged is not None and self._in_flight() is staged:
+        in_flight = self._in_flight()
+        if staged is not None and in_flight is staged:
             return False  # the last pass's deletions are still being committed
         self._staged = None
+        did = self._letters(stage, now, in_flight)
+        passed = self._due is not None and self._due <= now
+        if passed:
+            did = self._instances_pass(stage, now, in_flight) or did
+        # The log's old consumed records go with the same passes (SQLite; see Batch).
+        # Their timestamps are the wall clock's at append, so they are judged by the
+        # earlier of the two clocks: a virtual clock set ahead (tests) must not make
+        # the whole log look old.
+        if self._trims_log and self._keeps and (passed or self._log_due <= now):
+            stage.batch.trim_log = min(now, time.time()) - self._seconds
+            self._log_due = now + LOG_PASS_EVERY
+            did = True
+        if self._ring_due is not None and self._ring_due <= now:
+            self._ring_due = None  # seal drops the old ids and sets it again
+            did = True
+        if did:
+            self._staged = stage.batch
+        return did
+
+    def _instances_pass(self, stage: Stage, now: float, in_flight: Batch | None) -> bool:
         limit = max(self._limit, KEEP_UP * self._finished)
         self._finished = 0
         ids, following = self._store.expired(now - self._seconds, limit)
         # a full pass may have left expired ones behind: the next batch goes on at once
         self._due = now if len(ids) >= limit else _plus(following, self._seconds)
         unseen = self._unseen
-        if unseen is not None and self._in_flight() is unseen[0]:
+        if unseen is not None and in_flight is unseen[0]:
             self._due = unseen[1] if self._due is None else min(self._due, unseen[1])
-        # The log's old consumed records go with the same passes (SQLite; see Batch).
-        # Their timestamps are the wall clock's at append, so they are judged by the
-        # earlier of the two clocks: a virtual clock set ahead (tests) must not make
-        # the whole log look old.
-        if self._trims_log:
-            stage.batch.trim_log = min(now, time.time()) - self._seconds
-            self._log_due = now + LOG_PASS_EVERY
-        elif not ids:
-            return False
         stage.batch.expired.extend(ids)
-        self._staged = stage.batch
-        return True
+        return bool(ids)
+
+    def _letters(self, stage: Stage, now: float, in_flight: Batch | None) -> bool:
+        seconds, due = self._letter_seconds, self._letters_due
+        if seconds is None or due is None or due > now:
+            return False
+        ids, following = self._store.expired_dead_letters(now - seconds, self._limit)
+        self._letters_due = now if len(ids) >= self._limit else _plus(following, seconds)
+        # a letter written again by this batch or the one in flight (a replay that failed
+        # again: a new letter under the same id) is not the old one: kept for a later pass
+        written = [b.dead_letters for b in (stage.batch, in_flight) if b is not None]
+        ids = [i for i in ids if not any(i in letters for letters in written)]
+        for dl_id in ids:
+            stage.batch.dead_letters[dl_id] = None
+        self._stats["dead_letters_expired"] += len(ids)
+        return bool(ids)
 
     def seal(self, stage: Stage, now: float) -> None:
         batch = stage.batch
@@ -153,10 +225,23 @@ class Retention:
         if batch.expired:
             self._instances.forget(batch.expired)
             self._stats["expired"] += len(batch.expired)
+        # retention 0 remembers nothing: an id would be dropped by the next pass anyway,
+        # and the ring's reads and writes would cost every deletion (W1: a quarter of
+        # the throughput with retention 0)
+        if self._keeps and self._seconds > 0 and (batch.expired or self._staged is batch):
+            self._remember(stage, batch.expired, now)
+        if self._letter_seconds is not None:
+            created = min(
+                (d.created for d in batch.dead_letters.values() if d is not None), default=None
+            )
+            if created is not None:
+                letters_due = created + self._letter_seconds
+                if self._letters_due is None or letters_due < self._letters_due:
+                    self._letters_due = letters_due
         finished = [row.updated for row in batch.instances.values() if row.status in FINAL]
         self._finished += len(finished)
         first = min(finished, default=None)
-        if first is not None:
+        if first is not None and self._keeps:
             due = first + self._seconds
             self._unseen = (batch, due)
             if self._due is None or due < self._due:
@@ -164,6 +249,62 @@ class Retention:
 
     def settled(self, keep: Collection[str]) -> None:
         pass
+
+    def _remember(self, stage: Stage, deleted: list[str], now: float) -> None:
+        """Maintain this engine's ring of deleted ids, a FIFO in deletion order: drop
+        from its tail the ids deleted a retention ago or more (at most ``limit`` per
+        pass), then put ``deleted`` at its head, the oldest dropped while it is full (it
+        never holds more than ``remembered``)."""
+        if self._remembered <= 0:
+            return
+        ring, cap = kept.DELETED_RING, self._remembered
+        counter = self._state.get(stage, ring, self._owner)
+        head, tail = (0, 0) if counter is None else _two(counter)
+        before = (head, tail)
+        cutoff = now - self._seconds
+        dropped = 0
+        while tail < head and dropped < self._limit:
+            if not self._drop(stage, tail % cap, cutoff):
+                break
+            tail += 1
+            dropped += 1
+        entry = kept.deleted_entry(now, self._seconds)
+        for iid in deleted:
+            if head - tail >= cap:
+                self._drop(stage, tail % cap, math.inf)
+                tail += 1
+            place = self._owner + (head % cap).to_bytes(4, "big")
+            stage.put_state(ring, place, f"{now!r} {iid}".encode())
+            stage.put_state(kept.DELETED, iid.encode(), entry)
+            head += 1
+        if (head, tail) != before:
+            stage.put_state(ring, self._owner, head.to_bytes(8, "big") + tail.to_bytes(8, "big"))
+        self._ring_due = None
+        if tail < head:  # the next pass comes when the oldest held id is due to go
+            held = self._state.get(stage, ring, self._owner + (tail % cap).to_bytes(4, "big"))
+            if held is not None:
+                self._ring_due = float(held.decode().split(" ", 1)[0]) + self._seconds
+
+    def _drop(self, stage: Stage, slot: int, cutoff: float) -> bool:
+        """Drop the ring's ``slot`` if its id was deleted at or before ``cutoff`` (and
+        the id's entry, unless a later deletion of the same id wrote it again)."""
+        place = self._owner + slot.to_bytes(4, "big")
+        held = self._state.get(stage, kept.DELETED_RING, place)
+        if held is not None:
+            at_text, iid = held.decode().split(" ", 1)
+            at = float(at_text)
+            if at > cutoff:
+                return False
+            entry = self._state.get(stage, kept.DELETED, iid.encode())
+            if entry is not None and kept.read_deleted(entry)[0] == at:
+                stage.delete_state(kept.DELETED, iid.encode())
+            stage.delete_state(kept.DELETED_RING, place)
+        return True
+
+
+def _two(counter: bytes) -> tuple[int, int]:
+    """(head, tail) of a ring's counter entry."""
+    return int.from_bytes(counter[:8], "big"), int.from_bytes(counter[8:16], "big")
 
 
 def _plus(finished: float | None, seconds: float) -> float | None:

@@ -245,6 +245,13 @@ class Router:
                 self._dead_letters.add(stage, position, "route", reason, envelope, record, now)
         elif isinstance(message, protocol.DlqReplay):
             self._replay_dead_letter(stage, message.id, now)
+        elif isinstance(message, protocol.DlqDelete):
+            # all of them in this batch: one commit (one Kafka transaction) deletes them
+            for dl_id in dict.fromkeys(message.ids):
+                if self._dead_letters.take(stage, dl_id) is None:
+                    log.warning("dlq delete: no dead letter %s (deleted or replayed)", dl_id)
+                else:
+                    log.info("dlq delete: %s deleted (reason: %s)", dl_id, message.reason)
         elif isinstance(message, protocol.TaskCompletion | protocol.TaskFailure):
             lost = self._tasks.result(stage, message, now)
             if lost is not None:  # dropping it would hide a worker's routing mistake

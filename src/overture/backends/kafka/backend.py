@@ -22,7 +22,8 @@ from typing import Any
 import orjson
 from confluent_kafka import KafkaException, Producer, TopicPartition
 
-from ...errors import BrokerUnavailable, EventError
+from ... import protocol
+from ...errors import BrokerUnavailable, ConfigError, EventError
 from ...ports import (
     ActivityRow,
     DeadLetter,
@@ -79,6 +80,15 @@ class KafkaBackend:
         self.store = ChangelogView(self.settings, self.partitions)
         self.tasks = KafkaTaskQueue(
             self.settings, self.partitions, TaskTopics(self.settings, self.partitions)
+        )
+
+    def delete_dead_letters(self, ids: Sequence[str] | None) -> list[str]:
+        """Refused: a partition's dead letters are its engine's changelog, which only
+        that engine's transactional producer writes (``Client.delete_dead_letters``
+        asks the engines with ``overture.dlq.delete``)."""
+        raise ConfigError(
+            "on Kafka the engines own the dead letters (their changelog): ask them with an "
+            f"{protocol.DLQ_DELETE} event (Client.delete_dead_letters does)"
         )
 
     def claim(
@@ -383,6 +393,10 @@ class ChangelogView:
         self.refresh()
         letter = self._state.dead_letter(dead_letter_id)
         return None if letter is None else self._placed(letter)
+
+    def expired_dead_letters(self, before: float, limit: int) -> tuple[list[str], float | None]:
+        self.refresh()
+        return self._state.expired_dead_letters(before, limit)
 
     def get(self, namespace: str, key: bytes) -> bytes | None:
         self.refresh()

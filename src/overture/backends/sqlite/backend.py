@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
+import math
 import os
 import sqlite3
 import threading
@@ -14,7 +16,7 @@ from typing import Any
 import orjson
 
 from ...binding import dump_headers
-from ...errors import ConfigError, EngineBusy, StorageReplaced
+from ...errors import ConfigError, EngineBusy, NotFound, StorageReplaced
 from ...ports import (
     ActivityRow,
     Batch,
@@ -32,7 +34,7 @@ from ...ports import (
     WorkRow,
 )
 from ...protocol import FINAL, Status
-from ..embedded import claim_whole
+from ..embedded import claim_whole, missing_letters
 from .counts import FINISHED_IN, FINISHED_INDEX, FINISHED_SQL, OBJECTS, STARTED_SQL, install
 from .counts import counts as stored_counts
 from .document import (
@@ -55,6 +57,7 @@ from .document import (
 )
 from .doorbell import Doorbell
 from .files import connect, environment_error, identity, storage_error
+from .hygiene import tidy
 from .tasks import TASKS_SCHEMA, SqliteTaskQueue, apply_tasks, check_tasks
 
 _FINAL = tuple(sorted(FINAL))  # as SQL parameters
@@ -94,6 +97,7 @@ CREATE TABLE IF NOT EXISTS dlq(
   id TEXT PRIMARY KEY, created REAL NOT NULL, reason TEXT NOT NULL, attempts INTEGER NOT NULL,
   source TEXT NOT NULL, etype TEXT, key TEXT, value BLOB NOT NULL, part INTEGER, off INTEGER,
   raw_key BLOB, headers TEXT);
+CREATE INDEX IF NOT EXISTS dlq_by_created ON dlq(created);
 CREATE TABLE IF NOT EXISTS state(
   ns TEXT NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL,
   PRIMARY KEY(ns, key)) WITHOUT ROWID;
@@ -122,6 +126,15 @@ _TABLES = frozenset(
 )
 """Every table of this release: a file that lacks one (``state`` and ``tasks`` came
 later) gets it on open, like the ``dlq`` columns."""
+_INDEXES = frozenset({"dlq_by_created"})
+"""Indexes added after their table (``dlq_by_created``: ``--dlq-retention``'s passes),
+created on open for a file that lacks one."""
+
+
+log = logging.getLogger("overture.sqlite")
+
+TIDY_EVERY = 1.0
+"""Seconds between two ``hygiene.tidy`` calls after deleting commits of one backend."""
 
 
 class SqliteBackend:
@@ -135,6 +148,7 @@ class SqliteBackend:
         partitioned=False,
         remote=False,
         trims_log=True,  # Batch.trim_log: _trim_log
+        deletes_dead_letters=True,  # delete_dead_letters: one transaction of the file
     )
     owned = None
 
@@ -171,6 +185,7 @@ class SqliteBackend:
             raise storage_error(path, exc, "open") from exc
         self._partitions = int(row[0])
         self._lock = threading.RLock()  # the writer connection
+        self._tidied = -math.inf  # time.monotonic() of the last _tidy
         # Reads use their own connection: in WAL mode they see the last committed state
         # and never wait for a commit in progress (the engine builds its next batch
         # while the previous one is being fsynced).
@@ -185,7 +200,7 @@ class SqliteBackend:
     def _needs_schema(conn: sqlite3.Connection) -> bool:
         """Whether the file lacks a table or column of this release (read-only check)."""
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-        if not tables >= _TABLES | OBJECTS:
+        if not tables >= _TABLES | _INDEXES | OBJECTS:
             return True
         have = {row[1] for row in conn.execute("PRAGMA table_info(dlq)")}
         return (
@@ -373,6 +388,8 @@ class SqliteBackend:
                 self._conn.execute(APPLY_DOCUMENT, (document,))
             else:
                 self._write(lambda c: self._commit_rows(c, batch))
+                if batch.expired or batch.trim_log is not None or _deletes_letters(batch):
+                    self._tidy()
         if batch.appends:
             self.ring()
         self._bell.ring_results(batch)
@@ -622,6 +639,55 @@ class SqliteBackend:
         rows = self._query(f"{DLQ_SELECT} WHERE id = ?", (dead_letter_id,))
         return dead_letter_of(rows[0]) if rows else None
 
+    def expired_dead_letters(self, before: float, limit: int) -> tuple[list[str], float | None]:
+        # a range of dlq_by_created: limit + 1 rows, whatever the queue's length
+        rows = self._query(
+            "SELECT id, created FROM dlq INDEXED BY dlq_by_created ORDER BY created, id LIMIT ?",
+            (limit + 1,),
+        )
+        ids = [i for i, created in rows[:limit] if created <= before]
+        rest = rows[len(ids) :]
+        return ids, (rest[0][1] if rest else None)
+
+    def delete_dead_letters(self, ids: Sequence[str] | None) -> list[str]:
+        wanted = None if ids is None else list(dict.fromkeys(ids))
+
+        def delete(c: sqlite3.Connection) -> list[str]:
+            if wanted is None:
+                return [r[0] for r in c.execute("DELETE FROM dlq RETURNING id").fetchall()]
+            chosen = orjson.dumps(wanted).decode()
+            found = {
+                r[0]
+                for r in c.execute(
+                    "SELECT id FROM dlq WHERE id IN (SELECT value FROM json_each(?))", (chosen,)
+                )
+            }
+            missing = [i for i in wanted if i not in found]
+            if missing:  # raised inside the transaction: rolled back, nothing deleted
+                raise NotFound(missing_letters(missing))
+            c.execute("DELETE FROM dlq WHERE id IN (SELECT value FROM json_each(?))", (chosen,))
+            return wanted
+
+        with self._lock, self._writing():
+            deleted: list[str] = self._write(delete)
+            if deleted:
+                self._tidy(at_once=True)
+        return deleted
+
+    def _tidy(self, *, at_once: bool = False) -> None:
+        """After a commit that deleted rows: the pages it freed back to the file system
+        and a PASSIVE checkpoint (``hygiene.tidy``), at most every ``TIDY_EVERY`` seconds
+        (a busy engine with retention 0 deletes in most of its batches: a checkpoint's
+        fsync per batch would cost it throughput). Under the writer lock."""
+        moment = time.monotonic()
+        if at_once or moment - self._tidied >= TIDY_EVERY:
+            self._tidied = moment
+            try:
+                with self._writing():
+                    tidy(self._conn)
+            except Exception as error:  # the commit itself succeeded: never report it failed
+                log.warning("could not shrink %s after deleting rows: %s", self.path, error)
+
     # -- keyed state ----------------------------------------------------------------------
 
     def get(self, namespace: str, key: bytes) -> bytes | None:
@@ -680,6 +746,10 @@ class SqliteBackend:
         with self._read_lock:
             self._reader.close()
         self._bell.close()
+
+
+def _deletes_letters(batch: Batch) -> bool:
+    return any(letter is None for letter in batch.dead_letters.values())
 
 
 def _after_prefix(prefix: bytes) -> bytes | None:

@@ -15,10 +15,18 @@ BUSY_SECONDS = 30.0
 
 def connect(path: str) -> sqlite3.Connection:
     """A connection in WAL mode, fsyncing at every commit, waiting ``BUSY_SECONDS`` for
-    the write lock (autocommit: transactions are explicit)."""
+    the write lock (autocommit: transactions are explicit). A file created by it is in
+    ``auto_vacuum=INCREMENTAL`` mode (``hygiene.py``)."""
+    new = not os.path.exists(path) or os.path.getsize(path) == 0
     conn = sqlite3.connect(
         path, isolation_level=None, check_same_thread=False, timeout=BUSY_SECONDS
     )
+    if new:
+        # Before anything writes the file's header (journal_mode=WAL does). Only for a
+        # new file: on an existing one it would change nothing (only a VACUUM converts
+        # one: ``overture gc --vacuum``) and would wait for a write lock a reader must
+        # never need.
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")  # fsync at every commit: durable across power loss
     conn.execute(f"PRAGMA busy_timeout={int(BUSY_SECONDS * 1000)}")

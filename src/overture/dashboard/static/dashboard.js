@@ -1,10 +1,13 @@
 // Overture dashboard: the little the server-rendered pages cannot do alone.
 "use strict";
 
-// Destructive forms (cancel, replay) ask first; a submit button may carry its own text.
+// Destructive forms (cancel, replay, delete) ask first; a submit button may carry its own
+// text (data-confirm on the button wins over the form's).
 document.addEventListener("submit", (event) => {
   const form = event.target;
-  const question = form.dataset && form.dataset.confirm;
+  const button = event.submitter;
+  const question = (button && button.dataset && button.dataset.confirm) ||
+    (form.dataset && form.dataset.confirm);
   if (question && !window.confirm(question)) event.preventDefault();
 });
 

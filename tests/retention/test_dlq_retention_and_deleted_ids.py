@@ -1,0 +1,128 @@
+"""``--dlq-retention`` (dead letters deleted by the retention passes, on the engine
+clock) and the ids retention deleted, remembered (bounded) so that a client says
+"deleted after the retention of 1h" instead of a plain "not found"."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import overture as ov
+from overture import retention as kept
+from overture.cli import cli
+from overture.runtime.options import EngineOptions
+from overture.testing import Harness
+from tests.conftest import kafka_url
+
+HOUR = 3600.0
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return "memory://dlqret" if request.param == "memory" else f"sqlite:///{tmp_path / 'r.db'}"
+
+
+def app() -> ov.App:
+    shop = ov.App("shop")
+
+    @shop.process(trigger="order.placed", key=lambda e: e.data["id"])
+    async def fulfil(ctx: ov.Context, order: ov.Event) -> str:
+        return "done"
+
+    return shop
+
+
+async def test_dead_letters_are_deleted_after_the_dlq_retention(url: str) -> None:
+    options = EngineOptions(retention=None, dlq_retention=timedelta(hours=1))
+    async with Harness(app(), url, options=options) as h:
+        h.client.send_raw(b"junk 1")
+        await h.idle()
+        await h.advance(HOUR / 2)
+        h.client.send_raw(b"junk 2")
+        await h.idle()
+        _, second = sorted(h.client.dead_letters(), key=lambda d: d.created)
+        await h.advance(HOUR / 2 - 1)  # just before the first one's hour
+        assert len(h.client.dead_letters()) == 2
+        await h.advance(2)
+        assert [d.id for d in h.client.dead_letters()] == [second.id]
+        await h.restart()  # the next pass is found again from the store
+        await h.advance(HOUR / 2)
+        assert h.client.dead_letters() == []
+        assert h.engine.stats["dead_letters_expired"] == 1  # since the restart
+
+
+async def test_dead_letters_are_kept_by_default_even_with_retention_0(url: str) -> None:
+    async with Harness(app(), url, options=EngineOptions(retention=timedelta(0))) as h:
+        h.client.send_raw(b"junk")
+        h.client.send("order.placed", {"id": "a"})
+        await h.idle()
+        await h.advance(400 * 86_400)
+        assert len(h.client.dead_letters()) == 1
+        assert h.client.instances() == []  # the instance went at once
+
+
+@pytest.fixture(params=["memory", "sqlite", "kafka"])
+def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "kafka":
+        return kafka_url(request.getfixturevalue("kafka_bootstrap"))
+    return "memory://dlqret" if request.param == "memory" else f"sqlite:///{tmp_path / 'r.db'}"
+
+
+async def test_a_deleted_id_is_reported_as_deleted_after_the_retention(any_url: str) -> None:
+    """On Kafka too: the remembered id is keyed state, in the changelog the clients follow."""
+    url = any_url
+    async with Harness(app(), url, options=EngineOptions(retention=timedelta(hours=1))) as h:
+        h.client.send("order.placed", {"id": "a"})
+        await h.idle()
+        (instance,) = h.client.instances()
+        await h.advance(HOUR + 1)
+        with pytest.raises(ov.NotFound) as raised:
+            h.client.instance(instance.id)
+        assert str(raised.value).startswith(
+            f"instance {instance.id!r} not found (deleted after the retention of 1h, at "
+        )
+        with pytest.raises(ov.NotFound, match=r"^no instance 'never-was'"):
+            h.client.instance("never-was")
+        if url.startswith("sqlite"):  # the command says it too (exit 1)
+            shown = CliRunner().invoke(cli, ["show", instance.id, "--backend", url])
+            assert shown.exit_code == 1
+            assert "not found (deleted after the retention of 1h" in shown.stderr
+
+
+async def test_the_deleted_ids_kept_are_bounded_in_number(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kept, "DELETED_KEPT", 3)
+    async with Harness(app(), url, options=EngineOptions(retention=timedelta(hours=1))) as h:
+        for n in range(7):
+            h.client.send("order.placed", {"id": f"o{n}"})
+        await h.idle()
+        ids = {i.id for i in h.client.instances()}
+        await h.advance(HOUR + 1)  # one pass deletes all seven
+        assert h.client.instances() == []
+        remembered = {k.decode() for k, _ in h.backend.store.scan(kept.DELETED)}
+        assert len(remembered) == 3 and remembered <= ids
+        assert len(h.backend.store.scan(kept.DELETED_RING)) == 4  # 3 slots + the counter
+        for iid in ids:
+            with pytest.raises(ov.NotFound) as raised:
+                h.client.instance(iid)
+            assert ("deleted after the retention of 1h" in str(raised.value)) == (iid in remembered)
+
+
+async def test_the_deleted_ids_are_dropped_a_retention_after_their_deletion(url: str) -> None:
+    async with Harness(app(), url, options=EngineOptions(retention=timedelta(hours=1))) as h:
+        h.client.send("order.placed", {"id": "a"})
+        await h.idle()
+        (instance,) = h.client.instances()
+        await h.advance(HOUR + 1)  # deleted, remembered
+        assert len(h.backend.store.scan(kept.DELETED)) == 1
+        await h.advance(HOUR - 2)
+        assert len(h.backend.store.scan(kept.DELETED)) == 1
+        await h.advance(3)  # a retention after the deletion: forgotten, with no other work
+        assert h.backend.store.scan(kept.DELETED) == []
+        assert [k for k, _ in h.backend.store.scan(kept.DELETED_RING)] == [bytes(4)]
+        with pytest.raises(ov.NotFound, match=r"^no instance"):
+            h.client.instance(instance.id)
