@@ -291,37 +291,10 @@ class SqliteBackend:
     def _append(
         self, conn: sqlite3.Connection, records: Iterable[NewRecord]
     ) -> list[tuple[int, int] | None]:
-        """Append in the open write transaction: a record whose event id the log holds
-        (or an earlier record of these holds) is a duplicate, not written (``None``).
-
-        The duplicates are found with one query per 500 ids, and the rest written with
-        one ``executemany``: a statement per record was most of a large append's time.
-        Nobody else can write meanwhile (the transaction holds the write lock), so the
-        offsets computed here are the ones the rows get.
-        """
-        records = list(records)
-        ids = [r.event_id for r in records if r.event_id is not None]
-        known: set[str] = set()
-        for start in range(0, len(ids), 500):  # under SQLite's bound-parameter limit
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            known.update(
-                row[0]
-                for row in conn.execute(
-                    f"SELECT event_id FROM log WHERE event_id IN ({marks})", chunk
-                )
-            )
         heads: dict[int, int] = {}
         out: list[tuple[int, int] | None] = []
-        rows: list[tuple[Any, ...]] = []
         now = time.time()
         for i, rec in enumerate(records):
-            event_id = rec.event_id
-            if event_id is not None:
-                if event_id in known:
-                    out.append(None)
-                    continue
-                known.add(event_id)
             part = partition_of(rec, self._partitions, now, i)
             off = heads.get(part)
             if off is None:
@@ -330,13 +303,17 @@ class SqliteBackend:
                     (part << SHIFT, (part + 1) << SHIFT),
                 ).fetchone()[0]
                 off = 0 if top is None else (top & MASK) + 1
-            rows.append(((part << SHIFT) | off, rec.key, rec.value, now, event_id, rec.event_type))
-            out.append((part, off))
-            heads[part] = off + 1
-        conn.executemany(
-            "INSERT INTO log(id, key, value, ts, event_id, etype) VALUES (?, ?, ?, ?, ?, ?)",
-            rows,
-        )
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO log(id, key, value, ts, event_id, etype) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                ((part << SHIFT) | off, rec.key, rec.value, now, rec.event_id, rec.event_type),
+            )
+            if cur.rowcount == 1:
+                out.append((part, off))
+                heads[part] = off + 1
+            else:
+                out.append(None)
+                heads[part] = off
         return out
 
     def read(self, partition: int, offset: int, limit: int) -> list[Record]:
