@@ -59,12 +59,14 @@ def completed(client: ov.Client) -> int:
 
 class TriggerSender(threading.Thread):
     """Sends the jobs ``first..last`` a few at a time, from its own client, while the
-    test kills and restarts the engine."""
+    test kills and restarts the engine. The last few wait for :attr:`release`, so the
+    stream is still open when the first kill lands however slowly the machine runs."""
 
     def __init__(self, url: str, first: int, last: int) -> None:
         super().__init__(name="trigger-sender", daemon=True)
         self.url, self.first, self.last = url, first, last
         self.sending = threading.Event()
+        self.release = threading.Event()
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -73,6 +75,8 @@ class TriggerSender(threading.Thread):
             with ov.Client(self.url) as client:
                 for start in range(self.first, self.last, 10):
                     stop = min(start + 10, self.last)
+                    if stop == self.last:
+                        self.release.wait(120)
                     client.send_many(
                         client.envelope(JobRequested(job=f"j{i}", n=i)) for i in range(start, stop)
                     )
@@ -115,6 +119,8 @@ def check(client: ov.Client, url: str, effects: Path, log: Path, rng: random.Ran
             done = completed(client)
             engine.send_signal(signal.SIGKILL)
             kills_while_sending += sender.sending.is_set()
+            if round_no >= 1:  # a kill landed while the sender was running
+                sender.release.set()
             engine.wait(timeout=10)
             if 0 < done < JOBS:
                 kills_mid_run += 1
