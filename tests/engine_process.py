@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 RUNNING = b"running; Ctrl-C to stop"  # written once its signal handlers are installed
@@ -21,10 +21,17 @@ _offsets: dict[int, int] = {}
 """Where in its log each started engine's lines begin, by pid."""
 
 
-def overture_run(app: str, url: str, log: Path, *options: str) -> subprocess.Popen[bytes]:
-    """Start ``overture run APP --backend URL --log-level WARNING OPTIONS...``."""
+def overture_run(
+    app: str, url: str, log: Path, *options: str, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``overture run APP --backend URL --log-level WARNING OPTIONS...``, with ``env``
+    added to this process's environment."""
     offset = log.stat().st_size if log.exists() else 0
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    env = {
+        **os.environ,
+        **(env or {}),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
+    }
     with log.open("ab") as stderr:
         proc = subprocess.Popen(
             [
@@ -64,7 +71,12 @@ def kill_while_producing(
 ) -> tuple[int, int]:
     """Start an engine, kill -9 it ``rounds`` times at random moments while ``produced()``
     climbs toward ``total`` (restarting it after each kill), let the last one finish, then
-    stop it. Returns (kills that landed mid-way, the last engine's exit code)."""
+    stop it. Returns (kills that landed mid-way, the last engine's exit code).
+
+    A kill landed mid-way when, read after the engine is dead, ``0 < produced() < total``:
+    read before the kill, the engine could finish in the moment between. An engine that is
+    fast next to ``produced()`` (a query) finishes before the next round; such a test paces
+    its app (``PACE``)."""
     kills = 0
     engine = start()
     try:
@@ -75,10 +87,9 @@ def kill_while_producing(
                 assert engine.poll() is None, log.read_text()[-3000:]
                 time.sleep(0.01)
             time.sleep(rng.uniform(0.0, 0.05))
-            done = produced()
             engine.send_signal(signal.SIGKILL)
             engine.wait(timeout=10)
-            kills += 0 < done < total
+            kills += 0 < produced() < total
             engine = start()
         deadline = time.monotonic() + 120
         while produced() < total and time.monotonic() < deadline:

@@ -13,6 +13,7 @@ import pytest
 import overture as ov
 
 from ..engine_process import kill_while_producing, overture_run
+from .pattern_app import PACE
 
 T0 = 1_800_000_000.0
 PAIRS = 3000
@@ -20,7 +21,9 @@ KEYS = 30
 
 
 def start_engine(url: str, log: Path) -> subprocess.Popen[bytes]:
-    return overture_run("tests.streams.pattern_app:app", url, log, "--batch-size", "40")
+    return overture_run(
+        "tests.streams.pattern_app:app", url, log, "--batch-size", "40", env={PACE: "0.002"}
+    )
 
 
 def results(client: ov.Client) -> list[ov.LoggedEvent]:

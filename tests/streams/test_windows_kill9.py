@@ -13,7 +13,7 @@ import pytest
 import overture as ov
 
 from ..engine_process import kill_while_producing, overture_run
-from .stream_app import Tick
+from .stream_app import PACE, Tick
 
 T0 = 1_800_000_000.0
 EVENTS = 6000
@@ -21,7 +21,9 @@ KEYS = 30
 
 
 def start_engine(url: str, log: Path) -> subprocess.Popen[bytes]:
-    return overture_run("tests.streams.stream_app:app", url, log, "--batch-size", "40")
+    return overture_run(
+        "tests.streams.stream_app:app", url, log, "--batch-size", "40", env={PACE: "0.003"}
+    )
 
 
 def results(client: ov.Client) -> list[ov.LoggedEvent]:
