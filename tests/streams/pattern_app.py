@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+
 import overture as ov
 
 PACE = "OVERTURE_TEST_PACE"
