@@ -21,11 +21,13 @@ app = ov.App("crashy")
 
 class JobRequested(ov.Event, type="job.requested", key="job"):
     job: str
+    note: str = ""  # a NUL here puts the commit on the row-by-row path
 
 
 class JobApproved(ov.Event, type="job.approved", key="job"):
     job: str
     seq: int
+    note: str = ""
 
 
 @app.process(trigger=JobRequested, key="job")

@@ -7,7 +7,9 @@ runs the CLI with the arguments after ``--``, and exits the process with ``os._e
 ``COMMIT``-th commit that carries consumed offsets is about to start (1-based: statement 1
 exits before anything of that commit ran). Exit code 75 then; when that commit ran fewer
 statements, the process exits with 76 right after it returned (before the engine learns
-that it committed), and prints the commit's statement count.
+that it committed), and prints (on stderr) the commit's statement count and which commit
+path it took: ``document`` (one statement), ``extras`` (the document and the rest of the
+batch in an explicit transaction) or ``rows`` (an explicit transaction without it).
 
 The hook is test code only: it wraps ``SqliteBackend.commit`` in this process and traces
 the writer connection with ``sqlite3.Connection.set_trace_callback``, which reports every
@@ -43,19 +45,24 @@ def install(target_commit: int, target_statement: int) -> None:
             original(self, batch)
             return
         statements = 0
+        texts: list[str] = []
 
         def trace(sql: Any) -> None:
             nonlocal statements
             statements += 1
             if statements == target_statement:
                 os._exit(CRASHED)
+            texts.append(str(sql)[:100])
 
         self._conn.set_trace_callback(trace)
         try:
             original(self, batch)
         finally:
             self._conn.set_trace_callback(None)
-        print(f"statements={statements}", flush=True)
+        path = "document"
+        if texts and texts[0].upper().startswith("BEGIN"):
+            path = "extras" if any("state_document" in t for t in texts) else "rows"
+        print(f"statements={statements} path={path}", file=sys.stderr, flush=True)
         os._exit(PAST_END)
 
     SqliteBackend.commit = commit  # type: ignore[method-assign]

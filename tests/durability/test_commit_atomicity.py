@@ -101,11 +101,13 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 async def test_every_commit_is_one_transaction_holding_its_offsets(sqlite_url: str) -> None:
-    """Both SQLite commit paths (the one-statement JSON document, and row by row for a
-    batch with a dead letter) write the state and the offsets in one transaction."""
+    """All three SQLite commit paths write the state and the offsets in one transaction:
+    the one-statement JSON document; the document and the rest of the batch (here a dead
+    letter) in one explicit transaction; row by row, for a batch the document cannot
+    carry (a NUL in a string)."""
     effects: list[str] = []
-    # retention=None: a retention pass (deletions, log trimming) takes the row path, and
-    # the engine's first batch carries one; this test wants the engine's own batches
+    # retention=None: a retention pass (deletions, log trimming) would put the engine's
+    # first batch on the document-and-rest path; this test wants each path chosen by input
     async with Harness(_app(effects), sqlite_url, retention=None) as h:
         broker = h.backend
         assert isinstance(broker, SqliteBackend)
@@ -125,22 +127,29 @@ async def test_every_commit_is_one_transaction_holding_its_offsets(sqlite_url: s
         for i in range(20):
             h.client.send("job.requested", {"job": f"j{i}"}, key=f"j{i}")
         await h.idle()
-        h.client.send_raw(b"not json", key="x")  # a dead letter: the row-by-row path
+        h.client.send_raw(b"not json", key="x")  # a dead letter: the document and the rest
         h.client.send("job.requested", {"job": "late"}, key="late")
         await h.idle()
-        assert len(h.client.instances(status="completed")) == 21
+        h.client.send("job.requested", {"job": "nul\x00"}, key="nul")  # row by row
+        await h.idle()
+        assert len(h.client.instances(status="completed")) == 22
+        assert "NUL\x00" in {i.result for i in h.client.instances()}  # exactly, NUL and all
     paths = set()
     for batch, transactions in seen:
         assert len(transactions) == 1, f"a commit ran {len(transactions)} transactions"
         (statements,) = transactions
         if statements[0].upper().startswith("BEGIN"):
-            paths.add("rows")
             assert statements[-1].upper() == "COMMIT"
-            if batch.offsets:
-                assert any("INTO offsets" in s for s in statements)
+            if any("state_document" in s for s in statements):
+                paths.add("document and rest")
+                assert batch.dead_letters
+            else:
+                paths.add("rows")
+                if batch.offsets:
+                    assert any("INTO offsets" in s for s in statements)
         else:
             paths.add("document")
-    assert paths == {"rows", "document"}
+    assert paths == {"rows", "document", "document and rest"}
 
 
 def test_sqlite_runs_in_wal_mode_with_fsync_at_every_commit(tmp_path: Path) -> None:

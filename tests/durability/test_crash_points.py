@@ -8,8 +8,10 @@ got its own event once, each emitted event exists once, the dead letter exists o
 wait, work or buffered event is left over, and every step and handler ran at least once
 (re-executions, allowed after a crash, are counted and reported).
 
-Both SQLite commit paths are covered: the one-statement JSON document, and the row-by-row
-transaction of a batch with a dead letter. Two commits are targeted: the one that
+The three SQLite commit paths are covered: the one-statement JSON document
+(``document``); the document and the rest of the batch, a dead letter, in one explicit
+transaction (``extras``); row by row, for a batch the document cannot carry: a NUL in a
+string (``rows``). Two commits are targeted: the one that
 consumes the triggers, and the one that consumes the first approval while each instance
 waits for it (so a re-delivered approval would reach the second wait).
 """
@@ -43,9 +45,14 @@ TARGET_COMMIT = {"triggers": 1, "approval": 2}
 """Which commit carrying consumed offsets the crash hits."""
 
 
+NUL = "\x00"
+"""In an event's field, keeps its batch off the JSON document (the row-by-row path)."""
+
+
 def _append(client: ov.Client, events: list[ov.Event], *, bad: bool) -> None:
     """One atomic append, so the engine reads it in one batch; ``bad`` adds a record
-    that cannot be decoded (a dead letter: the batch commits row by row)."""
+    that cannot be decoded (a dead letter: the batch commits the document and the
+    dead letter in one explicit transaction)."""
     records = [
         NewRecord(e.envelope.partitionkey, encode(e.envelope), e.envelope.id, e.envelope.type)
         for e in events
@@ -55,8 +62,8 @@ def _append(client: ov.Client, events: list[ov.Event], *, bad: bool) -> None:
     client.backend.log.append(records)
 
 
-def _approvals(seq: int) -> list[ov.Event]:
-    return [crash_app.JobApproved(job=f"j{i}", seq=seq) for i in range(JOBS)]
+def _approvals(seq: int, note: str = "") -> list[ov.Event]:
+    return [crash_app.JobApproved(job=f"j{i}", seq=seq, note=note) for i in range(JOBS)]
 
 
 def _waits(db: Path) -> int:
@@ -77,8 +84,12 @@ def _crash_once(work: Path, target: str, path: str, statement: int) -> int:
     url = f"sqlite:///{db}"
     crash_app.create_effects(effects)
     with ov.Client(url, app=crash_app.app) as client:
-        triggers = [crash_app.JobRequested(job=f"j{i}") for i in range(JOBS)]
-        _append(client, triggers, bad=path == "rows" and target == "triggers")
+        note = NUL if path == "rows" else ""
+        triggers = [
+            crash_app.JobRequested(job=f"j{i}", note=note if target == "triggers" else "")
+            for i in range(JOBS)
+        ]
+        _append(client, triggers, bad=path == "extras" and target == "triggers")
         # the package of this checkout first (scripts/mutants runs a scratch copy)
         path_ = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
         env = {**os.environ, "OVERTURE_EFFECTS": str(effects), "PYTHONPATH": path_}
@@ -88,7 +99,9 @@ def _crash_once(work: Path, target: str, path: str, statement: int) -> int:
                     *(sys.executable, "-m", "tests.durability.crashpoint"),
                     *(str(TARGET_COMMIT[target]), str(statement), "--"),
                     *("run", "tests.durability.crash_app:app", "--backend", url),
-                    *("--log-level", "WARNING"),
+                    # no retention passes: the input alone picks the commit path (the
+                    # first batch would carry a pass, putting it on the extras path)
+                    *("--log-level", "WARNING", "--retention", "forever"),
                 ],
                 cwd=ROOT,
                 env=env,
@@ -102,7 +115,7 @@ def _crash_once(work: Path, target: str, path: str, statement: int) -> int:
                     assert driver.poll() is None, log.read_text()[-3000:]
                     assert time.monotonic() < deadline, "the instances never waited"
                     time.sleep(0.02)
-                _append(client, _approvals(1), bad=path == "rows")
+                _append(client, _approvals(1, note), bad=path == "extras")
             code = driver.wait(timeout=60)
         finally:
             if driver.poll() is None:
@@ -161,7 +174,7 @@ async def _finish_and_check(work: Path, path: str, monkeypatch: pytest.MonkeyPat
         # the committed outcome of each step is one of its recorded executions
         assert set(result["tokens"]) <= tokens
     assert events == {("job.done", f"j{n}"): 1 for n in range(JOBS)}
-    assert len(letters) == (1 if path == "rows" else 0)
+    assert len(letters) == (1 if path == "extras" else 0)
     assert leftovers == ([], []) and inbox == 0
     executions = Counter((kind, job) for kind, job, *_ in rows)
     assert set(executions) == {(k, f"j{n}") for k in ("a", "b", "notified") for n in range(JOBS)}
@@ -173,7 +186,7 @@ async def _finish_and_check(work: Path, path: str, monkeypatch: pytest.MonkeyPat
     return sum(executions.values()) - len(executions)
 
 
-@pytest.mark.parametrize("path", ["document", "rows"])
+@pytest.mark.parametrize("path", ["document", "extras", "rows"])
 @pytest.mark.parametrize("target", ["triggers", "approval"])
 @pytest.mark.timeout(600)
 async def test_a_crash_after_any_statement_of_a_commit_loses_and_duplicates_nothing(
@@ -187,6 +200,7 @@ async def test_a_crash_after_any_statement_of_a_commit_loses_and_duplicates_noth
         reexecuted = await _finish_and_check(work, path, monkeypatch)
         report.append(f"{statement}:{'crash' if code == CRASHED else 'after'}+{reexecuted}")
         if code == PAST_END:
+            assert f"path={path}" in (work / "engine.log").read_text(), "another commit path"
             break
         assert statement < 500, "the commit never ended"
     # "N:crash+R": exited before statement N, R step/handler re-executions afterwards

@@ -47,6 +47,7 @@ from .document import (
     as_is,
     dead_letter_of,
     dump_json,
+    extras,
     inbox_fields,
     instance_fields,
     instance_of,
@@ -359,14 +360,17 @@ class SqliteBackend:
             check_tasks(batch.tasks)
         document = state_document(batch, self._partitions, time.time())  # before the lock
         with self._lock, self._writing():
-            if document is not None:
+            if document is None:
+                self._write(lambda c: self._commit_rows(c, batch))
+            elif extras(batch):
+                # the document and the few statements of the rest, in one transaction
+                self._write(lambda c: self._commit_document(c, document, batch))
+            else:
                 # One statement is one transaction, committed (WAL fsynced) inside the
                 # call: the write lock is never held while this thread waits for the GIL.
                 self._conn.execute(APPLY_DOCUMENT, (document,))
-            else:
-                self._write(lambda c: self._commit_rows(c, batch))
-                if batch.expired or batch.trim_log is not None or _deletes_letters(batch):
-                    self._tidy()
+            if batch.expired or batch.trim_log is not None or _deletes_letters(batch):
+                self._tidy()
         if batch.appends:
             self.ring()
         self._bell.ring_results(batch)
@@ -398,6 +402,19 @@ class SqliteBackend:
         self._apply(c, "waits", waits, wait_fields)
         self._apply(c, "work", b.work, lambda w: work_fields(w, as_is))
         self._apply(c, "inbox", b.inbox, lambda r: inbox_fields(r, as_is))
+        if b.tasks:
+            apply_tasks(c, b.tasks, time.time())
+        self._commit_extras(c, b)
+
+    def _commit_document(self, c: sqlite3.Connection, document: str, b: Batch) -> None:
+        """The engine's rows as the state document, then the rest of the batch."""
+        c.execute(APPLY_DOCUMENT, (document,))
+        self._commit_extras(c, b)
+
+    def _commit_extras(self, c: sqlite3.Connection, b: Batch) -> None:
+        """What the state document never carries (``document.extras``), inside the
+        commit's transaction, after the engine's rows: a few statements per batch (keyed
+        state and dead letters are few rows; deletions are one statement per table)."""
         if b.state:
             gone = [(ns, bytes(key)) for (ns, key), v in b.state.items() if v is None]
             kept = [(ns, bytes(key), bytes(v)) for (ns, key), v in b.state.items() if v is not None]
@@ -424,8 +441,6 @@ class SqliteBackend:
                 None if d.headers is None else dump_headers(d.headers),
             ),
         )
-        if b.tasks:
-            apply_tasks(c, b.tasks, time.time())
         if b.expired:
             _delete_instances(c, b.expired)
         if b.trim_log is not None:

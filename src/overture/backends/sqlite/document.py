@@ -108,18 +108,16 @@ def _utf8(raw: bytes | None) -> str | None:
 
 
 def state_document(b: Batch, partitions: int, now: float) -> str | None:
-    """A batch as one JSON document for ``APPLY_DOCUMENT``, or None when it cannot carry
-    it exactly and the batch goes row by row (``_commit_rows``): a dead letter (its
-    original bytes may be anything), other bytes that are not UTF-8 text, or a NUL in any
-    string (SQLite's JSON functions end a string there). Events that decoded never hold
-    such bytes, so the engine's batches practically always take the document. Bound as
-    text: SQLite 3.45+ would read a BLOB as JSONB."""
-    if b.dead_letters or b.state or b.expired or b.trim_log is not None:
-        # Keyed state is bytes (the document would need SQLite 3.41's unhex to carry
-        # them): a batch with state goes row by row. The engine's own rows stay on the
-        # document path. Deletions of expired instances (``Batch.expired``) go row by
-        # row too: a few hundred ids per pass, rare next to the engine's batches.
-        return None
+    """The engine's rows of a batch (appends, offsets, instances, journal, waits, work,
+    inbox, tasks) as one JSON document for ``APPLY_DOCUMENT``, or None when it cannot
+    carry them exactly and the batch goes row by row (``_commit_rows``): bytes that are
+    not UTF-8 text, or a NUL in any string (SQLite's JSON functions end a string there).
+    Events that decoded never hold such bytes, so the engine's batches practically always
+    take the document. Bound as text: SQLite 3.45+ would read a BLOB as JSONB.
+
+    The rest of a batch (``extras``: keyed state and dead letters, which are bytes, and
+    retention's deletions) is never in the document: it goes as statements of its own
+    beside it, in the same transaction (``SqliteBackend.commit``)."""
     doc: dict[str, Any] = {}
     try:
         if b.appends:
@@ -185,6 +183,11 @@ _UPSERT_INSTANCE = " ON CONFLICT(id) DO UPDATE SET " + ", ".join(
     f"{c} = excluded.{c}" for c in _INSTANCE_COLUMNS[1:]
 )
 INSTANCE_UPSERT = "INSERT INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,?)" + _UPSERT_INSTANCE
+
+
+def extras(b: Batch) -> bool:
+    """The batch holds what the document leaves out (see ``state_document``)."""
+    return bool(b.state or b.dead_letters or b.expired or b.trim_log is not None)
 
 
 def _rows(
