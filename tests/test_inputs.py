@@ -353,3 +353,25 @@ async def test_a_cancel_that_reaches_no_instance_is_dead_lettered_not_dropped(
             assert h.client.dead_letters() == []
         assert h.client.instance(running.id).status == "cancelled"
         assert h.client.instance(finished.id).status == "completed"
+
+
+async def test_send_many_takes_events_and_envelopes_and_refuses_anything_else(
+    harness: Factory,
+) -> None:
+    app, effects = order_app()
+    async with harness(app) as h:
+        with pytest.raises(TypeError, match="Event objects or envelopes, not dict"):
+            h.client.send_many([OrderPlaced(order_id="o0"), {"type": "order.placed"}])  # type: ignore[list-item]
+        with pytest.raises(ov.EventValidationError, match="reserved for control events"):
+            h.client.send_many([OrderPlaced(order_id="o0"), ov.Event.of("overture.cancel", {})])
+        assert h.client.events() == []  # all or none
+        ids = h.client.send_many(
+            [OrderPlaced(order_id="o1"), h.client.envelope(OrderPlaced(order_id="o2"))]
+        )
+        async with ov.AsyncClient(h.url, app=app) as aclient:
+            ids += await aclient.send_many([OrderPlaced(order_id="o3")])
+            with pytest.raises(TypeError, match="not str"):
+                await aclient.send_many(["order.placed"])  # type: ignore[list-item]
+        await h.idle()
+        assert [e.envelope.id for e in h.client.events() if e.envelope] == ids
+        assert sorted(effects) == ["o1", "o2", "o3"]

@@ -106,15 +106,11 @@ class AsyncClient:
         return self.sync.envelope(event, data, key=key, reserved=reserved, **attributes)
 
     async def send_many(
-        self, envelopes: Iterable[Envelope], *, reserved: bool = False
+        self, events: Iterable[Envelope | Event], *, reserved: bool = False
     ) -> list[str]:
-        """Publish several events atomically (all or none); returns their ids (see
-        :meth:`Client.send_many`)."""
-        batch = list(envelopes)
-        codec = self.sync.codec
-        for envelope in batch:
-            codec.check(envelope, reserved=reserved)
-        return await self._traced_append(batch)
+        """Publish several events (``Event`` objects or envelopes) atomically, all or
+        none; returns their ids (see :meth:`Client.send_many`)."""
+        return await self._traced_append(self.sync._checked(events, reserved=reserved))
 
     async def _traced_append(self, batch: list[Envelope]) -> list[str]:
         """Append checked events, in PRODUCER spans when a tracer provider is set."""

@@ -225,15 +225,15 @@ class Client:
         self.codec.validate(envelope)
         return envelope
 
-    def send_many(self, envelopes: Iterable[Envelope], *, reserved: bool = False) -> list[str]:
-        """Publish several events atomically (all or none); returns their ids.
+    def send_many(self, events: Iterable[Envelope | Event], *, reserved: bool = False) -> list[str]:
+        """Publish several events (``Event`` objects or envelopes, e.g. from
+        :meth:`envelope`) atomically, all or none; returns their ids.
 
         Raises:
             EventError: one of them could not be sent (see :meth:`send`); none was.
+            TypeError: one of them is neither an ``Event`` nor an ``Envelope``.
         """
-        batch = list(envelopes)
-        for envelope in batch:
-            self.codec.check(envelope, reserved=reserved)
+        batch = self._checked(events, reserved=reserved)
         traced = tracehooks.send_spans(batch)
         if traced is None:
             self._sends.append(self.codec.records(batch))
@@ -246,6 +246,23 @@ class Client:
             raise
         spans.end()
         return [e.id for e in batch]
+
+    def _checked(
+        self, events: Iterable[Envelope | Event], *, reserved: bool = False
+    ) -> list[Envelope]:
+        """The envelopes :meth:`send_many` would publish, each validated."""
+        batch = []
+        for event in events:
+            if isinstance(event, Event):
+                batch.append(self.envelope(event, reserved=reserved))
+            elif isinstance(event, Envelope):
+                self.codec.check(event, reserved=reserved)
+                batch.append(event)
+            else:
+                raise TypeError(
+                    f"send_many takes Event objects or envelopes, not {type(event).__name__}"
+                )
+        return batch
 
     def send_raw(self, value: bytes, *, key: str | None = None) -> tuple[int, int]:
         """Append raw bytes unvalidated, as any producer could (malformed input ends up in
