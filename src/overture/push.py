@@ -27,14 +27,25 @@ any other 3xx / 4xx           non-retryable failure naming the status and a body
 timeouts
 ============================  =========================================================
 
-Every push of one executor shares one ``httpx.AsyncClient`` (its connections, up to
-:attr:`PushOptions.max_connections`, spread over small pools by
-``overture.httppool.ShardedTransport``, which keeps the cost of a request flat however
-many are in flight), so any number of attempts are in flight at once without a thread
-each and without blocking the event loop. Requests go straight to the task's URL: the
-proxy variables of the environment (``HTTP_PROXY``...) are not used. A request may take
-no longer than the attempt has left before its deadline (the engine drops a later result
-anyway), else the task's ``timeout``, else :attr:`PushOptions.timeout`.
+Every push of one executor shares one ``aiohttp.ClientSession`` (its connector keeps up
+to :attr:`PushOptions.max_connections` connections, idle ones for the next requests), so
+any number of attempts are in flight at once without a thread each and without blocking
+the event loop. Requests go straight to the task's URL: the proxy variables of the
+environment (``HTTP_PROXY``...) are not used, and no cookies are kept between requests. A
+request may take no longer than the attempt has left before its deadline (the engine
+drops a later result anyway), else the task's ``timeout``, else :attr:`PushOptions.timeout`.
+A network failure is named as ``docs/protocol.md`` documents (``ConnectError``,
+``ReadError``, ``RemoteProtocolError``: the names of httpx, the client used before, kept
+because a retry policy's ``non_retryable`` may name them), its message aiohttp's with the
+operating system's reason.
+
+Rejected: httpx (0.29, over httpcore 1.0), the client until issue 11's W6: per request
+it cost 1 to 1.5 ms of CPU in request building, anyio context managers, h11's header
+checks and httpcore's pool, whose every pass re-examines all of its connections (a
+sharded pool of small httpx transports, ``overture.httppool``, kept that flat but not
+cheap). aiohttp's connector takes and returns a connection in constant time, and a push
+costs a fifth of the CPU it did (150 against 700 us per push, executor included, at 4 to
+100 in flight; docs/benchmarks.md, "W6 with aiohttp").
 
 Rejected: following ``Retry-After``. The engine owns an attempt's retries and its
 deadline; a worker sleeping on a server's hint would hold the attempt's lease, and a
@@ -49,6 +60,7 @@ import binascii
 import logging
 import math
 import os
+import ssl
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -56,14 +68,14 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
+import certifi
 from standardwebhooks import Webhook
 
 from . import protocol, tasks
 from .codec import Codec
 from .errors import ConfigError, EventValidationError
 from .events import Envelope, loads_exact, number_problem
-from .httppool import ShardedTransport
 from .ports import ClaimedTask, NewRecord
 from .tasks import TaskDef
 
@@ -79,6 +91,10 @@ _SECRET_BYTES = (24, 64)
 """The key length the Standard Webhooks specification asks for (192 to 512 bits)."""
 _RETRYABLE_4XX = frozenset({408, 429})
 """Request Timeout and Too Many Requests: the server asks to be tried again later."""
+_KEEPALIVE = 5.0
+"""Seconds an idle connection is kept for a next request: httpx's default, which push
+used before (aiohttp's is 15); shorter than most servers' own idle timeout, so a kept
+connection is rarely one the server is closing as it is reused."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,11 +103,8 @@ class PushOptions:
 
     max_connections: int = 100
     """Connections open at once across every push URL (the pool's size); an attempt
-    beyond it waits for a free connection, within its own time bound."""
-    max_keepalive: int = 100
-    """Idle connections kept open for the next requests (at least one per shard of
-    ``overture.httppool``). Fewer than ``max_connections`` makes a busy pool close and
-    reopen connections."""
+    beyond it waits for a free connection, within its own time bound. Idle ones are
+    kept for the next requests (up to this many, for ``_KEEPALIVE`` seconds)."""
     timeout: float = 60.0
     """Seconds a request may take when neither the attempt's deadline nor the task's
     ``timeout`` bounds it."""
@@ -102,7 +115,7 @@ class PushOptions:
     """Characters of a response body quoted in a failure's message."""
 
     def __post_init__(self) -> None:
-        for name in ("max_connections", "max_keepalive", "max_response", "excerpt"):
+        for name in ("max_connections", "max_response", "excerpt"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"PushOptions.{name} must be a positive integer, not {value!r}")
@@ -161,16 +174,14 @@ class PushExecutor:
             if definition.name in self._targets:
                 raise ConfigError(f"push task {definition.name!r} is given twice")
             self._targets[definition.name] = _target(definition, environ)
-        # made last, so that a ConfigError above leaves nothing to close
-        self._transport = ShardedTransport(
-            max_connections=self.options.max_connections,
-            max_keepalive=self.options.max_keepalive,
-        )
-        self._client = httpx.AsyncClient(
-            transport=self._transport,
-            follow_redirects=False,
-            headers={"user-agent": _USER_AGENT},
-        )
+        # One TLS context for every connection, made here (loading the CA bundle takes
+        # ~40 ms: once, not per connection), with the CA bundle httpx used before.
+        self._tls = ssl.create_default_context(cafile=certifi.where())
+        # The session is made at the first push, on the loop that runs the pushes
+        # (aiohttp binds a session and its connector to the running loop; a Worker is
+        # made before its loop may run).
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
     @property
     def tasks(self) -> frozenset[str]:
@@ -222,8 +233,33 @@ class PushExecutor:
         return await self._post(target, envelope, message, raw, bound)
 
     async def close(self) -> None:
-        """Close the connection pool (attempts still in flight fail)."""
-        await self._client.aclose()
+        """Close the connection pool (attempts still in flight fail; later ones too)."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def _open(self) -> aiohttp.ClientSession:
+        session = self._session
+        if session is None:
+            if self._closed:
+                raise RuntimeError("the PushExecutor is closed")
+            session = self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self.options.max_connections,
+                    limit_per_host=0,
+                    ssl=self._tls,
+                    keepalive_timeout=_KEEPALIVE,
+                ),
+                headers={"user-agent": _USER_AGENT},
+                # no timeouts of aiohttp's own: asyncio.timeout in _post bounds the
+                # whole exchange
+                timeout=aiohttp.ClientTimeout(),
+                # a push is signed for its URL alone: nothing an endpoint set is sent on
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
+            )
+        return session
 
     async def __aenter__(self) -> PushExecutor:
         return self
@@ -255,16 +291,16 @@ class PushExecutor:
         url = target.url
         headers = _signed_headers(target.signer, envelope.id, raw)
         started = time.monotonic()
+        session = self._open()
         try:
-            # asyncio.timeout bounds the whole exchange (connecting, waiting for a pooled
-            # connection, sending, the response's body); httpx's own timeouts apply per
-            # phase, each set to the same bound
-            async with asyncio.timeout(bound):
-                async with self._client.stream(
-                    "POST", url, content=raw, headers=headers, timeout=httpx.Timeout(bound)
-                ) as response:
-                    body, complete = await self._read(response)
-        except (TimeoutError, httpx.TimeoutException) as exc:
+            # asyncio.timeout bounds the whole exchange (waiting for a pooled connection,
+            # connecting, sending, the response's body)
+            async with (
+                asyncio.timeout(bound),
+                session.post(url, data=raw, headers=headers, allow_redirects=False) as response,
+            ):
+                body, complete = await self._read(response)
+        except TimeoutError as exc:  # aiohttp's own timeout errors are TimeoutErrors too
             why = (
                 "the time left before the attempt's deadline"
                 if message.deadline is not None and bound < self._limit(target.definition)
@@ -280,23 +316,23 @@ class PushExecutor:
                 f"{type(exc).__name__} after {time.monotonic() - started:.3g} s)",
                 retryable=True,
             )
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             return self._failed(
                 envelope,
                 message,
-                type(exc).__name__,
+                _error_name(exc),
                 f"POST {url} failed: {_describe(exc)}",
                 retryable=True,
             )
-        log.debug("POST %s for %s: %d", url, envelope.id, response.status_code)
+        log.debug("POST %s for %s: %d", url, envelope.id, response.status)
         return self._answer(url, envelope, message, response, body, complete)
 
-    async def _read(self, response: httpx.Response) -> tuple[bytes, bool]:
+    async def _read(self, response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
         """The response's body, at most ``max_response`` bytes; whether it was whole."""
         limit = self.options.max_response
         chunks: list[bytes] = []
         size = 0
-        async for chunk in response.aiter_bytes():
+        async for chunk in response.content.iter_any():
             chunks.append(chunk)
             size += len(chunk)
             if size > limit:
@@ -308,12 +344,12 @@ class PushExecutor:
         url: str,
         envelope: Envelope,
         message: protocol.TaskRequest,
-        response: httpx.Response,
+        response: aiohttp.ClientResponse,
         body: bytes,
         complete: bool,
     ) -> NewRecord:
-        status = response.status_code
-        answered = f"POST {url} answered {status} {response.reason_phrase}".rstrip()
+        status = response.status
+        answered = f"POST {url} answered {status} {response.reason or ''}".rstrip()
         if 200 <= status < 300:
             if not complete:
                 return self._failed(
@@ -341,7 +377,7 @@ class PushExecutor:
         answered: str,
         envelope: Envelope,
         message: protocol.TaskRequest,
-        response: httpx.Response,
+        response: aiohttp.ClientResponse,
         body: bytes,
     ) -> NewRecord:
         output: Any = None
@@ -455,16 +491,36 @@ def _signed_headers(signer: Webhook, attempt_id: str, body: bytes) -> dict[str, 
     }
 
 
-def _describe(exc: httpx.HTTPError) -> str:
-    """An httpx error in words: its message and, when there is one, the operating
-    system's reason underneath ("All connection attempts failed" hides a refused
-    connection)."""
-    text = str(exc) or type(exc).__name__
+_ERROR_NAMES: tuple[tuple[type[aiohttp.ClientError], str], ...] = (
+    (aiohttp.ClientConnectorError, "ConnectError"),  # DNS, refused, TLS handshake
+    (aiohttp.ServerDisconnectedError, "RemoteProtocolError"),  # closed before answering
+    (aiohttp.ClientPayloadError, "RemoteProtocolError"),  # a body cut short or malformed
+    (aiohttp.ClientResponseError, "RemoteProtocolError"),  # a response that is not HTTP
+    (aiohttp.ClientOSError, "ReadError"),  # reset or broken once connected
+)
+"""The names docs/protocol.md gives network failures (httpx's, which push used before),
+first match wins; another aiohttp error keeps its own class name."""
+
+
+def _error_name(exc: aiohttp.ClientError) -> str:
+    for kind, name in _ERROR_NAMES:
+        if isinstance(exc, kind):
+            return name
+    return type(exc).__name__
+
+
+def _describe(exc: aiohttp.ClientError) -> str:
+    """An aiohttp error in words: its message and, when there is one, the operating
+    system's reason underneath (``Cannot connect to host ...`` names no errno), on one
+    line (aiohttp's parser errors span several)."""
+    # a response error's str() repeats the URL and quotes its message
+    said = exc.message if isinstance(exc, aiohttp.ClientResponseError) else str(exc)
+    text = " ".join(said.split()) or type(exc).__name__
     cause = exc.__cause__ or exc.__context__
     root: BaseException | None = None
     while cause is not None:
         root = cause
         cause = cause.__cause__ or cause.__context__
-    if root is not None and str(root) and str(root) not in text:
+    if isinstance(root, OSError) and str(root) and str(root) not in text:
         return f"{text} ({type(root).__name__}: {root})"
     return text

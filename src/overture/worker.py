@@ -57,7 +57,7 @@ from .events import Envelope
 from .observe import tracehooks
 from .ports import Backend, ClaimedTask, FinishOutcome, NewRecord
 from .protocol import TaskRequest
-from .push import PushExecutor
+from .push import PushExecutor, PushOptions
 from .runtime.executor import StepInfo, set_current_step
 from .runtime.threads import DaemonThreadPool
 from .tasks import TaskDef, completed, failed, invalid_request, parse_request
@@ -211,8 +211,13 @@ class Worker:
         self.codec = codec if codec is not None else Codec(app)
         pushed = [t for t in app.tasks if t.url is not None and t.queue in served]
         # made now: a push task whose signing secret is missing fails the start, not
-        # its first attempt
-        self._push = PushExecutor(pushed, self.codec) if pushed else None
+        # its first attempt; a connection for each attempt the worker may run at once
+        # (more would stay idle, fewer would make attempts queue for one)
+        self._push = (
+            PushExecutor(pushed, self.codec, options=PushOptions(max_connections=concurrency))
+            if pushed
+            else None
+        )
         self.stats = WorkerStats()
         self._claim_at = max(1, concurrency // 4)
         self._running: dict[str, asyncio.Task[None]] = {}

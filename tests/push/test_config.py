@@ -93,7 +93,6 @@ def test_a_task_given_twice_is_refused() -> None:
     "options",
     [
         {"max_connections": 0},
-        {"max_keepalive": -1},
         {"max_response": True},
         {"excerpt": 1.5},
         {"timeout": 0},

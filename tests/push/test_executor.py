@@ -4,7 +4,10 @@ endpoint verifies) and what each kind of answer becomes."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import socket
+import struct
 import time
 import zlib
 from collections.abc import AsyncIterator, Callable
@@ -201,6 +204,50 @@ async def test_a_refused_connection_fails_retryably(make: Make) -> None:
     assert message.error.type == "ConnectError"
     assert f"POST {base}/anything failed: " in message.error.message
     assert "ConnectionRefusedError" in message.error.message
+
+
+@pytest.mark.parametrize(
+    ("reply", "name", "said"),
+    [
+        (b"", "RemoteProtocolError", "Server disconnected"),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n[1,",
+            "RemoteProtocolError",
+            "Response payload is not completed",
+        ),
+        (b"SMTP ready\r\n\r\n", "RemoteProtocolError", "Bad status line: "),
+        (None, "ReadError", "[Errno 104] Connection reset by peer"),
+    ],
+    ids=["closed-unanswered", "body-cut-short", "not-http", "reset"],
+)
+async def test_a_server_that_breaks_the_exchange_fails_retryably(
+    make: Make, reply: bytes | None, name: str, said: str
+) -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        if reply is None:  # a reset (RST): close at once, dropping what is unsent
+            linger = struct.pack("ii", 1, 0)
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+            writer.transport.abort()
+            return
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        request = claimed("x")
+        record = await make("x", base=f"http://127.0.0.1:{port}").run(request)
+    finally:
+        server.close()
+        await server.wait_closed()
+    _, message = result_of(record, request)
+    assert isinstance(message, protocol.TaskFailure)
+    assert message.retryable
+    assert message.error.type == name
+    assert f"POST http://127.0.0.1:{port}/x failed: {said}" in message.error.message
+    assert "\n" not in message.error.message
 
 
 async def test_a_server_slower_than_the_deadline_times_out_at_the_deadline(

@@ -97,3 +97,18 @@ def test_a_worker_for_a_push_task_without_its_secret_is_refused_at_start(
             Worker(app, backend)
     finally:
         backend.close()
+
+
+@pytest.mark.parametrize("concurrency", [3, 250])
+async def test_a_workers_push_connections_are_as_many_as_its_concurrency(
+    push_server: PushServer, sqlite_url: str, monkeypatch: pytest.MonkeyPatch, concurrency: int
+) -> None:
+    monkeypatch.setenv(SECRET_ENV, push_server.secret)
+    backend = open_backend(sqlite_url)
+    try:
+        worker = Worker(push_app(push_server, "echo"), backend, concurrency=concurrency)
+        assert worker._push is not None
+        assert worker._push.options.max_connections == concurrency
+        await worker._push.close()
+    finally:
+        backend.close()
