@@ -281,11 +281,23 @@ class TaskQueue(Protocol):
         it is not ``worker``'s any more (its lease ran out and another worker claimed it,
         or the attempt ended): the worker should stop."""
 
-    def finish(self, task_id: str, worker: str, result: NewRecord) -> FinishOutcome:
+    def finish(
+        self, task_id: str, worker: str, result: NewRecord, *, durable: bool = True
+    ) -> FinishOutcome:
         """Append ``result`` (the attempt's ``overture.task.completed`` or ``.failed``
         event) to the log and end the claim, in one transaction where the backend has
         one. A result from a worker whose lease ran out is still accepted while the
-        attempt is open (the engine keeps the first result of an attempt)."""
+        attempt is open (the engine keeps the first result of an attempt).
+
+        ``durable=False``: the caller tells no one outside that the result was accepted
+        (a worker process does not: it only goes on to its next attempt), so a backend
+        may return before the result is on the disk. A crash of any process loses
+        nothing even so (SQLite: the transaction is in the WAL file); a power loss may
+        lose it, and the attempt is then handed out again when its lease ends, as after
+        a crash before the finish (at least once per attempt). Whatever the engine does
+        with the result is durable, since the commit that applies it waits for the disk
+        (SQLite: its fsync covers the WAL's earlier frames too). The HTTP API's complete
+        and fail keep ``durable=True``: their answer says the result is kept."""
 
     def request(self, task_id: str) -> bytes | None:
         """The request of a published attempt, open or ended (``TaskRecord.request``), so

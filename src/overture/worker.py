@@ -475,9 +475,7 @@ class Worker:
         to answer with a failure if the log refuses the result itself)."""
         try:
             try:
-                outcome: FinishOutcome = await self._call(
-                    self.backend.tasks.finish, task.id, self.worker_id, result
-                )
+                outcome: FinishOutcome = await self._call(self._finish_one, task.id, result)
             except EventError as error:
                 if parsed is None:
                     raise
@@ -492,9 +490,7 @@ class Worker:
                     f"worker {self.worker_id}: {error}",
                     retryable=False,
                 )
-                outcome = await self._call(
-                    self.backend.tasks.finish, task.id, self.worker_id, refused
-                )
+                outcome = await self._call(self._finish_one, task.id, refused)
         except Exception as error:  # one result lost must not stop the worker
             log.error(
                 "finishing task attempt %s failed, left to its lease: %s",
@@ -619,6 +615,11 @@ class Worker:
         assert self._threads is not None
         context = contextvars.copy_context()  # current_step() in the thread too
         return await on_pool(self._threads, lambda: context.run(fn, arg))
+
+    def _finish_one(self, task_id: str, result: NewRecord) -> FinishOutcome:
+        # not durable: a worker tells no one it finished, so a power loss that takes the
+        # result back only hands the attempt out again (ports.TaskQueue.finish)
+        return self.backend.tasks.finish(task_id, self.worker_id, result, durable=False)
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         assert self._io is not None

@@ -331,6 +331,35 @@ def test_a_lease_alone_is_committed_without_waiting_for_the_disk(tmp_path: Path)
         backend.close()
 
 
+def test_a_finish_that_is_not_durable_is_committed_without_waiting_for_the_disk(
+    tmp_path: Path,
+) -> None:
+    """``finish(durable=False)`` (a worker's) commits at ``synchronous=NORMAL``; in a
+    group with a durable finish (the HTTP API's) the group is fsynced."""
+    backend = _open(tmp_path / "finish.db")
+    try:
+        publish(backend, attempt_record(seq=1), attempt_record(seq=2))
+        first, second = backend.tasks.claim(["default"], "w", 2, 30.0)
+        results = []
+        for task in (first, second):
+            envelope, message = parse_request(CODEC, task.request)
+            results.append(completed(CODEC, envelope, message, 1))
+        statements: list[str] = []
+        backend._conn.set_trace_callback(statements.append)
+        assert backend.tasks.finish(first.id, "w", results[0], durable=False) == "accepted"
+        assert statements.count("PRAGMA synchronous=NORMAL") == 1
+        assert backend._conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL again
+        statements.clear()
+        assert backend.tasks.finish(second.id, "w", results[1]) == "accepted"
+        assert "PRAGMA synchronous=NORMAL" not in statements
+        # and both results are on the log, as any reader sees it
+        on_log = {orjson.loads(r.value)["id"] for r in backend.log.read(0, 0, 1000)}
+        assert on_log >= {protocol.task_result_id(t.id) for t in (first, second)}
+    finally:
+        backend._conn.set_trace_callback(None)
+        backend.close()
+
+
 def test_a_batch_with_a_misfiled_attempt_is_refused_whole(tmp_path: Path) -> None:
     backend = _open(tmp_path / "bad.db")
     try:

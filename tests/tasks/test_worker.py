@@ -75,6 +75,29 @@ async def test_sync_and_async_tasks_complete(backend: SqliteBackend) -> None:
     assert worker.stats.claimed == 2 and worker.stats.accepted == 2
 
 
+async def test_a_workers_result_is_committed_without_waiting_for_the_disk(
+    backend: SqliteBackend,
+) -> None:
+    """A worker tells no one it finished, so its finish is not durable
+    (``ports.TaskQueue.finish``): its transaction commits at ``synchronous=NORMAL``, and
+    the connection is left at ``FULL`` for the engine's commits."""
+    statements: list[str] = []
+    backend._conn.set_trace_callback(statements.append)
+    try:
+        async with Worker(app, backend) as worker:
+            publish(backend, attempt_record("t.echo", instance="d", input=1))
+            await _finished(worker, 1)
+    finally:
+        backend._conn.set_trace_callback(None)
+    append = next(
+        i for i, sql in enumerate(statements) if sql.startswith("INSERT OR IGNORE INTO log")
+    )
+    begin = max(i for i in range(append) if statements[i] == "BEGIN IMMEDIATE")
+    assert "PRAGMA synchronous=NORMAL" in statements[begin - 1 : begin]
+    assert backend._conn.execute("PRAGMA synchronous").fetchone() == (2,)
+    assert _result(backend, attempt_record("t.echo", instance="d").id) is not None
+
+
 async def test_a_task_function_knows_its_idempotency_key_and_attempt(
     backend: SqliteBackend,
 ) -> None:

@@ -496,7 +496,9 @@ class MemoryTaskQueue:
             attempt.lease_until = time.time() + lease
             return True
 
-    def finish(self, task_id: str, worker: str, result: NewRecord) -> FinishOutcome:
+    def finish(
+        self, task_id: str, worker: str, result: NewRecord, *, durable: bool = True
+    ) -> FinishOutcome:
         if not isinstance(worker, str) or not worker:
             raise ConfigError(f"finish: worker must be a non-empty str, not {worker!r}")
         if result.event_id != task_result_id(task_id):

@@ -109,10 +109,13 @@ class KafkaTaskQueue:
                 return renewed
         return False
 
-    def finish(self, task_id: str, worker: str, result: NewRecord) -> FinishOutcome:
+    def finish(
+        self, task_id: str, worker: str, result: NewRecord, *, durable: bool = True
+    ) -> FinishOutcome:
         """Produce ``result`` to the events topic (partition ``result.partition``, key
         ``result.key``, binary content mode like every event Overture writes), then let
-        the attempt's offset be committed. See the module docstring for what the
+        the attempt's offset be committed (acknowledged by the brokers either way:
+        ``durable`` changes nothing here). See the module docstring for what the
         outcomes can mean on Kafka.
 
         Raises:

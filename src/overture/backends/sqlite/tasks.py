@@ -110,10 +110,12 @@ class _Pending:
         self,
         write: Callable[[sqlite3.Connection], object] | None,
         finish: tuple[str, NewRecord] | None = None,
+        *,
+        fsync: bool = False,
     ) -> None:
         self.write = write  # a claim's or a heartbeat's statements
         self.finish = finish  # or a finish: (attempt id, result), done with the group's
-        self.fsync = finish is not None  # a result must be on the disk before it is answered
+        self.fsync = fsync  # on the disk before it is answered (a durable finish)
         self.wake = threading.Event()
         self.lead = False  # this caller commits the next group
         self.result: object = None
@@ -208,11 +210,15 @@ class SqliteTaskQueue:
         kept: bool = self._grouped(_Pending(extend))  # a lease, as a claim's: no fsync
         return kept
 
-    def finish(self, task_id: str, worker: str, result: NewRecord) -> FinishOutcome:
+    def finish(
+        self, task_id: str, worker: str, result: NewRecord, *, durable: bool = True
+    ) -> FinishOutcome:
         """See ``ports.TaskQueue.finish``: in one transaction, the result is appended to
         the log (by the log's own append, so its event id deduplicates) and the attempt
         ends. A second result of an attempt, from any worker, is ``"ended"``. Finishes
-        called at the same time (from several threads) share one transaction.
+        called at the same time (from several threads) share one transaction, fsynced
+        if one of them is ``durable`` (at ``synchronous=NORMAL`` otherwise: W5 +35%
+        throughput, docs/benchmarks.md).
 
         Raises:
             ConfigError: an empty worker id.
@@ -233,7 +239,7 @@ class SqliteTaskQueue:
                 f"{TASK_FAILED!r} event, not {result.event_type!r}; nothing was written"
             )
         check_reply(task_id, self.request(task_id), result)
-        outcome: FinishOutcome = self._grouped(_Pending(None, (task_id, result)))
+        outcome: FinishOutcome = self._grouped(_Pending(None, (task_id, result), fsync=durable))
         return outcome
 
     def _grouped(self, pending: _Pending) -> Any:
