@@ -294,10 +294,12 @@ class TaskQueue(Protocol):
         may return before the result is on the disk. A crash of any process loses
         nothing even so (SQLite: the transaction is in the WAL file); a power loss may
         lose it, and the attempt is then handed out again when its lease ends, as after
-        a crash before the finish (at least once per attempt). Whatever the engine does
-        with the result is durable, since the commit that applies it waits for the disk
-        (SQLite: its fsync covers the WAL's earlier frames too). The HTTP API's complete
-        and fail keep ``durable=True``: their answer says the result is kept."""
+        a crash before the finish (at least once per attempt). No committed state rests
+        on a result the disk may lose: the engine's commit that applies it waits for the
+        disk, and its fsync covers the WAL's earlier frames too (a step the engine runs
+        eagerly on the result before that commit may run again after a power loss, as
+        any step may: at least once). The HTTP API's complete and fail keep
+        ``durable=True``: their answer says the result is kept."""
 
     def request(self, task_id: str) -> bytes | None:
         """The request of a published attempt, open or ended (``TaskRecord.request``), so

@@ -334,8 +334,8 @@ def test_a_lease_alone_is_committed_without_waiting_for_the_disk(tmp_path: Path)
 def test_a_finish_that_is_not_durable_is_committed_without_waiting_for_the_disk(
     tmp_path: Path,
 ) -> None:
-    """``finish(durable=False)`` (a worker's) commits at ``synchronous=NORMAL``; in a
-    group with a durable finish (the HTTP API's) the group is fsynced."""
+    """``finish(durable=False)`` (a worker's) commits at ``synchronous=NORMAL``; a
+    durable one (the HTTP API's) is fsynced."""
     backend = _open(tmp_path / "finish.db")
     try:
         publish(backend, attempt_record(seq=1), attempt_record(seq=2))
@@ -355,6 +355,52 @@ def test_a_finish_that_is_not_durable_is_committed_without_waiting_for_the_disk(
         # and both results are on the log, as any reader sees it
         on_log = {orjson.loads(r.value)["id"] for r in backend.log.read(0, 0, 1000)}
         assert on_log >= {protocol.task_result_id(t.id) for t in (first, second)}
+    finally:
+        backend._conn.set_trace_callback(None)
+        backend.close()
+
+
+def test_a_group_with_one_durable_finish_is_fsynced(tmp_path: Path) -> None:
+    """A worker's finishes and the HTTP API's can share a group (``overture serve`` runs
+    both on one backend): the group waits for the disk if any of them is durable."""
+    backend = _open(tmp_path / "mixed.db")
+    try:
+        publish(backend, *(attempt_record(seq=seq) for seq in (1, 2, 3)))
+        tasks = backend.tasks.claim(["default"], "w", 3, 30.0)
+        results = {}
+        for task in tasks:
+            envelope, message = parse_request(CODEC, task.request)
+            results[task.id] = completed(CODEC, envelope, message, 1)
+        lead, worker_s, api_s = (t.id for t in tasks)
+        answers: dict[str, object] = {}
+
+        def finish(task_id: str, durable: bool) -> None:
+            answers[task_id] = backend.tasks.finish(task_id, "w", results[task_id], durable=durable)
+
+        statements: list[str] = []
+        backend._conn.set_trace_callback(statements.append)
+        queue = backend.tasks
+        threads = [
+            threading.Thread(target=finish, args=(lead, False)),
+            threading.Thread(target=finish, args=(worker_s, False)),
+            threading.Thread(target=finish, args=(api_s, True)),
+        ]
+        with backend._lock:  # the lead waits here; the other two join the next group
+            threads[0].start()
+            while not queue._leading:
+                time.sleep(0.001)
+            for thread in threads[1:]:
+                thread.start()
+            while len(queue._queue) < 2:
+                time.sleep(0.001)
+        for thread in threads:
+            thread.join(30)
+        backend._conn.set_trace_callback(None)
+        assert answers == dict.fromkeys((lead, worker_s, api_s), "accepted")
+        begins = [i for i, sql in enumerate(statements) if sql == "BEGIN IMMEDIATE"]
+        assert len(begins) == 2  # the lead's finish alone, then the group of two
+        assert statements[begins[0] - 1] == "PRAGMA synchronous=NORMAL"  # not durable
+        assert "PRAGMA synchronous=NORMAL" not in statements[begins[0] + 1 :]  # fsynced
     finally:
         backend._conn.set_trace_callback(None)
         backend.close()
