@@ -51,6 +51,15 @@ PROFILE = os.environ.get("OVERTURE_BENCH_PROFILE")
 ``<dir>/engine.prof`` and ``<dir>/worker.prof`` (``python -m benchmarks.profiling``)."""
 
 
+def _free_port() -> int:
+    """A port nothing listens on now (the endpoint's: a fixed one could be another
+    run's endpoint, which would then answer this run's pushes)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 def _spawn(args: list[str], log: Path, module: str = "overture.cli") -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", module, *args]
     if module == "overture.cli":
@@ -164,7 +173,9 @@ def run_once(
                 )
             else:
                 app = push_apps.app
-                port = push_apps.PORT
+                # the engine's tasks POST to the port in this variable (push_apps.PORT)
+                port = _free_port()
+                os.environ[push_apps.PORT_ENV] = str(port)
                 endpoint = _spawn(
                     [
                         "benchmarks.push_apps:endpoint",
