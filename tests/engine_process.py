@@ -17,6 +17,21 @@ RUNNING = b"running; Ctrl-C to stop"  # written once its signal handlers are ins
 ROOT = Path(__file__).resolve().parents[1]
 
 
+PACE = "OVERTURE_TEST_PACE"
+"""Environment variable: seconds an app's callback sleeps per result (:func:`pace`), so a
+crash test's kills land mid-stream however fast the machine (the engine would otherwise
+finish between two of its reads)."""
+
+_PACE_SECONDS = float(os.environ.get(PACE, "0"))  # read once, in the engine's process
+
+
+def pace() -> None:
+    """Sleep ``OVERTURE_TEST_PACE`` seconds (none unless the test that started this
+    process set it)."""
+    if _PACE_SECONDS:
+        time.sleep(_PACE_SECONDS)
+
+
 _offsets: dict[int, int] = {}
 """Where in its log each started engine's lines begin, by pid."""
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from overture.backends.sqlite import SqliteBackend
@@ -29,6 +30,15 @@ from overture.ports import Batch
 
 CRASHED = 75
 PAST_END = 76
+
+
+def commit_path(statements: Sequence[str]) -> str:
+    """Which SQLite commit path one commit's traced statements took: ``document`` (the
+    one statement, its own transaction), ``extras`` (the document and the rest of the
+    batch in an explicit transaction) or ``rows`` (an explicit transaction without it)."""
+    if not statements or not statements[0].upper().startswith("BEGIN"):
+        return "document"
+    return "extras" if any("state_document" in s for s in statements) else "rows"
 
 
 def install(target_commit: int, target_statement: int) -> None:
@@ -59,10 +69,7 @@ def install(target_commit: int, target_statement: int) -> None:
             original(self, batch)
         finally:
             self._conn.set_trace_callback(None)
-        path = "document"
-        if texts and texts[0].upper().startswith("BEGIN"):
-            path = "extras" if any("state_document" in t for t in texts) else "rows"
-        print(f"statements={statements} path={path}", file=sys.stderr, flush=True)
+        print(f"statements={statements} path={commit_path(texts)}", file=sys.stderr, flush=True)
         os._exit(PAST_END)
 
     SqliteBackend.commit = commit  # type: ignore[method-assign]

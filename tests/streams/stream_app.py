@@ -3,15 +3,11 @@ per key in 10-second tumbling windows, each closed window emitting one event."""
 
 from __future__ import annotations
 
-import os
-import time
 from datetime import timedelta
 
 import overture as ov
 
-PACE = "OVERTURE_TEST_PACE"
-"""Seconds the callback sleeps per result, so a crash test's kills land mid-stream
-however fast the machine (the engine would otherwise finish between two of its reads)."""
+from ..engine_process import pace
 
 app = ov.App("ticks")
 
@@ -30,7 +26,7 @@ class Tick(ov.Event, type="tick"):
     idle=None,
 )
 def counts(result: ov.WindowResult) -> ov.Event:
-    time.sleep(float(os.environ.get(PACE, "0")))
+    pace()  # (a crash test's, tests/engine_process.py)
     return ov.Event.of(
         "window.counted",
         {"key": result.key, "start": result.start.timestamp(), "n": result.values["n"]},

@@ -12,8 +12,7 @@ import pytest
 
 import overture as ov
 
-from ..engine_process import kill_while_producing, overture_run
-from .pattern_app import PACE
+from ..engine_process import PACE, kill_while_producing, overture_run
 
 T0 = 1_800_000_000.0
 PAIRS = 3000

@@ -12,8 +12,8 @@ import pytest
 
 import overture as ov
 
-from ..engine_process import kill_while_producing, overture_run
-from .stream_app import PACE, Tick
+from ..engine_process import PACE, kill_while_producing, overture_run
+from .stream_app import Tick
 
 T0 = 1_800_000_000.0
 EVENTS = 6000

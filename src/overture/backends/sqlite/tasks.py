@@ -217,8 +217,8 @@ class SqliteTaskQueue:
         the log (by the log's own append, so its event id deduplicates) and the attempt
         ends. A second result of an attempt, from any worker, is ``"ended"``. Finishes
         called at the same time (from several threads) share one transaction, fsynced
-        if one of them is ``durable`` (at ``synchronous=NORMAL`` otherwise: W5 +35%
-        throughput, docs/benchmarks.md).
+        if one of them is ``durable`` (at ``synchronous=NORMAL`` otherwise: W5 1.10x the
+        throughput, 0.79x the one-at-a-time p50; docs/benchmarks.md).
 
         Raises:
             ConfigError: an empty worker id.
