@@ -29,7 +29,7 @@ from .ports import ActivityRow, Backend, DeadLetter, InstanceQuery, NewRecord
 from .protocol import FINAL as FINAL
 from .protocol import Status
 from .results import Results
-from .retention import DELETED, deleted_message
+from .retention import DELETED, deleted_message, find_deleted
 from .streams.query import view as stream_view
 
 MIN_SHORT_ID = 6
@@ -369,9 +369,10 @@ class Client:
                     "give more characters"
                 )
         if row is None:
-            gone = self.backend.store.get(DELETED, instance_id.encode())
-            if gone is not None:  # deleted by retention (the last DELETED_KEPT per engine)
-                raise NotFound(deleted_message(instance_id, gone))
+            # deleted by retention? (the last DELETED_KEPT per engine are remembered)
+            gone = find_deleted(self.backend.store.scan(DELETED), instance_id)
+            if gone is not None:
+                raise NotFound(deleted_message(instance_id, *gone))
             hint = (
                 f" (a prefix or suffix needs at least {MIN_SHORT_ID} characters)"
                 if len(instance_id) < MIN_SHORT_ID

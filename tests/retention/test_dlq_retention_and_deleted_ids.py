@@ -92,6 +92,16 @@ async def test_a_deleted_id_is_reported_as_deleted_after_the_retention(any_url: 
             assert "not found (deleted after the retention of 1h" in shown.stderr
 
 
+def remembered(h: Harness) -> list[str]:
+    """The deleted ids the store's pages hold, oldest first."""
+    pages = [v for k, v in h.backend.store.scan(kept.DELETED) if len(k) > 4]  # not counters
+    return [iid for page in pages for iid in kept.read_page(page)[2]]
+
+
+def pages(h: Harness) -> int:
+    return len([k for k, _ in h.backend.store.scan(kept.DELETED) if len(k) > 4])
+
+
 async def test_the_deleted_ids_kept_are_bounded_in_number(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -103,13 +113,57 @@ async def test_the_deleted_ids_kept_are_bounded_in_number(
         ids = {i.id for i in h.client.instances()}
         await h.advance(HOUR + 1)  # one pass deletes all seven
         assert h.client.instances() == []
-        remembered = {k.decode() for k, _ in h.backend.store.scan(kept.DELETED)}
-        assert len(remembered) == 3 and remembered <= ids
-        assert len(h.backend.store.scan(kept.DELETED_RING)) == 4  # 3 slots + the counter
+        kept_ids = set(remembered(h))
+        assert len(kept_ids) == 3 and kept_ids <= ids
         for iid in ids:
             with pytest.raises(ov.NotFound) as raised:
                 h.client.instance(iid)
-            assert ("deleted after the retention of 1h" in str(raised.value)) == (iid in remembered)
+            assert ("deleted after the retention of 1h" in str(raised.value)) == (iid in kept_ids)
+
+
+async def test_past_the_bound_the_oldest_deleted_ids_go_first(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two passes of two: the first pass's page loses its oldest id, not the page."""
+    monkeypatch.setattr(kept, "DELETED_KEPT", 3)
+    async with Harness(app(), url, options=EngineOptions(retention=timedelta(hours=1))) as h:
+        for n in range(2):
+            h.client.send("order.placed", {"id": f"first{n}"})
+        await h.idle()
+        await h.advance(10)
+        for n in range(2):
+            h.client.send("order.placed", {"id": f"second{n}"})
+        await h.idle()
+        first, second = (
+            [i.id for i in h.client.instances() if (i.key or "").startswith(name)]
+            for name in ("first", "second")
+        )
+        await h.advance(HOUR - 5)  # the first two are deleted
+        page = remembered(h)  # in the order of their deletion
+        assert sorted(page) == sorted(first)
+        await h.advance(10)  # and the second two: the oldest of the first goes
+        kept_ids = remembered(h)
+        assert kept_ids[0] == page[1]  # the oldest deleted went, the page was kept
+        assert sorted(kept_ids[1:]) == sorted(second)
+        assert pages(h) == 2
+
+
+async def test_a_pass_deleting_more_than_a_page_of_ids_writes_several(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kept, "DELETED_PAGE", 2)
+    async with Harness(app(), url, options=EngineOptions(retention=timedelta(hours=1))) as h:
+        for n in range(5):
+            h.client.send("order.placed", {"id": f"o{n}"})
+        await h.idle()
+        ids = {i.id for i in h.client.instances()}
+        await h.advance(HOUR + 1)
+        assert sorted(remembered(h)) == sorted(ids) and pages(h) == 3
+        for iid in ids:
+            with pytest.raises(ov.NotFound, match="deleted after the retention of 1h"):
+                h.client.instance(iid)
+        await h.advance(HOUR)  # all three pages go together
+        assert remembered(h) == [] and pages(h) == 0
 
 
 async def test_the_deleted_ids_are_dropped_a_retention_after_their_deletion(url: str) -> None:
@@ -118,11 +172,28 @@ async def test_the_deleted_ids_are_dropped_a_retention_after_their_deletion(url:
         await h.idle()
         (instance,) = h.client.instances()
         await h.advance(HOUR + 1)  # deleted, remembered
-        assert len(h.backend.store.scan(kept.DELETED)) == 1
+        assert remembered(h) == [instance.id]
+        await h.restart()  # when the page is due is found again from the store
         await h.advance(HOUR - 2)
-        assert len(h.backend.store.scan(kept.DELETED)) == 1
+        assert remembered(h) == [instance.id]
         await h.advance(3)  # a retention after the deletion: forgotten, with no other work
-        assert h.backend.store.scan(kept.DELETED) == []
-        assert [k for k, _ in h.backend.store.scan(kept.DELETED_RING)] == [bytes(4)]
+        assert remembered(h) == []
+        assert [k for k, _ in h.backend.store.scan(kept.DELETED)] == [bytes(4)]  # the counter
         with pytest.raises(ov.NotFound, match=r"^no instance"):
             h.client.instance(instance.id)
+
+
+def test_an_id_deleted_twice_is_reported_with_its_last_deletion() -> None:
+    """An instance id can come back (a trigger sent again after its instance was
+    deleted); every engine's pages are searched and the newest deletion wins."""
+    entries = [
+        (bytes(4), kept.counter(2, 0, 2)),
+        (bytes(4) + bytes(8), kept.deleted_page(100.0, 60.0, ["x", "y"])),
+        (bytes(4) + (1).to_bytes(8, "big"), kept.deleted_page(300.0, 3600.0, ["x"])),
+        ((1).to_bytes(4, "big") + bytes(8), kept.deleted_page(200.0, 60.0, ['x"y', "x"])),
+    ]
+    assert kept.find_deleted(entries, "x") == (300.0, timedelta(hours=1))
+    assert kept.find_deleted(entries, "y") == (100.0, timedelta(minutes=1))
+    assert kept.find_deleted(entries, 'x"y') == (200.0, timedelta(minutes=1))
+    assert kept.find_deleted(entries, "z") is None
+    assert kept.find_deleted(entries, '"x"') is None  # (a substring of a page is not an id)

@@ -19,8 +19,8 @@ therefore wakes exactly when the next instance expires (``next_due``), not on a 
 
 Dead letters (``EngineOptions.dlq_retention``, default forever) older than their
 retention are deleted by the same passes, at most ``limit`` per pass, in the same batch.
-The ids of deleted instances are remembered, a bounded number per engine (a ring in
-keyed state, ``overture/retention.py``), so that a client can say "deleted after the
+The ids of deleted instances are remembered, a bounded number per engine (a page per
+pass in keyed state, ``overture/retention.py``), so that a client can say "deleted after the
 retention of 7d" instead of "not found".
 
 Dedup of triggers after deletion: the instance id derives from the trigger's id
@@ -82,14 +82,14 @@ class Retention:
         instances: the live instances (a deleted one leaves their cache).
         in_flight: the batch being committed, if any (the loop's).
         stats: the engine's counters (``expired``, ``dead_letters_expired``).
-        state: the loop's keyed state (the ring of deleted ids).
-        owner: names this engine's ring (its first partition: on Kafka an engine's
-            partition, so rings of several engines never share a key).
+        state: the loop's keyed state (the pages of deleted ids).
+        owner: names this engine's pages (its first partition: on Kafka an engine's
+            partition, so the pages of several engines never share a key).
         trims_log: the store applies ``Batch.trim_log`` (passes then run at least every
             ``LOG_PASS_EVERY`` seconds).
         limit: most instances (and most dead letters) per pass.
         dlq_retention: how long a dead letter is kept (None: until replayed or deleted).
-        remembered: most deleted ids the ring keeps (default ``DELETED_KEPT``).
+        remembered: most deleted ids the pages hold (default ``DELETED_KEPT``).
     """
 
     def __init__(
@@ -117,7 +117,7 @@ class Retention:
         # engine time of the next dead-letter pass (None: none stored, or kept forever)
         self._letters_due: float | None = None if dlq_retention is None else -math.inf
         # when the oldest remembered deleted id is due to be dropped (None: none held)
-        self._ring_due: float | None = -math.inf if retention is not None else None
+        self._pages_due: float | None = -math.inf if retention is not None else None
         self._instances = instances
         self._in_flight = in_flight
         self._stats = stats
@@ -147,7 +147,7 @@ class Retention:
     def next_due(self) -> float | None:
         """Engine time of the next pass (``None``: nothing finished is stored and the
         log is not trimmed here)."""
-        due = [d for d in (self._due, self._letters_due, self._ring_due) if d is not None]
+        due = [d for d in (self._due, self._letters_due, self._pages_due) if d is not None]
         if self._trims_log and self._keeps:
             due.append(self._log_due)
         return min(due, default=None)
@@ -182,8 +182,8 @@ class Retention:
             stage.batch.trim_log = min(now, time.time()) - self._seconds
             self._log_due = now + LOG_PASS_EVERY
             did = True
-        if self._ring_due is not None and self._ring_due <= now:
-            self._ring_due = None  # seal drops the old ids and sets it again
+        if self._pages_due is not None and self._pages_due <= now:
+            self._pages_due = None  # seal drops the old pages and sets it again
             did = True
         if did:
             self._staged = stage.batch
@@ -225,9 +225,7 @@ class Retention:
         if batch.expired:
             self._instances.forget(batch.expired)
             self._stats["expired"] += len(batch.expired)
-        # retention 0 remembers nothing: an id would be dropped by the next pass anyway,
-        # and the ring's reads and writes would cost every deletion (W1: a quarter of
-        # the throughput with retention 0)
+        # retention 0 remembers nothing: an id would be dropped by the next pass anyway
         if self._keeps and self._seconds > 0 and (batch.expired or self._staged is batch):
             self._remember(stage, batch.expired, now)
         if self._letter_seconds is not None:
@@ -251,60 +249,55 @@ class Retention:
         pass
 
     def _remember(self, stage: Stage, deleted: list[str], now: float) -> None:
-        """Maintain this engine's ring of deleted ids, a FIFO in deletion order: drop
-        from its tail the ids deleted a retention ago or more (at most ``limit`` per
-        pass), then put ``deleted`` at its head, the oldest dropped while it is full (it
-        never holds more than ``remembered``)."""
-        if self._remembered <= 0:
+        """Maintain this engine's pages of deleted ids (``overture/retention.py``), a FIFO
+        in deletion order: put ``deleted`` on new pages at its head, then drop from its
+        tail the pages deleted a retention ago or more (at most ``limit`` per pass), and
+        the oldest ids while more than ``remembered`` are held."""
+        cap = self._remembered
+        if cap <= 0:
             return
-        ring, cap = kept.DELETED_RING, self._remembered
-        counter = self._state.get(stage, ring, self._owner)
-        head, tail = (0, 0) if counter is None else _two(counter)
-        before = (head, tail)
+        pages, owner = kept.DELETED, self._owner
+        stored = self._state.get(stage, pages, owner)
+        head, tail, held = (0, 0, 0) if stored is None else kept.read_counter(stored)
+        before = (head, tail, held)
+        fresh = deleted[-cap:]  # (more than the cap in one pass: the newest of them)
+        for start in range(0, len(fresh), kept.DELETED_PAGE):
+            ids = fresh[start : start + kept.DELETED_PAGE]
+            stage.put_state(pages, owner + _page(head), kept.deleted_page(now, self._seconds, ids))
+            head += 1
+            held += len(ids)
         cutoff = now - self._seconds
         dropped = 0
-        while tail < head and dropped < self._limit:
-            if not self._drop(stage, tail % cap, cutoff):
-                break
-            tail += 1
-            dropped += 1
-        entry = kept.deleted_entry(now, self._seconds)
-        for iid in deleted:
-            if head - tail >= cap:
-                self._drop(stage, tail % cap, math.inf)
+        self._pages_due = None
+        while tail < head:
+            place = owner + _page(tail)
+            page = self._state.get(stage, pages, place)
+            if page is None:  # (never written: nothing to drop)
                 tail += 1
-            place = self._owner + (head % cap).to_bytes(4, "big")
-            stage.put_state(ring, place, f"{now!r} {iid}".encode())
-            stage.put_state(kept.DELETED, iid.encode(), entry)
-            head += 1
-        if (head, tail) != before:
-            stage.put_state(ring, self._owner, head.to_bytes(8, "big") + tail.to_bytes(8, "big"))
-        self._ring_due = None
-        if tail < head:  # the next pass comes when the oldest held id is due to go
-            held = self._state.get(stage, ring, self._owner + (tail % cap).to_bytes(4, "big"))
-            if held is not None:
-                self._ring_due = float(held.decode().split(" ", 1)[0]) + self._seconds
-
-    def _drop(self, stage: Stage, slot: int, cutoff: float) -> bool:
-        """Drop the ring's ``slot`` if its id was deleted at or before ``cutoff`` (and
-        the id's entry, unless a later deletion of the same id wrote it again)."""
-        place = self._owner + slot.to_bytes(4, "big")
-        held = self._state.get(stage, kept.DELETED_RING, place)
-        if held is not None:
-            at_text, iid = held.decode().split(" ", 1)
-            at = float(at_text)
-            if at > cutoff:
-                return False
-            entry = self._state.get(stage, kept.DELETED, iid.encode())
-            if entry is not None and kept.read_deleted(entry)[0] == at:
-                stage.delete_state(kept.DELETED, iid.encode())
-            stage.delete_state(kept.DELETED_RING, place)
-        return True
+                continue
+            at, retention, ids = kept.read_page(page)
+            if at > cutoff and held <= cap:
+                self._pages_due = at + self._seconds  # the next pass drops this page
+                break
+            if dropped >= self._limit:
+                self._pages_due = now  # more are due: the next batch goes on
+                break
+            excess = held - cap
+            if at > cutoff and excess < len(ids):  # too many held: the oldest ids go
+                stage.put_state(pages, place, kept.deleted_page(at, retention, ids[excess:]))
+                held = cap
+                continue
+            stage.delete_state(pages, place)
+            tail += 1
+            held -= len(ids)
+            dropped += 1
+        if (head, tail, held) != before:
+            stage.put_state(pages, owner, kept.counter(head, tail, held))
 
 
-def _two(counter: bytes) -> tuple[int, int]:
-    """(head, tail) of a ring's counter entry."""
-    return int.from_bytes(counter[:8], "big"), int.from_bytes(counter[8:16], "big")
+def _page(number: int) -> bytes:
+    """A page's key after its owner's prefix."""
+    return number.to_bytes(8, "big")
 
 
 def _plus(finished: float | None, seconds: float) -> float | None:
