@@ -46,6 +46,7 @@ from .document import (
     SHIFT,
     as_is,
     dead_letter_of,
+    deletions,
     dump_json,
     extras,
     inbox_fields,
@@ -404,6 +405,8 @@ class SqliteBackend:
         self._apply(c, "inbox", b.inbox, lambda r: inbox_fields(r, as_is))
         if b.tasks:
             apply_tasks(c, b.tasks, time.time())
+        if b.expired:
+            _delete_instances(c, b.expired)
         self._commit_extras(c, b)
 
     def _commit_document(self, c: sqlite3.Connection, document: str, b: Batch) -> None:
@@ -441,8 +444,6 @@ class SqliteBackend:
                 None if d.headers is None else dump_headers(d.headers),
             ),
         )
-        if b.expired:
-            _delete_instances(c, b.expired)
         if b.trim_log is not None:
             _trim_log(c, b.trim_log, self._partitions)
 
@@ -763,23 +764,15 @@ def _successor(prefix: str) -> str:
 
 
 def _delete_instances(c: sqlite3.Connection, instance_ids: list[str]) -> None:
-    """Delete these instances and everything of theirs (``Batch.expired``), inside the
-    commit's transaction: one statement per table for the whole list."""
+    """Delete these instances and everything of theirs (``Batch.expired``) in a batch that
+    goes row by row: the state document's statements (``document.deletions``), bound to
+    the list as a parameter."""
     ids = orjson.dumps(instance_ids).decode()
-    chosen = "SELECT value FROM json_each(?)"
-    c.execute(f"DELETE FROM instances WHERE id IN ({chosen})", (ids,))
-    c.execute(f"DELETE FROM journal WHERE instance_id IN ({chosen})", (ids,))
-    c.execute(f"DELETE FROM inbox WHERE instance_id IN ({chosen})", (ids,))
-    # waits and work have no index by instance: they hold live state only (small), and
-    # one scan each per batch of deletions is cheaper than an index paid on every commit
-    c.execute(f"DELETE FROM waits WHERE instance_id IN ({chosen})", (ids,))
-    c.execute(f"DELETE FROM work WHERE instance_id IN ({chosen})", (ids,))
-    # ended attempts only (an open one would be a bug upstream: leave it visible); the
-    # ids are "task:<instance>:<seq>:<attempt>", a range of the unique index on id
-    c.executemany(
-        "DELETE FROM tasks WHERE id >= ? AND id < ? AND ended = 1",
-        [(f"task:{iid}:", f"task:{iid};") for iid in instance_ids],
-    )
+    for statement in DELETE_BY_LIST:
+        c.execute(statement, {"ids": ids})
+
+
+DELETE_BY_LIST = deletions(":ids", "$")
 
 
 LOG_TRIM_LIMIT = 2000

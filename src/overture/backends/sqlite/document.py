@@ -109,15 +109,16 @@ def _utf8(raw: bytes | None) -> str | None:
 
 def state_document(b: Batch, partitions: int, now: float) -> str | None:
     """The engine's rows of a batch (appends, offsets, instances, journal, waits, work,
-    inbox, tasks) as one JSON document for ``APPLY_DOCUMENT``, or None when it cannot
+    inbox, tasks) and the instances retention deletes (``expired``, ``deletions``) as one
+    JSON document for ``APPLY_DOCUMENT``, or None when it cannot
     carry them exactly and the batch goes row by row (``_commit_rows``): bytes that are
     not UTF-8 text, or a NUL in any string (SQLite's JSON functions end a string there).
     Events that decoded never hold such bytes, so the engine's batches practically always
     take the document. Bound as text: SQLite 3.45+ would read a BLOB as JSONB.
 
     The rest of a batch (``extras``: keyed state and dead letters, which are bytes, and
-    retention's deletions) is never in the document: it goes as statements of its own
-    beside it, in the same transaction (``SqliteBackend.commit``)."""
+    the log's trim) is never in the document: it goes as statements of its own beside
+    it, in the same transaction (``SqliteBackend.commit``)."""
     doc: dict[str, Any] = {}
     try:
         if b.appends:
@@ -156,6 +157,8 @@ def state_document(b: Batch, partitions: int, now: float) -> str | None:
     if b.waits:
         doc["wd"] = [f"{w.instance_id}:{w.seq}" for w, present in b.waits.items() if not present]
         doc["wa"] = [wait_fields(w) for w, present in b.waits.items() if present]
+    if b.expired:
+        doc["x"] = b.expired
     document = orjson.dumps(doc).decode()
     # orjson writes a NUL as \u0000. (Escaped NULs inside result or journal JSON match
     # too: such a batch merely goes row by row, which is also exact.)
@@ -187,7 +190,42 @@ INSTANCE_UPSERT = "INSERT INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,?)" + _UP
 
 def extras(b: Batch) -> bool:
     """The batch holds what the document leaves out (see ``state_document``)."""
-    return bool(b.state or b.dead_letters or b.expired or b.trim_log is not None)
+    return bool(b.state or b.dead_letters or b.trim_log is not None)
+
+
+def deletions(doc: str, path: str) -> tuple[str, ...]:
+    """The statements that delete the instances listed by the JSON array at ``path`` of
+    ``doc`` (SQL: a column or a parameter) with everything of theirs: rows, journals,
+    buffered events, waits, work rows and ended task attempts (``Batch.expired``).
+
+    In the state document's trigger (a batch with a retention pass stays one statement:
+    as separate statements, each gave the GIL back to the engine thread, and the commit
+    thread waited to win it again while holding the write lock), and row by row
+    (``_commit_rows``). Each is guarded by the array's presence, a constant term SQLite
+    tests once: waits and work have no index by instance, and ``IN`` of an empty list
+    would still scan them (45 ms per 300,000 waits)."""
+    listed = f"json_type({doc}, '{path}') IS NOT NULL"
+    ids = f"SELECT value FROM json_each({doc}, '{path}')"
+    by_instance = [
+        f"DELETE FROM {table} WHERE {listed} AND {column} IN ({ids})"
+        for table, column in (
+            ("instances", "id"),
+            ("journal", "instance_id"),
+            ("inbox", "instance_id"),
+            # no index by instance: live state only, and one scan each per pass of
+            # deletions is cheaper than an index paid on every commit
+            ("waits", "instance_id"),
+            ("work", "instance_id"),
+        )
+    ]
+    # ended attempts only (an open one would be a bug upstream: leave it visible); the
+    # ids are "task:<instance>:<seq>:<attempt>", a range of the unique index on id
+    tasks = (
+        f"DELETE FROM tasks WHERE {listed} AND ended = 1 AND n IN (SELECT t.n FROM "
+        f"json_each({doc}, '{path}') AS x JOIN tasks AS t ON t.id >= 'task:' || x.value "
+        "|| ':' AND t.id < 'task:' || x.value || ';')"
+    )
+    return (*by_instance, tasks)
 
 
 def _rows(
@@ -265,6 +303,7 @@ INSTEAD OF INSERT ON state_document BEGIN
   {_rows("inbox", "$.b", 6, blobs=(4,))}
   {_PUBLISH_TASKS}
   {_END_TASKS}
+  {"".join(f"{statement};" for statement in deletions("NEW.doc", "$.x"))}
 END""",
 )
 APPLY_DOCUMENT = "INSERT INTO temp.state_document VALUES (?)"
