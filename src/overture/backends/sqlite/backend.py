@@ -40,13 +40,13 @@ from .counts import counts as stored_counts
 from .document import (
     APPLY_DOCUMENT,
     DLQ_SELECT,
-    DOCUMENT_VIEW,
     INSTANCE_UPSERT,
     MASK,
     SHIFT,
     as_is,
     dead_letter_of,
     deletions,
+    document_view,
     dump_json,
     extras,
     inbox_fields,
@@ -54,6 +54,7 @@ from .document import (
     instance_of,
     partition_of,
     state_document,
+    trims,
     wait_fields,
     work_fields,
 )
@@ -180,12 +181,12 @@ class SqliteBackend:
             # not need the write lock, which a busy engine or a stuck writer may hold.
             if self._needs_schema(self._conn):
                 self._write(lambda c: self._create(c, partitions))
-            for statement in DOCUMENT_VIEW:
-                self._conn.execute(statement)
             row = self._conn.execute("SELECT v FROM meta WHERE k='partitions'").fetchone()
+            self._partitions = int(row[0])
+            for statement in document_view(self._partitions):
+                self._conn.execute(statement)
         except sqlite3.DatabaseError as exc:
             raise storage_error(path, exc, "open") from exc
-        self._partitions = int(row[0])
         self._lock = threading.RLock()  # the writer connection
         self._tidied = -math.inf  # time.monotonic() of the last _tidy
         # Reads use their own connection: in WAL mode they see the last committed state
@@ -369,7 +370,7 @@ class SqliteBackend:
             else:
                 # One statement is one transaction, committed (WAL fsynced) inside the
                 # call: the write lock is never held while this thread waits for the GIL.
-                self._conn.execute(APPLY_DOCUMENT, (document,))
+                self._conn.execute(APPLY_DOCUMENT, document)
             if batch.expired or batch.trim_log is not None or _deletes_letters(batch):
                 self._tidy()
         if batch.appends:
@@ -405,19 +406,6 @@ class SqliteBackend:
         self._apply(c, "inbox", b.inbox, lambda r: inbox_fields(r, as_is))
         if b.tasks:
             apply_tasks(c, b.tasks, time.time())
-        if b.expired:
-            _delete_instances(c, b.expired)
-        self._commit_extras(c, b)
-
-    def _commit_document(self, c: sqlite3.Connection, document: str, b: Batch) -> None:
-        """The engine's rows as the state document, then the rest of the batch."""
-        c.execute(APPLY_DOCUMENT, (document,))
-        self._commit_extras(c, b)
-
-    def _commit_extras(self, c: sqlite3.Connection, b: Batch) -> None:
-        """What the state document never carries (``document.extras``), inside the
-        commit's transaction, after the engine's rows: a few statements per batch (keyed
-        state and dead letters are few rows; deletions are one statement per table)."""
         if b.state:
             gone = [(ns, bytes(key)) for (ns, key), v in b.state.items() if v is None]
             kept = [(ns, bytes(key), bytes(v)) for (ns, key), v in b.state.items() if v is not None]
@@ -425,6 +413,22 @@ class SqliteBackend:
                 c.executemany("DELETE FROM state WHERE ns = ? AND key = ?", gone)
             if kept:
                 c.executemany("INSERT OR REPLACE INTO state VALUES (?, ?, ?)", kept)
+        if b.expired:
+            _delete_instances(c, b.expired)
+        self._commit_extras(c, b)
+        if b.trim_log is not None:
+            _trim_log(c, b.trim_log, self._partitions)
+
+    def _commit_document(
+        self, c: sqlite3.Connection, document: tuple[str, bytes], b: Batch
+    ) -> None:
+        """The batch as the state document, then its dead letters."""
+        c.execute(APPLY_DOCUMENT, document)
+        self._commit_extras(c, b)
+
+    def _commit_extras(self, c: sqlite3.Connection, b: Batch) -> None:
+        """What the state document never carries (``document.extras``: dead letters,
+        bytes and rare), inside the commit's transaction, after the engine's rows."""
         self._apply(
             c,
             "dlq",
@@ -444,8 +448,6 @@ class SqliteBackend:
                 None if d.headers is None else dump_headers(d.headers),
             ),
         )
-        if b.trim_log is not None:
-            _trim_log(c, b.trim_log, self._partitions)
 
     @staticmethod
     def _apply(
@@ -775,36 +777,8 @@ def _delete_instances(c: sqlite3.Connection, instance_ids: list[str]) -> None:
 DELETE_BY_LIST = deletions(":ids", "$")
 
 
-LOG_TRIM_LIMIT = 2000
-"""Most log records one pass deletes per partition: a range of the primary key, so the
-write lock is held for a few milliseconds (docs/benchmarks.md, retention)."""
-
-
-def _trim_log(c: sqlite3.Connection, before: float, partitions: int) -> int:
-    """Delete old consumed log records (``Batch.trim_log``); returns how many."""
-    committed: dict[int, dict[str, int]] = {}
-    groups = set()
-    for grp, part, off in c.execute("SELECT grp, part, off FROM offsets"):
-        groups.add(grp)
-        committed.setdefault(part, {})[grp] = off
-    deleted = 0
-    for part in range(partitions):
-        passed = committed.get(part, {})
-        if not groups or len(passed) < len(groups):
-            continue  # a group that has not committed here has not read anything of it
-        low, high = part << SHIFT, (part + 1) << SHIFT
-        top = c.execute("SELECT max(id) FROM log WHERE id >= ? AND id < ?", (low, high))
-        newest = top.fetchone()[0]
-        if newest is None:
-            continue
-        # below every group's next offset, and below the newest record: appends number
-        # the next record from the newest one, so it must stay
-        end = min(low | min(passed.values()), newest)
-        cursor = c.execute(
-            "DELETE FROM log WHERE id IN (SELECT id FROM log WHERE id >= ? AND id < ? "
-            "AND ts < ? AND (event_id IS NULL OR event_id NOT IN (SELECT trigger_id FROM "
-            "instances WHERE status NOT IN (?, ?, ?))) ORDER BY id LIMIT ?)",
-            (low, end, before, *_FINAL, LOG_TRIM_LIMIT),
-        )
-        deleted += cursor.rowcount
-    return deleted
+def _trim_log(c: sqlite3.Connection, before: float, partitions: int) -> None:
+    """Delete old consumed log records (``Batch.trim_log``) in a batch that goes row by
+    row: the state document's statements (``document.trims``), bound to ``before``."""
+    for statement in trims(":tl", "$", partitions):
+        c.execute(statement, {"tl": orjson.dumps(before).decode()})

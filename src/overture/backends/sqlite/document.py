@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from ...binding import load_headers
+from ...core.status import FINAL
 from ...ports import (
     Batch,
     DeadLetter,
@@ -107,18 +108,21 @@ def _utf8(raw: bytes | None) -> str | None:
         raise _NotCarried from None
 
 
-def state_document(b: Batch, partitions: int, now: float) -> str | None:
+def state_document(b: Batch, partitions: int, now: float) -> tuple[str, bytes] | None:
     """The engine's rows of a batch (appends, offsets, instances, journal, waits, work,
-    inbox, tasks) and the instances retention deletes (``expired``, ``deletions``) as one
-    JSON document for ``APPLY_DOCUMENT``, or None when it cannot
+    inbox, tasks), the keyed state, the instances retention deletes (``expired``,
+    ``deletions``) and the log's trim (``trims``) as one JSON document, with the keyed
+    state's bytes beside it, for ``APPLY_DOCUMENT``; or None when it cannot
     carry them exactly and the batch goes row by row (``_commit_rows``): bytes that are
     not UTF-8 text, or a NUL in any string (SQLite's JSON functions end a string there).
     Events that decoded never hold such bytes, so the engine's batches practically always
     take the document. Bound as text: SQLite 3.45+ would read a BLOB as JSONB.
 
-    The rest of a batch (``extras``: keyed state and dead letters, which are bytes, and
-    the log's trim) is never in the document: it goes as statements of its own beside
-    it, in the same transaction (``SqliteBackend.commit``)."""
+    Keyed state is bytes, which JSON cannot carry: its keys and values are concatenated
+    in the second parameter, and the document says where each one is (``$.s``, ``$.sd``:
+    namespace, 1-based offset and length). Dead letters (``extras``, bytes too, and rare)
+    go as statements of their own beside the document, in the same transaction
+    (``SqliteBackend.commit``)."""
     doc: dict[str, Any] = {}
     try:
         if b.appends:
@@ -159,10 +163,38 @@ def state_document(b: Batch, partitions: int, now: float) -> str | None:
         doc["wa"] = [wait_fields(w) for w, present in b.waits.items() if present]
     if b.expired:
         doc["x"] = b.expired
+    if b.trim_log is not None:
+        doc["tl"] = b.trim_log
+    blobs = b""
+    if b.state:
+        doc["s"], doc["sd"], blobs = _packed_state(b.state)
     document = orjson.dumps(doc).decode()
     # orjson writes a NUL as \u0000. (Escaped NULs inside result or journal JSON match
     # too: such a batch merely goes row by row, which is also exact.)
-    return None if "\\u0000" in document else document
+    return None if "\\u0000" in document else (document, blobs)
+
+
+def _packed_state(
+    state: dict[tuple[str, bytes], bytes | None],
+) -> tuple[list[list[Any]], list[list[Any]], bytes]:
+    """The keyed state's entries to write (namespace, key's offset and length, value's
+    offset and length) and to delete (namespace, key's offset and length), and the bytes
+    those offsets (1-based, as SQL's ``substr``) point into."""
+    puts: list[list[Any]] = []
+    gone: list[list[Any]] = []
+    parts: list[bytes] = []
+    at = 1
+    for (namespace, key), value in state.items():
+        entry: list[Any] = [namespace, at, len(key)]
+        parts.append(key)
+        at += len(key)
+        if value is None:
+            gone.append(entry)
+        else:
+            puts.append([*entry, at, len(value)])
+            parts.append(value)
+            at += len(value)
+    return puts, gone, b"".join(parts)
 
 
 _INSTANCE_COLUMNS = (
@@ -190,7 +222,59 @@ INSTANCE_UPSERT = "INSERT INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,?)" + _UP
 
 def extras(b: Batch) -> bool:
     """The batch holds what the document leaves out (see ``state_document``)."""
-    return bool(b.state or b.dead_letters or b.trim_log is not None)
+    return bool(b.dead_letters)
+
+
+LOG_TRIM_LIMIT = 2000
+"""Most log records one pass deletes per partition: a range of the primary key, so the
+write lock is held for a few milliseconds (docs/benchmarks.md, retention)."""
+
+
+def trims(doc: str, path: str, partitions: int) -> tuple[str, ...]:
+    """The statements that delete old consumed log records (``Batch.trim_log``: those
+    appended before the time at ``path`` of ``doc``), one per partition, at most
+    ``LOG_TRIM_LIMIT`` each: only records every consumer group has passed, never the
+    newest of a partition (appends number the next record from it), never the trigger of
+    an unfinished instance. Guarded as ``deletions`` is."""
+    listed = f"json_type({doc}, '{path}') IS NOT NULL"
+    before = f"json_extract({doc}, '{path}')"
+    unfinished = ", ".join(f"'{status}'" for status in sorted(FINAL))
+    statements = []
+    for part in range(partitions):
+        low, high = part << SHIFT, (part + 1) << SHIFT
+        # a group that has not committed here has not read anything of it
+        read_by_all = (
+            f"(SELECT count(*) FROM offsets WHERE part = {part}) = "
+            "(SELECT count(DISTINCT grp) FROM offsets)"
+        )
+        # below every group's next offset (none: NULL, nothing) and below the newest
+        end = (
+            f"min({low} | (SELECT min(off) FROM offsets WHERE part = {part}), "
+            f"(SELECT max(id) FROM log WHERE id >= {low} AND id < {high}))"
+        )
+        statements.append(
+            f"DELETE FROM log WHERE {listed} AND {read_by_all} AND id IN (SELECT id FROM log "
+            f"WHERE id >= {low} AND id < {end} AND ts < {before} AND (event_id IS NULL OR "
+            "event_id NOT IN (SELECT trigger_id FROM instances WHERE status NOT IN "
+            f"({unfinished}))) ORDER BY id LIMIT {LOG_TRIM_LIMIT})"
+        )
+    return tuple(statements)
+
+
+def _blob(offset: str, length: str) -> str:
+    """SQL: the bytes of the document's second parameter at ``offset`` (an empty one is
+    NULL to ``substr``); cast, so that a row value compares as the column's BLOB and
+    ``(ns, key) IN`` searches the whole primary key, not the namespace's range."""
+    part = f"json_extract(value, '$[{offset}]'), json_extract(value, '$[{length}]')"
+    return f"CAST(ifnull(substr(NEW.blobs, {part}), X'') AS BLOB)"
+
+
+_NAMESPACE = "CAST(json_extract(value, '$[0]') AS TEXT)"
+_STATE = f"""
+  DELETE FROM state WHERE json_type(NEW.doc, '$.sd') IS NOT NULL AND (ns, key) IN (
+    SELECT {_NAMESPACE}, {_blob("1", "2")} FROM json_each(NEW.doc, '$.sd'));
+  INSERT OR REPLACE INTO state
+    SELECT {_NAMESPACE}, {_blob("1", "2")}, {_blob("3", "4")} FROM json_each(NEW.doc, '$.s');"""
 
 
 def deletions(doc: str, path: str) -> tuple[str, ...]:
@@ -280,15 +364,21 @@ _END_TASKS = """
   UPDATE tasks SET ended = 1, worker = NULL
   WHERE ended = 0 AND id IN (SELECT value FROM json_each(NEW.doc, '$.td'));"""
 
+
 # A batch is applied by ONE statement: an insert of its JSON document into a
 # per-connection view whose trigger spreads it over the tables. Row by row (executemany),
 # sqlite3 released the GIL for every row, and the commit thread had to win it back from
 # the busy engine each time, a thousand times per commit while holding the database's
 # write lock, so commits stalled senders and each other instead of overlapping the
-# engine. Alone, the statement is its own transaction.
-DOCUMENT_VIEW = (
-    "CREATE TEMP VIEW IF NOT EXISTS state_document(doc) AS SELECT NULL",
-    f"""
+# engine. Alone, the statement is its own transaction. (Statements beside it cost the
+# same: a retention pass's deletions, trim and keyed state as eight statements made its
+# batches' commits take twice as long; docs/benchmarks.md.)
+def document_view(partitions: int) -> tuple[str, str]:
+    """The statements creating the view and its trigger on a connection to a file of
+    ``partitions`` log partitions."""
+    return (
+        "CREATE TEMP VIEW IF NOT EXISTS state_document(doc, blobs) AS SELECT NULL, NULL",
+        f"""
 CREATE TEMP TRIGGER IF NOT EXISTS state_document_apply
 INSTEAD OF INSERT ON state_document BEGIN
   {_APPEND_ROWS}
@@ -303,10 +393,14 @@ INSTEAD OF INSERT ON state_document BEGIN
   {_rows("inbox", "$.b", 6, blobs=(4,))}
   {_PUBLISH_TASKS}
   {_END_TASKS}
+  {_STATE}
   {"".join(f"{statement};" for statement in deletions("NEW.doc", "$.x"))}
+  {"".join(f"{statement};" for statement in trims("NEW.doc", "$.tl", partitions))}
 END""",
-)
-APPLY_DOCUMENT = "INSERT INTO temp.state_document VALUES (?)"
+    )
+
+
+APPLY_DOCUMENT = "INSERT INTO temp.state_document VALUES (?, ?)"
 
 
 def instance_of(row: tuple[Any, ...]) -> InstanceRow:
