@@ -419,9 +419,7 @@ class SqliteBackend:
         if b.trim_log is not None:
             _trim_log(c, b.trim_log, self._partitions)
 
-    def _commit_document(
-        self, c: sqlite3.Connection, document: tuple[str, bytes], b: Batch
-    ) -> None:
+    def _commit_document(self, c: sqlite3.Connection, document: dict[str, Any], b: Batch) -> None:
         """The batch as the state document, then its dead letters."""
         c.execute(APPLY_DOCUMENT, document)
         self._commit_extras(c, b)
@@ -774,11 +772,11 @@ def _delete_instances(c: sqlite3.Connection, instance_ids: list[str]) -> None:
         c.execute(statement, {"ids": ids})
 
 
-DELETE_BY_LIST = deletions(":ids", "$")
+DELETE_BY_LIST = deletions(":ids")
 
 
 def _trim_log(c: sqlite3.Connection, before: float, partitions: int) -> None:
     """Delete old consumed log records (``Batch.trim_log``) in a batch that goes row by
     row: the state document's statements (``document.trims``), bound to ``before``."""
-    for statement in trims(":tl", "$", partitions):
-        c.execute(statement, {"tl": orjson.dumps(before).decode()})
+    for statement in trims(":tl", partitions):
+        c.execute(statement, {"tl": before})

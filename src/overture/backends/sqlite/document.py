@@ -108,19 +108,46 @@ def _utf8(raw: bytes | None) -> str | None:
         raise _NotCarried from None
 
 
-def state_document(b: Batch, partitions: int, now: float) -> tuple[str, bytes] | None:
-    """The engine's rows of a batch (appends, offsets, instances, journal, waits, work,
-    inbox, tasks), the keyed state, the instances retention deletes (``expired``,
-    ``deletions``) and the log's trim (``trims``) as one JSON document, with the keyed
-    state's bytes beside it, for ``APPLY_DOCUMENT``; or None when it cannot
-    carry them exactly and the batch goes row by row (``_commit_rows``): bytes that are
-    not UTF-8 text, or a NUL in any string (SQLite's JSON functions end a string there).
+COLUMNS = (
+    "a",
+    "ts",
+    "o",
+    "i",
+    "j",
+    "wd",
+    "wa",
+    "kd",
+    "k",
+    "bd",
+    "b",
+    "td",
+    "t",
+    "x",
+    "tl",
+    "s",
+    "sd",
+    "blobs",
+)
+"""The parameters of ``APPLY_DOCUMENT`` (the view's columns): appended records and their
+time, offsets, instances, journal, waits deleted and written, work, inbox and tasks
+deleted and written, instances retention deletes, the log trim's time, keyed state
+written and deleted, and the keyed state's bytes."""
+
+
+def state_document(b: Batch, partitions: int, now: float) -> dict[str, Any] | None:
+    """A batch (appends, offsets, instances, journal, waits, work, inbox, tasks, keyed
+    state, the instances retention deletes and the log's trim) as the parameters of
+    ``APPLY_DOCUMENT``, one per ``COLUMNS``: each part's rows a JSON text of its own (or
+    None), so that each part is parsed once, by its own statements, and only its own
+    bytes. None when the document cannot carry the batch exactly and the batch goes row
+    by row (``_commit_rows``): bytes that are not UTF-8 text, or a NUL in any string
+    (SQLite's JSON functions end a string there).
     Events that decoded never hold such bytes, so the engine's batches practically always
     take the document. Bound as text: SQLite 3.45+ would read a BLOB as JSONB.
 
     Keyed state is bytes, which JSON cannot carry: its keys and values are concatenated
-    in the second parameter, and the document says where each one is (``$.s``, ``$.sd``:
-    namespace, 1-based offset and length). Dead letters (``extras``, bytes too, and rare)
+    in ``blobs``, and ``s`` and ``sd`` say where each one is (namespace, 1-based offset
+    and length). Dead letters (``extras``, bytes too, and rare)
     go as statements of their own beside the document, in the same transaction
     (``SqliteBackend.commit``)."""
     doc: dict[str, Any] = {}
@@ -135,7 +162,7 @@ def state_document(b: Batch, partitions: int, now: float) -> tuple[str, bytes] |
                     seen.add(rec.event_id)
                 part = partition_of(rec, partitions, now, i)
                 appends.append([part, rec.key, _utf8(rec.value), rec.event_id, rec.event_type])
-            doc["a"], doc["ts"] = appends, now
+            doc["a"] = appends
         if b.work:
             doc["kd"] = [work_id for work_id, w in b.work.items() if w is None]
             doc["k"] = [work_fields(w, _utf8) for w in b.work.values() if w is not None]
@@ -149,7 +176,6 @@ def state_document(b: Batch, partitions: int, now: float) -> tuple[str, bytes] |
                 for t in b.tasks.values()
                 if t is not None
             ]
-            doc["ts"] = now
     except _NotCarried:
         return None
     if b.offsets:
@@ -163,15 +189,18 @@ def state_document(b: Batch, partitions: int, now: float) -> tuple[str, bytes] |
         doc["wa"] = [wait_fields(w) for w, present in b.waits.items() if present]
     if b.expired:
         doc["x"] = b.expired
-    if b.trim_log is not None:
-        doc["tl"] = b.trim_log
     blobs = b""
     if b.state:
         doc["s"], doc["sd"], blobs = _packed_state(b.state)
-    document = orjson.dumps(doc).decode()
-    # orjson writes a NUL as \u0000. (Escaped NULs inside result or journal JSON match
-    # too: such a batch merely goes row by row, which is also exact.)
-    return None if "\\u0000" in document else (document, blobs)
+    columns: dict[str, Any] = dict.fromkeys(COLUMNS)
+    for name, rows in doc.items():
+        text = columns[name] = orjson.dumps(rows).decode()
+        # orjson writes a NUL as \u0000. (Escaped NULs inside result or journal JSON
+        # match too: such a batch merely goes row by row, which is also exact.)
+        if "\\u0000" in text:
+            return None
+    columns["ts"], columns["tl"], columns["blobs"] = now, b.trim_log, blobs
+    return columns
 
 
 def _packed_state(
@@ -230,14 +259,14 @@ LOG_TRIM_LIMIT = 2000
 write lock is held for a few milliseconds (docs/benchmarks.md, retention)."""
 
 
-def trims(doc: str, path: str, partitions: int) -> tuple[str, ...]:
+def trims(before: str, partitions: int) -> tuple[str, ...]:
     """The statements that delete old consumed log records (``Batch.trim_log``: those
-    appended before the time at ``path`` of ``doc``), one per partition, at most
+    appended before the time ``before``, SQL: a column or a parameter; NULL: no trim),
+    one per partition, at most
     ``LOG_TRIM_LIMIT`` each: only records every consumer group has passed, never the
     newest of a partition (appends number the next record from it), never the trigger of
     an unfinished instance. Guarded as ``deletions`` is."""
-    listed = f"json_type({doc}, '{path}') IS NOT NULL"
-    before = f"json_extract({doc}, '{path}')"
+    listed = f"{before} IS NOT NULL"
     unfinished = ", ".join(f"'{status}'" for status in sorted(FINAL))
     statements = []
     for part in range(partitions):
@@ -271,15 +300,15 @@ def _blob(offset: str, length: str) -> str:
 
 _NAMESPACE = "CAST(json_extract(value, '$[0]') AS TEXT)"
 _STATE = f"""
-  DELETE FROM state WHERE json_type(NEW.doc, '$.sd') IS NOT NULL AND (ns, key) IN (
-    SELECT {_NAMESPACE}, {_blob("1", "2")} FROM json_each(NEW.doc, '$.sd'));
+  DELETE FROM state WHERE NEW.sd IS NOT NULL AND (ns, key) IN (
+    SELECT {_NAMESPACE}, {_blob("1", "2")} FROM json_each(NEW.sd));
   INSERT OR REPLACE INTO state
-    SELECT {_NAMESPACE}, {_blob("1", "2")}, {_blob("3", "4")} FROM json_each(NEW.doc, '$.s');"""
+    SELECT {_NAMESPACE}, {_blob("1", "2")}, {_blob("3", "4")} FROM json_each(NEW.s);"""
 
 
-def deletions(doc: str, path: str) -> tuple[str, ...]:
-    """The statements that delete the instances listed by the JSON array at ``path`` of
-    ``doc`` (SQL: a column or a parameter) with everything of theirs: rows, journals,
+def deletions(ids: str) -> tuple[str, ...]:
+    """The statements that delete the instances listed by the JSON array ``ids`` (SQL: a
+    column or a parameter; NULL: none) with everything of theirs: rows, journals,
     buffered events, waits, work rows and ended task attempts (``Batch.expired``).
 
     In the state document's trigger (a batch with a retention pass stays one statement:
@@ -288,10 +317,10 @@ def deletions(doc: str, path: str) -> tuple[str, ...]:
     (``_commit_rows``). Each is guarded by the array's presence, a constant term SQLite
     tests once: waits and work have no index by instance, and ``IN`` of an empty list
     would still scan them (45 ms per 300,000 waits)."""
-    listed = f"json_type({doc}, '{path}') IS NOT NULL"
-    ids = f"SELECT value FROM json_each({doc}, '{path}')"
+    listed = f"{ids} IS NOT NULL"
+    chosen = f"SELECT value FROM json_each({ids})"
     by_instance = [
-        f"DELETE FROM {table} WHERE {listed} AND {column} IN ({ids})"
+        f"DELETE FROM {table} WHERE {listed} AND {column} IN ({chosen})"
         for table, column in (
             ("instances", "id"),
             ("journal", "instance_id"),
@@ -306,16 +335,16 @@ def deletions(doc: str, path: str) -> tuple[str, ...]:
     # ids are "task:<instance>:<seq>:<attempt>", a range of the unique index on id
     tasks = (
         f"DELETE FROM tasks WHERE {listed} AND ended = 1 AND n IN (SELECT t.n FROM "
-        f"json_each({doc}, '{path}') AS x JOIN tasks AS t ON t.id >= 'task:' || x.value "
+        f"json_each({ids}) AS x JOIN tasks AS t ON t.id >= 'task:' || x.value "
         "|| ':' AND t.id < 'task:' || x.value || ';')"
     )
     return (*by_instance, tasks)
 
 
 def _rows(
-    table: str, path: str, columns: int, blobs: Collection[int] = (), *, upsert: str = ""
+    table: str, column: str, columns: int, blobs: Collection[int] = (), *, upsert: str = ""
 ) -> str:
-    """``INSERT OR REPLACE`` into ``table`` of the rows at ``path`` of the state document.
+    """``INSERT OR REPLACE`` into ``table`` of the rows of the document's ``column``.
     Element ``i`` of a row fills column ``i``; ``blobs`` columns become BLOBs: a JSON
     string element gives its text, an array element its JSON text (byte for byte what
     orjson wrote: SQLite keeps the input's text)."""
@@ -325,7 +354,7 @@ def _rows(
         else f"json_extract(value, '$[{i}]')"
         for i in range(columns)
     )
-    rows = f"SELECT {values} FROM json_each(NEW.doc, '{path}')"
+    rows = f"SELECT {values} FROM json_each(NEW.{column})"
     if upsert:  # WHERE true: without it, SQLite would parse ON CONFLICT as a join's ON
         return f"INSERT INTO {table} {rows} WHERE true{upsert};"
     return f"INSERT OR REPLACE INTO {table} {rows};"
@@ -340,13 +369,13 @@ _APPEND_ROWS = f"""
            SELECT max(l.id) FROM log AS l
            WHERE l.id >= (a.part << {SHIFT}) AND l.id < ((a.part + 1) << {SHIFT})
          ) & {MASK}, -1) + a.n),
-         a.k, a.v, json_extract(NEW.doc, '$.ts'), a.eid, a.etype
+         a.k, a.v, NEW.ts, a.eid, a.etype
   FROM (
     SELECT json_extract(e.value, '$[0]') AS part, json_extract(e.value, '$[1]') AS k,
            CAST(json_extract(e.value, '$[2]') AS BLOB) AS v,
            json_extract(e.value, '$[3]') AS eid, json_extract(e.value, '$[4]') AS etype,
            row_number() OVER (PARTITION BY json_extract(e.value, '$[0]') ORDER BY e.key) AS n
-    FROM json_each(NEW.doc, '$.a') AS e
+    FROM json_each(NEW.a) AS e
     WHERE json_extract(e.value, '$[3]') IS NULL
        OR NOT EXISTS (SELECT 1 FROM log AS d WHERE d.event_id = json_extract(e.value, '$[3]'))
   ) AS a;"""
@@ -358,11 +387,11 @@ _PUBLISH_TASKS = """
   INSERT OR IGNORE INTO tasks(id, queue, request, deadline, created)
   SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
          CAST(json_extract(value, '$[2]') AS BLOB), json_extract(value, '$[3]'),
-         json_extract(NEW.doc, '$.ts')
-  FROM json_each(NEW.doc, '$.t');"""
+         NEW.ts
+  FROM json_each(NEW.t);"""
 _END_TASKS = """
   UPDATE tasks SET ended = 1, worker = NULL
-  WHERE ended = 0 AND id IN (SELECT value FROM json_each(NEW.doc, '$.td'));"""
+  WHERE ended = 0 AND id IN (SELECT value FROM json_each(NEW.td));"""
 
 
 # A batch is applied by ONE statement: an insert of its JSON document into a
@@ -377,30 +406,31 @@ def document_view(partitions: int) -> tuple[str, str]:
     """The statements creating the view and its trigger on a connection to a file of
     ``partitions`` log partitions."""
     return (
-        "CREATE TEMP VIEW IF NOT EXISTS state_document(doc, blobs) AS SELECT NULL, NULL",
+        f"CREATE TEMP VIEW IF NOT EXISTS state_document({', '.join(COLUMNS)}) AS SELECT "
+        + ", ".join("NULL" for _ in COLUMNS),
         f"""
 CREATE TEMP TRIGGER IF NOT EXISTS state_document_apply
 INSTEAD OF INSERT ON state_document BEGIN
   {_APPEND_ROWS}
-  {_rows("offsets", "$.o", 3)}
-  {_rows("instances", "$.i", 12, blobs=(9, 10), upsert=_UPSERT_INSTANCE)}
-  {_rows("journal", "$.j", 3, blobs=(2,))}
-  DELETE FROM waits WHERE id IN (SELECT value FROM json_each(NEW.doc, '$.wd'));
-  {_rows("waits", "$.wa", 5)}
-  DELETE FROM work WHERE id IN (SELECT value FROM json_each(NEW.doc, '$.kd'));
-  {_rows("work", "$.k", 8, blobs=(7,))}
-  DELETE FROM inbox WHERE id IN (SELECT value FROM json_each(NEW.doc, '$.bd'));
-  {_rows("inbox", "$.b", 6, blobs=(4,))}
+  {_rows("offsets", "o", 3)}
+  {_rows("instances", "i", 12, blobs=(9, 10), upsert=_UPSERT_INSTANCE)}
+  {_rows("journal", "j", 3, blobs=(2,))}
+  DELETE FROM waits WHERE id IN (SELECT value FROM json_each(NEW.wd));
+  {_rows("waits", "wa", 5)}
+  DELETE FROM work WHERE id IN (SELECT value FROM json_each(NEW.kd));
+  {_rows("work", "k", 8, blobs=(7,))}
+  DELETE FROM inbox WHERE id IN (SELECT value FROM json_each(NEW.bd));
+  {_rows("inbox", "b", 6, blobs=(4,))}
   {_PUBLISH_TASKS}
   {_END_TASKS}
   {_STATE}
-  {"".join(f"{statement};" for statement in deletions("NEW.doc", "$.x"))}
-  {"".join(f"{statement};" for statement in trims("NEW.doc", "$.tl", partitions))}
+  {"".join(f"{statement};" for statement in deletions("NEW.x"))}
+  {"".join(f"{statement};" for statement in trims("NEW.tl", partitions))}
 END""",
     )
 
 
-APPLY_DOCUMENT = "INSERT INTO temp.state_document VALUES (?, ?)"
+APPLY_DOCUMENT = f"INSERT INTO temp.state_document VALUES ({', '.join(':' + c for c in COLUMNS)})"
 
 
 def instance_of(row: tuple[Any, ...]) -> InstanceRow:
