@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from ...binding import load_headers
-from ...core.status import FINAL
+from ...core.status import FINAL, Status
 from ...ports import (
     Batch,
     DeadLetter,
@@ -267,7 +267,10 @@ def trims(before: str, partitions: int) -> tuple[str, ...]:
     newest of a partition (appends number the next record from it), never the trigger of
     an unfinished instance. Guarded as ``deletions`` is."""
     listed = f"{before} IS NOT NULL"
-    unfinished = ", ".join(f"'{status}'" for status in sorted(FINAL))
+    # by name, not NOT IN the final ones: instances_by_status then finds the few live
+    # instances, where NOT IN scanned every stored one on every pass (a minute of
+    # finished W1 instances is 200,000 rows)
+    unfinished = ", ".join(f"'{status}'" for status in sorted(set(Status) - FINAL))
     statements = []
     for part in range(partitions):
         low, high = part << SHIFT, (part + 1) << SHIFT
@@ -284,7 +287,7 @@ def trims(before: str, partitions: int) -> tuple[str, ...]:
         statements.append(
             f"DELETE FROM log WHERE {listed} AND {read_by_all} AND id IN (SELECT id FROM log "
             f"WHERE id >= {low} AND id < {end} AND ts < {before} AND (event_id IS NULL OR "
-            "event_id NOT IN (SELECT trigger_id FROM instances WHERE status NOT IN "
+            "event_id NOT IN (SELECT trigger_id FROM instances WHERE status IN "
             f"({unfinished}))) ORDER BY id LIMIT {LOG_TRIM_LIMIT})"
         )
     return tuple(statements)
