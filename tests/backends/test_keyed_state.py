@@ -209,3 +209,27 @@ def _row(iid: str, **kw: object) -> InstanceRow:
     )
     base.update(kw)
     return InstanceRow(**base)  # type: ignore[arg-type]
+
+
+def test_awkward_keys_of_a_plain_namespace_are_written_and_deleted_exactly(
+    subject: Subject,
+) -> None:
+    """A namespace without a NUL takes SQLite's state document (the bytes beside it as one
+    parameter, the document saying where each key and value is): empty keys, empty
+    values, NULs and bytes that are no UTF-8 are written and deleted exactly."""
+    batch = Batch("g")
+    values = {key: b"\x00v\xff" + key for key in AWKWARD_KEYS}
+    values[b"z"] = b""
+    for key, value in values.items():
+        batch.state[("plain", key)] = value
+    _commit(subject, batch)
+    later = Batch("g")
+    for key in (b"", b"\x00", b"\xff"):
+        later.state[("plain", key)] = None
+    later.state[("plain", b"a\x00b")] = b""
+    _commit(subject, later)
+    expected = {k: v for k, v in values.items() if k not in (b"", b"\x00", b"\xff")}
+    expected[b"a\x00b"] = b""
+    for view in _views(subject):
+        assert view.scan("plain") == sorted(expected.items())
+        assert view.get("plain", b"") is None and view.get("plain", b"z") == b""
