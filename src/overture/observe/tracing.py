@@ -38,6 +38,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, TraceIdRatioBased
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
@@ -70,11 +71,15 @@ them): no span, they are not part of any business flow."""
 _next_span_id: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "overture_next_span_id", default=None
 )
+_next_trace_id: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "overture_next_trace_id", default=None
+)
 
 
 class SeededIdGenerator(IdGenerator):
     """The SDK's id generator, giving the next span the id the observer set (the parent id
-    the core wrote in an emitted event's ``traceparent``); otherwise ``fallback``'s."""
+    the core wrote in an emitted event's ``traceparent``), and the next root the trace id
+    the observer already asked the sampler about; otherwise ``fallback``'s."""
 
     def __init__(self, fallback: IdGenerator | None = None) -> None:
         self.fallback = fallback or RandomIdGenerator()
@@ -87,6 +92,10 @@ class SeededIdGenerator(IdGenerator):
         return self.fallback.generate_span_id()
 
     def generate_trace_id(self) -> int:
+        seeded = _next_trace_id.get()
+        if seeded is not None:
+            _next_trace_id.set(None)
+            return seeded
         return self.fallback.generate_trace_id()
 
 
@@ -155,6 +164,21 @@ def _dropped(span: Span) -> bool:
     return span_context.is_valid and not span_context.trace_flags.sampled
 
 
+_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
+
+
+def _root_ratio(sampler: Sampler | None) -> int | None:
+    """The bound a root's trace id is compared with when ``sampler`` decides a root by
+    ratio alone (``TraceIdRatioBased``, or ``ParentBased`` over one: what
+    ``OTEL_TRACES_SAMPLER=parentbased_traceidratio`` and ``traceidratio`` make); None for
+    any other sampler, which is then asked (``ParentBased`` keeps its root sampler in
+    ``_root``: read defensively, as it is not public)."""
+    root = getattr(sampler, "_root", None) if isinstance(sampler, ParentBased) else sampler
+    if type(root) is TraceIdRatioBased:  # (not a subclass: it may decide otherwise)
+        return root.bound
+    return None
+
+
 def _cut(value: str) -> str:
     return value if len(value) <= MAX_ATTRIBUTE else value[:MAX_ATTRIBUTE]
 
@@ -184,6 +208,7 @@ class _Segment:
     trigger: str | None
     cause: Span | None  # the consume span that opened it (None: a timer, a step outcome)
     dropped: bool = False  # its span is valid and not sampled (_dropped), told once
+    attempts: _Dropped | None = None  # (dropped: what its attempts share, made once)
 
 
 class _Attempt:
@@ -204,6 +229,17 @@ class _Attempt:
         if not ok and span.is_recording():
             _fail(span, error if isinstance(error, BaseException) else None)
         span.end()
+
+
+class _Dropped(_Attempt):
+    """The attempts of a trace that is not sampled: their parent's non-recording span
+    stands for each of them (made current, so user spans inside join the dropped trace
+    too), and ending one does nothing. One is shared by a segment's attempts."""
+
+    __slots__ = ()
+
+    def end(self, ok: bool, error: BaseException | None) -> None:
+        pass
 
 
 class TracingObserver(Observer):
@@ -230,9 +266,13 @@ class TracingObserver(Observer):
     ) -> None:
         self.provider = sdk_provider(tracer_provider)
         self._tracer = self.provider.get_tracer(TRACER_NAME)
+        # (an SDK tracer's: asked directly for a root, see _dropped_root)
+        self._sampler: Sampler | None = getattr(self._tracer, "sampler", None)
+        self._ratio = _root_ratio(self._sampler)
         self._system = messaging_system
         self._group = consumer_group
         self._consume: tuple[Span, otel_context.Context] | None = None
+        self._consume_dropped = False  # (its span is valid and not sampled: _dropped)
         self._segments: dict[str, _Segment] = {}
         self._last: OrderedDict[str, SpanContext] = OrderedDict()
 
@@ -245,14 +285,14 @@ class TracingObserver(Observer):
         if envelope.type in _BOOKKEEPING:
             self._consume = None
             return
+        name = f"process {envelope.type}"
         parent = _remote(envelope.traceparent)
-        unsampled = _unsampled(parent)
+        unsampled = _unsampled(parent) if parent is not None else self._dropped_root(name)
         if unsampled is not None:
-            self._consume = unsampled
+            self._consume, self._consume_dropped = unsampled, True
             return
-        span = self._tracer.start_span(
-            f"process {envelope.type}", context=parent, kind=SpanKind.CONSUMER
-        )
+        span = self._tracer.start_span(name, context=parent, kind=SpanKind.CONSUMER)
+        self._consume_dropped = _dropped(span)  # (a root the SDK's sampler dropped)
         if span.is_recording():
             span.set_attributes(
                 {
@@ -268,9 +308,37 @@ class TracingObserver(Observer):
                 span.set_attribute("messaging.consumer.group.name", _cut(self._group))
         self._consume = span, trace.set_span_in_context(span)
 
+    def _dropped_root(self, name: str) -> tuple[Span, otel_context.Context] | None:
+        """A new root CONSUMER span the sampler drops, made without the SDK's
+        ``start_span`` (the cost of 1% sampling is mostly that call, for the 99% of
+        events that start an unsampled trace): the trace id drawn and the sampler asked
+        as the SDK would, then a non-recording span of that trace. None when the sampler
+        records it, or a span is current (then it is the parent, as for the SDK): the
+        SDK makes that span, with the trace id the sampler was asked about (seeded), so
+        a ratio sampler decides the same."""
+        sampler = self._sampler
+        if sampler is None or trace.get_current_span().get_span_context().is_valid:
+            return None
+        ids = self.provider.id_generator
+        trace_id = ids.generate_trace_id()
+        bound, state = self._ratio, None
+        if bound is not None:  # (the sampler's own arithmetic, without its result objects)
+            recorded = trace_id & TraceIdRatioBased.TRACE_ID_LIMIT < bound
+        else:
+            result = sampler.should_sample(None, trace_id, name, SpanKind.CONSUMER)
+            recorded, state = result.decision is not Decision.DROP, result.trace_state
+        if recorded:
+            _next_trace_id.set(trace_id)  # (taken by the start_span that follows)
+            return None
+        span = NonRecordingSpan(
+            SpanContext(trace_id, ids.generate_span_id(), False, _NOT_SAMPLED, state)
+        )
+        return span, trace.set_span_in_context(span)
+
     def record_routed(self) -> None:
         if self._consume is not None:
-            self._consume[0].end()
+            if not self._consume_dropped:
+                self._consume[0].end()
             self._consume = None
 
     # -- segments -----------------------------------------------------------------------
@@ -285,7 +353,7 @@ class TracingObserver(Observer):
                 return  # the same segment goes on (a step outcome, a timer while it runs)
             # a new input reached it while its segment was open: that one ends here
             self._end_segment(instance_id, segment, None)
-        if consume is not None and _dropped(consume[0]):  # (1% sampling: no span)
+        if consume is not None and self._consume_dropped:  # (1% sampling: no span)
             self._segments[instance_id] = _Segment(
                 consume[0], consume[1], trigger, consume[0], dropped=True
             )
@@ -351,12 +419,13 @@ class TracingObserver(Observer):
     def _end_segment(self, instance_id: str, segment: _Segment, status: str | None) -> None:
         del self._segments[instance_id]
         span = segment.span
-        if span.is_recording():
-            if status is not None:
-                span.set_attribute("overture.instance.status", str(status))
-            if status in (InstanceStatus.FAILED, InstanceStatus.STUCK):
-                span.set_status(Status(StatusCode.ERROR, f"instance {status}"))
-        span.end()
+        if not segment.dropped:  # (a dropped one's span is its parent's, or not recorded)
+            if span.is_recording():
+                if status is not None:
+                    span.set_attribute("overture.instance.status", str(status))
+                if status in (InstanceStatus.FAILED, InstanceStatus.STUCK):
+                    span.set_status(Status(StatusCode.ERROR, f"instance {status}"))
+            span.end()
         last = self._last
         if status in FINAL:
             last.pop(instance_id, None)
@@ -468,7 +537,10 @@ class TracingObserver(Observer):
             if segment is None:
                 parent = None
             elif segment.dropped:  # (1% sampling: the common case, no span)
-                return _Attempt(segment.span, segment.context)
+                attempts = segment.attempts
+                if attempts is None:
+                    attempts = segment.attempts = _Dropped(segment.span, segment.context)
+                return attempts
             else:
                 parent = segment.context
         elif self._consume is not None:
@@ -477,7 +549,7 @@ class TracingObserver(Observer):
             parent = _remote(trace_parent)
         unsampled = _unsampled(parent)
         if unsampled is not None:
-            return _Attempt(*unsampled)
+            return _Dropped(*unsampled)
         attributes: dict[str, Any] = {
             f"overture.{kind}.name": _cut(name),
             "overture.attempt": attempt,

@@ -1,0 +1,148 @@
+"""Roots of new traces under sampling: ``TracingObserver`` asks the sampler about an event
+that carries no ``traceparent`` itself and makes no SDK span for the roots it drops (the
+cost of 1% sampling), so the decision must be the one the SDK would have taken: on the
+trace id the root gets, by the provider's sampler, with a span current in the engine as
+the parent. Real engine, real SDK, its in-memory exporter; no global provider is set, so
+the client's sends carry no ``traceparent`` and every consume span is a root."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import (
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import Link, SpanContext, SpanKind
+from opentelemetry.util.types import Attributes
+
+import overture as ov
+from overture.observe.tracing import TracingObserver
+from overture.testing import Harness
+
+# a ratio of 0.5 samples a trace id whose low 64 bits are below 2**63
+KEPT = ((7 << 64) | 5, (8 << 64) | 6)
+DROPPED = ((9 << 64) | (2**64 - 2), (10 << 64) | (2**63 + 1))
+
+
+class Ids(IdGenerator):
+    """The given trace ids in turn, then random ones."""
+
+    def __init__(self, trace_ids: Sequence[int]) -> None:
+        self.trace_ids = list(trace_ids)
+        self.random = RandomIdGenerator()
+
+    def generate_span_id(self) -> int:
+        return self.random.generate_span_id()
+
+    def generate_trace_id(self) -> int:
+        return self.trace_ids.pop(0) if self.trace_ids else self.random.generate_trace_id()
+
+
+class Delegating(Sampler):
+    """Another sampler's decisions, through a class the observer does not know (so it
+    asks ``should_sample`` rather than comparing trace ids itself)."""
+
+    def __init__(self, inner: Sampler) -> None:
+        self.inner = inner
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: Any = None,
+    ) -> SamplingResult:
+        return self.inner.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def get_description(self) -> str:
+        return f"Delegating({self.inner.get_description()})"
+
+
+def traced(
+    sampler: Sampler, trace_ids: Sequence[int]
+) -> tuple[TracerProvider, InMemorySpanExporter]:
+    provider = TracerProvider(sampler=sampler, id_generator=Ids(trace_ids))
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
+def app(provider: TracerProvider, seen: dict[str, SpanContext]) -> ov.App:
+    application = ov.App("roots")
+
+    async def work(order: str) -> str:
+        # a user span inside the step: in the instance's trace, recorded only with it
+        with provider.get_tracer("user").start_as_current_span("user work") as span:
+            seen[order] = span.get_span_context()
+        return order
+
+    @application.process(trigger="go", key=lambda e: e.data["k"])
+    async def proc(ctx: ov.Context, event: ov.Event) -> str:
+        return str(await ctx.step(work, event.data["k"], name="work"))
+
+    return application
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        ParentBased(TraceIdRatioBased(0.5)),  # what parentbased_traceidratio makes
+        TraceIdRatioBased(0.5),
+        Delegating(ParentBased(TraceIdRatioBased(0.5))),  # any other sampler: asked
+    ],
+    ids=["parentbased-ratio", "ratio", "another-sampler"],
+)
+async def test_a_root_is_kept_or_dropped_by_the_sampler_on_its_own_trace_id(
+    sampler: Sampler,
+) -> None:
+    provider, exporter = traced(sampler, [KEPT[0], DROPPED[0], KEPT[1], DROPPED[1]])
+    seen: dict[str, SpanContext] = {}
+    async with Harness(app(provider, seen), observer=TracingObserver(provider)) as h:
+        for k in "abcd":  # one at a time: the roots draw the trace ids in this order
+            h.client.send("go", {"k": k}, key=k)
+            await h.idle()
+        assert {i.status for i in h.client.instances()} == {"completed"}
+    spans = exporter.get_finished_spans()
+    by_trace: dict[int, set[str]] = {}
+    for span in spans:
+        assert span.context is not None
+        by_trace.setdefault(span.context.trace_id, set()).add(span.name)
+    # the kept roots' whole traces, with the trace ids the sampler was asked about
+    assert by_trace == {t: {"process go", "run proc", "step work", "user work"} for t in KEPT}
+    # a dropped root's instance ran in its (unrecorded) trace: the user's span joined it
+    assert {k: (c.trace_id, c.trace_flags.sampled) for k, c in seen.items()} == {
+        "a": (KEPT[0], True),
+        "b": (DROPPED[0], False),
+        "c": (KEPT[1], True),
+        "d": (DROPPED[1], False),
+    }
+
+
+async def test_a_span_current_in_the_engine_is_the_parent_of_its_roots() -> None:
+    # the outer span is sampled; the event's own trace id would be dropped by the ratio
+    provider, exporter = traced(ParentBased(TraceIdRatioBased(0.5)), [KEPT[0], DROPPED[0]])
+    seen: dict[str, SpanContext] = {}
+    with provider.get_tracer("test").start_as_current_span("outer") as outer:
+        async with Harness(app(provider, seen), observer=TracingObserver(provider)) as h:
+            h.client.send("go", {"k": "a"}, key="a")
+            await h.idle()
+    consumed = [s for s in exporter.get_finished_spans() if s.name == "process go"]
+    assert len(consumed) == 1
+    assert consumed[0].parent is not None
+    assert consumed[0].parent.span_id == outer.get_span_context().span_id
+    assert seen["a"].trace_id == KEPT[0] and seen["a"].trace_flags.sampled
