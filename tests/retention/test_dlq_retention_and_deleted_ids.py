@@ -94,12 +94,15 @@ async def test_a_deleted_id_is_reported_as_deleted_after_the_retention(any_url: 
 
 def remembered(h: Harness) -> list[str]:
     """The deleted ids the store's pages hold, oldest first."""
-    pages = [v for k, v in h.backend.store.scan(kept.DELETED) if len(k) > 4]  # not counters
-    return [iid for page in pages for iid in kept.read_page(page)[2]]
+    return [iid for page in stored_pages(h) for iid in kept.read_page(page)[2]]
+
+
+def stored_pages(h: Harness) -> list[bytes]:
+    return [v for k, v in h.backend.store.scan(kept.DELETED) if len(k) > 4]  # not counters
 
 
 def pages(h: Harness) -> int:
-    return len([k for k, _ in h.backend.store.scan(kept.DELETED) if len(k) > 4])
+    return len(stored_pages(h))
 
 
 async def test_the_deleted_ids_kept_are_bounded_in_number(

@@ -266,6 +266,18 @@ class Retention:
             stage.put_state(pages, owner + _page(head), kept.deleted_page(now, self._seconds, ids))
             head += 1
             held += len(ids)
+        # the oldest page is read again only once it is due (advance clears _pages_due
+        # then) or too many ids are held: not on every pass
+        if held > cap or self._pages_due is None:
+            tail, held = self._drop(stage, head, tail, held, now)
+        if (head, tail, held) != before:
+            stage.put_state(pages, owner, kept.counter(head, tail, held))
+
+    def _drop(self, stage: Stage, head: int, tail: int, held: int, now: float) -> tuple[int, int]:
+        """Drop the FIFO's oldest pages while they are a retention old or more than
+        ``remembered`` ids are held (at most ``limit`` pages), and set ``_pages_due``;
+        returns the new (tail, held)."""
+        pages, owner, cap = kept.DELETED, self._owner, self._remembered
         cutoff = now - self._seconds
         dropped = 0
         self._pages_due = None
@@ -291,8 +303,7 @@ class Retention:
             tail += 1
             held -= len(ids)
             dropped += 1
-        if (head, tail, held) != before:
-            stage.put_state(pages, owner, kept.counter(head, tail, held))
+        return tail, held
 
 
 def _page(number: int) -> bytes:

@@ -147,9 +147,8 @@ def state_document(b: Batch, partitions: int, now: float) -> dict[str, Any] | No
 
     Keyed state is bytes, which JSON cannot carry: its keys and values are concatenated
     in ``blobs``, and ``s`` and ``sd`` say where each one is (namespace, 1-based offset
-    and length). Dead letters (``extras``, bytes too, and rare)
-    go as statements of their own beside the document, in the same transaction
-    (``SqliteBackend.commit``)."""
+    and length). Dead letters (``extras``, bytes too, and rare) go as statements of their
+    own beside the document, in the same transaction (``SqliteBackend.commit``)."""
     doc: dict[str, Any] = {}
     try:
         if b.appends:
@@ -262,10 +261,9 @@ write lock is held for a few milliseconds (docs/benchmarks.md, retention)."""
 def trims(before: str, partitions: int) -> tuple[str, ...]:
     """The statements that delete old consumed log records (``Batch.trim_log``: those
     appended before the time ``before``, SQL: a column or a parameter; NULL: no trim),
-    one per partition, at most
-    ``LOG_TRIM_LIMIT`` each: only records every consumer group has passed, never the
-    newest of a partition (appends number the next record from it), never the trigger of
-    an unfinished instance. Guarded as ``deletions`` is."""
+    one per partition, at most ``LOG_TRIM_LIMIT`` each: only records every consumer
+    group has passed, never the newest of a partition (appends number the next record
+    from it), never the trigger of an unfinished instance. Guarded as ``deletions`` is."""
     listed = f"{before} IS NOT NULL"
     # by name, not NOT IN the final ones: instances_by_status then finds the few live
     # instances, where NOT IN scanned every stored one on every pass (a minute of
@@ -294,9 +292,10 @@ def trims(before: str, partitions: int) -> tuple[str, ...]:
 
 
 def _blob(offset: str, length: str) -> str:
-    """SQL: the bytes of the document's second parameter at ``offset`` (an empty one is
-    NULL to ``substr``); cast, so that a row value compares as the column's BLOB and
-    ``(ns, key) IN`` searches the whole primary key, not the namespace's range."""
+    """SQL: the bytes of the document's ``blobs`` at the offset and length that elements
+    ``offset`` and ``length`` of a ``json_each`` row give (empty: NULL to ``substr``);
+    cast, so that a row value compares as the column's BLOB and ``(ns, key) IN``
+    searches the whole primary key, not the namespace's range."""
     part = f"json_extract(value, '$[{offset}]'), json_extract(value, '$[{length}]')"
     return f"CAST(ifnull(substr(NEW.blobs, {part}), X'') AS BLOB)"
 
@@ -427,10 +426,15 @@ INSTEAD OF INSERT ON state_document BEGIN
   {_PUBLISH_TASKS}
   {_END_TASKS}
   {_STATE}
-  {"".join(f"{statement};" for statement in deletions("NEW.x"))}
-  {"".join(f"{statement};" for statement in trims("NEW.tl", partitions))}
+  {_body(deletions("NEW.x"))}
+  {_body(trims("NEW.tl", partitions))}
 END""",
     )
+
+
+def _body(statements: tuple[str, ...]) -> str:
+    """Statements as part of a trigger's body."""
+    return "".join(f"{statement};" for statement in statements)
 
 
 APPLY_DOCUMENT = f"INSERT INTO temp.state_document VALUES ({', '.join(':' + c for c in COLUMNS)})"
