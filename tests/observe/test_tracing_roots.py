@@ -8,15 +8,19 @@ the client's sends carry no ``traceparent`` and every consume span is a root."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    Decision,
     ParentBased,
     Sampler,
     SamplingResult,
@@ -26,8 +30,8 @@ from opentelemetry.trace import Link, SpanContext, SpanKind
 from opentelemetry.util.types import Attributes
 
 import overture as ov
-from overture.observe.tracing import TracingObserver
-from overture.testing import Harness
+from overture.observe.tracing import TRACER_NAME, TracingObserver
+from overture.testing import Harness, VirtualClock
 
 # a ratio of 0.5 samples a trace id whose low 64 bits are below 2**63
 KEPT = ((7 << 64) | 5, (8 << 64) | 6)
@@ -146,3 +150,148 @@ async def test_a_span_current_in_the_engine_is_the_parent_of_its_roots() -> None
     assert consumed[0].parent is not None
     assert consumed[0].parent.span_id == outer.get_span_context().span_id
     assert seen["a"].trace_id == KEPT[0] and seen["a"].trace_flags.sampled
+
+
+class Counting(Delegating):
+    """Counts the roots it decides on; keeps one root in two by the order it is asked
+    (not by the trace id: asked twice about a root, it would decide twice)."""
+
+    def __init__(self) -> None:
+        super().__init__(ParentBased(TraceIdRatioBased(0.5)))
+        self.roots = 0
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: Any = None,
+    ) -> SamplingResult:
+        if name != "process go":
+            return super().should_sample(parent_context, trace_id, name, kind, attributes, links)
+        self.roots += 1
+        kept = ALWAYS_ON if self.roots % 2 else ALWAYS_OFF
+        return kept.should_sample(parent_context, trace_id, name, kind, attributes, links)
+
+
+async def test_a_sampler_that_is_not_a_ratio_is_asked_once_per_root() -> None:
+    sampler = Counting()
+    provider, exporter = traced(sampler, [])
+    async with Harness(app(provider, {}), observer=TracingObserver(provider)) as h:
+        for k in "abcdef":
+            h.client.send("go", {"k": k}, key=k)
+            await h.idle()
+    assert sampler.roots == 6
+    assert len([s for s in exporter.get_finished_spans() if s.name == "process go"]) == 3
+
+
+class RecordOnly(Delegating):
+    """Records every span and samples none (RECORD_ONLY): each is started and ended, and
+    never exported."""
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: Any = None,
+    ) -> SamplingResult:
+        return SamplingResult(Decision.RECORD_ONLY)
+
+
+class Open(SpanProcessor):
+    """The spans started and not ended yet."""
+
+    def __init__(self) -> None:
+        self.open: dict[int, str] = {}
+
+    def on_start(self, span: Any, parent_context: Context | None = None) -> None:
+        self.open[span.context.span_id] = span.name
+
+    def on_end(self, span: ReadableSpan) -> None:
+        assert span.context is not None
+        del self.open[span.context.span_id]
+
+
+async def test_every_recording_span_ends_though_none_is_sampled() -> None:
+    provider, exporter = traced(RecordOnly(ALWAYS_ON), [])
+    spans = Open()
+    provider.add_span_processor(spans)
+    clock = VirtualClock()
+    async with Harness(sleepy(), clock=clock, observer=TracingObserver(provider)) as h:
+        for k in "abc":
+            h.client.send("go", {"k": k}, key=k)
+        await h.idle()
+        clock.advance(60)  # the timer resumes each in a segment of its own
+        await h.idle()
+        assert {i.status for i in h.client.instances()} == {"completed"}
+        assert spans.open == {}
+    assert exporter.get_finished_spans() == ()
+
+
+def sleepy() -> ov.App:
+    application = ov.App("sleepy")
+
+    async def work(k: str) -> str:
+        return k
+
+    @application.process(trigger="go", key=lambda e: e.data["k"])
+    async def proc(ctx: ov.Context, event: ov.Event) -> str:
+        await ctx.sleep(timedelta(seconds=30))
+        return str(await ctx.step(work, event.data["k"], name="work"))
+
+    return application
+
+
+async def test_a_tracer_made_before_the_observer_keeps_trace_ids_apart() -> None:
+    # the provider's "overture" tracer exists before the observer installs its id
+    # generator (the SDK keeps one tracer per scope): the observer does not seed it
+    provider, _ = traced(ParentBased(TraceIdRatioBased(0.5)), [KEPT[0], DROPPED[0], KEPT[1]])
+    provider.get_tracer(TRACER_NAME)
+    seen: dict[str, SpanContext] = {}
+    async with Harness(app(provider, seen), observer=TracingObserver(provider)) as h:
+        for k in "abc":
+            h.client.send("go", {"k": k}, key=k)
+            await h.idle()
+    # the SDK decided each root on the id it drew (no id drawn twice, none left over)
+    assert {k: (c.trace_id, c.trace_flags.sampled) for k, c in seen.items()} == {
+        "a": (KEPT[0], True),
+        "b": (DROPPED[0], False),
+        "c": (KEPT[1], True),
+    }
+
+
+class KeepsEveryRoot(ParentBased):
+    """A ``ParentBased`` ratio sampler of its own kind: it keeps every consumed root."""
+
+    def __init__(self) -> None:
+        super().__init__(TraceIdRatioBased(0.5))
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: Any = None,
+    ) -> SamplingResult:
+        if name == "process go":
+            return ALWAYS_ON.should_sample(parent_context, trace_id, name, kind)
+        return super().should_sample(parent_context, trace_id, name, kind, attributes, links)
+
+
+async def test_a_subclass_of_a_known_sampler_decides_for_itself() -> None:
+    provider, exporter = traced(KeepsEveryRoot(), [KEPT[0], DROPPED[0], DROPPED[1]])
+    async with Harness(app(provider, {}), observer=TracingObserver(provider)) as h:
+        for k in "abc":
+            h.client.send("go", {"k": k}, key=k)
+            await h.idle()
+    assert len([s for s in exporter.get_finished_spans() if s.name == "process go"]) == 3

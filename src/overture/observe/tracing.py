@@ -29,16 +29,21 @@ from __future__ import annotations
 import contextvars
 import os
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
-from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ParentBased,
+    ParentBasedTraceIdRatio,
+    TraceIdRatioBased,
+)
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
@@ -158,24 +163,34 @@ def _unsampled(
 
 
 def _dropped(span: Span) -> bool:
-    """Whether ``span`` (a parent we hold) is valid and not sampled: :func:`_unsampled`
-    without looking the span up in its context."""
+    """Whether ``span`` (one we made or hold) is valid, not sampled and not recording
+    (a sampler's RECORD_ONLY span records: it is ended as any other)."""
     span_context = span.get_span_context()
-    return span_context.is_valid and not span_context.trace_flags.sampled
+    return (
+        span_context.is_valid and not span_context.trace_flags.sampled and not span.is_recording()
+    )
 
 
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 
 
-def _root_ratio(sampler: Sampler | None) -> int | None:
-    """The bound a root's trace id is compared with when ``sampler`` decides a root by
-    ratio alone (``TraceIdRatioBased``, or ``ParentBased`` over one: what
-    ``OTEL_TRACES_SAMPLER=parentbased_traceidratio`` and ``traceidratio`` make); None for
-    any other sampler, which is then asked (``ParentBased`` keeps its root sampler in
-    ``_root``: read defensively, as it is not public)."""
-    root = getattr(sampler, "_root", None) if isinstance(sampler, ParentBased) else sampler
-    if type(root) is TraceIdRatioBased:  # (not a subclass: it may decide otherwise)
+def _root_bound(tracer: Any) -> int | None:
+    """The bound below which a new root's trace id (its low 64 bits) is sampled, when
+    ``tracer`` (an SDK tracer drawing ids from a :class:`SeededIdGenerator`) decides roots
+    by the trace id alone: ``TraceIdRatioBased``, ``ParentBased`` over one (what
+    ``OTEL_TRACES_SAMPLER=traceidratio`` and ``parentbased_traceidratio`` make) or over
+    ``ALWAYS_OFF``. None for any other sampler (a subclass too: it may decide otherwise;
+    one asked twice could decide twice, or count twice), which the SDK then asks.
+    ``ParentBased`` keeps its root sampler in ``_root``, read defensively: not public."""
+    if not isinstance(getattr(tracer, "id_generator", None), SeededIdGenerator):
+        return None
+    sampler = getattr(tracer, "sampler", None)
+    parent_based = type(sampler) in (ParentBased, ParentBasedTraceIdRatio)
+    root = getattr(sampler, "_root", None) if parent_based else sampler
+    if type(root) is TraceIdRatioBased:
         return root.bound
+    if root is ALWAYS_OFF:
+        return 0
     return None
 
 
@@ -266,13 +281,13 @@ class TracingObserver(Observer):
     ) -> None:
         self.provider = sdk_provider(tracer_provider)
         self._tracer = self.provider.get_tracer(TRACER_NAME)
-        # (an SDK tracer's: asked directly for a root, see _dropped_root)
-        self._sampler: Sampler | None = getattr(self._tracer, "sampler", None)
-        self._ratio = _root_ratio(self._sampler)
+        self._bound = _root_bound(self._tracer)  # (see _new_root)
+        # (the SDK's own test, where it has one: a disabled tracer makes no span at all)
+        self._enabled: Callable[[], bool] = getattr(self._tracer, "_is_enabled", lambda: True)
         self._system = messaging_system
         self._group = consumer_group
         self._consume: tuple[Span, otel_context.Context] | None = None
-        self._consume_dropped = False  # (its span is valid and not sampled: _dropped)
+        self._consume_dropped = False  # (its span is not ours to end: _dropped)
         self._segments: dict[str, _Segment] = {}
         self._last: OrderedDict[str, SpanContext] = OrderedDict()
 
@@ -285,13 +300,19 @@ class TracingObserver(Observer):
         if envelope.type in _BOOKKEEPING:
             self._consume = None
             return
-        name = f"process {envelope.type}"
         parent = _remote(envelope.traceparent)
-        unsampled = _unsampled(parent) if parent is not None else self._dropped_root(name)
+        trace_id = self._new_root() if parent is None else None
+        unsampled = _unsampled(parent) if trace_id is None else self._dropped_root(trace_id)
         if unsampled is not None:
             self._consume, self._consume_dropped = unsampled, True
             return
-        span = self._tracer.start_span(name, context=parent, kind=SpanKind.CONSUMER)
+        token = _next_trace_id.set(trace_id)  # (a kept root: the id its decision was on)
+        try:
+            span = self._tracer.start_span(
+                f"process {envelope.type}", context=parent, kind=SpanKind.CONSUMER
+            )
+        finally:
+            _next_trace_id.reset(token)
         self._consume_dropped = _dropped(span)  # (a root the SDK's sampler dropped)
         if span.is_recording():
             span.set_attributes(
@@ -308,31 +329,27 @@ class TracingObserver(Observer):
                 span.set_attribute("messaging.consumer.group.name", _cut(self._group))
         self._consume = span, trace.set_span_in_context(span)
 
-    def _dropped_root(self, name: str) -> tuple[Span, otel_context.Context] | None:
-        """A new root CONSUMER span the sampler drops, made without the SDK's
-        ``start_span`` (the cost of 1% sampling is mostly that call, for the 99% of
-        events that start an unsampled trace): the trace id drawn and the sampler asked
-        as the SDK would, then a non-recording span of that trace. None when the sampler
-        records it, or a span is current (then it is the parent, as for the SDK): the
-        SDK makes that span, with the trace id the sampler was asked about (seeded), so
-        a ratio sampler decides the same."""
-        sampler = self._sampler
-        if sampler is None or trace.get_current_span().get_span_context().is_valid:
+    def _new_root(self) -> int | None:
+        """The trace id of a new root CONSUMER span when the observer decides its
+        sampling itself (``_bound``: the sampler compares the trace id with a bound), so
+        that a dropped root costs no SDK span (the cost of 1% sampling is mostly that
+        call, for the 99% of events that start an unsampled trace); None when the SDK
+        decides: another sampler, a span current (it is the parent), a disabled tracer."""
+        if (
+            self._bound is None
+            or trace.get_current_span().get_span_context().is_valid
+            or not self._enabled()
+        ):
             return None
-        ids = self.provider.id_generator
-        trace_id = ids.generate_trace_id()
-        bound, state = self._ratio, None
-        if bound is not None:  # (the sampler's own arithmetic, without its result objects)
-            recorded = trace_id & TraceIdRatioBased.TRACE_ID_LIMIT < bound
-        else:
-            result = sampler.should_sample(None, trace_id, name, SpanKind.CONSUMER)
-            recorded, state = result.decision is not Decision.DROP, result.trace_state
-        if recorded:
-            _next_trace_id.set(trace_id)  # (taken by the start_span that follows)
+        return self.provider.id_generator.generate_trace_id()
+
+    def _dropped_root(self, trace_id: int) -> tuple[Span, otel_context.Context] | None:
+        """The non-recording root span of trace ``trace_id`` if its sampler drops it (as
+        that sampler would: ``_bound``), and its context; None if it is kept."""
+        if trace_id & TraceIdRatioBased.TRACE_ID_LIMIT < cast(int, self._bound):
             return None
-        span = NonRecordingSpan(
-            SpanContext(trace_id, ids.generate_span_id(), False, _NOT_SAMPLED, state)
-        )
+        span_id = self.provider.id_generator.generate_span_id()
+        span = NonRecordingSpan(SpanContext(trace_id, span_id, False, _NOT_SAMPLED))
         return span, trace.set_span_in_context(span)
 
     def record_routed(self) -> None:
