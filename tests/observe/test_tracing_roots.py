@@ -33,6 +33,8 @@ import overture as ov
 from overture.observe.tracing import TRACER_NAME, TracingObserver
 from overture.testing import Harness, VirtualClock
 
+from .tracing_support import Deciding
+
 # a ratio of 0.5 samples a trace id whose low 64 bits are below 2**63
 KEPT = ((7 << 64) | 5, (8 << 64) | 6)
 DROPPED = ((9 << 64) | (2**64 - 2), (10 << 64) | (2**63 + 1))
@@ -50,31 +52,6 @@ class Ids(IdGenerator):
 
     def generate_trace_id(self) -> int:
         return self.trace_ids.pop(0) if self.trace_ids else self.random.generate_trace_id()
-
-
-class Delegating(Sampler):
-    """Another sampler's decisions, through a class the observer does not know (so it
-    asks ``should_sample`` rather than comparing trace ids itself)."""
-
-    def __init__(self, inner: Sampler) -> None:
-        self.inner = inner
-
-    def should_sample(
-        self,
-        parent_context: Context | None,
-        trace_id: int,
-        name: str,
-        kind: SpanKind | None = None,
-        attributes: Attributes = None,
-        links: Sequence[Link] | None = None,
-        trace_state: Any = None,
-    ) -> SamplingResult:
-        return self.inner.should_sample(
-            parent_context, trace_id, name, kind, attributes, links, trace_state
-        )
-
-    def get_description(self) -> str:
-        return f"Delegating({self.inner.get_description()})"
 
 
 def traced(
@@ -107,7 +84,7 @@ def app(provider: TracerProvider, seen: dict[str, SpanContext]) -> ov.App:
     [
         ParentBased(TraceIdRatioBased(0.5)),  # what parentbased_traceidratio makes
         TraceIdRatioBased(0.5),
-        Delegating(ParentBased(TraceIdRatioBased(0.5))),  # any other sampler: asked
+        Deciding(ParentBased(TraceIdRatioBased(0.5)).should_sample),  # any other: asked
     ],
     ids=["parentbased-ratio", "ratio", "another-sampler"],
 )
@@ -152,57 +129,36 @@ async def test_a_span_current_in_the_engine_is_the_parent_of_its_roots() -> None
     assert seen["a"].trace_id == KEPT[0] and seen["a"].trace_flags.sampled
 
 
-class Counting(Delegating):
-    """Counts the roots it decides on; keeps one root in two by the order it is asked
-    (not by the trace id: asked twice about a root, it would decide twice)."""
+def counting(roots: list[int]) -> Deciding:
+    """Keeps one consumed root in two by the order it is asked (not by the trace id:
+    asked twice about a root, it would decide twice), counting them in ``roots``."""
+    ratio = ParentBased(TraceIdRatioBased(0.5))
 
-    def __init__(self) -> None:
-        super().__init__(ParentBased(TraceIdRatioBased(0.5)))
-        self.roots = 0
-
-    def should_sample(
-        self,
-        parent_context: Context | None,
+    def decide(
+        parent: Context | None,
         trace_id: int,
         name: str,
-        kind: SpanKind | None = None,
-        attributes: Attributes = None,
-        links: Sequence[Link] | None = None,
-        trace_state: Any = None,
+        kind: SpanKind | None,
+        attributes: Attributes,
+        links: Sequence[Link] | None,
     ) -> SamplingResult:
-        if name != "process go":
-            return super().should_sample(parent_context, trace_id, name, kind, attributes, links)
-        self.roots += 1
-        kept = ALWAYS_ON if self.roots % 2 else ALWAYS_OFF
-        return kept.should_sample(parent_context, trace_id, name, kind, attributes, links)
+        chosen = ratio if name != "process go" else ALWAYS_ON if len(roots) % 2 == 0 else ALWAYS_OFF
+        if name == "process go":
+            roots.append(trace_id)
+        return chosen.should_sample(parent, trace_id, name, kind, attributes, links)
+
+    return Deciding(decide)
 
 
 async def test_a_sampler_that_is_not_a_ratio_is_asked_once_per_root() -> None:
-    sampler = Counting()
-    provider, exporter = traced(sampler, [])
+    roots: list[int] = []
+    provider, exporter = traced(counting(roots), [])
     async with Harness(app(provider, {}), observer=TracingObserver(provider)) as h:
         for k in "abcdef":
             h.client.send("go", {"k": k}, key=k)
             await h.idle()
-    assert sampler.roots == 6
+    assert len(roots) == 6
     assert len([s for s in exporter.get_finished_spans() if s.name == "process go"]) == 3
-
-
-class RecordOnly(Delegating):
-    """Records every span and samples none (RECORD_ONLY): each is started and ended, and
-    never exported."""
-
-    def should_sample(
-        self,
-        parent_context: Context | None,
-        trace_id: int,
-        name: str,
-        kind: SpanKind | None = None,
-        attributes: Attributes = None,
-        links: Sequence[Link] | None = None,
-        trace_state: Any = None,
-    ) -> SamplingResult:
-        return SamplingResult(Decision.RECORD_ONLY)
 
 
 class Open(SpanProcessor):
@@ -220,7 +176,9 @@ class Open(SpanProcessor):
 
 
 async def test_every_recording_span_ends_though_none_is_sampled() -> None:
-    provider, exporter = traced(RecordOnly(ALWAYS_ON), [])
+    # records every span and samples none (RECORD_ONLY): each is started and ended,
+    # and never exported
+    provider, exporter = traced(Deciding(lambda *_: SamplingResult(Decision.RECORD_ONLY)), [])
     spans = Open()
     provider.add_span_processor(spans)
     clock = VirtualClock()
