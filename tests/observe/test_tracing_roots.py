@@ -1,13 +1,14 @@
-"""Roots of new traces under sampling: ``TracingObserver`` asks the sampler about an event
-that carries no ``traceparent`` itself and makes no SDK span for the roots it drops (the
-cost of 1% sampling), so the decision must be the one the SDK would have taken: on the
-trace id the root gets, by the provider's sampler, with a span current in the engine as
-the parent. Real engine, real SDK, its in-memory exporter; no global provider is set, so
-the client's sends carry no ``traceparent`` and every consume span is a root."""
+"""Roots of new traces under sampling: for the SDK's ratio samplers ``TracingObserver``
+decides an event that carries no ``traceparent`` itself and makes no SDK span for the
+roots it drops (the cost of 1% sampling), so the decision must be the one the SDK would
+have taken: on the trace id the root gets, with a span current in the engine as the
+parent; any other sampler is left to the SDK, asked once. Real engine, real SDK, its
+in-memory exporter; no global provider is set, so the client's sends carry no
+``traceparent`` and every consume span is a root."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -33,8 +34,6 @@ import overture as ov
 from overture.observe.tracing import TRACER_NAME, TracingObserver
 from overture.testing import Harness, VirtualClock
 
-from .tracing_support import Deciding
-
 # a ratio of 0.5 samples a trace id whose low 64 bits are below 2**63
 KEPT = ((7 << 64) | 5, (8 << 64) | 6)
 DROPPED = ((9 << 64) | (2**64 - 2), (10 << 64) | (2**63 + 1))
@@ -52,6 +51,34 @@ class Ids(IdGenerator):
 
     def generate_trace_id(self) -> int:
         return self.trace_ids.pop(0) if self.trace_ids else self.random.generate_trace_id()
+
+
+Decide = Callable[
+    [Context | None, int, str, SpanKind | None, Attributes, Sequence[Link] | None], SamplingResult
+]
+
+
+class Deciding(Sampler):
+    """A sampler of a class the observer does not know (so the SDK asks it), whose
+    decision is ``decide(parent_context, trace_id, name, kind, attributes, links)``."""
+
+    def __init__(self, decide: Decide) -> None:
+        self.decide = decide
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: Any = None,
+    ) -> SamplingResult:
+        return self.decide(parent_context, trace_id, name, kind, attributes, links)
+
+    def get_description(self) -> str:
+        return "Deciding"
 
 
 def traced(

@@ -10,7 +10,7 @@ records (``Recorder``) and its sampler switchable per test (``Switch``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,17 +27,14 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import Link, SpanKind
 from opentelemetry.util.types import Attributes
 
-Decide = Callable[
-    [Context | None, int, str, SpanKind | None, Attributes, Sequence[Link] | None], SamplingResult
-]
 
+class Switch(Sampler):
+    """A sampler whose decision is another sampler's, chosen by the test."""
 
-class Deciding(Sampler):
-    """A sampler of a class the observer does not know (so the SDK asks it), whose
-    decision is ``decide(parent_context, trace_id, name, kind, attributes, links)``."""
-
-    def __init__(self, decide: Decide) -> None:
-        self.decide = decide
+    def __init__(self) -> None:
+        self.inner: Sampler = ALWAYS_ON
+        self.asked: list[str] = []
+        """The names of the spans it was asked about (the SDK was called for them)."""
 
     def should_sample(
         self,
@@ -49,32 +46,10 @@ class Deciding(Sampler):
         links: Sequence[Link] | None = None,
         trace_state: Any = None,
     ) -> SamplingResult:
-        return self.decide(parent_context, trace_id, name, kind, attributes, links)
-
-    def get_description(self) -> str:
-        return "Deciding"
-
-
-class Switch(Deciding):
-    """A sampler whose decision is another sampler's, chosen by the test."""
-
-    def __init__(self) -> None:
-        super().__init__(self._decide)
-        self.inner: Sampler = ALWAYS_ON
-        self.asked: list[str] = []
-        """The names of the spans it was asked about (the SDK was called for them)."""
-
-    def _decide(
-        self,
-        parent_context: Context | None,
-        trace_id: int,
-        name: str,
-        kind: SpanKind | None,
-        attributes: Attributes,
-        links: Sequence[Link] | None,
-    ) -> SamplingResult:
         self.asked.append(name)
-        return self.inner.should_sample(parent_context, trace_id, name, kind, attributes, links)
+        return self.inner.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
 
     def get_description(self) -> str:
         return f"Switch({self.inner.get_description()})"

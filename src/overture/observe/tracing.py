@@ -222,7 +222,9 @@ class _Segment:
     context: otel_context.Context
     trigger: str | None
     cause: Span | None  # the consume span that opened it (None: a timer, a step outcome)
-    dropped: bool = False  # its span is valid and not sampled (_dropped), told once
+    # its span is not its own to record or end: a dropped one (_dropped), or the unsampled
+    # parent's that stands for it; told once
+    dropped: bool = False
     attempts: _Dropped | None = None  # (dropped: what its attempts share, made once)
 
 
