@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import protocol
-from ..app import App
+from ..app import App, ProcessDef
 from ..core import machine as m
 from ..errors import EventError, MalformedEvent
 from ..events import Envelope
@@ -147,17 +147,38 @@ class Router:
             )
             self._stats["rekeyed"] += 1
             return
+        triggers = self._app.triggers(envelope.type)
+        if triggers or self._app.event_class(envelope.type) is not None:
+            started = self._start(stage, record, envelope, triggers, position, now)
+            if started is None:
+                return  # dead-lettered
+        else:
+            started = set()  # a generic event (any data is valid) that starts nothing
+        for handler in self._app.handlers(envelope.type):
+            self._work.schedule_handler(stage, handler, envelope, record.value, now)
+        self._correlate(stage, envelope, record, now, started)
+
+    def _start(
+        self,
+        stage: Stage,
+        record: Record,
+        envelope: Envelope,
+        triggers: Sequence[ProcessDef],
+        position: str,
+        now: float,
+    ) -> set[str] | None:
+        """Validate the event and start the instances its triggers call for: their ids,
+        or None if the event was dead-lettered (invalid, or a key that failed)."""
         # Types with a registered contract are validated here (invalid → dead letter);
         # other types become generic events, whose data may be any JSON. An event that
         # starts one process is decoded from a private copy of its data: that decoded
         # event becomes the instance's own, saving the instance a second decode.
-        triggers = self._app.triggers(envelope.type)
         sole = len(triggers) == 1
         try:
             event = self._codec.event(m.private_copy(envelope) if sole else envelope)
         except EventError as error:
             self._dead_letters.add(stage, position, "validate", str(error), envelope, record, now)
-            return
+            return None
         # Every key first (user code that may fail), so that an event is either routed
         # whole or dead-lettered whole, never half-applied.
         keys = []
@@ -167,8 +188,8 @@ class Router:
             except Exception as error:
                 reason = f"key of process {definition.name!r} failed: {error!r}"
                 self._dead_letters.add(stage, position, "route", reason, envelope, record, now)
-                return
-        started = {
+                return None
+        return {
             self._instances.start(
                 stage,
                 definition,
@@ -180,9 +201,6 @@ class Router:
             )
             for definition, key in keys
         }
-        for handler in self._app.handlers(envelope.type):
-            self._work.schedule_handler(stage, handler, envelope, record.value, now)
-        self._correlate(stage, envelope, record, now, started)
 
     def _correlate(
         self, stage: Stage, envelope: Envelope, record: Record, now: float, started: set[str]

@@ -92,11 +92,15 @@ def late_key(partition: int) -> bytes:
 
 
 class _Partition:
-    """One operator's runtime state on one partition: watermark, late count, wake-ups."""
+    """One operator's runtime state on one partition: its keys' states (live form), the
+    keys the batch changed, watermark, late count, wake-ups."""
 
-    __slots__ = ("dirty", "heap", "late", "wakes", "watermark")
+    __slots__ = ("changed", "dirty", "heap", "late", "number", "states", "wakes", "watermark")
 
-    def __init__(self) -> None:
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.states: dict[str, Any] = {}
+        self.changed: set[str] = set()  # staged when the batch is sealed
         self.watermark = float("-inf")
         self.late = 0
         self.heap: list[tuple[float, str]] = []
@@ -173,9 +177,6 @@ class Streams:
             for source in d.operator.sources:
                 self._by_type.setdefault(source, []).append(d)
         self._parts: dict[tuple[str, int], _Partition] = {}
-        # each key's state in its operator's live form; the keys a batch changed
-        self._states: dict[tuple[str, int, str], Any] = {}
-        self._changed: set[tuple[str, int, str]] = set()
         self._emit_time: tuple[float, datetime] | None = None
 
     # -- start -------------------------------------------------------------------------
@@ -186,7 +187,7 @@ class Streams:
         for name, definition in self._defs.items():
             ns, operator = namespace(name), definition.operator
             for partition in self._owned:
-                part = self._parts[(name, partition)] = _Partition()
+                part = self._parts[(name, partition)] = _Partition(partition)
                 raw = self._store.get(ns, watermark_key(partition))
                 mark = None if raw is None else orjson.loads(raw)
                 if isinstance(mark, int | float):
@@ -197,7 +198,7 @@ class Streams:
                 prefix = b"k:%05d:" % partition
                 for entry, value in self._store.scan(ns, prefix):
                     key = entry[len(prefix) :].decode()
-                    state = self._states[(name, partition, key)] = operator.load(value)
+                    state = part.states[key] = operator.load(value)
                     part.set_wake(key, operator.wake_at(state))
 
     # -- Participant -------------------------------------------------------------------
@@ -226,7 +227,7 @@ class Streams:
             for definition in definitions:
                 self._event(stage, definition, record, envelope, event, now, touched)
         for name in touched:
-            self._fire(stage, self._defs[name], partition, now)
+            self._fire(stage, self._defs[name], self._parts[(name, partition)], now)
 
     def advance(self, stage: Stage, now: float) -> bool:
         did = False
@@ -244,23 +245,22 @@ class Streams:
                     continue
                 part.watermark = max(part.watermark, clock_mark, at)
                 part.dirty = True
-                self._fire(stage, definition, partition, now)
+                self._fire(stage, definition, part, now)
                 did = True
         return did
 
     def seal(self, stage: Stage, now: float) -> None:
-        # each key this batch changed, encoded once however many of its events it held
-        states, defs = self._states, self._defs
-        for entry in self._changed:
-            name, partition, key = entry
-            state = states.get(entry)
-            if state is None:
-                stage.delete_state(namespace(name), state_key(partition, key))
-            else:
-                value = defs[name].operator.dump(state)
-                stage.put_state(namespace(name), state_key(partition, key), value)
-        self._changed.clear()
         for (name, partition), part in self._parts.items():
+            # each key this batch changed, encoded once however many of its events it held
+            if part.changed:
+                ns, dump, states = namespace(name), self._defs[name].operator.dump, part.states
+                for key in part.changed:
+                    state = states.get(key)
+                    if state is None:
+                        stage.delete_state(ns, state_key(partition, key))
+                    else:
+                        stage.put_state(ns, state_key(partition, key), dump(state))
+                part.changed.clear()
             if not part.dirty:
                 continue
             part.dirty = False
@@ -322,7 +322,8 @@ class Streams:
             )
             self._stats["stream_rekeyed"] += 1
             return
-        self._fold(stage, definition, record, envelope, event, key, now, touched)
+        part = self._parts[(name, partition)]
+        self._fold(stage, definition, part, record, envelope, event, key, now, touched)
 
     def _rekeyed(
         self, stage: Stage, record: Record, envelope: Envelope, now: float, touched: set[str]
@@ -344,12 +345,14 @@ class Streams:
             reason = f"re-keyed event unusable: {error!r}"
             self._dead_letters.add(stage, dl_id, "stream", reason, envelope, record, now)
             return
-        self._fold(stage, definition, record, inner, event, key, now, touched)
+        part = self._parts[(definition.name, record.partition % self._partitions)]
+        self._fold(stage, definition, part, record, inner, event, key, now, touched)
 
     def _fold(
         self,
         stage: Stage,
         definition: StreamDef,
+        part: _Partition,
         record: Record,
         envelope: Envelope,
         event: Event,
@@ -357,17 +360,15 @@ class Streams:
         now: float,
         touched: set[str],
     ) -> None:
-        operator, name = definition.operator, definition.name
-        partition = record.partition % self._partitions
+        operator, name, partition = definition.operator, definition.name, part.number
         try:
             time = event_time(event, operator.time_field)
         except OperatorInputError as error:
             dl_id = f"stream:{name}:{partition}:{record.offset}"
             self._unusable(stage, dl_id, name, error, envelope, record, now)
             return
-        part = self._parts[(name, partition)]
         watermark = max(part.watermark, time - operator.grace)
-        state = self._states.get((name, partition, key))
+        state = part.states.get(key)
         try:
             step = operator.on_event(state, key, event, time, watermark)
         except Exception as error:
@@ -378,7 +379,7 @@ class Streams:
             part.watermark = watermark
             part.dirty = True
             touched.add(name)
-        self._apply(stage, definition, partition, key, step, now)
+        self._apply(stage, definition, part, key, step, now)
         if step.late:
             part.late += 1
             part.dirty = True
@@ -403,36 +404,39 @@ class Streams:
 
     # -- state and outputs -------------------------------------------------------------
 
-    def _fire(self, stage: Stage, definition: StreamDef, partition: int, now: float) -> None:
+    def _fire(self, stage: Stage, definition: StreamDef, part: _Partition, now: float) -> None:
         """``on_watermark`` for every key of the partition the watermark reached."""
-        name, operator = definition.name, definition.operator
-        part = self._parts[(name, partition)]
+        operator = definition.operator
         for key in part.due(part.watermark):
-            state = self._states.get((name, partition, key))
+            state = part.states.get(key)
             if state is None:
                 continue
             step = operator.on_watermark(state, key, part.watermark)
-            self._apply(stage, definition, partition, key, step, now)
+            self._apply(stage, definition, part, key, step, now)
 
     def _apply(
-        self, stage: Stage, definition: StreamDef, partition: int, key: str, step: Step, now: float
+        self,
+        stage: Stage,
+        definition: StreamDef,
+        part: _Partition,
+        key: str,
+        step: Step,
+        now: float,
     ) -> None:
-        name, operator = definition.name, definition.operator
-        entry = (name, partition, key)
-        old = self._states.get(entry)
+        states = part.states
+        old = states.get(key)
         state = step.state
         # the same object: changed in place (the window operator's live document);
         # another one: changed if it differs (a pattern's bytes)
         if state is old is not None or state != old:
             if state is None:
-                del self._states[entry]
+                del states[key]
             else:
-                self._states[entry] = state
-            self._changed.add(entry)  # staged when the batch is sealed
-        part = self._parts[(name, partition)]
-        part.set_wake(key, None if state is None else operator.wake_at(state))
+                states[key] = state
+            part.changed.add(key)
+        part.set_wake(key, None if state is None else definition.operator.wake_at(state))
         for output in step.outputs:
-            self._output(stage, definition, partition, key, output, now)
+            self._output(stage, definition, part.number, key, output, now)
 
     def _output(
         self, stage: Stage, definition: StreamDef, partition: int, key: str, out: Output, now: float

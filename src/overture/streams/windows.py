@@ -133,6 +133,10 @@ def key_function(key: KeyFn) -> Callable[[Event], str]:
     return of_callable
 
 
+def _start(window: list[Any]) -> Any:
+    return window[0]
+
+
 def _key_text(value: Any, what: str) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise OperatorInputError(f"key: {what} is {value!r}, not text or an integer")
@@ -259,29 +263,31 @@ class WindowOperator(Operator):
     def _assign(
         self, doc: dict[str, Any], time: float, inputs: list[Any], watermark: float
     ) -> tuple[bool, list[list[Any]]]:
-        """Tumbling and hopping: add the event to each of its windows still open."""
+        """Tumbling and hopping: add the event to each of its windows still open.
+
+        Folded in place: ``doc`` is the live state only when no ``add`` can raise (see
+        ``on_event``), else a copy that is dropped if one does."""
         size, every = self._size, self._every
         windows: list[list[Any]] = doc["w"]
-        by_start = {w[0]: w for w in windows}
-        folded: list[tuple[list[Any], list[Any], bool]] = []
+        changed: list[list[Any]] = []
+        added = False
         index = math.floor((time - size) / every) + 1  # the first start > time - size
         while (start := index * every) <= time:  # multiples, not sums: no float drift
             index += 1
             end = start + size
-            if end > watermark and start <= time < end:
-                window = by_start.get(start)
-                new = window is None
-                if window is None:
-                    window = [start, end, [agg.initial() for agg in self._aggs], 0]
-                folded.append((window, self._folded(window, inputs, time), new))
-        # every accumulator made (an add may raise): only now is the state changed
-        for window, accs, new in folded:
-            window[2] = accs
-            if new:
+            if end <= watermark or not start <= time < end:
+                continue
+            for window in windows:  # a few open windows: a scan beats building a dict
+                if window[0] == start:
+                    break
+            else:
+                window = [start, end, [agg.initial() for agg in self._aggs], 0]
                 windows.append(window)
-        if any(new for _, _, new in folded):
-            windows.sort(key=lambda w: w[0])
-        changed = [window for window, _, _ in folded]
+                added = True
+            window[2] = self._folded(window, inputs, time)
+            changed.append(window)
+        if added:
+            windows.sort(key=_start)
         return not changed, changed
 
     def _sessionize(
@@ -307,7 +313,7 @@ class WindowOperator(Operator):
         for w in touching:
             windows.remove(w)
         windows.append(merged)
-        windows.sort(key=lambda w: w[0])
+        windows.sort(key=_start)
         return False, [merged]
 
     def _slide(
@@ -325,7 +331,7 @@ class WindowOperator(Operator):
         doc["e"].sort(key=lambda e: e[0])
         if own and not any(w[1] == time for w in windows):
             windows.append([time - size, time, None, 0])
-            windows.sort(key=lambda w: w[0])
+            windows.sort(key=_start)
             containing.append(next(w for w in windows if w[1] == time))
         return False, containing
 
