@@ -6,8 +6,9 @@ partitions, each system one process (``overture run benchmarks.streams_kafka:app
 Streams' ``benchmarks/peers/quix_streams.py`` in ``.venv-peers``, RocksDB state):
 
 - **throughput**: ``--events`` events over ``--keys`` keys produced to the input topic
-  first (event times advance ``--keys`` events per 10 s, each key once per window, so
-  windows keep closing as the stream goes on); then the system starts and drains it.
+  first (keys in turn, event times advancing ``--per-window`` events per 10 s: 100,000 by
+  default, so with 10,000 keys each key has 10 events per window and windows keep
+  closing as the stream goes on); then the system starts and drains it.
   events/s = the events between the first and the last window result seen / that time
   (start-up excluded, alike for both). CPU: the system's process, core-seconds per
   100,000 events.

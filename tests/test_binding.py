@@ -8,8 +8,8 @@ import struct
 import orjson
 import pytest
 
-from overture.binding import from_record
-from overture.events import decode
+from overture.binding import from_record, to_binary
+from overture.events import Envelope, decode, encode
 
 HEADERS = (
     ("ce_specversion", b"1.0"),
@@ -119,3 +119,31 @@ def test_without_cloudevents_headers_a_content_type_is_the_datas() -> None:
     own = orjson.dumps({**orjson.loads(STRUCTURED), "datacontenttype": "text/json"})
     read = from_record(None, (("content-type", b"application/vnd.x+json"),), own)
     assert read.value == own and decode(read.value).datacontenttype == "text/json"
+
+
+def test_header_names_are_read_in_any_case_and_unknown_extensions_are_kept_last() -> None:
+    headers = (
+        ("CE_SpecVersion", b"1.0"),
+        ("ce_region", b"eu-1"),  # an extension Overture does not know
+        ("Ce_Id", b"e1"),
+        ("ce_source", b"/x"),
+        ("CE_TYPE", b"order.placed"),
+        ("ce_subject", b"o1"),
+    )
+    read = from_record(b"k", headers, b'{"n": 1}')
+    assert read.error is None
+    assert list(orjson.loads(read.value)) == [
+        "specversion", "id", "source", "type", "subject", "partitionkey", "region", "data",
+    ]  # fmt: skip
+    envelope = decode(read.value)
+    assert (envelope.id, envelope.type, envelope.subject) == ("e1", "order.placed", "o1")
+    assert orjson.loads(read.value)["region"] == "eu-1"
+
+
+def test_an_event_sent_in_binary_mode_reads_back_byte_for_byte() -> None:
+    envelope = Envelope(type="order.placed", data={"n": 1}, subject="s", partitionkey="o1")
+    structured = encode(envelope)
+    key, headers, value = to_binary(structured)
+    assert key is not None and headers is not None
+    read = from_record(key.encode(), tuple(headers), value)
+    assert read == (structured, "o1", None)

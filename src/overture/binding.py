@@ -78,6 +78,10 @@ _ORDER = (
     *EXTENSIONS,
 )
 
+_HEADER_ATTRIBUTES = {f"ce_{name}": name for name in _ORDER}
+"""The headers of the attributes Overture knows, as producers write them (lower case):
+found without lowering and slicing every name of every record."""
+
 STRUCTURED_PREFIX = "application/cloudevents"
 STRUCTURED_JSON = "application/cloudevents+json"
 
@@ -140,17 +144,23 @@ def from_record(key: bytes | None, headers: Headers | None, value: bytes | None)
     for name, raw in headers or ():
         if raw is None:
             continue  # a null header carries no attribute
-        lowered = name.lower()
-        if lowered.startswith("ce_"):
-            try:
-                attributes[lowered[3:]] = raw.decode()
-            except UnicodeDecodeError as exc:
-                return Read(value or b"", text_key, f"header {name!r} {_not_utf8(exc)}")
-        elif lowered == "content-type":
-            try:
-                content_type = raw.decode()
-            except UnicodeDecodeError as exc:
-                return Read(value or b"", text_key, f"header {name!r} {_not_utf8(exc)}")
+        attribute = _HEADER_ATTRIBUTES.get(name)
+        if attribute is None:  # another extension, a header in capitals, not ours
+            lowered = name.lower()
+            if lowered.startswith("ce_"):
+                attribute = lowered[3:]
+            elif lowered == "content-type":
+                try:
+                    content_type = raw.decode()
+                except UnicodeDecodeError as exc:
+                    return Read(value or b"", text_key, f"header {name!r} {_not_utf8(exc)}")
+                continue
+            else:
+                continue
+        try:
+            attributes[attribute] = raw.decode()
+        except UnicodeDecodeError as exc:
+            return Read(value or b"", text_key, f"header {name!r} {_not_utf8(exc)}")
     if content_type is not None and content_type.strip().lower().startswith(STRUCTURED_PREFIX):
         media = content_type.split(";")[0].strip().lower()
         if media != STRUCTURED_JSON:
@@ -199,8 +209,8 @@ def _binary(
     key: str | None, attributes: dict[str, str], content_type: str | None, value: bytes | None
 ) -> Read:
     raw = value or b""
-    missing = [f"ce_{name}" for name in ("id", "source", "type") if not attributes.get(name)]
-    if missing:
+    if not (attributes.get("id") and attributes.get("source") and attributes.get("type")):
+        missing = [f"ce_{name}" for name in ("id", "source", "type") if not attributes.get(name)]
         return Read(raw, key, f"binary-mode record lacks header(s) {', '.join(missing)}")
     when = attributes.get("time")
     if when is not None:
@@ -225,8 +235,9 @@ def _binary(
     if content_type is not None:
         attributes["datacontenttype"] = content_type
     # the order ``events.encode`` writes, so an event we sent comes back byte for byte
-    ordered = {name: attributes.pop(name) for name in _ORDER if name in attributes}
-    ordered.update(attributes)  # unknown extensions last
+    ordered = {name: attributes[name] for name in _ORDER if name in attributes}
+    if len(ordered) < len(attributes):
+        ordered.update(attributes)  # unknown extensions last (the others keep their place)
     head = orjson.dumps(ordered)
     if coded:
         structured = head[:-1] + b',"data_base64":"' + base64.b64encode(raw) + b'"}'
@@ -278,5 +289,6 @@ def load_headers(text: str | bytes) -> Headers:
 
 
 def headers_of(raw: Any) -> Headers:
-    """A Kafka client's headers (a list of pairs, or ``None``) as :data:`Headers`."""
-    return tuple((str(name), value) for name, value in raw or ())
+    """A Kafka client's headers as :data:`Headers`: confluent-kafka's ``headers()`` is a
+    list of ``(str, bytes | None)`` tuples, or ``None``."""
+    return tuple(raw) if raw else ()

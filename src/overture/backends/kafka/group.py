@@ -301,8 +301,7 @@ class Membership:
                 if messages:
                     messages.extend(self._consumer.consume(499, 0))
                 woken: set[int] = set()
-                for message in messages:
-                    self._take(message, woken)
+                self._take(messages, woken)
                 wakers: list[Callable[[], None]] = []
                 with self._lock:
                     for lp in woken:
@@ -324,28 +323,34 @@ class Membership:
             except Exception:
                 log.exception("closing the Kafka consumer")
 
-    def _take(self, message: Any, woken: set[int]) -> None:
-        error = message.error()
-        topic, partition, offset = message.topic(), message.partition(), message.offset()
-        if error is not None:
-            if error.code() == KafkaError._PARTITION_EOF:
-                lp = self._logical(topic, partition)
+    def _take(self, messages: list[Any], woken: set[int]) -> None:
+        """Buffer the fetched messages' records (made outside the lock, appended under
+        it once per fetch), note the ends of partitions, report errors."""
+        records: list[tuple[int, Record]] = []
+        for message in messages:
+            error = message.error()
+            if error is None:
+                lp = self._logical(message.topic(), message.partition())
+                records.append((lp, record_of(message, lp)))
+            elif error.code() == KafkaError._PARTITION_EOF:
+                lp = self._logical(message.topic(), message.partition())
                 with self._lock:
-                    self._fetched[lp] = max(self._fetched.get(lp, -1), offset)
+                    self._fetched[lp] = max(self._fetched.get(lp, -1), message.offset())
                 woken.add(lp)
             else:
                 self._error(error)
+        if not records:
             return
-        lp = self._logical(topic, partition)
-        record = record_of(message, lp)
         with self._lock:
-            buffer = self._buffers.get(lp)
-            if buffer is None or lp not in self._fetched:
-                return  # no longer (or not yet) assigned
-            buffer.records.append(record)
-            buffer.next = offset + 1
-            self._fetched[lp] = max(self._fetched[lp], offset + 1)
-        woken.add(lp)
+            buffers, fetched = self._buffers, self._fetched
+            for lp, record in records:
+                buffer = buffers.get(lp)
+                if buffer is None or lp not in fetched:
+                    continue  # no longer (or not yet) assigned
+                buffer.records.append(record)
+                buffer.next = record.offset + 1
+                fetched[lp] = max(fetched[lp], record.offset + 1)
+                woken.add(lp)
 
     def _assigned(self, consumer: Consumer, tps: list[TopicPartition]) -> None:
         partitions = sorted({tp.partition for tp in tps if tp.topic == self.settings.events_topic})
