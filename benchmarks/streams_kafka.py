@@ -2,8 +2,10 @@
 windows, the same job on the same local broker in the same run.
 
 Two measurements per system and repeat, each on fresh topics of ``--partitions``
-partitions, each system one process (``overture run benchmarks.streams_kafka:app``; Quix
-Streams' ``benchmarks/peers/quix_streams.py`` in ``.venv-peers``, RocksDB state):
+partitions, each system ``--processes`` members of its consumer group (1 by default;
+``overture run benchmarks.streams_kafka:app``; Quix Streams'
+``benchmarks/peers/quix_streams.py`` in ``.venv-peers``, RocksDB state, a state
+directory per member):
 
 - **throughput**: ``--events`` events over ``--keys`` keys produced to the input topic
   first (keys in turn, event times advancing ``--per-window`` events per 10 s: 100,000 by
@@ -231,10 +233,17 @@ def prefill(topics: Topics, events: int, keys: int, per_window: int) -> None:
 
 
 class System:
-    """One system's process (its own session, stopped by its pid)."""
+    """One system's processes (``processes`` members of its consumer group, each in its
+    own session, stopped by its pid)."""
 
     def __init__(
-        self, topics: Topics, log: Path, guarantee: str, commit_interval: float, batch: int | None
+        self,
+        topics: Topics,
+        log: Path,
+        guarantee: str,
+        commit_interval: float,
+        batch: int | None,
+        processes: int = 1,
     ) -> None:
         self.topics = topics
         self.log = log
@@ -243,42 +252,59 @@ class System:
             "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
         }
         self.state = Path(tempfile.mkdtemp(prefix="quix-state-"))
-        if topics.system == "overture":
-            cmd = [
-                sys.executable, "-m", "overture.cli", "run", "benchmarks.streams_kafka:app",
-                "--backend", topics.url, "--log-level", "WARNING", "--no-tasks",
-                *(["--batch-size", str(batch)] if batch else []),
-            ]  # fmt: skip
-        else:
-            if not PEER_PYTHON.exists():
-                raise SystemExit("no .venv-peers: run `bash benchmarks/peers/setup.sh quix` first")
-            cmd = [
-                str(PEER_PYTHON), str(QUIX), "--bootstrap", topics.bootstrap,
-                "--input", topics.input, "--output", topics.output, "--group", topics.group,
-                "--state-dir", str(self.state), "--guarantee", guarantee,
-                "--commit-interval", str(commit_interval),
-            ]  # fmt: skip
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+        self.procs: list[subprocess.Popen[bytes]] = []
+        for member in range(processes):
+            if topics.system == "overture":
+                cmd = [
+                    sys.executable, "-m", "overture.cli", "run", "benchmarks.streams_kafka:app",
+                    "--backend", topics.url, "--log-level", "WARNING", "--no-tasks",
+                    *(["--batch-size", str(batch)] if batch else []),
+                ]  # fmt: skip
+            else:
+                if not PEER_PYTHON.exists():
+                    raise SystemExit(
+                        "no .venv-peers: run `bash benchmarks/peers/setup.sh quix` first"
+                    )
+                cmd = [
+                    str(PEER_PYTHON), str(QUIX), "--bootstrap", topics.bootstrap,
+                    "--input", topics.input, "--output", topics.output, "--group", topics.group,
+                    "--state-dir", str(self.state / str(member)), "--guarantee", guarantee,
+                    "--commit-interval", str(commit_interval),
+                ]  # fmt: skip
+            with log.open("ab") as out:
+                self.procs.append(
+                    subprocess.Popen(
+                        cmd,
+                        cwd=ROOT,
+                        env=env,
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
 
     def check(self) -> None:
-        if self.proc.poll() is not None:
-            tail = self.log.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"{self.topics.system} exited with {self.proc.returncode}:\n{tail}")
+        for proc in self.procs:
+            if proc.poll() is not None:
+                tail = self.log.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{self.topics.system} exited with {proc.returncode}:\n{tail}")
 
     def cpu(self) -> float:
-        return proc_cpu(self.proc.pid)
+        return sum(proc_cpu(proc.pid) for proc in self.procs)
 
     def rss(self, field_name: str = "VmRSS") -> float:
-        """Bytes of the process's resident memory (``VmHWM``: its peak)."""
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith(field_name + ":"):
-                    return float(line.split()[1]) * 1024
-        return float("nan")
+        """Bytes of the processes' resident memory, summed (``VmHWM``: each one's peak)."""
+        total = 0.0
+        for proc in self.procs:
+            with open(f"/proc/{proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith(field_name + ":"):
+                        total += float(line.split()[1]) * 1024
+                        break
+                else:
+                    return float("nan")
+        return total
 
     def wait_stable(self, timeout: float = 90) -> None:
         """Until the system's consumer group is stable with its partitions assigned."""
@@ -296,7 +322,9 @@ class System:
                     for m in description.members
                     if m.assignment is not None
                 )
-                if description.state == ConsumerGroupState.STABLE and assigned:
+                members = len(description.members)
+                stable = description.state == ConsumerGroupState.STABLE
+                if stable and assigned and members == len(self.procs):
                     return
             except KafkaException:
                 pass
@@ -313,13 +341,15 @@ class System:
         return changelog_state(self.topics)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
             try:
-                self.proc.wait(timeout=30)
+                proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+                proc.kill()
+                proc.wait(timeout=10)
         shutil.rmtree(self.state, ignore_errors=True)
 
 
@@ -464,8 +494,9 @@ def start(topics: Topics, args: argparse.Namespace, log: Path) -> tuple[Results,
     results = Results(topics)
     results.start()
     return results, System(
-        topics, log, args.quix_guarantee, args.quix_commit_interval, args.batch_size
-    )
+        topics, log, args.quix_guarantee, args.quix_commit_interval, args.batch_size,
+        args.processes,
+    )  # fmt: skip
 
 
 def throughput(
@@ -556,6 +587,9 @@ def main() -> None:
         "--per-window", type=int, default=100_000, help="events per 10 s of event time"
     )
     parser.add_argument("--partitions", type=int, default=2)
+    parser.add_argument(
+        "--processes", type=int, default=1, help="members of each system's group (<= partitions)"
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--rate", type=int, default=2_000, help="paced producer, events/s")
     parser.add_argument("--seconds", type=float, default=40.0, help="paced producer's run")
@@ -569,6 +603,8 @@ def main() -> None:
     parser.add_argument("--state-dir", default=".overture/bench-kafka")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
+    if not 1 <= args.processes <= args.partitions:
+        parser.error("--processes: from 1 to --partitions (a member without a partition idles)")
     systems = [s for s in args.systems.split(",") if s]
     for s in systems:
         if s not in SYSTEMS:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import orjson
 import pytest
@@ -12,6 +12,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 import overture as ov
 from overture.backends import open_backend
+from overture.backends.kafka import group
 from overture.backends.kafka.backend import KafkaBackend
 from overture.errors import BrokerUnavailable, ConfigError
 from overture.ports import partition_for
@@ -256,3 +257,44 @@ async def test_idle_waits_until_the_changelog_is_visible_to_readers(
             await asyncio.sleep(0.05)
         else:
             raise AssertionError("caught_up() stayed false after the transaction ended")
+
+
+def test_a_partition_paused_by_backpressure_is_fetched_again_when_reassigned(
+    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """librdkafka keeps a partition paused across a rebalance that assigns it to the same
+    member again: the fetcher resumes every partition it is assigned, or a member whose
+    backlog had paused a partition would never read it again once another member joins
+    (seen with two engines draining a backlog: ``benchmarks/streams_kafka.py
+    --processes 2``)."""
+    monkeypatch.setattr(group, "PAUSE_AT", 5)  # a backlog of 20 records pauses a partition
+    url = kafka_url(kafka_bootstrap, partitions=2)
+    with ov.Client(url) as client:
+        for i in range(40):
+            client.send(ov.Event.of("tick", {"n": i}, key=f"k{i}"))
+    counts = {p: sum(partition_for(f"k{i}", 2) == p for i in range(40)) for p in (0, 1)}
+    assert all(counts.values())
+    nothing: Callable[..., None] = lambda *args: None  # noqa: E731  # no engines: nothing drains
+    first_backend, second_backend = open_backend(url), open_backend(url)
+    assert isinstance(first_backend, KafkaBackend) and isinstance(second_backend, KafkaBackend)
+    first = first_backend.claim("test", nothing, nothing, nothing)
+    second = None
+    try:
+        deadline = time.monotonic() + 30
+        while any(len(first.read(p, 0, 100)) < counts[p] for p in (0, 1)):
+            assert time.monotonic() < deadline, "the first member never fetched its backlog"
+            time.sleep(0.1)
+        second = second_backend.claim("test", nothing, nothing, nothing)  # a rebalance
+        while not (len(first.assigned) == 1 and len(second.assigned) == 1):
+            assert time.monotonic() < deadline + 30, "the group never shared the partitions"
+            time.sleep(0.1)
+        (kept,) = first.assigned
+        # nothing was committed: the kept partition is read again from its beginning
+        while len(first.read(kept, 0, 100)) < counts[kept]:
+            assert time.monotonic() < deadline + 60, f"partition {kept} stayed paused"
+            time.sleep(0.1)
+        assert [r.offset for r in first.read(kept, 0, 100)] == list(range(counts[kept]))
+    finally:
+        first.close()
+        if second is not None:
+            second.close()

@@ -364,6 +364,10 @@ class Membership:
                 self._buffers.setdefault(lp, _Buffer(0)).clear(start or 0)
                 self._fetched[lp] = -1
         consumer.assign(tps)
+        # librdkafka keeps a partition's pause across a rebalance that assigns it here
+        # again; its buffer starts over unpaused (clear), and so must the fetching, or a
+        # partition paused by a backlog when the group rebalanced would never be read again
+        consumer.resume(tps)
         with self._lock:
             self._backends.update(backends)
         self._on_assign(backends)
