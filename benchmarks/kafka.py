@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 from confluent_kafka import Consumer, ConsumerGroupState, KafkaException, TopicPartition
@@ -216,6 +216,20 @@ def proc_cpu(pid: int) -> float:
         return float("nan")
 
 
+def spawn(cmd: list[str], env: dict[str, str], out: IO[bytes]) -> subprocess.Popen[bytes]:
+    """A benchmarked process, run from the repository root, its output to ``out``; in its
+    own session, so a Ctrl-C in the terminal reaches only us (we stop it by pid)."""
+    return subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
 def self_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -268,18 +282,7 @@ class Engines:
                     "--log-level",
                     "WARNING",
                 ]
-                # own session: a Ctrl-C in the terminal reaches only us; we stop them by pid
-                self.procs.append(
-                    subprocess.Popen(
-                        cmd,
-                        cwd=ROOT,
-                        env=env,
-                        stdin=subprocess.DEVNULL,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
-                )
+                self.procs.append(spawn(cmd, env, out))
 
     def check(self) -> None:
         for i, proc in enumerate(self.procs):

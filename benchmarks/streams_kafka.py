@@ -68,7 +68,7 @@ from overture.codec import Codec
 from overture.devkafka import start_broker, stop_broker
 from overture.ports import partition_for
 
-from .kafka import proc_cpu
+from .kafka import proc_cpu, spawn
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
@@ -272,17 +272,7 @@ class System:
                     "--commit-interval", str(commit_interval),
                 ]  # fmt: skip
             with log.open("ab") as out:
-                self.procs.append(
-                    subprocess.Popen(
-                        cmd,
-                        cwd=ROOT,
-                        env=env,
-                        stdin=subprocess.DEVNULL,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
-                )
+                self.procs.append(spawn(cmd, env, out))
 
     def check(self) -> None:
         for proc in self.procs:
