@@ -161,3 +161,57 @@ def test_the_first_releases_golden_journal_replays_through_the_machines_codec() 
     assert replayed.replay(journal) == []
     assert (replayed.status, replayed.result) == ("completed", "shipped")
     assert codec.journal_calls == ["order.placed", "payment.received"]
+
+
+class Registry(Codec):
+    """A schema-registry-like codec: events of some types need an integer ``v``, which no
+    contract in the app says."""
+
+    def typed(self, envelope: Envelope, cls: type[E]) -> E:
+        if envelope.type in ("audit", "click", "approval"):
+            data = envelope.data
+            if not isinstance(data, dict) or not isinstance(data.get("v"), int):
+                raise ov.EventValidationError(f"registry: {envelope.type} needs an integer 'v'")
+        return super().typed(envelope, cls)
+
+
+async def test_a_codec_refuses_events_of_types_no_process_starts(harness: Factory) -> None:
+    """The engine skips making typed events of contract-less types that start nothing
+    only with the stock codec: a codec of its own sees every event, and what it refuses
+    is dead-lettered before a wait, a handler or a window gets it."""
+    app = ov.App("registry")
+    audited: list[Any] = []
+    closed: list[Any] = []
+
+    @app.on("audit")
+    async def audit(event: ov.Event) -> None:
+        audited.append(event.data)
+
+    @app.window(
+        source="click", key="user", window=ov.Tumbling(timedelta(seconds=10)),
+        aggregate={"n": ov.Count()}, idle=None,
+    )  # fmt: skip
+    def clicks(result: ov.WindowResult) -> None:
+        closed.append(result)
+
+    @app.process(trigger="order", key="id", waits=["approval"])
+    async def order(ctx: ov.Context, event: ov.Event) -> str:
+        approval = await ctx.wait_for("approval")
+        return str(approval.data)
+
+    async with harness(app, codec=Registry(app)) as h:
+        h.client.send("order", {"id": "o1"}, key="o1")
+        await h.idle()
+        h.client.send("approval", {"v": "bad"}, key="o1")
+        h.client.send("audit", {"v": "not an int"}, key="a")
+        h.client.send("click", {"user": "u", "v": "bad"}, key="u")
+        await h.idle()
+        letters = h.client.dead_letters()
+        assert sorted(d.event_type for d in letters) == ["approval", "audit", "click"]
+        assert all(d.source == "validate" and "registry" in d.reason for d in letters)
+        (instance,) = h.client.instances()
+        assert instance.status == "waiting"  # the refused approval never reached it
+        assert audited == [] and h.client.window("clicks", "u") == []
+        h.client.send("approval", {"v": 1}, key="o1")
+        await h.idle()
+        assert h.client.instance(instance.id).status == "completed"

@@ -266,3 +266,32 @@ async def test_watermark_survives_a_restart(make: Make) -> None:
         await h.idle()
         assert [w.values["failures"] for w in seen] == [1, 1]
         assert h.client.late_events("failures") == 1
+
+
+async def test_a_time_no_window_can_hold_is_dead_lettered(make: Make) -> None:
+    """Epoch milliseconds where seconds are meant (the year 59,000): dead-lettered, where
+    the window it opened used to fail the batch when it closed, at every restart."""
+    app = ov.App("far")
+    seen: list[ov.WindowResult] = []
+
+    @app.window(
+        source="reading",
+        key="sensor",
+        window=ov.Tumbling(timedelta(seconds=10)),
+        aggregate={"sum": ov.Sum("value")},
+        time_field="at",
+        idle=None,
+    )
+    def sums(result: ov.WindowResult) -> None:
+        seen.append(result)
+
+    async with make(app) as h:
+        h.client.send(ov.Event.of("reading", {"sensor": "s1", "value": 1, "at": T0}))
+        h.client.send(ov.Event.of("reading", {"sensor": "s2", "value": 5, "at": T0 * 1000}))
+        h.client.send(ov.Event.of("reading", {"sensor": "s3", "value": 7, "at": T0 * 1000 + 20}))
+        h.client.send(ov.Event.of("reading", {"sensor": "s1", "value": 2, "at": T0 + 20}))
+        await h.idle()
+        reasons = {d.id: d.reason for d in h.client.dead_letters()}
+        assert set(reasons) == {"stream:sums:0:1", "stream:sums:0:2"}
+        assert "outside the years 2 to 9998 (epoch milliseconds" in reasons["stream:sums:0:1"]
+        assert [w.values for w in seen] == [{"sum": 1}]  # s1's first window closed on time

@@ -18,6 +18,7 @@ from typing import Any
 
 from .. import protocol
 from ..app import App, ProcessDef
+from ..codec import Codec
 from ..core import machine as m
 from ..errors import EventError, MalformedEvent
 from ..events import Envelope
@@ -76,6 +77,17 @@ class Router:
         self._tasks = tasks
         self._stats = stats
         self._observer = observer
+        # The stock codec accepts any data for a type without a contract in this app, so
+        # a generic event that starts nothing needs no typed form. A codec that makes
+        # typed events its own way (a schema registry, an upcaster: see codec.py) or knows
+        # other contracts may refuse one: it sees every event, and a refusal is
+        # dead-lettered here, before any wait, handler or window gets the event.
+        codec = self._codec
+        self._generic_accepted = (
+            type(codec).event is Codec.event
+            and type(codec).typed is Codec.typed
+            and codec.app is app
+        )
 
     def route_all(self, stage: Stage, records: Sequence[Record], now: float) -> None:
         """Route the records of one partition, in offset order."""
@@ -148,7 +160,8 @@ class Router:
             self._stats["rekeyed"] += 1
             return
         triggers = self._app.triggers(envelope.type)
-        if triggers or self._app.event_class(envelope.type) is not None:
+        contract = self._app.event_class(envelope.type)
+        if triggers or contract is not None or not self._generic_accepted:
             started = self._start(stage, record, envelope, triggers, position, now)
             if started is None:
                 return  # dead-lettered

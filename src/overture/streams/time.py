@@ -15,6 +15,12 @@ from ..errors import ConfigError
 from ..events import Event
 from .operator import OperatorInputError
 
+_EARLIEST = datetime(2, 1, 1, tzinfo=UTC).timestamp()
+_LATEST = datetime(9998, 12, 31, tzinfo=UTC).timestamp()
+"""The event times accepted as epoch seconds: a year inside the ``datetime`` range on
+either side, so that the bounds of any window an event opens (``WindowResult.start`` and
+``end``) are datetimes too."""
+
 
 def event_time(event: Event, time_field: str | None) -> float:
     """The event time of ``event`` in epoch seconds.
@@ -42,7 +48,7 @@ def parse_time(value: Any, name: str) -> float:
         seconds = float(value)
         if not math.isfinite(seconds):
             raise OperatorInputError(f"event time: field {name!r} is {value!r}, not a time")
-        return seconds
+        return _in_range(seconds, value, name)
     if isinstance(value, datetime):
         parsed = value
     elif isinstance(value, str):
@@ -58,7 +64,18 @@ def parse_time(value: Any, name: str) -> float:
         )
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
+    return _in_range(parsed.timestamp(), value, name)
+
+
+def _in_range(seconds: float, value: Any, name: str) -> float:
+    if _EARLIEST <= seconds <= _LATEST:
+        return seconds
+    # a window of it could never be given to a callback (no datetime holds its bounds):
+    # refused here, it is dead-lettered instead of stopping the partition at every restart
+    raise OperatorInputError(
+        f"event time: field {name!r} is {value!r}, outside the years 2 to 9998"
+        + (" (epoch milliseconds, perhaps?)" if isinstance(value, int | float) else "")
+    )
 
 
 def seconds(value: timedelta | float | int, name: str, *, positive: bool = True) -> float:

@@ -325,25 +325,31 @@ class Membership:
 
     def _take(self, messages: list[Any], woken: set[int]) -> None:
         """Buffer the fetched messages' records (made outside the lock, appended under
-        it once per fetch), note the ends of partitions, report errors."""
-        records: list[tuple[int, Record]] = []
+        it once per fetch), note the ends of partitions, report errors.
+
+        Records and ends are applied in the order fetched: an end of partition never
+        shows in ``_fetched`` before the records it follows are in the buffer
+        (``caught_up`` trusts ``_fetched``; ``has_unread`` reads the buffer)."""
+        taken: list[tuple[int, Record | None, int]] = []
         for message in messages:
             error = message.error()
             if error is None:
                 lp = self._logical(message.topic(), message.partition())
-                records.append((lp, record_of(message, lp)))
+                taken.append((lp, record_of(message, lp), 0))
             elif error.code() == KafkaError._PARTITION_EOF:
                 lp = self._logical(message.topic(), message.partition())
-                with self._lock:
-                    self._fetched[lp] = max(self._fetched.get(lp, -1), message.offset())
-                woken.add(lp)
+                taken.append((lp, None, message.offset()))
             else:
                 self._error(error)
-        if not records:
+        if not taken:
             return
         with self._lock:
             buffers, fetched = self._buffers, self._fetched
-            for lp, record in records:
+            for lp, record, end in taken:
+                if record is None:  # the end of the partition
+                    fetched[lp] = max(fetched.get(lp, -1), end)
+                    woken.add(lp)
+                    continue
                 buffer = buffers.get(lp)
                 if buffer is None or lp not in fetched:
                     continue  # no longer (or not yet) assigned
