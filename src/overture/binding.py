@@ -145,22 +145,20 @@ def from_record(key: bytes | None, headers: Headers | None, value: bytes | None)
         if raw is None:
             continue  # a null header carries no attribute
         attribute = _HEADER_ATTRIBUTES.get(name)
-        if attribute is None:  # another extension, a header in capitals, not ours
+        if attribute is None:  # another extension, a header in capitals, content-type
             lowered = name.lower()
             if lowered.startswith("ce_"):
                 attribute = lowered[3:]
-            elif lowered == "content-type":
-                try:
-                    content_type = raw.decode()
-                except UnicodeDecodeError as exc:
-                    return Read(value or b"", text_key, f"header {name!r} {_not_utf8(exc)}")
-                continue
-            else:
-                continue
+            elif lowered != "content-type":
+                continue  # not ours
         try:
-            attributes[attribute] = raw.decode()
+            text = raw.decode()
         except UnicodeDecodeError as exc:
             return Read(value or b"", text_key, f"header {name!r} {_not_utf8(exc)}")
+        if attribute is None:
+            content_type = text
+        else:
+            attributes[attribute] = text
     if content_type is not None and content_type.strip().lower().startswith(STRUCTURED_PREFIX):
         media = content_type.split(";")[0].strip().lower()
         if media != STRUCTURED_JSON:

@@ -156,8 +156,9 @@ async def test_unusable_events_are_dead_lettered_and_the_partition_goes_on(make:
         assert len(h.client.dead_letters()) == 1  # the contract's own validation
 
 
-async def test_missing_key_bad_time_and_ill_typed_field_are_dead_lettered(make: Make) -> None:
-    app = ov.App("untyped")
+def readings_app(name: str) -> tuple[ov.App, list[ov.WindowResult]]:
+    """Untyped ``reading`` events summed per sensor in 10 s windows, time in ``at``."""
+    app = ov.App(name)
     seen: list[ov.WindowResult] = []
 
     @app.window(
@@ -171,6 +172,11 @@ async def test_missing_key_bad_time_and_ill_typed_field_are_dead_lettered(make: 
     def sums(result: ov.WindowResult) -> None:
         seen.append(result)
 
+    return app, seen
+
+
+async def test_missing_key_bad_time_and_ill_typed_field_are_dead_lettered(make: Make) -> None:
+    app, seen = readings_app("untyped")
     async with make(app) as h:
         h.client.send(ov.Event.of("reading", {"value": 1, "at": T0}))
         h.client.send(ov.Event.of("reading", {"sensor": "s", "value": 1, "at": "yesterday"}))
@@ -271,20 +277,7 @@ async def test_watermark_survives_a_restart(make: Make) -> None:
 async def test_a_time_no_window_can_hold_is_dead_lettered(make: Make) -> None:
     """Epoch milliseconds where seconds are meant (the year 59,000): dead-lettered, where
     the window it opened used to fail the batch when it closed, at every restart."""
-    app = ov.App("far")
-    seen: list[ov.WindowResult] = []
-
-    @app.window(
-        source="reading",
-        key="sensor",
-        window=ov.Tumbling(timedelta(seconds=10)),
-        aggregate={"sum": ov.Sum("value")},
-        time_field="at",
-        idle=None,
-    )
-    def sums(result: ov.WindowResult) -> None:
-        seen.append(result)
-
+    app, seen = readings_app("far")
     async with make(app) as h:
         h.client.send(ov.Event.of("reading", {"sensor": "s1", "value": 1, "at": T0}))
         h.client.send(ov.Event.of("reading", {"sensor": "s2", "value": 5, "at": T0 * 1000}))

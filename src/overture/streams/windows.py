@@ -28,6 +28,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from operator import itemgetter
 from typing import Any, Literal
 
 import orjson
@@ -40,6 +41,9 @@ from .time import as_datetime, seconds
 
 _FORMAT = 1
 """The version of a key's stored window state."""
+
+_START = itemgetter(0)
+"""A window's start, what a key's open windows are sorted by."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,10 +135,6 @@ def key_function(key: KeyFn) -> Callable[[Event], str]:
         return _key_text(value, "the key function's result")
 
     return of_callable
-
-
-def _start(window: list[Any]) -> Any:
-    return window[0]
 
 
 def _key_text(value: Any, what: str) -> str:
@@ -287,7 +287,7 @@ class WindowOperator(Operator):
             window[2] = self._folded(window, inputs, time)
             changed.append(window)
         if added:
-            windows.sort(key=_start)
+            windows.sort(key=_START)
         return not changed, changed
 
     def _sessionize(
@@ -313,7 +313,7 @@ class WindowOperator(Operator):
         for w in touching:
             windows.remove(w)
         windows.append(merged)
-        windows.sort(key=_start)
+        windows.sort(key=_START)
         return False, [merged]
 
     def _slide(
@@ -331,7 +331,7 @@ class WindowOperator(Operator):
         doc["e"].sort(key=lambda e: e[0])
         if own and not any(w[1] == time for w in windows):
             windows.append([time - size, time, None, 0])
-            windows.sort(key=_start)
+            windows.sort(key=_START)
             containing.append(next(w for w in windows if w[1] == time))
         return False, containing
 
