@@ -61,7 +61,7 @@ from .push import PushExecutor, PushOptions
 from .runtime.executor import StepInfo, set_current_step
 from .runtime.threads import DaemonThreadPool
 from .tasks import TaskDef, completed, failed, invalid_request, parse_request
-from .worker_threads import PortThreads, on_pool
+from .worker_threads import Coalescer, PortThreads, on_pool
 
 __all__ = ["Attempt", "Runner", "Worker", "WorkerStats"]
 
@@ -230,6 +230,7 @@ class Worker:
         self._background: asyncio.Task[None] | None = None
         self._threads: DaemonThreadPool | None = None
         self._io: PortThreads | None = None
+        self._finishes: Coalescer[tuple[str, NewRecord], FinishOutcome] | None = None
         self._shut = False  # the pools were shut down
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -247,6 +248,7 @@ class Worker:
         self._wake, self._slot, self._changed = asyncio.Event(), asyncio.Event(), asyncio.Event()
         self._threads = DaemonThreadPool(self.concurrency, "overture-task")
         self._io = PortThreads(self.concurrency + 2, "overture-worker-io")
+        self._finishes = Coalescer(self._io, self._finish_many)
         queue = self.backend.tasks
         wake = self._wake
 
@@ -472,10 +474,12 @@ class Worker:
         parsed: tuple[Envelope, TaskRequest] | None,
     ) -> None:
         """Hand ``result`` to the queue and count the outcome (``parsed``: the request,
-        to answer with a failure if the log refuses the result itself)."""
+        to answer with a failure if the log refuses the result itself). The finishes of
+        attempts ending in the same loop turn are one ``finish_many`` call."""
+        assert self._finishes is not None
         try:
             try:
-                outcome: FinishOutcome = await self._call(self._finish_one, task.id, result)
+                outcome: FinishOutcome = await self._finishes.call((task.id, result))
             except EventError as error:
                 if parsed is None:
                     raise
@@ -490,7 +494,7 @@ class Worker:
                     f"worker {self.worker_id}: {error}",
                     retryable=False,
                 )
-                outcome = await self._call(self._finish_one, task.id, refused)
+                outcome = await self._finishes.call((task.id, refused))
         except Exception as error:  # one result lost must not stop the worker
             log.error(
                 "finishing task attempt %s failed, left to its lease: %s",
@@ -616,10 +620,12 @@ class Worker:
         context = contextvars.copy_context()  # current_step() in the thread too
         return await on_pool(self._threads, lambda: context.run(fn, arg))
 
-    def _finish_one(self, task_id: str, result: NewRecord) -> FinishOutcome:
+    def _finish_many(
+        self, finishes: list[tuple[str, NewRecord]]
+    ) -> list[FinishOutcome | Exception]:
         # not durable: a worker tells no one it finished, so a power loss that takes the
         # result back only hands the attempt out again (ports.TaskQueue.finish)
-        return self.backend.tasks.finish(task_id, self.worker_id, result, durable=False)
+        return self.backend.tasks.finish_many(self.worker_id, finishes, durable=False)
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         assert self._io is not None

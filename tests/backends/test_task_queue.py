@@ -175,6 +175,42 @@ def test_a_result_must_go_to_the_partition_its_request_names(queue_subject: Subj
     assert stored is not None and stored.partition == 1
 
 
+def test_finish_many_finishes_each_as_if_alone(queue_subject: Subject) -> None:
+    """A worker's results handed over together: each gets the outcome (or the error) its
+    own ``finish`` would have, one bad result fails alone, and exactly the good ones are
+    appended."""
+    from dataclasses import replace
+
+    backend = queue_subject.backend
+    good, wrong, ended, never = attempt(1), attempt(2), attempt(3), attempt(9)
+    publish(queue_subject, good, wrong, ended)
+    backend.tasks.claim(["default"], "w1", 3, 30.0)
+    end(queue_subject, ended)
+    outcomes = backend.tasks.finish_many(
+        "w1",
+        [
+            (wrong.id, replace(result(wrong), partition=2)),
+            (good.id, result(good)),
+            (ended.id, result(ended)),
+            (never.id, result(never)),
+            (good.id, result(good, "again")),
+            (wrong.id, result(good)),
+        ],
+        durable=False,
+    )
+    assert isinstance(outcomes[0], MalformedEvent) and "partition 1" in str(outcomes[0])
+    assert outcomes[1:5] == ["accepted", "ended", "unknown", "ended"]
+    assert isinstance(outcomes[5], MalformedEvent) and "event id" in str(outcomes[5])
+    kept = backend.log.find_event(protocol.task_result_id(good.id))
+    assert kept is not None and orjson.loads(kept.value)["data"]["output"] == "done"
+    assert sum(backend.log.end_offset(p) for p in range(backend.log.partitions)) == 1
+    # the refused one is still open: its right result is taken
+    assert backend.tasks.finish_many("w1", [(wrong.id, result(wrong))]) == ["accepted"]
+    assert backend.tasks.finish_many("w1", []) == []
+    with pytest.raises(ConfigError, match="worker"):
+        backend.tasks.finish_many("", [(wrong.id, result(wrong))])
+
+
 def test_a_result_from_a_worker_whose_lease_ran_out_is_accepted(queue_subject: Subject) -> None:
     queue = queue_subject.backend.tasks
     record = attempt(1)

@@ -194,8 +194,21 @@ def test_claim_heartbeat_finish_and_lease_expiry(kafka_bootstrap: str) -> None:
         wait_for(lambda: committed_offsets(kafka_bootstrap, namespace, "q") == {0: 1, 1: 1})
         time.sleep(0.3)  # and it stays there
         assert committed_offsets(kafka_bootstrap, namespace, "q") == {0: 1, 1: 1}
-        assert queue.finish(c.id, "w1", tasks.failed(CODEC, *parsed(c), "E", "x", retryable=False))
-        assert queue.finish(a.id, "w1", result_of(a)) == "accepted"
+        # several at once (a worker's coalesced finishes), each as if alone: a result
+        # that is not its attempt's fails alone, and a second result is refused
+        failure = tasks.failed(CODEC, *parsed(c), "E", "x", retryable=False)
+        outcomes = queue.finish_many(
+            "w1",
+            [
+                (c.id, failure),
+                (a.id, result_of(b)),
+                ("task:nobody:0:1", result_of(request("nobody"))),
+                (a.id, result_of(a)),
+                (a.id, result_of(a)),
+            ],
+        )
+        assert outcomes[0] == "accepted" and isinstance(outcomes[1], ConfigError)
+        assert outcomes[2:] == ["unknown", "accepted", "ended"]
         wait_for(lambda: committed_offsets(kafka_bootstrap, namespace, "q") == {0: 2, 1: 2})
         # the results are on the events topic, where the requests' replies say
         results = {}

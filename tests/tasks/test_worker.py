@@ -98,6 +98,28 @@ async def test_a_workers_result_is_committed_without_waiting_for_the_disk(
     assert _result(backend, attempt_record("t.echo", instance="d").id) is not None
 
 
+async def test_attempts_that_end_together_are_finished_in_one_transaction(
+    backend: SqliteBackend,
+) -> None:
+    """Async attempts claimed together end in the same loop turn: their results are one
+    ``finish_many`` call, so one transaction writes them all (not one per result on a
+    thread of its own each: docs/benchmarks.md, W5)."""
+    records = [attempt_record("t.async_echo", instance=f"c{n}", input=n) for n in range(8)]
+    statements: list[str] = []
+    async with Worker(app, backend, concurrency=8) as worker:
+        backend._conn.set_trace_callback(statements.append)
+        try:
+            publish(backend, *records)
+            await _finished(worker, 8)
+        finally:
+            backend._conn.set_trace_callback(None)
+    assert worker.stats.claimed == 8 and worker.stats.accepted == 8
+    writes = [i for i, sql in enumerate(statements) if sql.startswith("INSERT OR IGNORE INTO log")]
+    begins = {max(i for i in range(w) if statements[i] == "BEGIN IMMEDIATE") for w in writes}
+    assert len(begins) == 1, f"the 8 results took {len(begins)} transactions"
+    assert [_result(backend, r.id) is not None for r in records] == [True] * 8
+
+
 async def test_a_task_function_knows_its_idempotency_key_and_attempt(
     backend: SqliteBackend,
 ) -> None:

@@ -528,6 +528,19 @@ class MemoryTaskQueue:
         self._backend._wake()
         return "accepted"
 
+    def finish_many(
+        self, worker: str, finishes: Sequence[tuple[str, NewRecord]], *, durable: bool = True
+    ) -> list[FinishOutcome | Exception]:
+        if not isinstance(worker, str) or not worker:
+            raise ConfigError(f"finish: worker must be a non-empty str, not {worker!r}")
+        out: list[FinishOutcome | Exception] = []
+        for task_id, result in finishes:
+            try:
+                out.append(self.finish(task_id, worker, result, durable=durable))
+            except Exception as error:  # this result alone fails (not the attempt's, refused)
+                out.append(error)
+        return out
+
     def request(self, task_id: str) -> bytes | None:
         with self._lock:
             attempt = self._attempts.get(task_id)

@@ -43,7 +43,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from ... import protocol
 from ...errors import BrokerUnavailable, ConfigError, EventValidationError
 from ...ports import ClaimedTask, FinishOutcome, NewRecord
-from .claims import BUFFER, QueueConsumer
+from .claims import BUFFER, QueueConsumer, _Attempt
 from .queues import TaskTopics
 from .settings import KafkaSettings
 from .writing import place_record, send
@@ -123,22 +123,47 @@ class KafkaTaskQueue:
             BrokerUnavailable: the result was not acknowledged in time (the attempt stays
                 open: finishing again is safe, the engine keeps the first result).
         """
+        (outcome,) = self.finish_many(worker, [(task_id, result)], durable=durable)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def finish_many(
+        self, worker: str, finishes: Sequence[tuple[str, NewRecord]], *, durable: bool = True
+    ) -> list[FinishOutcome | Exception]:
+        """See ``ports.TaskQueue.finish_many``: every result is produced before the
+        acknowledgements are awaited (one round trip for all), each checked and
+        reported as :meth:`finish` checks and reports it.
+
+        Raises:
+            ConfigError: an empty worker id (nothing is sent).
+        """
         _check_worker(worker)
-        _check_result(task_id, result)
-        for queue in self._served():
-            found = queue.begin_finish(task_id)
-            if found is None:
-                continue
-            if isinstance(found, str):
-                return found
-            written = False
-            try:
-                self._send(result)
-                written = True
-            finally:
-                queue.end_finish(found, written=written)
-            return "accepted"
-        return "unknown"
+        out: list[FinishOutcome | Exception] = []
+        held: list[tuple[int, QueueConsumer, _Attempt]] = []  # where in ``out``, whose
+        try:
+            for task_id, result in finishes:
+                try:
+                    _check_result(task_id, result)
+                except ConfigError as error:
+                    out.append(error)
+                    continue
+                out.append("unknown")
+                for queue in self._served():
+                    found = queue.begin_finish(task_id)
+                    if isinstance(found, str):
+                        out[-1] = found
+                    elif found is not None:
+                        held.append((len(out) - 1, queue, found))
+                    if found is not None:
+                        break
+            errors = self._send([finishes[i][1] for i, _, _ in held])
+            for (i, _, _), failure in zip(held, errors, strict=True):
+                out[i] = "accepted" if failure is None else failure
+        finally:
+            for i, queue, attempt in held:  # an attempt not written stays open
+                queue.end_finish(attempt, written=out[i] == "accepted")
+        return out
 
     def request(self, task_id: str) -> bytes | None:
         """Known only for the attempts this process's consumers hold."""
@@ -217,14 +242,16 @@ class KafkaTaskQueue:
         for wake in wakers:
             wake()
 
-    def _send(self, result: NewRecord) -> None:
+    def _send(self, results: list[NewRecord]) -> list[Exception | None]:
+        if not results:
+            return []
         with self._lock:
             if self._closed:  # a producer made after close() would never be flushed
                 raise ConfigError("the task queue was closed: the result was not sent")
             if self._sender is None:
                 self._sender = _Sender(self._settings, self._partitions)
             sender = self._sender
-        sender.send(result)
+        return sender.send_many(results)
 
 
 class _Sender:
@@ -255,45 +282,57 @@ class _Sender:
         while not self._stop.is_set():
             self._producer.poll(0.05)
 
-    def send(self, result: NewRecord) -> None:
-        """Produce ``result`` where it belongs; return once the cluster acknowledged it.
-
-        Raises:
-            BrokerUnavailable: refused, or not acknowledged in time.
+    def send_many(self, results: Sequence[NewRecord]) -> list[Exception | None]:
+        """Produce each of ``results`` where it belongs, then wait (one deadline for
+        all) until the cluster acknowledged them; for each, None once acknowledged, or
+        why it was not: ``EventValidationError`` (refused for good: larger than the
+        cluster takes) or ``BrokerUnavailable`` (refused, or not acknowledged in time).
         """
-        done = threading.Event()
-        errors: list[str] = []
-        too_large: list[bool] = []
+        out: list[Exception | None] = [None] * len(results)
+        waiting: list[tuple[int, threading.Event, list[Any]]] = []
+        for i, result in enumerate(results):
+            done = threading.Event()
+            errors: list[Any] = []  # the KafkaError its delivery report gave, if any
 
-        def report(error: Any, message: Any) -> None:
-            if error is not None:
-                errors.append(error.str())
-                too_large.append(error.code() in _TOO_LARGE)
-            done.set()
+            def report(error: Any, message: Any, done: Any = done, errors: Any = errors) -> None:
+                if error is not None:
+                    errors.append(error)
+                done.set()
 
-        placed = place_record(result, self._partitions, 0)
-        try:
-            send(
-                self._producer,
-                self._settings.events_topic,
-                placed.value,
-                placed.key,
-                placed.partition,
-                placed.headers,
-                report,
-            )
-        except KafkaException as exc:
-            error = exc.args[0]
-            if error.code() in _TOO_LARGE:
-                raise _refused(result, error.str()) from exc
-            raise BrokerUnavailable(f"sending a task result failed: {error.str()}") from exc
-        if not done.wait(SEND_TIMEOUT + 5) or errors:
-            if any(too_large):
-                raise _refused(result, errors[0])
-            reason = errors[0] if errors else "not acknowledged in time"
-            raise BrokerUnavailable(
-                f"sending a task result to Kafka at {self._settings.bootstrap} failed: {reason}"
-            )
+            placed = place_record(result, self._partitions, 0)
+            try:
+                send(
+                    self._producer,
+                    self._settings.events_topic,
+                    placed.value,
+                    placed.key,
+                    placed.partition,
+                    placed.headers,
+                    report,
+                )
+            except KafkaException as exc:
+                failure = self._failure(result, exc.args[0])
+                failure.__cause__ = exc
+                out[i] = failure
+                continue
+            waiting.append((i, done, errors))
+        deadline = time.monotonic() + SEND_TIMEOUT + 5
+        for i, done, errors in waiting:
+            if not done.wait(max(0.0, deadline - time.monotonic())):
+                out[i] = self._failure(results[i], None)
+            elif errors:
+                out[i] = self._failure(results[i], errors[0])
+        return out
+
+    def _failure(self, result: NewRecord, error: Any) -> Exception:
+        """Why ``result`` was not written: ``error`` is the KafkaError, None if no
+        acknowledgement came in time."""
+        if error is not None and error.code() in _TOO_LARGE:
+            return _refused(result, error.str())
+        reason = "not acknowledged in time" if error is None else error.str()
+        return BrokerUnavailable(
+            f"sending a task result to Kafka at {self._settings.bootstrap} failed: {reason}"
+        )
 
     def close(self) -> None:
         self._producer.flush(SEND_TIMEOUT)

@@ -25,7 +25,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ...errors import ConfigError, MalformedEvent
 from ...ports import ClaimedTask, FinishOutcome, NewRecord, TaskRecord
@@ -54,6 +54,24 @@ _CANDIDATES = f"SELECT n, id, queue, request FROM tasks WHERE {_CLAIMABLE} ORDER
 """The oldest claimable attempts of one queue."""
 _ANY = f"SELECT 1 FROM tasks WHERE {_CLAIMABLE} LIMIT 1"
 """Whether a queue has a claimable attempt (the look before the write lock)."""
+
+
+_CHUNK = 500
+"""Ids per ``IN (...)`` lookup: under SQLite's bound-parameter limit."""
+
+
+def _check_result(task_id: str, result: NewRecord) -> None:
+    expected = task_result_id(task_id)
+    if result.event_id != expected:
+        raise MalformedEvent(
+            f"the result of task attempt {task_id!r} must have the event id "
+            f"{expected!r}, not {result.event_id!r}; nothing was written"
+        )
+    if result.event_type not in (TASK_COMPLETED, TASK_FAILED):
+        raise MalformedEvent(
+            f"the result of task attempt {task_id!r} must be a {TASK_COMPLETED!r} or "
+            f"{TASK_FAILED!r} event, not {result.event_type!r}; nothing was written"
+        )
 
 
 def check_tasks(tasks: Mapping[str, TaskRecord | None]) -> None:
@@ -171,7 +189,7 @@ class SqliteTaskQueue:
 
         # A lease a crash loses costs nothing: the attempt is handed out again (at least
         # once per attempt), so a claim does not wait for an fsync of its own.
-        claimed: list[ClaimedTask] = self._grouped(_Pending(take))
+        claimed: list[ClaimedTask] = self._grouped([_Pending(take)])
         return claimed
 
     @staticmethod
@@ -207,7 +225,7 @@ class SqliteTaskQueue:
             )
             return cur.rowcount == 1
 
-        kept: bool = self._grouped(_Pending(extend))  # a lease, as a claim's: no fsync
+        kept: bool = self._grouped([_Pending(extend)])  # a lease, as a claim's: no fsync
         return kept
 
     def finish(
@@ -226,48 +244,74 @@ class SqliteTaskQueue:
                 ``protocol.task_result_id(task_id)``, its type completed or failed, its
                 partition the request's ``reply.partition``); nothing is written.
         """
-        _check_worker(worker)
-        expected = task_result_id(task_id)
-        if result.event_id != expected:
-            raise MalformedEvent(
-                f"the result of task attempt {task_id!r} must have the event id "
-                f"{expected!r}, not {result.event_id!r}; nothing was written"
-            )
-        if result.event_type not in (TASK_COMPLETED, TASK_FAILED):
-            raise MalformedEvent(
-                f"the result of task attempt {task_id!r} must be a {TASK_COMPLETED!r} or "
-                f"{TASK_FAILED!r} event, not {result.event_type!r}; nothing was written"
-            )
-        check_reply(task_id, self.request(task_id), result)
-        outcome: FinishOutcome = self._grouped(_Pending(None, (task_id, result), fsync=durable))
+        (outcome,) = self.finish_many(worker, [(task_id, result)], durable=durable)
+        if isinstance(outcome, Exception):
+            raise outcome
         return outcome
 
-    def _grouped(self, pending: _Pending) -> Any:
-        """Run ``write`` in a transaction shared with the writes other threads make at
-        the same time (claims, heartbeats and finishes alike), and return what it
-        returned once that transaction is committed.
+    def finish_many(
+        self, worker: str, finishes: Sequence[tuple[str, NewRecord]], *, durable: bool = True
+    ) -> list[FinishOutcome | Exception]:
+        """See ``ports.TaskQueue.finish_many``: the valid ones join one group (one
+        transaction, one lookup of their requests), each checked as :meth:`finish` checks
+        it.
+
+        Raises:
+            ConfigError: an empty worker id (nothing is written).
+        """
+        _check_worker(worker)
+        requests = self._requests([task_id for task_id, _ in finishes])
+        out: list[FinishOutcome | Exception] = []
+        group: list[tuple[int, _Pending]] = []  # where in ``out``, and the write
+        for task_id, result in finishes:
+            try:
+                _check_result(task_id, result)
+                check_reply(task_id, requests.get(task_id), result)
+            except MalformedEvent as error:
+                out.append(error)
+                continue
+            group.append((len(out), _Pending(None, (task_id, result), fsync=durable)))
+            out.append("unknown")  # replaced below
+        if group:
+            self._grouped([pending for _, pending in group])
+            for i, pending in group:
+                if pending.error is None:
+                    out[i] = cast(FinishOutcome, pending.result)  # a finish's: an outcome
+                elif isinstance(pending.error, Exception):
+                    out[i] = pending.error
+                else:
+                    raise pending.error  # interrupted: nothing to report per attempt
+        return out
+
+    def _grouped(self, writes: list[_Pending]) -> Any:
+        """Run ``writes`` (one caller's: a claim, a heartbeat, or finishes) in a
+        transaction shared with the writes other threads make at the same time, and
+        return what the first one returned once that transaction is committed (each
+        write's own result and error are on it).
 
         Group commit: the writes that arrive while one transaction (and its fsync) runs
         share the next one, so a worker with many slots pays one transaction for a group
         of results and the claim of the next attempts, rather than one each (a single
-        finish: ~0.5 ms, nearly all of it the fsync). The group is fsynced if any of its
-        writes needs it (a finish). The group's finishes are done together, a few
-        statements for all of them: each statement is a moment the thread may wait for
-        the GIL while it holds the file's write lock. Each leader commits one group, so
-        no caller serves the others for long. A group that fails is redone one write per
+        finish: ~0.5 ms, nearly all of it the fsync). One caller's writes are queued
+        together, so they are in one group. The group is fsynced if any of its writes
+        needs it (a finish). The group's finishes are done together, a few statements
+        for all of them: each statement is a moment the thread may wait for the GIL
+        while it holds the file's write lock. Each leader commits one group, so no
+        caller serves the others for long. A group that fails is redone one write per
         transaction, so only a bad one fails.
         """
+        first = writes[0]
         with self._grouping:
-            self._queue.append(pending)
-            pending.lead = not self._leading
+            self._queue.extend(writes)
+            first.lead = not self._leading
             self._leading = True
-        if not pending.lead:
-            pending.wake.wait()  # its group was committed, or it was made the leader
-        if pending.lead:
+        if not first.lead:
+            first.wake.wait()  # its group was committed, or it was made the leader
+        if first.lead:
             self._lead()
-        if pending.error is not None:
-            raise pending.error
-        return pending.result
+        if first.error is not None:
+            raise first.error
+        return first.result
 
     def _lead(self) -> None:
         """Commit every waiting write (the leader's own among them) in one transaction,
@@ -317,8 +361,8 @@ class SqliteTaskQueue:
         (or finished earlier in this list) ``"ended"``."""
         ids = list(dict.fromkeys(task_id for task_id, _ in finishes))
         ended: dict[str, int] = {}
-        for start in range(0, len(ids), 500):  # under SQLite's bound-parameter limit
-            chunk = ids[start : start + 500]
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))
             ended.update(c.execute(f"SELECT id, ended FROM tasks WHERE id IN ({marks})", chunk))
         outcomes: list[FinishOutcome] = []
@@ -348,8 +392,20 @@ class SqliteTaskQueue:
 
     def request(self, task_id: str) -> bytes | None:
         """See ``ports.TaskQueue.request``: any attempt published to this file."""
-        rows = self._backend._query("SELECT request FROM tasks WHERE id = ?", (task_id,))
-        return bytes(rows[0][0]) if rows else None
+        return self._requests([task_id]).get(task_id)
+
+    def _requests(self, ids: Sequence[str]) -> dict[str, bytes]:
+        """The requests of the attempts among ``ids`` published to this file."""
+        found: dict[str, bytes] = {}
+        for start in range(0, len(ids), _CHUNK):
+            chunk = list(ids[start : start + _CHUNK])
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT id, request FROM tasks WHERE id IN ({marks})"
+            found.update(
+                (task_id, bytes(request))
+                for task_id, request in self._backend._query(sql, tuple(chunk))
+            )
+        return found
 
     def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
         """See ``ports.TaskQueue.subscribe``: woken by the engine's commits that publish
