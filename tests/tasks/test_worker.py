@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -101,12 +103,12 @@ async def test_a_workers_result_is_committed_without_waiting_for_the_disk(
 async def test_attempts_that_end_together_are_finished_in_one_transaction(
     backend: SqliteBackend,
 ) -> None:
-    """Async attempts claimed together end in the same loop turn: their results are one
-    ``finish_many`` call, so one transaction writes them all (not one per result on a
-    thread of its own each: docs/benchmarks.md, W5)."""
+    """Async attempts claimed together (one claim takes all 8) end in the same loop
+    turn: their results are one ``finish_many`` call, so one transaction writes them
+    all (not one per result on a thread of its own each: docs/benchmarks.md, W5)."""
     records = [attempt_record("t.async_echo", instance=f"c{n}", input=n) for n in range(8)]
     statements: list[str] = []
-    async with Worker(app, backend, concurrency=8) as worker:
+    async with Worker(app, backend, concurrency=8, claim_batch=8) as worker:
         backend._conn.set_trace_callback(statements.append)
         try:
             publish(backend, *records)
@@ -349,6 +351,31 @@ async def test_an_attempt_over_the_grace_is_left_to_its_lease(backend: SqliteBac
     assert [t.id for t in backend.tasks.claim(["default"], "next", 1, 30.0)] == [record.id]
 
 
+async def test_a_claim_takes_at_most_claim_batch_and_a_full_one_claims_again_at_once() -> None:
+    """Six attempts published together, two per claim: three claims, one after the
+    other without waiting for the poll (only a claim that got fewer than it asked for
+    means the queue is empty). Each claim stamps its attempts with one lease end, which
+    tells the claims apart. (``memory://``: one wake per publish, so nothing but the
+    worker's own loop can start the second claim.)"""
+    memory = open_backend(f"memory://{uuid.uuid4().hex}")
+    records = [attempt_record("t.gated", instance=f"b{i}") for i in range(6)]
+    workerapp.GATE.clear()
+    try:
+        async with Worker(app, memory, concurrency=6, claim_batch=2, poll=30.0) as worker:
+            await asyncio.sleep(0.1)  # it claimed nothing and waits on the queue's bell
+            publish(memory, *records)
+            async with asyncio.timeout(5):  # not the 30 s poll
+                await worker.until(lambda s: s.claimed == 6)
+            claims = Counter(a.lease_until for a in memory.tasks._attempts.values())  # type: ignore[attr-defined]
+            workerapp.GATE.set()
+            await _finished(worker, 6)
+    finally:
+        workerapp.GATE.set()
+        memory.close()
+    assert sorted(claims.values()) == [2, 2, 2]
+    assert worker.stats.accepted == 6
+
+
 async def test_new_attempts_wake_a_waiting_worker_at_once(backend: SqliteBackend) -> None:
     async with Worker(app, backend, poll=30.0) as worker:
         await asyncio.sleep(0.3)  # claimed nothing, now waiting on the queue's bell
@@ -366,6 +393,10 @@ def test_bad_options_are_refused(backend: SqliteBackend) -> None:
     for options in (
         {"concurrency": 0},
         {"concurrency": 1.5},
+        {"claim_batch": 0},
+        {"claim_batch": 9},  # more than the 8 slots
+        {"claim_batch": 2.0},
+        {"claim_batch": True},
         {"lease": 0},
         {"lease": float("nan")},
         {"poll": -1},
