@@ -352,12 +352,15 @@ class Worker:
     async def _claim_loop(self) -> None:
         assert self._wake is not None and self._slot is not None
         queue = self.backend.tasks
+        filling = False  # the last claim got all it asked for: more may be waiting
         while not self._stopping:
             free = self.concurrency - len(self._running)
-            if free <= 0 or (self._running and free < self._claim_at):
+            if free <= 0 or (self._running and free < self._claim_at and not filling):
                 # Busy: wait until a quarter of the slots are free, so that a loaded
-                # worker claims in groups (one claim is one write transaction, an
-                # fsync) rather than once per finished attempt.
+                # worker claims in groups (one claim is one write transaction) rather
+                # than once per finished attempt. (A worker still filling its slots
+                # from a backlog claims the last few too.)
+                filling = False  # once a slot ends, refills wait for a quarter again
                 self._slot.clear()
                 await self._slot.wait()
                 continue
@@ -385,6 +388,7 @@ class Worker:
                 self._start(task)
             # fewer than asked for: nothing more is claimable now (a full claim goes on
             # at once, for the slots still free)
+            filling = len(claimed) == wanted
             if len(claimed) < wanted and not self._stopping:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.poll)

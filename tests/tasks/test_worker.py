@@ -352,28 +352,31 @@ async def test_an_attempt_over_the_grace_is_left_to_its_lease(backend: SqliteBac
 
 
 async def test_a_claim_takes_at_most_claim_batch_and_a_full_one_claims_again_at_once() -> None:
-    """Six attempts published together, two per claim: three claims, one after the
-    other without waiting for the poll (only a claim that got fewer than it asked for
-    means the queue is empty). Each claim stamps its attempts with one lease end, which
-    tells the claims apart. (``memory://``: one wake per publish, so nothing but the
-    worker's own loop can start the second claim.)"""
+    """Nine attempts published together, four per claim: claims of 4, 4 and 1, one after
+    the other without waiting for the poll (only a claim that got fewer than it asked
+    for means the queue is empty), the last slot filled too although it is less than a
+    quarter of them (the wait for a quarter is for refills, not for a fill from a
+    backlog). Each claim stamps its attempts with one lease end, which tells the claims
+    apart. (``memory://``: one wake per publish, so nothing but the worker's own loop
+    can start the next claim.)"""
     memory = open_backend(f"memory://{uuid.uuid4().hex}")
-    records = [attempt_record("t.gated", instance=f"b{i}") for i in range(6)]
+    records = [attempt_record("t.gated", instance=f"b{i}") for i in range(9)]
     workerapp.GATE.clear()
     try:
-        async with Worker(app, memory, concurrency=6, claim_batch=2, poll=30.0) as worker:
+        async with Worker(app, memory, concurrency=9, claim_batch=4, poll=30.0) as worker:
             await asyncio.sleep(0.1)  # it claimed nothing and waits on the queue's bell
             publish(memory, *records)
-            async with asyncio.timeout(5):  # not the 30 s poll
-                await worker.until(lambda s: s.claimed == 6)
-            claims = Counter(a.lease_until for a in memory.tasks._attempts.values())  # type: ignore[attr-defined]
+            async with asyncio.timeout(5):  # not the 30 s poll, nor a slot's end
+                await worker.until(lambda s: s.claimed == 9)
+            attempts = memory.tasks._attempts.values()  # type: ignore[attr-defined]
+            claims = Counter(a.lease_until for a in attempts)
             workerapp.GATE.set()
-            await _finished(worker, 6)
+            await _finished(worker, 9)
     finally:
         workerapp.GATE.set()
         memory.close()
-    assert sorted(claims.values()) == [2, 2, 2]
-    assert worker.stats.accepted == 6
+    assert sorted(claims.values()) == [1, 4, 4]
+    assert worker.stats.accepted == 9
 
 
 async def test_new_attempts_wake_a_waiting_worker_at_once(backend: SqliteBackend) -> None:
